@@ -1,0 +1,142 @@
+"""Transform: a Snapshot's raw rows -> typed Records plus rejected rows with reasons (pure: no I/O, no clock)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from lambdas.lambda_1_extract import Snapshot
+from utils.schema import SOURCE_MARKETS, Record, format_timestamp, normalize_timestamp
+from utils.settings import COIN_ID_RE
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_TEXT = 200
+
+# Fields that must be non-negative when present.
+NON_NEGATIVE = ("current_price", "market_cap", "total_volume", "high_24h", "low_24h", "circulating_supply",
+                "total_supply", "max_supply")
+SIGNED = ("price_change_percentage_24h",)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A row that could not be stored, and why."""
+
+    coin_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """Records ready to load, and the rows turned away."""
+
+    records: list[Record]
+    rejected: list[Rejected]
+
+
+class RowError(ValueError):
+    """Why one row cannot become a Record."""
+
+
+def neutralize_text(value: Any, field_name: str) -> str:
+    """A name or symbol as safe text: one line, bounded, never a spreadsheet formula."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"{field_name} is a {type(value).__name__}, not text")
+    text = CONTROL_CHARS.sub(" ", value).strip()[:MAX_TEXT]
+    if text.startswith(FORMULA_PREFIXES):
+        text = "'" + text
+    return text
+
+
+def number(row: dict[str, Any], field_name: str, *, signed: bool = False) -> float | int | None:
+    """A numeric field: null stays None; strings, booleans, NaN and (unless signed) negatives are refused."""
+    value = row.get(field_name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError(f"{field_name} is {_describe(value)}, not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowError(f"{field_name} is {value}, not a finite number")
+    if not signed and value < 0:
+        raise RowError(f"{field_name} is negative ({value})")
+    return value
+
+
+def rank(row: dict[str, Any]) -> int | None:
+    """market_cap_rank as a positive integer or None."""
+    value = number(row, "market_cap_rank")
+    if value is None:
+        return None
+    if float(value) != int(value) or value < 1:
+        raise RowError(f"market_cap_rank is {value}, not a positive whole number")
+    return int(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        shown = value if len(value) <= 20 else value[:17] + "..."
+        return f"the string {shown!r}"
+    return f"a {type(value).__name__.replace('dict', 'object').replace('list', 'list')}"
+
+
+def to_record(row: Any, vs_currency: str, fetched_at: str) -> Record:
+    """One /coins/markets row as a Record. Raises RowError."""
+    if not isinstance(row, dict):
+        raise RowError(f"the row is {_describe(row)}, not an object")
+    coin_id = row.get("id")
+    if not isinstance(coin_id, str) or not coin_id.strip():
+        raise RowError("the row has no id")
+    if not COIN_ID_RE.match(coin_id):
+        raise RowError(f"id {coin_id[:40]!r} is not a valid CoinGecko id")
+    last_updated = row.get("last_updated")
+    if last_updated is None:
+        raise RowError("last_updated is null (a new listing without data yet)")
+    if not isinstance(last_updated, str):
+        raise RowError(f"last_updated is {_describe(last_updated)}, not a timestamp")
+    try:
+        last_updated = normalize_timestamp(last_updated)
+    except ValueError:
+        raise RowError(f"last_updated {last_updated[:40]!r} is not an ISO 8601 timestamp") from None
+    values = {name: number(row, name) for name in NON_NEGATIVE}
+    values.update({name: number(row, name, signed=True) for name in SIGNED})
+    return Record(
+        name=neutralize_text(row.get("name"), "name"),
+        symbol=neutralize_text(row.get("symbol"), "symbol"),
+        last_updated=last_updated,
+        fetched_at=fetched_at,
+        coin_id=coin_id,
+        vs_currency=vs_currency,
+        market_cap_rank=rank(row),
+        source=SOURCE_MARKETS,
+        **values,
+    )
+
+
+def transform(snapshot: Snapshot) -> TransformResult:
+    """Every row either becomes a Record or is rejected with a reason; one bad row never stops the rest."""
+    fetched_at = format_timestamp(snapshot.fetched_at)
+    requested = set(snapshot.requested)
+    records: list[Record] = []
+    rejected: list[Rejected] = []
+    seen: set[str] = set()
+    for row in snapshot.rows:
+        coin_id = row.get("id") if isinstance(row, dict) else None
+        label = coin_id if isinstance(coin_id, str) else "?"
+        try:
+            record = to_record(row, snapshot.vs_currency, fetched_at)
+        except RowError as exc:
+            rejected.append(Rejected(label[:100], str(exc)))
+            continue
+        if record.coin_id not in requested:
+            rejected.append(Rejected(record.coin_id, "not one of the requested coins"))
+        elif record.coin_id in seen:
+            rejected.append(Rejected(record.coin_id, "the same id appeared twice in one answer"))
+        else:
+            seen.add(record.coin_id)
+            records.append(record)
+    return TransformResult(records=records, rejected=rejected)

@@ -1,0 +1,108 @@
+"""Load: append new Records to the CSV history under a lock, crash-safe, never twice."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils import history
+from utils.errors import LoadError
+from utils.file_storage import atomic_write_bytes, describe_os_error, history_lock
+from utils.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one load did to the history."""
+
+    csv_path: Path
+    appended: int
+    skipped_duplicates: int
+    skipped_stale: int = 0
+    quarantined_bytes: int = 0
+    migration: history.MigrationReport | None = None
+
+
+def prepare_history(csv_path: Path) -> tuple[history.HistoryState, int, history.MigrationReport | None]:
+    """Make the CSV ready to append to: migrate, check the header, repair a torn tail, catch up the state."""
+    migration = None
+    header = history.read_header(csv_path)
+    if header is None:
+        atomic_write_bytes(csv_path, HEADER_LINE.encode())
+        header = history.read_header(csv_path)
+    quarantined = history.repair_torn_tail(csv_path)
+    if header == LEGACY_COLUMNS:
+        migration = history.migrate_legacy(csv_path)
+        header = history.read_header(csv_path)
+    history.check_header(csv_path, header or ())
+    return history.current_state(csv_path), quarantined, migration
+
+
+def select_new(records: list[Record], state: history.HistoryState) -> tuple[list[Record], int, int]:
+    """Records newer than the history's bookmark for their (coin, currency): (new, duplicates, stale)."""
+    new: list[Record] = []
+    duplicates = stale = 0
+    for record in records:
+        newest = state.bookmarks.get((record.coin_id, record.vs_currency), "")
+        if record.last_updated == newest:
+            duplicates += 1
+        elif record.last_updated < newest:
+            stale += 1
+        else:
+            new.append(record)
+            state.note(record.coin_id, record.vs_currency, record.last_updated)
+    return new, duplicates, stale
+
+
+def append_bytes(csv_path: Path, data: bytes, expected_size: int) -> int:
+    """Append in one write, fsync; on failure cut the file back to its old length. Returns the new size."""
+    try:
+        fd = os.open(csv_path, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise LoadError(describe_os_error(exc, csv_path, "open for appending") + "; nothing was appended") from None
+    try:
+        written = 0
+        view = memoryview(data)
+        while written < len(data):
+            written += os.write(fd, view[written:])
+        os.fsync(fd)
+        return expected_size + len(data)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, expected_size)
+            os.fsync(fd)
+        except OSError:
+            pass  # the torn tail is quarantined on the next run
+        raise LoadError(describe_os_error(exc, csv_path, "append to") + "; nothing was appended") from None
+    finally:
+        os.close(fd)
+
+
+def load(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0) -> LoadReport:
+    """Append the records that the history does not hold yet. Raises LoadError (and SchemaMismatch)."""
+    if not csv_path.parent.is_dir():
+        try:
+            csv_path.parent.mkdir()
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, csv_path.parent, "create the data folder")) from None
+    with history_lock(csv_path, lock_timeout):
+        try:
+            state, quarantined, migration = prepare_history(csv_path)
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, csv_path, "prepare") + "; nothing was appended") from None
+        new, duplicates, stale = select_new(records, state)
+        if stale:
+            log.warning("%d observations are older than the newest already stored for their coin; skipped", stale)
+        if new:
+            data = rows_to_csv(new).encode("utf-8")
+            state.csv_size = append_bytes(csv_path, data, state.csv_size)
+            state.rows += len(new)
+            with open(csv_path, "rb") as fh:
+                state.tail_hash = history.tail_hash(fh, state.csv_size)
+        history.save_state(csv_path, state)
+    return LoadReport(csv_path=csv_path, appended=len(new), skipped_duplicates=duplicates, skipped_stale=stale,
+                      quarantined_bytes=quarantined, migration=migration)

@@ -1,0 +1,215 @@
+"""Command line: parse flags and environment into Settings, dispatch a command, return its exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
+from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
+
+log = logging.getLogger("pipeline")
+
+COMMANDS = ("run", "check", "plot")
+DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
+EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
+          "3 partial: some coins were missing or rejected, the rest was appended. "
+          "Data provided by CoinGecko (https://www.coingecko.com).")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see `python main.py {self.prog.split()[-1]} --help`)\n"
+                  if self.prog.split()[-1] in COMMANDS else f"error: {message} (see `python main.py --help`)\n")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every command takes; defaults are None so the environment and config file can fill them."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data and API options (flag > environment > config file > default)")
+    g.add_argument("--coins", metavar="ID,ID,...",
+                   help=f"CoinGecko API ids [PIPELINE_COINS; default {','.join(DEFAULT_COINS)}]")
+    g.add_argument("--vs-currency", metavar="CUR", help="quote currency [PIPELINE_VS_CURRENCY; default eur]")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="folder for the CSV, charts and raw snapshots [PIPELINE_DATA_DIR; default data/ beside main.py]")
+    g.add_argument("--api-url", metavar="URL", help="API base URL [COINGECKO_API_URL; default follows the plan]")
+    g.add_argument("--api-key", metavar="KEY",
+                   help="API key; prefer the COINGECKO_API_KEY variable, which stays out of shell history")
+    g.add_argument("--api-plan", choices=PLANS,
+                   help="public (no key), demo or pro: picks host and key header "
+                        "[COINGECKO_API_PLAN; default demo with a key, else public]")
+    g.add_argument("--timeout", metavar="SECONDS", help="timeout of each HTTP request [PIPELINE_TIMEOUT; default 30]")
+    g.add_argument("--max-retry-wait", metavar="SECONDS",
+                   help="most time to spend waiting between retries before giving up "
+                        "[PIPELINE_MAX_RETRY_WAIT; default 120]")
+    g.add_argument("--lock-timeout", metavar="SECONDS",
+                   help="how long to wait for another process writing the history [PIPELINE_LOCK_TIMEOUT; default 300]")
+    g.add_argument("--config", metavar="FILE", help="TOML file with the same keys [PIPELINE_CONFIG]")
+    v = p.add_argument_group("output")
+    v.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
+    v.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    return p
+
+
+def chart_options() -> argparse.ArgumentParser:
+    """Options that choose what the charts show."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("chart options")
+    g.add_argument("--plot-coins", metavar="COIN,COIN,...",
+                   help="coins to chart: ids, symbols or names, any case [PIPELINE_PLOT_COINS; default all]")
+    g.add_argument("--since", metavar="YYYY-MM-DD", help="first day to chart")
+    g.add_argument("--until", metavar="YYYY-MM-DD", help="last day to chart")
+    g.add_argument("--days", metavar="N", help="chart the last N days")
+    g.add_argument("--scale", choices=SCALES,
+                   help="value axis: log when coins span more than two orders of magnitude (auto) "
+                        "[PIPELINE_CHART_SCALE; default auto]")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = OneLineParser(prog="main.py", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    common, charts = common_options(), chart_options()
+    run = sub.add_parser("run", parents=[common, charts], help="run the pipeline once (the default command)",
+                         description="Fetch the coins once, append new rows to the CSV history, draw the charts.",
+                         epilog=EPILOG)
+    run.add_argument("--no-charts", dest="charts", action="store_const", const=False,
+                     help="do not draw charts after the run [PIPELINE_CHARTS=0]")
+    sub.add_parser("check", parents=[common], help="check connectivity, the API key and plan, and the coin ids",
+                   description="Check /ping, the key and plan, and that CoinGecko knows every coin id.")
+    sub.add_parser("plot", parents=[common, charts], help="draw the charts from the history",
+                   description="Draw the price, market-cap and performance charts from the CSV history.")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv; options without a command mean `run`."""
+    argv = list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")
+    return build_parser().parse_args(argv)
+
+
+class SecretFilter(logging.Filter):
+    """Blank out the API key wherever it would appear in a log line."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            if any(s in text for s in self.secrets):
+                for secret in self.secrets:
+                    text = text.replace(secret, "***")
+                record.msg, record.args = text, None
+        return True
+
+
+class CliFormatter(logging.Formatter):
+    """Plain messages for info, a level prefix for warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and not getattr(record, "plain", False):
+            message = f"{record.levelname.lower()}: {message}"
+        if record.exc_info and record.levelno <= logging.DEBUG:
+            message += "\n" + self.formatException(record.exc_info)
+        return message
+
+
+def setup_logging(verbose: int, quiet: bool, secrets: Sequence[str]) -> None:
+    """Log to stderr: warnings and the summary by default, debug with -v, errors only with -q."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_pipeline", False):
+            root.removeHandler(handler)
+            handler.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler._pipeline = True  # type: ignore[attr-defined]
+    handler.setFormatter(CliFormatter())
+    handler.addFilter(SecretFilter(secrets))
+    root.addHandler(handler)
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    root.setLevel(level)
+    # Third-party chatter stays at warning unless asked for twice.
+    for name in ("urllib3", "matplotlib", "PIL", "filelock"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Settings from parsed arguments and the environment."""
+    flags = {name: getattr(args, name, None) for name in
+             ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
+              "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts")}
+    verbosity = -1 if args.quiet else args.verbose
+    settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
+    if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
+        log.warning("an API key is set but --api-plan is public, so no key is sent; use --api-plan demo or pro")
+    return settings
+
+
+def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    """Run one command and return its exit code."""
+    env = os.environ if env is None else env
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    setup_logging(args.verbose, args.quiet, [args.api_key or "", env.get("COINGECKO_API_KEY", "")])
+    try:
+        settings = settings_from(args, env)
+        if settings.command == "check":
+            from utils.check import run_check
+            return run_check(settings, sleep=sleep)
+        if settings.command == "plot":
+            return plot_command(settings)
+        return run_command(settings, sleep=sleep)
+    except PipelineError as exc:
+        word = "config error" if isinstance(exc, ConfigError) else f"{args.command} failed"
+        log.error("%s: %s", word, exc, extra={"plain": True})
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted; the history holds only whole rows", extra={"plain": True})
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        log.debug("unexpected error", exc_info=True)
+        log.error("%s failed: unexpected %s: %s (run again with -v for details and please report it)",
+                  args.command, type(exc).__name__, exc, extra={"plain": True})
+        return EXIT_FAILED
+
+
+def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
+    """`run`: one pass of the pipeline, one summary line."""
+    from utils.pipeline import make_client, run_once
+
+    with make_client(settings, sleep=sleep) as client:
+        result = run_once(settings, client)
+    log.info("%s", result.summary())
+    return result.exit_code
+
+
+def plot_command(settings: Settings) -> int:
+    """`plot`: draw the charts from the history."""
+    from utils.pipeline import chart_options, display_path
+    from utils.visualization import render_charts
+
+    report = render_charts(settings.csv_path, settings.data_dir, chart_options(settings))
+    for path in report.paths:
+        print(display_path(path))
+    log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
+             report.price_scale, report.skipped_lines)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

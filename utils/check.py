@@ -1,0 +1,101 @@
+"""`python main.py check`: connectivity, key and plan, and coin ids, each reported on one line."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from utils.coingecko import KEY_HEADERS, CoinGeckoClient
+from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError
+from utils.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def suggestions(client: CoinGeckoClient, coin_id: str, limit: int = 3) -> list[str]:
+    """Likely right ids for an unknown one, from /search."""
+    query = coin_id.replace("-", " ").strip()
+    try:
+        found = client.search(query)
+    except ExtractError:
+        return []
+    coins = found.get("coins") if isinstance(found, dict) else None
+    out: list[str] = []
+    for coin in coins if isinstance(coins, list) else []:
+        if isinstance(coin, dict) and isinstance(coin.get("id"), str) and coin["id"] != coin_id:
+            label = coin["id"]
+            if coin.get("name") or coin.get("symbol"):
+                label += f" ({coin.get('name', '')}, {str(coin.get('symbol', '')).upper()})"
+            out.append(label)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
+              out: Callable[[str], None] = print) -> int:
+    """Check everything and print one line per finding; 0 only when all is fine."""
+    from utils.pipeline import make_client
+
+    ok = True
+    with make_client(settings, sleep=sleep) as client:
+        try:
+            answer = client.ping()
+            says = answer.get("gecko_says", "") if isinstance(answer, dict) else ""
+            out(f"ok    connectivity: {settings.api_url}/ping answered {says!r}")
+        except AuthError as exc:
+            out(f"FAIL  key/plan: {exc}")
+            return EXIT_FAILED
+        except ExtractError as exc:
+            out(f"FAIL  connectivity: {exc}")
+            return EXIT_FAILED
+        if settings.api_plan == "public":
+            out("ok    key: none (public plan, best effort and a low rate limit); a free Demo key is more "
+                "reliable: set COINGECKO_API_KEY")
+        else:
+            ok &= check_key(settings, client, out)
+        try:
+            known = known_ids(settings, client)
+        except ExtractError as exc:
+            out(f"FAIL  coins: {exc}")
+            return EXIT_FAILED
+        unknown = [c for c in settings.coins if c not in known]
+        if not unknown:
+            out(f"ok    coins: CoinGecko knows all {len(settings.coins)} ids in {settings.vs_currency}")
+        for coin in unknown:
+            ok = False
+            hint = suggestions(client, coin)
+            tip = f"; did you mean {' or '.join(hint)}?" if hint else "; search https://www.coingecko.com for its API id"
+            out(f"FAIL  coin {coin!r} is not known to CoinGecko{tip}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def check_key(settings: Settings, client: CoinGeckoClient, out: Callable[[str], None]) -> bool:
+    """The key works on this host with this header (the pro host can also report the plan)."""
+    header = KEY_HEADERS[settings.api_plan]
+    try:
+        if settings.api_plan == "pro":
+            info: Any = client.get_json("/key")
+            plan = info.get("plan") if isinstance(info, dict) else None
+            limit = info.get("rate_limit_request_per_minute") if isinstance(info, dict) else None
+            out(f"ok    key: accepted by the pro host ({header}); plan {plan or '?'}, {limit or '?'} calls/min")
+        else:
+            client.markets(settings.vs_currency, [settings.coins[0]], per_page=1)
+            out(f"ok    key: accepted as a Demo key ({header})")
+        return True
+    except AuthError as exc:
+        out(f"FAIL  key/plan: {exc}")
+        return False
+
+
+def known_ids(settings: Settings, client: CoinGeckoClient) -> set[str]:
+    """The requested ids that /coins/markets answers for."""
+    found: set[str] = set()
+    for start in range(0, len(settings.coins), 250):
+        rows = client.markets(settings.vs_currency, list(settings.coins[start:start + 250]))
+        if not isinstance(rows, list):
+            raise ExtractError("/coins/markets answered something other than a list of coins")
+        found |= {r.get("id") for r in rows if isinstance(r, dict)}
+    return found

@@ -1,0 +1,319 @@
+"""The CSV history on disk: header checks, torn-tail repair, bookmarks state and legacy migration.
+
+Every function here expects the caller to hold `file_storage.history_lock`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from utils.errors import LoadError, SchemaMismatch
+from utils.file_storage import atomic_write_bytes, describe_os_error, read_json, write_json_atomic
+from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, format_cell, normalize_timestamp
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+TAIL_PROBE = 256  # bytes before the recorded offset whose hash proves the file is still the one we knew
+BOM = b"\xef\xbb\xbf"
+LEGACY_CURRENCY = "eur"
+# The original script's nine coins, by the names and symbols CoinGecko gave them.
+LEGACY_IDS = {
+    "bitcoin": "bitcoin", "btc": "bitcoin",
+    "ethereum": "ethereum", "eth": "ethereum",
+    "bnb": "binancecoin", "binance coin": "binancecoin",
+    "cardano": "cardano", "ada": "cardano",
+    "solana": "solana", "sol": "solana",
+    "dogecoin": "dogecoin", "doge": "dogecoin",
+    "polkadot": "polkadot", "dot": "polkadot",
+    "litecoin": "litecoin", "ltc": "litecoin",
+    "avalanche": "avalanche-2", "avax": "avalanche-2",
+}
+
+Key = tuple[str, str]  # (coin_id, vs_currency)
+
+
+@dataclass
+class HistoryState:
+    """Per-(coin, currency) newest last_updated, and how far into the CSV that knowledge reaches."""
+
+    csv_size: int = 0
+    tail_hash: str = ""
+    bookmarks: dict[Key, str] = field(default_factory=dict)
+    rows: int = 0
+
+    def note(self, coin_id: str, vs_currency: str, last_updated: str) -> None:
+        """Advance a bookmark if this observation is newer."""
+        key = (coin_id, vs_currency)
+        if last_updated > self.bookmarks.get(key, ""):
+            self.bookmarks[key] = last_updated
+
+    def to_json(self) -> dict:
+        return {
+            "version": STATE_VERSION, "columns": list(COLUMNS), "csv_size": self.csv_size,
+            "tail_hash": self.tail_hash, "rows": self.rows,
+            "bookmarks": {f"{c}|{v}": ts for (c, v), ts in sorted(self.bookmarks.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> HistoryState | None:
+        """The state, or None when it is missing, corrupt, or written by another version."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("columns") != list(COLUMNS):
+            return None
+        try:
+            bookmarks = {}
+            for key, ts in data["bookmarks"].items():
+                coin_id, vs = key.split("|")
+                if not isinstance(ts, str):
+                    return None
+                bookmarks[(coin_id, vs)] = ts
+            size, rows, tail = int(data["csv_size"]), int(data["rows"]), str(data["tail_hash"])
+        except (KeyError, ValueError, AttributeError, TypeError):
+            return None
+        if size < 0 or rows < 0:
+            return None
+        return cls(csv_size=size, tail_hash=tail, bookmarks=bookmarks, rows=rows)
+
+
+def state_path(csv_path: Path) -> Path:
+    return csv_path.parent / ".state" / f"{csv_path.name}.state.json"
+
+
+def quarantine_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name + ".quarantine")
+
+
+def tail_hash(fh: io.BufferedReader, size: int) -> str:
+    """Hash of the TAIL_PROBE bytes that end at offset size."""
+    start = max(0, size - TAIL_PROBE)
+    fh.seek(start)
+    return hashlib.sha256(fh.read(size - start)).hexdigest()
+
+
+def read_header(csv_path: Path) -> tuple[str, ...] | None:
+    """The CSV's column names, or None if the file is missing or empty."""
+    try:
+        with open(csv_path, "rb") as fh:
+            first = fh.readline(1 << 16)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LoadError(describe_os_error(exc, csv_path, "read")) from None
+    if first.startswith(BOM):
+        first = first[len(BOM):]
+    if not first.strip():
+        return None
+    try:
+        return tuple(next(csv.reader([first.decode("utf-8").rstrip("\r\n")])))
+    except (UnicodeDecodeError, StopIteration, csv.Error):
+        raise SchemaMismatch(f"{csv_path} does not start with a CSV header: move it away or point "
+                             "--data-dir elsewhere") from None
+
+
+def check_header(csv_path: Path, header: tuple[str, ...]) -> None:
+    """Refuse a CSV whose columns are not ours, naming what is missing and extra."""
+    if header == COLUMNS:
+        return
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [c for c in header if c not in COLUMNS]
+    detail = []
+    if missing:
+        detail.append("missing " + ", ".join(missing))
+    if extra:
+        detail.append("extra " + ", ".join(extra))
+    if not detail:
+        detail.append("the columns are in another order")
+    raise SchemaMismatch(f"{csv_path} has columns this version does not write ({'; '.join(detail)}); "
+                         "nothing was appended: move the file away or use another --data-dir")
+
+
+def repair_torn_tail(csv_path: Path) -> int:
+    """Move a last line without its newline (a write cut short) to the quarantine file. Returns bytes moved."""
+    with open(csv_path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        # Find the last newline, reading backwards in blocks.
+        pos, cut = size, 0
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            fh.seek(pos)
+            block = fh.read(step)
+            idx = block.rfind(b"\n")
+            if idx >= 0:
+                cut = pos + idx + 1
+                break
+        if cut == 0:
+            raise SchemaMismatch(f"{csv_path} holds no complete line, not even a header: move it away")
+        fh.seek(cut)
+        torn = fh.read()
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with open(quarantine_path(csv_path), "ab") as q:
+            q.write(f"# {stamp} torn last line of {csv_path.name} at byte {cut}:\n".encode() + torn + b"\n")
+            q.flush()
+            os.fsync(q.fileno())
+        fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("the last line of %s was cut short by an interrupted write; moved its %d bytes to %s",
+                csv_path, len(torn), quarantine_path(csv_path))
+    return len(torn)
+
+
+def _scan_rows(lines: Iterable[str], state: HistoryState) -> None:
+    """Advance bookmarks from CSV data lines in our column order."""
+    i_id, i_vs, i_ts = COLUMNS.index("coin_id"), COLUMNS.index("vs_currency"), COLUMNS.index("last_updated")
+    width = len(COLUMNS)
+    for row in csv.reader(lines):
+        if len(row) != width:
+            continue
+        state.rows += 1
+        state.note(row[i_id], row[i_vs], row[i_ts])
+
+
+def rebuild_state(csv_path: Path) -> HistoryState:
+    """One pass over the whole CSV (only three columns) to rebuild the bookmarks."""
+    state = HistoryState()
+    with open(csv_path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
+        next(text, None)  # header
+        _scan_rows(text, state)
+        text.detach()
+        state.csv_size = size
+        state.tail_hash = tail_hash(fh, size)
+    log.log(logging.INFO if state.rows else logging.DEBUG, "rebuilt the load state of %s from %d rows",
+            csv_path, state.rows)
+    return state
+
+
+def current_state(csv_path: Path) -> HistoryState:
+    """The saved state, caught up with rows appended after it was saved; rebuilt when it cannot be trusted."""
+    state = HistoryState.from_json(read_json(state_path(csv_path)))
+    with open(csv_path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if state is None or state.csv_size > size or state.csv_size == 0 or \
+                tail_hash(fh, state.csv_size) != state.tail_hash:
+            return rebuild_state(csv_path)
+        if state.csv_size < size:
+            fh.seek(state.csv_size)
+            tail = fh.read(size - state.csv_size).decode("utf-8", errors="replace")
+            _scan_rows(io.StringIO(tail, newline=""), state)
+            state.csv_size = size
+            state.tail_hash = tail_hash(fh, size)
+    return state
+
+
+def save_state(csv_path: Path, state: HistoryState) -> None:
+    """Persist the state; a failure only costs a catch-up scan next time, so it is a warning."""
+    try:
+        write_json_atomic(state_path(csv_path), state.to_json())
+    except OSError as exc:
+        log.warning("%s (the next run rebuilds it)", describe_os_error(exc, state_path(csv_path), "save the load state"))
+
+
+# -- legacy migration ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What migrating a seven-column CSV did."""
+
+    rows_read: int
+    rows_written: int
+    exact_duplicates: int
+    conflicting_duplicates: int
+    unmapped: int
+    backup: Path
+
+
+def _legacy_number(text: str) -> str:
+    """A legacy numeric cell in our canonical form; raises ValueError."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        return str(int(text))
+    except ValueError:
+        return format_cell(float(text))
+
+
+def migrate_legacy(csv_path: Path) -> MigrationReport:
+    """Rewrite the original script's seven-column CSV in today's layout, keeping the original as a backup."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    backup = csv_path.with_name(f"{csv_path.name}.legacy-{stamp}.bak")
+    try:
+        shutil.copy2(csv_path, backup)
+        with open(backup, "rb") as fh:
+            os.fsync(fh.fileno())
+        with open(csv_path, encoding="utf-8-sig", newline="", errors="replace") as fh:
+            rows = list(csv.reader(fh))[1:]
+    except OSError as exc:
+        raise LoadError(describe_os_error(exc, csv_path, "migrate")) from None
+
+    seen_rows: set[tuple[str, ...]] = set()
+    seen_keys: set[tuple[str, str]] = set()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    exact = conflicting = unmapped = written = 0
+    unmapped_lines = io.StringIO()
+    unmapped_writer = csv.writer(unmapped_lines, lineterminator="\n")
+    out.write(HEADER_LINE)
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        as_tuple = tuple(row)
+        if as_tuple in seen_rows:
+            exact += 1
+            continue
+        seen_rows.add(as_tuple)
+        try:
+            if len(row) != len(LEGACY_COLUMNS):
+                raise ValueError("wrong number of fields")
+            name, symbol, price, cap, change, supply, updated = row
+            coin_id = LEGACY_IDS.get(name.strip().lower()) or LEGACY_IDS.get(symbol.strip().lower())
+            if coin_id is None:
+                raise ValueError("not one of the nine original coins")
+            updated = normalize_timestamp(updated)
+            cells = {"name": name.strip(), "symbol": symbol.strip(), "current_price": _legacy_number(price),
+                     "market_cap": _legacy_number(cap), "price_change_percentage_24h": _legacy_number(change),
+                     "circulating_supply": _legacy_number(supply), "last_updated": updated,
+                     "coin_id": coin_id, "vs_currency": LEGACY_CURRENCY, "source": SOURCE_LEGACY}
+        except ValueError:
+            unmapped += 1
+            unmapped_writer.writerow(row)
+            continue
+        if (coin_id, updated) in seen_keys:
+            conflicting += 1
+            continue
+        seen_keys.add((coin_id, updated))
+        writer.writerow([cells.get(c, "") for c in COLUMNS])
+        written += 1
+    try:
+        if unmapped:
+            with open(quarantine_path(csv_path), "a", encoding="utf-8", newline="") as q:
+                q.write(f"# {stamp} legacy rows of {csv_path.name} that could not be mapped "
+                        f"(also kept in {backup.name}):\n")
+                q.write(unmapped_lines.getvalue())
+        atomic_write_bytes(csv_path, out.getvalue().encode("utf-8"))
+    except OSError as exc:
+        raise LoadError(describe_os_error(exc, csv_path, "migrate") + "; the original is unchanged") from None
+    report = MigrationReport(len(rows), written, exact, conflicting, unmapped, backup)
+    log.warning("migrated %s from the original seven-column layout: %d rows read, %d written, %d exact "
+                "duplicates dropped, %d conflicting duplicates dropped, %d unmapped rows kept in %s; "
+                "the original is kept as %s", csv_path, report.rows_read, written, exact, conflicting,
+                unmapped, quarantine_path(csv_path).name, backup)
+    return report

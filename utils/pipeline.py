@@ -1,0 +1,127 @@
+"""One run of the pipeline (extract -> archive -> transform -> load -> charts), shared by `run` and the daemon."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lambdas.lambda_1_extract import archive_snapshot, extract
+from lambdas.lambda_2_transform import Rejected, transform
+from lambdas.lambda_3_load import LoadReport, load
+from utils.coingecko import CoinGeckoClient
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError
+from utils.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one run, for the summary line, the exit code and the daemon's status."""
+
+    requested: tuple[str, ...]
+    load: LoadReport
+    missing: tuple[str, ...] = ()
+    rejected: tuple[Rejected, ...] = ()
+    seconds: float = 0.0
+    chart_error: str | None = None
+    charts: tuple[Path, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.missing or self.rejected else EXIT_OK
+
+    @property
+    def incomplete_coins(self) -> tuple[str, ...]:
+        """Coins to fetch again: left out by CoinGecko or rejected."""
+        bad = set(self.missing) | {r.coin_id for r in self.rejected}
+        return tuple(c for c in self.requested if c in bad)
+
+    def summary(self) -> str:
+        """The one line a run prints on stderr."""
+        word = "ok" if self.exit_code == EXIT_OK else "partial"
+        got = len(self.requested) - len(self.incomplete_coins)
+        coins = f"{got} coins" if word == "ok" else f"{got} of {len(self.requested)} coins"
+        skipped = self.load.skipped_duplicates + self.load.skipped_stale
+        parts = [coins, f"{self.load.appended} rows appended", f"{skipped} duplicates skipped",
+                 f"{len(self.rejected)} rejected"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
+                         f"{', ...' if len(self.missing) > 10 else ''})")
+        line = f"run {word}: " + ", ".join(parts) + f" in {self.seconds:.1f} s -> {display_path(self.load.csv_path)}"
+        if self.chart_error:
+            line += f"; charts failed: {self.chart_error}"
+        return line
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the current folder when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> CoinGeckoClient:
+    """The CoinGecko client the settings describe."""
+    return CoinGeckoClient(settings.api_url, plan=settings.api_plan, api_key=settings.api_key,
+                           timeout=settings.timeout, max_retry_wait=settings.max_retry_wait, sleep=sleep)
+
+
+def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
+             coins: tuple[str, ...] | None = None, charts: bool | None = None) -> RunResult:
+    """Extract, archive, transform and load once, then draw the charts. Raises PipelineError."""
+    started = time.monotonic()
+    coins = coins or settings.coins
+    snapshot = extract(coins, settings.vs_currency, client, clock)
+    try:
+        archive_snapshot(snapshot, settings.raw_dir)
+    except OSError as exc:
+        log.warning("could not archive the raw answer under %s (%s); the run goes on", settings.raw_dir,
+                    exc.strerror or exc)
+    result = transform(snapshot)
+    for rejected in result.rejected:
+        log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
+    if snapshot.missing:
+        log.warning("CoinGecko returned no data for %s: check the ids with `python main.py check`",
+                    ", ".join(snapshot.missing))
+    if not result.records:
+        raise ExtractError(f"no usable rows: CoinGecko returned {len(snapshot.rows)} rows for "
+                           f"{len(coins)} requested coins and none could be stored; nothing was appended")
+    report = load(result.records, settings.csv_path, lock_timeout=settings.lock_timeout)
+    chart_error = None
+    chart_paths: tuple[Path, ...] = ()
+    if settings.charts if charts is None else charts:
+        chart_paths, chart_error = draw_charts(settings)
+    return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=tuple(result.rejected),
+                     seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths)
+
+
+def draw_charts(settings: Settings) -> tuple[tuple[Path, ...], str | None]:
+    """Charts after a run: a failure is reported, never fatal, because the CSV already landed."""
+    try:
+        from utils.visualization import render_charts
+
+        report = render_charts(settings.csv_path, settings.data_dir, chart_options(settings))
+        return report.paths, None
+    except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
+        log.debug("chart failure", exc_info=True)
+        return (), str(exc) or type(exc).__name__
+
+
+def chart_options(settings: Settings):  # -> ChartOptions, imported lazily to keep matplotlib off start-up
+    """Chart options from the settings."""
+    from utils.visualization import ChartOptions
+
+    return ChartOptions(vs_currency=settings.vs_currency, coins=settings.plot_coins, since=settings.since,
+                        until=settings.until, days=settings.days, scale=settings.scale)

@@ -1,0 +1,233 @@
+"""Settings: one frozen object built once from flags > environment > config file > defaults."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from utils.coingecko import default_base_url
+from utils.errors import ConfigError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dogecoin", "polkadot",
+                 "litecoin", "avalanche-2")
+PLANS = ("public", "demo", "pro")
+SCALES = ("auto", "log", "linear")
+CSV_NAME = "crypto_data.csv"
+COIN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+CURRENCY_RE = re.compile(r"^[a-z0-9]{2,10}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to know, resolved once."""
+
+    command: str = "run"
+    coins: tuple[str, ...] = DEFAULT_COINS
+    vs_currency: str = "eur"
+    data_dir: Path = PROJECT_DIR / "data"
+    api_plan: str = "public"
+    api_url: str = "https://api.coingecko.com/api/v3"
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    max_retry_wait: float = 120.0
+    lock_timeout: float = 300.0
+    charts: bool = True
+    verbosity: int = 0
+    plot_coins: tuple[str, ...] = ()
+    since: date | None = None
+    until: date | None = None
+    days: int | None = None
+    scale: str = "auto"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.data_dir / CSV_NAME
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / ".state"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+
+# name -> (environment variable, parser). Config-file keys are the names themselves.
+def _parse_coins(text: str) -> tuple[str, ...]:
+    ids: list[str] = []
+    for part in str(text).split(","):
+        coin = part.strip().lower()
+        if not coin:
+            continue
+        if not COIN_ID_RE.match(coin):
+            raise ConfigError(f"coins: {part.strip()!r} is not a CoinGecko API id (ids look like 'bitcoin' "
+                              "or 'avalanche-2'); `python main.py check` suggests the right one")
+        if coin not in ids:
+            ids.append(coin)
+    if not ids:
+        raise ConfigError("coins: the list is empty; give ids like --coins bitcoin,ethereum")
+    return tuple(ids)
+
+
+def _parse_currency(text: str) -> str:
+    cur = str(text).strip().lower()
+    if not CURRENCY_RE.match(cur):
+        raise ConfigError(f"vs-currency: {text!r} is not a currency code; use one like eur, usd or btc")
+    return cur
+
+
+def _parse_plan(text: str) -> str:
+    plan = str(text).strip().lower()
+    if plan not in PLANS:
+        raise ConfigError(f"api-plan: {text!r} is not a plan; use one of {', '.join(PLANS)}")
+    return plan
+
+
+def _parse_url(text: str) -> str:
+    url = str(text).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"api-url: {text!r} is not an http(s) URL; use e.g. {default_base_url('public')}")
+    if parts.username or parts.password or parts.query:
+        raise ConfigError("api-url: put no credentials or query in the URL; set the key in COINGECKO_API_KEY")
+    return url
+
+
+def _seconds(name: str, low: float, high: float) -> Callable[[Any], float]:
+    def parse(text: Any) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{name}: {text!r} is out of range; use {low:g} to {high:g} seconds")
+        return value
+    return parse
+
+
+def _parse_bool(name: str) -> Callable[[Any], bool]:
+    def parse(text: Any) -> bool:
+        if isinstance(text, bool):
+            return text
+        value = str(text).strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: {text!r} is not true or false")
+    return parse
+
+
+def _parse_date(name: str) -> Callable[[Any], date]:
+    def parse(text: Any) -> date:
+        if isinstance(text, date):
+            return text
+        try:
+            return date.fromisoformat(str(text).strip())
+        except ValueError:
+            raise ConfigError(f"{name}: {text!r} is not a date; use YYYY-MM-DD") from None
+    return parse
+
+
+def _parse_days(text: Any) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"days: {text!r} is not a whole number of days") from None
+    if value < 1:
+        raise ConfigError("days: use 1 or more")
+    return value
+
+
+def _parse_scale(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in SCALES:
+        raise ConfigError(f"scale: {text!r} is not one of {', '.join(SCALES)}")
+    return value
+
+
+def _parse_key(text: Any) -> str:
+    key = str(text).strip()
+    if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise ConfigError("COINGECKO_API_KEY holds spaces or control characters; paste the key alone")
+    return key
+
+
+OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
+    "coins": ("PIPELINE_COINS", _parse_coins),
+    "vs_currency": ("PIPELINE_VS_CURRENCY", _parse_currency),
+    "data_dir": ("PIPELINE_DATA_DIR", lambda t: Path(str(t)).expanduser()),
+    "api_url": ("COINGECKO_API_URL", _parse_url),
+    "api_key": ("COINGECKO_API_KEY", _parse_key),
+    "api_plan": ("COINGECKO_API_PLAN", _parse_plan),
+    "timeout": ("PIPELINE_TIMEOUT", _seconds("timeout", 0.1, 600)),
+    "max_retry_wait": ("PIPELINE_MAX_RETRY_WAIT", _seconds("max-retry-wait", 0, 86400)),
+    "lock_timeout": ("PIPELINE_LOCK_TIMEOUT", _seconds("lock-timeout", 0, 86400)),
+    "charts": ("PIPELINE_CHARTS", _parse_bool("charts")),
+    "plot_coins": ("PIPELINE_PLOT_COINS", lambda t: tuple(c.strip() for c in str(t).split(",") if c.strip())),
+    "since": (None, _parse_date("since")),
+    "until": (None, _parse_date("until")),
+    "days": (None, _parse_days),
+    "scale": ("PIPELINE_CHART_SCALE", _parse_scale),
+}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file whose keys are the option names (coins, vs_currency, data_dir, ...)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check --config / PIPELINE_CONFIG") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("pipeline", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [pipeline] must be a table")
+    normalized = {str(k).replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(normalized) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+    if isinstance(normalized.get("coins"), list):
+        normalized["coins"] = ",".join(map(str, normalized["coins"]))
+    return normalized
+
+
+def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str],
+                   config_path: str | None = None, verbosity: int = 0) -> Settings:
+    """Resolve every option: flag > environment > config file > default. Raises ConfigError."""
+    config_path = config_path or env.get("PIPELINE_CONFIG") or None
+    file_values = load_config_file(Path(config_path).expanduser()) if config_path else {}
+    values: dict[str, Any] = {}
+    for name, (env_name, parse) in OPTIONS.items():
+        raw: Any = flags.get(name)
+        if raw is None and env_name and env.get(env_name, "").strip():
+            raw = env[env_name]
+        if raw is None and name in file_values:
+            raw = file_values[name]
+        if raw is not None:
+            values[name] = parse(raw)
+    if "api_plan" not in values:
+        values["api_plan"] = "demo" if values.get("api_key") else "public"
+    if values["api_plan"] != "public" and not values.get("api_key"):
+        raise ConfigError(f"--api-plan {values['api_plan']} needs a key: set COINGECKO_API_KEY")
+    if values["api_plan"] == "public":
+        values.pop("api_key", None)
+    values.setdefault("api_url", default_base_url(values["api_plan"]))
+    if "data_dir" in values and not values["data_dir"].is_absolute():
+        values["data_dir"] = Path.cwd() / values["data_dir"]
+    since, until = values.get("since"), values.get("until")
+    if since and until and since > until:
+        raise ConfigError(f"--since {since} is after --until {until}")
+    return Settings(command=command, verbosity=verbosity, **values)
