@@ -88,17 +88,15 @@ def error_from_body(body: Any) -> tuple[int | None, str | None]:
     """(error_code, message) from any of CoinGecko's error body shapes, or (None, None)."""
     if not isinstance(body, dict):
         return None, None
-    status = body.get("status")
     error = body.get("error")
-    if isinstance(error, dict) and isinstance(error.get("status"), dict):
-        status = error["status"]
-    if isinstance(status, dict) and ("error_code" in status or "error_message" in status):
-        code = status.get("error_code")
-        message = status.get("error_message")
-        return (code if isinstance(code, int) else None), (str(message).strip() if message else None)
-    if isinstance(error, str):
-        return None, error.strip()
-    return None, None
+    status = error.get("status") if isinstance(error, dict) else body.get("status")
+    status = status if isinstance(status, dict) else {}
+    code = status.get("error_code", body.get("error_code"))
+    message = status.get("error_message", body.get("error_message"))
+    if message is None and isinstance(error, str):
+        message = error
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
+    return code, (str(message).strip() or None) if message is not None else None
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -218,6 +216,8 @@ class CoinGeckoClient:
             raise RetriableError(f"CoinGecko did not answer {path} within {self.timeout:g} s") from exc
         except requests.ConnectionError as exc:
             raise RetriableError(f"cannot connect to {self.base_url} ({_network_reason(exc)})") from exc
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+            raise RetriableError(f"CoinGecko's answer to {path} was cut short ({_network_reason(exc)})") from exc
         except requests.RequestException as exc:
             raise ExtractError(f"request to {path} failed: {_network_reason(exc)}") from exc
         return self._decode(path, response)
@@ -255,7 +255,7 @@ class CoinGeckoClient:
             if advice is None and _looks_like_cloudflare(response):
                 advice = ERROR_ADVICE[1020]
             full = f"{where}: {_short(text)}" + (f" ({advice})" if advice else "")
-            if code in (10002, 10005, 10010, 10011, 10012) or status in (401, 403):
+            if code in (10002, 10005, 10010, 10011, 10012) or status == 401:
                 raise AuthError(full, status=status, error_code=code)
             if status == 400:
                 raise BadRequest(full, status=status, error_code=code)
