@@ -13,7 +13,8 @@ from lambdas.lambda_1_extract import archive_snapshot, extract
 from lambdas.lambda_2_transform import Rejected, transform
 from lambdas.lambda_3_load import LoadReport, load
 from utils.coingecko import CoinGeckoClient
-from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError
+from utils.file_storage import describe_os_error
 from utils.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     """Extract, archive, transform and load once, then draw the charts. Raises PipelineError."""
     started = time.monotonic()
     coins = coins or settings.coins
+    prepare_data_dir(settings.data_dir)
     snapshot = extract(coins, settings.vs_currency, client, clock)
     try:
         archive_snapshot(snapshot, settings.raw_dir)
@@ -105,6 +107,23 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
         chart_paths, chart_error = draw_charts(settings)
     return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=tuple(result.rejected),
                      seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths)
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data folder if its parent exists; anything else is a configuration error, found before any request."""
+    if data_dir.is_dir():
+        return
+    if data_dir.exists():
+        raise ConfigError(f"--data-dir {data_dir} is a file, not a folder: choose another --data-dir")
+    if data_dir.parent.exists() and not data_dir.parent.is_dir():
+        raise ConfigError(f"--data-dir {data_dir}: {data_dir.parent} is a file, not a folder")
+    if not data_dir.parent.is_dir():
+        raise ConfigError(f"--data-dir {data_dir}: its parent folder {data_dir.parent} does not exist; "
+                          "create it or choose another --data-dir")
+    try:
+        data_dir.mkdir()
+    except OSError as exc:
+        raise ConfigError(describe_os_error(exc, data_dir, "create the data folder")) from None
 
 
 def draw_charts(settings: Settings) -> tuple[tuple[Path, ...], str | None]:
