@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 
@@ -40,7 +40,7 @@ class Record:
 
     def to_row(self) -> list[str]:
         """The CSV cells: null as an empty cell, floats in their shortest exact form."""
-        return [format_cell(v) for v in astuple(self)]
+        return [format_cell(getattr(self, name)) for name in COLUMNS]
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
