@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
 
 log = logging.getLogger("pipeline")
 
-COMMANDS = ("run", "check", "plot")
+COMMANDS = ("run", "check", "plot", "daemon", "status")
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
           "3 partial: some coins were missing or rejected, the rest was appended. "
@@ -52,6 +54,8 @@ def common_options() -> argparse.ArgumentParser:
                    help="how long to wait for another process writing the history [PIPELINE_LOCK_TIMEOUT; default 300]")
     g.add_argument("--config", metavar="FILE", help="TOML file with the same keys [PIPELINE_CONFIG]")
     v = p.add_argument_group("output")
+    v.add_argument("--log-file", metavar="PATH",
+                   help="also log to this file, with timestamps, rotated at 10 MB (5 kept) [PIPELINE_LOG_FILE]")
     v.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
     v.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     return p
@@ -82,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG)
     run.add_argument("--no-charts", dest="charts", action="store_const", const=False,
                      help="do not draw charts after the run [PIPELINE_CHARTS=0]")
+    daemon = sub.add_parser("daemon", parents=[common, charts], help="stay running and run the pipeline every day",
+                            description="Run the pipeline every day at --at in --timezone, retry failures the "
+                                        "same day, stop cleanly on SIGTERM or Ctrl-C.", epilog=EPILOG)
+    daemon.add_argument("--no-charts", dest="charts", action="store_const", const=False,
+                        help="do not draw charts after each run [PIPELINE_CHARTS=0]")
+    d = daemon.add_argument_group("schedule")
+    d.add_argument("--at", metavar="HH:MM", help="time of the daily run [PIPELINE_AT; default 00:00]")
+    d.add_argument("--timezone", metavar="AREA/CITY",
+                   help="time zone of --at [PIPELINE_TIMEZONE; default the machine's zone]")
+    d.add_argument("--retry-delays", metavar="MIN,MIN,...",
+                   help="minutes to wait before each retry of a failed run, the last repeating until the "
+                        "next scheduled run [PIPELINE_RETRY_DELAYS; default 5,15,60]")
+    d.add_argument("--no-initial-run", dest="initial_run", action="store_const", const=False,
+                   help="do not run at start even when the last success is more than a day old "
+                        "[PIPELINE_INITIAL_RUN=0]")
+    sub.add_parser("status", parents=[common], help="show the last run, the next run and the history's coverage",
+                   description="Show the last run and its result, the next scheduled run, and the history: rows, "
+                               "coins, first and last observation, days missing.")
     sub.add_parser("check", parents=[common], help="check connectivity, the API key and plan, and the coin ids",
                    description="Check /ping, the key and plan, and that CoinGecko knows every coin id.")
     sub.add_parser("plot", parents=[common, charts], help="draw the charts from the history",
@@ -126,22 +148,34 @@ class CliFormatter(logging.Formatter):
         return message
 
 
-def setup_logging(verbose: int, quiet: bool, secrets: Sequence[str]) -> None:
-    """Log to stderr: warnings and the summary by default, debug with -v, errors only with -q."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def setup_logging(verbose: int, quiet: bool, secrets: Sequence[str], *, timestamps: bool = False,
+                  log_file: Path | None = None) -> None:
+    """Log to stderr (and a rotated file): warnings and summaries by default, debug with -v, errors only with -q."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_pipeline", False):
-            root.removeHandler(handler)
-            handler.close()
-    handler = logging.StreamHandler(sys.stderr)
-    handler._pipeline = True  # type: ignore[attr-defined]
-    handler.setFormatter(CliFormatter())
-    handler.addFilter(SecretFilter(secrets))
-    root.addHandler(handler)
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    root.setLevel(level)
+    for old in list(root.handlers):
+        if getattr(old, "_pipeline", False):
+            root.removeHandler(old)
+            old.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers[0].setFormatter(logging.Formatter(LOG_FORMAT) if timestamps else CliFormatter())
+    if log_file is not None:
+        try:
+            file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5,
+                                                                encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--log-file {log_file}: cannot open it ({exc.strerror})") from None
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler._pipeline = True  # type: ignore[attr-defined]
+        handler.addFilter(SecretFilter(secrets))
+        root.addHandler(handler)
+    root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     # Third-party chatter stays at warning unless asked for twice.
-    for name in ("urllib3", "matplotlib", "PIL", "filelock"):
+    for name in ("urllib3", "matplotlib", "PIL", "filelock", "schedule"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
@@ -149,7 +183,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed arguments and the environment."""
     flags = {name: getattr(args, name, None) for name in
              ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
-              "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts")}
+              "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
+              "retry_delays", "initial_run", "log_file")}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -165,9 +200,18 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    setup_logging(args.verbose, args.quiet, [args.api_key or "", env.get("COINGECKO_API_KEY", "")])
+    secrets = [args.api_key or "", env.get("COINGECKO_API_KEY", "")]
+    setup_logging(args.verbose, args.quiet, secrets)
     try:
         settings = settings_from(args, env)
+        if settings.log_file or settings.command == "daemon":
+            setup_logging(args.verbose, args.quiet, secrets + [settings.api_key or ""],
+                          timestamps=settings.command == "daemon", log_file=settings.log_file)
+        if settings.command == "daemon":
+            return daemon_command(settings)
+        if settings.command == "status":
+            from utils.status_report import print_status
+            return print_status(settings)
         if settings.command == "check":
             from utils.check import run_check
             return run_check(settings, sleep=sleep)
@@ -189,13 +233,57 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
-    """`run`: one pass of the pipeline, one summary line."""
+    """`run`: one pass of the pipeline, one summary line, and the status file updated."""
+    from utils.daemon import Outcome, StatusFile, utc_now
     from utils.pipeline import make_client, run_once
 
-    with make_client(settings, sleep=sleep) as client:
-        result = run_once(settings, client)
+    status = StatusFile(settings.state_dir / "status.json")
+    started = utc_now()
+    try:
+        with make_client(settings, sleep=sleep) as client:
+            result = run_once(settings, client)
+    except PipelineError as exc:
+        if settings.data_dir.is_dir():
+            status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
+        raise
+    status.record_run(started, utc_now(), result.outcome(), "run")
     log.info("%s", result.summary())
     return result.exit_code
+
+
+class Stopped(PipelineError):
+    """A stop was asked while waiting to retry a request: nothing was appended."""
+
+
+def daemon_command(settings: Settings) -> int:
+    """`daemon`: one process per data folder, running the pipeline on schedule until SIGTERM or Ctrl-C."""
+    from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone
+    from utils.pipeline import make_client, prepare_data_dir, run_once
+
+    zone = resolve_zone(settings.timezone)
+    prepare_data_dir(settings.data_dir)
+    lock = DaemonLock(settings.state_dir)
+    lock.acquire()
+    try:
+        daemon: Daemon
+
+        def interruptible_sleep(seconds: float) -> None:
+            if daemon.stop_event.wait(seconds):
+                raise Stopped("stopped while waiting to retry a request; nothing was appended")
+
+        def job(coins: tuple[str, ...] | None, should_stop: Callable[[], bool]):
+            with make_client(settings, sleep=interruptible_sleep) as client:
+                return run_once(settings, client, coins=coins, should_stop=should_stop).outcome()
+
+        daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,
+                        status=StatusFile(settings.state_dir / "status.json"), initial_run=settings.initial_run)
+        daemon.install_signal_handlers()
+        log.info("daemon started (PID %d): %d coins in %s, daily at %s %s, data in %s", os.getpid(),
+                 len(settings.coins), settings.vs_currency, settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
+        daemon.start()
+        return daemon.run_forever()
+    finally:
+        lock.release()
 
 
 def plot_command(settings: Settings) -> int:

@@ -13,6 +13,7 @@ from lambdas.lambda_1_extract import archive_snapshot, extract
 from lambdas.lambda_2_transform import Rejected, transform
 from lambdas.lambda_3_load import LoadReport, load
 from utils.coingecko import CoinGeckoClient
+from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError
 from utils.file_storage import describe_os_error
 from utils.settings import Settings
@@ -48,6 +49,12 @@ class RunResult:
         bad = set(self.missing) | {r.coin_id for r in self.rejected}
         return tuple(c for c in self.requested if c in bad)
 
+    def outcome(self) -> Outcome:
+        """The daemon's and the status file's view of this run."""
+        return Outcome("ok" if self.exit_code == EXIT_OK else "partial", self.exit_code, self.load.appended,
+                       self.load.skipped_duplicates + self.load.skipped_stale, len(self.rejected),
+                       self.incomplete_coins, self.chart_error, self.summary())
+
     def summary(self) -> str:
         """The one line a run prints on stderr."""
         word = "ok" if self.exit_code == EXIT_OK else "partial"
@@ -80,8 +87,8 @@ def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep)
 
 
 def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
-             coins: tuple[str, ...] | None = None, charts: bool | None = None) -> RunResult:
-    """Extract, archive, transform and load once, then draw the charts. Raises PipelineError."""
+             coins: tuple[str, ...] | None = None, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
+    """Extract, archive, transform and load once, then draw the charts (skipped once a stop is asked). Raises PipelineError."""
     started = time.monotonic()
     coins = coins or settings.coins
     prepare_data_dir(settings.data_dir)
@@ -103,7 +110,7 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     report = load(result.records, settings.csv_path, lock_timeout=settings.lock_timeout)
     chart_error = None
     chart_paths: tuple[Path, ...] = ()
-    if settings.charts if charts is None else charts:
+    if settings.charts and not should_stop():
         chart_paths, chart_error = draw_charts(settings)
     return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=tuple(result.rejected),
                      seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths)

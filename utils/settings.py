@@ -8,7 +8,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +47,11 @@ class Settings:
     until: date | None = None
     days: int | None = None
     scale: str = "auto"
+    at: time = time(0, 0)
+    timezone: str | None = None
+    retry_delays: tuple[float, ...] = (5.0, 15.0, 60.0)
+    initial_run: bool = True
+    log_file: Path | None = None
 
     @property
     def csv_path(self) -> Path:
@@ -155,6 +160,26 @@ def _parse_scale(text: Any) -> str:
     return value
 
 
+def _parse_at(text: Any) -> time:
+    value = str(text).strip()
+    try:
+        hour, minute = value.split(":")
+        return time(int(hour), int(minute))
+    except ValueError:
+        raise ConfigError(f"at: {text!r} is not a time of day; use HH:MM, e.g. 00:00 or 06:30") from None
+
+
+def _parse_delays(text: Any) -> tuple[float, ...]:
+    parts = text if isinstance(text, list) else str(text).split(",")
+    try:
+        delays = tuple(float(p) for p in parts if str(p).strip())
+    except ValueError:
+        raise ConfigError(f"retry-delays: {text!r} is not a list of minutes like 5,15,60") from None
+    if not delays or any(not math.isfinite(d) or d <= 0 or d > 1440 for d in delays):
+        raise ConfigError("retry-delays: give minutes between 0 and 1440, like 5,15,60")
+    return delays
+
+
 def _parse_key(text: Any) -> str:
     key = str(text).strip()
     if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
@@ -178,6 +203,11 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "until": (None, _parse_date("until")),
     "days": (None, _parse_days),
     "scale": ("PIPELINE_CHART_SCALE", _parse_scale),
+    "at": ("PIPELINE_AT", _parse_at),
+    "timezone": ("PIPELINE_TIMEZONE", lambda t: str(t).strip() or None),
+    "retry_delays": ("PIPELINE_RETRY_DELAYS", _parse_delays),
+    "initial_run": ("PIPELINE_INITIAL_RUN", _parse_bool("initial-run")),
+    "log_file": ("PIPELINE_LOG_FILE", lambda t: Path(str(t)).expanduser()),
 }
 
 

@@ -1,0 +1,880 @@
+"""Charts of the CSV history: price, market-cap and performance trends as PNG files.
+
+The history can hold a million rows, so the CSV is not handed to pandas whole: a vectorised
+scanner finds the fields of every line with numpy, parses timestamps by their fixed layout,
+keeps one observation per coin per UTC day (or per pixel column, if the window is long), and
+only then parses the prices and market caps it is going to draw.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import dates as mdates
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from numpy.lib.stride_tricks import sliding_window_view
+
+from utils.errors import PipelineError, SchemaMismatch
+from utils.schema import COLUMNS
+
+logger = logging.getLogger(__name__)
+
+PRICE_CHART = "crypto_price_trend.png"
+MARKET_CAP_CHART = "crypto_market_cap_trend.png"
+PERFORMANCE_CHART = "crypto_performance.png"
+
+FIGURE_SIZE_INCHES = (14.0, 8.0)
+DPI = 100
+IMAGE_SIZE_PX = (int(FIGURE_SIZE_INCHES[0] * DPI), int(FIGURE_SIZE_INCHES[1] * DPI))
+# A line never needs more points than the image has pixels across.
+MAX_POINTS_PER_LINE = IMAGE_SIZE_PX[0]
+# With more coins than this, only the top ones by latest value get a colour and a legend entry.
+LEGEND_MAX_COINS = 15
+LOG_SPAN_THRESHOLD = 100.0  # "auto" picks a log axis beyond two orders of magnitude
+
+CURRENCY_SYMBOLS = {"eur": "€", "usd": "$", "gbp": "£", "jpy": "¥"}
+SCALES = ("auto", "log", "linear")
+
+_DAY_MS = 86_400_000
+_NEEDED = ("coin_id", "vs_currency", "last_updated", "current_price", "market_cap")
+_LABEL_COLUMNS = ("name", "symbol")
+_CHUNK_BYTES = 1 << 20
+_MAX_KEY_BYTES = 128  # longest coin id or currency code accepted
+_MAX_NUMBER_BYTES = 40
+_PAD_BYTES = 256  # zero bytes after the data, so fixed-width gathers never run off the end
+_MISSING_TIME = np.iinfo(np.int64).min
+
+
+class NoHistory(PipelineError):
+    """There is no history to chart yet."""
+
+    exit_code = 1
+
+
+class NothingToPlot(PipelineError):
+    """The history exists but the currency, coins or window asked for select no data."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ChartOptions:
+    """What to chart: currency, coins (ids, symbols or names, any case), window and y scale."""
+
+    vs_currency: str = "eur"
+    coins: tuple[str, ...] = ()
+    since: date | None = None
+    until: date | None = None
+    days: int | None = None
+    scale: str = "auto"
+
+
+@dataclass(frozen=True)
+class ChartReport:
+    """What render_charts wrote and from which data."""
+
+    paths: tuple[Path, ...]
+    coins: tuple[str, ...]
+    rows_used: int
+    skipped_lines: int
+    price_scale: str
+    market_cap_scale: str
+    window: tuple[datetime, datetime]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the history
+
+
+@dataclass
+class History:
+    """Every well-formed line of the CSV: identity and time parsed, numbers left as byte ranges."""
+
+    path: Path
+    raw: bytearray  # the file's bytes, quoted records rewritten in place, zero padded
+    row_start: np.ndarray  # int64 offset of each row's line
+    time_ms: np.ndarray  # int64 ms since 1970-01-01 UTC
+    coin: np.ndarray  # int32 index into coin_ids
+    currency: np.ndarray  # int32 index into currencies
+    price_at: np.ndarray  # int64 offset of the current_price field
+    price_len: np.ndarray  # int32 length of that field, 0 when null
+    cap_at: np.ndarray
+    cap_len: np.ndarray
+    name_len: np.ndarray  # int32, 0 when the row has no name (backfilled rows)
+    symbol_len: np.ndarray
+    coin_ids: list[str]
+    currencies: list[str]  # lower case
+    columns: tuple[str, ...]
+    skipped_lines: int  # wrong field count, unreadable timestamp, empty id or currency
+    quoted_fields: dict[int, list[str]] = field(default_factory=dict)  # row_start -> fields
+
+    def line_fields(self, row_start: int) -> list[str]:
+        """The cells of the line starting at row_start, as the csv module reads them."""
+        if row_start in self.quoted_fields:
+            return self.quoted_fields[row_start]
+        end = self.raw.find(b"\n", row_start)
+        text = bytes(self.raw[row_start:end if end >= 0 else len(self.raw)]).rstrip(b"\0\r")
+        return next(csv.reader([text.decode("utf-8", "replace")]), [])
+
+
+@dataclass
+class _Layout:
+    """Where the columns sit in a line."""
+
+    count: int
+    index: dict[str, int]
+    pad_column: int | None  # a text column that can absorb the bytes saved by unquoting
+
+
+def read_history(csv_path: Path) -> History:
+    """Scan the CSV history; damaged lines are counted in skipped_lines, never fatal."""
+    csv_path = Path(csv_path)
+    try:
+        size = csv_path.stat().st_size
+    except FileNotFoundError:
+        raise NoHistory(f"no history yet at {csv_path}: run `python main.py` first") from None
+    raw = bytearray(size + _PAD_BYTES)
+    with open(csv_path, "rb") as fh:
+        got = fh.readinto(memoryview(raw)[:size])
+    size = got or 0
+    start = 3 if raw[:3] == b"\xef\xbb\xbf" else 0
+    header_end = raw.find(b"\n", start, size)
+    header_end = size if header_end < 0 else header_end
+    header_text = bytes(raw[start:header_end]).decode("utf-8", "replace").strip("\r\0 ")
+    if not header_text:
+        raise NoHistory(f"no history yet at {csv_path}: run `python main.py` first")
+    columns = tuple(c.strip() for c in next(csv.reader([header_text])))
+    missing = [c for c in _NEEDED if c not in columns]
+    if missing:
+        raise SchemaMismatch(
+            f"{csv_path} has no column {', '.join(missing)}: it is not a history this version"
+            f" writes (expected the header {','.join(COLUMNS)})")
+    layout = _layout(columns)
+    data_start = min(header_end + 1, size)
+
+    quoted_fields: dict[int, list[str]] = {}
+    skipped = 0
+    if raw.find(b'"', data_start, size) >= 0:
+        skipped += _unquote_in_place(raw, data_start, size, layout, quoted_fields)
+
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    scan = _Scan(arr, layout)
+    pos = data_start
+    while pos < size:
+        end = raw.find(b"\n", min(pos + _CHUNK_BYTES, size - 1), size)
+        end = size if end < 0 else end + 1
+        scan.chunk(pos, end, final=end >= size)
+        pos = end
+    history = scan.finish(csv_path, raw, columns, quoted_fields)
+    history.skipped_lines += skipped
+    return history
+
+
+def _layout(columns: tuple[str, ...]) -> _Layout:
+    index = {name: i for i, name in enumerate(columns)}
+    protected = {index[c] for c in _NEEDED}
+    pad = next((index[c] for c in _LABEL_COLUMNS if c in index), None)
+    if pad is None:
+        pad = next((i for i in range(len(columns)) if i not in protected), None)
+    return _Layout(count=len(columns), index=index, pad_column=pad)
+
+
+def _unquote_in_place(raw: bytearray, start: int, size: int, layout: _Layout,
+                      quoted_fields: dict[int, list[str]]) -> int:
+    """Rewrite every quoted record as one plain line of the same length; return damaged count.
+
+    Quotes are rare (a coin name with a comma), so this runs only when the file has any. The
+    original cells are kept in quoted_fields for the labels; commas, quotes and line breaks
+    inside cells become spaces and the shortened record is padded inside a text column.
+    """
+    arr = np.frombuffer(raw, dtype=np.uint8)[:size]
+    newlines = np.flatnonzero(arr == 10)
+    quotes = np.flatnonzero(arr[start:] == 34) + start
+    line_of_quote = np.searchsorted(newlines, quotes)
+    lines, counts = np.unique(line_of_quote, return_counts=True)
+    parity = dict(zip(lines.tolist(), (counts % 2).tolist()))
+
+    def line_span(i: int) -> tuple[int, int]:
+        begin = newlines[i - 1] + 1 if i > 0 else start
+        end = newlines[i] if i < len(newlines) else size
+        return int(max(begin, start)), int(end)
+
+    damaged = 0
+    consumed_until = -1
+    for first in lines.tolist():
+        if first <= consumed_until:
+            continue
+        last, odd = first, parity[first]
+        while odd and last + 1 <= len(newlines) and last - first < 8:
+            last += 1
+            odd ^= parity.get(last, 0)
+        begin = line_span(first)[0]
+        if odd:  # an unbalanced quote: only its own line is lost
+            last = first
+        end = line_span(last)[1]
+        consumed_until = last
+        text = bytes(raw[begin:end]).rstrip(b"\r").decode("utf-8", "surrogateescape")
+        records = [] if odd else list(csv.reader(io.StringIO(text, newline="")))
+        cells = records[0] if len(records) == 1 else []
+        if len(cells) != layout.count or layout.pad_column is None:
+            raw[begin:end] = b" " * (end - begin)  # one field: counted as damaged by the scan
+            continue
+        plain = [c.translate(_UNQUOTE).encode("utf-8", "surrogateescape") for c in cells]
+        room = (end - begin) - (len(b",".join(plain)))
+        if room < 0:
+            raw[begin:end] = b" " * (end - begin)
+            damaged += 0
+            continue
+        plain[layout.pad_column] += b" " * room
+        raw[begin:end] = b",".join(plain)
+        quoted_fields[begin] = [c.strip() for c in cells]
+    return damaged
+
+
+_UNQUOTE = str.maketrans({",": " ", "\n": " ", "\r": " ", '"': " "})
+
+_TS_SEPARATORS = np.array([4, 7, 10, 13, 16, 19, 23])
+_TS_SEPARATOR_BYTES = np.frombuffer(b"--T::.Z", dtype=np.uint8)
+_TS_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
+
+
+class _Scan:
+    """Accumulates the rows found chunk by chunk (chunks keep temporaries in cache)."""
+
+    def __init__(self, arr: np.ndarray, layout: _Layout) -> None:
+        self.arr = arr
+        self.layout = layout
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.coin_table: dict[bytes, int] = {}
+        self.currency_table: dict[bytes, int] = {}
+        self.skipped = 0
+
+    def chunk(self, lo: int, hi: int, *, final: bool) -> None:
+        arr, lay = self.arr, self.layout
+        piece = arr[lo:hi]
+        ends = np.flatnonzero(piece == 10)
+        if final and (len(ends) == 0 or ends[-1] != hi - lo - 1):
+            ends = np.append(ends, hi - lo)  # a last line without its newline
+        if len(ends) == 0:
+            return
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        has_cr = (ends > starts) & (piece[np.maximum(ends - 1, 0)] == 13)
+        ends = ends - has_cr
+        blank = ends == starts
+        commas = np.flatnonzero(piece == 44)
+        first_comma = np.searchsorted(commas, starts)
+        field_count = np.searchsorted(commas, ends) - first_comma + 1
+        good = field_count == lay.count
+        bad = int(np.count_nonzero(~good & ~blank))
+
+        rows = np.flatnonzero(good)
+        base = first_comma[rows]
+        line_start = starts[rows] + lo
+        line_end = ends[rows] + lo
+        commas = commas + lo
+
+        def bounds(name: str) -> tuple[np.ndarray, np.ndarray]:
+            k = lay.index[name]
+            begin = line_start if k == 0 else commas[base + k - 1] + 1
+            end = line_end if k == lay.count - 1 else commas[base + k]
+            return begin, (end - begin).astype(np.int32)
+
+        coin = self._codes(*bounds("coin_id"), self.coin_table)
+        currency = self._codes(*bounds("vs_currency"), self.currency_table)
+        time_ms = _parse_times(arr, *bounds("last_updated"))
+        price_at, price_len = bounds("current_price")
+        cap_at, cap_len = bounds("market_cap")
+        zero = np.zeros(len(rows), dtype=np.int32)
+        name_len = bounds("name")[1] if "name" in lay.index else zero
+        symbol_len = bounds("symbol")[1] if "symbol" in lay.index else zero
+
+        ok = (coin >= 0) & (currency >= 0) & (time_ms != _MISSING_TIME)
+        ok &= (price_len <= _MAX_NUMBER_BYTES) & (cap_len <= _MAX_NUMBER_BYTES)
+        bad += int(np.count_nonzero(~ok))
+        self.skipped += bad
+        if not ok.all():
+            keep = np.flatnonzero(ok)
+            cols = (line_start, time_ms, coin, currency, price_at, price_len, cap_at, cap_len,
+                    name_len, symbol_len)
+            self.parts.append(tuple(c[keep] for c in cols))
+        else:
+            self.parts.append((line_start, time_ms, coin, currency, price_at, price_len, cap_at,
+                               cap_len, name_len, symbol_len))
+
+    def _codes(self, at: np.ndarray, length: np.ndarray, table: dict[bytes, int]) -> np.ndarray:
+        """Index of each field's text in table (new texts appended); -1 when empty or too long."""
+        codes = np.full(len(at), -1, dtype=np.int32)
+        usable = np.flatnonzero((length > 0) & (length <= _MAX_KEY_BYTES))
+        if len(usable) == 0:
+            return codes
+        width = int(length[usable].max())
+        texts = _gather(self.arr, at[usable], length[usable], width).view(f"S{width}").ravel()
+        uniques, inverse = np.unique(texts, return_inverse=True)
+        lookup = np.array([table.setdefault(bytes(u), len(table)) for u in uniques],
+                          dtype=np.int32)
+        codes[usable] = lookup[inverse.ravel()]
+        return codes
+
+    def finish(self, path: Path, raw: bytearray, columns: tuple[str, ...],
+               quoted_fields: dict[int, list[str]]) -> History:
+        if self.parts:
+            cols = [np.concatenate(c) for c in zip(*self.parts)]
+        else:
+            cols = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)] + [
+                np.zeros(0, dtype=np.int32)] * 8
+        line_start, time_ms, coin, currency, price_at, price_len, cap_at, cap_len, \
+            name_len, symbol_len = cols
+        # Ids and currencies are compared trimmed, currencies in lower case.
+        coin_ids, coin_map = _normalise(self.coin_table, str.strip)
+        currencies, currency_map = _normalise(self.currency_table, lambda s: s.strip().lower())
+        return History(
+            path=path, raw=raw, row_start=line_start, time_ms=time_ms,
+            coin=coin_map[coin] if len(coin) else coin,
+            currency=currency_map[currency] if len(currency) else currency,
+            price_at=price_at, price_len=price_len, cap_at=cap_at, cap_len=cap_len,
+            name_len=name_len, symbol_len=symbol_len, coin_ids=coin_ids,
+            currencies=currencies, columns=columns, skipped_lines=self.skipped,
+            quoted_fields=quoted_fields)
+
+
+def _normalise(table: dict[bytes, int], clean: Callable[[str], str]) -> tuple[list[str], np.ndarray]:
+    """Distinct cleaned texts and the map from raw code to cleaned code."""
+    names: list[str] = []
+    position: dict[str, int] = {}
+    mapping = np.zeros(max(len(table), 1), dtype=np.int32)
+    for text, code in table.items():
+        name = clean(text.decode("utf-8", "replace"))
+        mapping[code] = position.setdefault(name, len(names))
+        if mapping[code] == len(names):
+            names.append(name)
+    return names, mapping
+
+
+def _gather(arr: np.ndarray, at: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
+    """A (rows, width) byte matrix of the fields, zero after each field's length."""
+    matrix = sliding_window_view(arr, width)[at]
+    matrix[np.arange(width) >= length[:, None]] = 0
+    return matrix
+
+
+def _parse_times(arr: np.ndarray, at: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Milliseconds since the epoch (UTC) of ISO 8601 fields; _MISSING_TIME when unreadable.
+
+    The canonical form written by utils.schema (2023-01-08T16:49:40.132Z) is decoded by byte
+    position; any other spelling goes through pandas' ISO 8601 parser.
+    """
+    out = np.full(len(at), _MISSING_TIME, dtype=np.int64)
+    if len(at) == 0:
+        return out
+    matrix = sliding_window_view(arr, 24)[at]
+    canonical = (length == 24) & (matrix[:, _TS_SEPARATORS] == _TS_SEPARATOR_BYTES).all(axis=1)
+    digits = matrix[:, _TS_DIGITS] - np.uint8(48)
+    canonical &= (digits < 10).all(axis=1)
+    d = digits.astype(np.int64)
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month = d[:, 4] * 10 + d[:, 5]
+    day = d[:, 6] * 10 + d[:, 7]
+    hour = d[:, 8] * 10 + d[:, 9]
+    minute = d[:, 10] * 10 + d[:, 11]
+    second = d[:, 12] * 10 + d[:, 13]
+    milli = d[:, 14] * 100 + d[:, 15] * 10 + d[:, 16]
+    canonical &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+    canonical &= (hour < 24) & (minute < 60) & (second < 60)
+    months = np.where(canonical, (year - 1970) * 12 + month - 1, 0)
+    first_of_month = months.astype("datetime64[M]")
+    days = first_of_month.astype("datetime64[D]") + np.where(canonical, day - 1, 0)
+    canonical &= days.astype("datetime64[M]") == first_of_month  # no 31 February
+    ms = days.astype(np.int64) * _DAY_MS + ((hour * 60 + minute) * 60 + second) * 1000 + milli
+    out[canonical] = ms[canonical]
+
+    other = np.flatnonzero(~canonical & (length > 0))
+    if len(other):
+        texts = [bytes(arr[a:a + n]).decode("utf-8", "replace")
+                 for a, n in zip(at[other].tolist(), length[other].tolist())]
+        parsed = pd.to_datetime(pd.Series(texts), format="ISO8601", utc=True, errors="coerce")
+        ns = parsed.astype("datetime64[ns, UTC]").array.asi8
+        valid = ~parsed.isna().to_numpy()
+        out[other[valid]] = ns[valid] // 1_000_000
+    return out
+
+
+def _parse_numbers(history: History, at: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Float values of number fields; NaN where a field is not a finite number."""
+    if len(at) == 0:
+        return np.zeros(0, dtype=np.float64)
+    width = max(int(length.max()), 1)
+    arr = np.frombuffer(history.raw, dtype=np.uint8)
+    texts = _gather(arr, at, length, width).view(f"S{width}").ravel()
+    try:
+        values = texts.astype(np.float64)
+    except ValueError:  # at least one damaged cell: parse them one by one
+        values = pd.to_numeric(pd.Series(np.char.decode(texts, "utf-8", "replace")),
+                               errors="coerce").to_numpy(dtype=np.float64)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing what to draw
+
+
+@dataclass(frozen=True)
+class _Coin:
+    index: int  # into History.coin_ids
+    coin_id: str
+    name: str
+    symbol: str
+    latest_cap: float
+
+    @property
+    def label(self) -> str:
+        name = self.name if len(self.name) <= 24 else self.name[:23] + "…"
+        if self.symbol:
+            return f"{name} ({self.symbol.upper()})"
+        return name
+
+    def describe(self) -> str:
+        parts = [p for p in (self.symbol.upper(), self.name) if p]
+        return f"{self.coin_id} ({', '.join(parts)})" if parts else self.coin_id
+
+
+@dataclass
+class _Series:
+    coin: _Coin
+    times: np.ndarray  # int64 ms
+    values: np.ndarray
+
+
+def _coins_in(history: History, rows: np.ndarray) -> list[_Coin]:
+    """Every coin among rows, with the name and symbol of its newest row that has them."""
+    coins = history.coin[rows]
+    order = np.argsort(history.time_ms[rows], kind="stable")
+
+    def newest_row(mask: np.ndarray) -> dict[int, int]:
+        picked = rows[order][mask[order]]
+        last = ~pd.Series(history.coin[picked]).duplicated(keep="last").to_numpy()
+        return dict(zip(history.coin[picked][last].tolist(), picked[last].tolist()))
+
+    with_name = newest_row(history.name_len[rows] > 0)
+    with_symbol = newest_row(history.symbol_len[rows] > 0)
+    with_cap = newest_row(history.cap_len[rows] > 0)
+    cap_rows = np.array(list(with_cap.values()), dtype=np.int64)
+    caps = dict(zip(with_cap.keys(), _parse_numbers(
+        history, history.cap_at[cap_rows], history.cap_len[cap_rows]).tolist()))
+    name_k = history.columns.index("name") if "name" in history.columns else -1
+    symbol_k = history.columns.index("symbol") if "symbol" in history.columns else -1
+
+    def cell(row: int | None, k: int) -> str:
+        if row is None or k < 0:
+            return ""
+        cells = history.line_fields(int(history.row_start[row]))
+        return cells[k].strip() if k < len(cells) else ""
+
+    result = []
+    for index in np.unique(coins).tolist():
+        cap = caps.get(index, math.nan)
+        result.append(_Coin(index=index, coin_id=history.coin_ids[index],
+                            name=cell(with_name.get(index), name_k),
+                            symbol=cell(with_symbol.get(index), symbol_k),
+                            latest_cap=cap if cap == cap else -1.0))
+    result.sort(key=lambda c: (-c.latest_cap, c.coin_id))
+    return result
+
+
+def _match_coins(wanted: Sequence[str], available: list[_Coin], currency: str) -> list[_Coin]:
+    """Coins named by id, symbol or name, any case; an id match wins over a symbol match."""
+    tokens = [t.strip() for item in wanted for t in item.split(",") if t.strip()]
+    if not tokens:
+        return available
+    chosen: dict[int, _Coin] = {}
+    unmatched = []
+    for token in tokens:
+        key = token.lower()
+        hits = [c for c in available if c.coin_id.lower() == key]
+        hits = hits or [c for c in available if key in (c.symbol.lower(), c.name.lower())]
+        if not hits:
+            unmatched.append(token)
+        for coin in hits:
+            chosen[coin.index] = coin
+    if not chosen:
+        shown = ", ".join(c.describe() for c in available[:25])
+        more = f", and {len(available) - 25} more" if len(available) > 25 else ""
+        raise NothingToPlot(f"no coin matches --plot-coins {','.join(tokens)} in {currency};"
+                            f" available: {shown}{more}")
+    if unmatched:
+        logger.warning("no coin matches %s in %s; charting the others", ", ".join(unmatched),
+                       currency)
+    return [c for c in available if c.index in chosen]
+
+
+def _window(options: ChartOptions, times: np.ndarray) -> tuple[int, int]:
+    """The [start, end] of the window in ms, inclusive."""
+    end = int(times.max())
+    if options.until is not None:
+        end = _midnight_ms(options.until + timedelta(days=1)) - 1
+    start = np.iinfo(np.int64).min
+    if options.since is not None:
+        start = _midnight_ms(options.since)
+    if options.days is not None:
+        first_day = end // _DAY_MS - (max(options.days, 1) - 1)
+        start = max(start, first_day * _DAY_MS)
+    return int(start), end
+
+
+def _midnight_ms(day: date) -> int:
+    return int((day - date(1970, 1, 1)).days) * _DAY_MS
+
+
+def _reduce(history: History, rows: np.ndarray, at: np.ndarray, length: np.ndarray,
+            bucket_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Last observation per coin per bucket among rows with a value: (rows, values, damaged).
+
+    Numbers are parsed only for the observations kept; a kept one that does not parse is
+    damaged, so it is dropped and the next newest of its bucket takes its place.
+    """
+    candidates = rows[length[rows] > 0]
+    order = np.argsort(history.time_ms[candidates], kind="stable")
+    candidates = candidates[order]
+    damaged: list[np.ndarray] = []
+    while True:
+        times = history.time_ms[candidates]
+        key = history.coin[candidates].astype(np.int64) << 32
+        key |= (times // bucket_ms) - (times.min() // bucket_ms if len(times) else 0)
+        kept = candidates[~pd.Series(key).duplicated(keep="last").to_numpy()]
+        values = _parse_numbers(history, at[kept], length[kept])
+        unreadable = np.isnan(values)
+        if not unreadable.any():
+            break
+        damaged.append(kept[unreadable])
+        candidates = candidates[~np.isin(candidates, kept[unreadable])]
+    bad = np.concatenate(damaged) if damaged else np.zeros(0, dtype=np.int64)
+    return kept, values, bad
+
+
+def _series(history: History, coins: list[_Coin], rows: np.ndarray,
+            values: np.ndarray) -> list[_Series]:
+    """One series per coin, in time order, positive values only (0 means unknown)."""
+    positive = values > 0
+    rows, values = rows[positive], values[positive]
+    order = np.lexsort((history.time_ms[rows], history.coin[rows]))
+    rows, values = rows[order], values[order]
+    coin_of_row = history.coin[rows]
+    result = []
+    for coin in coins:
+        lo, hi = np.searchsorted(coin_of_row, [coin.index, coin.index + 1])
+        if hi > lo:
+            result.append(_Series(coin, history.time_ms[rows[lo:hi]], values[lo:hi]))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing
+
+
+def format_money(value: float, currency: str, digits: int = 3) -> str:
+    """A human amount: €1.2T, $350B, €16.95K, €0.0012; unknown currencies as a suffix code."""
+    symbol = CURRENCY_SYMBOLS.get(currency.lower())
+    sign = "-" if value < 0 else ""
+    number = _human_number(abs(value), digits)
+    if symbol:
+        return f"{sign}{symbol}{number}"
+    return f"{sign}{number} {currency.upper()}"
+
+
+def _human_number(value: float, digits: int) -> str:
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    rounded = float(f"{value:.{digits}g}")
+    for unit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if rounded >= unit:
+            return _significant(rounded / unit, digits) + suffix
+    if rounded >= 1e-6:
+        return _significant(rounded, digits)
+    mantissa, exponent = f"{rounded:.{digits - 1}e}".split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _significant(value: float, digits: int) -> str:
+    """value (> 0) with that many significant digits, plain notation, no trailing zeros."""
+    exponent = math.floor(math.log10(value))
+    decimals = max(digits - 1 - exponent, 0)
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+class _MoneyFormatter(ticker.Formatter):
+    """Tick labels in currency units with just enough digits to tell the ticks apart."""
+
+    def __init__(self, currency: str) -> None:
+        self.currency = currency
+        self.digits = 2
+
+    def set_locs(self, locs: Sequence[float]) -> None:
+        super().set_locs(locs)
+        shown = [v for v in locs if v > 0] or list(locs)
+        for digits in range(2, 13):
+            labels = [format_money(v, self.currency, digits) for v in shown]
+            if len(set(labels)) == len(labels):
+                break
+        self.digits = digits
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return format_money(x, self.currency, self.digits)
+
+
+class _IndexFormatter(ticker.ScalarFormatter):
+    """Plain index numbers (100, 150) without offsets or scientific notation."""
+
+    def __init__(self) -> None:
+        super().__init__(useOffset=False)
+        self.set_scientific(False)
+
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf")
+_BACKGROUND_LINE = "#c8c8c8"
+
+
+def _style(slot: int) -> dict[str, object]:
+    """Colour and dash of the slot-th highlighted line: ten colours solid, then dashed."""
+    return {"color": _PALETTE[slot % len(_PALETTE)],
+            "linestyle": "-" if slot < len(_PALETTE) else (0, (5, 2))}
+
+
+@dataclass(frozen=True)
+class _ChartText:
+    title: str
+    ylabel: str
+    stamp: str
+
+
+def _choose_scale(requested: str, series: list[_Series]) -> str:
+    if requested in ("log", "linear"):
+        return requested
+    if not series:
+        return "linear"
+    low = min(float(s.values.min()) for s in series)
+    high = max(float(s.values.max()) for s in series)
+    return "log" if high / low > LOG_SPAN_THRESHOLD else "linear"
+
+
+def _draw(series: list[_Series], *, scale: str, text: _ChartText,
+          y_formatter: ticker.Formatter, value_label: Callable[[float], str],
+          slots: dict[int, int] | None, reference: float | None = None) -> Figure:
+    """One chart; series are ordered by latest value, the top ones coloured and in the legend."""
+    fig = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.075, 0.10, 0.665, 0.80))
+    ranked = sorted(series, key=lambda s: -float(s.values[-1]))
+    highlighted = ranked[:LEGEND_MAX_COINS]
+    background = ranked[LEGEND_MAX_COINS:]
+    for s in background:
+        ax.plot(s.times.astype("datetime64[ms]"), s.values, color=_BACKGROUND_LINE,
+                linewidth=0.8, zorder=1, marker="o" if len(s.values) == 1 else None,
+                markersize=3)
+    handles, labels = [], []
+    for position, s in enumerate(highlighted):
+        slot = slots.get(s.coin.index, position) if slots else position
+        (line,) = ax.plot(s.times.astype("datetime64[ms]"), s.values, linewidth=1.8, zorder=3,
+                          marker="o" if len(s.values) == 1 else None, markersize=7,
+                          **_style(slot))
+        handles.append(line)
+        labels.append(f"{s.coin.label}  {value_label(float(s.values[-1]))}")
+    if background:
+        handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2))
+        labels.append(f"+{len(background)} more (grey)")
+    if reference is not None:
+        ax.axhline(reference, color="#555555", linewidth=0.9, linestyle=":", zorder=2)
+
+    if scale == "log":
+        ax.set_yscale("log")
+        low = min(float(s.values.min()) for s in series)
+        high = max(float(s.values.max()) for s in series)
+        subs = (1.0,) if high / low > 30 else (1.0, 2.0, 5.0)
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
+        ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10) * 0.1 * 10,
+                                                     numticks=12))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(y_formatter)
+
+    locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=4, maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    ax.set_xlabel("Date (UTC)")
+    ax.set_ylabel(text.ylabel)
+    ax.set_title(text.title, loc="left", fontsize=15, fontweight="bold", pad=12)
+    ax.grid(True, which="major", color="#e6e6e6", linewidth=0.8)
+    ax.grid(True, which="minor", axis="y", color="#f3f3f3", linewidth=0.5)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0, frameon=False, fontsize=10, handlelength=2.6)
+    fig.text(0.99, 0.015, text.stamp, ha="right", va="bottom", fontsize=9, color="#666666")
+    return fig
+
+
+def _save_to_temp(fig: Figure, final: Path) -> Path:
+    """Write the PNG beside its final name; the caller renames it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".png.tmp", dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=DPI, facecolor="white")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        fig.clear()  # release the artists now, not at the next garbage collection
+    return Path(tmp)
+
+
+def _day_text(moment: datetime) -> str:
+    return f"{moment.day} {moment:%b %Y}"
+
+
+def _window_text(start: datetime, end: datetime) -> str:
+    if start.date() == end.date():
+        return f"{_day_text(end)} (UTC)"
+    return f"{_day_text(start)} – {_day_text(end)} (UTC)"
+
+
+def _utc(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(ms))
+
+
+def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
+                  now: datetime | None = None) -> ChartReport:
+    """Draw the price, market-cap and performance charts of the history into out_dir."""
+    if options.scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {options.scale!r}")
+    csv_path, out_dir = Path(csv_path), Path(out_dir)
+    currency = options.vs_currency.strip().lower()
+    history = read_history(csv_path)
+    if len(history.time_ms) == 0:
+        detail = f" ({history.skipped_lines} damaged lines skipped)" if history.skipped_lines else ""
+        raise NoHistory(f"no history yet at {csv_path}: run `python main.py` first{detail}")
+    if currency not in history.currencies:
+        raise NothingToPlot(f"no data in {currency} in {csv_path}; currencies in the history:"
+                            f" {', '.join(sorted(history.currencies))}")
+    in_currency = np.flatnonzero(history.currency == history.currencies.index(currency))
+    coins = _match_coins(options.coins, _coins_in(history, in_currency), currency)
+    rows = in_currency[np.isin(history.coin[in_currency], [c.index for c in coins])]
+
+    start_ms, end_ms = _window(options, history.time_ms[rows])
+    times = history.time_ms[rows]
+    rows = rows[(times >= start_ms) & (times <= end_ms)]
+    if len(rows) == 0:
+        span = _utc(int(times.min())), _utc(int(times.max()))
+        since = options.since or _utc(max(start_ms, int(times.min()))).date()
+        until = options.until or _utc(end_ms).date()
+        raise NothingToPlot(
+            f"no data between {since} and {until} in {currency} for"
+            f" {', '.join(c.coin_id for c in coins)}; their history runs from"
+            f" {span[0]:%Y-%m-%d} to {span[1]:%Y-%m-%d}")
+
+    first, last = int(history.time_ms[rows].min()), int(history.time_ms[rows].max())
+    span_days = last // _DAY_MS - first // _DAY_MS + 1
+    bucket_ms = _DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
+    damaged = np.zeros(0, dtype=np.int64)
+    while True:  # a row damaged in one column is dropped from both charts
+        price_rows, prices, bad_price = _reduce(
+            history, rows, history.price_at, history.price_len, bucket_ms)
+        cap_rows, caps, bad_cap = _reduce(history, rows, history.cap_at, history.cap_len,
+                                          bucket_ms)
+        newly = np.union1d(bad_price, bad_cap)
+        if len(newly) == 0:
+            break
+        damaged = np.union1d(damaged, newly)
+        rows = np.setdiff1d(rows, newly, assume_unique=True)
+    price_series = _series(history, coins, price_rows, prices)
+    cap_series = _series(history, coins, cap_rows, caps)
+    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0)
+                   for s in price_series]
+    charted = [c for c in coins if any(s.coin.index == c.index for s in price_series + cap_series)]
+
+    newest = _utc(last)
+    window = (_utc(first), newest)
+    stamp = f"Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    if now - newest > timedelta(days=2):
+        stamp = f"{stamp} · {(now - newest).days} days old when drawn"
+    code = currency.upper()
+    when = _window_text(*window)
+    price_scale = _choose_scale(options.scale, price_series)
+    cap_scale = _choose_scale(options.scale, cap_series)
+    # With few coins each keeps its colour across the three charts (ranked by market cap).
+    slots = {c.index: i for i, c in enumerate(coins)} if len(coins) <= LEGEND_MAX_COINS else None
+
+    def log_note(scale: str) -> str:
+        return ", log scale" if scale == "log" else ""
+
+    jobs = [
+        (PRICE_CHART, lambda: _draw(
+            price_series, scale=price_scale, slots=slots,
+            text=_ChartText(f"Price in {code} · {when}",
+                            f"Price ({code}{log_note(price_scale)})", stamp),
+            y_formatter=_MoneyFormatter(currency),
+            value_label=lambda v: format_money(v, currency, 4))),
+        (MARKET_CAP_CHART, lambda: _draw(
+            cap_series, scale=cap_scale, slots=slots,
+            text=_ChartText(f"Market capitalisation in {code} · {when}",
+                            f"Market cap ({code}{log_note(cap_scale)})", stamp),
+            y_formatter=_MoneyFormatter(currency),
+            value_label=lambda v: format_money(v, currency, 3))),
+        (PERFORMANCE_CHART, lambda: _draw(
+            performance, scale="linear", slots=slots, reference=100.0,
+            text=_ChartText(f"Performance in {code} · {when}",
+                            "Price index (first point in the window = 100)", stamp),
+            y_formatter=_IndexFormatter(),
+            value_label=lambda v: f"{v - 100:+.1f}%")),
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, Path]] = []
+    try:
+        for name, draw in jobs:
+            final = out_dir / name
+            written.append((_save_to_temp(draw(), final), final))
+        for tmp, final in written:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+
+    skipped = history.skipped_lines + len(damaged)
+    if skipped:
+        logger.warning("skipped %s damaged lines of %s", skipped, csv_path)
+    report = ChartReport(
+        paths=tuple(final for _, final in written),
+        coins=tuple(c.coin_id for c in charted),
+        rows_used=int(len(rows)),
+        skipped_lines=int(skipped),
+        price_scale=price_scale,
+        market_cap_scale=cap_scale,
+        window=window)
+    logger.info("charts: %s coins, %s rows, %s to %s -> %s", len(report.coins),
+                report.rows_used, window[0], window[1], out_dir)
+    return report
