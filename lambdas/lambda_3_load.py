@@ -34,11 +34,11 @@ def prepare_history(csv_path: Path) -> tuple[history.HistoryState, int, history.
     if header is None:
         atomic_write_bytes(csv_path, HEADER_LINE.encode())
         header = history.read_header(csv_path)
+    if header != LEGACY_COLUMNS:
+        history.check_header(csv_path, header or ())  # before any repair: a foreign file stays byte-identical
     quarantined = history.repair_torn_tail(csv_path)
     if header == LEGACY_COLUMNS:
         migration = history.migrate_legacy(csv_path)
-        header = history.read_header(csv_path)
-    history.check_header(csv_path, header or ())
     return history.current_state(csv_path), quarantined, migration
 
 
