@@ -16,7 +16,7 @@ from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_setting
 
 log = logging.getLogger("pipeline")
 
-COMMANDS = ("run", "check", "plot", "daemon", "status")
+COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill")
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
           "3 partial: some coins were missing or rejected, the rest was appended. "
@@ -52,6 +52,9 @@ def common_options() -> argparse.ArgumentParser:
                         "[PIPELINE_MAX_RETRY_WAIT; default 120]")
     g.add_argument("--lock-timeout", metavar="SECONDS",
                    help="how long to wait for another process writing the history [PIPELINE_LOCK_TIMEOUT; default 300]")
+    g.add_argument("--rate-limit", metavar="N",
+                   help="most API calls per minute this client makes [PIPELINE_RATE_LIMIT; default by plan: "
+                        "public 10, demo 30, pro 250]")
     g.add_argument("--config", metavar="FILE", help="TOML file with the same keys [PIPELINE_CONFIG]")
     v = p.add_argument_group("output")
     v.add_argument("--log-file", metavar="PATH",
@@ -86,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG)
     run.add_argument("--no-charts", dest="charts", action="store_const", const=False,
                      help="do not draw charts after the run [PIPELINE_CHARTS=0]")
+    run.add_argument("--no-heal", dest="heal", action="store_const", const=False,
+                     help="do not fill days missing from the history [PIPELINE_HEAL=0]")
     daemon = sub.add_parser("daemon", parents=[common, charts], help="stay running and run the pipeline every day",
                             description="Run the pipeline every day at --at in --timezone, retry failures the "
                                         "same day, stop cleanly on SIGTERM or Ctrl-C.", epilog=EPILOG)
     daemon.add_argument("--no-charts", dest="charts", action="store_const", const=False,
                         help="do not draw charts after each run [PIPELINE_CHARTS=0]")
+    daemon.add_argument("--no-heal", dest="heal", action="store_const", const=False,
+                        help="do not fill days missing from the history [PIPELINE_HEAL=0]")
     d = daemon.add_argument_group("schedule")
     d.add_argument("--at", metavar="HH:MM", help="time of the daily run [PIPELINE_AT; default 00:00]")
     d.add_argument("--timezone", metavar="AREA/CITY",
@@ -101,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-initial-run", dest="initial_run", action="store_const", const=False,
                    help="do not run at start even when the last success is more than a day old "
                         "[PIPELINE_INITIAL_RUN=0]")
+    backfill = sub.add_parser("backfill", parents=[common], help="fill the history with past daily points",
+                              description="Fetch daily points (00:00 UTC) for past days from "
+                                          "/coins/{id}/market_chart/range, one request per coin, and merge them "
+                                          "into the history. Resumes where an interrupted backfill stopped.",
+                              epilog=EPILOG)
+    b = backfill.add_argument_group("range (complete UTC days; default the last 365)")
+    b.add_argument("--days", metavar="N", help="the last N complete days")
+    b.add_argument("--since", metavar="YYYY-MM-DD", help="first day")
+    b.add_argument("--until", metavar="YYYY-MM-DD", help="last day (default the newest complete day)")
     sub.add_parser("status", parents=[common], help="show the last run, the next run and the history's coverage",
                    description="Show the last run and its result, the next scheduled run, and the history: rows, "
                                "coins, first and last observation, days missing.")
@@ -184,7 +200,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     flags = {name: getattr(args, name, None) for name in
              ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
               "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
-              "retry_delays", "initial_run", "log_file")}
+              "retry_delays", "initial_run", "log_file", "rate_limit", "heal")}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -217,6 +233,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
             return run_check(settings, sleep=sleep)
         if settings.command == "plot":
             return plot_command(settings)
+        if settings.command == "backfill":
+            return backfill_command(settings, sleep=sleep)
         return run_command(settings, sleep=sleep)
     except PipelineError as exc:
         word = "config error" if isinstance(exc, ConfigError) else f"{args.command} failed"
@@ -248,6 +266,18 @@ def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
         raise
     status.record_run(started, utc_now(), result.outcome(), "run")
     log.info("%s", result.summary())
+    return result.exit_code
+
+
+def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
+    """`backfill`: past daily points for every coin, merged once."""
+    from utils.backfill import backfill
+    from utils.pipeline import display_path, make_client, prepare_data_dir
+
+    prepare_data_dir(settings.data_dir)
+    with make_client(settings, sleep=sleep) as client:
+        result = backfill(settings, client)
+    log.info("%s", result.summary(display_path(settings.csv_path)))
     return result.exit_code
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from typing import Any
 
 from lambdas.lambda_1_extract import Snapshot
-from utils.schema import SOURCE_MARKETS, Record, format_timestamp, normalize_timestamp
+from utils.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp, normalize_timestamp
 from utils.settings import COIN_ID_RE
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -140,3 +141,67 @@ def transform(snapshot: Snapshot) -> TransformResult:
             seen.add(record.coin_id)
             records.append(record)
     return TransformResult(records=records, rejected=rejected)
+
+
+# -- /coins/{id}/market_chart/range -> daily records (backfill) ------------------------------------
+
+CHART_SERIES = {"prices": "current_price", "market_caps": "market_cap", "total_volumes": "total_volume"}
+DAY_MS = 86_400_000
+
+
+def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: date, last_day: date
+                     ) -> TransformResult:
+    """Daily points of one coin as Records: one per complete UTC day in [first_day, last_day], at 00:00 UTC.
+
+    The caller sets last_day to the newest complete day, so the partial point at request time is dropped.
+    For each day the earliest point of that day is used (the 00:00 point when the answer is daily).
+    """
+    if not isinstance(chart, dict) or not isinstance(chart.get("prices"), list):
+        return TransformResult([], [Rejected(coin_id, f"market_chart answer is {_describe(chart)}, "
+                                                      "not an object with a prices list")])
+    lo = int(datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc).timestamp() * 1000)
+    hi = int(datetime(last_day.year, last_day.month, last_day.day, tzinfo=timezone.utc).timestamp() * 1000) + DAY_MS
+    days: dict[int, dict[str, Any]] = {}
+    rejected: list[Rejected] = []
+    for series, column in CHART_SERIES.items():
+        points = chart.get(series)
+        if points is None:
+            continue
+        if not isinstance(points, list):
+            rejected.append(Rejected(coin_id, f"{series} is {_describe(points)}, not a list"))
+            continue
+        for point in points:
+            if (not isinstance(point, list) or len(point) != 2 or isinstance(point[0], bool)
+                    or not isinstance(point[0], (int, float)) or not math.isfinite(point[0])):
+                rejected.append(Rejected(coin_id, f"a {series} point is {_describe(point)}, not [ms, value]"))
+                continue
+            ms = int(point[0])
+            if not lo <= ms < hi:
+                continue
+            day = ms // DAY_MS
+            slot = days.setdefault(day, {})
+            if column in slot and slot[column][0] <= ms:
+                continue  # keep the earliest point of the day
+            slot[column] = (ms, point[1])
+    records: list[Record] = []
+    for day in sorted(days):
+        values = {column: value for column, (_, value) in days[day].items()}
+        try:
+            numbers = {column: number(values, column) for column in CHART_SERIES.values()}
+        except RowError as exc:
+            rejected.append(Rejected(coin_id, f"{_day_text(day)}: {exc}"))
+            continue
+        if numbers["current_price"] is None and numbers["market_cap"] is None:
+            continue
+        records.append(Record(
+            name="", symbol="", current_price=numbers["current_price"], market_cap=numbers["market_cap"],
+            price_change_percentage_24h=None, circulating_supply=None,
+            last_updated=format_timestamp(datetime.fromtimestamp(day * 86400, tz=timezone.utc)),
+            fetched_at="", coin_id=coin_id, vs_currency=vs_currency, market_cap_rank=None,
+            total_volume=numbers["total_volume"], high_24h=None, low_24h=None, total_supply=None, max_supply=None,
+            source=SOURCE_MARKET_CHART))
+    return TransformResult(records, rejected)
+
+
+def _day_text(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, tz=timezone.utc).date().isoformat()

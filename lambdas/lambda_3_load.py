@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from utils import history
 from utils.errors import LoadError
 from utils.file_storage import atomic_write_bytes, describe_os_error, history_lock
-from utils.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
+from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,68 @@ def load(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0) 
         history.save_state(csv_path, state)
     return LoadReport(csv_path=csv_path, appended=len(new), skipped_duplicates=duplicates, skipped_stale=stale,
                       quarantined_bytes=quarantined, migration=migration)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What merging older observations into the history did."""
+
+    csv_path: Path
+    added: int
+    skipped_duplicates: int
+    rows: int
+
+
+def merge(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0,
+          unavailable: dict[tuple[str, str], set[str]] | None = None) -> MergeReport:
+    """Merge observations of any age into the history: sorted by time, no duplicate, written atomically.
+
+    Existing rows are kept byte for byte (each is one physical line); the bookmarks are rebuilt.
+    `unavailable` marks days a backfill asked for and CoinGecko had no data for, so healing skips them.
+    """
+    if not csv_path.parent.is_dir():
+        raise LoadError(f"cannot merge into {csv_path}: the folder does not exist")
+    with history_lock(csv_path, lock_timeout):
+        try:
+            prepare_history(csv_path)
+            with open(csv_path, "rb") as fh:
+                header = fh.readline()
+                body = fh.read()
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, csv_path, "read") + "; nothing was merged") from None
+        lines = body.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        i_ts, i_id, i_vs = (COLUMNS.index(c) for c in ("last_updated", "coin_id", "vs_currency"))
+        keyed: list[tuple[str, bytes]] = []
+        existing: set[tuple[str, str, str]] = set()
+        wanted = {(r.coin_id, r.vs_currency) for r in records}
+        for line, row in zip(lines, csv.reader(line.decode("utf-8", errors="replace") for line in lines)):
+            ts = row[i_ts] if len(row) == len(COLUMNS) else ""
+            keyed.append((ts, line))
+            if ts and (row[i_id], row[i_vs]) in wanted:
+                existing.add((row[i_id], row[i_vs], ts))
+        added = duplicates = 0
+        for record in records:
+            if record.key in existing:
+                duplicates += 1
+                continue
+            existing.add(record.key)
+            keyed.append((record.last_updated, rows_to_csv([record]).encode("utf-8").rstrip(b"\n")))
+            added += 1
+        if added:
+            keyed.sort(key=lambda pair: pair[0])  # stable: equal times keep their order
+            data = header + b"".join(line + b"\n" for _, line in keyed)
+            try:
+                atomic_write_bytes(csv_path, data)
+            except OSError as exc:
+                raise LoadError(describe_os_error(exc, csv_path, "rewrite") + "; the history is unchanged") from None
+        state = history.rebuild_state(csv_path) if added else history.current_state(csv_path)
+        previous = history.HistoryState.from_json(history.read_json(history.state_path(csv_path)))
+        for key, covered in state.coverage.items():
+            old = previous.coverage.get(key) if previous else None
+            if old:
+                covered.unavailable |= old.unavailable
+            covered.unavailable |= (unavailable or {}).get(key, set())
+        history.save_state(csv_path, state)
+    return MergeReport(csv_path=csv_path, added=added, skipped_duplicates=duplicates, rows=len(keyed))

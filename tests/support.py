@@ -56,7 +56,7 @@ class PipelineTestCase(unittest.TestCase):
         self.addCleanup(self.fake.stop)
         self.sleeps: list[float] = []
         self.env = {"COINGECKO_API_URL": self.fake.base_url, "PIPELINE_DATA_DIR": str(self.data_dir),
-                    "PIPELINE_COINS": ",".join(FIXTURE_IDS), "PIPELINE_CHARTS": "0", "PATH": os.environ.get("PATH", "")}
+                    "PIPELINE_COINS": ",".join(FIXTURE_IDS), "PIPELINE_CHARTS": "0", "PIPELINE_HEAL": "0", "PATH": os.environ.get("PATH", "")}
 
     def run_main(self, *argv: str, env: dict[str, str] | None = None) -> CliResult:
         """main() in this process, with the sleep recorded instead of slept."""

@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -39,6 +40,38 @@ ERROR_ADVICE = {
 }
 
 Sleep = Callable[[float], None]
+# Calls per minute the client allows itself by default: below each plan's published limit.
+DEFAULT_RATE_LIMITS = {"public": 10, "demo": 30, "pro": 250}
+RATE_WINDOW = 60.5  # seconds; a little over a minute so arrival jitter never crosses the server's window
+
+
+class RateLimiter:
+    """A sliding one-minute window: at most `per_minute` calls start in any RATE_WINDOW seconds."""
+
+    def __init__(self, per_minute: int, *, sleep: Sleep = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.starts: deque[float] = deque()
+        self.waited = 0.0
+
+    def acquire(self) -> None:
+        """Wait until one more call fits in the window, then count it."""
+        now = self.monotonic()
+        self._forget(now)
+        if len(self.starts) >= self.per_minute:
+            pause = self.starts[0] + RATE_WINDOW - now
+            log.debug("pacing: %d calls in the last minute, waiting %.1f s", len(self.starts), pause)
+            self.waited += pause
+            self.sleep(pause)
+            now = max(self.monotonic(), now + pause)  # an injected sleep may not move the clock
+            self._forget(now)
+        self.starts.append(now)
+
+    def _forget(self, now: float) -> None:
+        while self.starts and self.starts[0] <= now - RATE_WINDOW:
+            self.starts.popleft()
 
 
 def default_base_url(plan: str) -> str:
@@ -120,6 +153,8 @@ class CoinGeckoClient:
         sleep: Sleep = time.sleep,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         session: requests.Session | None = None,
+        rate_limit: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.plan = plan
@@ -129,6 +164,8 @@ class CoinGeckoClient:
         self.sleep = sleep
         self.clock = clock
         self.calls = 0
+        per_minute = rate_limit or DEFAULT_RATE_LIMITS.get(plan, DEFAULT_RATE_LIMITS["public"])
+        self.limiter = RateLimiter(per_minute, sleep=sleep, monotonic=monotonic)
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
         if api_key and plan in KEY_HEADERS:
@@ -209,6 +246,7 @@ class CoinGeckoClient:
 
     def _get_once(self, path: str, params: dict[str, Any]) -> Any:
         url = self.base_url + path
+        self.limiter.acquire()
         self.calls += 1
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)

@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from utils.errors import LoadError, SchemaMismatch
@@ -22,7 +22,7 @@ from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, fo
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 TAIL_PROBE = 256  # bytes before the recorded offset whose hash proves the file is still the one we knew
 BOM = b"\xef\xbb\xbf"
 LEGACY_CURRENCY = "eur"
@@ -42,26 +42,68 @@ LEGACY_IDS = {
 Key = tuple[str, str]  # (coin_id, vs_currency)
 
 
+def _day_range(first: str, last: str) -> list[str]:
+    """ISO days strictly between first and last."""
+    a, b = date.fromisoformat(first), date.fromisoformat(last)
+    return [(a + timedelta(days=i)).isoformat() for i in range(1, (b - a).days)]
+
+
+@dataclass
+class DayCoverage:
+    """Which UTC days one (coin, currency) has observations on: first, last, and the days missing between."""
+
+    first: str
+    last: str
+    missing: set[str] = field(default_factory=set)
+    unavailable: set[str] = field(default_factory=set)  # days a backfill found no data for: not retried
+
+    def add(self, day: str) -> None:
+        if day > self.last:
+            self.missing.update(_day_range(self.last, day))
+            self.last = day
+        elif day < self.first:
+            self.missing.update(_day_range(day, self.first))
+            self.first = day
+        else:
+            self.missing.discard(day)
+
+    def gaps(self, today: date) -> list[str]:
+        """Complete days (before today) since the first observation without any observation, minus unavailable."""
+        trailing = _day_range(self.last, today.isoformat()) if self.last < today.isoformat() else []
+        return sorted((self.missing | set(trailing)) - self.unavailable)
+
+
 @dataclass
 class HistoryState:
-    """Per-(coin, currency) newest last_updated, and how far into the CSV that knowledge reaches."""
+    """Per-(coin, currency) newest last_updated and day coverage, and how far into the CSV that knowledge reaches."""
 
     csv_size: int = 0
     tail_hash: str = ""
     bookmarks: dict[Key, str] = field(default_factory=dict)
+    coverage: dict[Key, DayCoverage] = field(default_factory=dict)
     rows: int = 0
 
     def note(self, coin_id: str, vs_currency: str, last_updated: str) -> None:
-        """Advance a bookmark if this observation is newer."""
+        """Advance a bookmark if this observation is newer, and mark its day as covered."""
         key = (coin_id, vs_currency)
         if last_updated > self.bookmarks.get(key, ""):
             self.bookmarks[key] = last_updated
+        day = last_updated[:10]
+        if len(day) != 10:
+            return
+        covered = self.coverage.get(key)
+        if covered is None:
+            self.coverage[key] = DayCoverage(day, day)
+        else:
+            covered.add(day)
 
     def to_json(self) -> dict:
         return {
             "version": STATE_VERSION, "columns": list(COLUMNS), "csv_size": self.csv_size,
             "tail_hash": self.tail_hash, "rows": self.rows,
             "bookmarks": {f"{c}|{v}": ts for (c, v), ts in sorted(self.bookmarks.items())},
+            "coverage": {f"{c}|{v}": [d.first, d.last, sorted(d.missing), sorted(d.unavailable)]
+                         for (c, v), d in sorted(self.coverage.items())},
         }
 
     @classmethod
@@ -70,18 +112,32 @@ class HistoryState:
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("columns") != list(COLUMNS):
             return None
         try:
-            bookmarks = {}
+            bookmarks: dict[Key, str] = {}
             for key, ts in data["bookmarks"].items():
                 coin_id, vs = key.split("|")
                 if not isinstance(ts, str):
                     return None
                 bookmarks[(coin_id, vs)] = ts
+            coverage: dict[Key, DayCoverage] = {}
+            for key, (first, last, missing, unavailable) in data["coverage"].items():
+                coin_id, vs = key.split("|")
+                date.fromisoformat(first), date.fromisoformat(last)
+                coverage[(coin_id, vs)] = DayCoverage(str(first), str(last), set(map(str, missing)),
+                                                      set(map(str, unavailable)))
             size, rows, tail = int(data["csv_size"]), int(data["rows"]), str(data["tail_hash"])
         except (KeyError, ValueError, AttributeError, TypeError):
             return None
         if size < 0 or rows < 0:
             return None
-        return cls(csv_size=size, tail_hash=tail, bookmarks=bookmarks, rows=rows)
+        return cls(csv_size=size, tail_hash=tail, bookmarks=bookmarks, coverage=coverage, rows=rows)
+
+
+def _is_day(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def state_path(csv_path: Path) -> Path:
@@ -196,8 +252,14 @@ def rebuild_state(csv_path: Path) -> HistoryState:
                             keep_default_na=False, on_bad_lines="skip", engine="c", encoding_errors="replace")
         state.rows = len(frame)
         if state.rows:
-            newest = frame.groupby(["coin_id", "vs_currency"], sort=False)["last_updated"].max()
-            state.bookmarks = {(str(c), str(v)): str(ts) for (c, v), ts in newest.items()}
+            groups = frame.groupby(["coin_id", "vs_currency"], sort=False)["last_updated"]
+            state.bookmarks = {(str(c), str(v)): str(ts) for (c, v), ts in groups.max().items()}
+            frame["day"] = frame["last_updated"].str[:10]
+            for (coin_id, vs), days in frame.groupby(["coin_id", "vs_currency"], sort=False)["day"]:
+                seen = sorted(d for d in set(days) if len(d) == 10 and _is_day(d))
+                if seen:
+                    all_days = set(_day_range(seen[0], seen[-1]))
+                    state.coverage[(str(coin_id), str(vs))] = DayCoverage(seen[0], seen[-1], all_days - set(seen))
         state.csv_size = size
         state.tail_hash = tail_hash(fh, size)
     log.log(logging.INFO if state.rows else logging.DEBUG, "rebuilt the load state of %s from %d rows",

@@ -14,7 +14,7 @@ from lambdas.lambda_2_transform import Rejected, transform
 from lambdas.lambda_3_load import LoadReport, load
 from utils.coingecko import CoinGeckoClient
 from utils.daemon import Outcome
-from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.file_storage import describe_os_error
 from utils.settings import Settings
 
@@ -38,6 +38,7 @@ class RunResult:
     seconds: float = 0.0
     chart_error: str | None = None
     charts: tuple[Path, ...] = field(default=())
+    healed: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -63,6 +64,8 @@ class RunResult:
         skipped = self.load.skipped_duplicates + self.load.skipped_stale
         parts = [coins, f"{self.load.appended} rows appended", f"{skipped} duplicates skipped",
                  f"{len(self.rejected)} rejected"]
+        if self.healed:
+            parts.append(f"{self.healed} missing days healed")
         if self.missing:
             parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
                          f"{', ...' if len(self.missing) > 10 else ''})")
@@ -83,7 +86,8 @@ def display_path(path: Path) -> str:
 def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> CoinGeckoClient:
     """The CoinGecko client the settings describe."""
     return CoinGeckoClient(settings.api_url, plan=settings.api_plan, api_key=settings.api_key,
-                           timeout=settings.timeout, max_retry_wait=settings.max_retry_wait, sleep=sleep)
+                           timeout=settings.timeout, max_retry_wait=settings.max_retry_wait, sleep=sleep,
+                           rate_limit=settings.rate_limit)
 
 
 def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
@@ -108,12 +112,27 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
         raise ExtractError(f"no usable rows: CoinGecko returned {len(snapshot.rows)} rows for "
                            f"{len(coins)} requested coins and none could be stored; nothing was appended")
     report = load(result.records, settings.csv_path, lock_timeout=settings.lock_timeout)
+    healed = 0
+    if settings.heal and not should_stop():
+        healed = heal(settings, client, coins, clock)
     chart_error = None
     chart_paths: tuple[Path, ...] = ()
     if settings.charts and not should_stop():
         chart_paths, chart_error = draw_charts(settings)
     return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=tuple(result.rejected),
-                     seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths)
+                     seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths, healed=healed)
+
+
+def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], clock: Clock) -> int:
+    """Fill days missing since each coin's first observation; a failure here never fails the run."""
+    from utils.backfill import heal_gaps
+
+    try:
+        added, _ = heal_gaps(settings, client, coins, clock=clock)
+    except PipelineError as exc:
+        log.warning("could not heal gaps in the history: %s", exc)
+        return 0
+    return added
 
 
 def prepare_data_dir(data_dir: Path) -> None:

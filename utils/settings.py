@@ -52,6 +52,8 @@ class Settings:
     retry_delays: tuple[float, ...] = (5.0, 15.0, 60.0)
     initial_run: bool = True
     log_file: Path | None = None
+    rate_limit: int | None = None
+    heal: bool = True
 
     @property
     def csv_path(self) -> Path:
@@ -180,6 +182,16 @@ def _parse_delays(text: Any) -> tuple[float, ...]:
     return delays
 
 
+def _parse_rate(text: Any) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"rate-limit: {text!r} is not a whole number of calls per minute") from None
+    if not 1 <= value <= 10000:
+        raise ConfigError("rate-limit: use 1 to 10000 calls per minute")
+    return value
+
+
 def _parse_key(text: Any) -> str:
     key = str(text).strip()
     if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
@@ -208,6 +220,8 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "retry_delays": ("PIPELINE_RETRY_DELAYS", _parse_delays),
     "initial_run": ("PIPELINE_INITIAL_RUN", _parse_bool("initial-run")),
     "log_file": ("PIPELINE_LOG_FILE", lambda t: Path(str(t)).expanduser()),
+    "rate_limit": ("PIPELINE_RATE_LIMIT", _parse_rate),
+    "heal": ("PIPELINE_HEAL", _parse_bool("heal")),
 }
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from numpy.lib.stride_tricks import sliding_window_view
@@ -52,7 +53,7 @@ SCALES = ("auto", "log", "linear")
 _DAY_MS = 86_400_000
 _NEEDED = ("coin_id", "vs_currency", "last_updated", "current_price", "market_cap")
 _LABEL_COLUMNS = ("name", "symbol")
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 21
 _MAX_KEY_BYTES = 128  # longest coin id or currency code accepted
 _MAX_NUMBER_BYTES = 40
 _PAD_BYTES = 256  # zero bytes after the data, so fixed-width gathers never run off the end
@@ -167,9 +168,8 @@ def read_history(csv_path: Path) -> History:
     data_start = min(header_end + 1, size)
 
     quoted_fields: dict[int, list[str]] = {}
-    skipped = 0
     if raw.find(b'"', data_start, size) >= 0:
-        skipped += _unquote_in_place(raw, data_start, size, layout, quoted_fields)
+        _unquote_in_place(raw, data_start, size, layout, quoted_fields)
 
     arr = np.frombuffer(raw, dtype=np.uint8)
     scan = _Scan(arr, layout)
@@ -179,9 +179,7 @@ def read_history(csv_path: Path) -> History:
         end = size if end < 0 else end + 1
         scan.chunk(pos, end, final=end >= size)
         pos = end
-    history = scan.finish(csv_path, raw, columns, quoted_fields)
-    history.skipped_lines += skipped
-    return history
+    return scan.finish(csv_path, raw, columns, quoted_fields)
 
 
 def _layout(columns: tuple[str, ...]) -> _Layout:
@@ -194,12 +192,13 @@ def _layout(columns: tuple[str, ...]) -> _Layout:
 
 
 def _unquote_in_place(raw: bytearray, start: int, size: int, layout: _Layout,
-                      quoted_fields: dict[int, list[str]]) -> int:
-    """Rewrite every quoted record as one plain line of the same length; return damaged count.
+                      quoted_fields: dict[int, list[str]]) -> None:
+    """Rewrite every quoted record as one plain line of the same length, in place.
 
     Quotes are rare (a coin name with a comma), so this runs only when the file has any. The
     original cells are kept in quoted_fields for the labels; commas, quotes and line breaks
-    inside cells become spaces and the shortened record is padded inside a text column.
+    inside cells become spaces and the shortened record is padded inside a text column. A
+    record that does not parse is blanked to spaces, which the scan counts as one damaged line.
     """
     arr = np.frombuffer(raw, dtype=np.uint8)[:size]
     newlines = np.flatnonzero(arr == 10)
@@ -213,7 +212,6 @@ def _unquote_in_place(raw: bytearray, start: int, size: int, layout: _Layout,
         end = newlines[i] if i < len(newlines) else size
         return int(max(begin, start)), int(end)
 
-    damaged = 0
     consumed_until = -1
     for first in lines.tolist():
         if first <= consumed_until:
@@ -230,19 +228,14 @@ def _unquote_in_place(raw: bytearray, start: int, size: int, layout: _Layout,
         text = bytes(raw[begin:end]).rstrip(b"\r").decode("utf-8", "surrogateescape")
         records = [] if odd else list(csv.reader(io.StringIO(text, newline="")))
         cells = records[0] if len(records) == 1 else []
-        if len(cells) != layout.count or layout.pad_column is None:
-            raw[begin:end] = b" " * (end - begin)  # one field: counted as damaged by the scan
-            continue
         plain = [c.translate(_UNQUOTE).encode("utf-8", "surrogateescape") for c in cells]
-        room = (end - begin) - (len(b",".join(plain)))
-        if room < 0:
+        room = (end - begin) - len(b",".join(plain))
+        if len(cells) != layout.count or layout.pad_column is None or room < 0:
             raw[begin:end] = b" " * (end - begin)
-            damaged += 0
             continue
         plain[layout.pad_column] += b" " * room
         raw[begin:end] = b",".join(plain)
         quoted_fields[begin] = [c.strip() for c in cells]
-    return damaged
 
 
 _UNQUOTE = str.maketrans({",": " ", "\n": " ", "\r": " ", '"': " "})
@@ -323,12 +316,25 @@ class _Scan:
         usable = np.flatnonzero((length > 0) & (length <= _MAX_KEY_BYTES))
         if len(usable) == 0:
             return codes
-        width = int(length[usable].max())
-        texts = _gather(self.arr, at[usable], length[usable], width).view(f"S{width}").ravel()
-        uniques, inverse = np.unique(texts, return_inverse=True)
-        lookup = np.array([table.setdefault(bytes(u), len(table)) for u in uniques],
-                          dtype=np.int32)
-        codes[usable] = lookup[inverse.ravel()]
+        width = -(-int(length[usable].max()) // 8) * 8
+        matrix = _gather(self.arr, at[usable], length[usable], width)
+        words = matrix.view(np.uint64)
+        # Hash the zero-padded bytes, factorise the hashes, then check every row against its
+        # group's first row so that a collision can never merge two coins.
+        digest = words[:, 0].copy()
+        for j in range(1, words.shape[1]):
+            digest *= np.uint64(0x100000001B3)
+            digest ^= words[:, j]
+        group, _ = pd.factorize(digest)
+        first = np.empty(int(group.max()) + 1, dtype=np.int64)
+        first[group[::-1]] = np.arange(len(group) - 1, -1, -1)
+        if not (words == words[first[group]]).all():
+            texts = matrix.view(f"S{width}").ravel()
+            _, first, group = np.unique(texts, return_index=True, return_inverse=True)
+            group = group.ravel()
+        lookup = np.array([table.setdefault(matrix[i].tobytes().rstrip(b"\0"), len(table))
+                           for i in first.tolist()], dtype=np.int32)
+        codes[usable] = lookup[group]
         return codes
 
     def finish(self, path: Path, raw: bytearray, columns: tuple[str, ...],
@@ -408,9 +414,9 @@ def _parse_times(arr: np.ndarray, at: np.ndarray, length: np.ndarray) -> np.ndar
         texts = [bytes(arr[a:a + n]).decode("utf-8", "replace")
                  for a, n in zip(at[other].tolist(), length[other].tolist())]
         parsed = pd.to_datetime(pd.Series(texts), format="ISO8601", utc=True, errors="coerce")
-        ns = parsed.astype("datetime64[ns, UTC]").array.asi8
-        valid = ~parsed.isna().to_numpy()
-        out[other[valid]] = ns[valid] // 1_000_000
+        valid = parsed.notna().to_numpy()
+        epoch = pd.Timestamp(0, tz="UTC")
+        out[other[valid]] = ((parsed[valid] - epoch) // pd.Timedelta(milliseconds=1)).to_numpy()
     return out
 
 
@@ -462,12 +468,11 @@ class _Series:
 
 
 def _coins_in(history: History, rows: np.ndarray) -> list[_Coin]:
-    """Every coin among rows, with the name and symbol of its newest row that has them."""
+    """Every coin among rows (in time order), with the name and symbol of its newest row."""
     coins = history.coin[rows]
-    order = np.argsort(history.time_ms[rows], kind="stable")
 
     def newest_row(mask: np.ndarray) -> dict[int, int]:
-        picked = rows[order][mask[order]]
+        picked = rows[mask]
         last = ~pd.Series(history.coin[picked]).duplicated(keep="last").to_numpy()
         return dict(zip(history.coin[picked][last].tolist(), picked[last].tolist()))
 
@@ -543,14 +548,13 @@ def _midnight_ms(day: date) -> int:
 
 def _reduce(history: History, rows: np.ndarray, at: np.ndarray, length: np.ndarray,
             bucket_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Last observation per coin per bucket among rows with a value: (rows, values, damaged).
+    """Last observation per coin per bucket among rows (in time order) with a value.
 
-    Numbers are parsed only for the observations kept; a kept one that does not parse is
-    damaged, so it is dropped and the next newest of its bucket takes its place.
+    Returns the rows kept, their values and the damaged rows met. Numbers are parsed only for
+    the observations kept; a kept one that does not parse is damaged, so it is dropped and
+    the next newest of its bucket takes its place.
     """
     candidates = rows[length[rows] > 0]
-    order = np.argsort(history.time_ms[candidates], kind="stable")
-    candidates = candidates[order]
     damaged: list[np.ndarray] = []
     while True:
         times = history.time_ms[candidates]
@@ -589,12 +593,22 @@ def _series(history: History, coins: list[_Coin], rows: np.ndarray,
 
 def format_money(value: float, currency: str, digits: int = 3) -> str:
     """A human amount: €1.2T, $350B, €16.95K, €0.0012; unknown currencies as a suffix code."""
+    return _with_currency(_human_number(abs(value), digits), value < 0, currency)
+
+
+def _with_currency(number: str, negative: bool, currency: str) -> str:
     symbol = CURRENCY_SYMBOLS.get(currency.lower())
-    sign = "-" if value < 0 else ""
-    number = _human_number(abs(value), digits)
+    sign = "-" if negative else ""
     if symbol:
         return f"{sign}{symbol}{number}"
     return f"{sign}{number} {currency.upper()}"
+
+
+def _price_text(value: float, currency: str) -> str:
+    """A latest price for the legend: €16,951 between a thousand and a million, else €0.07204."""
+    if 1e3 <= value < 1e6:
+        return _with_currency(f"{value:,.0f}", False, currency)
+    return format_money(value, currency, 4)
 
 
 def _human_number(value: float, digits: int) -> str:
@@ -623,7 +637,7 @@ def _significant(value: float, digits: int) -> str:
 
 
 class _MoneyFormatter(ticker.Formatter):
-    """Tick labels in currency units with just enough digits to tell the ticks apart."""
+    """Tick labels in currency units with just enough digits to state each tick exactly."""
 
     def __init__(self, currency: str) -> None:
         self.currency = currency
@@ -631,10 +645,10 @@ class _MoneyFormatter(ticker.Formatter):
 
     def set_locs(self, locs: Sequence[float]) -> None:
         super().set_locs(locs)
-        shown = [v for v in locs if v > 0] or list(locs)
+        shown = [float(v) for v in locs if v != 0]
         for digits in range(2, 13):
-            labels = [format_money(v, self.currency, digits) for v in shown]
-            if len(set(labels)) == len(labels):
+            # 125B at 2 digits reads "120B": more digits until every label is the tick's value.
+            if all(math.isclose(float(f"{v:.{digits}g}"), v, rel_tol=1e-9) for v in shown):
                 break
         self.digits = digits
 
@@ -642,12 +656,17 @@ class _MoneyFormatter(ticker.Formatter):
         return format_money(x, self.currency, self.digits)
 
 
-class _IndexFormatter(ticker.ScalarFormatter):
-    """Plain index numbers (100, 150) without offsets or scientific notation."""
+class _IndexFormatter(ticker.Formatter):
+    """Plain index numbers (97.5, 100, 1,250,000): no offset, no scientific notation."""
 
-    def __init__(self) -> None:
-        super().__init__(useOffset=False)
-        self.set_scientific(False)
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:,.6f}".rstrip("0").rstrip(".")
+
+
+def _change_text(index: float) -> str:
+    """The change since the first point of an index based at 100: +4.1%, -23.4%, +1,274%."""
+    change = index - 100.0
+    return f"{change:+,.0f}%" if abs(change) >= 1000 else f"{change:+.1f}%"
 
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -664,7 +683,7 @@ def _style(slot: int) -> dict[str, object]:
 @dataclass(frozen=True)
 class _ChartText:
     title: str
-    ylabel: str
+    subtitle: str
     stamp: str
 
 
@@ -680,22 +699,28 @@ def _choose_scale(requested: str, series: list[_Series]) -> str:
 
 def _draw(series: list[_Series], *, scale: str, text: _ChartText,
           y_formatter: ticker.Formatter, value_label: Callable[[float], str],
-          slots: dict[int, int] | None, reference: float | None = None) -> Figure:
+          slots: dict[int, int] | None, empty_note: str, window_ms: tuple[int, int],
+          reference: float | None = None) -> Figure:
     """One chart; series are ordered by latest value, the top ones coloured and in the legend."""
     fig = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.075, 0.10, 0.665, 0.80))
+    ax = fig.add_axes((0.085, 0.10, 0.655, 0.77))
     ranked = sorted(series, key=lambda s: -float(s.values[-1]))
     highlighted = ranked[:LEGEND_MAX_COINS]
     background = ranked[LEGEND_MAX_COINS:]
-    for s in background:
-        ax.plot(s.times.astype("datetime64[ms]"), s.values, color=_BACKGROUND_LINE,
-                linewidth=0.8, zorder=1, marker="o" if len(s.values) == 1 else None,
-                markersize=3)
+    x_of = {id(s): _date_numbers(s.times) for s in ranked}
+    if background:  # one collection instead of dozens of Line2D: much faster to build and draw
+        ax.add_collection(LineCollection(
+            [np.column_stack((x_of[id(s)], s.values)) for s in background if len(s.values) > 1],
+            colors=_BACKGROUND_LINE, linewidths=0.8, zorder=1))
+        lone = [s for s in background if len(s.values) == 1]
+        if lone:
+            ax.plot([x_of[id(s)][0] for s in lone], [s.values[0] for s in lone], linestyle="none",
+                    marker="o", markersize=4, color=_BACKGROUND_LINE, zorder=1)
     handles, labels = [], []
     for position, s in enumerate(highlighted):
         slot = slots.get(s.coin.index, position) if slots else position
-        (line,) = ax.plot(s.times.astype("datetime64[ms]"), s.values, linewidth=1.8, zorder=3,
+        (line,) = ax.plot(x_of[id(s)], s.values, linewidth=1.8, zorder=3,
                           marker="o" if len(s.values) == 1 else None, markersize=7,
                           **_style(slot))
         handles.append(line)
@@ -703,36 +728,57 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
     if background:
         handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2))
         labels.append(f"+{len(background)} more (grey)")
-    if reference is not None:
+    if reference is not None and series:
         ax.axhline(reference, color="#555555", linewidth=0.9, linestyle=":", zorder=2)
+    if not series:
+        ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
+                fontsize=13, color="#666666")
+    ax.autoscale_view()
 
-    if scale == "log":
+    if scale == "log" and series:
         ax.set_yscale("log")
         low = min(float(s.values.min()) for s in series)
         high = max(float(s.values.max()) for s in series)
-        subs = (1.0,) if high / low > 30 else (1.0, 2.0, 5.0)
+        subs = (1.0,) if high / low > 1e4 else (1.0, 2.0, 5.0)
         ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
-        ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10) * 0.1 * 10,
+        ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2.0, 10.0),
                                                      numticks=12))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.yaxis.set_major_formatter(y_formatter)
 
+    # The window, not matplotlib's default of several years around a lone date.
+    low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
+    margin = max((high_x - low_x) * 0.02, 0.5 if high_x - low_x < 1 else 0.0)
+    ax.set_xlim(low_x - margin, high_x + margin)
     locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=4, maxticks=10)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    # Days as "13 Dec" rather than a bare "13"; the title carries the years of the window.
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+        locator, tz=timezone.utc, show_offset=False,
+        formats=["%Y", "%b %Y", "%d %b", "%H:%M", "%H:%M", "%S.%f"],
+        zero_formats=["", "%b %Y", "%d %b", "%d %b", "%H:%M", "%H:%M"]))
     ax.set_xlabel("Date (UTC)")
-    ax.set_ylabel(text.ylabel)
-    ax.set_title(text.title, loc="left", fontsize=15, fontweight="bold", pad=12)
+    # Title and subtitle above the plot, aligned with it; the subtitle says what the axis
+    # shows, which a rotated y label squeezed beside long tick labels would not.
+    fig.text(0.085, 0.955, text.title, ha="left", va="top", fontsize=16, fontweight="bold")
+    fig.text(0.085, 0.912, text.subtitle, ha="left", va="top", fontsize=11, color="#444444")
     ax.grid(True, which="major", color="#e6e6e6", linewidth=0.8)
     ax.grid(True, which="minor", axis="y", color="#f3f3f3", linewidth=0.5)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     if handles:
-        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                  borderaxespad=0.0, frameon=False, fontsize=10, handlelength=2.6)
+        legend = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                           borderaxespad=0.0, frameon=False, fontsize=10, handlelength=2.6)
+        for label in legend.get_texts():
+            label.set_parse_math(False)  # a coin named "$WIF" is not TeX
     fig.text(0.99, 0.015, text.stamp, ha="right", va="bottom", fontsize=9, color="#666666")
     return fig
+
+
+def _date_numbers(times_ms: np.ndarray) -> np.ndarray:
+    """Matplotlib date numbers (days since its epoch) of UTC millisecond times."""
+    return mdates.date2num(times_ms.astype("datetime64[ms]"))
 
 
 def _save_to_temp(fig: Figure, final: Path) -> Path:
@@ -757,8 +803,13 @@ def _day_text(moment: datetime) -> str:
 
 
 def _window_text(start: datetime, end: datetime) -> str:
+    """8 Jan 2023, 2–8 Jan 2023, 10 Dec 2022 – 8 Jan 2023, always marked UTC."""
     if start.date() == end.date():
         return f"{_day_text(end)} (UTC)"
+    if (start.year, start.month) == (end.year, end.month):
+        return f"{start.day}–{_day_text(end)} (UTC)"
+    if start.year == end.year:
+        return f"{start.day} {start:%b} – {_day_text(end)} (UTC)"
     return f"{_day_text(start)} – {_day_text(end)} (UTC)"
 
 
@@ -780,9 +831,13 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
     if currency not in history.currencies:
         raise NothingToPlot(f"no data in {currency} in {csv_path}; currencies in the history:"
                             f" {', '.join(sorted(history.currencies))}")
-    in_currency = np.flatnonzero(history.currency == history.currencies.index(currency))
+    # Everything below keeps rows in time order, so "last of the day" needs no further sort.
+    by_time = np.argsort(history.time_ms, kind="stable")
+    in_currency = by_time[history.currency[by_time] == history.currencies.index(currency)]
     coins = _match_coins(options.coins, _coins_in(history, in_currency), currency)
-    rows = in_currency[np.isin(history.coin[in_currency], [c.index for c in coins])]
+    selected = np.zeros(len(history.coin_ids), dtype=bool)
+    selected[[c.index for c in coins]] = True
+    rows = in_currency[selected[history.coin[in_currency]]]
 
     start_ms, end_ms = _window(options, history.time_ms[rows])
     times = history.time_ms[rows]
@@ -809,7 +864,7 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
         if len(newly) == 0:
             break
         damaged = np.union1d(damaged, newly)
-        rows = np.setdiff1d(rows, newly, assume_unique=True)
+        rows = rows[~np.isin(rows, newly)]
     price_series = _series(history, coins, price_rows, prices)
     cap_series = _series(history, coins, cap_rows, caps)
     performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0)
@@ -826,31 +881,43 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
     when = _window_text(*window)
     price_scale = _choose_scale(options.scale, price_series)
     cap_scale = _choose_scale(options.scale, cap_series)
+    # Linear, so relative moves compare directly; but a coin that went up 10,000-fold flattens
+    # every other line, so "auto" goes to log beyond two orders of magnitude here as well.
+    performance_scale = _choose_scale("linear" if options.scale == "linear" else "auto",
+                                      performance)
     # With few coins each keeps its colour across the three charts (ranked by market cap).
     slots = {c.index: i for i, c in enumerate(coins)} if len(coins) <= LEGEND_MAX_COINS else None
+    bucket_days = bucket_ms // _DAY_MS
+    per = ("last observation of each UTC day" if bucket_days == 1
+           else f"last observation of every {bucket_days} UTC days")
+    count = f"{len(charted)} coin{'s' if len(charted) != 1 else ''}"
 
-    def log_note(scale: str) -> str:
-        return ", log scale" if scale == "log" else ""
+    def subtitle(what: str, scale: str) -> str:
+        return f"{what}{', log scale' if scale == 'log' else ''} · {count} · {per}"
 
     jobs = [
         (PRICE_CHART, lambda: _draw(
-            price_series, scale=price_scale, slots=slots,
+            price_series, scale=price_scale, slots=slots, window_ms=(first, last),
+            empty_note="No prices in this window",
             text=_ChartText(f"Price in {code} · {when}",
-                            f"Price ({code}{log_note(price_scale)})", stamp),
+                            subtitle(f"Price per coin in {code}", price_scale), stamp),
             y_formatter=_MoneyFormatter(currency),
-            value_label=lambda v: format_money(v, currency, 4))),
+            value_label=lambda v: _price_text(v, currency))),
         (MARKET_CAP_CHART, lambda: _draw(
-            cap_series, scale=cap_scale, slots=slots,
+            cap_series, scale=cap_scale, slots=slots, window_ms=(first, last),
+            empty_note="No market caps in this window",
             text=_ChartText(f"Market capitalisation in {code} · {when}",
-                            f"Market cap ({code}{log_note(cap_scale)})", stamp),
+                            subtitle(f"Market capitalisation in {code}", cap_scale), stamp),
             y_formatter=_MoneyFormatter(currency),
             value_label=lambda v: format_money(v, currency, 3))),
         (PERFORMANCE_CHART, lambda: _draw(
-            performance, scale="linear", slots=slots, reference=100.0,
+            performance, scale=performance_scale, slots=slots, reference=100.0,
+            window_ms=(first, last), empty_note="No prices in this window",
             text=_ChartText(f"Performance in {code} · {when}",
-                            "Price index (first point in the window = 100)", stamp),
+                            subtitle("Price index: each coin = 100 at its first point in the"
+                                     " window", performance_scale), stamp),
             y_formatter=_IndexFormatter(),
-            value_label=lambda v: f"{v - 100:+.1f}%")),
+            value_label=_change_text)),
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[tuple[Path, Path]] = []

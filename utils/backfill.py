@@ -1,0 +1,308 @@
+"""Backfill past days from /coins/{id}/market_chart/range, resumably, and heal gaps after downtime."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from lambdas.lambda_2_transform import Rejected, chart_to_records
+from lambdas.lambda_3_load import MergeReport, merge
+from utils import history
+from utils.coingecko import CoinGeckoClient
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError
+from utils.file_storage import archive_raw, ensure_dir, read_json, write_json_atomic
+from utils.schema import Record
+from utils.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FREE_PLANS = ("public", "demo")
+FREE_REACH_DAYS = 365
+WINDOW_DAYS = {"public": 365, "demo": 365, "pro": 3650}
+SETTLE = timedelta(minutes=40)  # CoinGecko's daily point of the previous day is final by about 00:35-00:40 UTC
+DEFAULT_DAYS = 365
+
+
+def newest_complete_day(now: datetime) -> date:
+    """The newest day whose 00:00 UTC point is final."""
+    return (now.astimezone(timezone.utc) - SETTLE).date()
+
+
+def earliest_reachable_day(plan: str, now: datetime) -> date | None:
+    """The oldest day the plan's history reaches, or None when it reaches back to the start."""
+    if plan not in FREE_PLANS:
+        return None
+    return (now.astimezone(timezone.utc) - timedelta(days=FREE_REACH_DAYS)).date() + timedelta(days=1)
+
+
+def midnight_ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp())
+
+
+@dataclass(frozen=True)
+class DayRange:
+    first: date
+    last: date
+
+    @property
+    def days(self) -> int:
+        return (self.last - self.first).days + 1
+
+
+def plan_range(settings: Settings, now: datetime) -> DayRange:
+    """The days to backfill from --since/--until/--days, clamped to what is complete and what the plan reaches."""
+    newest = newest_complete_day(now)
+    last = min(settings.until, newest) if settings.until else newest
+    if settings.since:
+        first = settings.since
+    else:
+        first = last - timedelta(days=(settings.days or DEFAULT_DAYS) - 1)
+    earliest = earliest_reachable_day(settings.api_plan, now)
+    if earliest and first < earliest:
+        log.warning("the %s plan reaches only the past %d days: starting at %s instead of %s "
+                    "(a paid plan, --api-plan pro, reaches back to 2013)", settings.api_plan, FREE_REACH_DAYS,
+                    earliest, first)
+        first = earliest
+    if first > last:
+        raise ConfigError(f"nothing to backfill: {first} is after {last}, the newest complete day "
+                            f"(the {settings.api_plan} plan reaches back to {earliest or 'the start'})")
+    return DayRange(first, last)
+
+
+def windows(span: DayRange, plan: str) -> list[DayRange]:
+    """The range cut into the largest pieces one request may cover."""
+    size = WINDOW_DAYS.get(plan, 365)
+    out, start = [], span.first
+    while start <= span.last:
+        end = min(span.last, start + timedelta(days=size - 1))
+        out.append(DayRange(start, end))
+        start = end + timedelta(days=1)
+    return out
+
+
+def fetch_coin(client: CoinGeckoClient, coin_id: str, vs_currency: str, span: DayRange, plan: str) -> list[Any]:
+    """The raw market_chart answers covering a coin's days: one request per window."""
+    answers = []
+    for window in windows(span, plan):
+        answers.append(client.get_json(f"/coins/{coin_id}/market_chart/range", {
+            "vs_currency": vs_currency, "from": midnight_ms(window.first),
+            "to": midnight_ms(window.last) + 3600, "precision": "full"}))
+    return answers
+
+
+def records_from(coin_id: str, vs_currency: str, answers: list[Any], span: DayRange
+                 ) -> tuple[list[Record], list[Rejected]]:
+    records: list[Record] = []
+    rejected: list[Rejected] = []
+    for answer in answers:
+        result = chart_to_records(coin_id, vs_currency, answer, first_day=span.first, last_day=span.last)
+        records.extend(result.records)
+        rejected.extend(result.rejected)
+    return records, rejected
+
+
+@dataclass
+class BackfillResult:
+    """What a backfill (or a heal) fetched and merged."""
+
+    coins_done: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    requests: int = 0
+    merge: MergeReport | None = None
+    seconds: float = 0.0
+    paced_seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.missing or self.rejected else EXIT_OK
+
+    def summary(self, csv_name: str) -> str:
+        word = "ok" if self.exit_code == EXIT_OK else "partial"
+        added = self.merge.added if self.merge else 0
+        skipped = self.merge.skipped_duplicates if self.merge else 0
+        line = (f"backfill {word}: {len(self.coins_done)} coins, {added} rows added, {skipped} duplicates skipped, "
+                f"{len(self.rejected)} rejected, {self.requests} requests in {self.seconds:.1f} s")
+        if self.missing:
+            line += f", {len(self.missing)} unknown ({', '.join(self.missing[:10])})"
+        return line + f" -> {csv_name}"
+
+
+class Progress:
+    """A tqdm bar on a terminal, else a log line every few coins, both with the time left."""
+
+    def __init__(self, total: int, done: int = 0, stream: Any = None) -> None:
+        self.total, self.done = total, done
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self.every = max(1, total // 10)
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="coin", file=self.stream, desc="backfill")
+
+    def step(self, coin_id: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(coin_id, refresh=False)
+            self.bar.update(1)
+            return
+        if self.done % self.every == 0 or self.done == self.total:
+            elapsed = time.monotonic() - self.started
+            left = elapsed / max(1, self.done) * (self.total - self.done)
+            log.info("backfill: %d of %d coins, about %s left", self.done, self.total, _duration(left))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+class Manifest:
+    """Which coins of one backfill are fetched already (their raw answers' paths), so a rerun resumes."""
+
+    def __init__(self, settings: Settings, span: DayRange, coins: tuple[str, ...]) -> None:
+        ident = f"{settings.vs_currency}|{span.first}|{span.last}"
+        name = f"backfill-{settings.vs_currency}-{span.first}-{span.last}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+        self.path = settings.state_dir / f"{name}.json"
+        self.data_dir = settings.data_dir
+        data = read_json(self.path)
+        self.done: dict[str, str] = {}
+        if isinstance(data, dict) and isinstance(data.get("done"), dict):
+            self.done = {c: p for c, p in data["done"].items() if c in coins and isinstance(p, str)}
+
+    def answers(self, coin_id: str) -> list[Any] | None:
+        """The stored answers of a coin fetched before, or None."""
+        rel = self.done.get(coin_id)
+        if rel is None:
+            return None
+        try:
+            payload = json.loads(gzip.decompress((self.data_dir / rel).read_bytes()))
+            return payload["answers"]
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+
+    def mark(self, coin_id: str, archive: Path) -> None:
+        self.done[coin_id] = str(archive.relative_to(self.data_dir))
+        ensure_dir(self.path.parent)
+        write_json_atomic(self.path, {"done": self.done})
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+             progress_stream: Any = None) -> BackfillResult:
+    """Fetch each coin's daily points for the planned range (resuming), then merge them into the history once."""
+    started = time.monotonic()
+    now = clock()
+    span = plan_range(settings, now)
+    coins = settings.coins
+    log.info("backfill: %d coins in %s, %s to %s (%d days)", len(coins), settings.vs_currency, span.first,
+             span.last, span.days)
+    ensure_dir(settings.data_dir)
+    manifest = Manifest(settings, span, coins)
+    if manifest.done:
+        log.info("backfill: resuming, %d of %d coins already fetched", len(manifest.done), len(coins))
+    result = BackfillResult()
+    records: list[Record] = []
+    unavailable: dict[tuple[str, str], set[str]] = {}
+    progress = Progress(len(coins), stream=progress_stream)
+    calls_before = client.calls
+    try:
+        for coin_id in coins:
+            answers = manifest.answers(coin_id)
+            if answers is None:
+                try:
+                    answers = fetch_coin(client, coin_id, settings.vs_currency, span, settings.api_plan)
+                except ExtractError as exc:
+                    if exc.status == 404:
+                        log.warning("CoinGecko does not know %s (%s); skipped", coin_id, exc)
+                        result.missing.append(coin_id)
+                        progress.step(coin_id)
+                        continue
+                    raise
+                archive = archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
+                                      {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
+                                       "vs_currency": settings.vs_currency, "first_day": str(span.first),
+                                       "last_day": str(span.last), "answers": answers})
+                manifest.mark(coin_id, archive)
+            coin_records, coin_rejected = records_from(coin_id, settings.vs_currency, answers, span)
+            records.extend(coin_records)
+            result.rejected.extend(coin_rejected)
+            result.coins_done.append(coin_id)
+            got = {r.last_updated[:10] for r in coin_records}
+            unavailable[(coin_id, settings.vs_currency)] = {
+                (span.first + timedelta(days=i)).isoformat() for i in range(span.days)} - got
+            progress.step(coin_id)
+    finally:
+        progress.close()
+        result.requests = client.calls - calls_before
+        result.paced_seconds = client.limiter.waited
+    for rejected in result.rejected:
+        log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
+    if not result.coins_done:
+        raise ExtractError("no coin could be backfilled; nothing was merged")
+    result.merge = merge(records, settings.csv_path, lock_timeout=settings.lock_timeout, unavailable=unavailable)
+    manifest.finish()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *,
+              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> tuple[int, int]:
+    """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
+
+    One request per coin with gaps. Returns (days filled, coins asked).
+    """
+    now = clock()
+    state = history.HistoryState.from_json(read_json(history.state_path(settings.csv_path)))
+    if state is None:
+        return 0, 0
+    newest = newest_complete_day(now)
+    earliest = earliest_reachable_day(settings.api_plan, now)
+    wanted: dict[str, list[date]] = {}
+    for coin_id in coins:
+        covered = state.coverage.get((coin_id, settings.vs_currency))
+        if covered is None:
+            continue
+        days = [date.fromisoformat(d) for d in covered.gaps(now.date())]
+        days = [d for d in days if d <= newest and (earliest is None or d >= earliest)]
+        if days:
+            wanted[coin_id] = days
+    if not wanted:
+        return 0, 0
+    log.info("healing %d missing days of %d coins", sum(map(len, wanted.values())), len(wanted))
+    records: list[Record] = []
+    unavailable: dict[tuple[str, str], set[str]] = {}
+    for coin_id, days in wanted.items():
+        span = DayRange(min(days), max(days))
+        try:
+            answers = fetch_coin(client, coin_id, settings.vs_currency, span, settings.api_plan)
+        except ExtractError as exc:
+            log.warning("could not heal %s: %s", coin_id, exc)
+            continue
+        archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
+                    {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
+                     "vs_currency": settings.vs_currency, "first_day": str(span.first), "last_day": str(span.last),
+                     "answers": answers})
+        coin_records, _ = records_from(coin_id, settings.vs_currency, answers, span)
+        wanted_days = {d.isoformat() for d in days}
+        coin_records = [r for r in coin_records if r.last_updated[:10] in wanted_days]
+        records.extend(coin_records)
+        unavailable[(coin_id, settings.vs_currency)] = wanted_days - {r.last_updated[:10] for r in coin_records}
+    report = merge(records, settings.csv_path, lock_timeout=settings.lock_timeout, unavailable=unavailable)
+    return report.added, len(wanted)
