@@ -1,0 +1,524 @@
+"""The load stage end to end: the CSV history, its state file, torn tails, legacy migration and bad folders."""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import io
+import json
+import os
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+from tests.fake_coingecko import load_fixture
+from tests.support import MAIN, PipelineTestCase, read_rows
+from utils.history import STATE_VERSION
+from utils.schema import COLUMNS, HEADER_LINE
+
+FIXTURE = load_fixture("coins_markets_2023-01-08_real_10coins.json")
+# The ids the recorded fixture really holds, so a run is complete (exit 0) rather than partial.
+PRESENT_IDS = tuple(row["id"] for row in FIXTURE)
+NEWEST = {row["id"]: row["last_updated"] for row in FIXTURE}
+
+LEGACY_HEADER = "name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,last_updated\n"
+# The original script's nine coins, a day before the fixture, as it wrote them.
+LEGACY_ROWS = (
+    ("Bitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n", "bitcoin"),
+    ("Ethereum,eth,1260.5,151000000000,0.1,120524000.5,2023-01-07T16:49:52.403Z\n", "ethereum"),
+    ("BNB,bnb,260.01,42000000000,1.2,163276974.63,2023-01-07T16:49:47.049Z\n", "binancecoin"),
+    ("Cardano,ada,0.27,9300000000,0.9,34500000000,2023-01-07T16:49:41.000Z\n", "cardano"),
+    ("Solana,sol,13.4,4900000000,2.5,367000000,2023-01-07T16:49:42.000Z\n", "solana"),
+    ("Dogecoin,doge,0.0715,9800000000,-0.2,137640000000,2023-01-07T16:49:40.975Z\n", "dogecoin"),
+    ("Polkadot,dot,4.3,5000000000,0.3,1160000000,2023-01-07T16:49:43.000Z\n", "polkadot"),
+    ("Litecoin,ltc,75.2,5400000000,1.1,71900000,2023-01-07T16:49:44.000Z\n", "litecoin"),
+    ("Avalanche,avax,12.5,3900000000,1.2,312000000,2023-01-07T16:49:30.000Z\n", "avalanche-2"),
+    # The very observation the fake serves for bitcoin: the run must treat it as already stored.
+    ("Bitcoin,btc,16951.52,326407877229,0.14088,19256218,2023-01-08T16:49:40.132Z\n", "bitcoin"),
+)
+UNMAPPED_ROW = "Chainlink,link,5.6,2850000000,0.7,507999970,2023-01-07T16:49:45.000Z\n"
+
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
+
+
+def parse_strict(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the CSV, failing on a missing final newline or any line of the wrong width."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        raise AssertionError(f"{path} does not end with a newline: {data[-80:]!r}")
+    lines = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    for number, row in enumerate(lines, start=1):
+        if len(row) != len(COLUMNS):
+            raise AssertionError(f"line {number} of {path} has {len(row)} fields, not {len(COLUMNS)}: {row!r}")
+    return lines[0], lines[1:]
+
+
+def keys(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """Identity of every row, in file order."""
+    return [(r["coin_id"], r["vs_currency"], r["last_updated"]) for r in rows]
+
+
+def tree(folder: Path) -> list[str]:
+    """Every path below folder, relative and sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            found.append(os.path.relpath(os.path.join(root, name), folder))
+    return sorted(found)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines that report the failure itself (warnings excluded)."""
+    return [line for line in stderr.splitlines() if line.startswith(("run failed", "config error"))]
+
+
+class LoadTestCase(PipelineTestCase):
+    """A pipeline test whose coins are exactly the ones the fixture holds."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.env["PIPELINE_COINS"] = ",".join(PRESENT_IDS)
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / ".state" / "crypto_data.csv.state.json"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data_dir / "crypto_data.csv.quarantine"
+
+    def run_ok(self, *argv: str) -> str:
+        """Run in-process, insist on exit 0, return stderr."""
+        result = self.run_main(*argv)
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        return result.stderr
+
+    def assert_clean_history(self) -> list[dict[str, str]]:
+        """The CSV starts with our header, every line has every column, and no observation repeats."""
+        self.assertTrue(self.csv_bytes().startswith(HEADER_LINE.encode()))
+        parse_strict(self.csv_path)
+        rows = self.rows()
+        self.assertEqual(len(keys(rows)), len(set(keys(rows))), "an observation is stored twice")
+        return rows
+
+
+class AppendOnceTest(LoadTestCase):
+    """Identity (coin_id, vs_currency, last_updated): a run appends only what the history lacks."""
+
+    def test_first_run_writes_the_header_and_one_row_per_coin(self) -> None:
+        stderr = self.run_ok()
+        self.assertIn("run ok: 10 coins, 10 rows appended, 0 duplicates skipped", stderr)
+        header, _ = parse_strict(self.csv_path)
+        self.assertEqual(",".join(header) + "\n", HEADER_LINE)
+        self.assertEqual(self.csv_bytes().split(b"\n", 1)[0] + b"\n", HEADER_LINE.encode())
+        rows = self.assert_clean_history()
+        self.assertEqual(sorted(keys(rows)), sorted((c, "eur", ts) for c, ts in NEWEST.items()))
+        bitcoin = next(r for r in rows if r["coin_id"] == "bitcoin")
+        self.assertEqual((bitcoin["name"], bitcoin["current_price"], bitcoin["source"]),
+                         ("Bitcoin", "16951.52", "coins_markets"))
+
+    def test_second_run_appends_nothing(self) -> None:
+        self.run_ok()
+        before = self.csv_bytes()
+        stderr = self.run_ok()
+        self.assertIn("0 rows appended, 10 duplicates skipped", stderr)
+        self.assertEqual(self.csv_bytes(), before)
+
+    def test_new_observations_are_appended_after_the_old_ones(self) -> None:
+        self.run_ok()
+        before = self.csv_bytes()
+        self.fake.advance(60)
+        self.assertIn("10 rows appended", self.run_ok())
+        after = self.csv_bytes()
+        self.assertTrue(after.startswith(before), "the old rows were rewritten")
+        rows = self.assert_clean_history()
+        self.assertEqual(len(rows), 20)
+        self.assertEqual(after.count(HEADER_LINE.encode()), 1)
+
+    def test_state_file_records_bookmarks_and_the_csv_size(self) -> None:
+        self.run_ok()
+        state = json.loads(self.state_file.read_text())
+        self.assertEqual(state["version"], STATE_VERSION)
+        self.assertEqual(state["csv_size"], len(self.csv_bytes()))
+        self.assertEqual(state["rows"], 10)
+        self.assertEqual(state["bookmarks"], {f"{c}|eur": ts for c, ts in NEWEST.items()})
+        self.assertRegex(state["tail_hash"], r"^[0-9a-f]{64}$")
+
+
+class StateFileTest(LoadTestCase):
+    """The state is a cache: trusted when it matches the CSV, caught up or rebuilt when not."""
+
+    def lie_in_state(self, coin_id: str, last_updated: str = "2099-01-01T00:00:00.000Z") -> None:
+        """Give one coin a bookmark the CSV does not justify, keeping offset and hash."""
+        state = json.loads(self.state_file.read_text())
+        state["bookmarks"][f"{coin_id}|eur"] = last_updated
+        self.state_file.write_text(json.dumps(state))
+
+    def test_csv_grown_by_hand_only_the_tail_is_scanned(self) -> None:
+        self.run_ok()
+        self.lie_in_state("ethereum")  # survives only if the state is trusted, not rebuilt
+        self.fake.advance(60)
+        advanced_bitcoin = next(r for r in self.fake.coins if r["id"] == "bitcoin")["last_updated"]
+        rows = self.rows()
+        line = next(r for r in rows if r["coin_id"] == "bitcoin")
+        line = dict(line, last_updated=advanced_bitcoin)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([line[c] for c in COLUMNS])
+        with open(self.csv_path, "ab") as fh:  # appended after the recorded offset
+            fh.write(buf.getvalue().encode())
+
+        stderr = self.run_ok()
+        self.assertNotIn("rebuilt", stderr)
+        self.assertIn("8 rows appended, 2 duplicates skipped", stderr)
+        rows = self.assert_clean_history()
+        self.assertEqual(len(rows), 19)
+        self.assertEqual(sum(r["coin_id"] == "bitcoin" for r in rows), 2)
+        self.assertEqual(sum(r["coin_id"] == "ethereum" for r in rows), 1)
+        self.assertEqual(json.loads(self.state_file.read_text())["csv_size"], len(self.csv_bytes()))
+
+    def test_csv_shorter_than_recorded_rebuilds_and_restores_the_lost_rows(self) -> None:
+        self.run_ok()
+        first = self.csv_bytes()
+        self.fake.advance(60)
+        self.run_ok()
+        self.csv_path.write_bytes(first)  # the newer ten rows are gone; the state still counts them
+        stderr = self.run_ok()
+        self.assertIn("rebuilt the load state", stderr)
+        self.assertIn("10 rows appended", stderr)
+        self.assertEqual(len(self.assert_clean_history()), 20)
+
+    def test_csv_edited_near_the_recorded_end_rebuilds(self) -> None:
+        self.run_ok()
+        self.lie_in_state("ethereum")
+        data = self.csv_bytes()
+        last_line_start = data.rstrip(b"\n").rfind(b"\n") + 1
+        edited = data[:last_line_start] + data[last_line_start:].replace(b"eur", b"EUR", 1)
+        self.assertEqual(len(edited), len(data))
+        self.csv_path.write_bytes(edited)
+        self.fake.advance(60)
+        stderr = self.run_ok()
+        self.assertIn("rebuilt the load state", stderr)
+        self.assertIn("10 rows appended", stderr)
+
+    def use_fresh_data_dir(self, name: str) -> None:
+        """Point this test at a new, empty data folder."""
+        self.data_dir = Path(self.tmp.name) / name
+        self.data_dir.mkdir()
+        self.csv_path = self.data_dir / "crypto_data.csv"
+        self.env["PIPELINE_DATA_DIR"] = str(self.data_dir)
+
+    def test_missing_or_corrupt_state_is_rebuilt_without_duplicates(self) -> None:
+        # Each structured variant carries empty bookmarks: trusted, it would append every coin again.
+        def lying(real: dict, **changes: object) -> bytes:
+            return json.dumps({**real, "bookmarks": {}, **changes}).encode()
+
+        variants = {
+            "missing": lambda real: None,
+            "empty file": lambda real: b"",
+            "garbage bytes": lambda real: b"\x00\xff\xfe garbage \x89PNG\r\n",
+            "truncated json": lambda real: json.dumps(real).encode()[:40],
+            "json list": lambda real: b"[1, 2, 3]",
+            "json null": lambda real: b"null",
+            "wrong keys": lambda real: json.dumps({"hello": "world"}).encode(),
+            "future version 99": lambda real: lying(real, version=99),
+            "previous version": lambda real: lying(real, version=STATE_VERSION - 1),
+            "other columns": lambda real: lying(real, columns=list(COLUMNS[:7])),
+            "bookmarks not a dict": lambda real: lying(real, bookmarks=["bitcoin|eur"]),
+            "bookmark key without currency": lambda real: json.dumps(
+                dict(real, bookmarks={"bitcoin": "2099-01-01T00:00:00.000Z"})).encode(),
+            "negative size": lambda real: lying(real, csv_size=-5),
+            "size not a number": lambda real: lying(real, csv_size="big"),
+            "size beyond the csv": lambda real: lying(real, csv_size=real["csv_size"] + 1000),
+            "hash of another file": lambda real: lying(real, tail_hash="0" * 64),
+        }
+        for number, (name, make) in enumerate(variants.items()):
+            with self.subTest(state=name):
+                self.use_fresh_data_dir(f"data-{number}")
+                self.run_ok()
+                real = json.loads(self.state_file.read_text())
+                payload = make(real)
+                if payload is None:
+                    self.state_file.unlink()
+                else:
+                    self.state_file.write_bytes(payload)
+                before = self.csv_bytes()
+                stderr = self.run_ok()
+                self.assertIn("0 rows appended, 10 duplicates skipped", stderr)
+                self.assertIn("rebuilt the load state", stderr)
+                self.assertEqual(self.csv_bytes(), before)
+                repaired = json.loads(self.state_file.read_text())
+                self.assertEqual({k: repaired[k] for k in ("version", "csv_size", "rows")},
+                                 {"version": STATE_VERSION, "csv_size": len(before), "rows": 10})
+                self.assertEqual(repaired["bookmarks"], real["bookmarks"])
+                self.fake.advance(60)
+                self.assertIn("10 rows appended", self.run_ok())
+                self.assertEqual(len(self.assert_clean_history()), 20)
+
+
+class TornTailTest(LoadTestCase):
+    """A last line without its newline goes to the quarantine file, never silently away."""
+
+    def test_half_a_row_is_quarantined_and_the_run_appends(self) -> None:
+        self.run_ok()
+        self.fake.advance(60)
+        whole = self.csv_bytes()
+        torn = whole.splitlines(keepends=True)[1][:57]  # half of a real row, no newline
+        self.assertFalse(torn.endswith(b"\n"))
+        with open(self.csv_path, "ab") as fh:
+            fh.write(torn)
+
+        stderr = self.run_ok()
+        self.assertIn("cut short", stderr)
+        self.assertIn(str(self.quarantine), stderr)
+        self.assertIn(torn, self.quarantine.read_bytes())
+        self.assertIn("10 rows appended", stderr)
+        self.assertTrue(self.csv_bytes().startswith(whole))
+        self.assertEqual(len(self.assert_clean_history()), 20)
+        # The next run finds nothing torn and adds nothing to the quarantine.
+        quarantined = self.quarantine.read_bytes()
+        self.assertIn("0 rows appended", self.run_ok())
+        self.assertEqual(self.quarantine.read_bytes(), quarantined)
+
+    def test_a_whole_row_missing_only_its_newline_is_quarantined_and_fetched_again(self) -> None:
+        self.run_ok()
+        self.fake.advance(60)
+        self.run_ok()
+        data = self.csv_bytes()
+        self.csv_path.write_bytes(data[:-1])  # the last row lost its newline
+        last_line = data[:-1].rsplit(b"\n", 1)[1]
+        stderr = self.run_ok()
+        self.assertIn(last_line, self.quarantine.read_bytes())
+        self.assertIn("1 rows appended", stderr)
+        rows = self.assert_clean_history()
+        self.assertEqual(len(rows), 20)
+
+    def test_torn_tail_right_after_the_header(self) -> None:
+        self.csv_path.write_bytes(HEADER_LINE.encode() + b"Bitcoin,btc,169")
+        stderr = self.run_ok()
+        self.assertIn(b"Bitcoin,btc,169", self.quarantine.read_bytes())
+        self.assertIn("10 rows appended", stderr)
+        self.assertEqual(len(self.assert_clean_history()), 10)
+
+
+class LegacyMigrationTest(LoadTestCase):
+    """A CSV in the original script's seven columns is migrated once, with a backup."""
+
+    def write_legacy(self) -> bytes:
+        # The original script appended every row three times or so.
+        body = "".join(line * 3 for line, _ in LEGACY_ROWS) + UNMAPPED_ROW
+        data = (LEGACY_HEADER + body).encode()
+        self.csv_path.write_bytes(data)
+        return data
+
+    def test_legacy_csv_is_migrated_then_the_run_appends(self) -> None:
+        original = self.write_legacy()
+        stderr = self.run_ok()
+
+        backups = sorted(self.data_dir.glob("crypto_data.csv.legacy-*.bak"))
+        self.assertEqual(len(backups), 1, os.listdir(self.data_dir))
+        self.assertRegex(backups[0].name, r"^crypto_data\.csv\.legacy-\d{8}T\d{6}Z\.bak$")
+        self.assertEqual(backups[0].read_bytes(), original)
+
+        migrated_line = next(line for line in stderr.splitlines() if "migrated" in line)
+        self.assertIn("31 rows read, 10 written, 20 exact duplicates dropped", migrated_line)
+        self.assertIn("1 unmapped", migrated_line)
+        self.assertIn(UNMAPPED_ROW.strip(), self.quarantine.read_text())
+
+        header, _ = parse_strict(self.csv_path)
+        self.assertEqual(",".join(header) + "\n", HEADER_LINE)
+        rows = self.assert_clean_history()
+        legacy = [r for r in rows if r["source"] == "legacy"]
+        self.assertEqual(sorted((r["coin_id"], r["last_updated"]) for r in legacy),
+                         sorted((coin, line.rstrip("\n").rsplit(",", 1)[1]) for line, coin in LEGACY_ROWS))
+        self.assertEqual({r["vs_currency"] for r in legacy}, {"eur"})
+        avalanche = next(r for r in legacy if r["coin_id"] == "avalanche-2")
+        self.assertEqual((avalanche["name"], avalanche["symbol"], avalanche["current_price"],
+                          avalanche["market_cap"], avalanche["circulating_supply"]),
+                         ("Avalanche", "avax", "12.5", "3900000000", "312000000"))
+        self.assertNotIn("chainlink", {r["coin_id"] for r in rows})
+        self.assertNotIn("Chainlink", {r["name"] for r in rows})
+
+        # Then the run itself: nine new observations; bitcoin's is the one the legacy file already held.
+        self.assertIn("9 rows appended, 1 duplicates skipped", stderr)
+        fresh = [r for r in rows if r["source"] == "coins_markets"]
+        self.assertEqual(sorted(r["coin_id"] for r in fresh), sorted(set(PRESENT_IDS) - {"bitcoin"}))
+        self.assertEqual(len(rows), 19)
+
+    def test_migration_happens_once(self) -> None:
+        self.write_legacy()
+        self.run_ok()
+        after_first = self.csv_bytes()
+        stderr = self.run_ok()
+        self.assertNotIn("migrated", stderr)
+        self.assertEqual(self.csv_bytes(), after_first)
+        self.assertEqual(len(list(self.data_dir.glob("*.bak"))), 1)
+
+
+class ForeignHeaderTest(LoadTestCase):
+    """Any header other than ours or the legacy one: exit 2, name the columns, touch nothing."""
+
+    def check_refused(self, content: bytes, missing: list[str], extra: list[str]) -> str:
+        self.csv_path.write_bytes(content)
+        result = self.run_main()
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertEqual(self.csv_bytes(), content)
+        [line] = error_lines(result.stderr)
+        self.assertIn(str(self.csv_path), line)
+        if missing:
+            self.assertIn("missing " + ", ".join(missing), line)
+        else:
+            self.assertNotIn("missing", line)
+        if extra:
+            self.assertIn("extra " + ", ".join(extra), line)
+        else:
+            self.assertNotIn("extra", line)
+        self.assertFalse(self.quarantine.exists())
+        self.assertEqual([p.name for p in self.data_dir.glob("*.bak")], [])
+        return line
+
+    def test_unrelated_header(self) -> None:
+        self.check_refused(b"date,price\n2024-01-01,3\n", list(COLUMNS), ["date", "price"])
+
+    def test_our_columns_plus_one(self) -> None:
+        self.check_refused((HEADER_LINE.rstrip("\n") + ",note\n").encode(), [], ["note"])
+
+    def test_our_columns_minus_one(self) -> None:
+        header = ",".join(c for c in COLUMNS if c != "source") + "\n"
+        self.check_refused(header.encode(), ["source"], [])
+
+    def test_legacy_columns_plus_one(self) -> None:
+        content = (LEGACY_HEADER.rstrip("\n") + ",rank\n" + LEGACY_ROWS[0][0].rstrip("\n") + ",1\n").encode()
+        self.check_refused(content, list(COLUMNS[7:]), ["rank"])
+
+    def test_our_columns_in_another_order(self) -> None:
+        header = ",".join(reversed(COLUMNS)) + "\n"
+        line = self.check_refused(header.encode(), [], [])
+        self.assertIn("another order", line)
+
+    def test_foreign_file_without_final_newline_is_left_byte_identical(self) -> None:
+        # A refused file is not ours to repair: its "torn" last line must not be cut off.
+        self.check_refused(b"date,price\n2024-01-01,3\n2024-01-02,4", list(COLUMNS), ["date", "price"])
+
+
+def drop_file_capabilities() -> None:
+    """In the child: give up root's power to ignore file permissions, so chmod means something."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            os._exit(97)
+
+
+class BadFolderTest(LoadTestCase):
+    """Folders the history cannot live in: a clear one-line error, nothing created, history untouched."""
+
+    def run_restricted(self, *argv: str) -> subprocess.CompletedProcess:
+        """python main.py as a process that file permissions apply to (root gives up its capabilities)."""
+        env = dict(os.environ)
+        env.update(self.env)
+        preexec = drop_file_capabilities if os.geteuid() == 0 else None
+        return subprocess.run([sys.executable, str(MAIN), *argv], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=self.tmp.name, preexec_fn=preexec)
+
+    def probe_read_only(self, path: Path) -> None:
+        """Skip unless a restricted child really cannot write path."""
+        probe = self.run_restricted_python(f"import os,sys; sys.exit(0 if os.access({str(path)!r}, os.W_OK) else 3)")
+        if probe != 3:
+            self.skipTest("file permissions are not enforced here (running with root capabilities)")
+
+    def run_restricted_python(self, code: str) -> int:
+        preexec = drop_file_capabilities if os.geteuid() == 0 else None
+        return subprocess.run([sys.executable, "-c", code], preexec_fn=preexec, timeout=30).returncode
+
+    def make_read_only(self, whole_tree: bool) -> None:
+        if whole_tree:
+            for root, dirs, files in os.walk(self.data_dir):
+                for name in files:
+                    os.chmod(os.path.join(root, name), 0o444)
+                for name in dirs:
+                    os.chmod(os.path.join(root, name), 0o555)
+        os.chmod(self.csv_path, 0o444)
+        os.chmod(self.data_dir, 0o555)
+        self.addCleanup(self.make_writable)
+
+    def make_writable(self) -> None:
+        os.chmod(self.data_dir, 0o755)
+        for root, dirs, _ in os.walk(self.data_dir):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+
+    def assert_one_line_failure(self, code: int, stderr: str, path: Path | str) -> str:
+        self.assertIn(code, (1, 2), stderr)
+        self.assertNotIn("Traceback", stderr)
+        lines = error_lines(stderr)
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertIn(str(path), lines[0])
+        return lines[0]
+
+    def test_read_only_data_folder(self) -> None:
+        self.run_ok()
+        self.fake.advance(60)
+        before, listing = self.csv_bytes(), tree(self.data_dir)
+        self.make_read_only(whole_tree=False)
+        self.probe_read_only(self.csv_path)
+        proc = self.run_restricted("--lock-timeout", "10")
+        line = self.assert_one_line_failure(proc.returncode, proc.stderr, self.data_dir)
+        self.assertIn("permission denied", line)
+        self.assertEqual(self.csv_bytes(), before)
+        self.assertEqual(sorted(os.listdir(self.data_dir)), sorted(p for p in listing if os.sep not in p))
+
+    def test_read_only_data_tree(self) -> None:
+        self.run_ok()
+        self.fake.advance(60)
+        before, listing = self.csv_bytes(), tree(self.data_dir)
+        self.make_read_only(whole_tree=True)
+        self.probe_read_only(self.csv_path)
+        proc = self.run_restricted("--lock-timeout", "10")
+        line = self.assert_one_line_failure(proc.returncode, proc.stderr, self.data_dir)
+        self.assertIn("permission denied", line)
+        self.assertEqual(self.csv_bytes(), before)
+        self.assertEqual(tree(self.data_dir), listing)
+
+    def test_data_dir_under_a_regular_file(self) -> None:
+        blocker = Path(self.tmp.name) / "not-a-folder"
+        blocker.write_bytes(b"keep me\n")
+        listing = tree(Path(self.tmp.name))
+        result = self.run_subprocess("--data-dir", str(blocker / "deeper"))
+        line = self.assert_one_line_failure(result.code, result.stderr, blocker / "deeper")
+        self.assertRegex(line, r"(?i)file.*(folder|directory)")
+        self.assertEqual(blocker.read_bytes(), b"keep me\n")
+        self.assertEqual(tree(Path(self.tmp.name)), listing)
+
+    def test_data_dir_whose_parent_is_missing(self) -> None:
+        top = Path(self.tmp.name) / "x"
+        target = top / "does-not-exist" / "deeper"
+        result = self.run_subprocess("--data-dir", str(target))
+        self.assertFalse(top.exists(), f"created {tree(top) if top.exists() else ''} under {top}; "
+                         f"exit {result.code}; stderr {result.stderr!r}")
+        self.assert_one_line_failure(result.code, result.stderr, target)
+
+    def test_csv_replaced_by_a_directory(self) -> None:
+        self.run_ok()
+        self.csv_path.unlink()
+        self.csv_path.mkdir()
+        (self.csv_path / "inside.txt").write_bytes(b"x")
+        result = self.run_subprocess()
+        line = self.assert_one_line_failure(result.code, result.stderr, self.csv_path)
+        self.assertIn("a folder stands where a file belongs", line)
+        self.assertEqual(os.listdir(self.csv_path), ["inside.txt"])
+
+    def test_existing_history_survives_a_failed_run_elsewhere(self) -> None:
+        self.run_ok()
+        before = self.csv_bytes()
+        blocker = Path(self.tmp.name) / "file"
+        blocker.write_bytes(b"")
+        result = self.run_main("--data-dir", str(blocker / "deeper"))
+        self.assertIn(result.code, (1, 2), result.stderr)
+        self.assertEqual(self.csv_bytes(), before)
+        self.assertEqual(len(read_rows(self.csv_path)), 10)
+
+
+if __name__ == "__main__":
+    unittest.main()
