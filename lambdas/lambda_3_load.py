@@ -87,7 +87,7 @@ def load(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0) 
     """Append the records that the history does not hold yet. Raises LoadError (and SchemaMismatch)."""
     if not csv_path.parent.is_dir():
         try:
-            csv_path.parent.mkdir()
+            csv_path.parent.mkdir(exist_ok=True)  # another process may create it at the same moment
         except OSError as exc:
             raise LoadError(describe_os_error(exc, csv_path.parent, "create the data folder")) from None
     with history_lock(csv_path, lock_timeout):

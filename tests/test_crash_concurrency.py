@@ -15,6 +15,7 @@ import sys
 import time
 import unittest
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +28,7 @@ Key = tuple[str, str, str]
 
 
 def ids_of(rows: list[dict]) -> list[str]:
+    """The coin ids of /coins/markets rows, in order."""
     return [row["id"] for row in rows]
 
 
@@ -47,15 +49,17 @@ def history_lines(csv_path: Path) -> tuple[bytes, list[list[str]]]:
 
 
 def row_keys(rows: list[list[str]]) -> list[Key]:
+    """(coin_id, vs_currency, last_updated) of each parsed CSV row."""
     i_id, i_vs, i_ts = COLUMNS.index("coin_id"), COLUMNS.index("vs_currency"), COLUMNS.index("last_updated")
     return [(row[i_id], row[i_vs], row[i_ts]) for row in rows]
 
 
 def snapshot_keys(rows: list[dict], vs_currency: str = "eur") -> set[Key]:
+    """The identities the fake's /coins/markets rows become once stored."""
     return {(row["id"], vs_currency, row["last_updated"]) for row in rows}
 
 
-def limit_file_size(limit: int):
+def limit_file_size(limit: int) -> Callable[[], None]:
     """A preexec_fn: files this process writes cannot grow beyond limit bytes (writes fail with EFBIG)."""
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -220,8 +224,9 @@ class ConcurrencyTest(ProcessTestCase):
 
     def load_round(self, csv_path: Path, jobs: list[tuple[int, int, int]]) -> list[tuple]:
         """Run load_in_process once per (first, count, minutes) job, all released by one barrier."""
-        # fork: the children only call load(), and start in milliseconds rather than re-importing everything.
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        # fork where there is one: the children only call load(), and start at once instead of re-importing.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
         barrier, results = context.Barrier(len(jobs)), context.Queue()
         workers = [context.Process(target=load_in_process,
                                    args=(str(csv_path), first, count, minutes, barrier, results))
@@ -236,6 +241,7 @@ class ConcurrencyTest(ProcessTestCase):
 
     @staticmethod
     def generated_keys(jobs: list[tuple[int, int, int]]) -> set[Key]:
+        """The identities load_in_process stores for these jobs."""
         keys: set[Key] = set()
         for first, count, minutes in jobs:
             rows = markets_rows(400, start=datetime(2024, 1, 1, 12, minutes, tzinfo=timezone.utc))
@@ -268,7 +274,11 @@ class ConcurrencyTest(ProcessTestCase):
     def test_eight_loads_into_a_folder_none_of_them_found(self) -> None:
         """load() creates a missing data folder; eight at once must not trip over each other doing it."""
         distinct = [(k * self.PER_WRITER, self.PER_WRITER, 0) for k in range(self.WRITERS)]
-        for attempt in range(6):  # the collision needs two processes in the same microseconds: try a few times
+        # The collision needs two processes within microseconds of each other: try again for a few seconds.
+        deadline = time.monotonic() + 6
+        for attempt in range(40):
+            if attempt >= 3 and time.monotonic() > deadline:
+                break
             csv_path = self.data_dir / f"fresh-{attempt}" / "crypto_data.csv"
             outcomes = self.load_round(csv_path, distinct)
             self.assertEqual([o for o in outcomes if o[1] != "ok"], [], f"attempt {attempt}")

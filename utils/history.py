@@ -194,13 +194,15 @@ def check_header(csv_path: Path, header: tuple[str, ...]) -> None:
 
 def repair_torn_tail(csv_path: Path) -> int:
     """Move a last line without its newline (a write cut short) to the quarantine file. Returns bytes moved."""
-    with open(csv_path, "rb+") as fh:
-        size = fh.seek(0, os.SEEK_END)
+    with open(csv_path, "rb") as probe:  # read-only first: a sound file is never opened for writing here
+        size = probe.seek(0, os.SEEK_END)
         if size == 0:
             return 0
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
+        probe.seek(size - 1)
+        if probe.read(1) == b"\n":
             return 0
+    with open(csv_path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
         # Find the last newline, reading backwards in blocks.
         pos, cut = size, 0
         while pos > 0:
@@ -248,8 +250,10 @@ def rebuild_state(csv_path: Path) -> HistoryState:
     with open(csv_path, "rb") as fh:
         size = fh.seek(0, os.SEEK_END)
         fh.seek(0)
-        frame = pd.read_csv(fh, usecols=["coin_id", "vs_currency", "last_updated"], dtype=str,
+        frame = pd.read_csv(fh, usecols=["coin_id", "vs_currency", "last_updated", "source"], dtype=str,
                             keep_default_na=False, on_bad_lines="skip", engine="c", encoding_errors="replace")
+        # A line with too few fields has no source: skip it, as the tail scan does.
+        frame = frame[frame["source"].fillna("").str.len().gt(0) & frame["last_updated"].fillna("").str.len().eq(24)]
         state.rows = len(frame)
         if state.rows:
             groups = frame.groupby(["coin_id", "vs_currency"], sort=False)["last_updated"]

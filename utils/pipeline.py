@@ -147,7 +147,7 @@ def prepare_data_dir(data_dir: Path) -> None:
         raise ConfigError(f"--data-dir {data_dir}: its parent folder {data_dir.parent} does not exist; "
                           "create it or choose another --data-dir")
     try:
-        data_dir.mkdir()
+        data_dir.mkdir(exist_ok=True)  # another process may create it at the same moment
     except OSError as exc:
         raise ConfigError(describe_os_error(exc, data_dir, "create the data folder")) from None
 

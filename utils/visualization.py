@@ -14,7 +14,9 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -41,8 +43,10 @@ PERFORMANCE_CHART = "crypto_performance.png"
 FIGURE_SIZE_INCHES = (14.0, 8.0)
 DPI = 100
 IMAGE_SIZE_PX = (int(FIGURE_SIZE_INCHES[0] * DPI), int(FIGURE_SIZE_INCHES[1] * DPI))
-# A line never needs more points than the image has pixels across.
-MAX_POINTS_PER_LINE = IMAGE_SIZE_PX[0]
+# The plot area (left, bottom, width, height) in figure fractions; the legend sits to its right.
+_AXES_RECT = (0.085, 0.10, 0.655, 0.77)
+# A line never needs more points than the plot area has pixels across.
+MAX_POINTS_PER_LINE = int(IMAGE_SIZE_PX[0] * _AXES_RECT[2])
 # With more coins than this, only the top ones by latest value get a colour and a legend entry.
 LEGEND_MAX_COINS = 15
 LOG_SPAN_THRESHOLD = 100.0  # "auto" picks a log axis beyond two orders of magnitude
@@ -54,6 +58,7 @@ _DAY_MS = 86_400_000
 _NEEDED = ("coin_id", "vs_currency", "last_updated", "current_price", "market_cap")
 _LABEL_COLUMNS = ("name", "symbol")
 _CHUNK_BYTES = 1 << 21
+_SCAN_THREADS = min(2, os.cpu_count() or 1)
 _MAX_KEY_BYTES = 128  # longest coin id or currency code accepted
 _MAX_NUMBER_BYTES = 40
 _PAD_BYTES = 256  # zero bytes after the data, so fixed-width gathers never run off the end
@@ -88,13 +93,16 @@ class ChartOptions:
 class ChartReport:
     """What render_charts wrote and from which data."""
 
-    paths: tuple[Path, ...]
-    coins: tuple[str, ...]
-    rows_used: int
+    paths: tuple[Path, ...]  # the three PNGs written
+    coins: tuple[str, ...]  # coin ids charted, largest latest market cap first
+    rows_used: int  # rows of the currency, coins and window (before one point per day)
+    # Damaged lines skipped: a wrong number of fields, or an unreadable time, id or currency,
+    # anywhere in the file; an unreadable price or market cap where a chart needed it (numbers
+    # are parsed only for the observations drawn, so one in a discarded row goes unnoticed).
     skipped_lines: int
-    price_scale: str
+    price_scale: str  # "log" or "linear"
     market_cap_scale: str
-    window: tuple[datetime, datetime]
+    window: tuple[datetime, datetime]  # oldest and newest observation charted, UTC
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,14 +180,18 @@ def read_history(csv_path: Path) -> History:
         _unquote_in_place(raw, data_start, size, layout, quoted_fields)
 
     arr = np.frombuffer(raw, dtype=np.uint8)
-    scan = _Scan(arr, layout)
+    bounds = []
     pos = data_start
     while pos < size:
         end = raw.find(b"\n", min(pos + _CHUNK_BYTES, size - 1), size)
         end = size if end < 0 else end + 1
-        scan.chunk(pos, end, final=end >= size)
+        bounds.append((pos, end))
         pos = end
-    return scan.finish(csv_path, raw, columns, quoted_fields)
+    scan = _Scan(arr, layout)
+    # numpy releases the GIL in most of the scan, so a second thread uses the second core.
+    with ThreadPoolExecutor(max_workers=_SCAN_THREADS) as pool:
+        parts = list(pool.map(lambda b: scan.chunk(b[0], b[1], final=b[1] >= size), bounds))
+    return scan.finish(csv_path, raw, columns, quoted_fields, parts)
 
 
 def _layout(columns: tuple[str, ...]) -> _Layout:
@@ -212,26 +224,33 @@ def _unquote_in_place(raw: bytearray, start: int, size: int, layout: _Layout,
         end = newlines[i] if i < len(newlines) else size
         return int(max(begin, start)), int(end)
 
+    def records_in(begin: int, end: int) -> list[list[str]]:
+        text = bytes(raw[begin:end]).rstrip(b"\r").decode("utf-8", "surrogateescape")
+        return list(csv.reader(io.StringIO(text, newline="")))
+
     consumed_until = -1
     for first in lines.tolist():
         if first <= consumed_until:
             continue
+        # An odd number of quotes opens a cell that goes on over the next lines; failing
+        # that, the line alone may still be a record with a quote inside a cell.
         last, odd = first, parity[first]
         while odd and last + 1 <= len(newlines) and last - first < 8:
             last += 1
             odd ^= parity.get(last, 0)
         begin = line_span(first)[0]
-        if odd:  # an unbalanced quote: only its own line is lost
-            last = first
         end = line_span(last)[1]
+        records = [] if odd else records_in(begin, end)
+        if len(records) != 1:
+            last = first
+            end = line_span(first)[1]
+            records = records_in(begin, end)
+        cells = records[0] if len(records) == 1 and len(records[0]) == layout.count else None
         consumed_until = last
-        text = bytes(raw[begin:end]).rstrip(b"\r").decode("utf-8", "surrogateescape")
-        records = [] if odd else list(csv.reader(io.StringIO(text, newline="")))
-        cells = records[0] if len(records) == 1 else []
-        plain = [c.translate(_UNQUOTE).encode("utf-8", "surrogateescape") for c in cells]
+        plain = [c.translate(_UNQUOTE).encode("utf-8", "surrogateescape") for c in cells or []]
         room = (end - begin) - len(b",".join(plain))
-        if len(cells) != layout.count or layout.pad_column is None or room < 0:
-            raw[begin:end] = b" " * (end - begin)
+        if cells is None or layout.pad_column is None or room < 0:
+            raw[begin:end] = b" " * (end - begin)  # one unreadable line: the scan counts it
             continue
         plain[layout.pad_column] += b" " * room
         raw[begin:end] = b",".join(plain)
@@ -251,19 +270,20 @@ class _Scan:
     def __init__(self, arr: np.ndarray, layout: _Layout) -> None:
         self.arr = arr
         self.layout = layout
-        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.lock = threading.Lock()  # guards the tables and the count across scan threads
         self.coin_table: dict[bytes, int] = {}
         self.currency_table: dict[bytes, int] = {}
         self.skipped = 0
 
-    def chunk(self, lo: int, hi: int, *, final: bool) -> None:
+    def chunk(self, lo: int, hi: int, *, final: bool) -> tuple[np.ndarray, ...]:
+        """The columns of the well-formed rows in arr[lo:hi]; counts the others as skipped."""
         arr, lay = self.arr, self.layout
         piece = arr[lo:hi]
         ends = np.flatnonzero(piece == 10)
         if final and (len(ends) == 0 or ends[-1] != hi - lo - 1):
             ends = np.append(ends, hi - lo)  # a last line without its newline
         if len(ends) == 0:
-            return
+            return ()
         starts = np.empty_like(ends)
         starts[0] = 0
         starts[1:] = ends[:-1] + 1
@@ -300,15 +320,14 @@ class _Scan:
         ok = (coin >= 0) & (currency >= 0) & (time_ms != _MISSING_TIME)
         ok &= (price_len <= _MAX_NUMBER_BYTES) & (cap_len <= _MAX_NUMBER_BYTES)
         bad += int(np.count_nonzero(~ok))
-        self.skipped += bad
+        with self.lock:
+            self.skipped += bad
+        cols = (line_start, time_ms, coin, currency, price_at, price_len, cap_at, cap_len,
+                name_len, symbol_len)
         if not ok.all():
             keep = np.flatnonzero(ok)
-            cols = (line_start, time_ms, coin, currency, price_at, price_len, cap_at, cap_len,
-                    name_len, symbol_len)
-            self.parts.append(tuple(c[keep] for c in cols))
-        else:
-            self.parts.append((line_start, time_ms, coin, currency, price_at, price_len, cap_at,
-                               cap_len, name_len, symbol_len))
+            cols = tuple(c[keep] for c in cols)
+        return cols
 
     def _codes(self, at: np.ndarray, length: np.ndarray, table: dict[bytes, int]) -> np.ndarray:
         """Index of each field's text in table (new texts appended); -1 when empty or too long."""
@@ -332,43 +351,49 @@ class _Scan:
             texts = matrix.view(f"S{width}").ravel()
             _, first, group = np.unique(texts, return_index=True, return_inverse=True)
             group = group.ravel()
-        lookup = np.array([table.setdefault(matrix[i].tobytes().rstrip(b"\0"), len(table))
-                           for i in first.tolist()], dtype=np.int32)
+        texts = [matrix[i].tobytes().rstrip(b"\0") for i in first.tolist()]
+        with self.lock:
+            lookup = np.array([table.setdefault(t, len(table)) for t in texts], dtype=np.int32)
         codes[usable] = lookup[group]
         return codes
 
     def finish(self, path: Path, raw: bytearray, columns: tuple[str, ...],
-               quoted_fields: dict[int, list[str]]) -> History:
-        if self.parts:
-            cols = [np.concatenate(c) for c in zip(*self.parts)]
+               quoted_fields: dict[int, list[str]], parts: list[tuple[np.ndarray, ...]]) -> History:
+        parts = [p for p in parts if p]
+        if parts:
+            cols = [np.concatenate(c) for c in zip(*parts)]
         else:
             cols = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)] + [
                 np.zeros(0, dtype=np.int32)] * 8
-        line_start, time_ms, coin, currency, price_at, price_len, cap_at, cap_len, \
-            name_len, symbol_len = cols
-        # Ids and currencies are compared trimmed, currencies in lower case.
+        # Ids and currencies are compared trimmed, currencies in lower case; blank is damage.
         coin_ids, coin_map = _normalise(self.coin_table, str.strip)
         currencies, currency_map = _normalise(self.currency_table, lambda s: s.strip().lower())
+        coin, currency = coin_map[cols[2]], currency_map[cols[3]]
+        named = (coin >= 0) & (currency >= 0)
+        skipped = self.skipped + int(np.count_nonzero(~named))
+        if not named.all():
+            cols = [c[named] for c in cols]
+            coin, currency = coin[named], currency[named]
+        line_start, time_ms, _, _, price_at, price_len, cap_at, cap_len, name_len, symbol_len = cols
         return History(
-            path=path, raw=raw, row_start=line_start, time_ms=time_ms,
-            coin=coin_map[coin] if len(coin) else coin,
-            currency=currency_map[currency] if len(currency) else currency,
-            price_at=price_at, price_len=price_len, cap_at=cap_at, cap_len=cap_len,
-            name_len=name_len, symbol_len=symbol_len, coin_ids=coin_ids,
-            currencies=currencies, columns=columns, skipped_lines=self.skipped,
+            path=path, raw=raw, row_start=line_start, time_ms=time_ms, coin=coin,
+            currency=currency, price_at=price_at, price_len=price_len, cap_at=cap_at,
+            cap_len=cap_len, name_len=name_len, symbol_len=symbol_len, coin_ids=coin_ids,
+            currencies=currencies, columns=columns, skipped_lines=skipped,
             quoted_fields=quoted_fields)
 
 
 def _normalise(table: dict[bytes, int], clean: Callable[[str], str]) -> tuple[list[str], np.ndarray]:
-    """Distinct cleaned texts and the map from raw code to cleaned code."""
+    """Distinct cleaned texts and the map from raw code to cleaned code (-1 when blank)."""
     names: list[str] = []
     position: dict[str, int] = {}
-    mapping = np.zeros(max(len(table), 1), dtype=np.int32)
+    mapping = np.full(max(len(table), 1), -1, dtype=np.int32)
     for text, code in table.items():
         name = clean(text.decode("utf-8", "replace"))
-        mapping[code] = position.setdefault(name, len(names))
-        if mapping[code] == len(names):
-            names.append(name)
+        if name:
+            mapping[code] = position.setdefault(name, len(names))
+            if mapping[code] == len(names):
+                names.append(name)
     return names, mapping
 
 
@@ -504,7 +529,7 @@ def _coins_in(history: History, rows: np.ndarray) -> list[_Coin]:
 
 def _match_coins(wanted: Sequence[str], available: list[_Coin], currency: str) -> list[_Coin]:
     """Coins named by id, symbol or name, any case; an id match wins over a symbol match."""
-    tokens = [t.strip() for item in wanted for t in item.split(",") if t.strip()]
+    tokens = [t.strip() for t in wanted if t.strip()]
     if not tokens:
         return available
     chosen: dict[int, _Coin] = {}
@@ -704,7 +729,7 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
     """One chart; series are ordered by latest value, the top ones coloured and in the legend."""
     fig = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.085, 0.10, 0.655, 0.77))
+    ax = fig.add_axes(_AXES_RECT)
     ranked = sorted(series, key=lambda s: -float(s.values[-1]))
     highlighted = ranked[:LEGEND_MAX_COINS]
     background = ranked[LEGEND_MAX_COINS:]
@@ -739,10 +764,13 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
         ax.set_yscale("log")
         low = min(float(s.values.min()) for s in series)
         high = max(float(s.values.max()) for s in series)
-        subs = (1.0,) if high / low > 1e4 else (1.0, 2.0, 5.0)
-        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
-        ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2.0, 10.0),
-                                                     numticks=12))
+        if high / low > 1e4:  # decades only; minor ticks there are noise, and slow to draw
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,), numticks=12))
+            ax.yaxis.set_minor_locator(ticker.NullLocator())
+        else:
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0,
+                                                                        8.0, 9.0)))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.yaxis.set_major_formatter(y_formatter)
 
@@ -760,8 +788,8 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
     ax.set_xlabel("Date (UTC)")
     # Title and subtitle above the plot, aligned with it; the subtitle says what the axis
     # shows, which a rotated y label squeezed beside long tick labels would not.
-    fig.text(0.085, 0.955, text.title, ha="left", va="top", fontsize=16, fontweight="bold")
-    fig.text(0.085, 0.912, text.subtitle, ha="left", va="top", fontsize=11, color="#444444")
+    fig.text(_AXES_RECT[0], 0.955, text.title, ha="left", va="top", fontsize=16, fontweight="bold")
+    fig.text(_AXES_RECT[0], 0.912, text.subtitle, ha="left", va="top", fontsize=11, color="#444444")
     ax.grid(True, which="major", color="#e6e6e6", linewidth=0.8)
     ax.grid(True, which="minor", axis="y", color="#f3f3f3", linewidth=0.5)
     ax.set_axisbelow(True)
@@ -819,18 +847,88 @@ def _utc(ms: int) -> datetime:
 
 def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
                   now: datetime | None = None) -> ChartReport:
-    """Draw the price, market-cap and performance charts of the history into out_dir."""
+    """Draw the price, market-cap and performance charts of the history into out_dir.
+
+    Raises NoHistory when there is nothing to read yet, NothingToPlot when the currency, coins
+    or window select no rows; damaged lines are skipped and counted in the report.
+    """
     if options.scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {options.scale!r}")
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     currency = options.vs_currency.strip().lower()
     history = read_history(csv_path)
+    coins, rows = _select(history, options, currency)
+    first, last = int(history.time_ms[rows[0]]), int(history.time_ms[rows[-1]])
+    span_days = last // _DAY_MS - first // _DAY_MS + 1
+    bucket_ms = _DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
+
+    damaged = np.zeros(0, dtype=np.int64)
+    while True:  # a line damaged in one column is dropped from every chart
+        price_rows, prices, bad_price = _reduce(
+            history, rows, history.price_at, history.price_len, bucket_ms)
+        cap_rows, caps, bad_cap = _reduce(
+            history, rows, history.cap_at, history.cap_len, bucket_ms)
+        newly = np.union1d(bad_price, bad_cap)
+        if len(newly) == 0:
+            break
+        damaged = np.union1d(damaged, newly)
+        rows = rows[~np.isin(rows, newly)]
+    if len(rows) == 0:
+        raise NothingToPlot(f"no readable rows in {currency} in {csv_path}:"
+                            f" {len(damaged)} damaged lines skipped")
+    prices_by_coin = _series(history, coins, price_rows, prices)
+    caps_by_coin = _series(history, coins, cap_rows, caps)
+    charted = [c for c in coins
+               if any(s.coin.index == c.index for s in prices_by_coin + caps_by_coin)]
+    window = (_utc(int(history.time_ms[rows[0]])), _utc(int(history.time_ms[rows[-1]])))
+    charts = _Charts(currency=currency, window=window, coins=charted, bucket_ms=bucket_ms,
+                     now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc))
+    price_scale = _choose_scale(options.scale, prices_by_coin)
+    cap_scale = _choose_scale(options.scale, caps_by_coin)
+    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0)
+                   for s in prices_by_coin]
+    # Linear, so relative moves compare directly; but one coin up 10,000-fold would flatten
+    # every other line, so "auto" turns to log beyond two orders of magnitude here as well.
+    performance_scale = _choose_scale("linear" if options.scale == "linear" else "auto",
+                                      performance)
+    drawings = [
+        (PRICE_CHART, lambda: charts.draw(
+            prices_by_coin, price_scale, title="Price", what=f"Price per coin in {charts.code}",
+            empty_note="No prices in this window", y_formatter=_MoneyFormatter(currency),
+            value_label=lambda v: _price_text(v, currency))),
+        (MARKET_CAP_CHART, lambda: charts.draw(
+            caps_by_coin, cap_scale, title="Market capitalisation",
+            what=f"Market capitalisation in {charts.code}",
+            empty_note="No market caps in this window", y_formatter=_MoneyFormatter(currency),
+            value_label=lambda v: format_money(v, currency, 3))),
+        (PERFORMANCE_CHART, lambda: charts.draw(
+            performance, performance_scale, title="Performance",
+            what="Price index: each coin = 100 at its first point in the window",
+            empty_note="No prices in this window", y_formatter=_IndexFormatter(),
+            value_label=_change_text, reference=100.0)),
+    ]
+    paths = _write_atomically(out_dir, drawings)
+
+    skipped = history.skipped_lines + len(damaged)
+    if skipped:
+        logger.warning("skipped %s damaged lines of %s", skipped, csv_path)
+    report = ChartReport(paths=paths, coins=tuple(c.coin_id for c in charted),
+                         rows_used=int(len(rows)), skipped_lines=int(skipped),
+                         price_scale=price_scale, market_cap_scale=cap_scale, window=window)
+    logger.info("charts: %s coins, %s rows, %s to %s -> %s", len(report.coins),
+                report.rows_used, window[0], window[1], out_dir)
+    return report
+
+
+def _select(history: History, options: ChartOptions,
+            currency: str) -> tuple[list[_Coin], np.ndarray]:
+    """The coins asked for and their rows in the window, in time order (never empty)."""
     if len(history.time_ms) == 0:
         detail = f" ({history.skipped_lines} damaged lines skipped)" if history.skipped_lines else ""
-        raise NoHistory(f"no history yet at {csv_path}: run `python main.py` first{detail}")
+        raise NoHistory(f"no history yet at {history.path}: run `python main.py` first{detail}")
     if currency not in history.currencies:
-        raise NothingToPlot(f"no data in {currency} in {csv_path}; currencies in the history:"
-                            f" {', '.join(sorted(history.currencies))}")
+        raise NothingToPlot(f"no data in {currency} in {history.path}; currencies in the"
+                            f" history: {', '.join(sorted(history.currencies))}")
     # Everything below keeps rows in time order, so "last of the day" needs no further sort.
     by_time = np.argsort(history.time_ms, kind="stable")
     in_currency = by_time[history.currency[by_time] == history.currencies.index(currency)]
@@ -838,91 +936,70 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
     selected = np.zeros(len(history.coin_ids), dtype=bool)
     selected[[c.index for c in coins]] = True
     rows = in_currency[selected[history.coin[in_currency]]]
-
-    start_ms, end_ms = _window(options, history.time_ms[rows])
     times = history.time_ms[rows]
-    rows = rows[(times >= start_ms) & (times <= end_ms)]
-    if len(rows) == 0:
-        span = _utc(int(times.min())), _utc(int(times.max()))
-        since = options.since or _utc(max(start_ms, int(times.min()))).date()
+    start_ms, end_ms = _window(options, times)
+    in_window = rows[(times >= start_ms) & (times <= end_ms)]
+    if len(in_window) == 0:
+        since = options.since or _utc(max(start_ms, int(times[0]))).date()
         until = options.until or _utc(end_ms).date()
         raise NothingToPlot(
             f"no data between {since} and {until} in {currency} for"
             f" {', '.join(c.coin_id for c in coins)}; their history runs from"
-            f" {span[0]:%Y-%m-%d} to {span[1]:%Y-%m-%d}")
+            f" {_utc(int(times[0])):%Y-%m-%d} to {_utc(int(times[-1])):%Y-%m-%d}")
+    return coins, in_window
 
-    first, last = int(history.time_ms[rows].min()), int(history.time_ms[rows].max())
-    span_days = last // _DAY_MS - first // _DAY_MS + 1
-    bucket_ms = _DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
-    damaged = np.zeros(0, dtype=np.int64)
-    while True:  # a row damaged in one column is dropped from both charts
-        price_rows, prices, bad_price = _reduce(
-            history, rows, history.price_at, history.price_len, bucket_ms)
-        cap_rows, caps, bad_cap = _reduce(history, rows, history.cap_at, history.cap_len,
-                                          bucket_ms)
-        newly = np.union1d(bad_price, bad_cap)
-        if len(newly) == 0:
-            break
-        damaged = np.union1d(damaged, newly)
-        rows = rows[~np.isin(rows, newly)]
-    price_series = _series(history, coins, price_rows, prices)
-    cap_series = _series(history, coins, cap_rows, caps)
-    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0)
-                   for s in price_series]
-    charted = [c for c in coins if any(s.coin.index == c.index for s in price_series + cap_series)]
 
-    newest = _utc(last)
-    window = (_utc(first), newest)
-    stamp = f"Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    if now - newest > timedelta(days=2):
-        stamp = f"{stamp} · {(now - newest).days} days old when drawn"
-    code = currency.upper()
-    when = _window_text(*window)
-    price_scale = _choose_scale(options.scale, price_series)
-    cap_scale = _choose_scale(options.scale, cap_series)
-    # Linear, so relative moves compare directly; but a coin that went up 10,000-fold flattens
-    # every other line, so "auto" goes to log beyond two orders of magnitude here as well.
-    performance_scale = _choose_scale("linear" if options.scale == "linear" else "auto",
-                                      performance)
-    # With few coins each keeps its colour across the three charts (ranked by market cap).
-    slots = {c.index: i for i, c in enumerate(coins)} if len(coins) <= LEGEND_MAX_COINS else None
-    bucket_days = bucket_ms // _DAY_MS
-    per = ("last observation of each UTC day" if bucket_days == 1
-           else f"last observation of every {bucket_days} UTC days")
-    count = f"{len(charted)} coin{'s' if len(charted) != 1 else ''}"
+@dataclass(frozen=True)
+class _Charts:
+    """What the three charts share: currency, window, coins and the wording around them."""
 
-    def subtitle(what: str, scale: str) -> str:
-        return f"{what}{', log scale' if scale == 'log' else ''} · {count} · {per}"
+    currency: str
+    window: tuple[datetime, datetime]
+    coins: list[_Coin]
+    bucket_ms: int
+    now: datetime
 
-    jobs = [
-        (PRICE_CHART, lambda: _draw(
-            price_series, scale=price_scale, slots=slots, window_ms=(first, last),
-            empty_note="No prices in this window",
-            text=_ChartText(f"Price in {code} · {when}",
-                            subtitle(f"Price per coin in {code}", price_scale), stamp),
-            y_formatter=_MoneyFormatter(currency),
-            value_label=lambda v: _price_text(v, currency))),
-        (MARKET_CAP_CHART, lambda: _draw(
-            cap_series, scale=cap_scale, slots=slots, window_ms=(first, last),
-            empty_note="No market caps in this window",
-            text=_ChartText(f"Market capitalisation in {code} · {when}",
-                            subtitle(f"Market capitalisation in {code}", cap_scale), stamp),
-            y_formatter=_MoneyFormatter(currency),
-            value_label=lambda v: format_money(v, currency, 3))),
-        (PERFORMANCE_CHART, lambda: _draw(
-            performance, scale=performance_scale, slots=slots, reference=100.0,
-            window_ms=(first, last), empty_note="No prices in this window",
-            text=_ChartText(f"Performance in {code} · {when}",
-                            subtitle("Price index: each coin = 100 at its first point in the"
-                                     " window", performance_scale), stamp),
-            y_formatter=_IndexFormatter(),
-            value_label=_change_text)),
-    ]
+    @property
+    def code(self) -> str:
+        return self.currency.upper()
+
+    def draw(self, series: list[_Series], scale: str, *, title: str, what: str,
+             empty_note: str, y_formatter: ticker.Formatter,
+             value_label: Callable[[float], str], reference: float | None = None) -> Figure:
+        newest = self.window[1]
+        stamp = f"Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
+        if self.now - newest > timedelta(days=2):
+            stamp = f"{stamp} · {(self.now - newest).days} days old when drawn"
+        days = self.bucket_ms // _DAY_MS
+        per = ("last observation of each UTC day" if days == 1
+               else f"last observation of every {days} UTC days")
+        count = f"{len(self.coins)} coin{'' if len(self.coins) == 1 else 's'}"
+        log_note = ", log scale" if scale == "log" else ""
+        text = _ChartText(title=f"{title} in {self.code} · {_window_text(*self.window)}",
+                          subtitle=f"{what}{log_note} · {count} · {per}", stamp=stamp)
+        # With few coins each keeps its colour in all three charts (ranked by market cap).
+        slots = ({c.index: i for i, c in enumerate(self.coins)}
+                 if len(self.coins) <= LEGEND_MAX_COINS else None)
+        window_ms = (_epoch_ms(self.window[0]), _epoch_ms(self.window[1]))
+        return _draw(series, scale=scale, text=text, y_formatter=y_formatter,
+                     value_label=value_label, slots=slots, empty_note=empty_note,
+                     window_ms=window_ms, reference=reference)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+
+
+def _write_atomically(out_dir: Path,
+                      drawings: list[tuple[str, Callable[[], Figure]]]) -> tuple[Path, ...]:
+    """Save every chart under a temporary name, then rename them all into place.
+
+    A reader never sees half a PNG, and a failure while drawing leaves the previous charts.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[tuple[Path, Path]] = []
     try:
-        for name, draw in jobs:
+        for name, draw in drawings:
             final = out_dir / name
             written.append((_save_to_temp(draw(), final), final))
         for tmp, final in written:
@@ -930,18 +1007,4 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
     finally:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
-
-    skipped = history.skipped_lines + len(damaged)
-    if skipped:
-        logger.warning("skipped %s damaged lines of %s", skipped, csv_path)
-    report = ChartReport(
-        paths=tuple(final for _, final in written),
-        coins=tuple(c.coin_id for c in charted),
-        rows_used=int(len(rows)),
-        skipped_lines=int(skipped),
-        price_scale=price_scale,
-        market_cap_scale=cap_scale,
-        window=window)
-    logger.info("charts: %s coins, %s rows, %s to %s -> %s", len(report.coins),
-                report.rows_used, window[0], window[1], out_dir)
-    return report
+    return tuple(final for _, final in written)
