@@ -136,31 +136,10 @@ def merge(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0,
                 body = fh.read()
         except OSError as exc:
             raise LoadError(describe_os_error(exc, csv_path, "read") + "; nothing was merged") from None
-        lines = body.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        i_ts, i_id, i_vs = (COLUMNS.index(c) for c in ("last_updated", "coin_id", "vs_currency"))
-        keyed: list[tuple[str, bytes]] = []
-        existing: set[tuple[str, str, str]] = set()
-        wanted = {(r.coin_id, r.vs_currency) for r in records}
-        for line, row in zip(lines, csv.reader(line.decode("utf-8", errors="replace") for line in lines)):
-            ts = row[i_ts] if len(row) == len(COLUMNS) else ""
-            keyed.append((ts, line))
-            if ts and (row[i_id], row[i_vs]) in wanted:
-                existing.add((row[i_id], row[i_vs], ts))
-        added = duplicates = 0
-        for record in records:
-            if record.key in existing:
-                duplicates += 1
-                continue
-            existing.add(record.key)
-            keyed.append((record.last_updated, rows_to_csv([record]).encode("utf-8").rstrip(b"\n")))
-            added += 1
-        if added:
-            keyed.sort(key=lambda pair: pair[0])  # stable: equal times keep their order
-            data = header + b"".join(line + b"\n" for _, line in keyed)
+        data, added, duplicates, rows = merge_rows(body, records)
+        if data is not None:
             try:
-                atomic_write_bytes(csv_path, data)
+                atomic_write_bytes(csv_path, header + data)
             except OSError as exc:
                 raise LoadError(describe_os_error(exc, csv_path, "rewrite") + "; the history is unchanged") from None
         state = history.rebuild_state(csv_path) if added else history.current_state(csv_path)
@@ -171,4 +150,35 @@ def merge(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0,
                 covered.unavailable |= old.unavailable
             covered.unavailable |= (unavailable or {}).get(key, set())
         history.save_state(csv_path, state)
-    return MergeReport(csv_path=csv_path, added=added, skipped_duplicates=duplicates, rows=len(keyed))
+    return MergeReport(csv_path=csv_path, added=added, skipped_duplicates=duplicates, rows=rows)
+
+
+def merge_rows(body: bytes, records: list[Record]) -> tuple[bytes | None, int, int, int]:
+    """Merge records into CSV data lines (no header), sorted by time, no duplicate observation.
+
+    Returns (the new lines, or None when nothing was added; added; duplicates; rows). Pure: no I/O.
+    """
+    lines = body.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    i_ts, i_id, i_vs = (COLUMNS.index(c) for c in ("last_updated", "coin_id", "vs_currency"))
+    keyed: list[tuple[str, bytes]] = []
+    existing: set[tuple[str, str, str]] = set()
+    wanted = {(r.coin_id, r.vs_currency) for r in records}
+    for line, row in zip(lines, csv.reader(line.decode("utf-8", errors="replace") for line in lines)):
+        ts = row[i_ts] if len(row) == len(COLUMNS) else ""
+        keyed.append((ts, line))
+        if ts and (row[i_id], row[i_vs]) in wanted:
+            existing.add((row[i_id], row[i_vs], ts))
+    added = duplicates = 0
+    for record in records:
+        if record.key in existing:
+            duplicates += 1
+            continue
+        existing.add(record.key)
+        keyed.append((record.last_updated, rows_to_csv([record]).encode("utf-8").rstrip(b"\n")))
+        added += 1
+    if not added:
+        return None, 0, duplicates, len(keyed)
+    keyed.sort(key=lambda pair: pair[0])  # stable: equal times keep their order
+    return b"".join(line + b"\n" for _, line in keyed), added, duplicates, len(keyed)

@@ -108,12 +108,20 @@ def history_lock(csv_path: Path, timeout: float) -> Iterator[None]:
         lock.release()
 
 
+def raw_name(fetched_at: datetime, name: str) -> str:
+    """Where a raw answer goes, relative to the raw folder: YYYY/MM/DD/<time>Z_<name>.json.gz."""
+    moment = fetched_at.astimezone(timezone.utc)
+    return f"{moment:%Y}/{moment:%m}/{moment:%d}/{moment:%Y%m%dT%H%M%S%f}Z_{name}.json.gz"
+
+
+def raw_bytes(payload: Any) -> bytes:
+    """A raw answer as gzip JSON (reproducible bytes: no timestamp in the gzip header)."""
+    return gzip.compress(json.dumps(payload, separators=(",", ":")).encode(), mtime=0)
+
+
 def archive_raw(raw_dir: Path, fetched_at: datetime, name: str, payload: Any) -> Path:
     """Store a raw API answer as gzip JSON under raw/YYYY/MM/DD/, atomically. Returns the path."""
-    moment = fetched_at.astimezone(timezone.utc)
-    folder = raw_dir / f"{moment:%Y}" / f"{moment:%m}" / f"{moment:%d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{moment:%Y%m%dT%H%M%S%f}Z_{name}.json.gz"
-    data = gzip.compress(json.dumps(payload, separators=(",", ":")).encode(), mtime=0)
-    atomic_write_bytes(path, data)
+    path = raw_dir / raw_name(fetched_at, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, raw_bytes(payload))
     return path
