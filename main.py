@@ -272,12 +272,11 @@ def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
 def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
     """`backfill`: past daily points for every coin, merged once."""
     from utils.backfill import backfill
-    from utils.pipeline import display_path, make_client, prepare_data_dir
+    from utils.pipeline import display_path, make_client
 
-    prepare_data_dir(settings.data_dir)
     with make_client(settings, sleep=sleep) as client:
         result = backfill(settings, client)
-    log.info("%s", result.summary(display_path(settings.csv_path)))
+    log.info("%s", result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path)))
     return result.exit_code
 
 
@@ -319,15 +318,17 @@ def daemon_command(settings: Settings) -> int:
 def plot_command(settings: Settings) -> int:
     """`plot`: draw the charts from the history."""
     from utils.pipeline import chart_options, display_path
+    from utils.storage import storage_for
     from utils.visualization import render_charts
 
-    report = render_charts(settings.csv_path, settings.data_dir, chart_options(settings))
-    for path in report.paths:
-        print(display_path(path))
+    storage = storage_for(settings)
+    csv_path, out_dir = storage.local_csv()
+    report = render_charts(csv_path, out_dir, chart_options(settings))
+    for where in storage.publish_charts(report.paths):
+        print(display_path(where))
     log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
              report.price_scale, report.skipped_lines)
     return EXIT_OK
-
 
 if __name__ == "__main__":
     sys.exit(main())

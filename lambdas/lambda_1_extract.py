@@ -6,12 +6,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.coingecko import CoinGeckoClient
 from utils.errors import ExtractError
-from utils.file_storage import archive_raw
+
+if TYPE_CHECKING:
+    from utils.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,29 @@ def extract(coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
                     pages=pages)
 
 
-def archive_snapshot(snapshot: Snapshot, raw_dir: Path) -> Path:
-    """Keep the raw answer as gzip JSON so a later version can reprocess history."""
-    payload = {
+def snapshot_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """The raw answer with what was asked: what the archive holds and what `snapshot_from_payload` reads back."""
+    return {
         "endpoint": "/coins/markets",
         "fetched_at": snapshot.fetched_at.astimezone(timezone.utc).isoformat(),
         "vs_currency": snapshot.vs_currency,
         "requested": list(snapshot.requested),
         "pages": snapshot.pages,
     }
-    return archive_raw(raw_dir, snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", payload)
+
+
+def snapshot_from_payload(payload: Any) -> Snapshot:
+    """A Snapshot from an archived raw answer. Raises ExtractError when it is not one."""
+    try:
+        pages = payload["pages"]
+        return Snapshot(fetched_at=datetime.fromisoformat(payload["fetched_at"]), vs_currency=payload["vs_currency"],
+                        requested=tuple(payload["requested"]), rows=[row for page in pages for row in page],
+                        pages=pages)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExtractError(f"not an archived /coins/markets snapshot ({type(exc).__name__}: {exc})") from None
+
+
+def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
+    """Keep the raw answer as gzip JSON so a later version can reprocess history; returns where it went."""
+    return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
+

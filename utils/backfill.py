@@ -18,10 +18,11 @@ from lambdas.lambda_2_transform import Rejected, chart_to_records
 from lambdas.lambda_3_load import MergeReport, merge
 from utils import history
 from utils.coingecko import CoinGeckoClient
-from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.file_storage import archive_raw, ensure_dir, read_json, write_json_atomic
 from utils.schema import Record
 from utils.settings import Settings
+from utils.storage import LocalStorage, Storage, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +175,11 @@ def _duration(seconds: float) -> str:
 class Manifest:
     """Which coins of one backfill are fetched already (their raw answers' paths), so a rerun resumes."""
 
-    def __init__(self, settings: Settings, span: DayRange, coins: tuple[str, ...]) -> None:
+    def __init__(self, settings: Settings, span: DayRange, coins: tuple[str, ...], storage: Storage) -> None:
         ident = f"{settings.vs_currency}|{span.first}|{span.last}"
         name = f"backfill-{settings.vs_currency}-{span.first}-{span.last}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
         self.path = settings.state_dir / f"{name}.json"
-        self.data_dir = settings.data_dir
+        self.storage = storage
         data = read_json(self.path)
         self.done: dict[str, str] = {}
         if isinstance(data, dict) and isinstance(data.get("done"), dict):
@@ -190,13 +191,13 @@ class Manifest:
         if rel is None:
             return None
         try:
-            payload = json.loads(gzip.decompress((self.data_dir / rel).read_bytes()))
+            payload = json.loads(gzip.decompress(self.storage.read(rel) or b""))
             return payload["answers"]
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, TypeError, PipelineError):
             return None
 
-    def mark(self, coin_id: str, archive: Path) -> None:
-        self.done[coin_id] = str(archive.relative_to(self.data_dir))
+    def mark(self, coin_id: str, archive: str) -> None:
+        self.done[coin_id] = archive
         ensure_dir(self.path.parent)
         write_json_atomic(self.path, {"done": self.done})
 
@@ -213,8 +214,8 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     coins = settings.coins
     log.info("backfill: %d coins in %s, %s to %s (%d days)", len(coins), settings.vs_currency, span.first,
              span.last, span.days)
-    ensure_dir(settings.data_dir)
-    manifest = Manifest(settings, span, coins)
+    storage = storage_for(settings)
+    manifest = Manifest(settings, span, coins, storage)
     if manifest.done:
         log.info("backfill: resuming, %d of %d coins already fetched", len(manifest.done), len(coins))
     result = BackfillResult()
@@ -235,7 +236,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
                         progress.step(coin_id)
                         continue
                     raise
-                archive = archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
+                archive = storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
                                       {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
                                        "vs_currency": settings.vs_currency, "first_day": str(span.first),
                                        "last_day": str(span.last), "answers": answers})
@@ -256,7 +257,10 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
         log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
     if not result.coins_done:
         raise ExtractError("no coin could be backfilled; nothing was merged")
-    result.merge = merge(records, settings.csv_path, lock_timeout=settings.lock_timeout, unavailable=unavailable)
+    if isinstance(storage, LocalStorage):
+        result.merge = merge(records, settings.csv_path, lock_timeout=settings.lock_timeout, unavailable=unavailable)
+    else:
+        result.merge = storage.merge(records)
     manifest.finish()
     result.seconds = time.monotonic() - started
     return result

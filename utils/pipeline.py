@@ -11,12 +11,12 @@ from pathlib import Path
 
 from lambdas.lambda_1_extract import archive_snapshot, extract
 from lambdas.lambda_2_transform import Rejected, transform
-from lambdas.lambda_3_load import LoadReport, load
+from lambdas.lambda_3_load import LoadReport
 from utils.coingecko import CoinGeckoClient
 from utils.daemon import Outcome
-from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
-from utils.file_storage import describe_os_error
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError, PipelineError
 from utils.settings import Settings
+from utils.storage import Storage, prepare_data_dir, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class RunResult:
     rejected: tuple[Rejected, ...] = ()
     seconds: float = 0.0
     chart_error: str | None = None
-    charts: tuple[Path, ...] = field(default=())
+    charts: tuple[str, ...] = field(default=())
     healed: int = 0
 
     @property
@@ -75,8 +75,10 @@ class RunResult:
         return line
 
 
-def display_path(path: Path) -> str:
+def display_path(path: Path | str) -> str:
     """A path relative to the current folder when it lies inside it."""
+    if str(path).startswith("s3:/"):
+        return str(path).replace("s3:/", "s3://", 1) if not str(path).startswith("s3://") else str(path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -95,13 +97,13 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     """Extract, archive, transform and load once, then draw the charts (skipped once a stop is asked). Raises PipelineError."""
     started = time.monotonic()
     coins = coins or settings.coins
-    prepare_data_dir(settings.data_dir)
+    storage = storage_for(settings)
     snapshot = extract(coins, settings.vs_currency, client, clock)
     try:
-        archive_snapshot(snapshot, settings.raw_dir)
-    except OSError as exc:
-        log.warning("could not archive the raw answer under %s (%s); the run goes on", settings.raw_dir,
-                    exc.strerror or exc)
+        archive_snapshot(snapshot, storage)
+    except (OSError, PipelineError) as exc:
+        log.warning("could not archive the raw answer under %s/raw (%s); the run goes on", storage.location,
+                    getattr(exc, "strerror", None) or exc)
     result = transform(snapshot)
     for rejected in result.rejected:
         log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
@@ -111,14 +113,14 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     if not result.records:
         raise ExtractError(f"no usable rows: CoinGecko returned {len(snapshot.rows)} rows for "
                            f"{len(coins)} requested coins and none could be stored; nothing was appended")
-    report = load(result.records, settings.csv_path, lock_timeout=settings.lock_timeout)
+    report = storage.append(result.records)
     healed = 0
-    if settings.heal and not should_stop():
+    if settings.heal and settings.data_url is None and not should_stop():
         healed = heal(settings, client, coins, clock)
     chart_error = None
-    chart_paths: tuple[Path, ...] = ()
+    chart_paths: tuple[str, ...] = ()
     if settings.charts and not should_stop():
-        chart_paths, chart_error = draw_charts(settings)
+        chart_paths, chart_error = draw_charts(settings, storage)
     return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=tuple(result.rejected),
                      seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths, healed=healed)
 
@@ -135,30 +137,14 @@ def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], cl
     return added
 
 
-def prepare_data_dir(data_dir: Path) -> None:
-    """Create the data folder if its parent exists; anything else is a configuration error, found before any request."""
-    if data_dir.is_dir():
-        return
-    if data_dir.exists():
-        raise ConfigError(f"--data-dir {data_dir} is a file, not a folder: choose another --data-dir")
-    if data_dir.parent.exists() and not data_dir.parent.is_dir():
-        raise ConfigError(f"--data-dir {data_dir}: {data_dir.parent} is a file, not a folder")
-    if not data_dir.parent.is_dir():
-        raise ConfigError(f"--data-dir {data_dir}: its parent folder {data_dir.parent} does not exist; "
-                          "create it or choose another --data-dir")
-    try:
-        data_dir.mkdir(exist_ok=True)  # another process may create it at the same moment
-    except OSError as exc:
-        raise ConfigError(describe_os_error(exc, data_dir, "create the data folder")) from None
-
-
-def draw_charts(settings: Settings) -> tuple[tuple[Path, ...], str | None]:
+def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
     """Charts after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
         from utils.visualization import render_charts
 
-        report = render_charts(settings.csv_path, settings.data_dir, chart_options(settings))
-        return report.paths, None
+        csv_path, out_dir = storage.local_csv()
+        report = render_charts(csv_path, out_dir, chart_options(settings))
+        return storage.publish_charts(report.paths), None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
         log.debug("chart failure", exc_info=True)
         return (), str(exc) or type(exc).__name__

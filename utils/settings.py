@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ class Settings:
     log_file: Path | None = None
     rate_limit: int | None = None
     heal: bool = True
+    data_url: str | None = None  # s3://bucket/prefix when the history lives on S3; data_dir is then scratch
+
+    @property
+    def location(self) -> str:
+        """Where the history lives: the s3:// URL or the local folder."""
+        return self.data_url or str(self.data_dir)
 
     @property
     def csv_path(self) -> Path:
@@ -202,7 +209,8 @@ def _parse_key(text: Any) -> str:
 OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "coins": ("PIPELINE_COINS", _parse_coins),
     "vs_currency": ("PIPELINE_VS_CURRENCY", _parse_currency),
-    "data_dir": ("PIPELINE_DATA_DIR", lambda t: Path(str(t)).expanduser()),
+    "data_dir": ("PIPELINE_DATA_DIR", lambda t: str(t).strip() if str(t).startswith("s3://")
+                 else Path(str(t)).expanduser()),
     "api_url": ("COINGECKO_API_URL", _parse_url),
     "api_key": ("COINGECKO_API_KEY", _parse_key),
     "api_plan": ("COINGECKO_API_PLAN", _parse_plan),
@@ -269,6 +277,15 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
     if values["api_plan"] == "public":
         values.pop("api_key", None)
     values.setdefault("api_url", default_base_url(values["api_plan"]))
+    if isinstance(values.get("data_dir"), str):
+        from utils.storage import split_s3_url
+
+        bucket, prefix = split_s3_url(values["data_dir"])
+        values["data_url"] = values["data_dir"].rstrip("/")
+        values["data_dir"] = Path(tempfile.gettempdir()) / "crypto-history" / bucket / prefix
+        if command in ("daemon", "status"):
+            raise ConfigError(f"`{command}` needs a local --data-dir; on AWS the EventBridge schedule runs "
+                              "the pipeline (see the README)")
     if "data_dir" in values and not values["data_dir"].is_absolute():
         values["data_dir"] = Path.cwd() / values["data_dir"]
     since, until = values.get("since"), values.get("until")
