@@ -82,3 +82,20 @@ def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
     """Keep the raw answer as gzip JSON so a later version can reprocess history; returns where it went."""
     return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
 
+
+
+def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
+    """AWS Lambda: fetch the snapshot and store the raw answer in the bucket; return its key for the next stage."""
+    from utils.aws import lambda_settings, setup_lambda_logging
+    from utils.pipeline import make_client
+    from utils.storage import storage_for
+
+    setup_lambda_logging()
+    settings = lambda_settings(event)
+    storage = storage_for(settings)
+    with make_client(settings) as client:
+        snapshot = extract(settings.coins, settings.vs_currency, client)
+    raw_key = archive_snapshot(snapshot, storage)
+    log.info("extract: %d rows for %d coins -> %s/%s", len(snapshot.rows), len(settings.coins), storage.location,
+             raw_key)
+    return {"raw_key": raw_key, "requested": list(snapshot.requested), "missing": list(snapshot.missing)}

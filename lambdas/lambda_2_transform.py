@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -205,3 +206,25 @@ def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: d
 
 def _day_text(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, tz=timezone.utc).date().isoformat()
+
+
+def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
+    """AWS Lambda: read the raw snapshot the extract stored, write the records for the load; return their key."""
+    from dataclasses import asdict
+
+    from lambdas.lambda_1_extract import snapshot_from_payload
+    from utils.aws import gunzip_json, gzip_json, lambda_settings, setup_lambda_logging
+    from utils.storage import storage_for
+
+    setup_lambda_logging()
+    storage = storage_for(lambda_settings(event))
+    raw_key = str(event["raw_key"])
+    if not raw_key.startswith("raw/") or ".." in raw_key:
+        raise ValueError(f"raw_key {raw_key!r} is not under raw/")
+    result = transform(snapshot_from_payload(gunzip_json(storage.read(raw_key))))
+    records_key = "records/" + raw_key[len("raw/"):].replace(".json.gz", ".records.json.gz")
+    storage.write(records_key, gzip_json([asdict(r) for r in result.records]))
+    for rejected in result.rejected:
+        logging.getLogger(__name__).warning("rejected %s: %s", rejected.coin_id, rejected.reason)
+    return {"records_key": records_key, "records": len(result.records), "missing": event.get("missing", []),
+            "rejected": [{"coin_id": r.coin_id, "reason": r.reason} for r in result.rejected]}

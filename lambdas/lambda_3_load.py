@@ -182,3 +182,26 @@ def merge_rows(body: bytes, records: list[Record]) -> tuple[bytes | None, int, i
         return None, 0, duplicates, len(keyed)
     keyed.sort(key=lambda pair: pair[0])  # stable: equal times keep their order
     return b"".join(line + b"\n" for _, line in keyed), added, duplicates, len(keyed)
+
+
+def handler(event: dict, context: object) -> dict:
+    """AWS Lambda: append the records the transform stored to the history in the bucket (conditional write)."""
+    from utils.aws import gunzip_json, lambda_settings, setup_lambda_logging
+    from utils.errors import ExtractError
+    from utils.storage import storage_for
+
+    setup_lambda_logging()
+    storage = storage_for(lambda_settings(event))
+    records_key = str(event["records_key"])
+    if not records_key.startswith("records/") or ".." in records_key:
+        raise ValueError(f"records_key {records_key!r} is not under records/")
+    records = [Record(**row) for row in gunzip_json(storage.read(records_key))]
+    if not records:
+        raise ExtractError("no usable rows in this snapshot; nothing was appended")
+    report = storage.append(records)
+    partial = bool(event.get("missing") or event.get("rejected"))
+    log.info("load: %d rows appended, %d duplicates skipped -> %s", report.appended, report.skipped_duplicates,
+             report.csv_path)
+    return {"appended": report.appended, "skipped_duplicates": report.skipped_duplicates + report.skipped_stale,
+            "missing": event.get("missing", []), "rejected": event.get("rejected", []),
+            "result": "partial" if partial else "ok"}

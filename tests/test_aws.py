@@ -1,0 +1,179 @@
+"""The Lambda handlers chained as the state machine chains them, on moto's in-process S3/SSM, against the fake CoinGecko."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+from tests.fake_coingecko import FIXTURES_DIR
+from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
+
+try:
+    import boto3
+    from moto import mock_aws
+except ImportError:  # pragma: no cover - the AWS extras are in requirements.txt; without them these tests skip
+    boto3 = None
+
+from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts
+from utils import aws
+from utils.schema import HEADER_LINE, Record
+from utils.storage import S3Storage
+
+BUCKET = "crypto-history-test"
+SECRET = "CG-AWS-SECRET-0123456789"
+
+
+def rows_without_fetch_time(data: bytes) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    for row in rows:
+        row.pop("fetched_at")
+    return rows
+
+
+@unittest.skipIf(boto3 is None, "boto3/moto not installed")
+class LambdaChain(PipelineTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.saved_env = dict(os.environ)
+        self.addCleanup(self.restore_env)
+        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-central-1"})
+        self.mock = mock_aws()
+        self.mock.start()
+        self.addCleanup(self.mock.stop)
+        aws._key_cache.clear()
+        self.s3 = boto3.client("s3")
+        self.s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+        boto3.client("ssm").put_parameter(Name="/crypto-history/coingecko-api-key", Value=SECRET,
+                                          Type="SecureString")
+        self.fake.required_key = ("x-cg-demo-api-key", SECRET)
+        os.environ.update({"COINGECKO_API_URL": self.fake.base_url, "PIPELINE_DATA_DIR": f"s3://{BUCKET}/history",
+                           "PIPELINE_COINS": ",".join(FIXTURE_IDS), "COINGECKO_API_PLAN": "demo",
+                           "COINGECKO_API_KEY_PARAMETER": "/crypto-history/coingecko-api-key",
+                           "PIPELINE_HEAL": "0"})
+        os.environ.pop("COINGECKO_API_KEY", None)
+
+    def restore_env(self) -> None:
+        os.environ.clear()
+        os.environ.update(self.saved_env)
+
+    def object(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=BUCKET, Key=f"history/{key}")["Body"].read()
+
+    def chain(self) -> dict:
+        """Extract -> Transform -> Load -> Charts, passing each output on as the state machine does."""
+        out = lambda_1_extract.handler({}, None)
+        out = lambda_2_transform.handler(out, None)
+        out = lambda_3_load.handler(out, None)
+        return lambda_4_charts.handler(out, None)
+
+    def test_the_chain_writes_the_same_csv_as_a_local_run(self) -> None:
+        result = self.chain()
+        self.assertEqual(result["appended"], 10)
+        self.assertEqual(result["result"], "ok")
+        on_s3 = self.object("crypto_data.csv")
+        self.assertTrue(on_s3.startswith(HEADER_LINE.encode()))
+        local = self.run_main("--coins", ",".join(FIXTURE_IDS), env={**self.env, "COINGECKO_API_KEY": SECRET})
+        self.assertEqual(local.code, 0, local.stderr)
+        self.assertEqual(rows_without_fetch_time(on_s3), rows_without_fetch_time(self.csv_bytes()))
+        # the raw snapshot is archived, the charts are stored, the key is in no object
+        keys = [o["Key"] for o in self.s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+        self.assertTrue(any(k.startswith("history/raw/") and k.endswith(".json.gz") for k in keys), keys)
+        for name in ("crypto_price_trend.png", "crypto_market_cap_trend.png", "crypto_performance.png"):
+            self.assertTrue(self.object(name).startswith(b"\x89PNG"), name)
+        for key in keys:
+            data = self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            if key.endswith(".gz"):
+                data = gzip.decompress(data)
+            self.assertNotIn(SECRET.encode(), data, key)
+        self.assertEqual(self.fake.requests_to("/coins/markets")[0].headers["x-cg-demo-api-key"], SECRET)
+
+    def test_a_second_chain_appends_nothing(self) -> None:
+        self.chain()
+        before = self.object("crypto_data.csv")
+        self.assertEqual(self.chain()["appended"], 0)
+        self.assertEqual(self.object("crypto_data.csv"), before)
+        self.fake.advance(60)
+        self.assertEqual(self.chain()["appended"], 10)
+
+    def test_two_overlapping_loads_lose_nothing(self) -> None:
+        first = lambda_2_transform.handler(lambda_1_extract.handler({"coins": ["bitcoin", "ethereum"]}, None), None)
+        second = lambda_2_transform.handler(lambda_1_extract.handler({"coins": ["tether", "ripple"]}, None), None)
+        storage_a = S3Storage(f"s3://{BUCKET}/history", client=boto3.client("s3"), sleep=lambda s: None)
+        storage_b = S3Storage(f"s3://{BUCKET}/history", client=boto3.client("s3"), sleep=lambda s: None)
+
+        def load(storage: S3Storage, event: dict) -> int:
+            data = gzip.decompress(self.object(event["records_key"]))
+            return storage.append([Record(**row) for row in json.loads(data)]).appended
+
+        # A reads the history, then B commits before A's conditional write: A must redo its step.
+        original_put = storage_a.client.put_object
+        calls = {"n": 0}
+
+        def put_after_b(**kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                self.assertEqual(load(storage_b, second), 2)
+            return original_put(**kwargs)
+
+        storage_a.client.put_object = put_after_b
+        self.assertEqual(load(storage_a, first), 2)
+        self.assertEqual(storage_a.conflicts, 1)
+        rows = list(csv.DictReader(io.StringIO(self.object("crypto_data.csv").decode())))
+        self.assertEqual(sorted(r["coin_id"] for r in rows), ["bitcoin", "ethereum", "ripple", "tether"])
+
+    def test_key_from_secrets_manager(self) -> None:
+        boto3.client("secretsmanager").create_secret(Name="crypto-history/coingecko",
+                                                     SecretString=json.dumps({"api_key": SECRET}))
+        os.environ.pop("COINGECKO_API_KEY_PARAMETER")
+        os.environ["COINGECKO_API_KEY_SECRET_ID"] = "crypto-history/coingecko"
+        self.assertEqual(self.chain()["appended"], 10)
+
+    def test_a_missing_parameter_is_a_clear_error(self) -> None:
+        os.environ["COINGECKO_API_KEY_PARAMETER"] = "/nope"
+        with self.assertRaisesRegex(Exception, "cannot read the CoinGecko key from SSM parameter /nope"):
+            lambda_1_extract.handler({}, None)
+
+    def test_cli_run_and_backfill_on_s3(self) -> None:
+        from tests.fake_coingecko import make_daily_chart
+        from datetime import date, timedelta
+        self.fake.market_chart["bitcoin"] = make_daily_chart(date.today() - timedelta(days=20), 21, 100.0)
+        env = {k: v for k, v in os.environ.items()}
+        env["COINGECKO_API_KEY"] = SECRET
+        self.assertEqual(self.run_main("--coins", "bitcoin", env=env).code, 0)
+        result = self.run_main("backfill", "--coins", "bitcoin", "--days", "10", env=env)
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn(f"s3://{BUCKET}/history/crypto_data.csv", result.stderr)
+        rows = list(csv.DictReader(io.StringIO(self.object("crypto_data.csv").decode())))
+        self.assertEqual(len(rows), 11)
+
+
+class LocalRunNeedsNoAws(unittest.TestCase):
+    def test_importing_and_running_the_cli_loads_no_aws_package(self) -> None:
+        code = ("import sys, main; main.build_parser(); "
+                "import lambdas.lambda_1_extract, lambdas.lambda_2_transform, lambdas.lambda_3_load, utils.pipeline; "
+                "print([m for m in ('boto3', 'botocore', 'moto') if m in sys.modules])")
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        self.assertEqual(out.stdout.strip(), "[]")
+
+
+class Template(unittest.TestCase):
+    def test_template_declares_the_pieces(self) -> None:
+        text = (REPO / "template.yaml").read_text()
+        for needle in ("AWS::Serverless::Function", "AWS::Serverless::StateMachine", "arm64", "python3.1",
+                       "VersioningConfiguration", "BlockPublicPolicy: true", "RetentionInDays",
+                       "ScheduleExpression", "AWS::CloudWatch::Alarm", "ssm:GetParameter",
+                       "lambdas/lambda_1_extract.handler"[len("lambdas/"):]):
+            self.assertIn(needle, text)
+        self.assertNotIn("COINGECKO_API_KEY:", text)  # the key never sits in the template
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,77 @@
+"""What the Lambda handlers share: settings from the environment and the event, the API key from SSM or Secrets Manager.
+
+boto3 is imported inside the functions: the local command line never needs it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from utils.errors import ConfigError
+from utils.settings import Settings, build_settings
+
+log = logging.getLogger(__name__)
+
+_key_cache: dict[str, str] = {}
+EVENT_OPTIONS = ("coins", "vs_currency", "days", "since", "until")
+
+
+def api_key_from_aws(env: Mapping[str, str]) -> str | None:
+    """The CoinGecko key from the SSM parameter or the secret the environment names (cached per container)."""
+    parameter = env.get("COINGECKO_API_KEY_PARAMETER", "").strip()
+    secret = env.get("COINGECKO_API_KEY_SECRET_ID", "").strip()
+    source = parameter or secret
+    if not source:
+        return None
+    if source in _key_cache:
+        return _key_cache[source]
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        if parameter:
+            value = boto3.client("ssm").get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
+        else:
+            value = boto3.client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"]
+            if value.lstrip().startswith("{"):
+                value = json.loads(value).get("api_key", "")
+    except (BotoCoreError, ClientError, ValueError) as exc:
+        raise ConfigError(f"cannot read the CoinGecko key from {'SSM parameter' if parameter else 'secret'} "
+                          f"{source}: {type(exc).__name__}; check the name and the function's permissions") from None
+    _key_cache[source] = value.strip()
+    return _key_cache[source]
+
+
+def lambda_settings(event: Mapping[str, Any] | None, command: str = "run",
+                    env: Mapping[str, str] | None = None) -> Settings:
+    """Settings for a handler: the function's environment, overridden by the event's options."""
+    env = dict(os.environ if env is None else env)
+    key = api_key_from_aws(env)
+    if key:
+        env["COINGECKO_API_KEY"] = key
+    flags = {name: (event or {}).get(name) for name in EVENT_OPTIONS}
+    if isinstance(flags["coins"], list):
+        flags["coins"] = ",".join(map(str, flags["coins"]))
+    return build_settings(command, flags, env)
+
+
+def setup_lambda_logging() -> None:
+    """One line per event at INFO, the key never in it (it is never logged in the first place)."""
+    logging.getLogger().setLevel(logging.INFO)
+    for name in ("urllib3", "botocore", "boto3", "matplotlib", "PIL"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def gzip_json(value: Any) -> bytes:
+    return gzip.compress(json.dumps(value, separators=(",", ":")).encode(), mtime=0)
+
+
+def gunzip_json(data: bytes | None) -> Any:
+    if data is None:
+        raise ConfigError("the object named in the event does not exist")
+    return json.loads(gzip.decompress(data))
