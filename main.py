@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     setup_logging(args.verbose, args.quiet, secrets)
     try:
         settings = settings_from(args, env)
-        if settings.log_file or settings.command == "daemon":
+        if settings.log_file or settings.command == "daemon" or (settings.api_key and settings.api_key not in secrets):
             setup_logging(args.verbose, args.quiet, secrets + [settings.api_key or ""],
                           timestamps=settings.command == "daemon", log_file=settings.log_file)
         if settings.command == "daemon":

@@ -32,7 +32,7 @@ class Snapshot:
     @property
     def missing(self) -> tuple[str, ...]:
         """Requested ids CoinGecko left out (unknown, renamed or delisted)."""
-        seen = {row.get("id") for row in self.rows if isinstance(row, dict)}
+        seen = {row.get("id") for row in self.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
         return tuple(coin for coin in self.requested if coin not in seen)
 
 

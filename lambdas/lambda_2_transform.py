@@ -6,7 +6,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from lambdas.lambda_1_extract import Snapshot
@@ -14,7 +14,9 @@ from utils.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_tim
 from utils.settings import COIN_ID_RE
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+SURROGATES = re.compile(r"[\ud800-\udfff]")
+EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
 MAX_TEXT = 200
 
 # Fields that must be non-negative when present.
@@ -49,7 +51,7 @@ def neutralize_text(value: Any, field_name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise RowError(f"{field_name} is a {type(value).__name__}, not text")
-    text = CONTROL_CHARS.sub(" ", value).strip()[:MAX_TEXT]
+    text = SURROGATES.sub("\ufffd", CONTROL_CHARS.sub(" ", value)).strip()[:MAX_TEXT]
     if text.startswith(FORMULA_PREFIXES):
         text = "'" + text
     return text
@@ -64,6 +66,10 @@ def number(row: dict[str, Any], field_name: str, *, signed: bool = False) -> flo
         raise RowError(f"{field_name} is {_describe(value)}, not a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise RowError(f"{field_name} is {value}, not a finite number")
+    try:
+        float(value)
+    except OverflowError:
+        raise RowError(f"{field_name} has {len(str(abs(value)))} digits, too large to be a number") from None
     if not signed and value < 0:
         raise RowError(f"{field_name} is negative ({value})")
     return value
@@ -86,7 +92,7 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__.replace('dict', 'object').replace('list', 'list')}"
 
 
-def to_record(row: Any, vs_currency: str, fetched_at: str) -> Record:
+def to_record(row: Any, vs_currency: str, fetched_at: str, latest: str = "9999") -> Record:
     """One /coins/markets row as a Record. Raises RowError."""
     if not isinstance(row, dict):
         raise RowError(f"the row is {_describe(row)}, not an object")
@@ -102,8 +108,10 @@ def to_record(row: Any, vs_currency: str, fetched_at: str) -> Record:
         raise RowError(f"last_updated is {_describe(last_updated)}, not a timestamp")
     try:
         last_updated = normalize_timestamp(last_updated)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise RowError(f"last_updated {last_updated[:40]!r} is not an ISO 8601 timestamp") from None
+    if not EARLIEST <= last_updated <= latest:
+        raise RowError(f"last_updated {last_updated} is before 2009 or after the fetch")
     values = {name: number(row, name) for name in NON_NEGATIVE}
     values.update({name: number(row, name, signed=True) for name in SIGNED})
     return Record(
@@ -122,6 +130,7 @@ def to_record(row: Any, vs_currency: str, fetched_at: str) -> Record:
 def transform(snapshot: Snapshot) -> TransformResult:
     """Every row either becomes a Record or is rejected with a reason; one bad row never stops the rest."""
     fetched_at = format_timestamp(snapshot.fetched_at)
+    latest = format_timestamp(snapshot.fetched_at + timedelta(days=1))
     requested = set(snapshot.requested)
     records: list[Record] = []
     rejected: list[Rejected] = []
@@ -130,7 +139,7 @@ def transform(snapshot: Snapshot) -> TransformResult:
         coin_id = row.get("id") if isinstance(row, dict) else None
         label = coin_id if isinstance(coin_id, str) else "?"
         try:
-            record = to_record(row, snapshot.vs_currency, fetched_at)
+            record = to_record(row, snapshot.vs_currency, fetched_at, latest)
         except RowError as exc:
             rejected.append(Rejected(label[:100], str(exc)))
             continue
@@ -173,7 +182,8 @@ def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: d
             continue
         for point in points:
             if (not isinstance(point, list) or len(point) != 2 or isinstance(point[0], bool)
-                    or not isinstance(point[0], (int, float)) or not math.isfinite(point[0])):
+                    or not isinstance(point[0], (int, float))
+                    or (isinstance(point[0], float) and not math.isfinite(point[0]))):
                 rejected.append(Rejected(coin_id, f"a {series} point is {_describe(point)}, not [ms, value]"))
                 continue
             ms = int(point[0])

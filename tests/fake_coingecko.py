@@ -345,6 +345,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK wait
     """Request handler delegating to FakeCoinGecko."""
 
     protocol_version = "HTTP/1.1"

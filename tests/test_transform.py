@@ -66,16 +66,17 @@ class TransformRealRows(unittest.TestCase):
         self.assertIn("last_updated is null", result.rejected[0].reason)
 
     def test_null_price_with_a_timestamp_is_kept_as_empty_cells(self) -> None:
-        row = dict(load_fixture("coins_markets_null_heavy_coin_2026.json")[0], last_updated="2026-03-01T10:00:00Z")
+        row = dict(load_fixture("coins_markets_null_heavy_coin_2026.json")[0], last_updated="2023-01-08T10:00:00Z")
         record = transform(snapshot([row])).records[0]
         self.assertIsNone(record.current_price)
         self.assertIsNone(record.market_cap_rank)
         self.assertEqual(record.circulating_supply, 0.0)
-        self.assertEqual(record.last_updated, "2026-03-01T10:00:00.000Z")
+        self.assertEqual(record.last_updated, "2023-01-08T10:00:00.000Z")
 
     def test_official_2026_example_row_with_extra_fields(self) -> None:
         rows = load_fixture("coins_markets_official_oas_example_2026.json")
-        result = transform(snapshot(rows))
+        result = transform(Snapshot(fetched_at=datetime(2026, 11, 1, tzinfo=timezone.utc), vs_currency="usd",
+                                    requested=tuple(r["id"] for r in rows), rows=rows))
         self.assertEqual(len(result.records), len(rows))
 
 
@@ -97,6 +98,8 @@ class TransformRejects(unittest.TestCase):
         self.assertIn("not a valid CoinGecko id", self.bad(id="../../etc/passwd"))
         self.assertIn("not an ISO 8601 timestamp", self.bad(last_updated="yesterday"))
         self.assertIn("market_cap_rank", self.bad(market_cap_rank=1.5))
+        self.assertIn("after the fetch", self.bad(last_updated="2999-01-01T00:00:00Z"))
+        self.assertIn("too large", self.bad(market_cap=10 ** 400))
         self.assertIn("name is a list", self.bad(name=["x"]))
 
     def test_one_bad_row_does_not_stop_the_others(self) -> None:

@@ -236,11 +236,15 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
                         progress.step(coin_id)
                         continue
                     raise
-                archive = storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                                      {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
-                                       "vs_currency": settings.vs_currency, "first_day": str(span.first),
-                                       "last_day": str(span.last), "answers": answers})
-                manifest.mark(coin_id, archive)
+                try:
+                    archive = storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
+                                              {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
+                                               "vs_currency": settings.vs_currency, "first_day": str(span.first),
+                                               "last_day": str(span.last), "answers": answers})
+                    manifest.mark(coin_id, archive)
+                except OSError as exc:
+                    log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id,
+                                exc.strerror or exc)
             coin_records, coin_rejected = records_from(coin_id, settings.vs_currency, answers, span)
             records.extend(coin_records)
             result.rejected.extend(coin_rejected)
@@ -299,10 +303,13 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
         except ExtractError as exc:
             log.warning("could not heal %s: %s", coin_id, exc)
             continue
-        archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                    {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
-                     "vs_currency": settings.vs_currency, "first_day": str(span.first), "last_day": str(span.last),
-                     "answers": answers})
+        try:
+            archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
+                        {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
+                         "vs_currency": settings.vs_currency, "first_day": str(span.first), "last_day": str(span.last),
+                         "answers": answers})
+        except OSError as exc:
+            log.warning("could not archive the raw answer for %s (%s); healing goes on", coin_id, exc.strerror or exc)
         coin_records, _ = records_from(coin_id, settings.vs_currency, answers, span)
         wanted_days = {d.isoformat() for d in days}
         coin_records = [r for r in coin_records if r.last_updated[:10] in wanted_days]

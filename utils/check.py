@@ -97,5 +97,5 @@ def known_ids(settings: Settings, client: CoinGeckoClient) -> set[str]:
         rows = client.markets(settings.vs_currency, list(settings.coins[start:start + 250]))
         if not isinstance(rows, list):
             raise ExtractError("/coins/markets answered something other than a list of coins")
-        found |= {r.get("id") for r in rows if isinstance(r, dict)}
+        found |= {r.get("id") for r in rows if isinstance(r, dict) and isinstance(r.get("id"), str)}
     return found

@@ -166,6 +166,7 @@ class CoinGeckoClient:
         self.calls = 0
         per_minute = rate_limit or DEFAULT_RATE_LIMITS.get(plan, DEFAULT_RATE_LIMITS["public"])
         self.limiter = RateLimiter(per_minute, sleep=sleep, monotonic=monotonic)
+        self.secret = api_key or None
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
         if api_key and plan in KEY_HEADERS:
@@ -250,6 +251,9 @@ class CoinGeckoClient:
         self.calls += 1
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
+        except requests.exceptions.SSLError as exc:
+            raise ExtractError(f"TLS to {self.base_url} failed ({_network_reason(exc)}): the certificate is not "
+                               "trusted; check the URL, the system clock and any proxy (REQUESTS_CA_BUNDLE)") from exc
         except requests.Timeout as exc:
             raise RetriableError(f"CoinGecko did not answer {path} within {self.timeout:g} s") from exc
         except requests.ConnectionError as exc:
@@ -267,9 +271,11 @@ class CoinGeckoClient:
         parse_error: str | None = None
         try:
             body = json.loads(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             parse_error = f"{exc.__class__.__name__}: {exc}"
         code, message = error_from_body(body)
+        if message and self.secret:  # a server or proxy may quote the key back: never let it into an error
+            message = message.replace(self.secret, "***")
         now = self.clock()
         where = f"CoinGecko {path} answered HTTP {status}"
 

@@ -121,7 +121,9 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     chart_paths: tuple[str, ...] = ()
     if settings.charts and not should_stop():
         chart_paths, chart_error = draw_charts(settings, storage)
-    return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=tuple(result.rejected),
+    stored = {record.coin_id for record in result.records}  # a coin that landed is complete, whatever else came
+    rejected = tuple(r for r in result.rejected if r.coin_id not in stored)
+    return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=rejected,
                      seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths, healed=healed)
 
 

@@ -74,7 +74,7 @@ def rows_to_csv(records: list[Record]) -> str:
 def format_timestamp(moment: datetime) -> str:
     """UTC ISO 8601 with milliseconds and Z, fixed width so text order is time order."""
     moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -23,7 +23,7 @@ DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dog
 PLANS = ("public", "demo", "pro")
 SCALES = ("auto", "log", "linear")
 CSV_NAME = "crypto_data.csv"
-COIN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+COIN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
 CURRENCY_RE = re.compile(r"^[a-z0-9]{2,10}$")
 
 
@@ -77,7 +77,7 @@ class Settings:
 
 # name -> (environment variable, parser). Config-file keys are the names themselves.
 def _parse_coins(text: str) -> tuple[str, ...]:
-    ids: list[str] = []
+    ids: dict[str, None] = {}  # ordered, and O(1) membership for 10,000 ids
     for part in str(text).split(","):
         coin = part.strip().lower()
         if not coin:
@@ -85,8 +85,7 @@ def _parse_coins(text: str) -> tuple[str, ...]:
         if not COIN_ID_RE.match(coin):
             raise ConfigError(f"coins: {part.strip()!r} is not a CoinGecko API id (ids look like 'bitcoin' "
                               "or 'avalanche-2'); `python main.py check` suggests the right one")
-        if coin not in ids:
-            ids.append(coin)
+        ids.setdefault(coin, None)
     if not ids:
         raise ConfigError("coins: the list is empty; give ids like --coins bitcoin,ethereum")
     return tuple(ids)
