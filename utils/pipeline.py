@@ -79,6 +79,7 @@ def display_path(path: Path | str) -> str:
     """A path relative to the current folder when it lies inside it."""
     if str(path).startswith("s3:/"):
         return str(path).replace("s3:/", "s3://", 1) if not str(path).startswith("s3://") else str(path)
+    path = Path(path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
