@@ -939,7 +939,7 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
     report = ChartReport(paths=paths, coins=tuple(c.coin_id for c in charted),
                          rows_used=int(len(rows)), skipped_lines=int(skipped),
                          price_scale=price_scale, market_cap_scale=cap_scale, window=window)
-    logger.info("charts: %s coins, %s rows, %s to %s -> %s", len(report.coins),
+    logger.debug("charts: %s coins, %s rows, %s to %s -> %s", len(report.coins),
                 report.rows_used, window[0], window[1], out_dir)
     return report
 
