@@ -10,14 +10,11 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from lambdas.lambda_1_extract import Snapshot
-from utils.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp, normalize_timestamp
+from utils.schema import (SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp, normalize_timestamp,
+                          safe_text)
 from utils.settings import COIN_ID_RE
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-SURROGATES = re.compile(r"[\ud800-\udfff]")
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
-MAX_TEXT = 200
 
 # Fields that must be non-negative when present.
 NON_NEGATIVE = ("current_price", "market_cap", "total_volume", "high_24h", "low_24h", "circulating_supply",
@@ -51,10 +48,7 @@ def neutralize_text(value: Any, field_name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise RowError(f"{field_name} is a {type(value).__name__}, not text")
-    text = SURROGATES.sub("\ufffd", CONTROL_CHARS.sub(" ", value)).strip()[:MAX_TEXT]
-    if text.startswith(FORMULA_PREFIXES):
-        text = "'" + text
-    return text
+    return safe_text(value)
 
 
 def number(row: dict[str, Any], field_name: str, *, signed: bool = False) -> float | int | None:

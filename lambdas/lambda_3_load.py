@@ -35,11 +35,14 @@ def prepare_history(csv_path: Path) -> tuple[history.HistoryState, int, history.
     if header is None:
         atomic_write_bytes(csv_path, HEADER_LINE.encode())
         header = history.read_header(csv_path)
-    if header != LEGACY_COLUMNS:
-        history.check_header(csv_path, header or ())  # before any repair: a foreign file stays byte-identical
-    quarantined = history.repair_torn_tail(csv_path)
+    quarantined = 0
     if header == LEGACY_COLUMNS:
+        # Never appended to by this pipeline, so a missing final newline is not a torn write: migrate it whole.
         migration = history.migrate_legacy(csv_path)
+    else:
+        history.check_header(csv_path, header or ())  # before any repair: a foreign file stays byte-identical
+        history.remove_stale_temp_files(csv_path)
+        quarantined = history.repair_torn_tail(csv_path)
     return history.current_state(csv_path), quarantined, migration
 
 
@@ -165,7 +168,9 @@ def merge_rows(body: bytes, records: list[Record]) -> tuple[bytes | None, int, i
     keyed: list[tuple[str, bytes]] = []
     existing: set[tuple[str, str, str]] = set()
     wanted = {(r.coin_id, r.vs_currency) for r in records}
-    for line, row in zip(lines, csv.reader(line.decode("utf-8", errors="replace") for line in lines)):
+    for line in lines:
+        # Each physical line on its own: a line that is not a whole row can never shift the others.
+        row = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
         ts = row[i_ts] if len(row) == len(COLUMNS) else ""
         keyed.append((ts, line))
         if ts and (row[i_id], row[i_vs]) in wanted:

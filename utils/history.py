@@ -18,7 +18,8 @@ from pathlib import Path
 
 from utils.errors import LoadError, SchemaMismatch
 from utils.file_storage import atomic_write_bytes, describe_os_error, read_json, write_json_atomic
-from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, format_cell, normalize_timestamp
+from utils.schema import (COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, format_cell, normalize_timestamp,
+                          safe_text)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,16 @@ def check_header(csv_path: Path, header: tuple[str, ...]) -> None:
                          "nothing was appended: move the file away or use another --data-dir")
 
 
+def remove_stale_temp_files(csv_path: Path) -> None:
+    """Delete temporary copies of the CSV left by a writer that was killed (only lock holders create them)."""
+    for stale in csv_path.parent.glob(f".{csv_path.name}.*.tmp"):
+        try:
+            stale.unlink()
+            log.info("removed %s, left by an interrupted write", stale.name)
+        except OSError:
+            pass
+
+
 def repair_torn_tail(csv_path: Path) -> int:
     """Move a last line without its newline (a write cut short) to the quarantine file. Returns bytes moved."""
     with open(csv_path, "rb") as probe:  # read-only first: a sound file is never opened for writing here
@@ -358,7 +369,7 @@ def migrate_legacy(csv_path: Path) -> MigrationReport:
             if coin_id is None:
                 raise ValueError("not one of the nine original coins")
             updated = normalize_timestamp(updated)
-            cells = {"name": name.strip(), "symbol": symbol.strip(), "current_price": _legacy_number(price),
+            cells = {"name": safe_text(name), "symbol": safe_text(symbol), "current_price": _legacy_number(price),
                      "market_cap": _legacy_number(cap), "price_change_percentage_24h": _legacy_number(change),
                      "circulating_supply": _legacy_number(supply), "last_updated": updated,
                      "coin_id": coin_id, "vs_currency": LEGACY_CURRENCY, "source": SOURCE_LEGACY}

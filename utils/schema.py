@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
@@ -50,6 +51,18 @@ HEADER_LINE: str = ",".join(COLUMNS) + "\n"
 SOURCE_MARKETS = "coins_markets"
 SOURCE_LEGACY = "legacy"
 SOURCE_MARKET_CHART = "market_chart"
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+SURROGATES = re.compile(r"[\ud800-\udfff]")
+MAX_TEXT = 200
+
+
+def safe_text(text: str) -> str:
+    """Text for a name or symbol cell: one line, bounded, never run as a spreadsheet formula."""
+    text = SURROGATES.sub("\ufffd", CONTROL_CHARS.sub(" ", text)).strip()[:MAX_TEXT]
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 def format_cell(value: object) -> str:
