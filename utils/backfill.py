@@ -100,6 +100,12 @@ def fetch_coin(client: CoinGeckoClient, coin_id: str, vs_currency: str, span: Da
     return answers
 
 
+def chart_payload(coin_id: str, vs_currency: str, span: DayRange, answers: list[Any]) -> dict[str, Any]:
+    """What the raw archive keeps of one coin's market_chart answers."""
+    return {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id, "vs_currency": vs_currency,
+            "first_day": str(span.first), "last_day": str(span.last), "answers": answers}
+
+
 def records_from(coin_id: str, vs_currency: str, answers: list[Any], span: DayRange
                  ) -> tuple[list[Record], list[Rejected]]:
     records: list[Record] = []
@@ -238,9 +244,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
                     raise
                 try:
                     archive = storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                                              {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
-                                               "vs_currency": settings.vs_currency, "first_day": str(span.first),
-                                               "last_day": str(span.last), "answers": answers})
+                                              chart_payload(coin_id, settings.vs_currency, span, answers))
                     manifest.mark(coin_id, archive)
                 except OSError as exc:
                     log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id,
@@ -305,9 +309,7 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
             continue
         try:
             archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                        {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id,
-                         "vs_currency": settings.vs_currency, "first_day": str(span.first), "last_day": str(span.last),
-                         "answers": answers})
+                        chart_payload(coin_id, settings.vs_currency, span, answers))
         except OSError as exc:
             log.warning("could not archive the raw answer for %s (%s); healing goes on", coin_id, exc.strerror or exc)
         coin_records, _ = records_from(coin_id, settings.vs_currency, answers, span)
