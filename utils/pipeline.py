@@ -117,7 +117,9 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     report = storage.append(result.records)
     healed = 0
     if settings.heal and settings.data_url is None and not should_stop():
-        healed = heal(settings, client, coins, clock)
+        # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
+        landed = tuple(dict.fromkeys(record.coin_id for record in result.records))
+        healed = heal(settings, client, landed, clock)
     chart_error = None
     chart_paths: tuple[str, ...] = ()
     if settings.charts and not should_stop():
