@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class LoadReport:
     """What one load did to the history."""
 
-    csv_path: Path
+    csv_path: Path | str  # a str for an s3:// history
     appended: int
     skipped_duplicates: int
     skipped_stale: int = 0
@@ -116,7 +116,7 @@ def load(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0) 
 class MergeReport:
     """What merging older observations into the history did."""
 
-    csv_path: Path
+    csv_path: Path | str  # a str for an s3:// history
     added: int
     skipped_duplicates: int
     rows: int

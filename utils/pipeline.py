@@ -77,8 +77,8 @@ class RunResult:
 
 def display_path(path: Path | str) -> str:
     """A path relative to the current folder when it lies inside it."""
-    if str(path).startswith("s3:/"):
-        return str(path).replace("s3:/", "s3://", 1) if not str(path).startswith("s3://") else str(path)
+    if str(path).startswith("s3://"):
+        return str(path)
     path = Path(path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))

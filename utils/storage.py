@@ -211,7 +211,7 @@ class S3Storage(Storage):
             state = history.HistoryState()
             history._scan_rows(io.StringIO(data.decode("utf-8", errors="replace"), newline=""), state)
             new, duplicates, stale = select_new(records, state)
-            report = LoadReport(csv_path=Path(f"{self.location}/{CSV_NAME}"), appended=len(new),
+            report = LoadReport(csv_path=f"{self.location}/{CSV_NAME}", appended=len(new),
                                 skipped_duplicates=duplicates, skipped_stale=stale)
             if not new:
                 return report
@@ -228,7 +228,7 @@ class S3Storage(Storage):
         for attempt in range(self.max_attempts):
             header, data, etag = self._read_history()
             merged, added, duplicates, rows = merge_rows(data, records)
-            report = MergeReport(csv_path=Path(f"{self.location}/{CSV_NAME}"), added=added,
+            report = MergeReport(csv_path=f"{self.location}/{CSV_NAME}", added=added,
                                  skipped_duplicates=duplicates, rows=rows)
             if merged is None:
                 return report
