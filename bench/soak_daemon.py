@@ -192,6 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     tmp = Path(tempfile.mkdtemp(prefix="soak_daemon_"))
+    try:
+        return soak(args, tmp, counter)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
+    """Run the simulated days in tmp, print the table and the verdicts; 0 when every verdict passes."""
     data_dir = tmp / "data"
     rows = markets_rows(9, start=START) if args.coins == "synthetic" else load_fixture(DEFAULT_COINS_FIXTURE)
     rows = rebased_rows(rows, START - timedelta(minutes=5))
@@ -462,10 +473,6 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(s.size_diff for s in top_stats)
         print(f"  total still alive from after day 10: {total / 1024:+.1f} KiB")
 
-    if args.keep:
-        print(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(ok for _, ok in verdicts) else 1
 
 
