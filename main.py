@@ -27,8 +27,9 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"error: {message} (see `python main.py {self.prog.split()[-1]} --help`)\n"
-                  if self.prog.split()[-1] in COMMANDS else f"error: {message} (see `python main.py --help`)\n")
+        command = self.prog.split()[-1]
+        where = f"python main.py {command}" if command in COMMANDS else "python main.py"
+        self.exit(EXIT_USAGE, f"error: {message} (see `{where} --help`)\n")
 
 
 def common_options() -> argparse.ArgumentParser:

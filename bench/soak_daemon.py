@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests.fake_coingecko import (FakeCoinGecko, Fault, format_iso_ms, load_fixture, make_daily_chart,  # noqa: E402
                                   markets_rows, parse_iso, DEFAULT_COINS_FIXTURE)
+from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
 from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
 from utils.pipeline import make_client, prepare_data_dir, run_once  # noqa: E402
 from utils.settings import build_settings  # noqa: E402
@@ -70,19 +71,6 @@ FAULT_PERIODS = {
 # Each fault also strikes once before day 10, so every code path (and every lazy import, e.g. pandas in the
 # healing's state rebuild) has run before the day-10 baseline: growth after it is growth, not warm-up.
 WARM_UP_DAY = {"503_once": 2, "reset": 3, "html_403": 4, "503_x6": 5, "partial": 6, "lost_day": 8}
-
-
-class FakeClock:
-    """Time that moves only when the daemon waits (as in tests/test_daemon.py)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=max(seconds, 0.001))
 
 
 class CountingHandler(logging.Handler):
