@@ -227,10 +227,10 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         if settings.command == "daemon":
             return daemon_command(settings)
         if settings.command == "status":
-            from utils.status_report import print_status
+            from flows.status import print_status
             return print_status(settings)
         if settings.command == "check":
-            from utils.check import run_check
+            from flows.check import run_check
             return run_check(settings, sleep=sleep)
         if settings.command == "plot":
             return plot_command(settings)
@@ -254,9 +254,10 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
     """`run`: one pass of the pipeline, one summary line, and the status file updated."""
     from utils.daemon import Outcome, StatusFile, utc_now
-    from utils.pipeline import make_client, run_once
+    from flows.run_once import run_once
+    from utils.clients import make_client
 
-    status = StatusFile(settings.state_dir / "status.json")
+    status = StatusFile(settings.layout.status)
     started = utc_now()
     try:
         with make_client(settings, sleep=sleep) as client:
@@ -272,8 +273,9 @@ def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
 
 def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
     """`backfill`: past daily points for every coin, merged once."""
-    from utils.backfill import backfill
-    from utils.pipeline import display_path, make_client
+    from flows.backfill import backfill
+    from utils.clients import make_client
+    from utils.layout import display_path
 
     with make_client(settings, sleep=sleep) as client:
         result = backfill(settings, client)
@@ -288,11 +290,13 @@ class Stopped(PipelineError):
 def daemon_command(settings: Settings) -> int:
     """`daemon`: one process per data folder, running the pipeline on schedule until SIGTERM or Ctrl-C."""
     from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone
-    from utils.pipeline import make_client, prepare_data_dir, run_once
+    from flows.run_once import run_once
+    from utils.clients import make_client
+    from utils.storage import prepare_data_dir
 
     zone = resolve_zone(settings.timezone)
     prepare_data_dir(settings.data_dir)
-    lock = DaemonLock(settings.state_dir)
+    lock = DaemonLock(settings.layout.daemon_pid)
     lock.acquire()
     try:
         daemon: Daemon
@@ -306,7 +310,7 @@ def daemon_command(settings: Settings) -> int:
                 return run_once(settings, client, coins=coins, should_stop=should_stop).outcome()
 
         daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,
-                        status=StatusFile(settings.state_dir / "status.json"), initial_run=settings.initial_run)
+                        status=StatusFile(settings.layout.status), initial_run=settings.initial_run)
         daemon.install_signal_handlers()
         log.info("daemon started (PID %d): %d coins in %s, daily at %s %s, data in %s", os.getpid(),
                  len(settings.coins), settings.vs_currency, settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
@@ -318,13 +322,14 @@ def daemon_command(settings: Settings) -> int:
 
 def plot_command(settings: Settings) -> int:
     """`plot`: draw the charts from the history."""
-    from utils.pipeline import chart_options, display_path
+    from utils.layout import display_path
     from utils.storage import storage_for
-    from utils.visualization import render_charts
+    from utils.visualization import chart_options, render_from_index
 
     storage = storage_for(settings)
-    csv_path, out_dir = storage.local_csv()
-    report = render_charts(csv_path, out_dir, chart_options(settings))
+    _, out_dir = storage.local_csv()
+    with storage.index() as index:
+        report = render_from_index(index, out_dir, chart_options(settings), source=storage.csv_display)
     for where in storage.publish_charts(report.paths):
         print(display_path(where))
     log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,

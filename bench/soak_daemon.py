@@ -49,7 +49,9 @@ from tests.fake_coingecko import (FakeCoinGecko, Fault, format_iso_ms, load_fixt
                                   markets_rows, parse_iso, DEFAULT_COINS_FIXTURE)
 from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
 from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
-from utils.pipeline import make_client, prepare_data_dir, run_once  # noqa: E402
+from flows.run_once import run_once  # noqa: E402
+from utils.clients import make_client  # noqa: E402
+from utils.storage import prepare_data_dir  # noqa: E402
 from utils.settings import build_settings  # noqa: E402
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from utils.coingecko import CoinGeckoClient
 from utils.errors import ExtractError
+from utils.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
 
 if TYPE_CHECKING:
     from utils.storage import Storage
@@ -17,23 +17,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 250  # the most /coins/markets returns per request
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What CoinGecko answered for one run: raw rows plus when and what was asked."""
-
-    fetched_at: datetime
-    vs_currency: str
-    requested: tuple[str, ...]
-    rows: list[Any]
-    pages: list[Any] = field(default_factory=list, repr=False)
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        """Requested ids CoinGecko left out (unknown, renamed or delisted)."""
-        seen = {row.get("id") for row in self.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
-        return tuple(coin for coin in self.requested if coin not in seen)
 
 
 def extract(coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
@@ -56,28 +39,6 @@ def extract(coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
                     pages=pages)
 
 
-def snapshot_payload(snapshot: Snapshot) -> dict[str, Any]:
-    """The raw answer with what was asked: what the archive holds and what `snapshot_from_payload` reads back."""
-    return {
-        "endpoint": "/coins/markets",
-        "fetched_at": snapshot.fetched_at.astimezone(timezone.utc).isoformat(),
-        "vs_currency": snapshot.vs_currency,
-        "requested": list(snapshot.requested),
-        "pages": snapshot.pages,
-    }
-
-
-def snapshot_from_payload(payload: Any) -> Snapshot:
-    """A Snapshot from an archived raw answer. Raises ExtractError when it is not one."""
-    try:
-        pages = payload["pages"]
-        return Snapshot(fetched_at=datetime.fromisoformat(payload["fetched_at"]), vs_currency=payload["vs_currency"],
-                        requested=tuple(payload["requested"]), rows=[row for page in pages for row in page],
-                        pages=pages)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExtractError(f"not an archived /coins/markets snapshot ({type(exc).__name__}: {exc})") from None
-
-
 def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
     """Keep the raw answer as gzip JSON so a later version can reprocess history; returns where it went."""
     return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
@@ -87,7 +48,7 @@ def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: fetch the snapshot and store the raw answer in the bucket; return its key for the next stage."""
     from utils.aws import lambda_settings, setup_lambda_logging
-    from utils.pipeline import make_client
+    from utils.clients import make_client
     from utils.storage import storage_for
 
     setup_lambda_logging()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from lambdas.lambda_1_extract import Snapshot
-from utils.schema import (SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp, normalize_timestamp,
-                          safe_text)
-from utils.settings import COIN_ID_RE
+from utils.schema import (COIN_ID_RE, SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, Snapshot, format_timestamp,
+                          normalize_timestamp, safe_text)
 
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
 
@@ -216,8 +213,8 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """AWS Lambda: read the raw snapshot the extract stored, write the records for the load; return their key."""
     from dataclasses import asdict
 
-    from lambdas.lambda_1_extract import snapshot_from_payload
     from utils.aws import gunzip_json, gzip_json, lambda_settings, setup_lambda_logging
+    from utils.schema import snapshot_from_payload
     from utils.storage import storage_for
 
     setup_lambda_logging()

@@ -158,7 +158,7 @@ class LambdaChain(PipelineTestCase):
 class LocalRunNeedsNoAws(unittest.TestCase):
     def test_importing_and_running_the_cli_loads_no_aws_package(self) -> None:
         code = ("import sys, main; main.build_parser(); "
-                "import lambdas.lambda_1_extract, lambdas.lambda_2_transform, lambdas.lambda_3_load, utils.pipeline; "
+                "import lambdas.lambda_1_extract, lambdas.lambda_2_transform, lambdas.lambda_3_load, flows.run_once; "
                 "print([m for m in ('boto3', 'botocore', 'moto') if m in sys.modules])")
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
         self.assertEqual(out.stdout.strip(), "[]")

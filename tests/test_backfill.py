@@ -14,7 +14,7 @@ from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
 
 from lambdas.lambda_3_load import load
-from utils.backfill import backfill
+from flows.backfill import backfill
 from utils.coingecko import CoinGeckoClient
 from utils.schema import Record
 from utils.settings import build_settings

@@ -29,7 +29,7 @@ from typing import Any
 from tests.fake_coingecko import DEFAULT_COINS_FIXTURE, Fault, load_fixture, make_daily_chart, markets_rows
 from tests.support import MAIN, CliResult, PipelineTestCase
 
-from utils.backfill import newest_complete_day
+from flows.backfill import newest_complete_day
 from utils.schema import normalize_timestamp
 
 Key = tuple[str, str, str]  # (coin_id, vs_currency, last_updated)

@@ -21,7 +21,7 @@ from tests.fake_coingecko import (DEFAULT_COINS_FIXTURE, FakeCoinGecko, Fault, l
 from tests.support import FIXTURE_IDS, CliResult, PipelineTestCase
 
 from utils.coingecko import PRO_URL, PUBLIC_URL, CoinGeckoClient
-from utils.pipeline import make_client
+from utils.clients import make_client
 from utils.settings import build_settings
 
 SECRET = "CG-SECRETKEY-1234567890"

@@ -134,8 +134,8 @@ class StatusFile:
 class DaemonLock:
     """One daemon per data folder: an flock on data/.state/daemon.pid, which names the holder."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "daemon.pid"
+    def __init__(self, path: Path) -> None:
+        self.path = path  # DataLayout.daemon_pid
         self.fd: int | None = None
 
     def acquire(self) -> None:

@@ -6,8 +6,11 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
+from typing import Any
+
+from utils.errors import ExtractError
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,9 @@ class Record:
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
 LEGACY_COLUMNS: tuple[str, ...] = COLUMNS[:7]
 HEADER_LINE: str = ",".join(COLUMNS) + "\n"
+
+COIN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
+CURRENCY_RE = re.compile(r"^[a-z0-9]{2,10}\Z")
 
 SOURCE_MARKETS = "coins_markets"
 SOURCE_LEGACY = "legacy"
@@ -104,3 +110,44 @@ def parse_timestamp(text: str) -> datetime:
 def normalize_timestamp(text: str) -> str:
     """The canonical form of an ISO 8601 timestamp. Raises ValueError."""
     return format_timestamp(parse_timestamp(text))
+
+
+# -- what the extract hands to the transform ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What CoinGecko answered for one run: raw rows plus when and what was asked."""
+
+    fetched_at: datetime
+    vs_currency: str
+    requested: tuple[str, ...]
+    rows: list[Any]
+    pages: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Requested ids CoinGecko left out (unknown, renamed or delisted)."""
+        seen = {row.get("id") for row in self.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
+        return tuple(coin for coin in self.requested if coin not in seen)
+
+
+def snapshot_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """The raw answer with what was asked: what the archive holds and what `snapshot_from_payload` reads back."""
+    return {
+        "endpoint": "/coins/markets",
+        "fetched_at": snapshot.fetched_at.astimezone(timezone.utc).isoformat(),
+        "vs_currency": snapshot.vs_currency,
+        "requested": list(snapshot.requested),
+        "pages": snapshot.pages,
+    }
+
+
+def snapshot_from_payload(payload: Any) -> Snapshot:
+    """A Snapshot from an archived raw answer. Raises ExtractError when it is not one."""
+    try:
+        pages = payload["pages"]
+        return Snapshot(fetched_at=datetime.fromisoformat(payload["fetched_at"]), vs_currency=payload["vs_currency"],
+                        requested=tuple(payload["requested"]), rows=[row for page in pages for row in page],
+                        pages=pages)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExtractError(f"not an archived /coins/markets snapshot ({type(exc).__name__}: {exc})") from None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import re
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,15 +14,14 @@ from urllib.parse import urlsplit
 
 from utils.coingecko import default_base_url
 from utils.errors import ConfigError
+from utils.layout import DataLayout
+from utils.schema import COIN_ID_RE, CURRENCY_RE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dogecoin", "polkadot",
                  "litecoin", "avalanche-2")
 PLANS = ("public", "demo", "pro")
 SCALES = ("auto", "log", "linear")
-CSV_NAME = "crypto_data.csv"
-COIN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
-CURRENCY_RE = re.compile(r"^[a-z0-9]{2,10}$")
 
 
 @dataclass(frozen=True)
@@ -63,16 +60,21 @@ class Settings:
         return self.data_url or str(self.data_dir)
 
     @property
+    def layout(self) -> DataLayout:
+        """Every path in the data folder (for an s3:// history, the local scratch copy)."""
+        return DataLayout(self.data_dir)
+
+    @property
     def csv_path(self) -> Path:
-        return self.data_dir / CSV_NAME
+        return self.layout.csv
 
     @property
     def state_dir(self) -> Path:
-        return self.data_dir / ".state"
+        return self.layout.state_dir
 
     @property
     def raw_dir(self) -> Path:
-        return self.data_dir / "raw"
+        return self.layout.raw_dir
 
 
 # name -> (environment variable, parser). Config-file keys are the names themselves.

@@ -8,23 +8,25 @@ boto3 is imported only when an s3:// location is used: the local run needs no AW
 
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 import random
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lambdas.lambda_3_load import LoadReport, MergeReport, load, merge, merge_rows, select_new
-from utils import history
+from utils import csvio
 from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.file_storage import archive_raw, atomic_write_bytes, describe_os_error, raw_bytes, raw_name
-from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
-from utils.settings import CSV_NAME, Settings
+from utils.index import HistoryIndex
+from utils.layout import CSV_NAME, DataLayout
+from utils.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
+from utils.settings import Settings
+from utils.store import HistoryStore, LoadReport, MergeReport, new_records
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,21 @@ class Storage:
         raise NotImplementedError
 
     def append(self, records: list[Record]) -> LoadReport:
+        """Store the records whose key the history does not hold yet."""
         raise NotImplementedError
 
-    def merge(self, records: list[Record]) -> MergeReport:
+    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
+              checked: datetime | None = None) -> MergeReport:
+        """Weave observations of any age into the history; remember days CoinGecko had no data for."""
+        raise NotImplementedError
+
+    def index(self) -> contextlib.AbstractContextManager[HistoryIndex]:
+        """The history's index, up to date: what status, healing and the charts read."""
+        raise NotImplementedError
+
+    @property
+    def csv_display(self) -> str:
+        """The history's location, for messages."""
         raise NotImplementedError
 
     def local_csv(self) -> tuple[Path, Path]:
@@ -78,11 +92,16 @@ class LocalStorage(Storage):
 
     def __init__(self, data_dir: Path, lock_timeout: float = 300.0) -> None:
         self.data_dir = data_dir
+        self.layout = DataLayout(data_dir)
         self.location = str(data_dir)
-        self.lock_timeout = lock_timeout
+        self.store = HistoryStore(self.layout, lock_timeout)
+
+    @property
+    def csv_display(self) -> str:
+        return str(self.layout.csv)
 
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
-        path = archive_raw(self.data_dir / "raw", fetched_at, name, payload)
+        path = archive_raw(self.layout.raw_dir, fetched_at, name, payload)
         return str(path.relative_to(self.data_dir))
 
     def read(self, rel: str) -> bytes | None:
@@ -97,13 +116,17 @@ class LocalStorage(Storage):
         atomic_write_bytes(path, data)
 
     def append(self, records: list[Record]) -> LoadReport:
-        return load(records, self.data_dir / CSV_NAME, lock_timeout=self.lock_timeout)
+        return self.store.append(records)
 
-    def merge(self, records: list[Record]) -> MergeReport:
-        return merge(records, self.data_dir / CSV_NAME, lock_timeout=self.lock_timeout)
+    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
+              checked: datetime | None = None) -> MergeReport:
+        return self.store.merge(records, unavailable=unavailable, checked=checked)
+
+    def index(self) -> contextlib.AbstractContextManager[HistoryIndex]:
+        return self.store.index()
 
     def local_csv(self) -> tuple[Path, Path]:
-        return self.data_dir / CSV_NAME, self.data_dir
+        return self.layout.csv, self.data_dir
 
     def publish_charts(self, paths: tuple[Path, ...]) -> tuple[str, ...]:
         return tuple(map(str, paths))
@@ -180,20 +203,32 @@ class S3Storage(Storage):
 
     # -- the history -------------------------------------------------------------------------
 
+    @property
+    def csv_display(self) -> str:
+        return f"{self.location}/{CSV_NAME}"
+
     def _read_history(self) -> tuple[bytes, bytes, str | None]:
         """(header line, data lines, ETag or None when there is no history yet)."""
         body, etag = self.get(CSV_NAME)
         if body is None or not body.strip():
             return HEADER_LINE.encode(), b"", etag
-        header, _, data = body.partition(b"\n")
-        columns = tuple(header.decode("utf-8-sig", errors="replace").strip().split(","))
+        start = csvio.header_length(body)
+        header, data = body[:start], body[start:]
+        columns = tuple(c.strip() for c in header.decode("utf-8-sig", errors="replace").strip().split(","))
         if columns == LEGACY_COLUMNS:
-            raise SchemaMismatch(f"{self.location}/{CSV_NAME} is in the original seven-column layout: migrate it "
+            raise SchemaMismatch(f"{self.csv_display} is in the original seven-column layout: migrate it "
                                  "once with a local run (download, `python main.py`, upload)")
-        history.check_header(Path(f"{self.location}/{CSV_NAME}"), columns)
+        csvio.check_header(self.csv_display, columns)
+        if not header.endswith(b"\n"):
+            header += b"\n"
         if data and not data.endswith(b"\n"):
             data += b"\n"
-        return header + b"\n", data, etag
+        return header, data, etag
+
+    @staticmethod
+    def _keys(data: bytes) -> set[tuple[str, str, int]]:
+        found, _ = csvio.observations(data)
+        return {(o.coin_id, o.vs_currency, o.ts_ms) for o in found}
 
     def _commit(self, header: bytes, data: bytes, etag: str | None) -> None:
         self.put(CSV_NAME, header + data, if_match=etag, if_none_match=etag is None, content_type="text/csv")
@@ -201,44 +236,42 @@ class S3Storage(Storage):
     def _retry(self, attempt: int) -> None:
         self.conflicts += 1
         pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))
-        log.info("another writer changed %s/%s; retrying in %.2f s", self.location, CSV_NAME, pause)
+        log.info("another writer changed %s; retrying in %.2f s", self.csv_display, pause)
         self.sleep(pause)
 
-    def append(self, records: list[Record]) -> LoadReport:
-        """Append the records the history does not hold, with a conditional write; redo on conflict."""
+    def _write(self, records: list[Record], weave: bool) -> tuple[int, int, int]:
+        """Read, add the new records (appended, or woven in by time), write conditionally; redo on conflict."""
         for attempt in range(self.max_attempts):
             header, data, etag = self._read_history()
-            state = history.HistoryState()
-            history._scan_rows(io.StringIO(data.decode("utf-8", errors="replace"), newline=""), state)
-            new, duplicates, stale = select_new(records, state)
-            report = LoadReport(csv_path=f"{self.location}/{CSV_NAME}", appended=len(new),
-                                skipped_duplicates=duplicates, skipped_stale=stale)
-            if not new:
-                return report
+            keys = self._keys(data)
+            fresh, duplicates = new_records(records, lambda c, v, t: (c, v, t) in keys)
+            if not fresh:
+                return 0, duplicates, len(keys)
+            body = csvio.merged_body(data, fresh) if weave else data + rows_to_csv(fresh).encode("utf-8")
             try:
-                self._commit(header, data + rows_to_csv(new).encode("utf-8"), etag)
-                return report
+                self._commit(header, body, etag)
+                return len(fresh), duplicates, len(keys) + len(fresh)
             except Conflict:
                 self._retry(attempt)
-        raise LoadError(f"{self.location}/{CSV_NAME} kept changing under {self.max_attempts} attempts; "
-                        "nothing was appended: run again")
+        raise LoadError(f"{self.csv_display} kept changing under {self.max_attempts} attempts; "
+                        "nothing was written: run again")
 
-    def merge(self, records: list[Record]) -> MergeReport:
-        """Merge older observations, sorted and de-duplicated, with a conditional write; redo on conflict."""
-        for attempt in range(self.max_attempts):
-            header, data, etag = self._read_history()
-            merged, added, duplicates, rows = merge_rows(data, records)
-            report = MergeReport(csv_path=f"{self.location}/{CSV_NAME}", added=added,
-                                 skipped_duplicates=duplicates, rows=rows)
-            if merged is None:
-                return report
-            try:
-                self._commit(header, merged, etag)
-                return report
-            except Conflict:
-                self._retry(attempt)
-        raise LoadError(f"{self.location}/{CSV_NAME} kept changing under {self.max_attempts} attempts; "
-                        "nothing was merged: run again")
+    def append(self, records: list[Record]) -> LoadReport:
+        appended, duplicates, _ = self._write(records, weave=False)
+        return LoadReport(csv_path=self.csv_display, appended=appended, skipped_duplicates=duplicates)
+
+    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
+              checked: datetime | None = None) -> MergeReport:
+        added, duplicates, rows = self._write(records, weave=True)
+        if unavailable:
+            with self.index() as index:
+                index.mark_unavailable(unavailable, int((checked or datetime.now(timezone.utc)).timestamp() * 1000))
+        return MergeReport(csv_path=self.csv_display, added=added, skipped_duplicates=duplicates, rows=rows)
+
+    def index(self) -> contextlib.AbstractContextManager[HistoryIndex]:
+        """An index of a scratch copy of the object (kept between runs, so it is only caught up)."""
+        self.local_csv()
+        return HistoryStore(DataLayout(self.scratch)).index()
 
     # -- charts ------------------------------------------------------------------------------
 

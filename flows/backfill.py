@@ -11,18 +11,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from lambdas.lambda_2_transform import Rejected, chart_to_records
-from lambdas.lambda_3_load import MergeReport, merge
-from utils import history
 from utils.coingecko import CoinGeckoClient
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
-from utils.file_storage import archive_raw, ensure_dir, read_json, write_json_atomic
+from utils.file_storage import ensure_dir, read_json, write_json_atomic
+from utils.index import day_of, day_number
 from utils.schema import Record
 from utils.settings import Settings
-from utils.storage import LocalStorage, Storage, storage_for
+from utils.storage import Storage, storage_for
+from utils.store import MergeReport
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +116,20 @@ def records_from(coin_id: str, vs_currency: str, answers: list[Any], span: DayRa
     return records, rejected
 
 
+def well_formed(answers: list[Any]) -> bool:
+    """Every answer is a chart object with a non-empty prices list: only then is a day it lacks really unavailable."""
+    return bool(answers) and all(isinstance(a, dict) and isinstance(a.get("prices"), list) and a["prices"]
+                                 and all(isinstance(a.get(k, []), list) for k in ("market_caps", "total_volumes"))
+                                 for a in answers)
+
+
+def lacking(span_days: set[date], records: list[Record], answers: list[Any]) -> set[date]:
+    """The days a well-formed answer had no data for; none when the answer is malformed or empty (ask again)."""
+    if not well_formed(answers):
+        return set()
+    return span_days - {date.fromisoformat(r.last_updated[:10]) for r in records}
+
+
 @dataclass
 class BackfillResult:
     """What a backfill (or a heal) fetched and merged."""
@@ -184,7 +197,7 @@ class Manifest:
     def __init__(self, settings: Settings, span: DayRange, coins: tuple[str, ...], storage: Storage) -> None:
         ident = f"{settings.vs_currency}|{span.first}|{span.last}"
         name = f"backfill-{settings.vs_currency}-{span.first}-{span.last}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
-        self.path = settings.state_dir / f"{name}.json"
+        self.path = settings.layout.manifest(name)
         self.storage = storage
         data = read_json(self.path)
         self.done: dict[str, str] = {}
@@ -226,7 +239,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
         log.info("backfill: resuming, %d of %d coins already fetched", len(manifest.done), len(coins))
     result = BackfillResult()
     records: list[Record] = []
-    unavailable: dict[tuple[str, str], set[str]] = {}
+    unavailable: dict[tuple[str, str], set[date]] = {}
     progress = Progress(len(coins), stream=progress_stream)
     calls_before = client.calls
     try:
@@ -253,9 +266,8 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
             records.extend(coin_records)
             result.rejected.extend(coin_rejected)
             result.coins_done.append(coin_id)
-            got = {r.last_updated[:10] for r in coin_records}
-            unavailable[(coin_id, settings.vs_currency)] = {
-                (span.first + timedelta(days=i)).isoformat() for i in range(span.days)} - got
+            unavailable[(coin_id, settings.vs_currency)] = lacking(
+                {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers)
             progress.step(coin_id)
     finally:
         progress.close()
@@ -265,10 +277,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
         log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
     if not result.coins_done:
         raise ExtractError("no coin could be backfilled; nothing was merged")
-    if isinstance(storage, LocalStorage):
-        result.merge = merge(records, settings.csv_path, lock_timeout=settings.lock_timeout, unavailable=unavailable)
-    else:
-        result.merge = storage.merge(records)
+    result.merge = storage.merge(records, unavailable=unavailable, checked=clock())
     manifest.finish()
     result.seconds = time.monotonic() - started
     return result
@@ -278,44 +287,45 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
               clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> tuple[int, int]:
     """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
 
-    One request per coin with gaps. Returns (days filled, coins asked).
+    One request per coin with gaps; the gaps come from the index. Returns (days filled, coins asked).
     """
     now = clock()
-    state = history.HistoryState.from_json(read_json(history.state_path(settings.csv_path)))
-    if state is None:
-        return 0, 0
     newest = newest_complete_day(now)
     earliest = earliest_reachable_day(settings.api_plan, now)
+    storage = storage_for(settings)
     wanted: dict[str, list[date]] = {}
-    for coin_id in coins:
-        covered = state.coverage.get((coin_id, settings.vs_currency))
-        if covered is None:
-            continue
-        days = [date.fromisoformat(d) for d in covered.gaps(now.date())]
-        days = [d for d in days if d <= newest and (earliest is None or d >= earliest)]
-        if days:
-            wanted[coin_id] = days
+    with storage.index() as index:
+        now_ms = int(now.timestamp() * 1000)
+        for coin_id in coins:
+            days = [day_of(n) for a, b in index.gaps(coin_id, settings.vs_currency, now.date(), now_ms)
+                    for n in range(max(a, day_number(earliest)) if earliest else a, min(b, day_number(newest)) + 1)]
+            if days:
+                wanted[coin_id] = days
     if not wanted:
         return 0, 0
     log.info("healing %d missing days of %d coins", sum(map(len, wanted.values())), len(wanted))
     records: list[Record] = []
-    unavailable: dict[tuple[str, str], set[str]] = {}
+    unavailable: dict[tuple[str, str], set[date]] = {}
     for coin_id, days in wanted.items():
         span = DayRange(min(days), max(days))
         try:
             answers = fetch_coin(client, coin_id, settings.vs_currency, span, settings.api_plan)
         except ExtractError as exc:
-            log.warning("could not heal %s: %s", coin_id, exc)
+            log.warning("could not heal %s: %s; its days are asked for again next run", coin_id, exc)
             continue
         try:
-            archive_raw(settings.raw_dir, clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                        chart_payload(coin_id, settings.vs_currency, span, answers))
-        except OSError as exc:
-            log.warning("could not archive the raw answer for %s (%s); healing goes on", coin_id, exc.strerror or exc)
+            storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
+                            chart_payload(coin_id, settings.vs_currency, span, answers))
+        except (OSError, PipelineError) as exc:
+            log.warning("could not archive the raw answer for %s (%s); healing goes on", coin_id,
+                        getattr(exc, "strerror", None) or exc)
         coin_records, _ = records_from(coin_id, settings.vs_currency, answers, span)
-        wanted_days = {d.isoformat() for d in days}
-        coin_records = [r for r in coin_records if r.last_updated[:10] in wanted_days]
+        wanted_days = set(days)
+        coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in wanted_days]
         records.extend(coin_records)
-        unavailable[(coin_id, settings.vs_currency)] = wanted_days - {r.last_updated[:10] for r in coin_records}
-    report = merge(records, settings.csv_path, lock_timeout=settings.lock_timeout, unavailable=unavailable)
+        if not well_formed(answers):
+            log.warning("CoinGecko's answer for %s's missing days was malformed or empty; they are asked for "
+                        "again next run", coin_id)
+        unavailable[(coin_id, settings.vs_currency)] = lacking(wanted_days, coin_records, answers)
+    report = storage.merge(records, unavailable=unavailable, checked=now)
     return report.added, len(wanted)

@@ -8,9 +8,10 @@ from datetime import datetime, timezone
 
 from utils.daemon import StatusFile, parse_iso
 from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.gaps import coverage, ranges, read_observations
-from utils.pipeline import display_path
+from utils.index import SeriesInfo, day_of
+from utils.layout import display_path
 from utils.settings import Settings
+from utils.storage import storage_for
 
 
 def _when(text: object) -> str:
@@ -34,7 +35,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
                  now: datetime | None = None) -> int:
     """Print the status; exit 1 when there is neither a history nor a recorded run."""
     now = now or datetime.now(timezone.utc)
-    status = StatusFile(settings.state_dir / "status.json").read()
+    status = StatusFile(settings.layout.status).read()
     csv_path = settings.csv_path
     has_csv = csv_path.is_file()
     if not status and not has_csv:
@@ -62,18 +63,40 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     if not has_csv:
         out(f"history:      none yet at {display_path(csv_path)}")
         return EXIT_OK
-    info = coverage(read_observations(csv_path), settings.vs_currency, now.date())
-    out(f"history:      {display_path(csv_path)}: {info.rows} rows in {settings.vs_currency}, "
-        f"{len(info.coins)} coins")
-    if info.rows:
-        out(f"observations: first {info.first:%Y-%m-%d %H:%M} UTC, last {info.last:%Y-%m-%d %H:%M} UTC")
-        out(f"coins:        {', '.join(info.coins[:30])}{' ...' if len(info.coins) > 30 else ''}")
-        if info.total_missing:
-            out(f"days missing: {info.total_missing} coin-days without any observation "
-                f"(`python main.py backfill` fills them)")
-            for coin_id, days in list(info.missing_days.items())[:20]:
-                spans = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in ranges(days)[:5])
-                out(f"              {coin_id}: {len(days)} ({spans}{', ...' if len(ranges(days)) > 5 else ''})")
-        else:
-            out("days missing: none")
+    with storage_for(settings).index() as index:
+        currencies = index.currencies()
+        series = index.series()
+        rows, damaged = index.rows, index.damaged
+    out(f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
+        + (f" in {', '.join(currencies)}" if currencies else "")
+        + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else ""))
+    for currency in currencies or [settings.vs_currency]:
+        describe_currency(currency, [s for s in series if s.vs_currency == currency], now, out)
     return EXIT_OK
+
+
+def describe_currency(currency: str, series: list[SeriesInfo], now: datetime, out: Callable[[str], None]) -> None:
+    """Rows, coins, first and last observation and the days missing of one quote currency."""
+    if not series:
+        out(f"{currency}:          no rows")
+        return
+    rows = sum(s.rows for s in series)
+    first = datetime.fromtimestamp(min(s.first_ms for s in series) / 1000, timezone.utc)
+    last = datetime.fromtimestamp(max(s.last_ms for s in series) / 1000, timezone.utc)
+    coins = sorted(s.coin_id for s in series)
+    out(f"{currency}:          {rows} rows in {currency}, {len(coins)} coins")
+    out(f"observations: first {first:%Y-%m-%d %H:%M} UTC, last {last:%Y-%m-%d %H:%M} UTC")
+    out(f"coins:        {', '.join(coins[:30])}{' ...' if len(coins) > 30 else ''}")
+    today = now.date()
+    missing = {s.coin_id: s.missing(today) for s in series}
+    total = sum(s.missing_count(today) for s in series)
+    if not total:
+        out("days missing: none")
+        return
+    out(f"days missing: {total} coin-days without any observation (`python main.py backfill` fills them)")
+    for coin_id, spans in sorted(missing.items())[:20]:
+        if not spans:
+            continue
+        count = sum(b - a + 1 for a, b in spans)
+        text = ", ".join(str(day_of(a)) if a == b else f"{day_of(a)}..{day_of(b)}" for a, b in spans[:5])
+        out(f"              {coin_id}: {count} ({text}{', ...' if len(spans) > 5 else ''})")

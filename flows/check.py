@@ -37,7 +37,7 @@ def suggestions(client: CoinGeckoClient, coin_id: str, limit: int = 3) -> list[s
 def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
               out: Callable[[str], None] = print) -> int:
     """Check everything and print one line per finding; 0 only when all is fine."""
-    from utils.pipeline import make_client
+    from utils.clients import make_client
 
     ok = True
     with make_client(settings, sleep=sleep) as client:

@@ -7,16 +7,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 from lambdas.lambda_1_extract import archive_snapshot, extract
 from lambdas.lambda_2_transform import Rejected, transform
-from lambdas.lambda_3_load import LoadReport
 from utils.coingecko import CoinGeckoClient
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError, PipelineError
 from utils.settings import Settings
-from utils.storage import Storage, prepare_data_dir, storage_for
+from utils.layout import display_path
+from utils.storage import Storage, storage_for
+from utils.store import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RunResult:
     def outcome(self) -> Outcome:
         """The daemon's and the status file's view of this run."""
         return Outcome("ok" if self.exit_code == EXIT_OK else "partial", self.exit_code, self.load.appended,
-                       self.load.skipped_duplicates + self.load.skipped_stale, len(self.rejected),
+                       self.load.skipped_duplicates, len(self.rejected),
                        self.incomplete_coins, self.chart_error, self.summary())
 
     def summary(self) -> str:
@@ -61,7 +61,7 @@ class RunResult:
         word = "ok" if self.exit_code == EXIT_OK else "partial"
         got = len(self.requested) - len(self.incomplete_coins)
         coins = f"{got} coins" if word == "ok" else f"{got} of {len(self.requested)} coins"
-        skipped = self.load.skipped_duplicates + self.load.skipped_stale
+        skipped = self.load.skipped_duplicates
         parts = [coins, f"{self.load.appended} rows appended", f"{skipped} duplicates skipped",
                  f"{len(self.rejected)} rejected"]
         if self.healed:
@@ -73,24 +73,6 @@ class RunResult:
         if self.chart_error:
             line += f"; charts failed: {self.chart_error}"
         return line
-
-
-def display_path(path: Path | str) -> str:
-    """A path relative to the current folder when it lies inside it."""
-    if str(path).startswith("s3://"):
-        return str(path)
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> CoinGeckoClient:
-    """The CoinGecko client the settings describe."""
-    return CoinGeckoClient(settings.api_url, plan=settings.api_plan, api_key=settings.api_key,
-                           timeout=settings.timeout, max_retry_wait=settings.max_retry_wait, sleep=sleep,
-                           rate_limit=settings.rate_limit)
 
 
 def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
@@ -132,7 +114,7 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
 
 def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], clock: Clock) -> int:
     """Fill days missing since each coin's first observation; a failure here never fails the run."""
-    from utils.backfill import heal_gaps
+    from flows.backfill import heal_gaps
 
     try:
         added, _ = heal_gaps(settings, client, coins, clock=clock)
@@ -145,19 +127,12 @@ def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], cl
 def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
     """Charts after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
-        from utils.visualization import render_charts
+        from utils.visualization import chart_options, render_from_index
 
-        csv_path, out_dir = storage.local_csv()
-        report = render_charts(csv_path, out_dir, chart_options(settings))
+        _, out_dir = storage.local_csv()
+        with storage.index() as index:
+            report = render_from_index(index, out_dir, chart_options(settings), source=storage.csv_display)
         return storage.publish_charts(report.paths), None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
         log.debug("chart failure", exc_info=True)
         return (), str(exc) or type(exc).__name__
-
-
-def chart_options(settings: Settings):  # -> ChartOptions, imported lazily to keep matplotlib off start-up
-    """Chart options from the settings."""
-    from utils.visualization import ChartOptions
-
-    return ChartOptions(vs_currency=settings.vs_currency, coins=settings.plot_coins, since=settings.since,
-                        until=settings.until, days=settings.days, scale=settings.scale)

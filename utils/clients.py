@@ -1,0 +1,16 @@
+"""The CoinGecko client that a Settings object describes (shared by the flows and the Lambda handlers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from utils.coingecko import CoinGeckoClient
+from utils.settings import Settings
+
+
+def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> CoinGeckoClient:
+    """The CoinGecko client the settings describe."""
+    return CoinGeckoClient(settings.api_url, plan=settings.api_plan, api_key=settings.api_key,
+                           timeout=settings.timeout, max_retry_wait=settings.max_retry_wait, sleep=sleep,
+                           rate_limit=settings.rate_limit)

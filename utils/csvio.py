@@ -1,0 +1,354 @@
+"""The one CSV module: reads and writes the history's rows for every consumer.
+
+One definition of a valid row (`observation`), one record splitter (`scan`) that follows quoted
+multi-line cells and steps over damaged lines one physical line at a time, so a stray hand-added
+line never swallows or shifts the rows after it. Merges work on these parsed units, never on
+sorted physical lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+from utils.errors import LoadError, SchemaMismatch
+from utils.file_storage import describe_os_error
+from utils.layout import DataLayout
+from utils.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, LEGACY_COLUMNS, Record, parse_timestamp, rows_to_csv
+
+log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"
+WIDTH = len(COLUMNS)
+MAX_RECORD_LINES = 64  # a quoted cell may span lines; past this, the opening line is taken as damaged
+TAIL_PROBE = 256
+HEAD_PROBE = 4096
+TEMP_MAX_AGE = 3600.0  # seconds: a temp file older than this was left by a killed process
+
+I_NAME, I_SYMBOL, I_PRICE, I_CAP, I_TS, I_ID, I_VS, I_RANK = (
+    COLUMNS.index(c) for c in ("name", "symbol", "current_price", "market_cap", "last_updated", "coin_id",
+                               "vs_currency", "market_cap_rank"))
+DAY_MS = 86_400_000
+_CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+_EPOCH = date(1970, 1, 1)
+
+
+class Observation(NamedTuple):
+    """What the index keeps of one valid row."""
+
+    coin_id: str
+    vs_currency: str
+    ts_ms: int
+    price: float | None
+    market_cap: float | None
+    rank: int | None
+    name: str
+    symbol: str
+
+
+_day_ms_cache: dict[str, int] = {}
+
+
+def timestamp_ms(text: str) -> int:
+    """Milliseconds since 1970 UTC of an ISO 8601 timestamp; the canonical form takes a fast path. Raises ValueError."""
+    if len(text) == 24 and _CANONICAL_TS.match(text):
+        day = text[:10]
+        base = _day_ms_cache.get(day)
+        if base is None:
+            base = (date.fromisoformat(day) - _EPOCH).days * DAY_MS
+            if len(_day_ms_cache) < 100_000:
+                _day_ms_cache[day] = base
+        hours, minutes, seconds, millis = int(text[11:13]), int(text[14:16]), int(text[17:19]), int(text[20:23])
+        if hours > 23 or minutes > 59 or seconds > 59:
+            raise ValueError(f"not a time: {text!r}")
+        return base + ((hours * 60 + minutes) * 60 + seconds) * 1000 + millis
+    moment = parse_timestamp(text)
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)).days * DAY_MS + \
+        (moment.hour * 3600 + moment.minute * 60 + moment.second) * 1000 + moment.microsecond // 1000
+
+
+def _number(text: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+def observation(cells: list[str]) -> Observation | None:
+    """The observation a row holds, or None when the row is not a valid history row (the one definition)."""
+    if len(cells) != WIDTH:
+        return None
+    coin_id, vs = cells[I_ID], cells[I_VS]
+    if not COIN_ID_RE.match(coin_id) or not CURRENCY_RE.match(vs):
+        return None
+    try:
+        ts = timestamp_ms(cells[I_TS])
+    except (ValueError, OverflowError):
+        return None
+    rank_text = cells[I_RANK]
+    rank = int(rank_text) if rank_text.isdigit() and len(rank_text) < 10 else None
+    return Observation(coin_id, vs, ts, _number(cells[I_PRICE]), _number(cells[I_CAP]), rank, cells[I_NAME],
+                       cells[I_SYMBOL])
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One record of the file (or one damaged physical line): its byte span and its cells (None when damaged)."""
+
+    start: int
+    end: int
+    cells: list[str] | None
+
+
+def _split(text: str) -> list[str] | None:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    return rows[0] if len(rows) == 1 else None
+
+
+def scan(data: bytes, base: int = 0, width: int = WIDTH) -> Iterator[Unit]:
+    """Split CSV bytes (starting at a line start) into records with their offsets (base + position).
+
+    A line with balanced quotes is one record. A line with an open quote continues onto the next
+    lines until the quotes balance (a quoted multi-line cell); if that does not give one record of
+    `width` cells within MAX_RECORD_LINES, the opening line alone is damaged and the scan goes on
+    from the next line, so damage never spreads.
+    """
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    n = len(lines)
+    pos = 0
+    i = 0
+    while i < n:
+        line = lines[i]
+        quotes = line.count(b'"')
+        if quotes % 2 == 0:
+            end = pos + len(line) + 1
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            if not quotes:
+                cells: list[str] | None = text.split(",")
+            else:
+                cells = _split(text)
+            yield Unit(base + pos, base + end, cells)
+            pos, i = end, i + 1
+            continue
+        # An open quote: gather lines until the quotes balance.
+        j, total = i + 1, quotes
+        while j < n and j - i < MAX_RECORD_LINES:
+            total += lines[j].count(b'"')
+            j += 1
+            if total % 2 == 0:
+                break
+        if total % 2 == 0:
+            chunk = b"\n".join(lines[i:j])
+            cells = _split(chunk.decode("utf-8", "replace").replace("\r\n", "\n"))
+            if cells is not None and len(cells) == width:
+                end = pos + len(chunk) + 1
+                yield Unit(base + pos, base + end, cells)
+                pos, i = end, j
+                continue
+        end = pos + len(line) + 1
+        yield Unit(base + pos, base + end, None)
+        pos, i = end, i + 1
+
+
+def observations(data: bytes, base: int = 0) -> tuple[list[Observation], int]:
+    """The valid observations in CSV data lines, and how many lines were damaged."""
+    found: list[Observation] = []
+    damaged = 0
+    for unit in scan(data, base):
+        obs = observation(unit.cells) if unit.cells is not None else None
+        if obs is None:
+            if unit.cells is None or any(c.strip() for c in unit.cells):
+                damaged += 1
+            continue
+        found.append(obs)
+    return found, damaged
+
+
+# -- the file: header, tail, temp files ------------------------------------------------------------
+
+def read_header(csv_path: Path) -> tuple[str, ...] | None:
+    """The CSV's column names, or None if the file is missing or empty."""
+    try:
+        with open(csv_path, "rb") as fh:
+            first = fh.readline(1 << 16)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LoadError(describe_os_error(exc, csv_path, "read")) from None
+    if first.startswith(BOM):
+        first = first[len(BOM):]
+    if not first.strip():
+        return None
+    try:
+        return tuple(c.strip() for c in next(csv.reader([first.decode("utf-8").rstrip("\r\n")])))
+    except (UnicodeDecodeError, StopIteration, csv.Error):
+        raise SchemaMismatch(f"{csv_path} does not start with a CSV header: move it away or point "
+                             "--data-dir elsewhere") from None
+
+
+def check_header(csv_path: Path | str, header: tuple[str, ...]) -> None:
+    """Refuse a CSV whose columns are not ours, naming what is missing and extra."""
+    if header == COLUMNS:
+        return
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [c for c in header if c not in COLUMNS]
+    detail = []
+    if missing:
+        detail.append("missing " + ", ".join(missing))
+    if extra:
+        detail.append("extra " + ", ".join(extra))
+    if not detail:
+        detail.append("the columns are in another order")
+    raise SchemaMismatch(f"{csv_path} has columns this version does not write ({'; '.join(detail)}); "
+                         "nothing was changed: move the file away or use another --data-dir")
+
+
+def header_kind(csv_path: Path) -> str:
+    """'missing', 'empty', 'ours' or 'legacy'; raises SchemaMismatch for a foreign file (the same error everywhere)."""
+    if not csv_path.exists():
+        return "missing"
+    header = read_header(csv_path)
+    if header is None:
+        return "empty"
+    if header == LEGACY_COLUMNS:
+        return "legacy"
+    check_header(csv_path, header)
+    return "ours"
+
+
+def header_length(data: bytes) -> int:
+    """Bytes of the header line (and a BOM) at the start of a file's content."""
+    end = data.find(b"\n")
+    return len(data) if end < 0 else end + 1
+
+
+def probe_hashes(fh: io.BufferedReader, size: int) -> tuple[str, str]:
+    """Hashes of the file's first bytes and of the bytes that end at `size`: the file is still the one indexed."""
+    fh.seek(0)
+    head = hashlib.sha256(fh.read(min(size, HEAD_PROBE))).hexdigest()[:32]
+    start = max(0, size - TAIL_PROBE)
+    fh.seek(start)
+    tail = hashlib.sha256(fh.read(size - start)).hexdigest()[:32]
+    return head, tail
+
+
+def quarantine(layout: DataLayout, what: str, data: bytes) -> None:
+    """Keep bytes the history cannot hold in the quarantine file, with a line that says where they came from."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(layout.quarantine, "ab") as q:
+        q.write(f"# {stamp} {what}:\n".encode() + data + (b"" if data.endswith(b"\n") else b"\n"))
+        q.flush()
+        os.fsync(q.fileno())
+
+
+def repair_torn_tail(layout: DataLayout) -> int:
+    """Move a last line without its newline (a write cut short) to the quarantine file. Returns bytes moved."""
+    csv_path = layout.csv
+    with open(csv_path, "rb") as probe:  # read-only first: a sound file is never opened for writing here
+        size = probe.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        probe.seek(size - 1)
+        if probe.read(1) == b"\n":
+            return 0
+    with open(csv_path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        pos, cut = size, 0
+        while pos > 0:  # the last newline, reading backwards in blocks
+            step = min(65536, pos)
+            pos -= step
+            fh.seek(pos)
+            block = fh.read(step)
+            idx = block.rfind(b"\n")
+            if idx >= 0:
+                cut = pos + idx + 1
+                break
+        if cut == 0:
+            raise SchemaMismatch(f"{csv_path} holds no complete line, not even a header: move it away")
+        fh.seek(cut)
+        torn = fh.read()
+        quarantine(layout, f"torn last line of {csv_path.name} at byte {cut}", torn)
+        fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("the last line of %s was cut short by an interrupted write; moved its %d bytes to %s",
+                csv_path, len(torn), layout.quarantine)
+    return len(torn)
+
+
+def remove_stale_temp_files(layout: DataLayout, now: float | None = None) -> int:
+    """Delete this program's temporary files older than an hour (left by a killed process). Call under the lock."""
+    now = time.time() if now is None else now
+    removed = 0
+    for stale in layout.temp_files():
+        try:
+            if now - stale.stat().st_mtime < TEMP_MAX_AGE:
+                continue
+            stale.unlink()
+            removed += 1
+            log.info("removed %s, left by an interrupted write", stale.name)
+        except OSError:
+            pass
+    return removed
+
+
+def refuse_symlink(path: Path, what: str) -> None:
+    """One symlink policy for the files we rewrite: never write through a link (the data folder itself may be one)."""
+    if path.is_symlink():
+        from utils.errors import ConfigError
+
+        raise ConfigError(f"{path} is a symbolic link; the {what} is never written through a link: replace the "
+                          "link with the file it points to, or point --data-dir at the folder that holds it")
+
+
+def refuse_read_only(path: Path) -> None:
+    """A CSV its owner made read-only is never replaced or appended to."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if not mode & 0o222:
+        raise LoadError(describe_os_error(OSError(errno.EACCES, "read-only"), path, "write to") +
+                        " (the file is read-only; make it writable with chmod u+w to let the pipeline add to it)")
+
+
+# -- merges ---------------------------------------------------------------------------------------
+
+def merged_body(body: bytes, records: list[Record]) -> bytes:
+    """Data lines with `records` woven in by time, existing records and damaged lines kept byte for byte in order.
+
+    The records must be new (not in the body). Pure: no I/O.
+    """
+    new = sorted(records, key=lambda r: r.last_updated)
+    new_ms = [timestamp_ms(r.last_updated) for r in new]
+    out = io.BytesIO()
+    k = 0
+    for unit in scan(body):
+        obs = observation(unit.cells) if unit.cells is not None and k < len(new) else None
+        if obs is not None:
+            start = k
+            while k < len(new) and new_ms[k] < obs.ts_ms:
+                k += 1
+            if k > start:
+                out.write(rows_to_csv(new[start:k]).encode("utf-8"))
+        chunk = body[unit.start:unit.end]
+        out.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
+    if k < len(new):
+        out.write(rows_to_csv(new[k:]).encode("utf-8"))
+    return out.getvalue()

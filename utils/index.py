@@ -1,0 +1,443 @@
+"""The history's index: an SQLite file beside the CSV that answers what the program asks of the history.
+
+It holds the key of every stored observation (coin and time as integers), the last observation of
+each UTC day (the charts' daily points), each series' covered days as ranges, the days CoinGecko
+had no data for (as ranges, with when that was asked), and which bytes of the CSV it covers.
+Everything in it can be rebuilt from the CSV; the CSV stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from utils import csvio
+from utils.csvio import DAY_MS, Observation
+from utils.schema import COLUMNS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask again after this long
+_EPOCH = date(1970, 1, 1)
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, coin_id TEXT NOT NULL, vs_currency TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
+    symbol TEXT NOT NULL DEFAULT '', label_ms INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0,
+    first_ms INTEGER, last_ms INTEGER, UNIQUE (coin_id, vs_currency));
+CREATE TABLE IF NOT EXISTS obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (series, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daily (
+    series INTEGER NOT NULL, day INTEGER NOT NULL, ts INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER,
+    PRIMARY KEY (series, day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS covered (
+    series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL,
+    PRIMARY KEY (series, first_day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unavailable (
+    series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL, checked_ms INTEGER NOT NULL,
+    PRIMARY KEY (series, first_day)) WITHOUT ROWID;
+"""
+_DATA_TABLES = ("series", "obs", "daily", "covered", "unavailable")
+
+Range = tuple[int, int]  # first and last day number (days since 1970-01-01), inclusive
+
+
+def day_number(day: date) -> int:
+    return (day - _EPOCH).days
+
+
+def day_of(number: int) -> date:
+    return _EPOCH + timedelta(days=number)
+
+
+def to_ranges(days: Iterable[int]) -> list[Range]:
+    """Day numbers folded into (first, last) ranges of consecutive days."""
+    out: list[Range] = []
+    for day in sorted(set(days)):
+        if out and day == out[-1][1] + 1:
+            out[-1] = (out[-1][0], day)
+        else:
+            out.append((day, day))
+    return out
+
+
+def subtract(span: Range, holes: Sequence[Range]) -> list[Range]:
+    """The parts of span not in any of the holes (sorted, non-overlapping)."""
+    out: list[Range] = []
+    start, end = span
+    for first, last in holes:
+        if last < start or first > end:
+            continue
+        if first > start:
+            out.append((start, first - 1))
+        start = max(start, last + 1)
+        if start > end:
+            break
+    if start <= end:
+        out.append((start, end))
+    return out
+
+
+@dataclass(frozen=True)
+class FileMark:
+    """Which CSV bytes the index covers, and how to tell it is still that file."""
+
+    size: int
+    head: str
+    tail: str
+    inode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One (coin, currency) in the history."""
+
+    coin_id: str
+    vs_currency: str
+    name: str
+    symbol: str
+    rows: int
+    first_ms: int
+    last_ms: int
+    covered: tuple[Range, ...]
+
+    @property
+    def first_day(self) -> int:
+        return self.first_ms // DAY_MS
+
+    def missing(self, today: date) -> list[Range]:
+        """Complete UTC days (before today) since the first observation that have none."""
+        end = day_number(today) - 1
+        if end < self.first_day:
+            return []
+        return subtract((self.first_day, end), self.covered)
+
+    def missing_count(self, today: date) -> int:
+        return sum(b - a + 1 for a, b in self.missing(today))
+
+
+@dataclass(frozen=True)
+class DailyPoints:
+    """The last observation of each UTC day, per series, ordered by series then day."""
+
+    coin_id: list[str]
+    name: list[str]
+    symbol: list[str]
+    series: list[int]  # index into coin_id/name/symbol, one per point
+    ts_ms: list[int]
+    price: list[float | None]
+    cap: list[float | None]
+
+
+class HistoryIndex:
+    """The SQLite index of one CSV history (WAL mode; ':memory:' for a read-only data folder)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=120.0, check_same_thread=False)
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_TABLES)
+        if self._meta("version") != SCHEMA_VERSION or self._meta("columns") != ",".join(COLUMNS):
+            self._reset()
+        self._ids: dict[tuple[str, str], int] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> HistoryIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, **values: object) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
+                            [(k, str(v)) for k, v in values.items()])
+
+    def _reset(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        for table in _DATA_TABLES + ("meta",):
+            self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        self._set_meta(version=SCHEMA_VERSION, columns=",".join(COLUMNS), rows=0, damaged=0)
+        self.db.execute("COMMIT")
+        self._ids = {}
+
+    def mark(self) -> FileMark | None:
+        try:
+            return FileMark(int(self._meta("size") or ""), self._meta("head") or "", self._meta("tail") or "",
+                            int(self._meta("inode") or ""), int(self._meta("mtime_ns") or ""))
+        except ValueError:
+            return None
+
+    @property
+    def rows(self) -> int:
+        """Valid rows in the CSV (a row stored twice by hand counts twice; its key once)."""
+        return int(self._meta("rows") or 0)
+
+    @property
+    def damaged(self) -> int:
+        """Lines of the CSV that are not valid rows (kept in place, never read as data)."""
+        return int(self._meta("damaged") or 0)
+
+    def _mark_file(self, fh, extra_rows: int, extra_damaged: int) -> None:
+        st = os.fstat(fh.fileno())
+        head, tail = csvio.probe_hashes(fh, st.st_size)
+        self._set_meta(size=st.st_size, head=head, tail=tail, inode=st.st_ino, mtime_ns=st.st_mtime_ns,
+                       rows=self.rows + extra_rows, damaged=self.damaged + extra_damaged)
+
+    # -- keeping up with the CSV ------------------------------------------------------------------
+
+    def sync(self, csv_path: Path) -> str:
+        """Bring the index up to the CSV: 'fresh', 'caught up' (from the recorded offset) or 'rebuilt'."""
+        with open(csv_path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            mark = self.mark()
+            if mark is not None and mark.inode == st.st_ino and mark.size <= st.st_size:
+                if csvio.probe_hashes(fh, mark.size) == (mark.head, mark.tail):
+                    if mark.size == st.st_size and mark.mtime_ns == st.st_mtime_ns:
+                        return "fresh"
+                    if mark.size < st.st_size:
+                        fh.seek(mark.size)
+                        found, damaged = csvio.observations(fh.read(st.st_size - mark.size), mark.size)
+                        self.db.execute("BEGIN IMMEDIATE")
+                        try:
+                            self._add(found)
+                            self._mark_file(fh, len(found), damaged)
+                            self.db.execute("COMMIT")
+                        except BaseException:
+                            self.db.execute("ROLLBACK")
+                            raise
+                        log.debug("index of %s caught up with %d rows", csv_path, len(found))
+                        return "caught up"
+            self.rebuild(fh, csv_path)
+            return "rebuilt"
+
+    def rebuild(self, fh, csv_path: Path) -> None:
+        """Index the whole CSV anew (the file was rewritten, edited, or the index is new)."""
+        fh.seek(0)
+        data = fh.read()
+        start = csvio.header_length(data)
+        found, damaged = csvio.observations(data[start:], start)
+        del data
+        self._reset()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._add(found, bulk=True)
+            self._mark_file(fh, len(found), damaged)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        level = logging.INFO if len(found) > 100_000 else logging.DEBUG
+        log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, len(found), damaged)
+
+    def record_append(self, found: list[Observation], fh) -> None:
+        """After appending these rows to the CSV (open as fh): their keys and the new length, in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._add(found)
+            self._mark_file(fh, len(found), 0)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _series_ids(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        wanted = set(keys) - self._ids.keys()
+        if wanted:
+            self.db.executemany("INSERT OR IGNORE INTO series (coin_id, vs_currency) VALUES (?, ?)", sorted(wanted))
+            for sid, coin_id, vs in self.db.execute("SELECT id, coin_id, vs_currency FROM series"):
+                self._ids[(coin_id, vs)] = sid
+        return self._ids
+
+    def _add(self, found: list[Observation], *, bulk: bool = False) -> None:
+        """Record observations (inside a transaction): keys, daily points, series stats, covered days."""
+        if not found:
+            return
+        ids = self._series_ids((o.coin_id, o.vs_currency) for o in found)
+        keys = sorted({(ids[(o.coin_id, o.vs_currency)], o.ts_ms) for o in found})
+        self.db.executemany("INSERT OR IGNORE INTO obs (series, ts) VALUES (?, ?)", keys)
+        last_of_day: dict[tuple[int, int], Observation] = {}
+        stats: dict[int, list] = {}
+        for o in found:
+            sid = ids[(o.coin_id, o.vs_currency)]
+            slot = (sid, o.ts_ms // DAY_MS)
+            held = last_of_day.get(slot)
+            if held is None or o.ts_ms >= held.ts_ms:
+                last_of_day[slot] = o
+            s = stats.get(sid)
+            if s is None:
+                stats[sid] = [1, o.ts_ms, o.ts_ms, o]
+            else:
+                s[0] += 1
+                if o.ts_ms < s[1]:
+                    s[1] = o.ts_ms
+                if o.ts_ms > s[2]:
+                    s[2] = o.ts_ms
+                if o.name and o.ts_ms >= s[3].ts_ms or not s[3].name:
+                    s[3] = o
+        self.db.executemany(
+            "INSERT INTO daily (series, day, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (series, day) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
+            "rank = excluded.rank WHERE excluded.ts >= daily.ts",
+            [(sid, day, o.ts_ms, o.price, o.market_cap, o.rank) for (sid, day), o in sorted(last_of_day.items())])
+        self.db.executemany(
+            "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
+            "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
+            [(n, lo, lo, hi, hi, sid) for sid, (n, lo, hi, _) in stats.items()])
+        self.db.executemany(
+            "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
+            [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in stats.items() if o.name])
+        days_by_series: dict[int, set[int]] = defaultdict(set)
+        for sid, day in last_of_day:
+            days_by_series[sid].add(day)
+        for sid, days in days_by_series.items():
+            self._cover(sid, days, replace=bulk)
+
+    def _cover(self, sid: int, days: set[int], *, replace: bool = False) -> None:
+        """Fold days into the series' covered ranges, and take them out of its unavailable ranges."""
+        held = [] if replace else self.db.execute(
+            "SELECT first_day, last_day FROM covered WHERE series = ? ORDER BY first_day", (sid,)).fetchall()
+        if held and all(any(a <= d <= b for a, b in held) for d in days):
+            return
+        merged = _union(held, to_ranges(days))
+        self.db.execute("DELETE FROM covered WHERE series = ?", (sid,))
+        self.db.executemany("INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)",
+                            [(sid, a, b) for a, b in merged])
+        if self.db.execute("SELECT 1 FROM unavailable WHERE series = ? LIMIT 1", (sid,)).fetchone():
+            self._set_unavailable(sid, remove=days)
+
+    def _set_unavailable(self, sid: int, add: Iterable[int] = (), remove: Iterable[int] = (),
+                         checked_ms: int = 0) -> None:
+        rows = self.db.execute("SELECT first_day, last_day, checked_ms FROM unavailable WHERE series = ?",
+                               (sid,)).fetchall()
+        by_day = {d: c for a, b, c in rows for d in range(a, b + 1)}
+        for d in add:
+            by_day[d] = checked_ms
+        for d in remove:
+            by_day.pop(d, None)
+        out: list[tuple[int, int, int]] = []
+        for d in sorted(by_day):
+            if out and d == out[-1][1] + 1 and by_day[d] == out[-1][2]:
+                out[-1] = (out[-1][0], d, out[-1][2])
+            else:
+                out.append((d, d, by_day[d]))
+        self.db.execute("DELETE FROM unavailable WHERE series = ?", (sid,))
+        self.db.executemany("INSERT INTO unavailable (series, first_day, last_day, checked_ms) VALUES (?, ?, ?, ?)",
+                            [(sid, a, b, c) for a, b, c in out])
+
+    def mark_unavailable(self, days: dict[tuple[str, str], set[date]], checked_ms: int) -> None:
+        """Remember days a well-formed answer had no data for, so healing asks again only after a while."""
+        if not days:
+            return
+        ids = self._series_ids(days)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for key, wanted in days.items():
+                covered = self.db.execute("SELECT first_day, last_day FROM covered WHERE series = ?",
+                                          (ids[key],)).fetchall()
+                numbers = [n for n in map(day_number, wanted) if not any(a <= n <= b for a, b in covered)]
+                if numbers:
+                    self._set_unavailable(ids[key], add=numbers, checked_ms=checked_ms)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def has(self, coin_id: str, vs_currency: str, ts_ms: int) -> bool:
+        sid = self._ids.get((coin_id, vs_currency))
+        if sid is None:
+            row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
+                                  (coin_id, vs_currency)).fetchone()
+            if row is None:
+                return False
+            sid = self._ids[(coin_id, vs_currency)] = row[0]
+        return self.db.execute("SELECT 1 FROM obs WHERE series = ? AND ts = ?", (sid, ts_ms)).fetchone() is not None
+
+    def series(self, vs_currency: str | None = None) -> list[SeriesInfo]:
+        """Every (coin, currency) with its rows, first and last observation and covered day ranges."""
+        ranges: dict[int, list[Range]] = defaultdict(list)
+        for sid, a, b in self.db.execute("SELECT series, first_day, last_day FROM covered ORDER BY series, first_day"):
+            ranges[sid].append((a, b))
+        query = "SELECT id, coin_id, vs_currency, name, symbol, rows, first_ms, last_ms FROM series WHERE rows > 0"
+        args: tuple = ()
+        if vs_currency is not None:
+            query += " AND vs_currency = ?"
+            args = (vs_currency,)
+        return [SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
+                for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)]
+
+    def currencies(self) -> list[str]:
+        return [v for (v,) in self.db.execute("SELECT DISTINCT vs_currency FROM series WHERE rows > 0 ORDER BY 1")]
+
+    def unavailable(self, coin_id: str, vs_currency: str, now_ms: int) -> list[Range]:
+        """Days CoinGecko had no data for when asked within the last RETRY_UNAVAILABLE_DAYS days."""
+        since = now_ms - RETRY_UNAVAILABLE_DAYS * DAY_MS
+        return [(a, b) for a, b in self.db.execute(
+            "SELECT u.first_day, u.last_day FROM unavailable u JOIN series s ON s.id = u.series "
+            "WHERE s.coin_id = ? AND s.vs_currency = ? AND u.checked_ms >= ? ORDER BY u.first_day",
+            (coin_id, vs_currency, since))]
+
+    def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int) -> list[Range]:
+        """Days to heal: missing since the first observation, less those recently found unavailable."""
+        info = next((s for s in self.series(vs_currency) if s.coin_id == coin_id), None)
+        if info is None:
+            return []
+        holes = sorted(self.unavailable(coin_id, vs_currency, now_ms))
+        out: list[Range] = []
+        for span in info.missing(today):
+            out.extend(subtract(span, holes))
+        return out
+
+    def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None
+                     ) -> DailyPoints:
+        """The last observation of each UTC day of every coin in one currency, within the days given."""
+        labels = self.db.execute("SELECT id, coin_id, name, symbol FROM series WHERE vs_currency = ? AND rows > 0 "
+                                 "ORDER BY coin_id", (vs_currency,)).fetchall()
+        position = {sid: i for i, (sid, _, _, _) in enumerate(labels)}
+        lo = first_day if first_day is not None else -10**9
+        hi = last_day if last_day is not None else 10**9
+        series: list[int] = []
+        ts: list[int] = []
+        price: list[float | None] = []
+        cap: list[float | None] = []
+        for sid, t, p, c in self.db.execute(
+                "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
+                "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.series, d.day", (vs_currency, lo, hi)):
+            series.append(position[sid])
+            ts.append(t)
+            price.append(p)
+            cap.append(c)
+        return DailyPoints([c for _, c, _, _ in labels], [n for _, _, n, _ in labels], [s for _, _, _, s in labels],
+                           series, ts, price, cap)
+
+
+def _union(a: list[Range], b: list[Range]) -> list[Range]:
+    """Two sorted range lists merged, adjacent ranges joined."""
+    out: list[Range] = []
+    for first, last in sorted(a + b):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out

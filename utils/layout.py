@@ -1,0 +1,110 @@
+"""The data folder's layout: the one object that names every path in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CSV_NAME = "crypto_data.csv"
+PRICE_CHART = "crypto_price_trend.png"
+MARKET_CAP_CHART = "crypto_market_cap_trend.png"
+PERFORMANCE_CHART = "crypto_performance.png"
+CHART_NAMES = (PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART)
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Where the history, its index, its companions and every scratch file of one data folder live."""
+
+    data_dir: Path
+    csv_name: str = CSV_NAME
+
+    @property
+    def csv(self) -> Path:
+        """The user's history: the source of truth."""
+        return self.data_dir / self.csv_name
+
+    @property
+    def quarantine(self) -> Path:
+        """Torn last lines and unmappable legacy rows, kept for the user to look at."""
+        return self.data_dir / f"{self.csv_name}.quarantine"
+
+    def legacy_backup(self, stamp: str) -> Path:
+        """The original seven-column file, kept when it is migrated."""
+        return self.data_dir / f"{self.csv_name}.legacy-{stamp}.bak"
+
+    @property
+    def state_dir(self) -> Path:
+        """The program's own files: everything in it can be rebuilt from the CSV."""
+        return self.data_dir / ".state"
+
+    @property
+    def index(self) -> Path:
+        """The SQLite index of the history (keys, daily points, day coverage)."""
+        return self.state_dir / f"{self.csv_name}.index.sqlite"
+
+    @property
+    def old_state(self) -> Path:
+        """The JSON state of versions before the index; removed when found."""
+        return self.state_dir / f"{self.csv_name}.state.json"
+
+    @property
+    def lock(self) -> Path:
+        """The cross-process lock every writer of the history takes."""
+        return self.state_dir / f"{self.csv_name}.lock"
+
+    @property
+    def status(self) -> Path:
+        """The last run's outcome and the daemon's schedule."""
+        return self.state_dir / "status.json"
+
+    @property
+    def daemon_pid(self) -> Path:
+        """One daemon per data folder: its PID, locked while it runs."""
+        return self.state_dir / "daemon.pid"
+
+    def manifest(self, name: str) -> Path:
+        """A resumable backfill's progress."""
+        return self.state_dir / f"{name}.json"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Raw API answers as gzip JSON under raw/YYYY/MM/DD/."""
+        return self.data_dir / "raw"
+
+    def chart(self, name: str) -> Path:
+        return self.data_dir / name
+
+    @property
+    def charts(self) -> tuple[Path, ...]:
+        return tuple(self.chart(name) for name in CHART_NAMES)
+
+    def temp_prefix(self, final: Path) -> str:
+        """The name prefix of a temporary file that becomes `final` once renamed."""
+        return f".{final.name}."
+
+    def temp_files(self) -> list[Path]:
+        """Temporary files this program writes in the data folder and its state folder."""
+        found: list[Path] = []
+        for folder in (self.data_dir, self.state_dir):
+            try:
+                found.extend(p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file() and not p.is_symlink())
+            except OSError:
+                continue
+        return found
+
+    def managed(self) -> tuple[Path, ...]:
+        """Every file and folder the pipeline writes: nothing else may be pointed at them (a log file, say)."""
+        return (self.csv, self.quarantine, self.state_dir, self.raw_dir, *self.charts)
+
+
+def display_path(path: Path | str) -> str:
+    """A path relative to the current folder when it lies inside it; s3:// locations as they are."""
+    if str(path).startswith("s3://"):
+        return str(path)
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)

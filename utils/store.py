@@ -1,0 +1,379 @@
+"""The local history store: the CSV (the user's file) plus its SQLite index, written only under the lock.
+
+One load = one CSV append (one write, fsync) then one index transaction; a crash between the two
+is caught up from the recorded offset next time. An observation is appended exactly when its key
+(coin_id, vs_currency, last_updated) is not in the index, in whatever order observations arrive.
+Merges (backfill, heal, legacy migration) weave parsed rows into the file, write a temp file, fsync,
+`os.replace`, then record the new keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from utils import csvio
+from utils.errors import LoadError, LockTimeout
+from utils.file_storage import atomic_write_bytes, describe_os_error, ensure_dir
+from utils.index import HistoryIndex
+from utils.layout import DataLayout
+from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, Record, format_cell, \
+    normalize_timestamp, rows_to_csv, safe_text
+
+log = logging.getLogger(__name__)
+
+LEGACY_CURRENCY = "eur"
+# The original script's nine coins, by the names and symbols CoinGecko gave them.
+LEGACY_IDS = {
+    "bitcoin": "bitcoin", "btc": "bitcoin",
+    "ethereum": "ethereum", "eth": "ethereum",
+    "bnb": "binancecoin", "binance coin": "binancecoin",
+    "cardano": "cardano", "ada": "cardano",
+    "solana": "solana", "sol": "solana",
+    "dogecoin": "dogecoin", "doge": "dogecoin",
+    "polkadot": "polkadot", "dot": "polkadot",
+    "litecoin": "litecoin", "ltc": "litecoin",
+    "avalanche": "avalanche-2", "avax": "avalanche-2",
+}
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What migrating a seven-column CSV did."""
+
+    rows_read: int
+    rows_written: int
+    exact_duplicates: int
+    conflicting_duplicates: int
+    unmapped: int
+    backup: Path
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one load did to the history."""
+
+    csv_path: Path | str  # a str for an s3:// history
+    appended: int
+    skipped_duplicates: int
+    quarantined_bytes: int = 0
+    migration: MigrationReport | None = None
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What merging observations of any age into the history did."""
+
+    csv_path: Path | str
+    added: int
+    skipped_duplicates: int
+    rows: int
+
+
+def new_records(records: list[Record], has: object) -> tuple[list[Record], int]:
+    """The records whose key is not stored (nor earlier in the batch), and how many were true duplicates."""
+    fresh: list[Record] = []
+    seen: set[tuple[str, str, int]] = set()
+    duplicates = 0
+    for record in records:
+        key = (record.coin_id, record.vs_currency, csvio.timestamp_ms(record.last_updated))
+        if key in seen or has(*key):  # type: ignore[operator]
+            duplicates += 1
+            continue
+        seen.add(key)
+        fresh.append(record)
+    return fresh, duplicates
+
+
+def as_observations(records: list[Record]) -> list[csvio.Observation]:
+    """What the index keeps of records about to be stored (the same rule as reading them back)."""
+    return [o for o in (csvio.observation(r.to_row()) for r in records) if o is not None]
+
+
+class HistoryStore:
+    """A local data folder's history: CSV, index, lock, quarantine."""
+
+    def __init__(self, layout: DataLayout, lock_timeout: float = 300.0) -> None:
+        self.layout = layout
+        self.lock_timeout = lock_timeout
+
+    @property
+    def csv_path(self) -> Path:
+        return self.layout.csv
+
+    # -- the lock and the file ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cross-process lock that every writer of the history takes."""
+        ensure_dir(self.layout.state_dir)
+        csvio.refuse_symlink(self.layout.state_dir, "state folder")
+        lock = FileLock(str(self.layout.lock), timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockTimeout(f"another process has held the lock on {self.csv_path} for {self.lock_timeout:g} s; "
+                              "wait for it to finish or raise --lock-timeout") from None
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, self.layout.state_dir, "lock the history in")) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _prepare(self) -> tuple[int, MigrationReport | None]:
+        """Make the CSV ready to write (under the lock): header, legacy migration, torn tail, stale temp files."""
+        csv_path = self.csv_path
+        csvio.refuse_symlink(csv_path, "history CSV")
+        csvio.remove_stale_temp_files(self.layout)
+        with contextlib.suppress(OSError):
+            self.layout.old_state.unlink()  # the JSON state of earlier versions; the index replaces it
+        kind = csvio.header_kind(csv_path)  # a foreign file is refused before anything is written
+        if kind in ("missing", "empty"):
+            if kind == "empty":
+                csvio.refuse_read_only(csv_path)
+            atomic_write_bytes(csv_path, HEADER_LINE.encode())
+            return 0, None
+        csvio.refuse_read_only(csv_path)
+        if kind == "legacy":
+            # Never appended to by this pipeline, so a missing final newline is not a torn write: migrate it whole.
+            return 0, self._migrate_legacy()
+        return csvio.repair_torn_tail(self.layout), None
+
+    def _index(self) -> HistoryIndex:
+        try:
+            csvio.refuse_symlink(self.layout.index, "history index")
+            return HistoryIndex(self.layout.index)
+        except sqlite3.DatabaseError as exc:
+            # A corrupt or foreign index file: it holds nothing the CSV does not, so start it again.
+            log.warning("the index %s is unreadable (%s); rebuilding it from the CSV", self.layout.index, exc)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    Path(str(self.layout.index) + suffix).unlink()
+            return HistoryIndex(self.layout.index)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def append(self, records: list[Record]) -> LoadReport:
+        """Append the records whose key is not stored yet: one write + fsync, then one index transaction."""
+        if not self.layout.data_dir.is_dir():
+            try:
+                self.layout.data_dir.mkdir(exist_ok=True)  # another process may create it at the same moment
+            except OSError as exc:
+                raise LoadError(describe_os_error(exc, self.layout.data_dir, "create the data folder")) from None
+        with self.locked():
+            try:
+                quarantined, migration = self._prepare()
+                index = self._index()
+            except OSError as exc:
+                raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was appended") from None
+            with index:
+                self._sync(index)
+                fresh, duplicates = new_records(records, index.has)
+                if fresh:
+                    self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
+        return LoadReport(csv_path=self.csv_path, appended=len(fresh), skipped_duplicates=duplicates,
+                          quarantined_bytes=quarantined, migration=migration)
+
+    def _sync(self, index: HistoryIndex) -> None:
+        try:
+            index.sync(self.csv_path)
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, self.csv_path, "read")) from None
+
+    def _append_bytes(self, data: bytes, index: HistoryIndex, found: list[csvio.Observation]) -> None:
+        """Append in one write, fsync, record the keys; on a failed write cut the file back to its old length."""
+        try:
+            fd = os.open(self.csv_path, os.O_RDWR | os.O_APPEND)
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, self.csv_path, "open for appending") + "; nothing was appended") \
+                from None
+        with os.fdopen(fd, "rb+", buffering=0) as fh:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(fd, view[written:])
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                raise LoadError(describe_os_error(exc, self.csv_path, "append to") + "; nothing was appended") \
+                    from None
+            try:
+                index.record_append(found, fh)
+            except sqlite3.Error as exc:
+                # The rows are in the CSV; the next load catches the index up from its recorded offset.
+                log.warning("could not update the index %s (%s); the next run catches it up", self.layout.index, exc)
+
+    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
+              checked: datetime | None = None) -> MergeReport:
+        """Weave observations of any age into the history (temp file, fsync, rename), then index them.
+
+        `unavailable`: days a well-formed answer had no data for; healing asks for them again only later.
+        """
+        if not self.layout.data_dir.is_dir():
+            raise LoadError(f"cannot merge into {self.csv_path}: the folder does not exist")
+        with self.locked():
+            try:
+                self._prepare()
+                index = self._index()
+            except OSError as exc:
+                raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was merged") from None
+            with index:
+                self._sync(index)
+                fresh, duplicates = new_records(records, index.has)
+                if fresh:
+                    try:
+                        with open(self.csv_path, "rb") as fh:
+                            content = fh.read()
+                    except OSError as exc:
+                        raise LoadError(describe_os_error(exc, self.csv_path, "read") + "; nothing was merged") \
+                            from None
+                    start = csvio.header_length(content)
+                    body = csvio.merged_body(content[start:], fresh)
+                    try:
+                        atomic_write_bytes(self.csv_path, content[:start] + body)
+                    except OSError as exc:
+                        raise LoadError(describe_os_error(exc, self.csv_path, "rewrite") +
+                                        "; the history is unchanged") from None
+                    with open(self.csv_path, "rb") as fh:
+                        self._record_merge(index, as_observations(fresh), fh)
+                if unavailable:
+                    moment = checked or datetime.now(timezone.utc)
+                    index.mark_unavailable(unavailable, int(moment.timestamp() * 1000))
+                rows = index.rows
+        return MergeReport(csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows)
+
+    def _record_merge(self, index: HistoryIndex, found: list[csvio.Observation], fh) -> None:
+        try:
+            index.record_append(found, fh)
+        except sqlite3.Error as exc:
+            log.warning("could not update the index %s (%s); the next run rebuilds it", self.layout.index, exc)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def index(self) -> Iterator[HistoryIndex]:
+        """The index, brought up to the CSV; in memory when the data folder cannot hold it (read-only)."""
+        if csvio.header_kind(self.csv_path) in ("missing", "empty"):
+            with HistoryIndex(":memory:") as empty:
+                yield empty
+            return
+        try:
+            with self.locked():
+                self._prepare()
+                index = self._index()
+                try:
+                    self._sync(index)
+                except BaseException:
+                    index.close()
+                    raise
+        except (LoadError, OSError, sqlite3.Error) as exc:
+            if isinstance(exc, LockTimeout):
+                raise
+            log.debug("reading %s without its index (%s)", self.csv_path, exc)
+            index = HistoryIndex(":memory:")
+            try:
+                with open(self.csv_path, "rb") as fh:
+                    index.rebuild(fh, self.csv_path)
+            except OSError as err:
+                index.close()
+                raise LoadError(describe_os_error(err, self.csv_path, "read")) from None
+        with index:
+            yield index
+
+    # -- the original script's seven-column file ------------------------------------------------
+
+    def _migrate_legacy(self) -> MigrationReport:
+        """Rewrite the original script's seven-column CSV in today's layout, keeping the original as a backup."""
+        csv_path = self.csv_path
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        backup = self.layout.legacy_backup(stamp)
+        try:
+            shutil.copy2(csv_path, backup)
+            with open(backup, "rb") as fh:
+                os.fsync(fh.fileno())
+            content = csv_path.read_bytes()
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, csv_path, "migrate")) from None
+        start = csvio.header_length(content)
+        units = list(csvio.scan(content[start:], start, width=len(LEGACY_COLUMNS)))
+
+        seen_rows: set[tuple[str, ...]] = set()
+        seen_keys: set[tuple[str, int]] = set()
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        exact = conflicting = unmapped = written = 0
+        unmapped_lines = io.BytesIO()
+        out.write(HEADER_LINE)
+        rows_read = 0
+        for unit in units:
+            row = unit.cells
+            if row is not None and not any(cell.strip() for cell in row):
+                continue
+            rows_read += 1
+            if row is not None and tuple(row) in seen_rows:
+                exact += 1
+                continue
+            try:
+                if row is None or len(row) != len(LEGACY_COLUMNS):
+                    raise ValueError("wrong number of fields")
+                seen_rows.add(tuple(row))
+                name, symbol, price, cap, change, supply, updated = row
+                coin_id = LEGACY_IDS.get(name.strip().lower()) or LEGACY_IDS.get(symbol.strip().lower())
+                if coin_id is None:
+                    raise ValueError("not one of the nine original coins")
+                updated = normalize_timestamp(updated)
+                cells = {"name": safe_text(name), "symbol": safe_text(symbol), "current_price": _legacy_number(price),
+                         "market_cap": _legacy_number(cap), "price_change_percentage_24h": _legacy_number(change),
+                         "circulating_supply": _legacy_number(supply), "last_updated": updated,
+                         "coin_id": coin_id, "vs_currency": LEGACY_CURRENCY, "source": SOURCE_LEGACY}
+            except (ValueError, OverflowError):
+                unmapped += 1
+                unmapped_lines.write(content[unit.start:unit.end].rstrip(b"\n") + b"\n")
+                continue
+            key = (coin_id, csvio.timestamp_ms(updated))
+            if key in seen_keys:
+                conflicting += 1
+                continue
+            seen_keys.add(key)
+            writer.writerow([cells.get(c, "") for c in COLUMNS])
+            written += 1
+        try:
+            if unmapped:
+                csvio.quarantine(self.layout, f"legacy rows of {csv_path.name} that could not be mapped "
+                                              f"(also kept in {backup.name})", unmapped_lines.getvalue())
+            atomic_write_bytes(csv_path, out.getvalue().encode("utf-8"))
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, csv_path, "migrate") + "; the original is unchanged") from None
+        report = MigrationReport(rows_read, written, exact, conflicting, unmapped, backup)
+        log.warning("migrated %s from the original seven-column layout: %d rows read, %d written, %d exact "
+                    "duplicates dropped, %d conflicting duplicates dropped, %d unmapped rows kept in %s; "
+                    "the original is kept as %s", csv_path, report.rows_read, written, exact, conflicting,
+                    unmapped, self.layout.quarantine.name, backup)
+        return report
+
+
+def _legacy_number(text: str) -> str:
+    """A legacy numeric cell in our canonical form; raises ValueError."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        return str(int(text))
+    except ValueError:
+        return format_cell(float(text))
