@@ -234,6 +234,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     log.info("backfill: %d coins in %s, %s to %s (%d days)", len(coins), settings.vs_currency, span.first,
              span.last, span.days)
     storage = storage_for(settings)
+    storage.check()  # a CSV that `run` would refuse is refused here too, before any request
     manifest = Manifest(settings, span, coins, storage)
     if manifest.done:
         log.info("backfill: resuming, %d of %d coins already fetched", len(manifest.done), len(coins))

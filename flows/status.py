@@ -12,6 +12,7 @@ from utils.index import SeriesInfo, day_of
 from utils.layout import display_path
 from utils.settings import Settings
 from utils.storage import storage_for
+from utils.store import LegacyHistory
 
 
 def _when(text: object) -> str:
@@ -63,10 +64,14 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     if not has_csv:
         out(f"history:      none yet at {display_path(csv_path)}")
         return EXIT_OK
-    with storage_for(settings).index() as index:
-        currencies = index.currencies()
-        series = index.series()
-        rows, damaged = index.rows, index.damaged
+    try:
+        with storage_for(settings).index() as index:
+            currencies = index.currencies()
+            series = index.series()
+            rows, damaged = index.rows, index.damaged
+    except LegacyHistory as exc:
+        out(f"history:      {exc}")
+        return EXIT_OK
     out(f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
         + (f" in {', '.join(currencies)}" if currencies else "")
         + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else ""))

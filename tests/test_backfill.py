@@ -15,6 +15,8 @@ from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
 
 from lambdas.lambda_3_load import load
 from flows.backfill import backfill
+from utils.index import HistoryIndex, day_of
+from utils.layout import DataLayout
 from utils.coingecko import CoinGeckoClient
 from utils.schema import Record
 from utils.settings import build_settings
@@ -221,12 +223,33 @@ class GapHealing(PipelineTestCase):
         self.assertEqual(result.code, 0)
         self.assertEqual([r for r in self.fake.requests if r.path.endswith("/range")], [])
 
-    def test_days_coincoingecko_has_no_data_for_are_not_asked_again(self) -> None:
+    def test_an_empty_answer_is_a_failed_attempt_and_asked_again(self) -> None:
         self.fake.market_chart.clear()
         self.fake.market_chart.update({c: make_daily_chart(TODAY - timedelta(days=40), 20, 5.0) for c in self.ids})
-        self.run_main("--coins", ",".join(self.ids))
+        first_run = self.run_main("--coins", ",".join(self.ids))
+        self.assertEqual(first_run.code, 0, first_run.stderr)
+        self.assertIn("malformed or empty; they are asked for again next run", first_run.stderr)
         first = len([r for r in self.fake.requests if r.path.endswith("/range")])
         self.assertEqual(first, 3)
         self.fake.advance(120)
         self.run_main("--coins", ",".join(self.ids))
+        self.assertEqual(len([r for r in self.fake.requests if r.path.endswith("/range")]), 2 * first)
+
+    def test_days_a_well_formed_answer_lacks_are_not_asked_again_for_30_days(self) -> None:
+        self.fake.market_chart.clear()
+        # CoinGecko has the first day of the outage only.
+        self.fake.market_chart.update({c: make_daily_chart(TODAY - timedelta(days=3), 1, 5.0) for c in self.ids})
+        self.run_main("--coins", ",".join(self.ids))
+        first = len([r for r in self.fake.requests if r.path.endswith("/range")])
+        self.assertEqual(first, 3)
+        self.fake.advance(120)
+        again = self.run_main("--coins", ",".join(self.ids))
+        self.assertNotIn("healed", again.stderr)
         self.assertEqual(len([r for r in self.fake.requests if r.path.endswith("/range")]), first)
+        # The index remembers when it asked: after 30 days the days are due again.
+        with HistoryIndex(DataLayout(self.data_dir).index) as index:
+            now_ms = int(NOW.timestamp() * 1000)
+            self.assertEqual(index.gaps(self.ids[0], "eur", TODAY, now_ms), [])
+            later = index.gaps(self.ids[0], "eur", TODAY, now_ms + 31 * 86_400_000)
+        self.assertEqual([(day_of(a), day_of(b)) for a, b in later],
+                         [(TODAY - timedelta(days=2), TODAY - timedelta(days=1))])

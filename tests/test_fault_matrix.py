@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sqlite3
 import resource
 import shutil
 import subprocess
@@ -631,18 +632,30 @@ class LoadStage(MatrixTestCase):
         self.run_case(self.STAGE, case, self.run_main, verb="run", before=b"", landed=set(), final=old | new,
                       rerun=put_back)
 
-    def test_state_damaged_or_foreign(self) -> None:
-        state = Path(".state") / "crypto_data.csv.state.json"
+    def test_index_damaged_or_foreign(self) -> None:
+        index = Path(".state") / "crypto_data.csv.index.sqlite"
+
+        def claim_longer_csv(p: Path) -> None:
+            with sqlite3.connect(p) as db:
+                db.execute("UPDATE meta SET v = '1000000000' WHERE k = 'size'")
+
+        def forget_keys(p: Path) -> None:
+            with sqlite3.connect(p) as db:
+                db.execute("DELETE FROM obs")
+
         damage = {
-            "state file corrupt": lambda p: p.write_bytes(b"{not json"),
-            "state file from a future version": lambda p: p.write_text(json.dumps({"version": 99})),
-            "state file claims a longer CSV": lambda p: p.write_text(
-                json.dumps(dict(json.loads(p.read_text()), csv_size=10 ** 9))),
-            "state file missing": lambda p: p.unlink(),
+            "index file corrupt": lambda p: (p.write_bytes(b"not a database" * 100),
+                                             Path(str(p) + "-wal").unlink(missing_ok=True)),
+            "index from a future version": lambda p: sqlite3.connect(p).execute(
+                "UPDATE meta SET v = '99' WHERE k = 'version'").connection.commit(),
+            "index claims a longer CSV": claim_longer_csv,
+            "index missing": lambda p: p.unlink(),
+            "the old JSON state of an earlier version": lambda p: (p.with_name("crypto_data.csv.state.json")
+                                                                   .write_text('{"version": 2}')),
         }
         for name, spoil in damage.items():
             before, old, new = self.prepared()
-            spoil(self.data_dir / state)
+            spoil(self.data_dir / index)
             case = Case(name, lambda: [], 0, ("run ok: 10 coins, 10 rows appended",))
             self.run_case(self.STAGE, case, self.run_main, verb="run", before=before, landed=old | new,
                           final=old | new)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from datetime import date, timedelta
 
 from tests.fake_coingecko import make_daily_chart
@@ -42,6 +45,11 @@ class LegacyEdges(PipelineTestCase):
         self.assertEqual(self.run_main().code, 0)
         stale = self.data_dir / ".crypto_data.csv.abc123.tmp"
         stale.write_bytes(b"x" * 1000)
+        two_hours_ago = time.time() - 7200
+        os.utime(stale, (two_hours_ago, two_hours_ago))
+        fresh = self.data_dir / ".crypto_price_trend.png.def456.tmp"  # perhaps a `plot` drawing right now
+        fresh.write_bytes(b"y")
         self.fake.advance(60)
-        self.assertEqual(self.run_main().code, 0)
+        self.assertEqual(self.run_main("--no-charts").code, 0)
         self.assertFalse(stale.exists())
+        self.assertTrue(fresh.exists())

@@ -331,24 +331,36 @@ def refuse_read_only(path: Path) -> None:
 # -- merges ---------------------------------------------------------------------------------------
 
 def merged_body(body: bytes, records: list[Record]) -> bytes:
-    """Data lines with `records` woven in by time, existing records and damaged lines kept byte for byte in order.
+    """Data lines with `records` merged in, every record in time order (a stable sort of parsed records).
 
-    The records must be new (not in the body). Pure: no I/O.
+    A record spanning several lines moves whole; a damaged line travels with the record before it,
+    so it stays where its neighbours are. The records must be new (not in the body). Pure: no I/O.
     """
-    new = sorted(records, key=lambda r: r.last_updated)
-    new_ms = [timestamp_ms(r.last_updated) for r in new]
-    out = io.BytesIO()
-    k = 0
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    lead_end = 0  # damaged lines before the first valid record stay first
+    times: list[int] = []
+    spans: list[tuple[int, int]] = []
     for unit in scan(body):
-        obs = observation(unit.cells) if unit.cells is not None and k < len(new) else None
-        if obs is not None:
-            start = k
-            while k < len(new) and new_ms[k] < obs.ts_ms:
-                k += 1
-            if k > start:
-                out.write(rows_to_csv(new[start:k]).encode("utf-8"))
-        chunk = body[unit.start:unit.end]
-        out.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
-    if k < len(new):
-        out.write(rows_to_csv(new[k:]).encode("utf-8"))
+        obs = observation(unit.cells) if unit.cells is not None else None
+        if obs is None:
+            if spans:
+                spans[-1] = (spans[-1][0], unit.end)
+            else:
+                lead_end = unit.end
+            continue
+        times.append(obs.ts_ms)
+        spans.append((unit.start, unit.end))
+    new = [rows_to_csv([r]).encode("utf-8") for r in records]
+    times.extend(timestamp_ms(r.last_updated) for r in records)
+    order = sorted(range(len(times)), key=times.__getitem__)  # stable: equal times keep their order
+    out = io.BytesIO()
+    out.write(body[:lead_end])
+    existing = len(spans)
+    for i in order:
+        if i < existing:
+            start, end = spans[i]
+            out.write(body[start:end])
+        else:
+            out.write(new[i - existing])
     return out.getvalue()

@@ -79,6 +79,9 @@ class Storage:
         """The history's location, for messages."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Refuse a history this version cannot write (foreign columns), with the same words as a load."""
+
     def local_csv(self) -> tuple[Path, Path]:
         """A local copy of the CSV to draw from, and the folder to draw into (then `publish_charts`)."""
         raise NotImplementedError
@@ -99,6 +102,9 @@ class LocalStorage(Storage):
     @property
     def csv_display(self) -> str:
         return str(self.layout.csv)
+
+    def check(self) -> None:
+        csvio.header_kind(self.layout.csv)
 
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
         path = archive_raw(self.layout.raw_dir, fetched_at, name, payload)

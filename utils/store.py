@@ -24,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from utils import csvio
-from utils.errors import LoadError, LockTimeout
+from utils.errors import LoadError, LockTimeout, SchemaMismatch
 from utils.file_storage import atomic_write_bytes, describe_os_error, ensure_dir
 from utils.index import HistoryIndex
 from utils.layout import DataLayout
@@ -101,6 +101,10 @@ def as_observations(records: list[Record]) -> list[csvio.Observation]:
     return [o for o in (csvio.observation(r.to_row()) for r in records) if o is not None]
 
 
+class LegacyHistory(SchemaMismatch):
+    """The CSV is the original script's seven-column file, not migrated yet (a reader never migrates)."""
+
+
 class HistoryStore:
     """A local data folder's history: CSV, index, lock, quarantine."""
 
@@ -151,17 +155,37 @@ class HistoryStore:
             return 0, self._migrate_legacy()
         return csvio.repair_torn_tail(self.layout), None
 
-    def _index(self) -> HistoryIndex:
+    def _synced_index(self) -> HistoryIndex:
+        """The index file brought up to the CSV (under the lock). When it cannot be used (a full disk, a
+        read-only folder), an index in memory built from the CSV stands in: slower, never wrong."""
         try:
             csvio.refuse_symlink(self.layout.index, "history index")
-            return HistoryIndex(self.layout.index)
-        except sqlite3.DatabaseError as exc:
-            # A corrupt or foreign index file: it holds nothing the CSV does not, so start it again.
-            log.warning("the index %s is unreadable (%s); rebuilding it from the CSV", self.layout.index, exc)
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(OSError):
-                    Path(str(self.layout.index) + suffix).unlink()
-            return HistoryIndex(self.layout.index)
+            try:
+                index = HistoryIndex(self.layout.index)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise
+                # A corrupt or foreign file: it holds nothing the CSV does not, so start it again.
+                log.warning("the index %s is unreadable (%s); rebuilding it from the CSV", self.layout.index, exc)
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(OSError):
+                        Path(str(self.layout.index) + suffix).unlink()
+                index = HistoryIndex(self.layout.index)
+            try:
+                self._sync(index)
+            except BaseException:
+                index.close()
+                raise
+            return index
+        except sqlite3.Error as exc:
+            log.warning("cannot use the index %s (%s); reading the CSV instead", self.layout.index, exc)
+        index = HistoryIndex(":memory:")
+        try:
+            self._sync(index)
+        except BaseException:
+            index.close()
+            raise
+        return index
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -175,11 +199,9 @@ class HistoryStore:
         with self.locked():
             try:
                 quarantined, migration = self._prepare()
-                index = self._index()
             except OSError as exc:
                 raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was appended") from None
-            with index:
-                self._sync(index)
+            with self._synced_index() as index:
                 fresh, duplicates = new_records(records, index.has)
                 if fresh:
                     self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
@@ -230,11 +252,9 @@ class HistoryStore:
         with self.locked():
             try:
                 self._prepare()
-                index = self._index()
             except OSError as exc:
                 raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was merged") from None
-            with index:
-                self._sync(index)
+            with self._synced_index() as index:
                 fresh, duplicates = new_records(records, index.has)
                 if fresh:
                     try:
@@ -268,31 +288,32 @@ class HistoryStore:
 
     @contextlib.contextmanager
     def index(self) -> Iterator[HistoryIndex]:
-        """The index, brought up to the CSV; in memory when the data folder cannot hold it (read-only)."""
-        if csvio.header_kind(self.csv_path) in ("missing", "empty"):
+        """The index, brought up to the CSV; in memory when the data folder cannot hold it (read-only).
+
+        A reader never rewrites the CSV: a legacy file is named, not migrated; a foreign one refused.
+        """
+        kind = csvio.header_kind(self.csv_path)  # SchemaMismatch for a foreign header, the same words as `run`
+        if kind in ("missing", "empty"):
             with HistoryIndex(":memory:") as empty:
                 yield empty
             return
+        if kind == "legacy":
+            raise LegacyHistory(f"{self.csv_path} is in the original script's seven-column layout: run "
+                                "`python main.py` once to migrate it (the original is kept as a backup)")
         try:
             with self.locked():
-                self._prepare()
-                index = self._index()
-                try:
-                    self._sync(index)
-                except BaseException:
-                    index.close()
-                    raise
-        except (LoadError, OSError, sqlite3.Error) as exc:
-            if isinstance(exc, LockTimeout):
+                csvio.refuse_symlink(self.csv_path, "history CSV")
+                index = self._synced_index()
+        except (LoadError, OSError) as exc:
+            if isinstance(exc, (LockTimeout, SchemaMismatch)):
                 raise
             log.debug("reading %s without its index (%s)", self.csv_path, exc)
             index = HistoryIndex(":memory:")
             try:
-                with open(self.csv_path, "rb") as fh:
-                    index.rebuild(fh, self.csv_path)
-            except OSError as err:
+                self._sync(index)
+            except BaseException:
                 index.close()
-                raise LoadError(describe_os_error(err, self.csv_path, "read")) from None
+                raise
         with index:
             yield index
 
