@@ -1,4 +1,4 @@
-"""The load stage end to end: the CSV history, its state file, torn tails, legacy migration and bad folders."""
+"""The load stage end to end: the CSV history, its index, torn tails, legacy migration and bad folders."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import ctypes
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import unittest
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.fake_coingecko import load_fixture
 from tests.support import MAIN, PipelineTestCase, read_rows
-from utils.history import STATE_VERSION
+from utils.csvio import timestamp_ms
 from utils.schema import COLUMNS, HEADER_LINE
 
 FIXTURE = load_fixture("coins_markets_2023-01-08_real_10coins.json")
@@ -82,8 +84,8 @@ class LoadTestCase(PipelineTestCase):
         self.env["PIPELINE_COINS"] = ",".join(PRESENT_IDS)
 
     @property
-    def state_file(self) -> Path:
-        return self.data_dir / ".state" / "crypto_data.csv.state.json"
+    def index_file(self) -> Path:
+        return self.data_dir / ".state" / "crypto_data.csv.index.sqlite"
 
     @property
     def quarantine(self) -> Path:
@@ -138,70 +140,77 @@ class AppendOnceTest(LoadTestCase):
         self.assertEqual(len(rows), 20)
         self.assertEqual(after.count(HEADER_LINE.encode()), 1)
 
-    def test_state_file_records_bookmarks_and_the_csv_size(self) -> None:
+    def test_the_index_records_every_key_and_the_csv_size(self) -> None:
         self.run_ok()
-        state = json.loads(self.state_file.read_text())
-        self.assertEqual(state["version"], STATE_VERSION)
-        self.assertEqual(state["csv_size"], len(self.csv_bytes()))
-        self.assertEqual(state["rows"], 10)
-        self.assertEqual(state["bookmarks"], {f"{c}|eur": ts for c, ts in NEWEST.items()})
-        self.assertRegex(state["tail_hash"], r"^[0-9a-f]{64}$")
+        with sqlite3.connect(self.index_file) as db:
+            meta = dict(db.execute("SELECT k, v FROM meta"))
+            stored = {(c, v, ts) for c, v, ts in db.execute(
+                "SELECT s.coin_id, s.vs_currency, o.ts FROM obs o JOIN series s ON s.id = o.series")}
+            daily = db.execute("SELECT count(*) FROM daily").fetchone()[0]
+        self.assertEqual(int(meta["size"]), len(self.csv_bytes()))
+        self.assertEqual((int(meta["rows"]), int(meta["damaged"])), (10, 0))
+        self.assertEqual(stored, {(c, "eur", timestamp_ms(ts)) for c, ts in NEWEST.items()})
+        self.assertEqual(daily, 10)
+        self.assertFalse((self.data_dir / ".state" / "crypto_data.csv.state.json").exists())
 
 
-class StateFileTest(LoadTestCase):
-    """The state is a cache: trusted when it matches the CSV, caught up or rebuilt when not."""
+class IndexFileTest(LoadTestCase):
+    """The index is a cache of the CSV: trusted when it matches the CSV, caught up or rebuilt when not."""
 
-    def lie_in_state(self, coin_id: str, last_updated: str = "2099-01-01T00:00:00.000Z") -> None:
-        """Give one coin a bookmark the CSV does not justify, keeping offset and hash."""
-        state = json.loads(self.state_file.read_text())
-        state["bookmarks"][f"{coin_id}|eur"] = last_updated
-        self.state_file.write_text(json.dumps(state))
+    def lie_in_index(self, coin_id: str, last_updated: str) -> None:
+        """Claim an observation the CSV does not hold, keeping the recorded offset and hashes."""
+        with sqlite3.connect(self.index_file) as db:
+            (series,) = db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = 'eur'",
+                                   (coin_id,)).fetchone()
+            db.execute("INSERT INTO obs (series, ts) VALUES (?, ?)", (series, timestamp_ms(last_updated)))
 
-    def test_csv_grown_by_hand_only_the_tail_is_scanned(self) -> None:
+    def advanced(self, coin_id: str) -> str:
+        return next(r for r in self.fake.coins if r["id"] == coin_id)["last_updated"]
+
+    def test_csv_grown_by_hand_only_the_tail_is_read(self) -> None:
         self.run_ok()
-        self.lie_in_state("ethereum")  # survives only if the state is trusted, not rebuilt
         self.fake.advance(60)
-        advanced_bitcoin = next(r for r in self.fake.coins if r["id"] == "bitcoin")["last_updated"]
+        self.lie_in_index("ethereum", self.advanced("ethereum"))  # survives only if the index is trusted
         rows = self.rows()
-        line = next(r for r in rows if r["coin_id"] == "bitcoin")
-        line = dict(line, last_updated=advanced_bitcoin)
+        line = dict(next(r for r in rows if r["coin_id"] == "bitcoin"), last_updated=self.advanced("bitcoin"))
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([line[c] for c in COLUMNS])
         with open(self.csv_path, "ab") as fh:  # appended after the recorded offset
             fh.write(buf.getvalue().encode())
 
         stderr = self.run_ok()
-        self.assertNotIn("rebuilt", stderr)
         self.assertIn("8 rows appended, 2 duplicates skipped", stderr)
         rows = self.assert_clean_history()
         self.assertEqual(len(rows), 19)
         self.assertEqual(sum(r["coin_id"] == "bitcoin" for r in rows), 2)
         self.assertEqual(sum(r["coin_id"] == "ethereum" for r in rows), 1)
-        self.assertEqual(json.loads(self.state_file.read_text())["csv_size"], len(self.csv_bytes()))
+        with sqlite3.connect(self.index_file) as db:
+            self.assertEqual(int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]),
+                             len(self.csv_bytes()))
 
     def test_csv_shorter_than_recorded_rebuilds_and_restores_the_lost_rows(self) -> None:
         self.run_ok()
         first = self.csv_bytes()
         self.fake.advance(60)
         self.run_ok()
-        self.csv_path.write_bytes(first)  # the newer ten rows are gone; the state still counts them
+        self.csv_path.write_bytes(first)  # the newer ten rows are gone; the index still holds their keys
         stderr = self.run_ok()
-        self.assertIn("rebuilt the load state", stderr)
         self.assertIn("10 rows appended", stderr)
         self.assertEqual(len(self.assert_clean_history()), 20)
 
     def test_csv_edited_near_the_recorded_end_rebuilds(self) -> None:
         self.run_ok()
-        self.lie_in_state("ethereum")
+        self.fake.advance(60)
+        self.lie_in_index("ethereum", self.advanced("ethereum"))
         data = self.csv_bytes()
         last_line_start = data.rstrip(b"\n").rfind(b"\n") + 1
-        edited = data[:last_line_start] + data[last_line_start:].replace(b"eur", b"EUR", 1)
+        edited = data[:last_line_start] + data[last_line_start:].replace(b"Coin", b"Cain", 1)
+        if edited == data:
+            edited = data[:last_line_start] + b"X" + data[last_line_start + 1:]
         self.assertEqual(len(edited), len(data))
         self.csv_path.write_bytes(edited)
-        self.fake.advance(60)
         stderr = self.run_ok()
-        self.assertIn("rebuilt the load state", stderr)
-        self.assertIn("10 rows appended", stderr)
+        self.assertIn("10 rows appended", stderr)  # the lie about ethereum did not survive
 
     def use_fresh_data_dir(self, name: str) -> None:
         """Point this test at a new, empty data folder."""
@@ -210,49 +219,47 @@ class StateFileTest(LoadTestCase):
         self.csv_path = self.data_dir / "crypto_data.csv"
         self.env["PIPELINE_DATA_DIR"] = str(self.data_dir)
 
-    def test_missing_or_corrupt_state_is_rebuilt_without_duplicates(self) -> None:
-        # Each structured variant carries empty bookmarks: trusted, it would append every coin again.
-        def lying(real: dict, **changes: object) -> bytes:
-            return json.dumps({**real, "bookmarks": {}, **changes}).encode()
+    def test_missing_or_corrupt_index_is_rebuilt_without_duplicates(self) -> None:
+        def execute(sql: str) -> Callable[[Path], None]:
+            def spoil(path: Path) -> None:
+                with sqlite3.connect(path) as db:
+                    db.execute(sql)
+            return spoil
 
-        variants = {
-            "missing": lambda real: None,
-            "empty file": lambda real: b"",
-            "garbage bytes": lambda real: b"\x00\xff\xfe garbage \x89PNG\r\n",
-            "truncated json": lambda real: json.dumps(real).encode()[:40],
-            "json list": lambda real: b"[1, 2, 3]",
-            "json null": lambda real: b"null",
-            "wrong keys": lambda real: json.dumps({"hello": "world"}).encode(),
-            "future version 99": lambda real: lying(real, version=99),
-            "previous version": lambda real: lying(real, version=STATE_VERSION - 1),
-            "other columns": lambda real: lying(real, columns=list(COLUMNS[:7])),
-            "bookmarks not a dict": lambda real: lying(real, bookmarks=["bitcoin|eur"]),
-            "bookmark key without currency": lambda real: json.dumps(
-                dict(real, bookmarks={"bitcoin": "2099-01-01T00:00:00.000Z"})).encode(),
-            "negative size": lambda real: lying(real, csv_size=-5),
-            "size not a number": lambda real: lying(real, csv_size="big"),
-            "size beyond the csv": lambda real: lying(real, csv_size=real["csv_size"] + 1000),
-            "hash of another file": lambda real: lying(real, tail_hash="0" * 64),
+        def replace(payload: bytes) -> Callable[[Path], None]:
+            def spoil(path: Path) -> None:
+                for suffix in ("-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+                path.write_bytes(payload)
+            return spoil
+
+        variants: dict[str, Callable[[Path], None]] = {
+            "missing": lambda path: path.unlink(),
+            "empty file": replace(b""),
+            "garbage bytes": replace(b"\x00\xff\xfe garbage \x89PNG\r\n" * 300),
+            "truncated": lambda path: replace(path.read_bytes()[:100])(path),
+            "future version 99": execute("UPDATE meta SET v = '99' WHERE k = 'version'"),
+            "other columns": execute("UPDATE meta SET v = 'name,symbol' WHERE k = 'columns'"),
+            "size beyond the csv": execute("UPDATE meta SET v = v + 1000 WHERE k = 'size'"),
+            "size not a number": execute("UPDATE meta SET v = 'big' WHERE k = 'size'"),
+            "hash of another file": execute("UPDATE meta SET v = 'ab' WHERE k = 'tail'"),
+            "no bookkeeping at all": execute("DELETE FROM meta"),
+            "keys and bookkeeping gone": lambda path: (execute("DELETE FROM obs")(path),
+                                                       execute("DELETE FROM meta")(path)),
         }
-        for number, (name, make) in enumerate(variants.items()):
-            with self.subTest(state=name):
+        for number, (name, spoil) in enumerate(variants.items()):
+            with self.subTest(index=name):
                 self.use_fresh_data_dir(f"data-{number}")
                 self.run_ok()
-                real = json.loads(self.state_file.read_text())
-                payload = make(real)
-                if payload is None:
-                    self.state_file.unlink()
-                else:
-                    self.state_file.write_bytes(payload)
+                spoil(self.index_file)
                 before = self.csv_bytes()
                 stderr = self.run_ok()
                 self.assertIn("0 rows appended, 10 duplicates skipped", stderr)
-                self.assertIn("rebuilt the load state", stderr)
                 self.assertEqual(self.csv_bytes(), before)
-                repaired = json.loads(self.state_file.read_text())
-                self.assertEqual({k: repaired[k] for k in ("version", "csv_size", "rows")},
-                                 {"version": STATE_VERSION, "csv_size": len(before), "rows": 10})
-                self.assertEqual(repaired["bookmarks"], real["bookmarks"])
+                with sqlite3.connect(self.index_file) as db:
+                    self.assertEqual(db.execute("SELECT count(*) FROM obs").fetchone()[0], 10)
+                    self.assertEqual(int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]),
+                                     len(before))
                 self.fake.advance(60)
                 self.assertIn("10 rows appended", self.run_ok())
                 self.assertEqual(len(self.assert_clean_history()), 20)

@@ -78,18 +78,28 @@ def timestamp_ms(text: str) -> int:
         (moment.hour * 3600 + moment.minute * 60 + moment.second) * 1000 + moment.microsecond // 1000
 
 
+class _Unreadable(ValueError):
+    """A number cell that holds something else."""
+
+
 def _number(text: str) -> float | None:
     if not text:
         return None
     try:
         value = float(text)
     except ValueError:
-        return None
-    return value if value == value and value not in (float("inf"), float("-inf")) else None
+        raise _Unreadable(text) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _Unreadable(text)
+    return value
 
 
 def observation(cells: list[str]) -> Observation | None:
-    """The observation a row holds, or None when the row is not a valid history row (the one definition)."""
+    """The observation a row holds, or None when the row is not a valid history row (the one definition).
+
+    Valid: our 17 cells; a CoinGecko-style id and a lower-case currency code; a last_updated that is an
+    ISO 8601 time; a price and market cap that are empty or finite numbers; a rank empty or a whole number.
+    """
     if len(cells) != WIDTH:
         return None
     coin_id, vs = cells[I_ID], cells[I_VS]
@@ -97,11 +107,13 @@ def observation(cells: list[str]) -> Observation | None:
         return None
     try:
         ts = timestamp_ms(cells[I_TS])
+        price, cap = _number(cells[I_PRICE]), _number(cells[I_CAP])
     except (ValueError, OverflowError):
         return None
     rank_text = cells[I_RANK]
-    rank = int(rank_text) if rank_text.isdigit() and len(rank_text) < 10 else None
-    return Observation(coin_id, vs, ts, _number(cells[I_PRICE]), _number(cells[I_CAP]), rank, cells[I_NAME],
+    if rank_text and not (rank_text.isdigit() and len(rank_text) < 10):
+        return None
+    return Observation(coin_id, vs, ts, price, cap, int(rank_text) if rank_text else None, cells[I_NAME],
                        cells[I_SYMBOL])
 
 
@@ -162,7 +174,10 @@ def scan(data: bytes, base: int = 0, width: int = WIDTH) -> Iterator[Unit]:
                 pos, i = end, j
                 continue
         end = pos + len(line) + 1
-        yield Unit(base + pos, base + end, None)
+        # A quote inside an unquoted cell is a literal character, as the csv module reads it.
+        alone = _split(line.decode("utf-8", "replace").rstrip("\r")) if not line.startswith(b'"') else None
+        literal = alone is not None and len(alone) == width and b',"' not in line
+        yield Unit(base + pos, base + end, alone if literal else None)
         pos, i = end, i + 1
 
 
