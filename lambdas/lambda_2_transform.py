@@ -12,6 +12,7 @@ from utils.schema import (COIN_ID_RE, SOURCE_MARKET_CHART, SOURCE_MARKETS, Recor
                           normalize_timestamp, safe_text)
 
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
+FUTURE_SKEW_MINUTES = 10  # a small clock skew between CoinGecko and us is fine; a day ahead is not
 
 # Fields that must be non-negative when present.
 NON_NEGATIVE = ("current_price", "market_cap", "total_volume", "high_24h", "low_24h", "circulating_supply",
@@ -101,8 +102,11 @@ def to_record(row: Any, vs_currency: str, fetched_at: str, latest: str = "9999")
         last_updated = normalize_timestamp(last_updated)
     except (ValueError, OverflowError):
         raise RowError(f"last_updated {last_updated[:40]!r} is not an ISO 8601 timestamp") from None
-    if not EARLIEST <= last_updated <= latest:
-        raise RowError(f"last_updated {last_updated} is before 2009 or after the fetch")
+    if last_updated < EARLIEST:
+        raise RowError(f"last_updated {last_updated} is before 2009, when market data begins")
+    if last_updated > latest:
+        raise RowError(f"last_updated {last_updated} is more than {FUTURE_SKEW_MINUTES} minutes after the fetch "
+                       f"({fetched_at}): a clock this far ahead is not an observation")
     values = {name: number(row, name) for name in NON_NEGATIVE}
     values.update({name: number(row, name, signed=True) for name in SIGNED})
     return Record(
@@ -121,7 +125,7 @@ def to_record(row: Any, vs_currency: str, fetched_at: str, latest: str = "9999")
 def transform(snapshot: Snapshot) -> TransformResult:
     """Every row either becomes a Record or is rejected with a reason; one bad row never stops the rest."""
     fetched_at = format_timestamp(snapshot.fetched_at)
-    latest = format_timestamp(snapshot.fetched_at + timedelta(days=1))
+    latest = format_timestamp(snapshot.fetched_at + timedelta(minutes=FUTURE_SKEW_MINUTES))
     requested = set(snapshot.requested)
     records: list[Record] = []
     rejected: list[Rejected] = []
@@ -213,18 +217,18 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """AWS Lambda: read the raw snapshot the extract stored, write the records for the load; return their key."""
     from dataclasses import asdict
 
-    from utils.aws import gunzip_json, gzip_json, lambda_settings, setup_lambda_logging
+    from utils.aws import gunzip_json, gzip_json, lambda_settings, read_object, setup_lambda_logging, write_object
+    from utils.layout import RAW, RECORDS
     from utils.schema import snapshot_from_payload
-    from utils.storage import storage_for
 
     setup_lambda_logging()
-    storage = storage_for(lambda_settings(event))
+    settings = lambda_settings(event)
     raw_key = str(event["raw_key"])
-    if not raw_key.startswith("raw/") or ".." in raw_key:
-        raise ValueError(f"raw_key {raw_key!r} is not under raw/")
-    result = transform(snapshot_from_payload(gunzip_json(storage.read(raw_key))))
-    records_key = "records/" + raw_key[len("raw/"):].replace(".json.gz", ".records.json.gz")
-    storage.write(records_key, gzip_json([asdict(r) for r in result.records]))
+    if not raw_key.startswith(f"{RAW}/") or ".." in raw_key:
+        raise ValueError(f"raw_key {raw_key!r} is not under {RAW}/")
+    result = transform(snapshot_from_payload(gunzip_json(read_object(settings, raw_key))))
+    records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1:].replace(".json.gz", ".records.json.gz")
+    write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
     for rejected in result.rejected:
         logging.getLogger(__name__).warning("rejected %s: %s", rejected.coin_id, rejected.reason)
     return {"records_key": records_key, "records": len(result.records), "missing": event.get("missing", []),

@@ -21,13 +21,14 @@ def handler(event: dict, context: object) -> dict:
     """AWS Lambda: append the records the transform stored to the history in the bucket (conditional write)."""
     from utils.aws import gunzip_json, lambda_settings, setup_lambda_logging
     from utils.errors import ExtractError
+    from utils.layout import RECORDS
     from utils.storage import storage_for
 
     setup_lambda_logging()
     storage = storage_for(lambda_settings(event))
     records_key = str(event["records_key"])
-    if not records_key.startswith("records/") or ".." in records_key:
-        raise ValueError(f"records_key {records_key!r} is not under records/")
+    if not records_key.startswith(f"{RECORDS}/") or ".." in records_key:
+        raise ValueError(f"records_key {records_key!r} is not under {RECORDS}/")
     records = [Record(**row) for row in gunzip_json(storage.read(records_key))]
     if not records:
         raise ExtractError("no usable rows in this snapshot; nothing was appended")

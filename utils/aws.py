@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from utils.errors import ConfigError
+from utils.layout import split_s3_url
 from utils.settings import Settings, build_settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,29 @@ def setup_lambda_logging() -> None:
     logging.getLogger().setLevel(logging.INFO)
     for name in ("urllib3", "botocore", "boto3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def read_object(settings: Settings, rel: str) -> bytes | None:
+    """An object under the function's s3:// data location, or None when it does not exist."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = split_s3_url(settings.location)
+    try:
+        return boto3.client("s3").get_object(Bucket=bucket, Key=prefix + rel)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise ConfigError(f"cannot read s3://{bucket}/{prefix}{rel}: {exc.response.get('Error', {}).get('Code')}; "
+                          "check the bucket and the function's permissions") from None
+
+
+def write_object(settings: Settings, rel: str, data: bytes) -> None:
+    """Store an object under the function's s3:// data location."""
+    import boto3
+
+    bucket, prefix = split_s3_url(settings.location)
+    boto3.client("s3").put_object(Bucket=bucket, Key=prefix + rel, Body=data)
 
 
 def gzip_json(value: Any) -> bytes:

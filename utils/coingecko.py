@@ -16,11 +16,10 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from utils.errors import AuthError, BadRequest, ExtractError, RateLimited, RetriableError
+from utils.plans import PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-PUBLIC_URL = "https://api.coingecko.com/api/v3"
-PRO_URL = "https://pro-api.coingecko.com/api/v3"
 KEY_HEADERS = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
 USER_AGENT = "crypto-history-pipeline/1.0 (+https://github.com/; python-requests)"
 RETRIABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
@@ -72,11 +71,6 @@ class RateLimiter:
     def _forget(self, now: float) -> None:
         while self.starts and self.starts[0] <= now - RATE_WINDOW:
             self.starts.popleft()
-
-
-def default_base_url(plan: str) -> str:
-    """The host that serves a plan."""
-    return PRO_URL if plan == "pro" else PUBLIC_URL
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

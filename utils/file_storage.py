@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes, the history lock, JSON state and gzip raw snapshots."""
+"""Files on disk: atomic writes, JSON state and gzip raw snapshots."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import gzip
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from utils.errors import LoadError, LockTimeout
+from utils.errors import LoadError
 
 
 def describe_os_error(exc: OSError, path: Path | str, action: str) -> str:
@@ -87,25 +84,6 @@ def ensure_dir(path: Path) -> None:
         raise LoadError(describe_os_error(exc, path, "create folder")) from None
     if not path.is_dir():
         raise LoadError(f"cannot use {path}: it is not a folder")
-
-
-@contextlib.contextmanager
-def history_lock(csv_path: Path, timeout: float) -> Iterator[None]:
-    """Hold the cross-process lock that every writer of the history takes."""
-    lock_dir = csv_path.parent / ".state"
-    ensure_dir(lock_dir)
-    lock = FileLock(str(lock_dir / (csv_path.name + ".lock")), timeout=timeout)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise LockTimeout(f"another process has held the lock on {csv_path} for {timeout:g} s; "
-                          "wait for it to finish or raise --lock-timeout") from None
-    except OSError as exc:
-        raise LoadError(describe_os_error(exc, lock_dir, "lock the history in")) from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def raw_name(fetched_at: datetime, name: str) -> str:

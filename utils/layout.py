@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from utils.errors import ConfigError
 
 CSV_NAME = "crypto_data.csv"
 PRICE_CHART = "crypto_price_trend.png"
@@ -11,6 +14,8 @@ MARKET_CAP_CHART = "crypto_market_cap_trend.png"
 PERFORMANCE_CHART = "crypto_performance.png"
 CHART_NAMES = (PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART)
 TEMP_SUFFIX = ".tmp"
+RAW = "raw"  # raw API answers, also the key prefix on S3
+RECORDS = "records"  # the transform's output on S3, for the load Lambda
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class DataLayout:
     @property
     def raw_dir(self) -> Path:
         """Raw API answers as gzip JSON under raw/YYYY/MM/DD/."""
-        return self.data_dir / "raw"
+        return self.data_dir / RAW
 
     def chart(self, name: str) -> Path:
         return self.data_dir / name
@@ -108,3 +113,14 @@ def display_path(path: Path | str) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix ending in / or empty) of s3://bucket/prefix. Raises ConfigError."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ConfigError(f"data-dir: {url!r} is not an s3://bucket/prefix URL")
+    prefix = parts.path.strip("/")
+    if ".." in prefix.split("/"):
+        raise ConfigError(f"data-dir: {url!r} may not contain '..'")
+    return parts.netloc, (prefix + "/" if prefix else "")

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from utils.coingecko import default_base_url
 from utils.errors import ConfigError
-from utils.layout import DataLayout
+from utils.layout import DataLayout, split_s3_url
+from utils.plans import default_base_url
 from utils.schema import COIN_ID_RE, CURRENCY_RE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -279,8 +279,6 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
         values.pop("api_key", None)
     values.setdefault("api_url", default_base_url(values["api_plan"]))
     if isinstance(values.get("data_dir"), str):
-        from utils.storage import split_s3_url
-
         bucket, prefix = split_s3_url(values["data_dir"])
         values["data_url"] = values["data_dir"].rstrip("/")
         values["data_dir"] = Path(tempfile.gettempdir()) / "crypto-history" / bucket / prefix

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from utils import csvio
 from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.file_storage import archive_raw, atomic_write_bytes, describe_os_error, raw_bytes, raw_name
 from utils.index import HistoryIndex
-from utils.layout import CSV_NAME, DataLayout
+from utils.layout import CSV_NAME, RAW, DataLayout, split_s3_url
 from utils.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 from utils.settings import Settings
 from utils.store import HistoryStore, LoadReport, MergeReport, new_records
@@ -33,17 +32,6 @@ log = logging.getLogger(__name__)
 
 def is_s3(location: str | Path) -> bool:
     return str(location).startswith("s3://")
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix ending in / or empty) of s3://bucket/prefix. Raises ConfigError."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ConfigError(f"data-dir: {url!r} is not an s3://bucket/prefix URL")
-    prefix = parts.path.strip("/")
-    if ".." in prefix.split("/"):
-        raise ConfigError(f"data-dir: {url!r} may not contain '..'")
-    return parts.netloc, (prefix + "/" if prefix else "")
 
 
 class Storage:
@@ -203,7 +191,7 @@ class S3Storage(Storage):
         self.put(rel, data)
 
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
-        rel = "raw/" + raw_name(fetched_at, name)
+        rel = f"{RAW}/" + raw_name(fetched_at, name)
         self.put(rel, raw_bytes(payload), content_type="application/gzip")
         return rel
 

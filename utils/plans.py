@@ -1,0 +1,11 @@
+"""CoinGecko's plans and the hosts that serve them (no HTTP here: settings and the client both need them)."""
+
+from __future__ import annotations
+
+PUBLIC_URL = "https://api.coingecko.com/api/v3"
+PRO_URL = "https://pro-api.coingecko.com/api/v3"
+
+
+def default_base_url(plan: str) -> str:
+    """The host that serves a plan."""
+    return PRO_URL if plan == "pro" else PUBLIC_URL
