@@ -81,6 +81,7 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     started = time.monotonic()
     coins = coins or settings.coins
     storage = storage_for(settings)
+    storage.check()  # a history this version cannot write is refused before any request
     snapshot = extract(coins, settings.vs_currency, client, clock)
     try:
         archive_snapshot(snapshot, storage)

@@ -1,0 +1,292 @@
+"""Issue 10's proofs: a key index never drops an observation; one CSV reader for every command."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
+from tests.support import MAIN, PipelineTestCase
+from utils import csvio
+from utils.schema import COLUMNS, HEADER_LINE, normalize_timestamp
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def csv_keys(csv_path: Path) -> list[tuple[str, str, str]]:
+    """(coin_id, vs_currency, last_updated) of every valid row, read by the csv module itself."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return [(r["coin_id"], r["vs_currency"], r["last_updated"]) for r in csv.DictReader(fh)
+                if r.get("source") and r.get("last_updated")]
+
+
+def raw_market_keys(data_dir: Path) -> set[tuple[str, str, str]]:
+    """Every observation CoinGecko served, as the raw archive kept it."""
+    keys = set()
+    for path in (data_dir / "raw").rglob("*coins_markets_*.json.gz"):
+        payload = json.loads(gzip.decompress(path.read_bytes()))
+        for page in payload["pages"]:
+            for row in page:
+                keys.add((row["id"], payload["vs_currency"], normalize_timestamp(row["last_updated"])))
+    return keys
+
+
+class OrderOfArrival(PipelineTestCase):
+    """An observation is stored exactly when its key is new, whatever arrives first."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.newer = markets_rows(5, start=NOW - timedelta(minutes=5))
+        self.older = markets_rows(5, start=NOW - timedelta(hours=3))
+        self.env["PIPELINE_COINS"] = ",".join(r["id"] for r in self.newer)
+
+    def test_an_older_observation_served_after_a_newer_one_is_appended(self) -> None:
+        self.fake.set_coins(self.newer)
+        self.assertIn("5 rows appended", self.run_main().stderr)
+        self.fake.set_coins(self.older)  # a late answer, or another process's slower request
+        result = self.run_main()
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("5 rows appended, 0 duplicates skipped", result.stderr)
+        self.fake.set_coins(self.newer)
+        self.assertIn("0 rows appended, 5 duplicates skipped", self.run_main().stderr)
+        keys = csv_keys(self.csv_path)
+        self.assertEqual(len(keys), 10)
+        self.assertEqual(len(set(keys)), 10)
+
+    def test_a_future_last_updated_is_rejected_and_blocks_nothing(self) -> None:
+        rows = [dict(r) for r in self.newer]
+        rows[0]["last_updated"] = format_iso_ms(datetime.now(timezone.utc) + timedelta(hours=20))
+        self.fake.set_coins(rows)
+        result = self.run_main()
+        self.assertEqual(result.code, 3, result.stderr)
+        self.assertIn("more than 10 minutes after the fetch", result.stderr)
+        self.assertIn("4 rows appended", result.stderr)
+        self.fake.set_coins(self.older)  # that coin's real, older rows still land
+        self.assertIn("5 rows appended", self.run_main().stderr)
+        coin = rows[0]["id"]
+        self.assertEqual([k for k in csv_keys(self.csv_path) if k[0] == coin],
+                         [(coin, "eur", normalize_timestamp(self.older[0]["last_updated"]))])
+
+    def test_a_small_clock_skew_is_fine(self) -> None:
+        rows = [dict(r) for r in self.newer]
+        rows[0]["last_updated"] = format_iso_ms(datetime.now(timezone.utc) + timedelta(minutes=3))
+        self.fake.set_coins(rows)
+        result = self.run_main()
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("5 rows appended", result.stderr)
+
+
+class ConcurrentCommands(PipelineTestCase):
+    """Eight runs, a backfill and a plot at once, on a clock that moves while they race."""
+
+    WRITERS = 8
+    ROUNDS = 3
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.env.update(PIPELINE_RATE_LIMIT="10000", PIPELINE_LOCK_TIMEOUT="120")
+        self.fake.set_coins(markets_rows(30, start=NOW - timedelta(hours=2)))
+        self.ids = [r["id"] for r in self.fake.coins]
+        self.env["PIPELINE_COINS"] = ",".join(self.ids)
+        self.until = NOW.date() - timedelta(days=2)
+        self.since = self.until - timedelta(days=9)
+        for n, coin in enumerate(self.ids[:6]):
+            self.fake.market_chart[coin] = make_daily_chart(self.since - timedelta(days=3), 20, 2.0 ** n, seed=n)
+
+    def start(self, *argv: str) -> subprocess.Popen:
+        env = dict(os.environ, **self.env)
+        return subprocess.Popen([sys.executable, str(MAIN), *argv], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, cwd=self.tmp.name)
+
+    def test_every_key_in_raw_is_in_the_csv_exactly_once(self) -> None:
+        rng = random.Random(10)
+        stop = threading.Event()
+
+        def clock() -> None:  # the served observations move on while the processes race, older ones late
+            while not stop.wait(rng.uniform(0.01, 0.05)):
+                self.fake.advance(rng.choice([30, 60, -45]))
+
+        ticker = threading.Thread(target=clock, daemon=True)
+        ticker.start()
+        self.addCleanup(stop.set)
+        outcomes = []
+        for _ in range(self.ROUNDS):
+            procs = [self.start("run") for _ in range(self.WRITERS)]
+            procs.append(self.start("backfill", "--since", self.since.isoformat(), "--until",
+                                    self.until.isoformat(), "--coins", ",".join(self.ids[:6])))
+            procs.append(self.start("plot"))
+            for proc in procs:
+                _, err = proc.communicate(timeout=180)
+                outcomes.append((proc.args[2] if len(proc.args) > 2 else "run", proc.returncode, err))
+        stop.set()
+        ticker.join()
+        failed = [(cmd, code, err[-300:]) for cmd, code, err in outcomes
+                  if code != 0 and not (cmd == "plot" and "no history yet" in err)]
+        self.assertEqual(failed, [])
+        keys = csv_keys(self.csv_path)
+        self.assertEqual([k for k, n in Counter(keys).items() if n > 1], [])
+        served = raw_market_keys(self.data_dir)
+        self.assertGreater(len(served), 30)
+        self.assertEqual(served - set(keys), set())
+        days = {(c, "eur", f"{self.since + timedelta(days=i)}T00:00:00.000Z") for c in self.ids[:6] for i in range(10)}
+        self.assertEqual(days - set(keys), set())
+
+
+MULTILINE_NAME = 'Odd, "Quoted"\nCoin'
+
+
+class AwkwardLines(PipelineTestCase):
+    """A quoted multi-line cell and a stray hand-added line survive run, backfill, status and plot."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake.set_coins(markets_rows(3, start=NOW - timedelta(days=1)))
+        self.ids = [r["id"] for r in self.fake.coins]
+        self.env["PIPELINE_COINS"] = ",".join(self.ids)
+        self.env["PIPELINE_RATE_LIMIT"] = "10000"
+        self.until = NOW.date() - timedelta(days=2)
+        for n, coin in enumerate(self.ids):
+            self.fake.market_chart[coin] = make_daily_chart(self.until - timedelta(days=10), 12, 3.0 ** n, seed=n)
+
+    def write_awkward_history(self) -> bytes:
+        """A history with a row whose name spans two lines (a hand edit), and stray lines added by hand."""
+        import csv
+        import io
+
+        self.assertEqual(self.run_main().code, 0)
+        row = dict(self.rows()[0], name=MULTILINE_NAME,
+                   last_updated=format_iso_ms(NOW - timedelta(days=1, hours=5)))
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([row[c] for c in COLUMNS])
+        with open(self.csv_path, "ab") as fh:
+            fh.write(buf.getvalue().encode())
+            fh.write(b'"\n')  # a lone quote: it must not swallow the rows after it
+            fh.write(b"my notes, not data\n")
+        self.fake.set_coins(markets_rows(3, start=NOW - timedelta(hours=1)))
+        return self.csv_bytes()
+
+    def assert_survived(self, stray_expected: bool = True) -> None:
+        data = self.csv_bytes()
+        self.assertTrue(data.startswith(HEADER_LINE.encode()))
+        self.assertIn(b"my notes, not data\n", data)
+        self.assertIn(b'\n"\n', data)
+        found, damaged = csvio.observations(data[csvio.header_length(data):])
+        self.assertEqual(damaged, 2)
+        names = {o.name for o in found if o.coin_id == self.rows()[0]["coin_id"]}
+        self.assertIn(MULTILINE_NAME, names)
+        keys = [(o.coin_id, o.ts_ms) for o in found]
+        self.assertEqual(len(keys), len(set(keys)))
+
+    def test_run_backfill_status_and_plot(self) -> None:
+        self.write_awkward_history()
+        run = self.run_main()
+        self.assertEqual(run.code, 0, run.stderr)
+        self.assertIn("3 rows appended", run.stderr)
+        self.assert_survived()
+        backfill = self.run_main("backfill", "--since", str(self.until - timedelta(days=4)),
+                                 "--until", str(self.until))
+        self.assertEqual(backfill.code, 0, backfill.stderr)
+        self.assertIn("15 rows added", backfill.stderr)
+        self.assert_survived()
+        status = self.run_main("status")
+        self.assertEqual(status.code, 0, status.stderr)
+        self.assertIn("2 damaged lines skipped", status.stdout)
+        self.assertIn("22 rows", status.stdout)
+        plot = self.run_main("plot")
+        self.assertEqual(plot.code, 0, plot.stderr)
+        self.assertEqual(len([line for line in plot.stdout.splitlines() if line.endswith(".png")]), 3)
+        # pandas, the tool a user opens the file with, reads the multi-line name as one cell
+        import pandas as pd
+
+        frame = pd.read_csv(self.csv_path, on_bad_lines="skip", engine="python")
+        self.assertIn(MULTILINE_NAME, set(frame["name"].dropna()))
+
+
+class StatusOnAnyFile(PipelineTestCase):
+    """`status` gives a clear answer on empty, foreign and seven-column files, and the same refusal as `run`."""
+
+    def test_an_empty_csv(self) -> None:
+        self.csv_path.write_bytes(b"")
+        result = self.run_main("status")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("0 rows", result.stdout)
+
+    def test_a_header_only_csv(self) -> None:
+        self.csv_path.write_bytes(HEADER_LINE.encode())
+        result = self.run_main("status")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("0 rows", result.stdout)
+
+    def test_a_foreign_csv_is_refused_alike_by_every_command_before_any_request(self) -> None:
+        foreign = b"date,price\n2024-01-01,1\n"
+        self.csv_path.write_bytes(foreign)
+        messages = {}
+        for argv in (("run",), ("status",), ("plot",), ("backfill", "--days", "3")):
+            result = self.run_main(*argv)
+            self.assertEqual(result.code, 2, (argv, result.stderr))
+            lines = [line for line in result.stderr.splitlines() if "columns this version does not write" in line]
+            self.assertEqual(len(lines), 1, (argv, result.stderr))
+            messages[argv[0]] = lines[0].split(": ", 1)[1]
+        self.assertEqual(len(set(messages.values())), 1, messages)
+        self.assertEqual(self.fake.requests, [])
+        self.assertEqual(self.csv_bytes(), foreign)
+
+    def test_a_seven_column_file_from_the_original_script(self) -> None:
+        legacy = (b"name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,"
+                  b"last_updated\nBitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n")
+        self.csv_path.write_bytes(legacy)
+        result = self.run_main("status")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("seven-column layout", result.stdout)
+        self.assertIn("python main.py", result.stdout)
+        self.assertEqual(self.csv_bytes(), legacy)  # a reader never migrates
+
+
+class DeletingTheStateIsSafe(PipelineTestCase):
+    def test_state_folder_deleted_between_runs(self) -> None:
+        self.fake.set_coins(markets_rows(4, start=NOW - timedelta(hours=1)))
+        self.env["PIPELINE_COINS"] = ",".join(r["id"] for r in self.fake.coins)
+        self.assertIn("4 rows appended", self.run_main().stderr)
+        import shutil
+
+        shutil.rmtree(self.data_dir / ".state")
+        self.assertIn("0 rows appended, 4 duplicates skipped", self.run_main().stderr)
+        self.fake.advance(60)
+        self.assertIn("4 rows appended", self.run_main().stderr)
+        self.assertEqual(len(csv_keys(self.csv_path)), 8)
+
+    def test_a_crash_between_the_append_and_the_index_is_caught_up(self) -> None:
+        """Rows in the CSV that the index has not recorded (the process died in between) are not appended again."""
+        self.fake.set_coins(markets_rows(4, start=NOW - timedelta(hours=1)))
+        self.env["PIPELINE_COINS"] = ",".join(r["id"] for r in self.fake.coins)
+        self.run_main()
+        index = self.data_dir / ".state" / "crypto_data.csv.index.sqlite"
+        snapshot = index.read_bytes()
+        for suffix in ("-wal", "-shm"):
+            Path(str(index) + suffix).unlink(missing_ok=True)
+        self.fake.advance(60)
+        self.run_main()
+        # Put back the index as it was before the second append: the second run's rows are unknown to it.
+        for suffix in ("-wal", "-shm"):
+            Path(str(index) + suffix).unlink(missing_ok=True)
+        index.write_bytes(snapshot)
+        result = self.run_main()
+        self.assertIn("0 rows appended, 4 duplicates skipped", result.stderr)
+        self.assertEqual(len(csv_keys(self.csv_path)), 8)
+
+
+if __name__ == "__main__":
+    import unittest
+
+    unittest.main()
