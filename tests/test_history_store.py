@@ -290,3 +290,72 @@ if __name__ == "__main__":
     import unittest
 
     unittest.main()
+
+
+class FilesNotOurs(PipelineTestCase):
+    """One symlink policy for the CSV and .state, the same in run, backfill and migration; read-only stays."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake.set_coins(markets_rows(3, start=NOW - timedelta(hours=1)))
+        self.ids = [r["id"] for r in self.fake.coins]
+        self.env.update(PIPELINE_COINS=",".join(self.ids), PIPELINE_RATE_LIMIT="10000")
+        for n, coin in enumerate(self.ids):
+            self.fake.market_chart[coin] = make_daily_chart(NOW.date() - timedelta(days=12), 12, 2.0 ** n, seed=n)
+
+    def test_a_symlinked_csv_is_never_written_through(self) -> None:
+        elsewhere = Path(self.tmp.name) / "elsewhere.csv"
+        elsewhere.write_bytes(HEADER_LINE.encode())
+        self.csv_path.symlink_to(elsewhere)
+        for argv in (("run",), ("backfill", "--days", "3")):
+            result = self.run_main(*argv)
+            self.assertEqual(result.code, 2, result.stderr)
+            self.assertIn("is a symbolic link", result.stderr)
+            self.assertTrue(self.csv_path.is_symlink())
+            self.assertEqual(elsewhere.read_bytes(), HEADER_LINE.encode())
+
+    def test_a_symlinked_legacy_csv_is_not_migrated_through_the_link(self) -> None:
+        elsewhere = Path(self.tmp.name) / "legacy.csv"
+        legacy = (b"name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,"
+                  b"last_updated\nBitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n")
+        elsewhere.write_bytes(legacy)
+        self.csv_path.symlink_to(elsewhere)
+        result = self.run_main()
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertEqual(elsewhere.read_bytes(), legacy)
+
+    def test_a_symlinked_state_folder_is_refused(self) -> None:
+        real_state = Path(self.tmp.name) / "state-elsewhere"
+        real_state.mkdir()
+        (self.data_dir / ".state").symlink_to(real_state)
+        result = self.run_main()
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("is a symbolic link", result.stderr)
+        self.assertEqual(list(real_state.iterdir()), [])
+
+    def test_a_symlinked_data_folder_is_fine(self) -> None:
+        real = Path(self.tmp.name) / "real-data"
+        real.mkdir()
+        link = Path(self.tmp.name) / "linked-data"
+        link.symlink_to(real, target_is_directory=True)
+        self.env["PIPELINE_DATA_DIR"] = str(link)
+        result = self.run_main()
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(len(csv_keys(real / "crypto_data.csv")), 3)
+
+    def test_a_read_only_csv_is_never_replaced_or_appended_to(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        before = self.csv_bytes()
+        inode = self.csv_path.stat().st_ino
+        self.csv_path.chmod(0o444)
+        self.addCleanup(self.csv_path.chmod, 0o644)
+        self.fake.advance(60)
+        for argv in (("run",), ("backfill", "--days", "5")):
+            result = self.run_main(*argv)
+            self.assertEqual(result.code, 1, result.stderr)
+            self.assertIn("read-only", result.stderr)
+            self.assertEqual(self.csv_bytes(), before)
+            self.assertEqual(self.csv_path.stat().st_ino, inode)
+        status = self.run_main("status")  # reading it is fine
+        self.assertEqual(status.code, 0, status.stderr)
+        self.assertIn("3 rows", status.stdout)

@@ -112,6 +112,10 @@ class StatusFile:
         return data if isinstance(data, dict) else {}
 
     def update(self, **changes: Any) -> None:
+        if self.path.parent.is_symlink() or self.path.is_symlink():
+            log.warning("not writing %s: it lies behind a symbolic link, which the pipeline never writes through",
+                        self.path)
+            return
         data = self.read()
         data.update(changes)
         try:

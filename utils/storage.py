@@ -275,6 +275,16 @@ class S3Storage(Storage):
         path = self.scratch / CSV_NAME
         if body is None:
             path.unlink(missing_ok=True)
+            return path, self.scratch
+        try:
+            held = path.read_bytes()
+        except OSError:
+            held = None
+        if held is not None and body.startswith(held) and held.endswith(b"\n"):
+            # The object only grew: extend the copy, so its index catches up instead of rebuilding.
+            if len(body) > len(held):
+                with open(path, "ab") as fh:
+                    fh.write(body[len(held):])
         else:
             atomic_write_bytes(path, body)
         return path, self.scratch
