@@ -322,15 +322,13 @@ def daemon_command(settings: Settings) -> int:
 
 def plot_command(settings: Settings) -> int:
     """`plot`: draw the charts from the history."""
+    from lambdas.lambda_4_charts import charts
     from utils.layout import display_path
     from utils.storage import storage_for
-    from utils.visualization import chart_options, render_from_index
+    from utils.visualization import chart_options
 
-    storage = storage_for(settings)
-    _, out_dir = storage.local_csv()
-    with storage.index() as index:
-        report = render_from_index(index, out_dir, chart_options(settings), source=storage.csv_display)
-    for where in storage.publish_charts(report.paths):
+    published, report = charts(storage_for(settings), chart_options(settings))
+    for where in published:
         print(display_path(where))
     log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
              report.price_scale, report.skipped_lines)

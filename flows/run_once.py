@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from lambdas.lambda_1_extract import archive_snapshot, extract
 from lambdas.lambda_2_transform import Rejected, transform
+from lambdas.lambda_3_load import load
 from utils.coingecko import CoinGeckoClient
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError, PipelineError
@@ -97,7 +98,7 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     if not result.records:
         raise ExtractError(f"no usable rows: CoinGecko returned {len(snapshot.rows)} rows for "
                            f"{len(coins)} requested coins and none could be stored; nothing was appended")
-    report = storage.append(result.records)
+    report = load(result.records, storage)
     healed = 0
     if settings.heal and settings.data_url is None and not should_stop():
         # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
@@ -128,12 +129,10 @@ def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], cl
 def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
     """Charts after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
-        from utils.visualization import chart_options, render_from_index
+        from lambdas.lambda_4_charts import charts
+        from utils.visualization import chart_options
 
-        _, out_dir = storage.local_csv()
-        with storage.index() as index:
-            report = render_from_index(index, out_dir, chart_options(settings), source=storage.csv_display)
-        return storage.publish_charts(report.paths), None
+        return charts(storage, chart_options(settings))[0], None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
         log.debug("chart failure", exc_info=True)
         return (), str(exc) or type(exc).__name__

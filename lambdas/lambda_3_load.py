@@ -7,14 +7,19 @@ from pathlib import Path
 
 from utils.layout import DataLayout
 from utils.schema import Record
+from utils.storage import Storage
 from utils.store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
 
 log = logging.getLogger(__name__)
 
 
-def load(records: list[Record], csv_path: Path, *, lock_timeout: float = 300.0) -> LoadReport:
-    """Append the records whose key the history does not hold yet. Raises LoadError (and SchemaMismatch)."""
-    return HistoryStore(DataLayout(csv_path.parent, csv_path.name), lock_timeout).append(records)
+def load(records: list[Record], target: Path | Storage, *, lock_timeout: float = 300.0) -> LoadReport:
+    """Append the records whose key the history does not hold yet, to a CSV path or a storage (local or S3).
+
+    Raises LoadError (and SchemaMismatch)."""
+    if isinstance(target, Storage):
+        return target.append(records)
+    return HistoryStore(DataLayout(target.parent, target.name), lock_timeout).append(records)
 
 
 def handler(event: dict, context: object) -> dict:
@@ -32,7 +37,7 @@ def handler(event: dict, context: object) -> dict:
     records = [Record(**row) for row in gunzip_json(storage.read(records_key))]
     if not records:
         raise ExtractError("no usable rows in this snapshot; nothing was appended")
-    report = storage.append(records)
+    report = load(records, storage)
     partial = bool(event.get("missing") or event.get("rejected"))
     log.info("load: %d rows appended, %d duplicates skipped -> %s", report.appended, report.skipped_duplicates,
              report.csv_path)

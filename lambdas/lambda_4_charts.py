@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from utils.storage import Storage
+    from utils.visualization import ChartOptions, ChartReport
 
 log = logging.getLogger(__name__)
+
+
+def charts(storage: Storage, options: ChartOptions) -> tuple[tuple[str, ...], ChartReport]:
+    """Draw the price, market-cap and performance charts from the history's daily points: where they went, and what."""
+    from utils.visualization import render_from_index  # matplotlib only when drawing
+
+    _, out_dir = storage.local_csv()
+    with storage.index() as index:
+        report = render_from_index(index, out_dir, options, source=storage.csv_display)
+    return storage.publish_charts(report.paths), report
 
 
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: render the three PNGs from the CSV in the bucket and upload them."""
     from utils.aws import lambda_settings, setup_lambda_logging
     from utils.storage import storage_for
-    from utils.visualization import chart_options, render_from_index
+    from utils.visualization import chart_options
 
     setup_lambda_logging()
     settings = lambda_settings(event)
-    storage = storage_for(settings)
-    _, out_dir = storage.local_csv()
-    with storage.index() as index:
-        report = render_from_index(index, out_dir, chart_options(settings), source=storage.csv_display)
-    charts = storage.publish_charts(report.paths)
-    log.info("charts: %d coins -> %s", len(report.coins), ", ".join(charts))
-    return {**(event or {}), "charts": list(charts)}
+    drawn, _ = charts(storage_for(settings), chart_options(settings))
+    log.info("charts: %s", ", ".join(drawn))
+    return {**(event or {}), "charts": list(drawn)}
