@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="main.py", usage="%(prog)s [-h] [COMMAND] [OPTIONS ...]",
                            description=TOP_DESCRIPTION, epilog=EPILOG,
                            parents=[run_switches("the run"), common_options(), chart_options()])
-    for action in parser._actions:
+    # These parents are this parser's alone, so renaming their actions leaves the subcommands' copies be.
+    for action in parser._actions:  # argparse offers no public walk over actions
         if action.option_strings and action.dest != "help":
             action.dest, action.default = BEFORE + action.dest, argparse.SUPPRESS
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
@@ -173,11 +174,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.command is None:
         return parser.parse_args(["run", *argv])
     before = {name[len(BEFORE):]: value for name, value in vars(args).items() if name.startswith(BEFORE)}
-    misplaced = [name for name in before if name not in GLOBAL_OPTIONS]
-    if misplaced:
-        flag = "--" + misplaced[0].replace("_", "-")
-        flag = {"--charts": "--no-charts", "--heal": "--no-heal"}.get(flag, flag)
-        parser.error(f"{flag} goes after the command: python main.py {args.command} {flag} ...")
+    for action in parser._actions:
+        name = action.dest.removeprefix(BEFORE)
+        if name != action.dest and name in before and name not in GLOBAL_OPTIONS:
+            flag = action.option_strings[-1]
+            parser.error(f"{flag} goes after the command: python main.py {args.command} {flag} ...")
     for name, value in before.items():
         if name == "verbose":
             args.verbose += value
