@@ -11,7 +11,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from tests.fake_coingecko import make_daily_chart, markets_rows
-from tests.support import FIXTURE_IDS, MAIN, REPO, PipelineTestCase
+from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
+from tests.test_backfill import SimClock
 
 from utils.backfill import Progress, backfill
 from utils.coingecko import CoinGeckoClient, RateLimiter
@@ -229,19 +230,6 @@ class BackfillCharts(PipelineTestCase):
         self.assertIn("; charts failed: ", result.stderr)
 
 
-class SimClock:
-    """Monotonic time that only sleeping moves."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class TtyStream(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -294,5 +282,5 @@ class BackfillTimeLeft(PipelineTestCase):
         clock = SimClock()
         progress = Progress(4, stream=io.StringIO(), monotonic=clock.monotonic)
         clock.sleep(10)
-        progress.done = 1
-        self.assertAlmostEqual(progress.left(), 30)
+        progress.step("bitcoin")
+        self.assertAlmostEqual(progress.left(), 30)  # 10 s a coin, 3 coins to go, no pacing
