@@ -14,7 +14,7 @@ from tests.fake_coingecko import make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 from tests.test_backfill import SimClock
 
-from utils.backfill import Progress, backfill
+from flows.backfill import Progress, backfill
 from utils.coingecko import CoinGeckoClient, RateLimiter
 from utils.settings import DEFAULT_COINS, build_settings
 
@@ -248,7 +248,7 @@ class BackfillTimeLeft(PipelineTestCase):
                                   {**self.env, "COINGECKO_API_KEY": "demo-key"})
         client = CoinGeckoClient(settings.api_url, plan="demo", api_key="demo-key", sleep=clock.sleep,
                                  monotonic=clock.monotonic)
-        with self.assertLogs("utils.backfill", logging.INFO) as logs:
+        with self.assertLogs("flows.backfill", logging.INFO) as logs:
             backfill(settings, client, progress_stream=progress_stream)
         return [r.getMessage() for r in logs.records]
 
