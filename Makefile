@@ -1,10 +1,61 @@
+# Set-up in two commands: `make run` and `make test` keep a virtual environment in .venv in step
+# with the requirements, then run the pipeline or the test suite. Needs only make and Python 3.11+;
+# without make, the README's long form does the same by hand.
+#
+#   make run                          # python main.py in .venv (created or updated first when needed)
+#   make run ARGS="--coins bitcoin"   # options pass through
+#   make test                         # adds requirements-dev.txt, runs the whole suite
+#   make run PYTHON=python3.12        # the interpreter that creates .venv (default python3)
+#   make run VENV=/srv/venv           # another virtual environment, created there when missing
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+BIN = $(VENV)/bin
+# Stamps inside the venv: newer than the requirements they name means installed and current,
+# so an edited (or pulled) requirements file triggers one `pip install` and nothing else does.
+RUNTIME_STAMP = $(VENV)/.installed-requirements
+DEV_STAMP = $(VENV)/.installed-requirements-dev
+PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make run [ARGS=\"--coins bitcoin\"]   run the pipeline once (creates .venv when needed)"
+	@echo "make test [ARGS=\"-k cli\"]           run the test suite (adds the test requirements)"
+	@echo "make lint                           cfn-lint template.yaml, lint-imports (.importlinter)"
+
+run: $(RUNTIME_STAMP)
+	$(BIN)/python main.py $(ARGS)
+
+test: $(DEV_STAMP)
+	$(BIN)/python -m unittest discover -s tests $(ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/lint-imports
+
+$(RUNTIME_STAMP): requirements.txt
+	@if [ ! -x "$(BIN)/python" ]; then \
+		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+			echo "make: Python 3.11 or newer is needed to create $(VENV), and '$(PYTHON)' is not one;" \
+			     "install it, or name one: make $(MAKECMDGOALS) PYTHON=python3.12" >&2; exit 2; }; \
+		echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv "$(VENV)"; \
+	fi
+	$(PIP) -r requirements.txt
+	@touch "$@"
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt requirements-aws.txt
+	$(PIP) -r requirements-dev.txt
+	@touch "$@"
+
 # Lambda build for `sam build` (template.yaml uses BuildMethod: makefile): the code and the runtime
-# packages of requirements.txt, without the test tools and mocks listed after its "--- tests" line.
+# packages of requirements.txt only; the Lambda runtime brings boto3, and the test tools stay out.
 LAMBDA_TARGETS = build-ExtractFunction build-TransformFunction build-LoadFunction build-ChartsFunction
 
 $(LAMBDA_TARGETS):
+	@test -n "$(ARTIFACTS_DIR)" || { echo "make $@: ARTIFACTS_DIR is unset; run it through sam build" >&2; exit 2; }
 	cp -r lambdas utils main.py "$(ARTIFACTS_DIR)/"
-	sed '/^# --- tests/,$$d' requirements.txt > "$(ARTIFACTS_DIR)/requirements.txt"
+	cp requirements.txt "$(ARTIFACTS_DIR)/requirements.txt"
 	echo 'python-dateutil>=2.8.2,<3  # the Lambda runtime'"'"'s botocore needs <3' >> "$(ARTIFACTS_DIR)/requirements.txt"
 	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" --platform manylinux2014_aarch64 \
 		--implementation cp --python-version 3.12 --only-binary=:all: -r "$(ARTIFACTS_DIR)/requirements.txt"
@@ -12,4 +63,4 @@ $(LAMBDA_TARGETS):
 	find "$(ARTIFACTS_DIR)" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
 	rm -f "$(ARTIFACTS_DIR)/requirements.txt"
 
-.PHONY: $(LAMBDA_TARGETS)
+.PHONY: help run test lint $(LAMBDA_TARGETS)

@@ -17,10 +17,26 @@ from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_setting
 log = logging.getLogger("pipeline")
 
 COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill")
+# Options a user may also give before the command (`python main.py -q plot`).
+GLOBAL_OPTIONS = ("verbose", "quiet", "data_dir", "config", "log_file")
+BEFORE = "before_"  # where options given before the command land, so the command's defaults cannot hide them
+# Options that change nothing for `status` and `plot`: still accepted (scripts pass them), no longer listed.
+UNUSED_BY_READERS = ("--coins", "--api-url", "--api-key", "--api-plan", "--timeout", "--max-retry-wait",
+                     "--rate-limit")
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
+ATTRIBUTION = "Data provided by CoinGecko (https://www.coingecko.com)."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
-          "3 partial: some coins were missing or rejected, the rest was appended. "
-          "Data provided by CoinGecko (https://www.coingecko.com).")
+          "3 partial: some coins were missing or rejected, the rest was appended. " + ATTRIBUTION)
+CHECK_EPILOG = ("exit codes: 0 every check passed; 1 a check failed (connectivity, key or plan, an unknown coin "
+                "id); 2 bad usage or configuration. " + ATTRIBUTION)
+PLOT_EPILOG = ("exit codes: 0 the charts were drawn; 1 no history yet, or no data in the chosen currency or days; "
+               "2 bad usage or configuration, or --plot-coins matches no coin. " + ATTRIBUTION)
+STATUS_EPILOG = ("exit codes: 0 the status was shown; 1 neither a history nor a recorded run yet; "
+                 "2 bad usage or configuration. " + ATTRIBUTION)
+TOP_DESCRIPTION = (DESCRIPTION + " Without a command it runs the pipeline once, as `python main.py run` does, "
+                   "with run's options, listed below. -v, -q, --data-dir, --config and --log-file may also come "
+                   "before any command (`python main.py -q plot`). Each command lists its own options: "
+                   "`python main.py COMMAND --help`.")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,12 +48,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see `{where} --help`)\n")
 
 
-def common_options() -> argparse.ArgumentParser:
-    """Options every command takes; defaults are None so the environment and config file can fill them."""
+def common_options(hidden: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Options every command takes; defaults are None so the environment and config file can fill them.
+
+    Options in `hidden` are accepted but left out of --help, for commands they change nothing for.
+    """
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("data and API options (flag > environment > config file > default)")
+    title = "data options" if hidden else "data and API options"
+    g = p.add_argument_group(f"{title} (flag > environment > config file > default)")
+    # ", " between the ids, so that help wraps between coins, never inside one.
     g.add_argument("--coins", metavar="ID,ID,...",
-                   help=f"CoinGecko API ids [PIPELINE_COINS; default {','.join(DEFAULT_COINS)}]")
+                   help=f"CoinGecko API ids [PIPELINE_COINS; default {', '.join(DEFAULT_COINS)}]")
     g.add_argument("--vs-currency", metavar="CUR", help="quote currency [PIPELINE_VS_CURRENCY; default eur]")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder for the CSV, charts and raw snapshots [PIPELINE_DATA_DIR; default data/ beside main.py]")
@@ -62,6 +83,9 @@ def common_options() -> argparse.ArgumentParser:
                    help="also log to this file, with timestamps, rotated at 10 MB (5 kept) [PIPELINE_LOG_FILE]")
     v.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
     v.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    for action in p._actions:  # argparse offers no public walk over actions
+        if set(action.option_strings) & set(hidden):
+            action.help = argparse.SUPPRESS
     return p
 
 
@@ -71,34 +95,44 @@ def chart_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("chart options")
     g.add_argument("--plot-coins", metavar="COIN,COIN,...",
                    help="coins to chart: ids, symbols or names, any case [PIPELINE_PLOT_COINS; default all]")
-    g.add_argument("--since", metavar="YYYY-MM-DD", help="first day to chart")
+    g.add_argument("--since", metavar="YYYY-MM-DD", help="first day to chart (not with --days)")
     g.add_argument("--until", metavar="YYYY-MM-DD", help="last day to chart")
-    g.add_argument("--days", metavar="N", help="chart the last N days")
+    g.add_argument("--days", metavar="N", help="chart the last N days (up to --until; not with --since)")
     g.add_argument("--scale", choices=SCALES,
                    help="value axis: log when coins span more than two orders of magnitude (auto) "
                         "[PIPELINE_CHART_SCALE; default auto]")
     return p
 
 
+def run_switches(after: str) -> argparse.ArgumentParser:
+    """--no-charts and --no-heal, as `run` and `daemon` take them."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--no-charts", dest="charts", action="store_const", const=False,
+                   help=f"do not draw charts after {after} [PIPELINE_CHARTS=0]")
+    p.add_argument("--no-heal", dest="heal", action="store_const", const=False,
+                   help="do not fill days missing from the history [PIPELINE_HEAL=0]")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
-    parser = OneLineParser(prog="main.py", description=DESCRIPTION, epilog=EPILOG)
+    """The whole command line: run's options at the top level, then one subparser per command."""
+    parser = OneLineParser(prog="main.py", usage="%(prog)s [-h] [COMMAND] [OPTIONS ...]",
+                           description=TOP_DESCRIPTION, epilog=EPILOG,
+                           parents=[run_switches("the run"), common_options(), chart_options()])
+    # These parents are this parser's alone, so renaming their actions leaves the subcommands' copies be.
+    for action in parser._actions:  # argparse offers no public walk over actions
+        if action.option_strings and action.dest != "help":
+            action.dest, action.default = BEFORE + action.dest, argparse.SUPPRESS
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    common, charts = common_options(), chart_options()
-    run = sub.add_parser("run", parents=[common, charts], help="run the pipeline once (the default command)",
-                         description="Fetch the coins once, append new rows to the CSV history, draw the charts.",
-                         epilog=EPILOG)
-    run.add_argument("--no-charts", dest="charts", action="store_const", const=False,
-                     help="do not draw charts after the run [PIPELINE_CHARTS=0]")
-    run.add_argument("--no-heal", dest="heal", action="store_const", const=False,
-                     help="do not fill days missing from the history [PIPELINE_HEAL=0]")
-    daemon = sub.add_parser("daemon", parents=[common, charts], help="stay running and run the pipeline every day",
+    common, charts, readers = common_options(), chart_options(), common_options(hidden=UNUSED_BY_READERS)
+    sub.add_parser("run", parents=[run_switches("the run"), common, charts],
+                   help="run the pipeline once (the default command)",
+                   description="Fetch the coins once, append new rows to the CSV history, draw the charts.",
+                   epilog=EPILOG)
+    daemon = sub.add_parser("daemon", parents=[run_switches("each run"), common, charts],
+                            help="stay running and run the pipeline every day",
                             description="Run the pipeline every day at --at in --timezone, retry failures the "
                                         "same day, stop cleanly on SIGTERM or Ctrl-C.", epilog=EPILOG)
-    daemon.add_argument("--no-charts", dest="charts", action="store_const", const=False,
-                        help="do not draw charts after each run [PIPELINE_CHARTS=0]")
-    daemon.add_argument("--no-heal", dest="heal", action="store_const", const=False,
-                        help="do not fill days missing from the history [PIPELINE_HEAL=0]")
     d = daemon.add_argument_group("schedule")
     d.add_argument("--at", metavar="HH:MM", help="time of the daily run [PIPELINE_AT; default 00:00]")
     d.add_argument("--timezone", metavar="AREA/CITY",
@@ -111,29 +145,46 @@ def build_parser() -> argparse.ArgumentParser:
                         "[PIPELINE_INITIAL_RUN=0]")
     backfill = sub.add_parser("backfill", parents=[common], help="fill the history with past daily points",
                               description="Fetch daily points (00:00 UTC) for past days from "
-                                          "/coins/{id}/market_chart/range, one request per coin, and merge them "
-                                          "into the history. Resumes where an interrupted backfill stopped.",
+                                          "/coins/{id}/market_chart/range, one request per coin, merge them "
+                                          "into the history, then redraw the charts. Resumes where an interrupted "
+                                          "backfill stopped.",
                               epilog=EPILOG)
+    backfill.add_argument("--no-charts", dest="charts", action="store_const", const=False,
+                          help="do not redraw the charts after rows were added [PIPELINE_CHARTS=0]")
     b = backfill.add_argument_group("range (complete UTC days; default the last 365)")
-    b.add_argument("--days", metavar="N", help="the last N complete days")
-    b.add_argument("--since", metavar="YYYY-MM-DD", help="first day")
+    b.add_argument("--days", metavar="N", help="the last N complete days (up to --until; not with --since)")
+    b.add_argument("--since", metavar="YYYY-MM-DD", help="first day (not with --days)")
     b.add_argument("--until", metavar="YYYY-MM-DD", help="last day (default the newest complete day)")
-    sub.add_parser("status", parents=[common], help="show the last run, the next run and the history's coverage",
+    sub.add_parser("status", parents=[readers], help="show the last run, the next run and the history's coverage",
                    description="Show the last run and its result, the next scheduled run, and the history: rows, "
-                               "coins, first and last observation, days missing.")
+                               "coins, first and last observation, days missing.", epilog=STATUS_EPILOG)
     sub.add_parser("check", parents=[common], help="check connectivity, the API key and plan, and the coin ids",
-                   description="Check /ping, the key and plan, and that CoinGecko knows every coin id.")
-    sub.add_parser("plot", parents=[common, charts], help="draw the charts from the history",
-                   description="Draw the price, market-cap and performance charts from the CSV history.")
+                   description="Check /ping, the key and plan, and that CoinGecko knows every coin id.",
+                   epilog=CHECK_EPILOG)
+    sub.add_parser("plot", parents=[readers, charts], help="draw the charts from the history",
+                   description="Draw the price, market-cap and performance charts from the CSV history.",
+                   epilog=PLOT_EPILOG)
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse argv; options without a command mean `run`."""
-    argv = list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv.insert(0, "run")
-    return build_parser().parse_args(argv)
+    """Parse argv: options without a command mean `run`; the global options may also come before a command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        return parser.parse_args(["run", *argv])
+    before = {name[len(BEFORE):]: value for name, value in vars(args).items() if name.startswith(BEFORE)}
+    for action in parser._actions:
+        name = action.dest.removeprefix(BEFORE)
+        if name != action.dest and name in before and name not in GLOBAL_OPTIONS:
+            flag = action.option_strings[-1]
+            parser.error(f"{flag} goes after the command: python main.py {args.command} {flag} ...")
+    for name, value in before.items():
+        if name == "verbose":
+            args.verbose += value
+        elif not getattr(args, name):  # given after the command too: that one wins
+            setattr(args, name, value)
+    return args
 
 
 class SecretFilter(logging.Filter):
@@ -272,14 +323,21 @@ def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
 
 
 def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
-    """`backfill`: past daily points for every coin, merged once."""
+    """`backfill`: past daily points for every coin, merged once, then the charts redrawn when rows were added."""
     from flows.backfill import backfill
+    from flows.run_once import draw_charts
     from utils.clients import make_client
     from utils.layout import display_path
+    from utils.storage import storage_for
 
     with make_client(settings, sleep=sleep) as client:
         result = backfill(settings, client)
-    log.info("%s", result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path)))
+    summary = result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path))
+    if settings.charts and result.merge and result.merge.added:
+        _, chart_error = draw_charts(settings, storage_for(settings))
+        if chart_error:
+            summary += f"; charts failed: {chart_error}"
+    log.info("%s", summary)
     return result.exit_code
 
 

@@ -158,29 +158,50 @@ class BackfillResult:
 
 
 class Progress:
-    """A tqdm bar on a terminal, else a log line every few coins, both with the time left."""
+    """A tqdm bar on a terminal, else a log line every few coins, both with the time left, pacing included."""
 
-    def __init__(self, total: int, done: int = 0, stream: Any = None) -> None:
+    def __init__(self, total: int, done: int = 0, stream: Any = None, *,
+                 pacing: Callable[[int], float] = lambda coins: 0.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.total, self.done = total, done
         self.stream = stream or sys.stderr
-        self.started = time.monotonic()
+        self.pacing = pacing  # seconds the rate limit needs for the requests of this many more coins
+        self.monotonic = monotonic
+        self.started = monotonic()
         self.every = max(1, total // 10)
         self.bar = None
         if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="coin", file=self.stream, desc="backfill")
+            # tqdm's own estimate knows nothing of the pacing to come, so the postfix carries ours.
+            self.bar = tqdm(total=total, initial=done, unit="coin", file=self.stream, desc="backfill",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+    def left(self) -> float:
+        """Seconds left: the pace so far, or the rate limit's wait for the rest when that is longer."""
+        remaining = self.total - self.done
+        by_pace = (self.monotonic() - self.started) / max(1, self.done) * remaining if self.done else 0.0
+        return max(by_pace, self.pacing(remaining))
 
     def step(self, coin_id: str) -> None:
         self.done += 1
         if self.bar is not None:
-            self.bar.set_postfix_str(coin_id, refresh=False)
+            self.bar.set_postfix_str(f"{coin_id}, about {_duration(self.left())} left", refresh=False)
             self.bar.update(1)
             return
         if self.done % self.every == 0 or self.done == self.total:
-            elapsed = time.monotonic() - self.started
-            left = elapsed / max(1, self.done) * (self.total - self.done)
-            log.info("backfill: %d of %d coins, about %s left", self.done, self.total, _duration(left))
+            log.info("backfill: %d of %d coins, about %s left", self.done, self.total, _duration(self.left()))
+
+    def waiting(self, seconds: float) -> None:
+        """Say why nothing moves while the rate limit holds the next request back (short pauses pass unsaid)."""
+        if seconds < 5:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"waiting {_duration(seconds)} for the rate limit, "
+                                     f"about {_duration(self.left())} left", refresh=True)
+            return
+        log.info("backfill: %d of %d coins, waiting %s for the rate limit, about %s left", self.done, self.total,
+                 _duration(seconds), _duration(self.left()))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -241,7 +262,10 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     result = BackfillResult()
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
-    progress = Progress(len(coins), stream=progress_stream)
+    per_coin = len(windows(span, settings.api_plan))
+    progress = Progress(len(coins), stream=progress_stream, monotonic=client.limiter.monotonic,
+                        pacing=lambda left: client.limiter.time_for(left * per_coin))
+    client.limiter.on_wait = progress.waiting
     calls_before = client.calls
     try:
         for coin_id in coins:
@@ -271,6 +295,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
                 {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers)
             progress.step(coin_id)
     finally:
+        client.limiter.on_wait = None
         progress.close()
         result.requests = client.calls - calls_before
         result.paced_seconds = client.limiter.waited

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from utils.coingecko import KEY_HEADERS, CoinGeckoClient
@@ -14,17 +14,21 @@ from utils.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def suggestions(client: CoinGeckoClient, coin_id: str, limit: int = 3) -> list[str]:
-    """Likely right ids for an unknown one, from /search."""
-    query = coin_id.replace("-", " ").strip()
+def _search(client: CoinGeckoClient, coin_id: str) -> list[dict[str, Any]]:
+    """The coins /search finds for an id, or none when the search itself fails."""
     try:
-        found = client.search(query)
+        found = client.search(coin_id.replace("-", " ").strip())
     except ExtractError:
         return []
     coins = found.get("coins") if isinstance(found, dict) else None
+    return [c for c in coins if isinstance(c, dict) and isinstance(c.get("id"), str)] if isinstance(coins, list) else []
+
+
+def _near_misses(found: list[dict[str, Any]], coin_id: str, limit: int = 3) -> list[str]:
+    """Other ids /search found, labelled with name and symbol."""
     out: list[str] = []
-    for coin in coins if isinstance(coins, list) else []:
-        if isinstance(coin, dict) and isinstance(coin.get("id"), str) and coin["id"] != coin_id:
+    for coin in found:
+        if coin["id"] != coin_id:
             label = coin["id"]
             if coin.get("name") or coin.get("symbol"):
                 label += f" ({coin.get('name', '')}, {str(coin.get('symbol', '')).upper()})"
@@ -32,6 +36,34 @@ def suggestions(client: CoinGeckoClient, coin_id: str, limit: int = 3) -> list[s
         if len(out) >= limit:
             break
     return out
+
+
+def id_hint(client: CoinGeckoClient, coin_id: str) -> str | None:
+    """What an id CoinGecko does not know probably meant: the id behind a symbol (btc), else near misses."""
+    found = _search(client, coin_id)
+    if any(c["id"] == coin_id for c in found):
+        return None  # a real id that CoinGecko left out this time: no other id to offer
+    # /search ranks by market cap, so the first coin with this symbol is the one people mean.
+    by_symbol = [c["id"] for c in found if str(c.get("symbol", "")).lower() == coin_id and c["id"] != coin_id]
+    if by_symbol:
+        others = f" (or {', '.join(by_symbol[1:3])})" if len(by_symbol) > 1 else ""
+        return f"{coin_id.upper()} is a symbol: use its CoinGecko id, {by_symbol[0]}{others}"
+    near = _near_misses(found, coin_id)
+    return f"did you mean {' or '.join(near)}?" if near else None
+
+
+def missing_ids_note(client: CoinGeckoClient, missing: Sequence[str], lookups: int = 3) -> str:
+    """One line on coins CoinGecko returned nothing for, naming the right ids where /search finds them.
+
+    At most `lookups` searches, so a long list of bad ids cannot eat the rate limit.
+    """
+    hints = []
+    for coin_id in missing[:lookups]:
+        hint = id_hint(client, coin_id)
+        if hint:
+            hints.append(hint if len(missing) == 1 else f"{coin_id}: {hint}")
+    advice = "; ".join(hints) if hints else "check the ids with `python main.py check`"
+    return f"CoinGecko returned no data for {', '.join(missing)}: {advice}"
 
 
 def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
@@ -66,9 +98,8 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
             out(f"ok    coins: CoinGecko knows all {len(settings.coins)} ids in {settings.vs_currency}")
         for coin in unknown:
             ok = False
-            hint = suggestions(client, coin)
-            tip = f"; did you mean {' or '.join(hint)}?" if hint else "; search https://www.coingecko.com for its API id"
-            out(f"FAIL  coin {coin!r} is not known to CoinGecko{tip}")
+            hint = id_hint(client, coin) or "search https://www.coingecko.com for its API id"
+            out(f"FAIL  coin {coin!r} is not known to CoinGecko; {hint}")
     return EXIT_OK if ok else EXIT_FAILED
 
 

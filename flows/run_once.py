@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from lambdas.lambda_1_extract import archive_snapshot, extract
 from lambdas.lambda_2_transform import Rejected, transform
+from flows.check import missing_ids_note
 from lambdas.lambda_3_load import load
 from utils.coingecko import CoinGeckoClient
 from utils.daemon import Outcome
@@ -92,12 +93,13 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
     result = transform(snapshot)
     for rejected in result.rejected:
         log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
-    if snapshot.missing:
-        log.warning("CoinGecko returned no data for %s: check the ids with `python main.py check`",
-                    ", ".join(snapshot.missing))
+    missing_note = missing_ids_note(client, snapshot.missing) if snapshot.missing else None
     if not result.records:
-        raise ExtractError(f"no usable rows: CoinGecko returned {len(snapshot.rows)} rows for "
-                           f"{len(coins)} requested coins and none could be stored; nothing was appended")
+        why = (missing_note if missing_note and not snapshot.rows else f"CoinGecko returned {len(snapshot.rows)} "
+               f"rows for {len(coins)} requested coins and none could be stored")
+        raise ExtractError(f"no usable rows: {why}; nothing was appended")
+    if missing_note:
+        log.warning("%s", missing_note)
     report = load(result.records, storage)
     healed = 0
     if settings.heal and settings.data_url is None and not should_stop():

@@ -194,6 +194,7 @@ class DaemonProcessTests(PipelineTestCase):
         self.assertEqual(proc.returncode, 0, err)
         self.assertIn("daemon stopped", err)
         self.assertEqual(len(self.rows()), 10)
+        self.assertEqual(err.count("next scheduled run"), 1, err)  # the initial run leaves the plan as announced
 
     def test_sigterm_during_a_run_finishes_the_load_and_exits_0(self) -> None:
         self.fake.add_fault(Fault.stall(2.0))

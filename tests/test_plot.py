@@ -37,7 +37,7 @@ class PlotCommand(PipelineTestCase):
     def test_a_selection_that_matches_nothing_lists_the_coins(self) -> None:
         self.run_main()
         result = self.run_main("plot", "--plot-coins", "nosuchcoin")
-        self.assertEqual(result.code, 1)
+        self.assertEqual(result.code, 2)  # a usage error: the selection names no coin of the history
         self.assertIn("no coin matches", result.stderr)
         self.assertIn("bitcoin (BTC, Bitcoin)", result.stderr)
 

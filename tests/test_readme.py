@@ -1,4 +1,4 @@
-"""The README documents every command-line option that `--help` shows, and the test command CI runs."""
+"""The README documents every command-line option that `--help` shows, and the set-up and test commands CI runs."""
 
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ class ReadmeInStep(unittest.TestCase):
             self.assertIn(f"python main.py {command}", self.readme)
 
     def test_ci_runs_the_readme_test_command(self) -> None:
-        command = "python -m unittest discover -s tests"
-        self.assertIn(command, self.readme)
-        self.assertIn(command.replace("python ", ".venv/bin/python "), (REPO / ".ci" / "run").read_text())
+        for command in ("make run", "make test", "python -m unittest discover -s tests"):
+            self.assertIn(command, self.readme)
+        self.assertIn("\nmake test\n", (REPO / ".ci" / "run").read_text())
+        self.assertIn("\t$(BIN)/python -m unittest discover -s tests", (REPO / "Makefile").read_text())
 
     def test_every_environment_variable_in_the_code_is_documented(self) -> None:
         from utils.settings import OPTIONS

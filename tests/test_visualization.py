@@ -176,7 +176,7 @@ class SelectionTest(ChartTestCase):
                          "no coin matches --plot-coins cardano in eur; available: bitcoin (BTC,"
                          " Bitcoin), ethereum (ETH, Ethereum), shiba-inu (SHIB, Shiba Inu)")
         self.assertIsInstance(caught.exception, PipelineError)
-        self.assertEqual(caught.exception.exit_code, 1)
+        self.assertEqual(caught.exception.exit_code, 2)  # a usage error: --plot-coins names no coin
         self.assertFalse(self.out.exists())
 
     def test_days_since_and_until_choose_the_window(self) -> None:

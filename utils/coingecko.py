@@ -54,6 +54,7 @@ class RateLimiter:
         self.monotonic = monotonic
         self.starts: deque[float] = deque()
         self.waited = 0.0
+        self.on_wait: Sleep | None = None  # told each pause before it starts, so progress can say why it stalls
 
     def acquire(self) -> None:
         """Wait until one more call fits in the window, then count it."""
@@ -62,11 +63,24 @@ class RateLimiter:
         if len(self.starts) >= self.per_minute:
             pause = self.starts[0] + RATE_WINDOW - now
             log.debug("pacing: %d calls in the last minute, waiting %.1f s", len(self.starts), pause)
+            if self.on_wait is not None:
+                self.on_wait(pause)
             self.waited += pause
             self.sleep(pause)
             now = max(self.monotonic(), now + pause)  # an injected sleep may not move the clock
             self._forget(now)
         self.starts.append(now)
+
+    def time_for(self, calls: int) -> float:
+        """Seconds of pacing before `calls` more calls could all have started (0 when they fit now)."""
+        now = self.monotonic()
+        starts = [start for start in self.starts if start > now - RATE_WINDOW]
+        last = now
+        for _ in range(calls):
+            if len(starts) >= self.per_minute:  # the call waits until the per_minute-th latest start leaves
+                last = max(last, starts[-self.per_minute] + RATE_WINDOW)
+            starts.append(last)
+        return last - now
 
     def _forget(self, now: float) -> None:
         while self.starts and self.starts[0] <= now - RATE_WINDOW:

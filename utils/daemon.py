@@ -184,6 +184,7 @@ class Daemon:
         self.retry_job: ClockedJob | None = None
         self.failures_today = 0
         self.runs = 0
+        self.announced: tuple[datetime, datetime | None] | None = None  # the plan last logged
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -214,9 +215,12 @@ class Daemon:
         assert self.daily is not None and self.daily.next_run is not None
         due = self.daily.next_run
         retry = self.retry_job.next_run if self.retry_job is not None else None
-        local = due.astimezone(self.zone)
-        log.info("next scheduled run at %s %s (%s)%s", local.strftime("%Y-%m-%d %H:%M"), self.zone.key, iso(due),
-                 f"; a retry is due at {iso(retry)}" if retry and retry > self.clock() else "")
+        pending = retry if retry and retry > self.clock() else None
+        if (due, pending) != self.announced:  # an initial run leaves the plan as start-up announced it
+            self.announced = (due, pending)
+            local = due.astimezone(self.zone)
+            log.info("next scheduled run at %s %s (%s)%s", local.strftime("%Y-%m-%d %H:%M"), self.zone.key,
+                     iso(due), f"; a retry is due at {iso(pending)}" if pending else "")
         self.status.update(next_run=iso(due), next_retry=iso(retry), timezone=self.zone.key,
                            at=self.at.strftime("%H:%M"), daemon_pid=os.getpid())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tempfile
 import tomllib
@@ -232,6 +233,8 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "rate_limit": ("PIPELINE_RATE_LIMIT", _parse_rate),
     "heal": ("PIPELINE_HEAL", _parse_bool("heal")),
 }
+# Config-file keys spelled like the flags (no_charts = true), each the negation of an option.
+NEGATED_KEYS = {"no_charts": "charts", "no_heal": "heal", "no_initial_run": "initial_run"}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -249,9 +252,17 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [pipeline] must be a table")
     normalized = {str(k).replace("-", "_"): v for k, v in table.items()}
-    unknown = sorted(set(normalized) - set(OPTIONS))
+    unknown = sorted(set(normalized) - set(OPTIONS) - set(NEGATED_KEYS))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}; "
+                          f"known: {', '.join([*OPTIONS, *NEGATED_KEYS])}")
+    for negated, name in NEGATED_KEYS.items():
+        if negated not in normalized:
+            continue
+        value = not _parse_bool(negated)(normalized.pop(negated))
+        if name in normalized and OPTIONS[name][1](normalized[name]) != value:
+            raise ConfigError(f"config file {path}: {name} and {negated} contradict each other; keep one of them")
+        normalized[name] = value
     if isinstance(normalized.get("coins"), list):
         normalized["coins"] = ",".join(map(str, normalized["coins"]))
     return normalized
@@ -280,6 +291,9 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
     values.setdefault("api_url", default_base_url(values["api_plan"]))
     if isinstance(values.get("data_dir"), str):
         bucket, prefix = split_s3_url(values["data_dir"])
+        if importlib.util.find_spec("boto3") is None:
+            raise ConfigError(f"--data-dir {values['data_dir']} needs boto3, which the local set-up leaves out: "
+                              "install it with `pip install -r requirements-aws.txt`")
         values["data_url"] = values["data_dir"].rstrip("/")
         values["data_dir"] = Path(tempfile.gettempdir()) / "crypto-history" / bucket / prefix
         if command in ("daemon", "status"):
@@ -288,6 +302,9 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
     if "data_dir" in values and not values["data_dir"].is_absolute():
         values["data_dir"] = Path.cwd() / values["data_dir"]
     since, until = values.get("since"), values.get("until")
+    if since and values.get("days"):
+        raise ConfigError(f"--since {since} and --days {values['days']} both set the first day; give one of them "
+                          "(--days counts back from --until, or from the newest day)")
     if since and until and since > until:
         raise ConfigError(f"--since {since} is after --until {until}")
     return Settings(command=command, verbosity=verbosity, **values)

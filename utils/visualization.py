@@ -72,6 +72,12 @@ class NothingToPlot(PipelineError):
     exit_code = 1
 
 
+class NoCoinMatches(NothingToPlot):
+    """--plot-coins names no coin of the history: a usage error, so exit 2."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class ChartOptions:
     """What to chart: currency, coins (ids, symbols or names, any case), window and y scale."""
@@ -183,7 +189,7 @@ def _match_coins(wanted: Sequence[str], available: list[_Coin], currency: str) -
     if not chosen:
         shown = ", ".join(c.describe() for c in available[:25])
         more = f", and {len(available) - 25} more" if len(available) > 25 else ""
-        raise NothingToPlot(f"no coin matches --plot-coins {','.join(tokens)} in {currency};"
+        raise NoCoinMatches(f"no coin matches --plot-coins {','.join(tokens)} in {currency};"
                             f" available: {shown}{more}")
     if unmatched:
         logger.warning("no coin matches %s in %s; charting the others", ", ".join(unmatched),
