@@ -8,11 +8,12 @@ Everything in it can be rebuilt from the CSV; the CSV stays the source of truth.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -162,6 +163,17 @@ class HistoryIndex:
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: all of it lands, or none."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -171,11 +183,10 @@ class HistoryIndex:
                             [(k, str(v)) for k, v in values.items()])
 
     def _reset(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        for table in _DATA_TABLES + ("meta",):
-            self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
-        self._set_meta(version=SCHEMA_VERSION, columns=",".join(COLUMNS), rows=0, damaged=0)
-        self.db.execute("COMMIT")
+        with self._transaction():
+            for table in _DATA_TABLES + ("meta",):
+                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            self._set_meta(version=SCHEMA_VERSION, columns=",".join(COLUMNS), rows=0, damaged=0)
         self._ids = {}
 
     def mark(self) -> FileMark | None:
@@ -215,14 +226,9 @@ class HistoryIndex:
                     if mark.size < st.st_size:
                         fh.seek(mark.size)
                         found, damaged = csvio.observations(fh.read(st.st_size - mark.size), mark.size)
-                        self.db.execute("BEGIN IMMEDIATE")
-                        try:
+                        with self._transaction():
                             self._add(found)
                             self._mark_file(fh, len(found), damaged)
-                            self.db.execute("COMMIT")
-                        except BaseException:
-                            self.db.execute("ROLLBACK")
-                            raise
                         log.debug("index of %s caught up with %d rows", csv_path, len(found))
                         return "caught up"
             self.rebuild(fh, csv_path)
@@ -236,27 +242,17 @@ class HistoryIndex:
         found, damaged = csvio.observations(data[start:], start)
         del data
         self._reset()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._add(found, bulk=True)
             self._mark_file(fh, len(found), damaged)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         level = logging.INFO if len(found) > 100_000 else logging.DEBUG
         log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, len(found), damaged)
 
     def record_append(self, found: list[Observation], fh) -> None:
         """After appending these rows to the CSV (open as fh): their keys and the new length, in one transaction."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._add(found)
             self._mark_file(fh, len(found), 0)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -349,18 +345,13 @@ class HistoryIndex:
         if not days:
             return
         ids = self._series_ids(days)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for key, wanted in days.items():
                 covered = self.db.execute("SELECT first_day, last_day FROM covered WHERE series = ?",
                                           (ids[key],)).fetchall()
                 numbers = [n for n in map(day_number, wanted) if not any(a <= n <= b for a, b in covered)]
                 if numbers:
                     self._set_unavailable(ids[key], add=numbers, checked_ms=checked_ms)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -171,15 +171,13 @@ class HistoryStore:
                     with contextlib.suppress(OSError):
                         Path(str(self.layout.index) + suffix).unlink()
                 index = HistoryIndex(self.layout.index)
-            try:
-                self._sync(index)
-            except BaseException:
-                index.close()
-                raise
-            return index
+            return self._synced(index)
         except sqlite3.Error as exc:
             log.warning("cannot use the index %s (%s); reading the CSV instead", self.layout.index, exc)
-        index = HistoryIndex(":memory:")
+        return self._synced(HistoryIndex(":memory:"))
+
+    def _synced(self, index: HistoryIndex) -> HistoryIndex:
+        """The index brought up to the CSV, or closed when that fails."""
         try:
             self._sync(index)
         except BaseException:
@@ -308,12 +306,7 @@ class HistoryStore:
             if isinstance(exc, (LockTimeout, SchemaMismatch)):
                 raise
             log.debug("reading %s without its index (%s)", self.csv_path, exc)
-            index = HistoryIndex(":memory:")
-            try:
-                self._sync(index)
-            except BaseException:
-                index.close()
-                raise
+            index = self._synced(HistoryIndex(":memory:"))
         with index:
             yield index
 
