@@ -232,16 +232,28 @@ class Bounds(HostileTestCase):
         self.assert_key_nowhere()
 
     def run_measured(self, *argv: str) -> tuple[int, str, float]:
-        """Run the CLI and return its exit code, stderr and peak RSS in MB, from wait4's rusage of that child."""
+        """Run the CLI and return its exit code, stderr and peak RSS in MB, sampling VmHWM while it runs.
+
+        Not ru_maxrss: Linux carries the forking parent's high-water mark across exec into the child's,
+        so a child of a big test process would report the test process's size.
+        """
         err_path = Path(self.tmp.name) / "stderr.txt"
+        peak_kb = 0
         with open(err_path, "w", encoding="utf-8") as err:
             proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=dict(os.environ, **self.env),
                                     stdout=subprocess.DEVNULL, stderr=err, cwd=self.tmp.name)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            status = Path(f"/proc/{proc.pid}/status")
+            while proc.poll() is None:
+                try:
+                    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                    peak_kb = max(peak_kb, int(fields.get("VmHWM", "0 kB").split()[0]))
+                except (OSError, ValueError):  # exiting: /proc is going away
+                    pass
+                time.sleep(0.01)
         stderr = err_path.read_text(encoding="utf-8")
         err_path.unlink()
-        return proc.returncode, stderr, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+        self.assertGreater(peak_kb, 0, "VmHWM was never read")
+        return proc.returncode, stderr, peak_kb / 1024
 
 
 class DaemonStops(HostileTestCase):
