@@ -227,7 +227,10 @@ class Bounds(HostileTestCase):
                 self.assertIn("invalid key ***", last_line(result))
                 status = json.loads((self.data_dir / ".state" / "status.json").read_text())
                 self.assertIn("invalid key ***", status["last_run"]["error"])
+        result = self.cli("run", "--max-retry-wait", "1")  # the retry warnings too
         self.assertIn("\\x1b[2J\\u202e", last_line(result))  # shown as text, not obeyed by the terminal
+        self.assertNotIn("\x1b", result.stderr)
+        self.assertIn("retrying in", result.stderr)
         self.assert_clean_rerun()
         self.assert_key_nowhere()
 

@@ -300,7 +300,7 @@ class CoinGeckoClient:
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s; retrying in %.1f s (attempt %d of %d)", error, wait,
+        log.warning("%s; retrying in %.1f s (attempt %d of %d)", self._scrub(str(error)), wait,
                     state.attempt_number + 1, self.max_attempts)
 
     # -- one request ----------------------------------------------------------------------
