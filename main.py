@@ -68,7 +68,9 @@ def common_options(hidden: Sequence[str] = ()) -> argparse.ArgumentParser:
     g.add_argument("--api-plan", choices=PLANS,
                    help="public (no key), demo or pro: picks host and key header "
                         "[COINGECKO_API_PLAN; default demo with a key, else public]")
-    g.add_argument("--timeout", metavar="SECONDS", help="timeout of each HTTP request [PIPELINE_TIMEOUT; default 30]")
+    g.add_argument("--timeout", metavar="SECONDS",
+                   help="deadline of each HTTP request: connecting, the headers and the whole body must be done "
+                        "within it (a failed attempt is retried) [PIPELINE_TIMEOUT; default 30]")
     g.add_argument("--max-retry-wait", metavar="SECONDS",
                    help="most time to spend waiting between retries before giving up "
                         "[PIPELINE_MAX_RETRY_WAIT; default 120]")
@@ -77,6 +79,9 @@ def common_options(hidden: Sequence[str] = ()) -> argparse.ArgumentParser:
     g.add_argument("--rate-limit", metavar="N",
                    help="most API calls per minute this client makes [PIPELINE_RATE_LIMIT; default by plan: "
                         "public 10, demo 30, pro 250]")
+    g.add_argument("--max-response-mb", metavar="MB",
+                   help="largest API answer accepted, counted after decompression; a larger one fails the "
+                        "request [PIPELINE_MAX_RESPONSE_MB; default 64]")
     g.add_argument("--config", metavar="FILE", help="TOML file with the same keys [PIPELINE_CONFIG]")
     v = p.add_argument_group("output")
     v.add_argument("--log-file", metavar="PATH",
@@ -252,7 +257,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     flags = {name: getattr(args, name, None) for name in
              ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
               "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
-              "retry_delays", "initial_run", "log_file", "rate_limit", "heal")}
+              "retry_delays", "initial_run", "log_file", "rate_limit", "max_response_mb", "heal")}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -341,15 +346,13 @@ def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> i
     return result.exit_code
 
 
-class Stopped(PipelineError):
-    """A stop was asked while waiting to retry a request: nothing was appended."""
-
-
 def daemon_command(settings: Settings) -> int:
     """`daemon`: one process per data folder, running the pipeline on schedule until SIGTERM or Ctrl-C."""
+    from utils.coingecko import make_limiter
     from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone
     from flows.run_once import run_once
     from utils.clients import make_client
+    from utils.errors import Stopped
     from utils.storage import prepare_data_dir
 
     zone = resolve_zone(settings.timezone)
@@ -361,10 +364,13 @@ def daemon_command(settings: Settings) -> int:
 
         def interruptible_sleep(seconds: float) -> None:
             if daemon.stop_event.wait(seconds):
-                raise Stopped("stopped while waiting to retry a request; nothing was appended")
+                raise Stopped("stopped while waiting to send a request; nothing was appended")
+
+        # One limiter for the daemon's life: retries and later runs share the plan's budget.
+        limiter = make_limiter(settings.api_plan, settings.rate_limit, sleep=interruptible_sleep)
 
         def job(coins: tuple[str, ...] | None, should_stop: Callable[[], bool]):
-            with make_client(settings, sleep=interruptible_sleep) as client:
+            with make_client(settings, sleep=interruptible_sleep, limiter=limiter, should_stop=should_stop) as client:
                 return run_once(settings, client, coins=coins, should_stop=should_stop).outcome()
 
         daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,

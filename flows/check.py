@@ -13,6 +13,9 @@ from utils.settings import Settings
 
 log = logging.getLogger(__name__)
 
+MAX_SEARCHED = 10  # unknown ids that get a /search for suggestions
+MAX_LISTED = 50  # further unknown ids named on the summary line
+
 
 def _search(client: CoinGeckoClient, coin_id: str) -> list[dict[str, Any]]:
     """The coins /search finds for an id, or none when the search itself fails."""
@@ -96,10 +99,16 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
         unknown = [c for c in settings.coins if c not in known]
         if not unknown:
             out(f"ok    coins: CoinGecko knows all {len(settings.coins)} ids in {settings.vs_currency}")
-        for coin in unknown:
+        # Each search is one paced call (ten a minute on the public plan): only the first few get one.
+        for coin in unknown[:MAX_SEARCHED]:
             ok = False
             hint = id_hint(client, coin) or "search https://www.coingecko.com for its API id"
             out(f"FAIL  coin {coin!r} is not known to CoinGecko; {hint}")
+        rest = unknown[MAX_SEARCHED:]
+        if rest:
+            names = ", ".join(rest[:MAX_LISTED]) + (", ..." if len(rest) > MAX_LISTED else "")
+            out(f"FAIL  {len(rest)} more ids are not known to CoinGecko (not searched for suggestions; fix the "
+                f"ones above and run check again): {names}")
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import json
 import math
 import random
@@ -12,6 +13,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -168,7 +170,7 @@ def error_response(kind: str) -> tuple[int, bytes, str]:
 class Fault:
     """One scripted misbehaviour; each instance answers exactly one request."""
 
-    kind: str = "respond"  # respond | stall | reset | truncate
+    kind: str = "respond"  # respond | stall | reset | truncate | trickle
     http_status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
@@ -255,10 +257,44 @@ class Fault:
         return cls(kind="reset")
 
     @classmethod
+    def trickle(cls, interval: float = 1.0, body: bytes | None = None) -> Fault:
+        """Send status and headers at once, then the body one byte every interval seconds (a slow-loris answer)."""
+        full = body if body is not None else _dumps(load_fixture(DEFAULT_COINS_FIXTURE))
+        return cls(kind="trickle", http_status=200, body=full, delay=float(interval))
+
+    @classmethod
+    def redirect(cls, location: str, code: int = 302) -> Fault:
+        """Answer a redirect to location (any host, port or scheme)."""
+        return cls.status(code, b"", {"location": location})
+
+    @classmethod
+    def gzip_bomb(cls, gib: int = 2) -> Fault:
+        """Answer 200 with Content-Encoding: gzip and a ~1 MB-per-GiB body that unpacks to gib GiB of zeros."""
+        return cls.status(200, gzip_bomb(gib), {"content-encoding": "gzip"})
+
+    @classmethod
     def error_body(cls, kind: str) -> Fault:
         """Answer one of the captured error shapes by name (see error_kinds())."""
         code, body, ctype = error_response(kind)
         return cls(http_status=code, body=body, content_type=ctype)
+
+
+@functools.lru_cache(maxsize=2)
+def gzip_bomb(gib: int) -> bytes:
+    """A valid single-stream gzip of gib GiB of zeros, built in well under a second.
+
+    Each MiB is deflated after a full flush, so every MiB after the first compresses to the same bytes:
+    the body is that segment repeated, then the closing block with the CRC and size of the whole.
+    """
+    zeros, count = bytes(2**20), gib * 1024
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    repeated = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    closing = deflate.flush()[:-8]  # the final block; its trailer is recomputed for the whole stream
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(zeros, crc)
+    return first + repeated * (count - 1) + closing + struct.pack("<II", crc, (count * 2**20) & 0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -392,6 +428,21 @@ class _Handler(BaseHTTPRequestHandler):
         body = answer.body if cut_at is None else answer.body[:cut_at]
         self.wfile.write(body)
         self.wfile.flush()
+
+    def send_trickle(self, answer: _Answer, interval: float, stopping: threading.Event) -> None:
+        """Write status and headers, then the body a byte at a time until done, cut off or stopped."""
+        self.close_connection = True
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        for index in range(len(answer.body)):
+            if stopping.wait(interval):
+                return
+            self.wfile.write(answer.body[index:index + 1])
+            self.wfile.flush()
 
     def reset_connection(self) -> None:
         """Abort the TCP connection with RST."""
@@ -564,6 +615,10 @@ class FakeCoinGecko:
                 handler.close_connection = True
                 return
             fault = None
+        if fault is not None and fault.kind == "trickle":
+            handler.send_trickle(_Answer(fault.http_status, fault.body, fault.content_type), fault.delay,
+                                 self._stopping)
+            return
         if fault is not None and fault.kind == "truncate":
             handler.close_connection = True
             handler.send_answer(_Answer(fault.http_status, fault.body, fault.content_type,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from utils.coingecko import CoinGeckoClient
+from utils.coingecko import CoinGeckoClient, RateLimiter
 from utils.settings import Settings
 
 
-def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> CoinGeckoClient:
-    """The CoinGecko client the settings describe."""
+def make_client(settings: Settings, sleep: Callable[[float], None] = time.sleep, *, limiter: RateLimiter | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> CoinGeckoClient:
+    """The CoinGecko client the settings describe; a limiter passed in is shared (the daemon's, for its life)."""
     return CoinGeckoClient(settings.api_url, plan=settings.api_plan, api_key=settings.api_key,
                            timeout=settings.timeout, max_retry_wait=settings.max_retry_wait, sleep=sleep,
-                           rate_limit=settings.rate_limit)
+                           rate_limit=settings.rate_limit, max_response_mb=settings.max_response_mb, limiter=limiter,
+                           should_stop=should_stop)

@@ -5,24 +5,36 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from utils.errors import AuthError, BadRequest, ExtractError, RateLimited, RetriableError
-from utils.plans import PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
+from utils.errors import AuthError, BadRequest, ExtractError, PipelineError, RateLimited, RetriableError, Stopped
+from utils.plans import DEFAULT_MAX_RESPONSE_MB, PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 KEY_HEADERS = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
 USER_AGENT = "crypto-history-pipeline/1.0 (+https://github.com/; python-requests)"
 RETRIABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+CHUNK_BYTES = 64 * 1024  # decompressed bytes per read: the cap is checked this often
+WATCH_INTERVAL = 0.05  # seconds between the watchdog's looks at the deadline and the stop flag
 
 # What CoinGecko's own error codes mean, in words that say what to do.
 ERROR_ADVICE = {
@@ -85,6 +97,24 @@ class RateLimiter:
     def _forget(self, now: float) -> None:
         while self.starts and self.starts[0] <= now - RATE_WINDOW:
             self.starts.popleft()
+
+
+def make_limiter(plan: str, rate_limit: int | None = None, *, sleep: Sleep = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> RateLimiter:
+    """The limiter for a plan: --rate-limit when given, else the plan's default."""
+    per_minute = rate_limit or DEFAULT_RATE_LIMITS.get(plan, DEFAULT_RATE_LIMITS["public"])
+    return RateLimiter(per_minute, sleep=sleep, monotonic=monotonic)
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, default ports filled in: the unit the key is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme, -1)
+    except ValueError:  # a port out of range matches no origin
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -163,22 +193,30 @@ class CoinGeckoClient:
         session: requests.Session | None = None,
         rate_limit: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        limiter: RateLimiter | None = None,
+        max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.origin = origin_of(self.base_url)
         self.plan = plan
-        self.timeout = timeout
+        self.timeout = timeout  # also the deadline of a whole request: connect, headers and every read
         self.max_retry_wait = max_retry_wait
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.clock = clock
         self.calls = 0
-        per_minute = rate_limit or DEFAULT_RATE_LIMITS.get(plan, DEFAULT_RATE_LIMITS["public"])
-        self.limiter = RateLimiter(per_minute, sleep=sleep, monotonic=monotonic)
+        # A limiter handed in is shared with other clients (the daemon's runs): one budget per process.
+        self.limiter = limiter or make_limiter(plan, rate_limit, sleep=sleep, monotonic=monotonic)
+        self.max_response_mb = max_response_mb
+        self.should_stop = should_stop
         self.secret = api_key or None
+        # The key is never a session header: it goes per request, and only to self.origin (see _key_for).
+        self.key_header = KEY_HEADERS.get(plan) if self.secret else None
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
-        if api_key and plan in KEY_HEADERS:
-            self.session.headers[KEY_HEADERS[plan]] = api_key
+        for prefix in ("https://", "http://"):
+            self.session.mount(prefix, _WatchedAdapter())
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -206,11 +244,25 @@ class CoinGeckoClient:
             return retrying(self._get_once, path, dict(params or {}))
         except RetriableError as exc:
             stats = retrying.statistics
-            raise ExtractError(
+            raise ExtractError(self._scrub(
                 f"{exc}; gave up after {stats.get('attempt_number', 1)} attempts and "
                 f"{stats.get('idle_for', 0.0):.0f} s of waiting (limit --max-retry-wait "
-                f"{self.max_retry_wait:g} s): check your connection or try again later",
+                f"{self.max_retry_wait:g} s): check your connection or try again later"),
                 status=exc.status, error_code=exc.error_code) from exc
+        except PipelineError as exc:
+            exc.args = (self._scrub(str(exc)),)
+            raise
+
+    def _scrub(self, text: str) -> str:
+        """One line without the key: every error this client raises passes here.
+
+        A local stand-in for the shared redaction function (issue 11): it blanks the configured key and
+        escapes control and bidi characters a hostile server may put in a body or a Location header.
+        """
+        if self.secret:
+            text = text.replace(self.secret, "***")
+        return "".join(ch if ch.isprintable() and ch not in BIDI_CONTROLS else ch.encode("unicode_escape").decode()
+                       for ch in text)
 
     def ping(self) -> Any:
         """GET /ping."""
@@ -248,37 +300,94 @@ class CoinGeckoClient:
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s; retrying in %.1f s (attempt %d of %d)", error, wait,
+        log.warning("%s; retrying in %.1f s (attempt %d of %d)", self._scrub(str(error)), wait,
                     state.attempt_number + 1, self.max_attempts)
 
     # -- one request ----------------------------------------------------------------------
 
     def _get_once(self, path: str, params: dict[str, Any]) -> Any:
-        url = self.base_url + path
+        """One attempt: the request and its redirects, under one deadline, cut short by a stop."""
         self.limiter.acquire()
-        self.calls += 1
+        if self.should_stop():
+            raise Stopped("stopped before a request to CoinGecko; nothing was appended")
+        watchdog = _Watchdog(time.monotonic() + self.timeout, self.should_stop)
         try:
-            response = self.session.get(url, params=params, timeout=self.timeout)
-        except requests.exceptions.SSLError as exc:
-            raise ExtractError(f"TLS to {self.base_url} failed ({_network_reason(exc)}): the certificate is not "
-                               "trusted; check the URL, the system clock and any proxy (REQUESTS_CA_BUNDLE)") from exc
-        except requests.Timeout as exc:
-            raise RetriableError(f"CoinGecko did not answer {path} within {self.timeout:g} s") from exc
-        except requests.ConnectionError as exc:
-            raise RetriableError(f"cannot connect to {self.base_url} ({_network_reason(exc)})") from exc
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
-            raise RetriableError(f"CoinGecko's answer to {path} was cut short ({_network_reason(exc)})") from exc
-        except requests.RequestException as exc:
-            raise ExtractError(f"request to {path} failed: {_network_reason(exc)}") from exc
-        return self._decode(path, response)
+            with watchdog:
+                status, headers, body = self._exchange(path, params, watchdog)
+        except (requests.RequestException, OSError, ValueError) as exc:
+            if watchdog.reason == "stop":
+                raise Stopped("stopped during a request to CoinGecko; nothing was appended") from exc
+            if watchdog.reason == "deadline" or isinstance(exc, requests.Timeout):
+                raise RetriableError(f"CoinGecko did not answer {path} within {self.timeout:g} s "
+                                     "(--timeout bounds the whole request)") from exc
+            raise self._network_error(path, exc) from exc
+        return self._decode(path, status, headers, body)
 
-    def _decode(self, path: str, response: requests.Response) -> Any:
-        status = response.status_code
-        content_type = response.headers.get("Content-Type", "unknown content type").split(";")[0].strip()
+    def _exchange(self, path: str, params: dict[str, Any],
+                  watchdog: _Watchdog) -> tuple[int, Mapping[str, str], bytes]:
+        """GET the URL, following at most MAX_REDIRECTS redirects by hand; the key goes only to our origin."""
+        url, query = self.base_url + path, params
+        for _hop in range(MAX_REDIRECTS + 1):
+            remaining = watchdog.remaining()
+            if watchdog.reason is not None or remaining <= 0:
+                raise requests.Timeout("deadline passed between redirects")
+            self.calls += 1
+            response = self.session.get(url, params=query, headers=self._key_for(url), stream=True,
+                                        allow_redirects=False, timeout=(remaining, remaining))
+            with response:
+                location = response.headers.get("Location")
+                if response.status_code not in REDIRECT_STATUSES or not location:
+                    return response.status_code, response.headers, self._read_capped(path, response)
+                target = urljoin(response.url, location)
+                self._check_redirect(response.url, target)
+                log.debug("CoinGecko %s redirected (HTTP %d) to %s", path, response.status_code, target)
+            url, query = target, None
+        raise ExtractError(f"CoinGecko {path} redirected more than {MAX_REDIRECTS} times; check --api-url")
+
+    def _key_for(self, url: str) -> dict[str, str]:
+        """The key header for a request to url: only when url is on the configured API origin."""
+        if self.key_header and self.secret and origin_of(url) == self.origin:
+            return {self.key_header: self.secret}
+        return {}
+
+    def _check_redirect(self, source: str, target: str) -> None:
+        """Refuse a redirect that leaves http(s) or drops TLS."""
+        scheme = urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ExtractError(f"refused a redirect to {_short(target, 160)}: not an http(s) URL; check --api-url")
+        if urlsplit(source).scheme.lower() == "https" and scheme == "http":
+            raise ExtractError(f"refused a redirect from https to plain http ({_short(target, 160)}): the request "
+                               "would travel unencrypted; check --api-url and any proxy in between")
+
+    def _read_capped(self, path: str, response: requests.Response) -> bytes:
+        """The body, decompressed, read in chunks and abandoned past --max-response-mb (a gzip bomb stops here)."""
+        limit = int(self.max_response_mb * 2**20)
+        body = bytearray()
+        for chunk in response.iter_content(CHUNK_BYTES):
+            body += chunk
+            if len(body) > limit:
+                raise ExtractError(f"CoinGecko's answer to {path} is larger than {self.max_response_mb:g} MB once "
+                                   "decompressed; stopped reading it (raise --max-response-mb if that is expected)",
+                                   status=response.status_code)
+        return bytes(body)
+
+    def _network_error(self, path: str, exc: BaseException) -> ExtractError:
+        """The typed error for a failed exchange: TLS is fatal, the rest is worth retrying."""
+        if isinstance(exc, requests.exceptions.SSLError):
+            return ExtractError(f"TLS to {self.base_url} failed ({_network_reason(exc)}): the certificate is not "
+                                "trusted; check the URL, the system clock and any proxy (REQUESTS_CA_BUNDLE)")
+        if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+            return RetriableError(f"CoinGecko's answer to {path} was cut short ({_network_reason(exc)})")
+        if isinstance(exc, (requests.ConnectionError, OSError)):
+            return RetriableError(f"cannot connect to {self.base_url} ({_network_reason(exc)})")
+        return ExtractError(f"request to {path} failed: {_network_reason(exc)}")
+
+    def _decode(self, path: str, status: int, headers: Mapping[str, str], content: bytes) -> Any:
+        content_type = headers.get("Content-Type", "unknown content type").split(";")[0].strip()
         body: Any = None
         parse_error: str | None = None
         try:
-            body = json.loads(response.content)
+            body = json.loads(content)
         except (ValueError, RecursionError) as exc:
             parse_error = f"{exc.__class__.__name__}: {exc}"
         code, message = error_from_body(body)
@@ -288,9 +397,9 @@ class CoinGeckoClient:
         where = f"CoinGecko {path} answered HTTP {status}"
 
         if status == 429 or code == 429:
-            wait = parse_retry_after(response.headers.get("Retry-After"), now)
+            wait = parse_retry_after(headers.get("Retry-After"), now)
             if wait is None:
-                wait = parse_ratelimit_reset(response.headers.get("x-ratelimit-reset"), now)
+                wait = parse_ratelimit_reset(headers.get("x-ratelimit-reset"), now)
             if wait is not None and wait > self.max_retry_wait:
                 raise ExtractError(
                     f"rate limited by CoinGecko ({where}), which asks to wait {wait:.0f} s, more than "
@@ -299,12 +408,13 @@ class CoinGeckoClient:
             raise RateLimited(f"rate limited by CoinGecko ({where})", status=status, error_code=429,
                               retry_after=wait)
         if status in RETRIABLE_STATUSES:
-            detail = message or (_short(response.text, 80) if parse_error is None else content_type)
+            detail = message or (_short(content.decode("utf-8", "replace"), 80) if parse_error is None
+                                 else content_type)
             raise RetriableError(f"{where} ({detail})", status=status, error_code=code)
         if status >= 400 or code is not None:
             text = message or (f"a {content_type} page" if parse_error else "no error message")
             advice = ERROR_ADVICE.get(code or -1)
-            if advice is None and _looks_like_cloudflare(response):
+            if advice is None and b"cloudflare" in content[:4096].lower():
                 advice = ERROR_ADVICE[1020]
             full = f"{where}: {_short(text)}" + (f" ({advice})" if advice else "")
             if code in (10002, 10005, 10010, 10011, 10012) or status == 401:
@@ -313,15 +423,114 @@ class CoinGeckoClient:
                 raise BadRequest(full, status=status, error_code=code)
             raise ExtractError(full, status=status, error_code=code)
         if parse_error is not None:
-            what = "an HTML page" if "html" in content_type or response.content.lstrip()[:1] == b"<" else \
+            what = "an HTML page" if "html" in content_type or content.lstrip()[:1] == b"<" else \
                 f"malformed JSON ({_short(parse_error, 100)})"
             raise ExtractError(f"{where} with {what} instead of JSON (content type {content_type}); "
                                "CoinGecko may be down or blocking this address: try again later")
         return body
 
 
-def _looks_like_cloudflare(response: requests.Response) -> bool:
-    return b"cloudflare" in response.content[:4096].lower()
+# -- cutting a request short -----------------------------------------------------------------
+# requests has no deadline for a whole request and no way to abandon one from outside: its timeout
+# bounds each socket read, so a server that sends a byte a second, or a stop asked mid-request, waits
+# for ever. The connection classes below note which thread uses them; a watchdog thread per request
+# shuts that socket down at the deadline or on a stop, which wakes the blocked read at once.
+
+_IN_FLIGHT: dict[int, HTTPConnection] = {}  # thread id -> the connection it is using; dict writes are atomic
+
+
+class _Watched:
+    """Mixin: register the connection for the calling thread before it connects or sends."""
+
+    watched_sock: socket.socket | None = None  # kept: http.client drops .sock when a response says "close"
+
+    def connect(self) -> None:
+        _IN_FLIGHT[threading.get_ident()] = self  # type: ignore[assignment]
+        super().connect()  # type: ignore[misc]
+        self.watched_sock = self.sock  # type: ignore[attr-defined]
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _IN_FLIGHT[threading.get_ident()] = self  # type: ignore[assignment]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    """An HTTP connection a watchdog can cut."""
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    """An HTTPS connection a watchdog can cut."""
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter with pools of watched connections (also behind an HTTP proxy; SOCKS keeps its own)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+class _Watchdog:
+    """While a request runs, cut its connection when the deadline passes or a stop is asked."""
+
+    def __init__(self, deadline: float, should_stop: Callable[[], bool]) -> None:
+        self.deadline = deadline  # time.monotonic(): real time, whatever clock the caller injects elsewhere
+        self.should_stop = should_stop
+        self.reason: str | None = None  # "deadline" or "stop" once it fired
+        self.owner = threading.get_ident()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="coingecko-watchdog", daemon=True)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def __enter__(self) -> _Watchdog:
+        _IN_FLIGHT.pop(self.owner, None)  # a connection of an earlier request is not this one's
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        _IN_FLIGHT.pop(self.owner, None)
+
+    def _watch(self) -> None:
+        while not self._done.wait(max(0.0, min(WATCH_INTERVAL, self.remaining()))):
+            if self.reason is None:
+                if self.should_stop():
+                    self.reason = "stop"
+                elif self.remaining() <= 0:
+                    self.reason = "deadline"
+            if self.reason is not None:
+                _cut(_IN_FLIGHT.get(self.owner))  # again each round: a connection may still be opening
+                self._done.wait(WATCH_INTERVAL)
+
+
+def _cut(connection: HTTPConnection | None) -> None:
+    """Shut a connection's socket down so a read blocked on it returns now (close() would not wake it)."""
+    sock = getattr(connection, "sock", None) or getattr(connection, "watched_sock", None)
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
+        except OSError:
+            pass
 
 
 def _network_reason(exc: BaseException) -> str:

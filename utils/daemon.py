@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from utils.errors import EXIT_OK, ConfigError, PipelineError
+from utils.errors import EXIT_OK, ConfigError, PipelineError, Stopped
 from utils.file_storage import ensure_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ class Daemon:
         self.runs += 1
         try:
             outcome = self.job(coins, self.stop_event.is_set)
+        except Stopped as exc:
+            outcome = Outcome("interrupted", EXIT_OK, error=str(exc), summary=f"run interrupted: {exc}")
         except PipelineError as exc:
             outcome = Outcome("failed", exc.exit_code, error=str(exc), summary=f"run failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - the daemon's job wrapper: log, survive, retry
@@ -297,9 +299,9 @@ class Daemon:
         return EXIT_OK
 
     def stop(self, *_: object) -> None:
-        """Ask the loop to end: at once when idle, after the load when a run is under way."""
+        """Ask the loop to end: at once when idle or waiting on CoinGecko, after the load when one is under way."""
         if not self.stop_event.is_set():
-            log.info("stop requested; finishing what is under way")
+            log.info("stop requested; a request under way is cut off, a load under way finishes")
         self.stop_event.set()
 
     def install_signal_handlers(self) -> None:

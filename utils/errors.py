@@ -54,6 +54,10 @@ class BadRequest(ExtractError):
     exit_code = EXIT_USAGE
 
 
+class Stopped(PipelineError):
+    """A stop (SIGTERM, Ctrl-C in the daemon) ended a request or a wait: nothing was appended."""
+
+
 class TransformError(PipelineError):
     """A response that cannot be turned into records at all."""
 

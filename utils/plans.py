@@ -1,9 +1,10 @@
-"""CoinGecko's plans and the hosts that serve them (no HTTP here: settings and the client both need them)."""
+"""CoinGecko's plans, the hosts that serve them and the answer-size cap (no HTTP here: settings and the client both need them)."""
 
 from __future__ import annotations
 
 PUBLIC_URL = "https://api.coingecko.com/api/v3"
 PRO_URL = "https://pro-api.coingecko.com/api/v3"
+DEFAULT_MAX_RESPONSE_MB = 64.0  # the largest answer accepted, after decompression (--max-response-mb)
 
 
 def default_base_url(plan: str) -> str:

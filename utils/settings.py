@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from utils.errors import ConfigError
 from utils.layout import DataLayout, split_s3_url
-from utils.plans import default_base_url
+from utils.plans import DEFAULT_MAX_RESPONSE_MB, default_base_url
 from utils.schema import COIN_ID_RE, CURRENCY_RE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -52,6 +52,7 @@ class Settings:
     initial_run: bool = True
     log_file: Path | None = None
     rate_limit: int | None = None
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     heal: bool = True
     data_url: str | None = None  # s3://bucket/prefix when the history lives on S3; data_dir is then scratch
 
@@ -201,6 +202,16 @@ def _parse_rate(text: Any) -> int:
     return value
 
 
+def _parse_megabytes(text: Any) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"max-response-mb: {text!r} is not a number of megabytes") from None
+    if not math.isfinite(value) or not 0.001 <= value <= 4096:
+        raise ConfigError(f"max-response-mb: {text!r} is out of range; use 0.001 to 4096 megabytes")
+    return value
+
+
 def _parse_key(text: Any) -> str:
     key = str(text).strip()
     if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
@@ -231,6 +242,7 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "initial_run": ("PIPELINE_INITIAL_RUN", _parse_bool("initial-run")),
     "log_file": ("PIPELINE_LOG_FILE", lambda t: Path(str(t)).expanduser()),
     "rate_limit": ("PIPELINE_RATE_LIMIT", _parse_rate),
+    "max_response_mb": ("PIPELINE_MAX_RESPONSE_MB", _parse_megabytes),
     "heal": ("PIPELINE_HEAL", _parse_bool("heal")),
 }
 # Config-file keys spelled like the flags (no_charts = true), each the negation of an option.
