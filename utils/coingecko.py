@@ -17,6 +17,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from utils.errors import AuthError, BadRequest, ExtractError, RateLimited, RetriableError
 from utils.plans import PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
+from utils.redact import redact, remember_secret
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class CoinGeckoClient:
         per_minute = rate_limit or DEFAULT_RATE_LIMITS.get(plan, DEFAULT_RATE_LIMITS["public"])
         self.limiter = RateLimiter(per_minute, sleep=sleep, monotonic=monotonic)
         self.secret = api_key or None
+        remember_secret(self.secret)
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
         if api_key and plan in KEY_HEADERS:
@@ -282,8 +284,8 @@ class CoinGeckoClient:
         except (ValueError, RecursionError) as exc:
             parse_error = f"{exc.__class__.__name__}: {exc}"
         code, message = error_from_body(body)
-        if message and self.secret:  # a server or proxy may quote the key back: never let it into an error
-            message = message.replace(self.secret, "***")
+        if message:  # a server or proxy may quote the key back: never let it into an error
+            message = redact(message)
         now = self.clock()
         where = f"CoinGecko {path} answered HTTP {status}"
 
