@@ -14,10 +14,12 @@ MASK = "***"
 KEY_SHAPE = re.compile(r"(?<![A-Za-z0-9])CG-[A-Za-z0-9_-]{20,}")
 # A key named by its header or query parameter (x-cg-demo-api-key: ..., x_cg_pro_api_key=...), whatever it is.
 KEY_FIELD = re.compile(r"(?i)(x[-_]cg[-_](?:demo|pro)[-_]api[-_]key['\"]?\s*[:=]\s*['\"]?)[^\s&'\",;}]+")
-# C0 and C1 controls (ESC starts every ANSI sequence), line and paragraph separators, bidi embeddings,
-# overrides and isolates (U+202A-202E, U+2066-2069), and lone surrogates (which no encoder accepts).
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-UNSAFE_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# Character ranges (for a regex class) that must never reach a terminal or a cell as they are:
+CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029"  # C0 and C1 (ESC starts every ANSI sequence), line separators
+BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"  # embeddings, overrides and isolates: they reorder what follows
+SURROGATES = "\ud800-\udfff"  # lone surrogates, which no encoder accepts
+UNSAFE = re.compile(f"[{CONTROLS}{BIDI_CONTROLS}{SURROGATES}]")
+UNSAFE_BUT_NEWLINE = re.compile(f"(?!\n)[{CONTROLS}{BIDI_CONTROLS}{SURROGATES}]")
 
 _secrets: set[str] = set()  # filled at run time (settings, client), never at import
 

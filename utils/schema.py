@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from utils.errors import ExtractError
+from utils.redact import BIDI_CONTROLS, CONTROLS, SURROGATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +61,39 @@ SOURCE_MARKET_CHART = "market_chart"
 
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-SURROGATES = re.compile(r"[\ud800-\udfff]")
+LINE_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")
+INVISIBLE = re.compile(f"[{CONTROLS}{BIDI_CONTROLS}]")
+LONE_SURROGATES = re.compile(f"[{SURROGATES}]")
 MAX_TEXT = 200
+# The longest number cell stored, and so the longest the charts read: what is stored can be drawn.
+MAX_NUMBER_CHARS = 40
 
 
 def safe_text(text: str) -> str:
-    """Text for a name or symbol cell: one line, bounded, never run as a spreadsheet formula."""
-    text = SURROGATES.sub("\ufffd", CONTROL_CHARS.sub(" ", text)).strip()[:MAX_TEXT]
+    """Text for a name or symbol cell: one line, no control or bidi characters, bounded, never a formula.
+
+    Breaks become spaces (they separated words); other controls and bidi overrides go (the raw archive keeps them).
+    """
+    text = INVISIBLE.sub("", LINE_BREAKS.sub(" ", text))
+    text = LONE_SURROGATES.sub("\ufffd", text).strip()[:MAX_TEXT]
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def number_problem(value: int | float) -> str | None:
+    """Why a number can be neither stored nor drawn, or None: the rule the transform and the charts share.
+
+    It must be a finite float64 (the charts compute in float64) whose cell is at most MAX_NUMBER_CHARS long.
+    """
+    try:
+        as_float = float(value)
+    except OverflowError:
+        return "is too large for a float64 (the largest is about 1.8e308)"
+    if not math.isfinite(as_float):
+        return f"is {value}, not a finite number"
+    cell = format_cell(value)
+    if len(cell) > MAX_NUMBER_CHARS:
+        return f"is too long to store and draw ({len(cell)} characters; at most {MAX_NUMBER_CHARS})"
+    return None
 
 
 def format_cell(value: object) -> str:
