@@ -65,8 +65,12 @@ LINE_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")
 INVISIBLE = re.compile(f"[{CONTROLS}{BIDI_CONTROLS}]")
 LONE_SURROGATES = re.compile(f"[{SURROGATES}]")
 MAX_TEXT = 200
-# The longest number cell stored, and so the longest the charts read: what is stored can be drawn.
-MAX_NUMBER_CHARS = 40
+# The numbers stored are the numbers the charts can draw: 0, or MIN_MAGNITUDE to MAX_MAGNITUDE in size. float64
+# reaches 1.8e308, but axis margins and the performance chart's ratios overflow long before that (measured:
+# 1e300 warns "overflow encountered in exp"; 1e-100 to 1e100, even one coin moving end to end, draws clean).
+# Real market data stays far inside: prices down to about 1e-15, market caps in the weakest currency below 1e25.
+MIN_MAGNITUDE, MAX_MAGNITUDE = 1e-100, 1e100
+DRAWABLE_RANGE = f"0, or {MIN_MAGNITUDE:g} to {MAX_MAGNITUDE:g} in size"
 
 
 def safe_text(text: str) -> str:
@@ -79,20 +83,22 @@ def safe_text(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
-def number_problem(value: int | float) -> str | None:
-    """Why a number can be neither stored nor drawn, or None: the rule the transform and the charts share.
+def drawable(value: Any) -> Any:
+    """True where a value is 0 or MIN_MAGNITUDE..MAX_MAGNITUDE in size; NaN and inf are not. Also on numpy arrays."""
+    size = abs(value)
+    return (size <= MAX_MAGNITUDE) & ((size >= MIN_MAGNITUDE) | (value == 0))
 
-    It must be a finite float64 (the charts compute in float64) whose cell is at most MAX_NUMBER_CHARS long.
-    """
+
+def number_problem(value: int | float) -> str | None:
+    """Why a number can be neither stored nor drawn, or None: the one rule the transform and the charts share."""
     try:
         as_float = float(value)
     except OverflowError:
         return "is too large for a float64 (the largest is about 1.8e308)"
     if not math.isfinite(as_float):
         return f"is {value}, not a finite number"
-    cell = format_cell(value)
-    if len(cell) > MAX_NUMBER_CHARS:
-        return f"is too long to store and draw ({len(cell)} characters; at most {MAX_NUMBER_CHARS})"
+    if not drawable(as_float):
+        return f"is {as_float:.3g}, outside what can be stored and drawn ({DRAWABLE_RANGE})"
     return None
 
 
