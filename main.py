@@ -240,7 +240,7 @@ def setup_logging(verbose: int, quiet: bool, *, timestamps: bool = False, log_fi
         root.addHandler(handler)
     root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     # Third-party chatter stays at warning unless asked for twice.
-    for name in ("urllib3", "matplotlib", "PIL", "filelock", "schedule"):
+    for name in ("urllib3", "matplotlib", "PIL", "filelock", "schedule", "botocore", "boto3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 

@@ -301,7 +301,7 @@ class CoinGeckoClient:
             raise RateLimited(f"rate limited by CoinGecko ({where})", status=status, error_code=429,
                               retry_after=wait)
         if status in RETRIABLE_STATUSES:
-            detail = message or (_short(response.text, 80) if parse_error is None else content_type)
+            detail = message or (_short(redact(response.text), 80) if parse_error is None else content_type)
             raise RetriableError(f"{where} ({detail})", status=status, error_code=code)
         if status >= 400 or code is not None:
             text = message or (f"a {content_type} page" if parse_error else "no error message")
