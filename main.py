@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
-from utils.redact import redact, remember_secret
+from utils.redact import RedactFilter, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
 
 log = logging.getLogger("pipeline")
@@ -187,18 +187,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         elif not getattr(args, name):  # given after the command too: that one wins
             setattr(args, name, value)
     return args
-
-
-class RedactFilter(logging.Filter):
-    """Pass every log line through the one redaction function: no key, no raw control or bidi characters."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "_redacted", False):
-            record.msg, record.args = redact(record.getMessage()), None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = redact(logging.Formatter().formatException(record.exc_info), multiline=True)
-            record._redacted = True  # type: ignore[attr-defined]
-        return True
 
 
 class CliFormatter(logging.Formatter):

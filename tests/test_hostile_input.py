@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tests.fake_coingecko import DEFAULT_COINS_FIXTURE, Fault, load_fixture
-from tests.support import FIXTURE_IDS, MAIN, CliResult, PipelineTestCase
+from tests.support import MAIN, CliResult, PipelineTestCase
 from tests.test_load import drop_file_capabilities
 
 SECRET = "CG-h0st1leKEYh0st1leKEY1234"  # the shape of a real Demo key: CG- and 24 letters and digits

@@ -77,8 +77,14 @@ def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
 
 
 def setup_lambda_logging() -> None:
-    """One line per event at INFO, the key never in it (it is never logged in the first place)."""
-    logging.getLogger().setLevel(logging.INFO)
+    """One line per event at INFO, every line through the one redaction function (the runtime owns the handler)."""
+    from utils.redact import RedactFilter
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
     for name in ("urllib3", "botocore", "boto3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

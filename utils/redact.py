@@ -7,6 +7,7 @@ CoinGecko key, so a server that echoes a key, or a key pasted into the wrong opt
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -60,3 +61,15 @@ def redact_tree(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [redact_tree(v) for v in value]
     return value
+
+
+class RedactFilter(logging.Filter):
+    """Put a handler's log lines through `redact`: no key, no raw control or bidi characters, whoever logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "_redacted", False):  # one record may pass several handlers
+            record.msg, record.args = redact(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info), multiline=True)
+            record._redacted = True  # type: ignore[attr-defined]
+        return True
