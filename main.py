@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
-from utils.redact import RedactFilter, redact, remember_secret
+from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
 
 log = logging.getLogger("pipeline")
@@ -258,6 +258,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    forget_secrets()
     remember_secret(args.api_key)
     remember_secret(env.get("COINGECKO_API_KEY", "").strip())
     setup_logging(args.verbose, args.quiet)

@@ -27,8 +27,13 @@ _secrets: set[str] = set()  # filled at run time (settings, client), never at im
 
 def remember_secret(secret: str | None) -> None:
     """Redact this exact string from now on (the configured API key)."""
-    if secret and len(secret) >= 4:  # a one-letter "key" would blank out every word
+    if secret and len(secret) >= 8:  # a short "key" would blank out ordinary words; real keys are ~27 characters
         _secrets.add(secret)
+
+
+def forget_secrets() -> None:
+    """Start a new command with no remembered keys (main() may run many times in one test process)."""
+    _secrets.clear()
 
 
 def _escape(match: re.Match[str]) -> str:
