@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
+from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
 
 log = logging.getLogger("pipeline")
@@ -192,23 +194,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-class SecretFilter(logging.Filter):
-    """Blank out the API key wherever it would appear in a log line."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                record.msg, record.args = text, None
-        return True
-
-
 class CliFormatter(logging.Formatter):
     """Plain messages for info, a level prefix for warnings and errors."""
 
@@ -217,15 +202,14 @@ class CliFormatter(logging.Formatter):
         if record.levelno >= logging.WARNING and not getattr(record, "plain", False):
             message = f"{record.levelname.lower()}: {message}"
         if record.exc_info and record.levelno <= logging.DEBUG:
-            message += "\n" + self.formatException(record.exc_info)
+            message += "\n" + (record.exc_text or self.formatException(record.exc_info))
         return message
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-def setup_logging(verbose: int, quiet: bool, secrets: Sequence[str], *, timestamps: bool = False,
-                  log_file: Path | None = None) -> None:
+def setup_logging(verbose: int, quiet: bool, *, timestamps: bool = False, log_file: Path | None = None) -> None:
     """Log to stderr (and a rotated file): warnings and summaries by default, debug with -v, errors only with -q."""
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -236,19 +220,20 @@ def setup_logging(verbose: int, quiet: bool, secrets: Sequence[str], *, timestam
     handlers[0].setFormatter(logging.Formatter(LOG_FORMAT) if timestamps else CliFormatter())
     if log_file is not None:
         try:
+            # backslashreplace: whatever slips past redaction, a bad character never costs a traceback.
             file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5,
-                                                                encoding="utf-8")
+                                                                encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise ConfigError(f"--log-file {log_file}: cannot open it ({exc.strerror})") from None
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handlers.append(file_handler)
     for handler in handlers:
         handler._pipeline = True  # type: ignore[attr-defined]
-        handler.addFilter(SecretFilter(secrets))
+        handler.addFilter(RedactFilter())
         root.addHandler(handler)
     root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     # Third-party chatter stays at warning unless asked for twice.
-    for name in ("urllib3", "matplotlib", "PIL", "filelock", "schedule"):
+    for name in ("urllib3", "matplotlib", "PIL", "filelock", "schedule", "botocore", "boto3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
@@ -265,6 +250,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     return settings
 
 
+def show(line: str) -> None:
+    """Print a line the user asked for (status, check, chart paths): redacted, controls made visible."""
+    print(redact(line))
+
+
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
     """Run one command and return its exit code."""
@@ -273,26 +263,22 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    secrets = [args.api_key or "", env.get("COINGECKO_API_KEY", "")]
-    setup_logging(args.verbose, args.quiet, secrets)
+    forget_secrets()
+    remember_secret(args.api_key)
+    remember_secret(env.get("COINGECKO_API_KEY", "").strip())
+    setup_logging(args.verbose, args.quiet)
     try:
         settings = settings_from(args, env)
-        if settings.log_file or settings.command == "daemon" or (settings.api_key and settings.api_key not in secrets):
-            setup_logging(args.verbose, args.quiet, secrets + [settings.api_key or ""],
-                          timestamps=settings.command == "daemon", log_file=settings.log_file)
-        if settings.command == "daemon":
-            return daemon_command(settings)
-        if settings.command == "status":
-            from flows.status import print_status
-            return print_status(settings)
-        if settings.command == "check":
-            from flows.check import run_check
-            return run_check(settings, sleep=sleep)
-        if settings.command == "plot":
-            return plot_command(settings)
-        if settings.command == "backfill":
-            return backfill_command(settings, sleep=sleep)
-        return run_command(settings, sleep=sleep)
+        remember_secret(settings.api_key)
+        if settings.log_file or settings.command == "daemon":
+            setup_logging(args.verbose, args.quiet, timestamps=settings.command == "daemon",
+                          log_file=settings.log_file)
+        code = dispatch(settings, sleep)
+        sys.stdout.flush()  # a reader that went away (`status | head -1`) shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_OK
     except PipelineError as exc:
         word = "config error" if isinstance(exc, ConfigError) else f"{args.command} failed"
         log.error("%s: %s", word, exc, extra={"plain": True})
@@ -300,11 +286,55 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     except KeyboardInterrupt:
         log.error("interrupted; the history holds only whole rows", extra={"plain": True})
         return 130
+    except OSError as exc:  # a file or folder the command needs (unreadable CSV, read-only chart folder, ...)
+        log.debug("file error", exc_info=True)
+        log.error("%s failed: %s", args.command, describe_file_error(exc), extra={"plain": True})
+        return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        from utils.aws import explain_aws_error
+
         log.debug("unexpected error", exc_info=True)
+        known = explain_aws_error(exc)
+        if known is not None:
+            log.error("%s failed: %s", args.command, known[0], extra={"plain": True})
+            return known[1]
         log.error("%s failed: unexpected %s: %s (run again with -v for details and please report it)",
                   args.command, type(exc).__name__, exc, extra={"plain": True})
         return EXIT_FAILED
+
+
+def dispatch(settings: Settings, sleep: Callable[[float], None]) -> int:
+    """Run the command the settings name."""
+    if settings.command == "daemon":
+        return daemon_command(settings)
+    if settings.command == "status":
+        from flows.status import print_status
+        return print_status(settings, out=show)
+    if settings.command == "check":
+        from flows.check import run_check
+        return run_check(settings, sleep=sleep, out=show)
+    if settings.command == "plot":
+        return plot_command(settings)
+    if settings.command == "backfill":
+        return backfill_command(settings, sleep=sleep)
+    return run_command(settings, sleep=sleep)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush into a closed pipe stays quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def describe_file_error(exc: OSError) -> str:
+    """One line for a file error that no stage turned into a PipelineError."""
+    from utils.file_storage import describe_os_error
+
+    if exc.filename is None:
+        return exc.strerror or type(exc).__name__
+    return describe_os_error(exc, exc.filename, "open")
 
 
 def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
@@ -393,7 +423,7 @@ def plot_command(settings: Settings) -> int:
 
     published, report = charts(storage_for(settings), chart_options(settings))
     for where in published:
-        print(display_path(where))
+        show(display_path(where))
     log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
              report.price_scale, report.skipped_lines)
     return EXIT_OK

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from lambdas.lambda_2_transform import Rejected, chart_to_records
+from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
 from utils.coingecko import CoinGeckoClient
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.file_storage import ensure_dir, read_json, write_json_atomic
@@ -299,8 +299,8 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
         progress.close()
         result.requests = client.calls - calls_before
         result.paced_seconds = client.limiter.waited
-    for rejected in result.rejected:
-        log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
+    for line in rejection_lines(result.rejected):
+        log.warning("%s", line)
     if not result.coins_done:
         raise ExtractError("no coin could be backfilled; nothing was merged")
     result.merge = storage.merge(records, unavailable=unavailable, checked=clock())

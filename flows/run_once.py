@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from lambdas.lambda_1_extract import archive_snapshot, extract
-from lambdas.lambda_2_transform import Rejected, transform
+from lambdas.lambda_2_transform import Rejected, rejection_lines, transform
 from flows.check import missing_ids_note
 from lambdas.lambda_3_load import load
 from utils.coingecko import CoinGeckoClient
@@ -44,7 +44,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.missing or self.rejected else EXIT_OK
+        return EXIT_PARTIAL if self.incomplete_coins else EXIT_OK  # junk beside every requested coin is not partial
 
     @property
     def incomplete_coins(self) -> tuple[str, ...]:
@@ -91,8 +91,8 @@ def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_
         log.warning("could not archive the raw answer under %s/raw (%s); the run goes on", storage.location,
                     getattr(exc, "strerror", None) or exc)
     result = transform(snapshot)
-    for rejected in result.rejected:
-        log.warning("rejected %s: %s", rejected.coin_id, rejected.reason)
+    for line in rejection_lines(result.rejected):
+        log.warning("%s", line)
     missing_note = missing_ids_note(client, snapshot.missing) if snapshot.missing else None
     if not result.records:
         why = (missing_note if missing_note and not snapshot.rows else f"CoinGecko returned {len(snapshot.rows)} "

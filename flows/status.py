@@ -38,7 +38,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     now = now or datetime.now(timezone.utc)
     status = StatusFile(settings.layout.status).read()
     csv_path = settings.csv_path
-    has_csv = csv_path.is_file()
+    has_csv = csv_path.exists()  # a folder or an unreadable file in its place is an error, not "no history"
     if not status and not has_csv:
         out(f"no history yet at {display_path(csv_path)}: run `python main.py` first")
         return EXIT_FAILED

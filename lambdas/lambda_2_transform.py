@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from utils.schema import (COIN_ID_RE, SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, Snapshot, format_timestamp,
-                          normalize_timestamp, safe_text)
+                          normalize_timestamp, number_problem, safe_text)
 
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
 FUTURE_SKEW_MINUTES = 10  # a small clock skew between CoinGecko and us is fine; a day ahead is not
@@ -36,6 +37,17 @@ class TransformResult:
     rejected: list[Rejected]
 
 
+MAX_REJECTION_LINES = 10  # a page of 100,000 junk rows must not print 100,000 warnings
+
+
+def rejection_lines(rejected: Sequence[Rejected], limit: int = MAX_REJECTION_LINES) -> list[str]:
+    """Warnings for rejected rows: the first `limit`, then one line counting the rest."""
+    lines = [f"rejected {r.coin_id}: {r.reason}" for r in rejected[:limit]]
+    if len(rejected) > limit:
+        lines.append(f"... and {len(rejected) - limit} more rows rejected (the raw answer is archived under raw/)")
+    return lines
+
+
 class RowError(ValueError):
     """Why one row cannot become a Record."""
 
@@ -56,12 +68,9 @@ def number(row: dict[str, Any], field_name: str, *, signed: bool = False) -> flo
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RowError(f"{field_name} is {_describe(value)}, not a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RowError(f"{field_name} is {value}, not a finite number")
-    try:
-        float(value)
-    except OverflowError:
-        raise RowError(f"{field_name} has {len(str(abs(value)))} digits, too large to be a number") from None
+    problem = number_problem(value)
+    if problem is not None:
+        raise RowError(f"{field_name} {problem}")
     if not signed and value < 0:
         raise RowError(f"{field_name} is negative ({value})")
     return value
@@ -229,7 +238,7 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     result = transform(snapshot_from_payload(gunzip_json(read_object(settings, raw_key))))
     records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1:].replace(".json.gz", ".records.json.gz")
     write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
-    for rejected in result.rejected:
-        logging.getLogger(__name__).warning("rejected %s: %s", rejected.coin_id, rejected.reason)
+    for line in rejection_lines(result.rejected):
+        logging.getLogger(__name__).warning("%s", line)
     return {"records_key": records_key, "records": len(result.records), "missing": event.get("missing", []),
             "rejected": [{"coin_id": r.coin_id, "reason": r.reason} for r in result.rejected]}

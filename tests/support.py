@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import csv
 import io
 import os
@@ -22,6 +23,9 @@ if str(REPO) not in sys.path:
 
 import main as cli  # noqa: E402
 
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
+
 FIXTURE_IDS = ("bitcoin", "ethereum", "tether", "binancecoin", "ripple", "dogecoin", "matic-network", "staked-ether",
                "shiba-inu", "algorand")
 
@@ -33,6 +37,14 @@ class CliResult:
     code: int
     stdout: str
     stderr: str
+
+
+def drop_file_capabilities() -> None:
+    """In the child: give up root's power to ignore file permissions, so chmod means something."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            os._exit(97)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

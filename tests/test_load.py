@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import os
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.fake_coingecko import load_fixture
-from tests.support import MAIN, PipelineTestCase, read_rows
+from tests.support import MAIN, PipelineTestCase, drop_file_capabilities, read_rows
 from utils.csvio import timestamp_ms
 from utils.schema import COLUMNS, HEADER_LINE
 
@@ -40,9 +39,6 @@ LEGACY_ROWS = (
     ("Bitcoin,btc,16951.52,326407877229,0.14088,19256218,2023-01-08T16:49:40.132Z\n", "bitcoin"),
 )
 UNMAPPED_ROW = "Chainlink,link,5.6,2850000000,0.7,507999970,2023-01-07T16:49:45.000Z\n"
-
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
 
 
 def parse_strict(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -408,14 +404,6 @@ class ForeignHeaderTest(LoadTestCase):
     def test_foreign_file_without_final_newline_is_left_byte_identical(self) -> None:
         # A refused file is not ours to repair: its "torn" last line must not be cut off.
         self.check_refused(b"date,price\n2024-01-01,3\n2024-01-02,4", list(COLUMNS), ["date", "price"])
-
-
-def drop_file_capabilities() -> None:
-    """In the child: give up root's power to ignore file permissions, so chmod means something."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            os._exit(97)
 
 
 class BadFolderTest(LoadTestCase):

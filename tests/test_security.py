@@ -349,7 +349,7 @@ class PathsStayInTheDataFolder(PipelineTestCase):
             rows.append(dict(rows[0], id=bad, name="Evil"))
         self.fake.add_fault(Fault.status(200, rows), path="/coins/markets")
         result = self.run_main()
-        self.assertEqual(result.code, 3, result.stderr)
+        self.assertEqual(result.code, 0, result.stderr)  # every requested coin landed: junk beside them is not partial
         for bad in crafted:
             self.assertIn(f"rejected {bad}: id {bad[:40]!r} is not a valid CoinGecko id", result.stderr)
         self.assertEqual([r["coin_id"] for r in self.rows()], list(FIXTURE_IDS))

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from utils.errors import ConfigError
+from utils.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from utils.layout import split_s3_url
 from utils.settings import Settings, build_settings
 
@@ -61,9 +61,30 @@ def lambda_settings(event: Mapping[str, Any] | None, command: str = "run",
     return build_settings(command, flags, env)
 
 
+def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
+    """One line and an exit code for a botocore error that reached the command line, else None."""
+    if not type(exc).__module__.startswith("botocore"):
+        return None
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError", "ProfileNotFound",
+                "InvalidConfigError", "ConfigNotFound"):
+        return (f"AWS is not configured for the s3:// data folder ({name}: {exc}); set AWS credentials and a "
+                "region (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)"), EXIT_USAGE
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+        return (f"cannot reach S3 ({name}: {exc}); check the network, AWS_REGION and any AWS_ENDPOINT_URL, "
+                "then run again"), EXIT_FAILED
+    return f"S3 failed ({name}: {exc}); run again with -v for details", EXIT_FAILED
+
+
 def setup_lambda_logging() -> None:
-    """One line per event at INFO, the key never in it (it is never logged in the first place)."""
-    logging.getLogger().setLevel(logging.INFO)
+    """One line per event at INFO, every line through the one redaction function (the runtime owns the handler)."""
+    from utils.redact import RedactFilter
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
     for name in ("urllib3", "botocore", "boto3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

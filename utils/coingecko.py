@@ -23,6 +23,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from utils.errors import AuthError, BadRequest, ExtractError, PipelineError, RateLimited, RetriableError, Stopped
 from utils.plans import DEFAULT_MAX_RESPONSE_MB, PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
+from utils.redact import redact, remember_secret
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ RETRIABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 DEFAULT_PORTS = {"http": 80, "https": 443}
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 CHUNK_BYTES = 64 * 1024  # decompressed bytes per read: the cap is checked this often
 WATCH_INTERVAL = 0.05  # seconds between the watchdog's looks at the deadline and the stop flag
 
@@ -211,6 +211,7 @@ class CoinGeckoClient:
         self.max_response_mb = max_response_mb
         self.should_stop = should_stop
         self.secret = api_key or None
+        remember_secret(self.secret)
         # The key is never a session header: it goes per request, and only to self.origin (see _key_for).
         self.key_header = KEY_HEADERS.get(plan) if self.secret else None
         self.session = session or requests.Session()
@@ -254,15 +255,8 @@ class CoinGeckoClient:
             raise
 
     def _scrub(self, text: str) -> str:
-        """One line without the key: every error this client raises passes here.
-
-        A local stand-in for the shared redaction function (issue 11): it blanks the configured key and
-        escapes control and bidi characters a hostile server may put in a body or a Location header.
-        """
-        if self.secret:
-            text = text.replace(self.secret, "***")
-        return "".join(ch if ch.isprintable() and ch not in BIDI_CONTROLS else ch.encode("unicode_escape").decode()
-                       for ch in text)
+        """One line without the key: every error this client raises passes the one redaction function."""
+        return redact(text)
 
     def ping(self) -> Any:
         """GET /ping."""
@@ -391,8 +385,8 @@ class CoinGeckoClient:
         except (ValueError, RecursionError) as exc:
             parse_error = f"{exc.__class__.__name__}: {exc}"
         code, message = error_from_body(body)
-        if message and self.secret:  # a server or proxy may quote the key back: never let it into an error
-            message = message.replace(self.secret, "***")
+        if message:  # a server or proxy may quote the key back: never let it into an error
+            message = redact(message)
         now = self.clock()
         where = f"CoinGecko {path} answered HTTP {status}"
 
@@ -408,7 +402,7 @@ class CoinGeckoClient:
             raise RateLimited(f"rate limited by CoinGecko ({where})", status=status, error_code=429,
                               retry_after=wait)
         if status in RETRIABLE_STATUSES:
-            detail = message or (_short(content.decode("utf-8", "replace"), 80) if parse_error is None
+            detail = message or (_short(redact(content.decode("utf-8", "replace")), 80) if parse_error is None
                                  else content_type)
             raise RetriableError(f"{where} ({detail})", status=status, error_code=code)
         if status >= 400 or code is not None:

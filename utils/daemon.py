@@ -21,6 +21,7 @@ import schedule
 
 from utils.errors import EXIT_OK, ConfigError, PipelineError, Stopped
 from utils.file_storage import ensure_dir, read_json, write_json_atomic
+from utils.redact import redact_tree
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,15 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def parse_iso(text: Any) -> datetime | None:
-    """A datetime from iso(), or None for anything else."""
+    """A UTC datetime from iso(), or None for anything else (a year before 1970 or after 9998 included)."""
     if not isinstance(text, str):
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if 1970 <= moment.year <= 9998 else None  # room for date arithmetic either way
 
 
 def next_daily_run(after: datetime, at: time, zone: ZoneInfo) -> datetime:
@@ -101,6 +103,32 @@ class Outcome:
 Job = Callable[[tuple[str, ...] | None, Callable[[], bool]], Outcome]
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+# What each field of status.json must be; a field that is not counts as missing (the file is rebuildable).
+STATUS_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "last_success": lambda v: parse_iso(v) is not None, "next_run": lambda v: parse_iso(v) is not None,
+    "next_retry": lambda v: parse_iso(v) is not None, "timezone": _text, "at": _text,
+    "daemon_pid": lambda v: _count(v) and 0 < v < 2**22,  # Linux's PID_MAX_LIMIT
+}
+LAST_RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "started_at": lambda v: parse_iso(v) is not None, "finished_at": lambda v: parse_iso(v) is not None,
+    "result": _text, "trigger": _text, "error": _text, "exit_code": lambda v: _count(v) and v < 256,
+    "appended": _count, "duplicates": _count, "rejected": _count,
+    "incomplete_coins": lambda v: isinstance(v, list) and all(map(_text, v)),
+}
+
+
+def _valid_fields(data: dict[str, Any], rules: dict[str, Callable[[Any], bool]]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in rules or rules[k](v)}
+
+
 class StatusFile:
     """data/.state/status.json: last run, last success, next run; written atomically."""
 
@@ -108,8 +136,18 @@ class StatusFile:
         self.path = path
 
     def read(self) -> dict[str, Any]:
+        """The status, with every malformed field left out: whatever the file holds, this never fails."""
         data = read_json(self.path)
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        data = _valid_fields(data, STATUS_FIELDS)
+        last = data.get("last_run")
+        if last is not None:
+            if isinstance(last, dict):
+                data["last_run"] = _valid_fields(last, LAST_RUN_FIELDS)
+            else:
+                del data["last_run"]
+        return data
 
     def update(self, **changes: Any) -> None:
         if self.path.parent.is_symlink() or self.path.is_symlink():
@@ -120,7 +158,7 @@ class StatusFile:
         data.update(changes)
         try:
             ensure_dir(self.path.parent)
-            write_json_atomic(self.path, data)
+            write_json_atomic(self.path, redact_tree(data))
         except (OSError, PipelineError) as exc:
             log.warning("could not write %s: %s", self.path, exc)
 

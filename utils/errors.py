@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from utils.redact import redact
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -12,6 +14,10 @@ class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose."""
 
     exit_code = EXIT_FAILED
+
+    def __init__(self, *args: object) -> None:
+        # Messages quote servers, files and settings: redacted once here, they are safe wherever they go.
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(PipelineError):

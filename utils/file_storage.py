@@ -72,7 +72,7 @@ def read_json(path: Path) -> Any | None:
     try:
         with open(path, "rb") as fh:
             return json.loads(fh.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return None
 
 

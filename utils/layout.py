@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -115,12 +116,22 @@ def display_path(path: Path | str) -> str:
         return str(path)
 
 
+# S3's bucket naming rules: 3-63 of a-z 0-9 . -, a letter or digit at each end, no "..", not an IP address.
+BUCKET_RE = re.compile(r"^(?!xn--|sthree-|\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 def split_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix ending in / or empty) of s3://bucket/prefix. Raises ConfigError."""
-    parts = urlsplit(url)
+    """(bucket, prefix ending in / or empty) of s3://bucket/prefix, checked before anything is created. Raises ConfigError."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "s3://[x": urlsplit's own complaint about IPv6 brackets
+        parts = urlsplit("")
     if parts.scheme != "s3" or not parts.netloc:
         raise ConfigError(f"data-dir: {url!r} is not an s3://bucket/prefix URL")
+    if not BUCKET_RE.match(parts.netloc) or ".." in parts.netloc or parts.netloc.endswith("-s3alias"):
+        raise ConfigError(f"data-dir: {parts.netloc!r} is not an S3 bucket name (3-63 lower-case letters, digits, "
+                          "dots and hyphens, starting and ending with a letter or digit)")
     prefix = parts.path.strip("/")
-    if ".." in prefix.split("/"):
-        raise ConfigError(f"data-dir: {url!r} may not contain '..'")
+    if any(part in (".", "..") for part in prefix.split("/")) or "\0" in prefix:
+        raise ConfigError(f"data-dir: {url!r} may not contain '.' or '..' folders or a NUL character")
     return parts.netloc, (prefix + "/" if prefix else "")

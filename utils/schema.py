@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from utils.errors import ExtractError
+from utils.redact import BIDI_CONTROLS, CONTROLS, SURROGATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +61,45 @@ SOURCE_MARKET_CHART = "market_chart"
 
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-SURROGATES = re.compile(r"[\ud800-\udfff]")
+LINE_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")
+INVISIBLE = re.compile(f"[{CONTROLS}{BIDI_CONTROLS}]")
+LONE_SURROGATES = re.compile(f"[{SURROGATES}]")
 MAX_TEXT = 200
+# The numbers stored are the numbers the charts can draw: 0, or MIN_MAGNITUDE to MAX_MAGNITUDE in size. float64
+# reaches 1.8e308, but axis margins and the performance chart's ratios overflow long before that (measured:
+# 1e300 warns "overflow encountered in exp"; 1e-100 to 1e100, even one coin moving end to end, draws clean).
+# Real market data stays far inside: prices down to about 1e-15, market caps in the weakest currency below 1e25.
+MIN_MAGNITUDE, MAX_MAGNITUDE = 1e-100, 1e100
+DRAWABLE_RANGE = f"0, or {MIN_MAGNITUDE:g} to {MAX_MAGNITUDE:g} in size"
 
 
 def safe_text(text: str) -> str:
-    """Text for a name or symbol cell: one line, bounded, never run as a spreadsheet formula."""
-    text = SURROGATES.sub("\ufffd", CONTROL_CHARS.sub(" ", text)).strip()[:MAX_TEXT]
+    """Text for a name or symbol cell: one line, no control or bidi characters, bounded, never a formula.
+
+    Breaks become spaces (they separated words); other controls and bidi overrides go (the raw archive keeps them).
+    """
+    text = INVISIBLE.sub("", LINE_BREAKS.sub(" ", text))
+    text = LONE_SURROGATES.sub("\ufffd", text).strip()[:MAX_TEXT]
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def drawable(value: Any) -> Any:
+    """True where a value is 0 or MIN_MAGNITUDE..MAX_MAGNITUDE in size; NaN and inf are not. Also on numpy arrays."""
+    size = abs(value)
+    return (size <= MAX_MAGNITUDE) & ((size >= MIN_MAGNITUDE) | (value == 0))
+
+
+def number_problem(value: int | float) -> str | None:
+    """Why a number can be neither stored nor drawn, or None: the one rule the transform and the charts share."""
+    try:
+        as_float = float(value)
+    except OverflowError:
+        return "is too large for a float64 (the largest is about 1.8e308)"
+    if not math.isfinite(as_float):
+        return f"is {value}, not a finite number"
+    if not drawable(as_float):
+        return f"is {as_float:.3g}, outside what can be stored and drawn ({DRAWABLE_RANGE})"
+    return None
 
 
 def format_cell(value: object) -> str:

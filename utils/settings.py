@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from utils.errors import ConfigError
-from utils.layout import DataLayout, split_s3_url
+from utils.layout import TEMP_SUFFIX, DataLayout, split_s3_url
 from utils.plans import DEFAULT_MAX_RESPONSE_MB, default_base_url
 from utils.schema import COIN_ID_RE, CURRENCY_RE
 
@@ -23,6 +24,8 @@ DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dog
                  "litecoin", "avalanche-2")
 PLANS = ("public", "demo", "pro")
 SCALES = ("auto", "log", "linear")
+FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(2999, 12, 31)  # what --since/--until accept: date arithmetic stays safe
+MAX_DAYS = 36500  # a century: more than the history can hold, far below what date arithmetic overflows at
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,11 @@ def _parse_plan(text: str) -> str:
 
 def _parse_url(text: str) -> str:
     url = str(text).strip().rstrip("/")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it validates it
+    except ValueError as exc:
+        raise ConfigError(f"api-url: {text!r} is not a valid URL ({exc}); use e.g. {default_base_url('public')}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"api-url: {text!r} is not an http(s) URL; use e.g. {default_base_url('public')}")
     if parts.username or parts.password or parts.query:
@@ -123,7 +130,7 @@ def _seconds(name: str, low: float, high: float) -> Callable[[Any], float]:
     def parse(text: Any) -> float:
         try:
             value = float(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name}: {text!r} is not a number of seconds") from None
         if not math.isfinite(value) or not low <= value <= high:
             raise ConfigError(f"{name}: {text!r} is out of range; use {low:g} to {high:g} seconds")
@@ -146,12 +153,15 @@ def _parse_bool(name: str) -> Callable[[Any], bool]:
 
 def _parse_date(name: str) -> Callable[[Any], date]:
     def parse(text: Any) -> date:
-        if isinstance(text, date):
-            return text
+        if isinstance(text, (datetime, time)):  # TOML's own date-times and times: a day is asked for
+            raise ConfigError(f"{name}: {text} is a date and time; write a day alone, like {name} = 2024-01-31")
         try:
-            return date.fromisoformat(str(text).strip())
+            day = text if isinstance(text, date) else date.fromisoformat(str(text).strip())
         except ValueError:
             raise ConfigError(f"{name}: {text!r} is not a date; use YYYY-MM-DD") from None
+        if not FIRST_DATE <= day <= LAST_DATE:
+            raise ConfigError(f"{name}: {day} is out of range; use a date from {FIRST_DATE} to {LAST_DATE}")
+        return day
     return parse
 
 
@@ -160,8 +170,8 @@ def _parse_days(text: Any) -> int:
         value = int(str(text).strip())
     except ValueError:
         raise ConfigError(f"days: {text!r} is not a whole number of days") from None
-    if value < 1:
-        raise ConfigError("days: use 1 or more")
+    if not 1 <= value <= MAX_DAYS:
+        raise ConfigError(f"days: {value} is out of range; use 1 or more, up to {MAX_DAYS} (a century)")
     return value
 
 
@@ -185,7 +195,7 @@ def _parse_delays(text: Any) -> tuple[float, ...]:
     parts = text if isinstance(text, list) else str(text).split(",")
     try:
         delays = tuple(float(p) for p in parts if str(p).strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"retry-delays: {text!r} is not a list of minutes like 5,15,60") from None
     if not delays or any(not math.isfinite(d) or d <= 0 or d > 1440 for d in delays):
         raise ConfigError("retry-delays: give minutes between 0 and 1440, like 5,15,60")
@@ -216,14 +226,41 @@ def _parse_key(text: Any) -> str:
     key = str(text).strip()
     if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
         raise ConfigError("COINGECKO_API_KEY holds spaces or control characters; paste the key alone")
+    if not key.isascii():  # an HTTP header carries ASCII only; the message never quotes the key
+        raise ConfigError("COINGECKO_API_KEY holds non-ASCII characters (a typographic dash or quote?); "
+                          "paste the key as the CoinGecko dashboard shows it")
     return key
+
+
+def _path(name: str) -> Callable[[Any], Path]:
+    """A local path option: ~ expanded, refused when it cannot name a file."""
+    def parse(text: Any) -> Path:
+        return local_path(name, str(text))
+    return parse
+
+
+def local_path(name: str, text: str) -> Path:
+    """A path from a flag, variable or config file, ~ expanded. Raises ConfigError."""
+    if "\0" in text:
+        raise ConfigError(f"{name}: {text!r} holds a NUL character, which no file name can")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist, or no home folder at all
+        raise ConfigError(f"{name}: {text!r} starts with ~ but that home folder is unknown; write the path in full") from None
+
+
+def _parse_data_dir(text: Any) -> Path | str:
+    text = str(text)
+    if text.startswith("s3://"):
+        split_s3_url(text.strip())  # bucket and prefix checked before anything is created
+        return text.strip()
+    return local_path("data-dir", text)
 
 
 OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "coins": ("PIPELINE_COINS", _parse_coins),
     "vs_currency": ("PIPELINE_VS_CURRENCY", _parse_currency),
-    "data_dir": ("PIPELINE_DATA_DIR", lambda t: str(t).strip() if str(t).startswith("s3://")
-                 else Path(str(t)).expanduser()),
+    "data_dir": ("PIPELINE_DATA_DIR", _parse_data_dir),
     "api_url": ("COINGECKO_API_URL", _parse_url),
     "api_key": ("COINGECKO_API_KEY", _parse_key),
     "api_plan": ("COINGECKO_API_PLAN", _parse_plan),
@@ -240,7 +277,7 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "timezone": ("PIPELINE_TIMEZONE", lambda t: str(t).strip() or None),
     "retry_delays": ("PIPELINE_RETRY_DELAYS", _parse_delays),
     "initial_run": ("PIPELINE_INITIAL_RUN", _parse_bool("initial-run")),
-    "log_file": ("PIPELINE_LOG_FILE", lambda t: Path(str(t)).expanduser()),
+    "log_file": ("PIPELINE_LOG_FILE", _path("log-file")),
     "rate_limit": ("PIPELINE_RATE_LIMIT", _parse_rate),
     "max_response_mb": ("PIPELINE_MAX_RESPONSE_MB", _parse_megabytes),
     "heal": ("PIPELINE_HEAL", _parse_bool("heal")),
@@ -258,6 +295,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; check --config / PIPELINE_CONFIG") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     table = data.get("pipeline", data)
@@ -284,7 +324,7 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
                    config_path: str | None = None, verbosity: int = 0) -> Settings:
     """Resolve every option: flag > environment > config file > default. Raises ConfigError."""
     config_path = config_path or env.get("PIPELINE_CONFIG") or None
-    file_values = load_config_file(Path(config_path).expanduser()) if config_path else {}
+    file_values = load_config_file(local_path("config", config_path)) if config_path else {}
     values: dict[str, Any] = {}
     for name, (env_name, parse) in OPTIONS.items():
         raw: Any = flags.get(name)
@@ -319,4 +359,24 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
                           "(--days counts back from --until, or from the newest day)")
     if since and until and since > until:
         raise ConfigError(f"--since {since} is after --until {until}")
-    return Settings(command=command, verbosity=verbosity, **values)
+    settings = Settings(command=command, verbosity=verbosity, **values)
+    check_log_file(settings)
+    return settings
+
+
+def check_log_file(settings: Settings) -> None:
+    """Refuse a --log-file that is, or lies inside, something the pipeline manages: rotation would rename it."""
+    if settings.log_file is None:
+        return
+    layout = settings.layout
+    data_dir = layout.data_dir.resolve()
+    managed = tuple(path.resolve() for path in layout.managed())
+    log_file = settings.log_file if settings.log_file.is_absolute() else Path.cwd() / settings.log_file
+    for candidate in {Path(os.path.normpath(log_file)), log_file.resolve()}:
+        if (candidate == data_dir or any(candidate == path or path in candidate.parents for path in managed)
+                or (candidate.parent == data_dir and (candidate.name.startswith(layout.csv_name)  # .bak and kin
+                                                      or (candidate.name.startswith(".")
+                                                          and candidate.name.endswith(TEMP_SUFFIX))))):
+            raise ConfigError(f"--log-file {settings.log_file} is a file the pipeline manages in "
+                              f"{settings.data_dir} (the CSV, .state/, raw/ or the charts), and log rotation "
+                              f"would rename it; choose another path, e.g. {settings.data_dir / 'pipeline.log'}")

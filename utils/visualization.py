@@ -28,6 +28,7 @@ from PIL import Image
 
 from utils import csvio
 from utils.errors import PipelineError
+from utils.schema import DRAWABLE_RANGE, drawable
 from utils.index import DailyPoints, HistoryIndex
 from utils.settings import Settings
 from utils.layout import MARKET_CAP_CHART, PERFORMANCE_CHART, PRICE_CHART, DataLayout
@@ -118,6 +119,17 @@ class Points:
     time_ms: np.ndarray  # int64
     price: np.ndarray  # float64
     cap: np.ndarray  # float64
+
+
+def _drop_undrawable(points: Points) -> int:
+    """Blank the values schema's number rule refuses (stored by hand or by an older version); returns how many."""
+    count = 0
+    for values in (points.price, points.cap):
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(values) & ~drawable(values)
+        values[bad] = math.nan
+        count += int(np.count_nonzero(bad))
+    return count
 
 
 def _points(daily: DailyPoints) -> Points:
@@ -511,6 +523,10 @@ def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions,
         raise NothingToPlot(f"no data in {currency} in {source}; currencies in the history: {', '.join(currencies)}")
     daily = index.daily_points(currency)
     points = _points(daily)
+    left_out = _drop_undrawable(points)
+    if left_out:
+        logger.warning("left out %s prices or market caps of %s outside what a chart can draw (%s)", left_out,
+                       source, DRAWABLE_RANGE)
     coins, rows = _select(points, _coins_in(daily, points), options, currency)
     first, last = int(points.time_ms[rows].min()), int(points.time_ms[rows].max())
     span_days = last // _DAY_MS - first // _DAY_MS + 1
