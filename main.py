@@ -11,10 +11,17 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
+
+if TYPE_CHECKING:  # the flows and the client are imported when a command needs them, to start fast
+    from datetime import datetime
+
+    from flows.run_once import RunResult
+    from utils.coingecko import CoinGeckoClient
 
 log = logging.getLogger("pipeline")
 
@@ -337,17 +344,31 @@ def describe_file_error(exc: OSError) -> str:
     return describe_os_error(exc, exc.filename, "open")
 
 
+def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[str, ...] | None = None,
+                 should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], datetime] | None = None
+                 ) -> RunResult:
+    """One run of the pipeline: extract -> transform -> load -> charts (each a stage in lambdas/)."""
+    from flows.run_once import RunOnce, utc_now
+
+    run = RunOnce(settings, client, coins=coins, should_stop=should_stop, clock=clock or utc_now)
+    snapshot = run.extract()               # /coins/markets -> Snapshot, raw answer archived
+    transformed = run.transform(snapshot)  # Snapshot -> typed Records + rejections (pure)
+    run.load(transformed)                  # Records -> the history: appended when their key is new
+    run.heal()                             # days missed while the pipeline was down, from market_chart
+    run.charts()                           # the index's daily points -> PNG charts
+    return run.result()
+
+
 def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
     """`run`: one pass of the pipeline, one summary line, and the status file updated."""
-    from utils.daemon import Outcome, StatusFile, utc_now
-    from flows.run_once import run_once
     from utils.clients import make_client
+    from utils.daemon import Outcome, StatusFile, utc_now
 
     status = StatusFile(settings.layout.status)
     started = utc_now()
     try:
         with make_client(settings, sleep=sleep) as client:
-            result = run_once(settings, client)
+            result = run_pipeline(settings, client)
     except PipelineError as exc:
         if settings.data_dir.is_dir():
             status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
@@ -380,7 +401,6 @@ def daemon_command(settings: Settings) -> int:
     """`daemon`: one process per data folder, running the pipeline on schedule until SIGTERM or Ctrl-C."""
     from utils.coingecko import make_limiter
     from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone
-    from flows.run_once import run_once
     from utils.clients import make_client
     from utils.errors import Stopped
     from utils.storage import prepare_data_dir
@@ -401,7 +421,7 @@ def daemon_command(settings: Settings) -> int:
 
         def job(coins: tuple[str, ...] | None, should_stop: Callable[[], bool]):
             with make_client(settings, sleep=interruptible_sleep, limiter=limiter, should_stop=should_stop) as client:
-                return run_once(settings, client, coins=coins, should_stop=should_stop).outcome()
+                return run_pipeline(settings, client, coins=coins, should_stop=should_stop).outcome()
 
         daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,
                         status=StatusFile(settings.layout.status), initial_run=settings.initial_run)

@@ -3,10 +3,10 @@
 Requirement: "1,000 simulated days against the local fake API, with charts; prints peak memory at day 10 and
 day 1,000 (growth under 20 MB) and open file descriptors (no growth)."
 
-The daemon is built like `main.daemon_command` builds it (DaemonLock held; job = run_once with a real
+The daemon is built like `main.daemon_command` builds it (DaemonLock held; job = main.run_pipeline with a real
 CoinGeckoClient from make_client, returning RunResult.outcome()), with the differences that make time simulated:
   * the daemon reads a FakeClock that starts at 2024-01-01T00:00Z (daily run 00:00 UTC), its `wait` advances that
-    clock, and run_once gets the same clock (in the real daemon both are the wall clock);
+    clock, and run_pipeline gets the same clock (in the real daemon both are the wall clock);
   * before each daily run the fake API moves every coin's last_updated forward one day (the data is rebased so it
     is 5 minutes old at the first run), so every day brings one new row per coin;
   * the client's sleep between HTTP retries is a no-op, so nothing really sleeps.
@@ -49,7 +49,7 @@ from tests.fake_coingecko import (FakeCoinGecko, Fault, format_iso_ms, load_fixt
                                   markets_rows, parse_iso, DEFAULT_COINS_FIXTURE)
 from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
 from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
-from flows.run_once import run_once  # noqa: E402
+from main import run_pipeline  # noqa: E402
 from utils.clients import make_client  # noqa: E402
 from utils.storage import prepare_data_dir  # noqa: E402
 from utils.settings import build_settings  # noqa: E402
@@ -215,12 +215,12 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     run_seconds: list[float] = []  # wall time of the job, per run (a few KB for 1,000 days)
 
     def job(coins, should_stop):
-        # main.daemon_command's job, plus clock=clock: in the real daemon run_once's clock and the daemon's are
+        # main.daemon_command's job, plus clock=clock: in the real daemon run_pipeline's clock and the daemon's are
         # the same wall clock, so here both are the simulated one.
         started = time.perf_counter()
         try:
             with make_client(settings, sleep=lambda s: None) as client:
-                result = run_once(settings, client, clock=clock, coins=coins, should_stop=should_stop)
+                result = run_pipeline(settings, client, clock=clock, coins=coins, should_stop=should_stop)
                 stats["healed"] += getattr(result, "healed", 0)
                 outcome = result.outcome()
         except BaseException:

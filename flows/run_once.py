@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from lambdas.lambda_1_extract import archive_snapshot, extract
-from lambdas.lambda_2_transform import Rejected, rejection_lines, transform
+from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from flows.check import missing_ids_note
 from lambdas.lambda_3_load import load
 from utils.coingecko import CoinGeckoClient
@@ -17,6 +17,7 @@ from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError, PipelineError
 from utils.settings import Settings
 from utils.layout import display_path
+from utils.schema import Snapshot
 from utils.storage import Storage, storage_for
 from utils.store import LoadReport
 
@@ -77,43 +78,77 @@ class RunResult:
         return line
 
 
-def run_once(settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
-             coins: tuple[str, ...] | None = None, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
-    """Extract, archive, transform and load once, then draw the charts (skipped once a stop is asked). Raises PipelineError."""
-    started = time.monotonic()
-    coins = coins or settings.coins
-    storage = storage_for(settings)
-    storage.check()  # a history this version cannot write is refused before any request
-    snapshot = extract(coins, settings.vs_currency, client, clock)
-    try:
-        archive_snapshot(snapshot, storage)
-    except (OSError, PipelineError) as exc:
-        log.warning("could not archive the raw answer under %s/raw (%s); the run goes on", storage.location,
-                    getattr(exc, "strerror", None) or exc)
-    result = transform(snapshot)
-    for line in rejection_lines(result.rejected):
-        log.warning("%s", line)
-    missing_note = missing_ids_note(client, snapshot.missing) if snapshot.missing else None
-    if not result.records:
-        why = (missing_note if missing_note and not snapshot.rows else f"CoinGecko returned {len(snapshot.rows)} "
-               f"rows for {len(coins)} requested coins and none could be stored")
-        raise ExtractError(f"no usable rows: {why}; nothing was appended")
-    if missing_note:
-        log.warning("%s", missing_note)
-    report = load(result.records, storage)
-    healed = 0
-    if settings.heal and settings.data_url is None and not should_stop():
-        # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
-        landed = tuple(dict.fromkeys(record.coin_id for record in result.records))
-        healed = heal(settings, client, landed, clock)
-    chart_error = None
-    chart_paths: tuple[str, ...] = ()
-    if settings.charts and not should_stop():
-        chart_paths, chart_error = draw_charts(settings, storage)
-    stored = {record.coin_id for record in result.records}  # a coin that landed is complete, whatever else came
-    rejected = tuple(r for r in result.rejected if r.coin_id not in stored)
-    return RunResult(requested=coins, load=report, missing=snapshot.missing, rejected=rejected,
-                     seconds=time.monotonic() - started, chart_error=chart_error, charts=chart_paths, healed=healed)
+class RunOnce:
+    """The steps of one run, each a stage of lambdas/ plus what the run needs around it; main.py chains them."""
+
+    def __init__(self, settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
+                 coins: tuple[str, ...] | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.settings, self.client, self.clock, self.should_stop = settings, client, clock, should_stop
+        self.coins = coins or settings.coins
+        self.started = time.monotonic()
+        self.storage = storage_for(settings)
+        self.storage.check()  # a history this version cannot write is refused before any request
+        self.snapshot: Snapshot | None = None
+        self.transformed: TransformResult | None = None
+        self.report: LoadReport | None = None
+        self.healed = 0
+        self.chart_paths: tuple[str, ...] = ()
+        self.chart_error: str | None = None
+
+    def extract(self) -> Snapshot:
+        """lambda_1_extract: fetch the coins, and keep the raw answer (a failure to archive is only a warning)."""
+        snapshot = extract(self.coins, self.settings.vs_currency, self.client, self.clock)
+        try:
+            archive_snapshot(snapshot, self.storage)
+        except (OSError, PipelineError) as exc:
+            log.warning("could not archive the raw answer under %s/raw (%s); the run goes on", self.storage.location,
+                        getattr(exc, "strerror", None) or exc)
+        self.snapshot = snapshot
+        return snapshot
+
+    def transform(self, snapshot: Snapshot) -> TransformResult:
+        """lambda_2_transform: records and rejections; no usable row at all fails the run."""
+        result = transform(snapshot)
+        for line in rejection_lines(result.rejected):
+            log.warning("%s", line)
+        missing_note = missing_ids_note(self.client, snapshot.missing) if snapshot.missing else None
+        if not result.records:
+            why = (missing_note if missing_note and not snapshot.rows else f"CoinGecko returned "
+                   f"{len(snapshot.rows)} rows for {len(self.coins)} requested coins and none could be stored")
+            raise ExtractError(f"no usable rows: {why}; nothing was appended")
+        if missing_note:
+            log.warning("%s", missing_note)
+        self.transformed = result
+        return result
+
+    def load(self, result: TransformResult) -> LoadReport:
+        """lambda_3_load: append what the history lacks."""
+        self.report = load(result.records, self.storage)
+        return self.report
+
+    def heal(self) -> int:
+        """Fill days missed while the pipeline was down (not after a stop is asked; a failure is a warning)."""
+        if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
+            # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
+            landed = tuple(dict.fromkeys(record.coin_id for record in self.transformed.records))
+            self.healed = heal(self.settings, self.client, landed, self.clock)
+        return self.healed
+
+    def charts(self) -> tuple[str, ...]:
+        """lambda_4_charts: redraw from the index (skipped once a stop is asked; a failure never fails the run)."""
+        if self.settings.charts and not self.should_stop():
+            self.chart_paths, self.chart_error = draw_charts(self.settings, self.storage)
+        return self.chart_paths
+
+    def result(self) -> RunResult:
+        """The run's outcome, for the summary line, the exit code and the status file."""
+        assert self.snapshot is not None and self.transformed is not None and self.report is not None, \
+            "result() comes after extract, transform and load"
+        stored = {record.coin_id for record in self.transformed.records}  # a coin that landed is complete
+        rejected = tuple(r for r in self.transformed.rejected if r.coin_id not in stored)
+        return RunResult(requested=self.coins, load=self.report, missing=self.snapshot.missing, rejected=rejected,
+                         seconds=time.monotonic() - self.started, chart_error=self.chart_error,
+                         charts=self.chart_paths, healed=self.healed)
 
 
 def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], clock: Clock) -> int:
