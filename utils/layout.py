@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ PRICE_CHART = "crypto_price_trend.png"
 MARKET_CAP_CHART = "crypto_market_cap_trend.png"
 PERFORMANCE_CHART = "crypto_performance.png"
 CHART_NAMES = (PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART)
+CHART_SUFFIX = ".png"
 TEMP_SUFFIX = ".tmp"
 RAW = "raw"  # raw API answers, also the key prefix on S3
 RECORDS = "records"  # the transform's output on S3, for the load Lambda
@@ -84,7 +86,12 @@ class DataLayout:
 
     @property
     def charts(self) -> tuple[Path, ...]:
+        """The primary currency's charts (today's names)."""
         return tuple(self.chart(name) for name in CHART_NAMES)
+
+    def charts_of(self, currency: str, primary: str) -> tuple[Path, ...]:
+        """The price, market-cap and performance charts of one currency (see chart_names)."""
+        return tuple(self.chart(name) for name in chart_names(currency, primary))
 
     def temp_prefix(self, final: Path) -> str:
         """The name prefix of a temporary file that becomes `final` once renamed."""
@@ -103,6 +110,23 @@ class DataLayout:
     def managed(self) -> tuple[Path, ...]:
         """Every file and folder the pipeline writes: nothing else may be pointed at them (a log file, say)."""
         return (self.csv, self.quarantine, self.state_dir, self.raw_dir, *self.charts)
+
+
+def primary_currency(vs_currency: str | Sequence[str]) -> str:
+    """The first configured currency: the one whose charts keep the plain names (a list of currencies is coming)."""
+    return (vs_currency if isinstance(vs_currency, str) else vs_currency[0]).strip().lower()
+
+
+def chart_names(currency: str, primary: str) -> tuple[str, ...]:
+    """The three chart file names of a currency: the primary's are today's, another's end in _<cur>.png."""
+    currency = currency.strip().lower()
+    return CHART_NAMES if currency == primary.strip().lower() else suffixed_chart_names(currency)
+
+
+def suffixed_chart_names(currency: str) -> tuple[str, ...]:
+    """The names a currency's charts take when it is not the first configured one: crypto_price_trend_usd.png."""
+    return tuple(name.removesuffix(CHART_SUFFIX) + f"_{currency.strip().lower()}{CHART_SUFFIX}"
+                 for name in CHART_NAMES)
 
 
 def display_path(path: Path | str) -> str:
