@@ -435,13 +435,13 @@ def daemon_command(settings: Settings) -> int:
 
 
 def plot_command(settings: Settings) -> int:
-    """`plot`: draw the charts from the history."""
+    """`plot`: draw the charts of the configured currency from the history."""
     from lambdas.lambda_4_charts import charts
     from utils.layout import display_path
     from utils.storage import storage_for
     from utils.visualization import chart_options
 
-    published, report = charts(storage_for(settings), chart_options(settings))
+    published, (report,) = charts(storage_for(settings), chart_options(settings))
     for where in published:
         show(display_path(where))
     log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,

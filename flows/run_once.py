@@ -164,12 +164,12 @@ def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], cl
 
 
 def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
-    """Charts after a run: a failure is reported, never fatal, because the CSV already landed."""
+    """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
         from lambdas.lambda_4_charts import charts
         from utils.visualization import chart_options
 
-        return charts(storage, chart_options(settings))[0], None
+        return charts(storage, chart_options(settings), every_currency=True)[0], None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
         log.debug("chart failure", exc_info=True)
         return (), str(exc) or type(exc).__name__

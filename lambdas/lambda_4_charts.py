@@ -12,24 +12,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def charts(storage: Storage, options: ChartOptions) -> tuple[tuple[str, ...], ChartReport]:
-    """Draw the price, market-cap and performance charts from the history's daily points: where they went, and what."""
-    from utils.visualization import render_from_index  # matplotlib only when drawing
+def charts(storage: Storage, options: ChartOptions, *,
+           every_currency: bool = False) -> tuple[tuple[str, ...], tuple[ChartReport, ...]]:
+    """Draw the price, market-cap and performance charts from the history's daily points: where they went, and what.
+
+    One currency (options.vs_currency), or with every_currency that one under the plain names and
+    each other currency of the history under names ending in _<cur>.
+    """
+    from utils.visualization import render_every_currency, render_from_index  # matplotlib only when drawing
 
     _, out_dir = storage.local_csv()
     with storage.index() as index:
-        report = render_from_index(index, out_dir, options, source=storage.csv_display)
-    return storage.publish_charts(report.paths), report
+        if every_currency:
+            reports = render_every_currency(index, out_dir, options, source=storage.csv_display)
+        else:
+            reports = (render_from_index(index, out_dir, options, source=storage.csv_display),)
+    return storage.publish_charts(tuple(path for report in reports for path in report.paths)), reports
 
 
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
-    """AWS Lambda: render the three PNGs from the CSV in the bucket and upload them."""
+    """AWS Lambda: render the three PNGs of each currency from the CSV in the bucket and upload them."""
     from utils.aws import lambda_settings, setup_lambda_logging
     from utils.storage import storage_for
     from utils.visualization import chart_options
 
     setup_lambda_logging()
     settings = lambda_settings(event)
-    drawn, _ = charts(storage_for(settings), chart_options(settings))
+    drawn, _ = charts(storage_for(settings), chart_options(settings), every_currency=True)
     log.info("charts: %s", ", ".join(drawn))
     return {**(event or {}), "charts": list(drawn)}

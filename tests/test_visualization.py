@@ -15,14 +15,25 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import dates as mdates
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
+from lambdas.lambda_4_charts import charts
 from utils.errors import PipelineError
 from utils import csvio
+from utils.layout import CHART_NAMES, DataLayout, chart_names, primary_currency
 from utils.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, format_timestamp, parse_timestamp
+from utils.settings import DEFAULT_COINS
+from utils.storage import LocalStorage
+from utils.store import HistoryStore
 from utils.visualization import (IMAGE_SIZE_PX, MARKET_CAP_CHART, PERFORMANCE_CHART,
                                  PRICE_CHART, ChartOptions, NoHistory, NothingToPlot,
-                                 format_money, render_charts)
+                                 chart_drawings, coin_colour, format_money, render_charts)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coins_markets_2023-01-08_real_10coins.json"
 NEWEST = datetime(2023, 1, 8, 16, 49, 40, 132000, tzinfo=timezone.utc)
@@ -71,6 +82,40 @@ def png_size(path: Path) -> tuple[int, int]:
     if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[-8:-4] != b"IEND":
         raise AssertionError(f"{path} is not a complete PNG")
     return struct.unpack(">II", data[16:24])
+
+
+def synthetic_coin(coin_id: str, seed: int) -> dict:
+    """A coin of the default list or a made-up one, its price anywhere from 1e-5 to 1e5."""
+    rng = random.Random(seed)
+    price = 10 ** rng.uniform(-5, 5)
+    return {"id": coin_id, "name": coin_id.replace("-", " ").title(), "symbol": coin_id[:3],
+            "current_price": price, "market_cap": price * 10 ** rng.uniform(6, 9)}
+
+
+def figures(csv_path: Path, options: ChartOptions) -> dict[str, Figure]:
+    """The three charts as drawn Figures (laid out, not saved), by file name."""
+    with HistoryStore(DataLayout(csv_path.parent, csv_path.name)).index() as index:
+        drawings, _ = chart_drawings(index, options, now=NOW)
+    drawn = {}
+    for name, draw in drawings:
+        fig = draw()
+        fig.canvas.draw()
+        drawn[name] = fig
+    return drawn
+
+
+def axes_of(fig: Figure) -> Axes:
+    (ax,) = fig.axes
+    return ax
+
+
+def line_of(fig: Figure, gid: str) -> Line2D:
+    (line,) = [line for line in axes_of(fig).get_lines() if line.get_gid() == gid]
+    return line
+
+
+def day_number(day: date) -> float:
+    return float(mdates.date2num(datetime(day.year, day.month, day.day, tzinfo=timezone.utc)))
 
 
 class ChartTestCase(unittest.TestCase):
@@ -267,6 +312,184 @@ class HistoryFileTest(ChartTestCase):
         self.assertEqual(report.coins, ("bitcoin", "odd-coin"))
         self.assertEqual(report.rows_used, 7)
         self.assertEqual(report.window[0], NEWEST - timedelta(days=5))
+
+
+class GapTest(ChartTestCase):
+    """A line never joins points more than 2 days apart, and the chart says where data is missing."""
+
+    def history(self, missing: dict[str, set[int]], days: int = 30) -> None:
+        """Daily rows of bitcoin and ethereum up to NEWEST, without the days (counted back) given per coin."""
+        write_history(self.csv, [row(c, NEWEST - timedelta(days=d), factor=1.01 ** -d)
+                                 for d in range(days - 1, -1, -1) for c in self.pick("bitcoin", "ethereum")
+                                 if d not in missing.get(c["id"], set())])
+
+    def broken_between(self, line: Line2D) -> list[tuple[date, date]]:
+        """The (last day before, first day after) of every break in a line's data."""
+        x = np.asarray(line.get_xdata(), dtype=float)
+        at = np.flatnonzero(np.isnan(x))
+        return [(mdates.num2date(x[i - 1]).date(), mdates.num2date(x[i + 1]).date()) for i in at]
+
+    def test_a_gap_of_more_than_two_days_breaks_the_line_and_one_missing_day_does_not(self) -> None:
+        self.history({"bitcoin": {20, 19, 18, 5}})  # 3 days missing, then 1
+        drawn = figures(self.csv, ChartOptions())
+        day = NEWEST.date()
+        for name in (PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART):
+            with self.subTest(chart=name):
+                bitcoin = line_of(drawn[name], "bitcoin")
+                self.assertEqual(self.broken_between(bitcoin),
+                                 [(day - timedelta(days=21), day - timedelta(days=17))])
+                self.assertEqual(self.broken_between(line_of(drawn[name], "ethereum")), [])
+                # The gap is marked: a dotted connector from the point before to the point after.
+                (connectors,) = [c for c in axes_of(drawn[name]).collections
+                                 if isinstance(c, LineCollection) and c.get_linestyle()[0][1]]
+                (segment,) = connectors.get_segments()
+                self.assertEqual([mdates.num2date(x).date() for x in segment[:, 0]],
+                                 [day - timedelta(days=21), day - timedelta(days=17)])
+                labels = [t.get_text() for t in axes_of(drawn[name]).get_legend().get_texts()]
+                self.assertIn("dotted: no data for over 2 days", labels)
+                self.assertNotIn("no data for any coin", labels)  # ethereum has data there
+
+    def test_days_without_any_coin_are_shaded(self) -> None:
+        self.history({"bitcoin": set(range(10, 15)), "ethereum": set(range(10, 16))})
+        ax = axes_of(figures(self.csv, ChartOptions())[PRICE_CHART])
+        (span,) = [p for p in ax.patches if isinstance(p, Rectangle)]
+        left, right = span.get_x(), span.get_x() + span.get_width()
+        day = NEWEST.date()
+        # From the first day without data to the day data comes back.
+        self.assertEqual((left, right), (day_number(day - timedelta(days=14)), day_number(day - timedelta(days=9))))
+        self.assertIn("no data for any coin", [t.get_text() for t in ax.get_legend().get_texts()])
+
+    def test_a_legacy_row_two_years_before_the_rest_is_a_dot_not_a_line(self) -> None:
+        legacy = datetime(2023, 1, 8, 16, 49, 40, tzinfo=timezone.utc)
+        rows = [row(self.coins["bitcoin"], legacy, source="legacy")]
+        start = datetime(2025, 12, 1, 10, tzinfo=timezone.utc)
+        rows += [row(self.coins["bitcoin"], start + timedelta(days=d)) for d in range(10)]
+        write_history(self.csv, rows)
+        fig = figures(self.csv, ChartOptions())[PRICE_CHART]
+        self.assertEqual(self.broken_between(line_of(fig, "bitcoin")), [(legacy.date(), start.date())])
+        dot = line_of(fig, "bitcoin alone")
+        self.assertEqual(list(dot.get_xdata()), [mdates.date2num(legacy)])
+        self.assertEqual(dot.get_marker(), "o")
+
+    def test_a_thinned_five_year_line_still_breaks_at_a_three_day_gap(self) -> None:
+        # 1,826 days do not fit in the plot's pixel columns: one point per 2 days is drawn, but
+        # the gap is found among the daily points.
+        self.history({"bitcoin": {400, 401, 402}}, days=1826)
+        fig = figures(self.csv, ChartOptions())[PRICE_CHART]
+        self.assertIn("every 2 UTC days", fig.texts[1].get_text())
+        (before, after), = self.broken_between(line_of(fig, "bitcoin"))
+        day = NEWEST.date()
+        self.assertLessEqual(before, day - timedelta(days=403))
+        self.assertGreaterEqual(after, day - timedelta(days=399))
+        self.assertEqual(self.broken_between(line_of(fig, "ethereum")), [])
+
+
+class ColourTest(ChartTestCase):
+    def test_a_coin_keeps_its_colour_whatever_else_is_charted(self) -> None:
+        nine = [synthetic_coin(c, i) for i, c in enumerate(DEFAULT_COINS)]
+        write_history(self.csv, daily_rows(nine, 3))
+        colours = {}
+        for selection in (DEFAULT_COINS, ("solana", "bitcoin", "dogecoin"), ("solana",)):
+            drawn = figures(self.csv, ChartOptions(coins=selection))
+            for name, fig in drawn.items():
+                for coin_id in selection:
+                    colours.setdefault(coin_id, set()).add(line_of(fig, coin_id).get_color())
+        self.assertEqual({c: len(seen) for c, seen in colours.items()}, {c: 1 for c in DEFAULT_COINS})
+        self.assertEqual({c: seen.pop() for c, seen in colours.items()}, {c: coin_colour(c) for c in DEFAULT_COINS})
+
+    def test_colours_come_from_the_id_not_from_the_process(self) -> None:
+        # CRC-32 of the id, not hash(), which changes with every interpreter (PYTHONHASHSEED).
+        self.assertEqual((coin_colour("bitcoin"), coin_colour("ethereum"), coin_colour("solana")),
+                         ("#de8f05", "#0173b2", "#cc78bc"))
+        self.assertEqual(len({coin_colour(c) for c in DEFAULT_COINS}), 9)  # the defaults never share one
+        self.assertNotIn("#949494", {coin_colour(f"coin-{i}") for i in range(200)})  # grey means "other"
+
+    def test_coins_sharing_a_colour_differ_by_dash_the_largest_solid(self) -> None:
+        shared = [c for c in (f"coin-{i:03d}" for i in range(100)) if coin_colour(c) == coin_colour("bitcoin")][:2]
+        coins = [self.coins["bitcoin"]] + [synthetic_coin(c, 0) for c in shared]
+        for i, coin in enumerate(coins):
+            coin["market_cap"] = 1e12 / 10 ** i  # bitcoin the largest
+        write_history(self.csv, daily_rows(coins, 5))
+        fig = figures(self.csv, ChartOptions())[PRICE_CHART]
+        # (offset, on-off pattern) as set; matplotlib has no public getter for it
+        styles = [line_of(fig, c["id"])._unscaled_dash_pattern for c in coins]
+        self.assertEqual(styles[0], (0, None))  # solid
+        self.assertEqual(len(set(styles)), 3)
+
+
+class TickLabelTest(unittest.TestCase):
+    """Tick labels never overlap: 9 and 100 coins, over 1 day, 30 days and 5 years, log and linear."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(tmp.cleanup)
+        cls.csv = Path(tmp.name) / "crypto_data.csv"
+        nine = [synthetic_coin(c, i) for i, c in enumerate(DEFAULT_COINS)]
+        more = [synthetic_coin(f"coin-{i:03d}", 9 + i) for i in range(91)]
+        # The labels depend on the window and the range of values, not on how many coins fill
+        # five years: 91 coins over the last 60 days keep the file small and the test quick.
+        write_history(cls.csv, daily_rows(nine, 1826) + daily_rows(more, 60))
+
+    def assert_apart(self, fig: Figure, name: str) -> None:
+        renderer = fig.canvas.get_renderer()
+        ax = axes_of(fig)
+        for axis, low, high in ((ax.xaxis, 0, 2), (ax.yaxis, 1, 3)):  # x0, x1 / y0, y1 of a Bbox
+            view = sorted(axis.get_view_interval())
+            boxes = sorted((label.get_window_extent(renderer).extents
+                            for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+                            if view[0] <= loc <= view[1] and label.get_text()), key=lambda e: e[low])
+            self.assertGreaterEqual(len(boxes), 2, f"{name}: fewer than two {axis.axis_name} tick labels")
+            for before, after in zip(boxes, boxes[1:]):
+                self.assertGreater(after[low] - before[high], 2.0,
+                                   f"{name}: {axis.axis_name} tick labels touch or overlap")
+
+    def test_labels_never_overlap(self) -> None:
+        windows = {"1 day": {"days": 1}, "30 days": {"days": 30},
+                   # matplotlib's locator alone put "29 Nov" against "01 Dec" here (issue 12)
+                   "35 days to 11 Dec": {"days": 35, "until": date(2022, 12, 11)},
+                   "5 years": {}}
+        for coins in (DEFAULT_COINS, ()):
+            for window, bounds in windows.items():
+                for scale in ("log", "linear"):
+                    options = ChartOptions(coins=coins, scale=scale, **bounds)
+                    for name, fig in figures(self.csv, options).items():
+                        with self.subTest(coins=len(coins) or 100, window=window, scale=scale, chart=name):
+                            self.assert_apart(fig, name)
+
+
+class CurrenciesTest(ChartTestCase):
+    """Every currency of the history gets its charts; the first configured one keeps the plain names."""
+
+    def test_names(self) -> None:
+        self.assertEqual(chart_names("eur", "eur"), CHART_NAMES)
+        self.assertEqual(chart_names("USD", "eur"), ("crypto_price_trend_usd.png", "crypto_market_cap_trend_usd.png",
+                                                     "crypto_performance_usd.png"))
+        self.assertEqual(primary_currency("usd"), "usd")
+        self.assertEqual(primary_currency(("gbp", "usd")), "gbp")  # --vs-currency as a list: the first one
+
+    def test_a_run_draws_every_currency_and_the_first_keeps_the_plain_names(self) -> None:
+        write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
+                      + daily_rows(self.pick("bitcoin"), 6, currency="usd"))
+        storage = LocalStorage(self.dir)
+        _, reports = charts(storage, ChartOptions(vs_currency="eur"), every_currency=True)
+        self.assertEqual({r.currency: [p.name for p in r.paths] for r in reports},
+                         {"eur": list(CHART_NAMES), "usd": list(chart_names("usd", "eur"))})
+        self.assertEqual(reports[1].coins, ("bitcoin",))
+        # The other way round: usd plain, eur suffixed, and no stale _usd charts left behind.
+        _, reports = charts(storage, ChartOptions(vs_currency="usd"), every_currency=True)
+        self.assertEqual({r.currency: [p.name for p in r.paths] for r in reports},
+                         {"usd": list(CHART_NAMES), "eur": list(chart_names("eur", "usd"))})
+        self.assertEqual(sorted(p.name for p in self.dir.glob("*.png")),
+                         sorted(CHART_NAMES + chart_names("eur", "usd")))
+
+    def test_a_currency_where_the_selection_matches_nothing_is_skipped(self) -> None:
+        write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
+                      + daily_rows(self.pick("bitcoin"), 6, currency="usd"))
+        with self.assertLogs("utils.visualization", "WARNING") as logs:
+            _, reports = charts(LocalStorage(self.dir), ChartOptions(coins=("ethereum",)), every_currency=True)
+        self.assertEqual([r.currency for r in reports], ["eur"])
+        self.assertIn("no charts in usd: no coin matches --plot-coins ethereum", logs.output[0])
 
 
 def number_or_flag(text: str) -> float | str | None:

@@ -7,12 +7,14 @@ column when the window is long.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,10 +22,15 @@ import numpy as np
 import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib import ticker
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from PIL import Image
 
 from utils import csvio
@@ -31,7 +38,8 @@ from utils.errors import PipelineError
 from utils.schema import DRAWABLE_RANGE, drawable
 from utils.index import DailyPoints, HistoryIndex
 from utils.settings import Settings
-from utils.layout import MARKET_CAP_CHART, PERFORMANCE_CHART, PRICE_CHART, DataLayout
+from utils.layout import (MARKET_CAP_CHART, PERFORMANCE_CHART, PRICE_CHART, DataLayout, chart_names,
+                          primary_currency, suffixed_chart_names)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,8 @@ MAX_POINTS_PER_LINE = int(IMAGE_SIZE_PX[0] * _AXES_RECT[2])
 # With more coins than this, only the top ones by latest value get a colour and a legend entry.
 LEGEND_MAX_COINS = 15
 LOG_SPAN_THRESHOLD = 100.0  # "auto" picks a log axis beyond two orders of magnitude
+# A line never spans more than this many days without data: one missing day is joined, two are a gap.
+GAP_DAYS = 2
 
 CURRENCY_SYMBOLS = {"eur": "€", "usd": "$", "gbp": "£", "jpy": "¥"}
 SCALES = ("auto", "log", "linear")
@@ -89,12 +99,15 @@ class ChartOptions:
     until: date | None = None
     days: int | None = None
     scale: str = "auto"
+    # The first configured currency: its charts keep the plain file names (None: vs_currency's do).
+    primary: str | None = None
 
 
 @dataclass(frozen=True)
 class ChartReport:
     """What render_charts wrote and from which data."""
 
+    currency: str
     paths: tuple[Path, ...]  # the three PNGs written
     coins: tuple[str, ...]  # coin ids charted, largest latest market cap first
     rows_used: int  # rows of the currency, coins and window (before one point per day)
@@ -167,6 +180,16 @@ class _Series:
     coin: _Coin
     times: np.ndarray  # int64 ms
     values: np.ndarray
+    breaks: np.ndarray  # bool: True where more than GAP_DAYS days without data precede the point
+
+    def segments(self) -> list[slice]:
+        """The runs of points a line may join: the series cut at every break."""
+        starts = [0, *np.flatnonzero(self.breaks).tolist(), len(self.times)]
+        return [slice(a, b) for a, b in zip(starts, starts[1:]) if b > a]
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """(index before, index after) of every break, for the 'no data' connectors."""
+        return [(int(i) - 1, int(i)) for i in np.flatnonzero(self.breaks)]
 
 
 def _coins_in(daily: DailyPoints, points: Points) -> list[_Coin]:
@@ -227,30 +250,37 @@ def _midnight_ms(day: date) -> int:
     return int((day - date(1970, 1, 1)).days) * _DAY_MS
 
 
-def _reduce(points: Points, rows: np.ndarray, values: np.ndarray, bucket_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last point per coin per bucket among rows (in coin, time order) with a known value."""
-    rows = rows[np.isfinite(values[rows])]
-    if bucket_ms == _DAY_MS or len(rows) == 0:
-        return rows, values[rows]
+def _series(points: Points, coins: list[_Coin], rows: np.ndarray, values: np.ndarray,
+            bucket_ms: int) -> list[_Series]:
+    """One series per coin, in time order: its last point per bucket with a positive value (0 means unknown).
+
+    Gaps are found at full daily resolution, before thinning, so a gap of 3 days inside a
+    5-day bucket still breaks the line.
+    """
+    rows = rows[np.isfinite(values[rows]) & (values[rows] > 0)]
+    if len(rows) == 0:
+        return []
     times = points.time_ms[rows]
-    key = points.coin[rows].astype(np.int64) << 32
-    key |= (times // bucket_ms) - (times.min() // bucket_ms)
-    kept = rows[~pd.Series(key).duplicated(keep="last").to_numpy()]
-    return kept, values[kept]
-
-
-def _series(points: Points, coins: list[_Coin], rows: np.ndarray, values: np.ndarray) -> list[_Series]:
-    """One series per coin, in time order, positive values only (0 means unknown)."""
-    positive = values > 0
-    rows, values = rows[positive], values[positive]
     coin_of_row = points.coin[rows]
+    days = times // _DAY_MS
+    # A gap precedes a point when the previous point of the same coin is more than GAP_DAYS days earlier.
+    gap_before = np.zeros(len(rows), dtype=bool)
+    gap_before[1:] = (coin_of_row[1:] == coin_of_row[:-1]) & (np.diff(days) > GAP_DAYS)
+    gaps_so_far = np.cumsum(gap_before)
+    kept = np.arange(len(rows))
+    if bucket_ms != _DAY_MS:
+        key = coin_of_row.astype(np.int64) << 32
+        key |= (times // bucket_ms) - (times.min() // bucket_ms)
+        kept = kept[~pd.Series(key).duplicated(keep="last").to_numpy()]
     result = []
     for coin in coins:
-        lo, hi = np.searchsorted(coin_of_row, [coin.index, coin.index + 1])
+        lo, hi = np.searchsorted(coin_of_row[kept], [coin.index, coin.index + 1])
         if hi > lo:
-            result.append(_Series(coin, points.time_ms[rows[lo:hi]], values[lo:hi]))
+            mine = kept[lo:hi]
+            breaks = np.zeros(hi - lo, dtype=bool)
+            breaks[1:] = np.diff(gaps_so_far[mine]) > 0
+            result.append(_Series(coin, times[mine], values[rows[mine]], breaks))
     return result
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,15 +365,54 @@ def _change_text(index: float) -> str:
     return f"{change:+,.0f}%" if abs(change) >= 1000 else f"{change:+.1f}%"
 
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-            "#7f7f7f", "#bcbd22", "#17becf")
 _BACKGROUND_LINE = "#c8c8c8"
+_NO_DATA_LINE = "#666666"
+_NO_DATA_SPAN = "#efefef"
+# Seaborn's colour-blind-safe palette without its grey: grey here means "other coins" and "no data".
+_PALETTE_GREY = "#949494"
+# Coins sharing a colour in one chart: the first (by id) solid, the others dashed (seaborn's dash
+# specs), never dotted: dotted means "no data".
+_DASHES: tuple[tuple[float, ...], ...] = ((), (7.0, 2.5), (7.0, 2.5, 2.0, 2.5), (14.0, 3.0))
+_MARKERS = ("o", "s", "^", "D")
+# Prefixed to a coin id before hashing: chosen so that the nine default coins get nine different
+# colours (bitcoin orange, ethereum blue, BNB yellow). Changing it recolours every coin.
+_COLOUR_SALT = "85038:"
+_LINE_WIDTH = 1.8
 
 
-def _style(slot: int) -> dict[str, object]:
-    """Colour and dash of the slot-th highlighted line: ten colours solid, then dashed."""
-    return {"color": _PALETTE[slot % len(_PALETTE)],
-            "linestyle": "-" if slot < len(_PALETTE) else (0, (5, 2))}
+@functools.cache
+def _palette() -> tuple[str, ...]:
+    import seaborn as sns  # only when drawing
+
+    return tuple(c for c in sns.color_palette("colorblind").as_hex() if c != _PALETTE_GREY)
+
+
+def coin_colour(coin_id: str) -> str:
+    """A coin's colour in every chart, whatever else is drawn: the CRC-32 of its id picks it from the palette."""
+    palette = _palette()
+    return palette[zlib.crc32(f"{_COLOUR_SALT}{coin_id}".encode("utf-8")) % len(palette)]
+
+
+def _variants(coins: Sequence[_Coin]) -> dict[str, int]:
+    """0 for every coin, but where coins of one chart share a colour, 1, 2, ... for all but the largest.
+
+    Ordered by latest market cap, as the three charts of a run are, so a coin keeps its dash (or
+    its marker) in all three.
+    """
+    by_colour: dict[str, list[str]] = {}
+    for coin in sorted(coins, key=lambda c: (-c.latest_cap, c.coin_id)):
+        by_colour.setdefault(coin_colour(coin.coin_id), []).append(coin.coin_id)
+    return {coin_id: i for ids in by_colour.values() for i, coin_id in enumerate(ids)}
+
+
+def _line_style(variant: int) -> dict[str, object]:
+    dashes = _DASHES[variant % len(_DASHES)]
+    return {"dashes": dashes or (None, None)}
+
+
+def _dot_style(variant: int) -> dict[str, object]:
+    """A lone point's marker: dots of one colour differ by shape, as lines do by dash."""
+    return {"marker": _MARKERS[variant % len(_MARKERS)], "linestyle": "none"}
 
 
 @dataclass(frozen=True)
@@ -365,84 +434,182 @@ def _choose_scale(requested: str, series: list[_Series]) -> str:
 
 def _draw(series: list[_Series], *, scale: str, text: _ChartText,
           y_formatter: ticker.Formatter, value_label: Callable[[float], str],
-          slots: dict[int, int] | None, empty_note: str, window_ms: tuple[int, int],
+          empty_note: str, window_ms: tuple[int, int], bucket_days: int,
           reference: float | None = None) -> Figure:
     """One chart; series are ordered by latest value, the top ones coloured and in the legend."""
-    fig = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes(_AXES_RECT)
-    ranked = sorted(series, key=lambda s: -float(s.values[-1]))
-    highlighted = ranked[:LEGEND_MAX_COINS]
-    background = ranked[LEGEND_MAX_COINS:]
-    x_of = {id(s): _date_numbers(s.times) for s in ranked}
-    if background:  # one collection instead of dozens of Line2D: much faster to build and draw
-        ax.add_collection(LineCollection(
-            [np.column_stack((x_of[id(s)], s.values)) for s in background if len(s.values) > 1],
-            colors=_BACKGROUND_LINE, linewidths=0.8, zorder=1))
-        lone = [s for s in background if len(s.values) == 1]
-        if lone:
-            ax.plot([x_of[id(s)][0] for s in lone], [s.values[0] for s in lone], linestyle="none",
-                    marker="o", markersize=4, color=_BACKGROUND_LINE, zorder=1)
-    handles, labels = [], []
-    for position, s in enumerate(highlighted):
-        slot = slots.get(s.coin.index, position) if slots else position
-        (line,) = ax.plot(x_of[id(s)], s.values, linewidth=1.8, zorder=3,
-                          marker="o" if len(s.values) == 1 else None, markersize=7,
-                          **_style(slot))
-        handles.append(line)
-        labels.append(f"{s.coin.label}  {value_label(float(s.values[-1]))}")
-    if background:
-        handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2))
-        labels.append(f"+{len(background)} more (grey)")
-    if reference is not None and series:
-        ax.axhline(reference, color="#555555", linewidth=0.9, linestyle=":", zorder=2)
-    if not series:
-        ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
-                fontsize=13, color="#666666")
-    ax.autoscale_view()
+    import seaborn as sns  # only when drawing
 
-    if scale == "log" and series:
-        ax.set_yscale("log")
-        low = min(float(s.values.min()) for s in series)
-        high = max(float(s.values.max()) for s in series)
-        if high / low > 1e4:  # decades only; minor ticks there are noise, and slow to draw
-            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,), numticks=12))
-            ax.yaxis.set_minor_locator(ticker.NullLocator())
-        else:
-            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0,
-                                                                        8.0, 9.0)))
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.yaxis.set_major_formatter(y_formatter)
+    # seaborn's theme for this figure only: rcParams are read as the artists are made.
+    with sns.axes_style("ticks"), sns.plotting_context("notebook"):
+        fig = Figure(figsize=FIGURE_SIZE_INCHES, dpi=DPI, facecolor="white")
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes(_AXES_RECT)
+        ranked = sorted(series, key=lambda s: -float(s.values[-1]))
+        highlighted = ranked[:LEGEND_MAX_COINS]
+        background = ranked[LEGEND_MAX_COINS:]
+        x_of = {id(s): _date_numbers(s.times) for s in ranked}
+        if background:
+            _draw_background(ax, background, x_of)
+        variants = _variants([s.coin for s in highlighted])
+        if highlighted:
+            _draw_lines(ax, highlighted, x_of, variants)
+        handles: list[Artist] = []
+        labels: list[str] = []
+        for s in highlighted:
+            variant = variants[s.coin.coin_id]
+            # A coin drawn as a dot only has a dot in the legend too.
+            style = _dot_style(variant) if len(s.values) == 1 else _line_style(variant)
+            handles.append(Line2D([], [], color=coin_colour(s.coin.coin_id), linewidth=_LINE_WIDTH,
+                                  markersize=6.5, **style))
+            labels.append(f"{s.coin.label}  {value_label(float(s.values[-1]))}")
+        if background:
+            dots = all(len(s.values) == 1 for s in background)
+            handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2,
+                                  **(_dot_style(0) if dots else {})))
+            labels.append(f"+{len(background)} more (grey)")
+        handles_no_data, labels_no_data = _mark_missing(ax, highlighted, ranked, x_of, bucket_days)
+        handles += handles_no_data
+        labels += labels_no_data
+        if reference is not None and series:
+            ax.axhline(reference, color="#555555", linewidth=0.9, linestyle=":", zorder=2)
+        if not series:
+            ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
+                    fontsize=13, color="#666666")
+        ax.autoscale_view()
+        ax.set_ylabel("")
 
-    # The window, not matplotlib's default of several years around a lone date.
-    low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
-    margin = max((high_x - low_x) * 0.02, 0.5 if high_x - low_x < 1 else 0.0)
-    ax.set_xlim(low_x - margin, high_x + margin)
-    locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=4, maxticks=10)
-    ax.xaxis.set_major_locator(locator)
-    # Days as "13 Dec" rather than a bare "13"; the title carries the years of the window.
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
-        locator, tz=timezone.utc, show_offset=False,
-        formats=["%Y", "%b %Y", "%d %b", "%H:%M", "%H:%M", "%S.%f"],
-        zero_formats=["", "%b %Y", "%d %b", "%d %b", "%H:%M", "%H:%M"]))
-    ax.set_xlabel("Date (UTC)")
-    # Title and subtitle above the plot, aligned with it; the subtitle says what the axis
-    # shows, which a rotated y label squeezed beside long tick labels would not.
-    fig.text(_AXES_RECT[0], 0.955, text.title, ha="left", va="top", fontsize=16, fontweight="bold")
-    fig.text(_AXES_RECT[0], 0.912, text.subtitle, ha="left", va="top", fontsize=11, color="#444444")
-    ax.grid(True, which="major", color="#e6e6e6", linewidth=0.8)
-    ax.grid(True, which="minor", axis="y", color="#f3f3f3", linewidth=0.5)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    if handles:
-        legend = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                           borderaxespad=0.0, frameon=False, fontsize=10, handlelength=2.6)
-        for label in legend.get_texts():
-            label.set_parse_math(False)  # a coin named "$WIF" is not TeX
-    fig.text(0.99, 0.015, text.stamp, ha="right", va="bottom", fontsize=9, color="#666666")
+        if scale == "log" and series:
+            ax.set_yscale("log")
+            low = min(float(s.values.min()) for s in series)
+            high = max(float(s.values.max()) for s in series)
+            if high / low > 1e4:  # decades only; minor ticks there are noise, and slow to draw
+                ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,), numticks=12))
+                ax.yaxis.set_minor_locator(ticker.NullLocator())
+            else:
+                ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0,
+                                                                            8.0, 9.0)))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(y_formatter)
+
+        # The window, not matplotlib's default of several years around a lone date.
+        low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
+        margin = max((high_x - low_x) * 0.02, 0.5 if high_x - low_x < 1 else 0.0)
+        ax.set_xlim(low_x - margin, high_x + margin)
+        ax.set_xlabel("Date (UTC)")
+        # Title and subtitle above the plot, aligned with it; the subtitle says what the axis
+        # shows, which a rotated y label squeezed beside long tick labels would not.
+        fig.text(_AXES_RECT[0], 0.955, text.title, ha="left", va="top", fontsize=16, fontweight="bold")
+        fig.text(_AXES_RECT[0], 0.912, text.subtitle, ha="left", va="top", fontsize=11, color="#444444")
+        ax.grid(True, which="major", color="#e6e6e6", linewidth=0.8)
+        ax.grid(True, which="minor", axis="y", color="#f3f3f3", linewidth=0.5)
+        ax.set_axisbelow(True)
+        sns.despine(ax=ax)
+        if handles:
+            legend = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                               borderaxespad=0.0, frameon=False, fontsize=10, handlelength=2.6)
+            for label in legend.get_texts():
+                label.set_parse_math(False)  # a coin named "$WIF" is not TeX
+        fig.text(0.99, 0.015, text.stamp, ha="right", va="bottom", fontsize=9, color="#666666")
+        _fit_date_ticks(fig, ax)
     return fig
+
+
+def _draw_background(ax: Axes, background: list[_Series], x_of: dict[int, np.ndarray]) -> None:
+    """Coins beyond the legend in grey: one collection instead of dozens of lines, much faster to draw."""
+    segments, lone_x, lone_y = [], [], []
+    for s in background:
+        x = x_of[id(s)]
+        for part in s.segments():
+            if part.stop - part.start > 1:
+                segments.append(np.column_stack((x[part], s.values[part])))
+            else:
+                lone_x.append(x[part.start])
+                lone_y.append(s.values[part.start])
+    ax.add_collection(LineCollection(segments, colors=_BACKGROUND_LINE, linewidths=0.8, zorder=1))
+    if lone_x:
+        ax.plot(lone_x, lone_y, linestyle="none", marker="o", markersize=4, color=_BACKGROUND_LINE,
+                zorder=1)
+
+
+def _draw_lines(ax: Axes, highlighted: list[_Series], x_of: dict[int, np.ndarray],
+                variants: dict[str, int]) -> None:
+    """The coins of the legend: one line each, NaN where it breaks, so nothing joins across a gap.
+
+    Not seaborn's lineplot: with estimator=None it draws the same lines, but it keeps the last
+    figure it drew on (and its 4.5 MB canvas) alive after the figure is closed.
+    """
+    for s in highlighted:
+        x, colour, variant = x_of[id(s)], coin_colour(s.coin.coin_id), variants[s.coin.coin_id]
+        at_break = np.flatnonzero(s.breaks)
+        ax.plot(np.insert(x, at_break, np.nan), np.insert(s.values, at_break, np.nan), color=colour,
+                linewidth=_LINE_WIDTH, zorder=3, gid=s.coin.coin_id, **_line_style(variant))
+        # A point alone between gaps: a dot, where a line of one point would be invisible.
+        lone = [part.start for part in s.segments() if part.stop - part.start == 1]
+        if lone:
+            ax.plot(x[lone], s.values[lone], color=colour, markersize=6.5, zorder=3,
+                    gid=f"{s.coin.coin_id} alone", **_dot_style(variant))
+
+
+def _mark_missing(ax: Axes, highlighted: list[_Series], ranked: list[_Series], x_of: dict[int, np.ndarray],
+                  bucket_days: int) -> tuple[list[Artist], list[str]]:
+    """A dotted connector across each gap of a coin in the legend, a shaded span where no coin has data.
+
+    The connector takes the coin's colour, thin and dotted, so the eye follows a coin across its
+    gap; grey coins get none: dozens of dotted lines would hide the data. Returns the legend entries.
+    """
+    connectors, colours = [], []
+    for s in highlighted:
+        x = x_of[id(s)]
+        for i, j in s.gaps():
+            connectors.append(((x[i], s.values[i]), (x[j], s.values[j])))
+            colours.append(coin_colour(s.coin.coin_id))
+    handles: list[Artist] = []
+    labels: list[str] = []
+    if connectors:
+        ax.add_collection(LineCollection(connectors, colors=colours, linewidths=1.1,
+                                         linestyles=(0, (1.0, 2.0)), zorder=2))
+        handles.append(Line2D([], [], color=_NO_DATA_LINE, linewidth=1.1, dashes=(1.0, 2.0)))
+        labels.append(f"dotted: no data for over {GAP_DAYS} days")
+    # Shaded where none of the coins drawn has a point for longer than a gap (or a thinned step).
+    days = np.unique(np.concatenate([s.times // _DAY_MS for s in ranked])) if ranked else np.array([])
+    wide = np.flatnonzero(np.diff(days) > max(GAP_DAYS, bucket_days))
+    for k in wide:
+        # From the day after the last point to the day of the next one: the days without any data.
+        start, end = _date_numbers(np.array([(days[k] + 1) * _DAY_MS, days[k + 1] * _DAY_MS]))
+        ax.axvspan(start, end, color=_NO_DATA_SPAN, zorder=0.7, linewidth=0)  # over the grid: nothing to read there
+    if len(wide):
+        handles.append(Patch(color=_NO_DATA_SPAN))
+        labels.append("no data for any coin")
+    return handles, labels
+
+
+def _fit_date_ticks(fig: Figure, ax: Axes) -> None:
+    """Date ticks as many as fit: fewer until no two labels touch (the locator knows nothing of their width)."""
+    renderer = fig.canvas.get_renderer()
+    for maxticks in (10, 8, 7, 6, 5, 4, 3, 2):
+        locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=min(3, maxticks), maxticks=maxticks)
+        ax.xaxis.set_major_locator(locator)
+        # Days as "13 Dec" rather than a bare "13"; the title carries the years of the window.
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+            locator, tz=timezone.utc, show_offset=False,
+            formats=["%Y", "%b %Y", "%d %b", "%H:%M", "%H:%M", "%S.%f"],
+            zero_formats=["", "%b %Y", "%d %b", "%d %b", "%H:%M", "%H:%M"]))
+        if not overlapping_labels(ax.xaxis, renderer):
+            return
+
+
+def overlapping_labels(axis: Axis, renderer: RendererBase, gap_px: float = 8.0) -> list[tuple[str, str]]:
+    """Pairs of neighbouring tick labels of a horizontal axis closer than gap_px (after layout)."""
+    locations = axis.get_majorticklocs()
+    axis.get_majorticklabels()  # places and formats the labels of the current locations
+    low, high = sorted(axis.get_view_interval())
+    boxes = sorted(((tick.label1.get_window_extent(renderer), tick.label1.get_text())
+                    for location, tick in zip(locations, axis.get_major_ticks(len(locations)))
+                    if low <= location <= high and tick.label1.get_visible() and tick.label1.get_text()),
+                   key=lambda box: box[0].x0)
+    return [(a_text, b_text) for (a, a_text), (b, b_text) in zip(boxes, boxes[1:])
+            if b.x0 - a.x1 < gap_px]
 
 
 def _date_numbers(times_ms: np.ndarray) -> np.ndarray:
@@ -511,9 +678,25 @@ def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions,
     Raises NoHistory when there is nothing to chart yet, NothingToPlot when the currency, coins
     or window select no points.
     """
+    out_dir = Path(out_dir)
+    drawings, report = chart_drawings(index, options, now=now, source=source)
+    paths = _write_atomically(out_dir, drawings)
+    if report.currency == (options.primary or report.currency):
+        # Charts of this currency from a run where it was not the first configured one would be stale.
+        for name in suffixed_chart_names(report.currency):
+            (out_dir / name).unlink(missing_ok=True)
+    if index.damaged:
+        logger.warning("skipped %s damaged lines of %s", index.damaged, source)
+    logger.debug("charts: %s coins, %s daily points, %s to %s -> %s", len(report.coins),
+                 report.rows_used, report.window[0], report.window[1], out_dir)
+    return replace(report, paths=paths)
+
+
+def chart_drawings(index: HistoryIndex, options: ChartOptions, *, now: datetime | None = None,
+                   source: str = "the history") -> tuple[list[tuple[str, Callable[[], Figure]]], ChartReport]:
+    """The three charts as (file name, function drawing its Figure), and the report (without paths) of what they show."""
     if options.scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {options.scale!r}")
-    out_dir = Path(out_dir)
     currency = options.vs_currency.strip().lower()
     currencies = index.currencies()
     if not currencies:
@@ -531,12 +714,10 @@ def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions,
     first, last = int(points.time_ms[rows].min()), int(points.time_ms[rows].max())
     span_days = last // _DAY_MS - first // _DAY_MS + 1
     bucket_ms = _DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
-    price_rows, prices = _reduce(points, rows, points.price, bucket_ms)
-    cap_rows, caps = _reduce(points, rows, points.cap, bucket_ms)
-    if len(price_rows) == 0 and len(cap_rows) == 0:
+    prices_by_coin = _series(points, coins, rows, points.price, bucket_ms)
+    caps_by_coin = _series(points, coins, rows, points.cap, bucket_ms)
+    if not prices_by_coin and not caps_by_coin:
         raise NothingToPlot(f"no prices or market caps in {currency} in {source} for this selection")
-    prices_by_coin = _series(points, coins, price_rows, prices)
-    caps_by_coin = _series(points, coins, cap_rows, caps)
     charted = [c for c in coins
                if any(s.coin.index == c.index for s in prices_by_coin + caps_by_coin)]
     window = (_utc(first), _utc(last))
@@ -544,37 +725,53 @@ def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions,
                      now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc))
     price_scale = _choose_scale(options.scale, prices_by_coin)
     cap_scale = _choose_scale(options.scale, caps_by_coin)
-    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0)
+    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0, s.breaks)
                    for s in prices_by_coin]
     # Linear, so relative moves compare directly; but one coin up 10,000-fold would flatten
     # every other line, so "auto" turns to log beyond two orders of magnitude here as well.
     performance_scale = _choose_scale("linear" if options.scale == "linear" else "auto",
                                       performance)
+    price_name, cap_name, performance_name = chart_names(currency, options.primary or currency)
     drawings = [
-        (PRICE_CHART, lambda: charts.draw(
+        (price_name, lambda: charts.draw(
             prices_by_coin, price_scale, title="Price", what=f"Price per coin in {charts.code}",
             empty_note="No prices in this window", y_formatter=_MoneyFormatter(currency),
             value_label=lambda v: _price_text(v, currency))),
-        (MARKET_CAP_CHART, lambda: charts.draw(
+        (cap_name, lambda: charts.draw(
             caps_by_coin, cap_scale, title="Market capitalisation",
             what=f"Market capitalisation in {charts.code}",
             empty_note="No market caps in this window", y_formatter=_MoneyFormatter(currency),
             value_label=lambda v: format_money(v, currency, 3))),
-        (PERFORMANCE_CHART, lambda: charts.draw(
+        (performance_name, lambda: charts.draw(
             performance, performance_scale, title="Performance",
             what="Price index: each coin = 100 at its first point in the window",
             empty_note="No prices in this window", y_formatter=_IndexFormatter(),
             value_label=_change_text, reference=100.0)),
     ]
-    paths = _write_atomically(out_dir, drawings)
-    if index.damaged:
-        logger.warning("skipped %s damaged lines of %s", index.damaged, source)
-    report = ChartReport(paths=paths, coins=tuple(c.coin_id for c in charted),
+    report = ChartReport(currency=currency, paths=(), coins=tuple(c.coin_id for c in charted),
                          rows_used=int(len(rows)), skipped_lines=index.damaged,
                          price_scale=price_scale, market_cap_scale=cap_scale, window=window)
-    logger.debug("charts: %s coins, %s daily points, %s to %s -> %s", len(report.coins),
-                 report.rows_used, window[0], window[1], out_dir)
-    return report
+    return drawings, report
+
+
+def render_every_currency(index: HistoryIndex, out_dir: Path, options: ChartOptions, *,
+                          now: datetime | None = None, source: str = "the history") -> tuple[ChartReport, ...]:
+    """Draw options.vs_currency's charts (plain names), then those of every other currency in the history.
+
+    The other currencies get the same coins and window; one where they select nothing is skipped
+    with a warning, since the run asked for the first currency, not for them.
+    """
+    primary = replace(options, primary=options.vs_currency)
+    reports = [render_from_index(index, out_dir, primary, now=now, source=source)]
+    for currency in index.currencies():
+        if currency == reports[0].currency:
+            continue
+        try:
+            reports.append(render_from_index(index, out_dir, replace(primary, vs_currency=currency),
+                                             now=now, source=source))
+        except NothingToPlot as exc:
+            logger.warning("no charts in %s: %s", currency, exc)
+    return tuple(reports)
 
 
 def _select(points: Points, available: list[_Coin], options: ChartOptions,
@@ -627,13 +824,10 @@ class _Charts:
         log_note = ", log scale" if scale == "log" else ""
         text = _ChartText(title=f"{title} in {self.code} · {_window_text(*self.window)}",
                           subtitle=f"{what}{log_note} · {count} · {per}", stamp=stamp)
-        # With few coins each keeps its colour in all three charts (ranked by market cap).
-        slots = ({c.index: i for i, c in enumerate(self.coins)}
-                 if len(self.coins) <= LEGEND_MAX_COINS else None)
         window_ms = (_epoch_ms(self.window[0]), _epoch_ms(self.window[1]))
         return _draw(series, scale=scale, text=text, y_formatter=y_formatter,
-                     value_label=value_label, slots=slots, empty_note=empty_note,
-                     window_ms=window_ms, reference=reference)
+                     value_label=value_label, empty_note=empty_note, window_ms=window_ms,
+                     bucket_days=days, reference=reference)
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -662,5 +856,6 @@ def _write_atomically(out_dir: Path,
 
 def chart_options(settings: Settings) -> ChartOptions:
     """Chart options from the settings."""
-    return ChartOptions(vs_currency=settings.vs_currency, coins=settings.plot_coins, since=settings.since,
-                        until=settings.until, days=settings.days, scale=settings.scale)
+    primary = primary_currency(settings.vs_currency)
+    return ChartOptions(vs_currency=primary, coins=settings.plot_coins, since=settings.since,
+                        until=settings.until, days=settings.days, scale=settings.scale, primary=primary)
