@@ -58,3 +58,44 @@ class PlotCommand(PipelineTestCase):
         self.assertIn("10 rows appended", result.stderr)
         self.assertIn("charts failed", result.stderr)
         self.assertEqual(len(self.rows()), 10)
+
+
+class SeveralCurrencies(PipelineTestCase):
+    """One folder, two currencies: two chart sets, and status reports both."""
+
+    def test_a_run_in_usd_beside_an_eur_history_keeps_both_chart_sets(self) -> None:
+        env = dict(self.env, PIPELINE_CHARTS="1")
+        self.assertEqual(self.run_main(env=env).code, 0)
+        self.fake.advance(60)
+        result = self.run_main("--vs-currency", "usd", env=env)
+        self.assertEqual(result.code, 0, result.stderr)
+        eur = tuple(name.replace(".png", "_eur.png") for name in CHARTS)
+        self.assertEqual(sorted(p.name for p in self.data_dir.glob("*.png")), sorted(CHARTS + eur))
+        for name in CHARTS + eur:
+            png_size((self.data_dir / name).read_bytes())
+        # Back to eur: eur keeps the plain names again, usd moves to _usd, no stale _eur remains.
+        self.fake.advance(60)
+        self.assertEqual(self.run_main(env=env).code, 0)
+        usd = tuple(name.replace(".png", "_usd.png") for name in CHARTS)
+        self.assertEqual(sorted(p.name for p in self.data_dir.glob("*.png")), sorted(CHARTS + usd))
+
+    def test_plot_draws_the_currency_asked_for(self) -> None:
+        self.run_main()
+        self.fake.advance(60)
+        self.run_main("--vs-currency", "usd")
+        result = self.run_main("plot", "--vs-currency", "usd")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(sorted(p.name for p in self.data_dir.glob("*.png")), sorted(CHARTS))
+        self.assertEqual([line.rsplit("/", 1)[-1] for line in result.stdout.split()], list(CHARTS))
+        self.assertIn("plot ok: 10 coins", result.stderr)
+
+    def test_status_reports_every_currency(self) -> None:
+        self.run_main()
+        self.fake.advance(60)
+        self.run_main("--vs-currency", "usd")
+        result = self.run_main("status")
+        self.assertEqual(result.code, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertIn("20 rows, 10 coins in eur, usd", result.stdout)
+        self.assertIn("eur:          10 rows in eur, 10 coins", lines)
+        self.assertIn("usd:          10 rows in usd, 10 coins", lines)
