@@ -378,6 +378,7 @@ _MARKERS = ("o", "s", "^", "D")
 # colours (bitcoin orange, ethereum blue, BNB yellow). Changing it recolours every coin.
 _COLOUR_SALT = "85038:"
 _LINE_WIDTH = 1.8
+_MIN_RUN = 0.006  # of the window: a run of data narrower than this (about 5 px) gets a dot
 
 
 @functools.cache
@@ -452,7 +453,8 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
             _draw_background(ax, background, x_of)
         variants = _variants([s.coin for s in highlighted])
         if highlighted:
-            _draw_lines(ax, highlighted, x_of, variants)
+            low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
+            _draw_lines(ax, highlighted, x_of, variants, min_run=(high_x - low_x) * _MIN_RUN)
         handles: list[Artist] = []
         labels: list[str] = []
         for s in highlighted:
@@ -533,7 +535,7 @@ def _draw_background(ax: Axes, background: list[_Series], x_of: dict[int, np.nda
 
 
 def _draw_lines(ax: Axes, highlighted: list[_Series], x_of: dict[int, np.ndarray],
-                variants: dict[str, int]) -> None:
+                variants: dict[str, int], min_run: float) -> None:
     """The coins of the legend: one line each, NaN where it breaks, so nothing joins across a gap.
 
     Not seaborn's lineplot: with estimator=None it draws the same lines, but it keeps the last
@@ -544,8 +546,9 @@ def _draw_lines(ax: Axes, highlighted: list[_Series], x_of: dict[int, np.ndarray
         at_break = np.flatnonzero(s.breaks)
         ax.plot(np.insert(x, at_break, np.nan), np.insert(s.values, at_break, np.nan), color=colour,
                 linewidth=_LINE_WIDTH, zorder=3, gid=s.coin.coin_id, **_line_style(variant))
-        # A point alone between gaps: a dot, where a line of one point would be invisible.
-        lone = [part.start for part in s.segments() if part.stop - part.start == 1]
+        # A point alone between gaps, or a run of days too short to see (3 days after a gap of
+        # years): a dot at its end, where the line alone would be invisible.
+        lone = [part.stop - 1 for part in s.segments() if x[part.stop - 1] - x[part.start] < min_run]
         if lone:
             ax.plot(x[lone], s.values[lone], color=colour, markersize=6.5, zorder=3,
                     gid=f"{s.coin.coin_id} alone", **_dot_style(variant))
