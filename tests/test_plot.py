@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from tests.support import PipelineTestCase
+from utils.layout import DataLayout
 
 CHARTS = ("crypto_price_trend.png", "crypto_market_cap_trend.png", "crypto_performance.png")
 
@@ -69,14 +70,17 @@ class SeveralCurrencies(PipelineTestCase):
         self.fake.advance(60)
         result = self.run_main("--vs-currency", "usd", env=env)
         self.assertEqual(result.code, 0, result.stderr)
-        eur = tuple(name.replace(".png", "_eur.png") for name in CHARTS)
+        layout = DataLayout(self.data_dir)
+        eur = tuple(p.name for p in layout.charts_of("eur", primary="usd"))
+        self.assertEqual(eur, ("crypto_price_trend_eur.png", "crypto_market_cap_trend_eur.png",
+                               "crypto_performance_eur.png"))
         self.assertEqual(sorted(p.name for p in self.data_dir.glob("*.png")), sorted(CHARTS + eur))
         for name in CHARTS + eur:
             png_size((self.data_dir / name).read_bytes())
         # Back to eur: eur keeps the plain names again, usd moves to _usd, no stale _eur remains.
         self.fake.advance(60)
         self.assertEqual(self.run_main(env=env).code, 0)
-        usd = tuple(name.replace(".png", "_usd.png") for name in CHARTS)
+        usd = tuple(p.name for p in layout.charts_of("usd", primary="eur"))
         self.assertEqual(sorted(p.name for p in self.data_dir.glob("*.png")), sorted(CHARTS + usd))
 
     def test_plot_draws_the_currency_asked_for(self) -> None:
