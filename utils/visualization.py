@@ -370,8 +370,8 @@ _NO_DATA_LINE = "#666666"
 _NO_DATA_SPAN = "#efefef"
 # Seaborn's colour-blind-safe palette without its grey: grey here means "other coins" and "no data".
 _PALETTE_GREY = "#949494"
-# Coins sharing a colour in one chart: the first (by id) solid, the others dashed (seaborn's dash
-# specs), never dotted: dotted means "no data".
+# Coins sharing a colour in one chart: the largest solid, the others dashed (matplotlib's on-off
+# lengths), never dotted: dotted means "no data".
 _DASHES: tuple[tuple[float, ...], ...] = ((), (7.0, 2.5), (7.0, 2.5, 2.0, 2.5), (14.0, 3.0))
 _MARKERS = ("o", "s", "^", "D")
 # Prefixed to a coin id before hashing: chosen so that the nine default coins get nine different
@@ -449,11 +449,11 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
         highlighted = ranked[:LEGEND_MAX_COINS]
         background = ranked[LEGEND_MAX_COINS:]
         x_of = {id(s): _date_numbers(s.times) for s in ranked}
+        low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
         if background:
             _draw_background(ax, background, x_of)
         variants = _variants([s.coin for s in highlighted])
         if highlighted:
-            low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
             _draw_lines(ax, highlighted, x_of, variants, min_run=(high_x - low_x) * _MIN_RUN)
         handles: list[Artist] = []
         labels: list[str] = []
@@ -478,7 +478,6 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
             ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
                     fontsize=13, color="#666666")
         ax.autoscale_view()
-        ax.set_ylabel("")
 
         if scale == "log" and series:
             ax.set_yscale("log")
@@ -495,7 +494,6 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
         ax.yaxis.set_major_formatter(y_formatter)
 
         # The window, not matplotlib's default of several years around a lone date.
-        low_x, high_x = _date_numbers(np.array(window_ms, dtype=np.int64))
         margin = max((high_x - low_x) * 0.02, 0.5 if high_x - low_x < 1 else 0.0)
         ax.set_xlim(low_x - margin, high_x + margin)
         ax.set_xlabel("Date (UTC)")
