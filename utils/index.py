@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PR
 CREATE TABLE IF NOT EXISTS daily (
     series INTEGER NOT NULL, day INTEGER NOT NULL, ts INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER,
     PRIMARY KEY (series, day)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS daily_by_day ON daily (day);
 CREATE TABLE IF NOT EXISTS covered (
     series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL,
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
@@ -389,16 +390,37 @@ class HistoryIndex:
             "WHERE s.coin_id = ? AND s.vs_currency = ? AND u.checked_ms >= ? ORDER BY u.first_day",
             (coin_id, vs_currency, since))]
 
-    def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int) -> list[Range]:
-        """Days to heal: missing since the first observation, less those recently found unavailable."""
+    def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int, since_day: int | None = None
+             ) -> list[Range]:
+        """Days to heal: missing since the first observation (or since_day), less those recently found unavailable."""
         info = next((s for s in self.series(vs_currency) if s.coin_id == coin_id), None)
         if info is None:
             return []
         holes = sorted(self.unavailable(coin_id, vs_currency, now_ms))
+        spans = info.missing(today) if since_day is None or since_day >= info.first_day else \
+            subtract((since_day, day_number(today) - 1), info.covered)
         out: list[Range] = []
-        for span in info.missing(today):
+        for span in spans:
             out.extend(subtract(span, holes))
         return out
+
+    def first_day(self, vs_currency: str) -> int | None:
+        """The first UTC day any coin was observed in this currency."""
+        row = self.db.execute("SELECT min(first_ms) FROM series WHERE vs_currency = ? AND rows > 0",
+                              (vs_currency,)).fetchone()
+        return row[0] // DAY_MS if row and row[0] is not None else None
+
+    def top_of_day(self, vs_currency: str, day: int, limit: int) -> list[tuple[int | None, str, str, float | None]]:
+        """(rank, coin id, symbol, market cap) of each coin's last observation on one UTC day, best rank first.
+
+        A coin whose day holds only backfilled points (no rank) follows the ranked ones, by market cap.
+        Ties in rank (a coin that left the top N later that day kept its earlier rank) go to the newer one.
+        """
+        return self.db.execute(
+            "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM daily d JOIN series s ON s.id = d.series "
+            "WHERE d.day = ? AND s.vs_currency = ? "
+            "ORDER BY d.rank IS NULL, d.rank, d.ts DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
+            (day, vs_currency, limit)).fetchall()
 
     def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None
                      ) -> DailyPoints:
