@@ -351,10 +351,10 @@ def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[st
     from flows.run_once import RunOnce, utc_now
 
     run = RunOnce(settings, client, coins=coins, should_stop=should_stop, clock=clock or utc_now)
-    snapshot = run.extract()               # /coins/markets -> Snapshot, raw answer archived
-    transformed = run.transform(snapshot)  # Snapshot -> typed Records + rejections (pure)
-    run.load(transformed)                  # Records -> the history: appended when their key is new
-    run.heal()                             # days missed while the pipeline was down, from market_chart
+    snapshots = run.extract()               # /coins/markets -> one Snapshot per currency, raw answers archived
+    transformed = run.transform(snapshots)  # Snapshots -> typed Records + rejections (pure)
+    run.load(transformed)                   # Records -> the history: appended when their key is new
+    run.heal()                              # days missed while the pipeline was down, from market_chart
     run.charts()                           # the index's daily points -> PNG charts
     return run.result()
 

@@ -98,6 +98,7 @@ class Outcome:
     retry_coins: tuple[str, ...] = ()
     error: str | None = None
     summary: str = ""
+    warnings: tuple[str, ...] = ()  # stale observations and ids that stopped returning data, for `status`
 
 
 Job = Callable[[tuple[str, ...] | None, Callable[[], bool]], Outcome]
@@ -166,7 +167,7 @@ class StatusFile:
         last = {"started_at": iso(started), "finished_at": iso(finished), "result": outcome.result,
                 "exit_code": outcome.exit_code, "appended": outcome.appended, "duplicates": outcome.duplicates,
                 "rejected": outcome.rejected, "incomplete_coins": list(outcome.retry_coins),
-                "error": outcome.error, "trigger": trigger}
+                "error": outcome.error, "trigger": trigger, "warnings": list(outcome.warnings)}
         changes: dict[str, Any] = {"last_run": last}
         if outcome.result in ("ok", "partial"):
             changes["last_success"] = iso(finished)
