@@ -10,6 +10,7 @@ from utils.index import day_number
 from utils.layout import display_path
 from utils.settings import Settings
 from utils.storage import storage_for
+from utils.tracking import TopMembers
 
 DEFAULT_TOP = 100
 
@@ -35,3 +36,19 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
     for rank, coin_id, symbol, cap in rows:
         out(f"{rank if rank is not None else '-':>5}  {coin_id:<32} {symbol.upper():<10} {format_cap(cap):>24}")
     return EXIT_OK
+
+
+def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], None]) -> None:
+    """How many coins a run tracks, and for the top N of each currency how many entered or left in 30 days."""
+    members = TopMembers(settings.layout.top_members)
+    if not members.currencies:
+        if settings.coins:
+            out(f"tracked:      {len(settings.coins)} coins in {', '.join(settings.vs_currencies)}")
+        return
+    for currency in sorted(members.currencies):
+        inside = members.members(currency)
+        extra = members.also(currency)
+        entered, left = members.recent(currency, now.date())
+        out(f"tracked:      {len(inside) + len(extra)} coins in {currency}: the top {members.size(currency) or '?'} "
+            f"({len(inside)} coins){f' and {len(extra)} more from --coins' if extra else ''}; "
+            f"last 30 days: {entered} entered, {left} left the top")

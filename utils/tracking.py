@@ -88,8 +88,12 @@ class TopMembers:
         inside = {c for c in entry.get("coins", {}) if any(left is None for _, left in self.spells(vs_currency, c))}
         return [c for c in order if c in inside] + sorted(inside - set(order))
 
-    def update(self, vs_currency: str, top_ids: list[str], today: date, size: int) -> Changes:
-        """Record this run's top N (best first): open a spell for each newcomer, close it for each leaver."""
+    def update(self, vs_currency: str, top_ids: list[str], today: date, size: int,
+               also: tuple[str, ...] = ()) -> Changes:
+        """Record this run's top N (best first): open a spell for each newcomer, close it for each leaver.
+
+        `also`: the --coins tracked beside the top N, so `status` can count what the run tracked.
+        """
         entry = self.currencies.setdefault(vs_currency, {"since": today.isoformat(), "coins": {}})
         first_run = not entry["coins"]
         before = set(self.members(vs_currency))
@@ -104,6 +108,7 @@ class TopMembers:
                 spells.pop()
         entry["order"] = list(top_ids)
         entry["size"] = size
+        entry["also"] = [c for c in also if c not in now]
         if first_run:
             return Changes((), ())
         return Changes(tuple(c for c in top_ids if c not in before), tuple(sorted(before - now)))
@@ -124,6 +129,11 @@ class TopMembers:
                 if last is not None and last > start:
                     left += 1
         return entered, left
+
+    def also(self, vs_currency: str) -> list[str]:
+        """The --coins the last run tracked beside the top N of this currency."""
+        value = self.currencies.get(vs_currency, {}).get("also")
+        return [c for c in value if isinstance(c, str)] if isinstance(value, list) else []
 
     def size(self, vs_currency: str) -> int | None:
         value = self.currencies.get(vs_currency, {}).get("size")
