@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PR
 CREATE TABLE IF NOT EXISTS daily (
     series INTEGER NOT NULL, day INTEGER NOT NULL, ts INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER,
     PRIMARY KEY (series, day)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS daily_by_day ON daily (day);
 CREATE TABLE IF NOT EXISTS covered (
     series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL,
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
@@ -415,10 +414,12 @@ class HistoryIndex:
 
         A coin whose day holds only backfilled points (no rank) follows the ranked ones, by market cap.
         Ties in rank (a coin that left the top N later that day kept its earlier rank) go to the newer one.
+        One primary-key lookup per coin of the currency (series, day): no scan of the daily points.
         """
         return self.db.execute(
-            "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM daily d JOIN series s ON s.id = d.series "
-            "WHERE d.day = ? AND s.vs_currency = ? "
+            # CROSS JOIN keeps series as the outer loop, so each coin costs one lookup of (series, day).
+            "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM series s CROSS JOIN daily d "
+            "ON d.series = s.id AND d.day = ? WHERE s.vs_currency = ? "
             "ORDER BY d.rank IS NULL, d.rank, d.ts DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
             (day, vs_currency, limit)).fetchall()
 
