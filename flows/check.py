@@ -57,11 +57,8 @@ class LastSeen:
 
 def last_seen(index: HistoryIndex, coin_ids: Sequence[str]) -> dict[str, LastSeen]:
     """The coins among coin_ids that the history holds observations of, in any currency."""
-    wanted = set(coin_ids)
     found: dict[str, LastSeen] = {}
-    for info in index.series():
-        if info.coin_id not in wanted:
-            continue
+    for info in (info for coin_id in dict.fromkeys(coin_ids) for info in index.series(coin_id=coin_id)):
         held = found.get(info.coin_id)
         day = day_of(info.last_ms // DAY_MS)
         if held is None or day > held.last_day or (info.name and not held.name):
@@ -89,15 +86,19 @@ def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, 
 
     At most one /search per coin per UTC day: the answer is remembered in the state.
     """
+    head = f"{coin_id} returned no data since {seen.last_day}"
     found = memory.get(coin_id, today)
     if found is None:
+        try:
+            answer = client.search(seen.name or seen.symbol or coin_id.replace("-", " "))
+        except ExtractError as exc:  # not remembered: the next run asks again
+            return f"{head}; /search failed ({exc}), so no successor to suggest yet"
         found = [{"id": c["id"], "name": str(c.get("name") or ""), "symbol": str(c.get("symbol") or "")}
-                 for c in _search(client, seen.name or seen.symbol or coin_id.replace("-", " "))[:10]]
+                 for c in search_coins(answer)[:10]]
         memory.put(coin_id, today, found, seen.last_day)
     ranked = sorted((c for c in found if c["id"] != coin_id and _related(c, coin_id, seen)),
                     key=lambda c: -_related(c, coin_id, seen))
     label = f"{seen.name or coin_id} ({seen.symbol.upper() or '?'})"
-    head = f"{coin_id} returned no data since {seen.last_day}"
     if not ranked:
         return f"{head}; /search finds no other listing of {label}: it may be delisted; drop it from --coins"
     best = ranked[0]
@@ -115,7 +116,12 @@ def _search(client: CoinGeckoClient, coin_id: str) -> list[dict[str, Any]]:
         found = client.search(coin_id.replace("-", " ").strip())
     except ExtractError:
         return []
-    coins = found.get("coins") if isinstance(found, dict) else None
+    return search_coins(found)
+
+
+def search_coins(answer: Any) -> list[dict[str, Any]]:
+    """The coins of a /search answer that carry an id."""
+    coins = answer.get("coins") if isinstance(answer, dict) else None
     return [c for c in coins if isinstance(c, dict) and isinstance(c.get("id"), str)] if isinstance(coins, list) else []
 
 
@@ -210,6 +216,15 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
             out(f"FAIL  {len(rest)} more ids are not known to CoinGecko (not searched for suggestions; fix the "
                 f"ones above and run check again): {names}")
         memory.save()
+        for currency in settings.vs_currencies[1:]:
+            try:
+                client.markets(currency, [coins[0]], per_page=1)
+                out(f"ok    currency: CoinGecko quotes in {currency}")
+            except AuthError:
+                raise
+            except ExtractError as exc:
+                ok = False
+                out(f"FAIL  currency {currency!r}: {exc}")
         snapshot = Snapshot(datetime.now(timezone.utc), settings.vs_currency, tuple(coins), rows)
         for note in stale_notes(transform(snapshot).records, snapshot.fetched_at):
             out(f"warn  stale: {note}; CoinGecko may have stopped tracking it")

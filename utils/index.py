@@ -365,16 +365,23 @@ class HistoryIndex:
             sid = self._ids[(coin_id, vs_currency)] = row[0]
         return self.db.execute("SELECT 1 FROM obs WHERE series = ? AND ts = ?", (sid, ts_ms)).fetchone() is not None
 
-    def series(self, vs_currency: str | None = None) -> list[SeriesInfo]:
+    def series(self, vs_currency: str | None = None, coin_id: str | None = None) -> list[SeriesInfo]:
         """Every (coin, currency) with its rows, first and last observation and covered day ranges."""
         ranges: dict[int, list[Range]] = defaultdict(list)
-        for sid, a, b in self.db.execute("SELECT series, first_day, last_day FROM covered ORDER BY series, first_day"):
+        covered = "SELECT series, first_day, last_day FROM covered"
+        if coin_id is not None:  # one coin: read its ranges alone, so a loop over 1,000 coins stays linear
+            covered += " WHERE series IN (SELECT id FROM series WHERE coin_id = ?)"
+        for sid, a, b in self.db.execute(covered + " ORDER BY series, first_day",
+                                         () if coin_id is None else (coin_id,)):
             ranges[sid].append((a, b))
         query = "SELECT id, coin_id, vs_currency, name, symbol, rows, first_ms, last_ms FROM series WHERE rows > 0"
         args: tuple = ()
         if vs_currency is not None:
             query += " AND vs_currency = ?"
             args = (vs_currency,)
+        if coin_id is not None:
+            query += " AND coin_id = ?"
+            args += (coin_id,)
         return [SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
                 for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)]
 
@@ -392,7 +399,7 @@ class HistoryIndex:
     def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int, since_day: int | None = None
              ) -> list[Range]:
         """Days to heal: missing since the first observation (or since_day), less those recently found unavailable."""
-        info = next((s for s in self.series(vs_currency) if s.coin_id == coin_id), None)
+        info = next(iter(self.series(vs_currency, coin_id)), None)
         if info is None:
             return []
         holes = sorted(self.unavailable(coin_id, vs_currency, now_ms))
