@@ -165,15 +165,6 @@ class SearchMemory:
                                  "no_data_since": since.isoformat() if since else None}
         self.changed = True
 
-    def noted(self) -> dict[str, dict[str, Any]]:
-        """Every coin remembered as returning no data, with its last search's candidates."""
-        return dict(self.entries)
-
-    def forget(self, coin_id: str) -> None:
-        """The coin returned data again: nothing to suggest any more."""
-        if self.entries.pop(coin_id, None) is not None:
-            self.changed = True
-
     def save(self) -> None:
         if self.changed:
             _save(self.path, self.entries)
