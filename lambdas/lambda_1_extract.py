@@ -97,8 +97,11 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     settings = lambda_settings(event)
     storage = storage_for(settings)
     with make_client(settings) as client:
-        snapshot = extract(settings.coins, settings.vs_currency, client)
+        if settings.top:  # no membership state on Lambda: each run simply takes the day's top N
+            snapshot, _ = extract_top(settings.top, settings.coins, settings.vs_currency, client)
+        else:
+            snapshot = extract(settings.coins, settings.vs_currency, client)
     raw_key = archive_snapshot(snapshot, storage)
-    log.info("extract: %d rows for %d coins -> %s/%s", len(snapshot.rows), len(settings.coins), storage.location,
+    log.info("extract: %d rows for %d coins -> %s/%s", len(snapshot.rows), len(snapshot.requested), storage.location,
              raw_key)
     return {"raw_key": raw_key, "requested": list(snapshot.requested), "missing": list(snapshot.missing)}
