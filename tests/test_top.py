@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows
+from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, PipelineTestCase
 
 from flows.run_once import RunResult, run_once
@@ -83,6 +83,12 @@ class SeveralCurrencies(PipelineTestCase):
         self.assertEqual(result.code, 2)
         self.assertTrue(result.stderr.startswith("config error: vs-currency: 'u$d' is not a currency code"),
                         result.stderr)
+
+    def test_check_names_a_currency_coingecko_refuses(self) -> None:
+        result = self.run_main("check", "--vs-currency", "eur,xyz")
+        self.assertEqual(result.code, 1, result.stdout)
+        self.assertIn("FAIL  currency 'xyz': CoinGecko /coins/markets answered HTTP 400: invalid vs_currency",
+                      result.stdout)
 
     def test_backfill_per_currency_and_a_failing_one(self) -> None:
         today = datetime.now(timezone.utc).date()
@@ -250,6 +256,25 @@ class RenamedAndStale(PipelineTestCase):
         self.assertEqual(len(self.fake.requests_to("/search")), 1)
         status = self.run_main("status")
         self.assertIn(f"warning: {note}", status.stdout)
+
+    def test_a_delisted_id_is_named_without_a_successor(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        self.fake.set_coins([r for r in self.fake.coins if r["id"] != "shiba-inu"])
+        result = self.run_main()
+        self.assertEqual(result.code, 3)
+        self.assertIn("warning: shiba-inu returned no data since 2023-01-08; /search finds no other listing of "
+                      "Shiba Inu (SHIB): it may be delisted; drop it from --coins\n", result.stderr)
+
+    def test_a_failed_search_is_asked_again_next_run(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        self.fake.set_coins([r for r in self.fake.coins if r["id"] != "shiba-inu"])
+        self.fake.add_fault(Fault.status(404, {"error": "Not found"}), path="/search")
+        result = self.run_main()
+        self.assertIn("shiba-inu returned no data since 2023-01-08; /search failed (", result.stderr)
+        self.run_main()
+        self.assertEqual(len(self.fake.requests_to("/search")), 2)
+        self.run_main()
+        self.assertEqual(len(self.fake.requests_to("/search")), 2)
 
     def test_an_id_never_seen_keeps_the_typo_hint(self) -> None:
         result = self.run_main("--coins", "bitcoin,etherium")
