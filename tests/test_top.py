@@ -192,8 +192,16 @@ class LeavingAndEntering(PipelineTestCase):
         self.assertEqual(self.days_of("coin-0002"), [str(d) for d in self.days[:2]])
 
     def test_top_backfill_heals_an_entering_coin_back(self) -> None:
+        per_day = []
         for day, order in zip(self.days, self.orders):
+            before = len(self.fake.requests)
             self.run_day(day, order, top_backfill=True)
+            per_day.append([r.path for r in self.fake.requests[before:]])
+        # exactly one page a day, plus one market_chart request per coin with days to heal
+        self.assertEqual(per_day, [["/coins/markets"],
+                                   ["/coins/markets", "/coins/coin-0003/market_chart/range"],
+                                   ["/coins/markets"],
+                                   ["/coins/markets", "/coins/coin-0002/market_chart/range"]])
         # coin-0003 entered on day 2: healed back to day 1, the history's first day
         self.assertEqual(self.days_of("coin-0003"), [str(d) for d in self.days[:3]])
         # coin-0002 came back on day 4: its days outside (2 and 3) are healed too
