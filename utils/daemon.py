@@ -123,6 +123,7 @@ LAST_RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "result": _text, "trigger": _text, "error": _text, "exit_code": lambda v: _count(v) and v < 256,
     "appended": _count, "duplicates": _count, "rejected": _count,
     "incomplete_coins": lambda v: isinstance(v, list) and all(map(_text, v)),
+    "warnings": lambda v: isinstance(v, list) and all(map(_text, v)),
 }
 
 
