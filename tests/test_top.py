@@ -137,6 +137,17 @@ class TopN(PipelineTestCase):
         self.assertEqual(len(self.fake.requests), 3 * 4)
         self.assertEqual(len(self.rows()), 3000)
 
+    def test_backfill_takes_the_top_n_the_last_run_recorded(self) -> None:
+        env = {k: v for k, v in self.env.items() if k != "PIPELINE_COINS"}
+        today = datetime.now(timezone.utc).date()
+        for i in range(4):
+            self.fake.market_chart[f"coin-{i:04d}"] = make_daily_chart(today - timedelta(days=10), 11, 5.0)
+        self.assertEqual(self.run_main("--top", "3", env=env).code, 0)
+        result = self.run_main("backfill", "--top", "3", "--days", "2", env=env)
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(sorted(r.path for r in self.fake.requests if r.path.endswith("/range")),
+                         [f"/coins/coin-{i:04d}/market_chart/range" for i in range(3)])
+
     def test_top_out_of_range_is_a_usage_error(self) -> None:
         for value in ("0", "1001", "ten"):
             result = self.run_main("--top", value)
