@@ -87,15 +87,10 @@ def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, 
     At most one /search per coin per UTC day: the answer is remembered in the state.
     """
     head = f"{coin_id} returned no data since {seen.last_day}"
-    found = memory.get(coin_id, today)
-    if found is None:
-        try:
-            answer = client.search(seen.name or seen.symbol or coin_id.replace("-", " "))
-        except ExtractError as exc:  # not remembered: the next run asks again
-            return f"{head}; /search failed ({exc}), so no successor to suggest yet"
-        found = [{"id": c["id"], "name": str(c.get("name") or ""), "symbol": str(c.get("symbol") or "")}
-                 for c in search_coins(answer)[:10]]
-        memory.put(coin_id, today, found, seen.last_day)
+    try:
+        found = remembered_search(client, seen.name or seen.symbol or coin_id, coin_id, memory, today, seen.last_day)
+    except ExtractError as exc:  # not remembered: the next run asks again
+        return f"{head}; /search failed ({exc}), so no successor to suggest yet"
     ranked = sorted((c for c in found if c["id"] != coin_id and _related(c, coin_id, seen)),
                     key=lambda c: -_related(c, coin_id, seen))
     label = f"{seen.name or coin_id} ({seen.symbol.upper() or '?'})"
@@ -110,13 +105,21 @@ def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, 
             f"use `{use}`")
 
 
-def _search(client: CoinGeckoClient, coin_id: str) -> list[dict[str, Any]]:
-    """The coins /search finds for an id, or none when the search itself fails."""
-    try:
-        found = client.search(coin_id.replace("-", " ").strip())
-    except ExtractError:
-        return []
-    return search_coins(found)
+def remembered_search(client: CoinGeckoClient, query: str, coin_id: str, memory: SearchMemory | None = None,
+                      today: date | None = None, since: date | None = None) -> list[dict[str, Any]]:
+    """The coins /search finds for a query about one coin; with a memory, asked at most once per coin per UTC day.
+
+    Raises ExtractError when the search fails (a failure is not remembered)."""
+    if memory is not None and today is not None:
+        held = memory.get(coin_id, today)
+        if held is not None:
+            return held
+    answer = client.search(query.strip())
+    found = [{"id": c["id"], "name": str(c.get("name") or ""), "symbol": str(c.get("symbol") or "")}
+             for c in search_coins(answer)[:25]]
+    if memory is not None and today is not None:
+        memory.put(coin_id, today, found, since)
+    return found
 
 
 def search_coins(answer: Any) -> list[dict[str, Any]]:
@@ -139,9 +142,15 @@ def _near_misses(found: list[dict[str, Any]], coin_id: str, limit: int = 3) -> l
     return out
 
 
-def id_hint(client: CoinGeckoClient, coin_id: str) -> str | None:
-    """What an id CoinGecko does not know probably meant: the id behind a symbol (btc), else near misses."""
-    found = _search(client, coin_id)
+def id_hint(client: CoinGeckoClient, coin_id: str, memory: SearchMemory | None = None,
+            today: date | None = None) -> str | None:
+    """What an id CoinGecko does not know probably meant: the id behind a symbol (btc), else near misses.
+
+    With a memory, /search is asked about the id at most once per UTC day."""
+    try:
+        found = remembered_search(client, coin_id.replace("-", " "), coin_id, memory, today)
+    except ExtractError:
+        found = []
     if any(c["id"] == coin_id for c in found):
         return None  # a real id that CoinGecko left out this time: no other id to offer
     # /search ranks by market cap, so the first coin with this symbol is the one people mean.
@@ -153,14 +162,16 @@ def id_hint(client: CoinGeckoClient, coin_id: str) -> str | None:
     return f"did you mean {' or '.join(near)}?" if near else None
 
 
-def missing_ids_note(client: CoinGeckoClient, missing: Sequence[str], lookups: int = 3) -> str:
+def missing_ids_note(client: CoinGeckoClient, missing: Sequence[str], lookups: int = 3,
+                     memory: SearchMemory | None = None, today: date | None = None) -> str:
     """One line on coins CoinGecko returned nothing for, naming the right ids where /search finds them.
 
-    At most `lookups` searches, so a long list of bad ids cannot eat the rate limit.
+    At most `lookups` searches (and, with a memory, one per id per day), so a long list of bad ids
+    or a daemon's retries cannot eat the rate limit.
     """
     hints = []
     for coin_id in missing[:lookups]:
-        hint = id_hint(client, coin_id)
+        hint = id_hint(client, coin_id, memory, today)
         if hint:
             hints.append(hint if len(missing) == 1 else f"{coin_id}: {hint}")
     advice = "; ".join(hints) if hints else "check the ids with `python main.py check`"
@@ -208,7 +219,7 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
             if coin in seen:
                 out(f"FAIL  coin {successor_note(client, memory, coin, seen[coin], settings.coins, today)}")
                 continue
-            hint = id_hint(client, coin) or "search https://www.coingecko.com for its API id"
+            hint = id_hint(client, coin, memory, today) or "search https://www.coingecko.com for its API id"
             out(f"FAIL  coin {coin!r} is not known to CoinGecko; {hint}")
         rest = unknown[MAX_SEARCHED:]
         if rest:

@@ -194,9 +194,10 @@ class RunOnce:
         today = self.clock().date()
         self.renamed = [successor_note(self.client, memory, coin_id, known[coin_id], self.settings.coins, today)
                         for coin_id in missing if coin_id in known]
-        memory.save()
         never = tuple(c for c in missing if c not in known)
-        return missing_ids_note(self.client, never) if never else None
+        note = missing_ids_note(self.client, never, memory=memory, today=today) if never else None
+        memory.save()
+        return note
 
     def load(self, result: TransformResult) -> LoadReport:
         """lambda_3_load: append what the history lacks; then record who entered and left each top N."""

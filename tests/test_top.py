@@ -295,10 +295,14 @@ class RenamedAndStale(PipelineTestCase):
         self.run_main()
         self.assertEqual(len(self.fake.requests_to("/search")), 2)
 
-    def test_an_id_never_seen_keeps_the_typo_hint(self) -> None:
-        result = self.run_main("--coins", "bitcoin,etherium")
-        self.assertEqual(result.code, 3)
-        self.assertIn("CoinGecko returned no data for etherium: did you mean ethereum", result.stderr)
+    def test_an_id_never_seen_keeps_the_typo_hint_searched_once_a_day(self) -> None:
+        for _ in range(2):
+            result = self.run_main("--coins", "bitcoin,etherium")
+            self.assertEqual(result.code, 3)
+            self.assertIn("CoinGecko returned no data for etherium: did you mean ethereum", result.stderr)
+        check = self.run_main("check", "--coins", "bitcoin,etherium")
+        self.assertIn("FAIL  coin 'etherium' is not known to CoinGecko; did you mean ethereum", check.stdout)
+        self.assertEqual(len(self.fake.requests_to("/search")), 1)
 
     def test_a_stale_last_updated_is_stored_and_flagged(self) -> None:
         rows = [dict(r) for r in self.fake.coins]
