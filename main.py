@@ -35,7 +35,8 @@ UNUSED_BY_READERS = ("--coins", "--api-url", "--api-key", "--api-plan", "--timeo
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 ATTRIBUTION = "Data provided by CoinGecko (https://www.coingecko.com)."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
-          "3 partial: some coins were missing or rejected, the rest was appended. " + ATTRIBUTION)
+          "3 partial: some coins were missing or rejected, or one of several currencies failed; the rest was "
+          "appended. " + ATTRIBUTION)
 CHECK_EPILOG = ("exit codes: 0 every check passed; 1 a check failed (connectivity, key or plan, an unknown coin "
                 "id); 2 bad usage or configuration. " + ATTRIBUTION)
 PLOT_EPILOG = ("exit codes: 0 the charts were drawn; 1 no history yet, or no data in the chosen currency or days; "
@@ -71,8 +72,8 @@ def common_options(hidden: Sequence[str] = ()) -> argparse.ArgumentParser:
     g.add_argument("--coins", metavar="ID,ID,...",
                    help=f"CoinGecko API ids [PIPELINE_COINS; default {', '.join(DEFAULT_COINS)}]")
     g.add_argument("--vs-currency", metavar="CUR,CUR,...",
-                   help="quote currencies; a run, backfill and healing fetch each, the charts, plot and status "
-                        "show the first [PIPELINE_VS_CURRENCY; default eur]")
+                   help="quote currencies; a run, backfill and healing fetch each, plot, top and the charts "
+                        "use the first [PIPELINE_VS_CURRENCY; default eur]")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder for the CSV, charts and raw snapshots [PIPELINE_DATA_DIR; default data/ beside main.py]")
     g.add_argument("--api-url", metavar="URL", help="API base URL [COINGECKO_API_URL; default follows the plan]")
