@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the flows and the client are imported when a command needs 
 
 log = logging.getLogger("pipeline")
 
-COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill")
+COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top")
 # Options a user may also give before the command (`python main.py -q plot`).
 GLOBAL_OPTIONS = ("verbose", "quiet", "data_dir", "config", "log_file")
 BEFORE = "before_"  # where options given before the command land, so the command's defaults cannot hide them
@@ -35,11 +35,14 @@ UNUSED_BY_READERS = ("--coins", "--api-url", "--api-key", "--api-plan", "--timeo
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 ATTRIBUTION = "Data provided by CoinGecko (https://www.coingecko.com)."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
-          "3 partial: some coins were missing or rejected, the rest was appended. " + ATTRIBUTION)
+          "3 partial: some coins were missing or rejected, or one of several currencies failed; the rest was "
+          "appended. " + ATTRIBUTION)
 CHECK_EPILOG = ("exit codes: 0 every check passed; 1 a check failed (connectivity, key or plan, an unknown coin "
                 "id); 2 bad usage or configuration. " + ATTRIBUTION)
 PLOT_EPILOG = ("exit codes: 0 the charts were drawn; 1 no history yet, or no data in the chosen currency or days; "
                "2 bad usage or configuration, or --plot-coins matches no coin. " + ATTRIBUTION)
+TOP_EPILOG = ("exit codes: 0 the list was printed; 1 no observation in that currency on that day; "
+              "2 bad usage or configuration. " + ATTRIBUTION)
 STATUS_EPILOG = ("exit codes: 0 the status was shown; 1 neither a history nor a recorded run yet; "
                  "2 bad usage or configuration. " + ATTRIBUTION)
 TOP_DESCRIPTION = (DESCRIPTION + " Without a command it runs the pipeline once, as `python main.py run` does, "
@@ -68,7 +71,9 @@ def common_options(hidden: Sequence[str] = ()) -> argparse.ArgumentParser:
     # ", " between the ids, so that help wraps between coins, never inside one.
     g.add_argument("--coins", metavar="ID,ID,...",
                    help=f"CoinGecko API ids [PIPELINE_COINS; default {', '.join(DEFAULT_COINS)}]")
-    g.add_argument("--vs-currency", metavar="CUR", help="quote currency [PIPELINE_VS_CURRENCY; default eur]")
+    g.add_argument("--vs-currency", metavar="CUR,CUR,...",
+                   help="quote currencies; a run, backfill and healing fetch each, plot, top and the charts "
+                        "use the first [PIPELINE_VS_CURRENCY; default eur]")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder for the CSV, charts and raw snapshots [PIPELINE_DATA_DIR; default data/ beside main.py]")
     g.add_argument("--api-url", metavar="URL", help="API base URL [COINGECKO_API_URL; default follows the plan]")
@@ -119,13 +124,23 @@ def chart_options() -> argparse.ArgumentParser:
 
 
 def run_switches(after: str) -> argparse.ArgumentParser:
-    """--no-charts and --no-heal, as `run` and `daemon` take them."""
+    """--no-charts, --no-heal, --top and --top-backfill, as `run` and `daemon` take them."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--no-charts", dest="charts", action="store_const", const=False,
                    help=f"do not draw charts after {after} [PIPELINE_CHARTS=0]")
     p.add_argument("--no-heal", dest="heal", action="store_const", const=False,
                    help="do not fill days missing from the history [PIPELINE_HEAL=0]")
+    top_option(p, "track the top N coins by market cap in each currency (1 to 1000), with --coins if given "
+                  "[PIPELINE_TOP]")
+    p.add_argument("--top-backfill", dest="top_backfill", action="store_const", const=True,
+                   help="heal a coin that enters the top N back to the start of the history "
+                        "[PIPELINE_TOP_BACKFILL=1]")
     return p
+
+
+def top_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """--top N, with the help that fits the command."""
+    parser.add_argument("--top", metavar="N", help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=EPILOG)
     backfill.add_argument("--no-charts", dest="charts", action="store_const", const=False,
                           help="do not redraw the charts after rows were added [PIPELINE_CHARTS=0]")
+    top_option(backfill, "also backfill the top N coins the last run recorded [PIPELINE_TOP]")
     b = backfill.add_argument_group("range (complete UTC days; default the last 365)")
     b.add_argument("--days", metavar="N", help="the last N complete days (up to --until; not with --since)")
     b.add_argument("--since", metavar="YYYY-MM-DD", help="first day (not with --days)")
@@ -175,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", parents=[common], help="check connectivity, the API key and plan, and the coin ids",
                    description="Check /ping, the key and plan, and that CoinGecko knows every coin id.",
                    epilog=CHECK_EPILOG)
+    top = sub.add_parser("top", parents=[readers], help="print the top N coins by market cap on a past day",
+                         description="Print the top N coins by market cap as this history recorded them on one UTC "
+                                     "day: rank, id, symbol and market cap from each coin's last observation of "
+                                     "that day, in the first --vs-currency. Reads the index, not the CSV.",
+                         epilog=TOP_EPILOG)
+    t = top.add_argument_group("day")
+    t.add_argument("--date", metavar="YYYY-MM-DD", help="the UTC day (default today)")
+    top_option(t, "how many coins to print [PIPELINE_TOP; default 100]")
     sub.add_parser("plot", parents=[readers, charts], help="draw the charts from the history",
                    description="Draw the price, market-cap and performance charts from the CSV history.",
                    epilog=PLOT_EPILOG)
@@ -249,7 +273,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     flags = {name: getattr(args, name, None) for name in
              ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
               "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
-              "retry_delays", "initial_run", "log_file", "rate_limit", "max_response_mb", "heal")}
+              "retry_delays", "initial_run", "log_file", "rate_limit", "max_response_mb", "heal",
+              "top", "top_backfill", "date")}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -322,6 +347,9 @@ def dispatch(settings: Settings, sleep: Callable[[float], None]) -> int:
         return run_check(settings, sleep=sleep, out=show)
     if settings.command == "plot":
         return plot_command(settings)
+    if settings.command == "top":
+        from flows.top import print_top
+        return print_top(settings, out=show)
     if settings.command == "backfill":
         return backfill_command(settings, sleep=sleep)
     return run_command(settings, sleep=sleep)
@@ -351,10 +379,10 @@ def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[st
     from flows.run_once import RunOnce, utc_now
 
     run = RunOnce(settings, client, coins=coins, should_stop=should_stop, clock=clock or utc_now)
-    snapshot = run.extract()               # /coins/markets -> Snapshot, raw answer archived
-    transformed = run.transform(snapshot)  # Snapshot -> typed Records + rejections (pure)
-    run.load(transformed)                  # Records -> the history: appended when their key is new
-    run.heal()                             # days missed while the pipeline was down, from market_chart
+    snapshots = run.extract()               # /coins/markets -> one Snapshot per currency, raw answers archived
+    transformed = run.transform(snapshots)  # Snapshots -> typed Records + rejections (pure)
+    run.load(transformed)                   # Records -> the history: appended when their key is new
+    run.heal()                              # days missed while the pipeline was down, from market_chart
     run.charts()                           # the index's daily points -> PNG charts
     return run.result()
 
@@ -426,8 +454,10 @@ def daemon_command(settings: Settings) -> int:
         daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,
                         status=StatusFile(settings.layout.status), initial_run=settings.initial_run)
         daemon.install_signal_handlers()
-        log.info("daemon started (PID %d): %d coins in %s, daily at %s %s, data in %s", os.getpid(),
-                 len(settings.coins), settings.vs_currency, settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
+        tracked = f"{len(settings.coins)} coins" if not settings.top else \
+            f"the top {settings.top}" + (f" and {len(settings.coins)} coins" if settings.coins else "")
+        log.info("daemon started (PID %d): %s in %s, daily at %s %s, data in %s", os.getpid(), tracked,
+                 ", ".join(settings.vs_currencies), settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
         daemon.start()
         return daemon.run_forever()
     finally:

@@ -141,19 +141,25 @@ class BackfillResult:
     merge: MergeReport | None = None
     seconds: float = 0.0
     paced_seconds: float = 0.0
+    failed_currencies: list[tuple[str, str]] = field(default_factory=list)
+    currencies: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.missing or self.rejected else EXIT_OK
+        return EXIT_PARTIAL if self.missing or self.rejected or self.failed_currencies else EXIT_OK
 
     def summary(self, csv_name: str) -> str:
         word = "ok" if self.exit_code == EXIT_OK else "partial"
         added = self.merge.added if self.merge else 0
         skipped = self.merge.skipped_duplicates if self.merge else 0
-        line = (f"backfill {word}: {len(self.coins_done)} coins, {added} rows added, {skipped} duplicates skipped, "
-                f"{len(self.rejected)} rejected, {self.requests} requests in {self.seconds:.1f} s")
+        where = f" in {', '.join(self.currencies)}" if len(self.currencies) > 1 else ""
+        line = (f"backfill {word}: {len(set(self.coins_done))} coins{where}, {added} rows added, {skipped} duplicates "
+                f"skipped, {len(self.rejected)} rejected, {self.requests} requests in {self.seconds:.1f} s")
         if self.missing:
-            line += f", {len(self.missing)} unknown ({', '.join(self.missing[:10])})"
+            unknown = list(dict.fromkeys(self.missing))
+            line += f", {len(unknown)} unknown ({', '.join(unknown[:10])})"
+        for currency, why in self.failed_currencies:
+            line += f", {currency} failed: {why}"
         return line + f" -> {csv_name}"
 
 
@@ -215,9 +221,10 @@ def _duration(seconds: float) -> str:
 class Manifest:
     """Which coins of one backfill are fetched already (their raw answers' paths), so a rerun resumes."""
 
-    def __init__(self, settings: Settings, span: DayRange, coins: tuple[str, ...], storage: Storage) -> None:
-        ident = f"{settings.vs_currency}|{span.first}|{span.last}"
-        name = f"backfill-{settings.vs_currency}-{span.first}-{span.last}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+    def __init__(self, settings: Settings, vs_currency: str, span: DayRange, coins: tuple[str, ...],
+                 storage: Storage) -> None:
+        ident = f"{vs_currency}|{span.first}|{span.last}"
+        name = f"backfill-{vs_currency}-{span.first}-{span.last}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
         self.path = settings.layout.manifest(name)
         self.storage = storage
         data = read_json(self.path)
@@ -245,55 +252,79 @@ class Manifest:
         self.path.unlink(missing_ok=True)
 
 
+def backfill_coins(settings: Settings, vs_currency: str) -> tuple[str, ...]:
+    """The coins to backfill in one currency: --coins, plus the top N members the last run recorded."""
+    if not settings.top:
+        return settings.coins
+    from utils.tracking import TopMembers
+
+    members = TopMembers(settings.layout.top_members).members(vs_currency)[:settings.top]
+    if not members:
+        log.warning("no top %d recorded in %s yet: run `python main.py run --top %d` first", settings.top,
+                    vs_currency, settings.top)
+    return tuple(dict.fromkeys([*members, *settings.coins]))
+
+
 def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
              progress_stream: Any = None) -> BackfillResult:
-    """Fetch each coin's daily points for the planned range (resuming), then merge them into the history once."""
+    """Fetch each coin's daily points for the planned range in every currency (resuming), then merge them once.
+
+    A currency CoinGecko refuses (an unknown code) is reported and skipped; the others go on.
+    """
     started = time.monotonic()
     now = clock()
     span = plan_range(settings, now)
-    coins = settings.coins
-    log.info("backfill: %d coins in %s, %s to %s (%d days)", len(coins), settings.vs_currency, span.first,
-             span.last, span.days)
+    plan = {vs: backfill_coins(settings, vs) for vs in settings.vs_currencies}
+    total = sum(map(len, plan.values()))
+    log.info("backfill: %d coins in %s, %s to %s (%d days)", len(set().union(*plan.values())),
+             ", ".join(settings.vs_currencies), span.first, span.last, span.days)
     storage = storage_for(settings)
     storage.check()  # a CSV that `run` would refuse is refused here too, before any request
-    manifest = Manifest(settings, span, coins, storage)
-    if manifest.done:
-        log.info("backfill: resuming, %d of %d coins already fetched", len(manifest.done), len(coins))
-    result = BackfillResult()
+    manifests = {vs: Manifest(settings, vs, span, coins, storage) for vs, coins in plan.items()}
+    resumed = sum(len(m.done) for m in manifests.values())
+    if resumed:
+        log.info("backfill: resuming, %d of %d coins already fetched", resumed, total)
+    result = BackfillResult(currencies=settings.vs_currencies)
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
     per_coin = len(windows(span, settings.api_plan))
-    progress = Progress(len(coins), stream=progress_stream, monotonic=client.limiter.monotonic,
+    progress = Progress(total, stream=progress_stream, monotonic=client.limiter.monotonic,
                         pacing=lambda left: client.limiter.time_for(left * per_coin))
     client.limiter.on_wait = progress.waiting
     calls_before = client.calls
     try:
-        for coin_id in coins:
-            answers = manifest.answers(coin_id)
-            if answers is None:
-                try:
-                    answers = fetch_coin(client, coin_id, settings.vs_currency, span, settings.api_plan)
-                except ExtractError as exc:
-                    if exc.status == 404:
-                        log.warning("CoinGecko does not know %s (%s); skipped", coin_id, exc)
-                        result.missing.append(coin_id)
-                        progress.step(coin_id)
-                        continue
-                    raise
-                try:
-                    archive = storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                                              chart_payload(coin_id, settings.vs_currency, span, answers))
-                    manifest.mark(coin_id, archive)
-                except OSError as exc:
-                    log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id,
-                                exc.strerror or exc)
-            coin_records, coin_rejected = records_from(coin_id, settings.vs_currency, answers, span)
-            records.extend(coin_records)
-            result.rejected.extend(coin_rejected)
-            result.coins_done.append(coin_id)
-            unavailable[(coin_id, settings.vs_currency)] = lacking(
-                {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers)
-            progress.step(coin_id)
+        for vs_currency, coins in plan.items():
+            manifest = manifests[vs_currency]
+            for coin_id in coins:
+                answers = manifest.answers(coin_id)
+                if answers is None:
+                    try:
+                        answers = fetch_coin(client, coin_id, vs_currency, span, settings.api_plan)
+                    except ExtractError as exc:
+                        if exc.status == 404:
+                            log.warning("CoinGecko does not know %s (%s); skipped", coin_id, exc)
+                            result.missing.append(coin_id)
+                            progress.step(coin_id)
+                            continue
+                        if exc.status == 400 and len(settings.vs_currencies) > 1:
+                            log.warning("%s failed: %s", vs_currency, exc)
+                            result.failed_currencies.append((vs_currency, str(exc)))
+                            break
+                        raise
+                    try:
+                        archive = storage.archive(clock(), f"market_chart_{coin_id}_{vs_currency}",
+                                                  chart_payload(coin_id, vs_currency, span, answers))
+                        manifest.mark(coin_id, archive)
+                    except OSError as exc:
+                        log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id,
+                                    exc.strerror or exc)
+                coin_records, coin_rejected = records_from(coin_id, vs_currency, answers, span)
+                records.extend(coin_records)
+                result.rejected.extend(coin_rejected)
+                result.coins_done.append(coin_id)
+                unavailable[(coin_id, vs_currency)] = lacking(
+                    {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers)
+                progress.step(coin_id)
     finally:
         client.limiter.on_wait = None
         progress.close()
@@ -302,19 +333,28 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     for line in rejection_lines(result.rejected):
         log.warning("%s", line)
     if not result.coins_done:
-        raise ExtractError("no coin could be backfilled; nothing was merged")
+        why = "; ".join(f"{vs}: {reason}" for vs, reason in result.failed_currencies)
+        raise ExtractError("no coin could be backfilled" + (f" ({why})" if why else "") + "; nothing was merged")
     result.merge = storage.merge(records, unavailable=unavailable, checked=clock())
-    manifest.finish()
+    for manifest in manifests.values():
+        manifest.finish()
     result.seconds = time.monotonic() - started
     return result
 
 
 def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *,
-              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> tuple[int, int]:
+              vs_currency: str | None = None,
+              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+              within: dict[str, list[tuple[int, int]]] | None = None,
+              from_start: set[str] | frozenset[str] = frozenset()) -> tuple[int, int]:
     """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
 
-    One request per coin with gaps; the gaps come from the index. Returns (days filled, coins asked).
+    One request per coin with gaps; the gaps come from the index. `within` limits a coin to the day
+    ranges given (a top-N coin: its days inside the top N); a coin in `from_start` is healed back to
+    the currency's first observed day (--top-backfill). Returns (days filled, coins asked).
     """
+    vs_currency = vs_currency or settings.vs_currency
+    within = within or {}
     now = clock()
     newest = newest_complete_day(now)
     earliest = earliest_reachable_day(settings.api_plan, now)
@@ -322,36 +362,53 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
     wanted: dict[str, list[date]] = {}
     with storage.index() as index:
         now_ms = int(now.timestamp() * 1000)
+        start = index.first_day(vs_currency) if from_start else None
         for coin_id in coins:
-            days = [day_of(n) for a, b in index.gaps(coin_id, settings.vs_currency, now.date(), now_ms)
+            ranges = index.gaps(coin_id, vs_currency, now.date(), now_ms,
+                                since_day=start if coin_id in from_start else None)
+            if coin_id in within:
+                ranges = intersect(ranges, within[coin_id])
+            days = [day_of(n) for a, b in ranges
                     for n in range(max(a, day_number(earliest)) if earliest else a, min(b, day_number(newest)) + 1)]
             if days:
                 wanted[coin_id] = days
     if not wanted:
         return 0, 0
-    log.info("healing %d missing days of %d coins", sum(map(len, wanted.values())), len(wanted))
+    log.info("healing %d missing days of %d coins%s", sum(map(len, wanted.values())), len(wanted),
+             f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "")
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
     for coin_id, days in wanted.items():
         span = DayRange(min(days), max(days))
         try:
-            answers = fetch_coin(client, coin_id, settings.vs_currency, span, settings.api_plan)
+            answers = fetch_coin(client, coin_id, vs_currency, span, settings.api_plan)
         except ExtractError as exc:
             log.warning("could not heal %s: %s; its days are asked for again next run", coin_id, exc)
             continue
         try:
-            storage.archive(clock(), f"market_chart_{coin_id}_{settings.vs_currency}",
-                            chart_payload(coin_id, settings.vs_currency, span, answers))
+            storage.archive(clock(), f"market_chart_{coin_id}_{vs_currency}",
+                            chart_payload(coin_id, vs_currency, span, answers))
         except (OSError, PipelineError) as exc:
             log.warning("could not archive the raw answer for %s (%s); healing goes on", coin_id,
                         getattr(exc, "strerror", None) or exc)
-        coin_records, _ = records_from(coin_id, settings.vs_currency, answers, span)
+        coin_records, _ = records_from(coin_id, vs_currency, answers, span)
         wanted_days = set(days)
         coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in wanted_days]
         records.extend(coin_records)
         if not well_formed(answers):
             log.warning("CoinGecko's answer for %s's missing days was malformed or empty; they are asked for "
                         "again next run", coin_id)
-        unavailable[(coin_id, settings.vs_currency)] = lacking(wanted_days, coin_records, answers)
+        unavailable[(coin_id, vs_currency)] = lacking(wanted_days, coin_records, answers)
     report = storage.merge(records, unavailable=unavailable, checked=now)
     return report.added, len(wanted)
+
+
+def intersect(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted day ranges that lie inside any of the allowed ranges."""
+    out = []
+    for a, b in ranges:
+        for lo, hi in allowed:
+            first, last = max(a, lo), min(b, hi)
+            if first <= last:
+                out.append((first, last))
+    return sorted(out)

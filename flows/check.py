@@ -5,25 +5,126 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from lambdas.lambda_2_transform import transform
 from utils.coingecko import KEY_HEADERS, CoinGeckoClient
-from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError
+from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError, PipelineError
+from utils.index import HistoryIndex, day_of
+from utils.csvio import DAY_MS
+from utils.schema import Record, Snapshot, format_timestamp, parse_timestamp
 from utils.settings import Settings
+from utils.tracking import SearchMemory
 
 log = logging.getLogger(__name__)
 
 MAX_SEARCHED = 10  # unknown ids that get a /search for suggestions
 MAX_LISTED = 50  # further unknown ids named on the summary line
 
+STALE_HOURS = 48  # a coin whose last_updated lags this far behind the fetch has probably stopped trading
 
-def _search(client: CoinGeckoClient, coin_id: str) -> list[dict[str, Any]]:
-    """The coins /search finds for an id, or none when the search itself fails."""
-    try:
-        found = client.search(coin_id.replace("-", " ").strip())
-    except ExtractError:
+
+def stale_notes(records: list[Record], fetched_at: datetime) -> list[str]:
+    """Observations whose last_updated lags more than STALE_HOURS behind the fetch.
+
+    The fetch's time is CoinGecko's own: the newest last_updated of the same answer, never later than
+    our clock. So a wrong clock here (or a replayed answer) flags nothing, and a coin that stopped
+    updating while the rest moved on is flagged.
+    """
+    if not records:
         return []
-    coins = found.get("coins") if isinstance(found, dict) else None
+    newest = min(format_timestamp(fetched_at), max(r.last_updated for r in records))
+    limit = format_timestamp(parse_timestamp(newest) - timedelta(hours=STALE_HOURS))
+    notes = []
+    for record in records:
+        if record.last_updated < limit:
+            lag = parse_timestamp(newest) - parse_timestamp(record.last_updated)
+            notes.append(f"{record.coin_id} ({record.vs_currency}) last updated {record.last_updated[:16]}Z, "
+                         f"{lag.total_seconds() / 3600:.0f} h before the fetch")
+    return notes
+
+
+@dataclass(frozen=True)
+class LastSeen:
+    """What the history last knew of a coin: its label and the day of its newest observation."""
+
+    name: str
+    symbol: str
+    last_day: date
+
+
+def last_seen(index: HistoryIndex, coin_ids: Sequence[str]) -> dict[str, LastSeen]:
+    """The coins among coin_ids that the history holds observations of, in any currency."""
+    found: dict[str, LastSeen] = {}
+    for info in (info for coin_id in dict.fromkeys(coin_ids) for info in index.series(coin_id=coin_id)):
+        held = found.get(info.coin_id)
+        day = day_of(info.last_ms // DAY_MS)
+        if held is None or day > held.last_day or (info.name and not held.name):
+            found[info.coin_id] = LastSeen(info.name or (held.name if held else ""),
+                                           info.symbol or (held.symbol if held else ""),
+                                           max(day, held.last_day) if held else day)
+    return found
+
+
+def _related(candidate: dict[str, Any], coin_id: str, seen: LastSeen) -> int:
+    """How plainly a /search result continues a coin: same symbol, or the old name or symbol in its own."""
+    new_id, new_name = str(candidate.get("id", "")).lower(), str(candidate.get("name", "")).lower()
+    new_symbol = str(candidate.get("symbol", "")).lower()
+    old_name, old_symbol = seen.name.lower().strip(), seen.symbol.lower().strip()
+    score = 2 if old_symbol and new_symbol == old_symbol else 0
+    for old in filter(None, (old_name, old_symbol)):
+        if old in new_id or old in new_name:
+            score += 1
+    return score
+
+
+def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, seen: LastSeen,
+                   coins: Sequence[str], today: date) -> str:
+    """One line on an id that returned data before and now returns none, with the listing /search suggests.
+
+    At most one /search per coin per UTC day: the answer is remembered in the state.
+    """
+    head = f"{coin_id} returned no data since {seen.last_day}"
+    try:
+        found = remembered_search(client, seen.name or seen.symbol or coin_id, coin_id, memory, today, seen.last_day)
+    except ExtractError as exc:  # not remembered: the next run asks again
+        return f"{head}; /search failed ({exc}), so no successor to suggest yet"
+    ranked = sorted((c for c in found if c["id"] != coin_id and _related(c, coin_id, seen)),
+                    key=lambda c: -_related(c, coin_id, seen))
+    label = f"{seen.name or coin_id} ({seen.symbol.upper() or '?'})"
+    if not ranked:
+        return f"{head}; /search finds no other listing of {label}: it may be delisted; drop it from --coins"
+    best = ranked[0]
+    if len(coins) <= 12 and coin_id in coins:
+        use = "--coins " + ",".join(best["id"] if c == coin_id else c for c in coins)
+    else:
+        use = f"--coins with {best['id']} in place of {coin_id}"
+    return (f"{head}; CoinGecko now lists {best['name']} ({best['symbol'].upper()}) as {best['id']}: "
+            f"use `{use}`")
+
+
+def remembered_search(client: CoinGeckoClient, query: str, coin_id: str, memory: SearchMemory | None = None,
+                      today: date | None = None, since: date | None = None) -> list[dict[str, Any]]:
+    """The coins /search finds for a query about one coin; with a memory, asked at most once per coin per UTC day.
+
+    Raises ExtractError when the search fails (a failure is not remembered)."""
+    if memory is not None and today is not None:
+        held = memory.get(coin_id, today)
+        if held is not None:
+            return held
+    answer = client.search(query.strip())
+    found = [{"id": c["id"], "name": str(c.get("name") or ""), "symbol": str(c.get("symbol") or "")}
+             for c in search_coins(answer)[:25]]
+    if memory is not None and today is not None:
+        memory.put(coin_id, today, found, since)
+    return found
+
+
+def search_coins(answer: Any) -> list[dict[str, Any]]:
+    """The coins of a /search answer that carry an id."""
+    coins = answer.get("coins") if isinstance(answer, dict) else None
     return [c for c in coins if isinstance(c, dict) and isinstance(c.get("id"), str)] if isinstance(coins, list) else []
 
 
@@ -41,9 +142,15 @@ def _near_misses(found: list[dict[str, Any]], coin_id: str, limit: int = 3) -> l
     return out
 
 
-def id_hint(client: CoinGeckoClient, coin_id: str) -> str | None:
-    """What an id CoinGecko does not know probably meant: the id behind a symbol (btc), else near misses."""
-    found = _search(client, coin_id)
+def id_hint(client: CoinGeckoClient, coin_id: str, memory: SearchMemory | None = None,
+            today: date | None = None) -> str | None:
+    """What an id CoinGecko does not know probably meant: the id behind a symbol (btc), else near misses.
+
+    With a memory, /search is asked about the id at most once per UTC day."""
+    try:
+        found = remembered_search(client, coin_id.replace("-", " "), coin_id, memory, today)
+    except ExtractError:
+        found = []
     if any(c["id"] == coin_id for c in found):
         return None  # a real id that CoinGecko left out this time: no other id to offer
     # /search ranks by market cap, so the first coin with this symbol is the one people mean.
@@ -55,14 +162,16 @@ def id_hint(client: CoinGeckoClient, coin_id: str) -> str | None:
     return f"did you mean {' or '.join(near)}?" if near else None
 
 
-def missing_ids_note(client: CoinGeckoClient, missing: Sequence[str], lookups: int = 3) -> str:
+def missing_ids_note(client: CoinGeckoClient, missing: Sequence[str], lookups: int = 3,
+                     memory: SearchMemory | None = None, today: date | None = None) -> str:
     """One line on coins CoinGecko returned nothing for, naming the right ids where /search finds them.
 
-    At most `lookups` searches, so a long list of bad ids cannot eat the rate limit.
+    At most `lookups` searches (and, with a memory, one per id per day), so a long list of bad ids
+    or a daemon's retries cannot eat the rate limit.
     """
     hints = []
     for coin_id in missing[:lookups]:
-        hint = id_hint(client, coin_id)
+        hint = id_hint(client, coin_id, memory, today)
         if hint:
             hints.append(hint if len(missing) == 1 else f"{coin_id}: {hint}")
     advice = "; ".join(hints) if hints else "check the ids with `python main.py check`"
@@ -91,24 +200,45 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
                 "reliable: set COINGECKO_API_KEY")
         else:
             ok &= check_key(settings, client, out)
+        coins = check_coins(settings)
         try:
-            known = known_ids(settings, client)
+            rows = market_rows(settings, client, coins)
         except ExtractError as exc:
             out(f"FAIL  coins: {exc}")
             return EXIT_FAILED
-        unknown = [c for c in settings.coins if c not in known]
+        known = {r.get("id") for r in rows if isinstance(r, dict) and isinstance(r.get("id"), str)}
+        unknown = [c for c in coins if c not in known]
         if not unknown:
-            out(f"ok    coins: CoinGecko knows all {len(settings.coins)} ids in {settings.vs_currency}")
+            out(f"ok    coins: CoinGecko knows all {len(coins)} ids in {settings.vs_currency}")
+        seen = history_of(settings, unknown)
+        memory = SearchMemory(settings.layout.coin_searches)
+        today = datetime.now(timezone.utc).date()
         # Each search is one paced call (ten a minute on the public plan): only the first few get one.
         for coin in unknown[:MAX_SEARCHED]:
             ok = False
-            hint = id_hint(client, coin) or "search https://www.coingecko.com for its API id"
+            if coin in seen:
+                out(f"FAIL  coin {successor_note(client, memory, coin, seen[coin], settings.coins, today)}")
+                continue
+            hint = id_hint(client, coin, memory, today) or "search https://www.coingecko.com for its API id"
             out(f"FAIL  coin {coin!r} is not known to CoinGecko; {hint}")
         rest = unknown[MAX_SEARCHED:]
         if rest:
             names = ", ".join(rest[:MAX_LISTED]) + (", ..." if len(rest) > MAX_LISTED else "")
             out(f"FAIL  {len(rest)} more ids are not known to CoinGecko (not searched for suggestions; fix the "
                 f"ones above and run check again): {names}")
+        memory.save()
+        for currency in settings.vs_currencies[1:]:
+            try:
+                client.markets(currency, [coins[0]], per_page=1)
+                out(f"ok    currency: CoinGecko quotes in {currency}")
+            except AuthError:
+                raise
+            except ExtractError as exc:
+                ok = False
+                out(f"FAIL  currency {currency!r}: {exc}")
+        snapshot = Snapshot(datetime.now(timezone.utc), settings.vs_currency, tuple(coins), rows)
+        for note in stale_notes(transform(snapshot).records, snapshot.fetched_at):
+            out(f"warn  stale: {note}; CoinGecko may have stopped tracking it")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -122,7 +252,7 @@ def check_key(settings: Settings, client: CoinGeckoClient, out: Callable[[str], 
             limit = info.get("rate_limit_request_per_minute") if isinstance(info, dict) else None
             out(f"ok    key: accepted by the pro host ({header}); plan {plan or '?'}, {limit or '?'} calls/min")
         else:
-            client.markets(settings.vs_currency, [settings.coins[0]], per_page=1)
+            client.markets(settings.vs_currency, [(settings.coins or ("bitcoin",))[0]], per_page=1)
             out(f"ok    key: accepted as a Demo key ({header})")
         return True
     except AuthError as exc:
@@ -130,12 +260,35 @@ def check_key(settings: Settings, client: CoinGeckoClient, out: Callable[[str], 
         return False
 
 
-def known_ids(settings: Settings, client: CoinGeckoClient) -> set[str]:
-    """The requested ids that /coins/markets answers for."""
-    found: set[str] = set()
-    for start in range(0, len(settings.coins), 250):
-        rows = client.markets(settings.vs_currency, list(settings.coins[start:start + 250]))
+def check_coins(settings: Settings) -> tuple[str, ...]:
+    """The ids to check: --coins, and with --top alone the top N members the last run recorded."""
+    if settings.coins:
+        return settings.coins
+    from utils.tracking import TopMembers
+
+    return tuple(TopMembers(settings.layout.top_members).members(settings.vs_currency)) or ("bitcoin",)
+
+
+def history_of(settings: Settings, coin_ids: Sequence[str]) -> dict[str, LastSeen]:
+    """What the history knows of these coins; nothing when there is no readable history."""
+    if not coin_ids or not settings.csv_path.is_file() or settings.data_url:
+        return {}
+    from utils.storage import storage_for
+
+    try:
+        with storage_for(settings).index() as index:
+            return last_seen(index, coin_ids)
+    except PipelineError as exc:
+        log.debug("no history to compare with: %s", exc)
+        return {}
+
+
+def market_rows(settings: Settings, client: CoinGeckoClient, coins: Sequence[str]) -> list[Any]:
+    """The /coins/markets rows for the ids, 250 a request."""
+    found: list[Any] = []
+    for start in range(0, len(coins), 250):
+        rows = client.markets(settings.vs_currency, list(coins[start:start + 250]))
         if not isinstance(rows, list):
             raise ExtractError("/coins/markets answered something other than a list of coins")
-        found |= {r.get("id") for r in rows if isinstance(r, dict) and isinstance(r.get("id"), str)}
+        found.extend(rows)
     return found

@@ -1,4 +1,9 @@
-"""One run of the pipeline (extract -> archive -> transform -> load -> charts), shared by `run` and the daemon."""
+"""One run of the pipeline (extract -> archive -> transform -> load -> heal -> charts), shared by `run` and the daemon.
+
+A run fetches every configured currency; one that fails (an unknown code, say) leaves the others
+and makes the run partial. With --top it fetches the top N of each currency and records who
+entered and who left.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from lambdas.lambda_1_extract import archive_snapshot, extract
+from lambdas.lambda_1_extract import archive_snapshot, extract, extract_top
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
-from flows.check import missing_ids_note
+from flows.check import last_seen, missing_ids_note, stale_notes, successor_note
 from lambdas.lambda_3_load import load
 from utils.coingecko import CoinGeckoClient
 from utils.daemon import Outcome
-from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError, PipelineError
+from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
 from utils.settings import Settings
 from utils.layout import display_path
-from utils.schema import Snapshot
+from utils.schema import Record, Snapshot
 from utils.storage import Storage, storage_for
 from utils.store import LoadReport
+from utils.tracking import SearchMemory, TopMembers, spell_ranges
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +48,14 @@ class RunResult:
     chart_error: str | None = None
     charts: tuple[str, ...] = field(default=())
     healed: int = 0
+    failed_currencies: tuple[tuple[str, str], ...] = ()  # (currency, why) for each currency that failed
+    stale: tuple[str, ...] = ()  # "coin (currency) last updated ..." for each stale observation
+    renamed: tuple[str, ...] = ()  # one note per requested id that stopped returning data
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.incomplete_coins else EXIT_OK  # junk beside every requested coin is not partial
+        # junk beside every requested coin is not partial; a currency that failed is
+        return EXIT_PARTIAL if self.incomplete_coins or self.failed_currencies else EXIT_OK
 
     @property
     def incomplete_coins(self) -> tuple[str, ...]:
@@ -57,13 +67,13 @@ class RunResult:
         """The daemon's and the status file's view of this run."""
         return Outcome("ok" if self.exit_code == EXIT_OK else "partial", self.exit_code, self.load.appended,
                        self.load.skipped_duplicates, len(self.rejected),
-                       self.incomplete_coins, self.chart_error, self.summary())
+                       self.incomplete_coins, self.chart_error, self.summary(), warnings=self.stale + self.renamed)
 
     def summary(self) -> str:
         """The one line a run prints on stderr."""
         word = "ok" if self.exit_code == EXIT_OK else "partial"
         got = len(self.requested) - len(self.incomplete_coins)
-        coins = f"{got} coins" if word == "ok" else f"{got} of {len(self.requested)} coins"
+        coins = f"{got} coins" if not self.incomplete_coins else f"{got} of {len(self.requested)} coins"
         skipped = self.load.skipped_duplicates
         parts = [coins, f"{self.load.appended} rows appended", f"{skipped} duplicates skipped",
                  f"{len(self.rejected)} rejected"]
@@ -72,6 +82,10 @@ class RunResult:
         if self.missing:
             parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
                          f"{', ...' if len(self.missing) > 10 else ''})")
+        if self.stale:
+            parts.append(f"{len(self.stale)} stale")
+        for currency, why in self.failed_currencies:
+            parts.append(f"{currency} failed: {why}")
         line = f"run {word}: " + ", ".join(parts) + f" in {self.seconds:.1f} s -> {display_path(self.load.csv_path)}"
         if self.chart_error:
             line += f"; charts failed: {self.chart_error}"
@@ -84,54 +98,127 @@ class RunOnce:
     def __init__(self, settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
                  coins: tuple[str, ...] | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.settings, self.client, self.clock, self.should_stop = settings, client, clock, should_stop
+        self.retry = bool(coins)  # a daemon retry names the coins to fetch again: no top N then
         self.coins = coins or settings.coins
         self.started = time.monotonic()
         self.storage = storage_for(settings)
         self.storage.check()  # a history this version cannot write is refused before any request
-        self.snapshot: Snapshot | None = None
+        self.members = TopMembers(settings.layout.top_members) if settings.top else None
+        self.snapshots: list[Snapshot] = []
+        self.tops: dict[str, list[str]] = {}  # each currency's top N this run, best first
+        self.failed: list[tuple[str, str]] = []
         self.transformed: TransformResult | None = None
+        self.incomplete_rejected: list[Rejected] = []
+        self.stale: list[str] = []
+        self.renamed: list[str] = []
         self.report: LoadReport | None = None
         self.healed = 0
         self.chart_paths: tuple[str, ...] = ()
         self.chart_error: str | None = None
 
-    def extract(self) -> Snapshot:
-        """lambda_1_extract: fetch the coins, and keep the raw answer (a failure to archive is only a warning)."""
-        snapshot = extract(self.coins, self.settings.vs_currency, self.client, self.clock)
-        try:
-            archive_snapshot(snapshot, self.storage)
-        except (OSError, PipelineError) as exc:
-            log.warning("could not archive the raw answer under %s/raw (%s); the run goes on", self.storage.location,
-                        getattr(exc, "strerror", None) or exc)
-        self.snapshot = snapshot
-        return snapshot
+    def extract(self) -> list[Snapshot]:
+        """lambda_1_extract for each currency, raw answers archived; a currency that fails is noted, the rest go on."""
+        first_error: ExtractError | None = None
+        for vs_currency in self.settings.vs_currencies:
+            try:
+                snapshot = self._fetch(vs_currency)
+            except AuthError:
+                raise  # the key or plan is wrong for every currency alike
+            except ExtractError as exc:
+                log.warning("%s failed: %s", vs_currency, exc)
+                self.failed.append((vs_currency, str(exc)))
+                first_error = first_error or exc
+                continue
+            try:
+                archive_snapshot(snapshot, self.storage)
+            except (OSError, PipelineError) as exc:
+                log.warning("could not archive the raw answer under %s/raw (%s); the run goes on",
+                            self.storage.location, getattr(exc, "strerror", None) or exc)
+            self.snapshots.append(snapshot)
+        if not self.snapshots:
+            if len(self.failed) == 1 and first_error is not None:
+                raise first_error
+            raise ExtractError("every currency failed: " + "; ".join(f"{vs}: {why}" for vs, why in self.failed) +
+                               "; nothing was appended")
+        return self.snapshots
 
-    def transform(self, snapshot: Snapshot) -> TransformResult:
-        """lambda_2_transform: records and rejections; no usable row at all fails the run."""
-        result = transform(snapshot)
-        for line in rejection_lines(result.rejected):
+    def _fetch(self, vs_currency: str) -> Snapshot:
+        """One currency's /coins/markets answers: the top N plus the coins, or the coins alone."""
+        if self.settings.top and not self.retry:
+            snapshot, self.tops[vs_currency] = extract_top(self.settings.top, self.settings.coins, vs_currency,
+                                                           self.client, self.clock)
+            return snapshot
+        return extract(self.coins, vs_currency, self.client, self.clock)
+
+    def transform(self, snapshots: list[Snapshot]) -> TransformResult:
+        """lambda_2_transform for each currency: records and rejections; no usable row at all fails the run."""
+        records: list[Record] = []
+        rejected: list[Rejected] = []
+        for snapshot in snapshots:
+            result = transform(snapshot)
+            stored = {record.coin_id for record in result.records}  # a coin that landed is complete in this currency
+            self.incomplete_rejected.extend(r for r in result.rejected if r.coin_id not in stored)
+            self.stale.extend(stale_notes(result.records, snapshot.fetched_at))
+            records.extend(result.records)
+            rejected.extend(result.rejected)
+        for line in rejection_lines(rejected):
             log.warning("%s", line)
-        missing_note = missing_ids_note(self.client, snapshot.missing) if snapshot.missing else None
-        if not result.records:
-            why = (missing_note if missing_note and not snapshot.rows else f"CoinGecko returned "
-                   f"{len(snapshot.rows)} rows for {len(self.coins)} requested coins and none could be stored")
+        unknown = self._missing_notes(self.missing())
+        rows = sum(len(snapshot.rows) for snapshot in snapshots)
+        if not records:
+            note = "; ".join(filter(None, [*self.renamed, unknown]))
+            why = note if note and not rows else (f"CoinGecko returned {rows} rows for {len(self.requested())} "
+                                                  "requested coins and none could be stored")
             raise ExtractError(f"no usable rows: {why}; nothing was appended")
-        if missing_note:
-            log.warning("%s", missing_note)
-        self.transformed = result
-        return result
+        for line in [*self.renamed, *filter(None, [unknown])]:
+            log.warning("%s", line)
+        for note in self.stale:
+            log.warning("stale: %s; stored, but CoinGecko may have stopped tracking it", note)
+        self.transformed = TransformResult(records, rejected)
+        return self.transformed
+
+    def requested(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for snapshot in self.snapshots for c in snapshot.requested))
+
+    def missing(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for snapshot in self.snapshots for c in snapshot.missing))
+
+    def _missing_notes(self, missing: tuple[str, ...]) -> str | None:
+        """Ids that returned data before get a successor (one /search per coin per day, remembered in the
+        state) in self.renamed; the one line on ids never seen is returned."""
+        if not missing:
+            return None
+        with self.storage.index() as index:
+            known = last_seen(index, missing)
+        memory = SearchMemory(self.settings.layout.coin_searches)
+        today = self.clock().date()
+        self.renamed = [successor_note(self.client, memory, coin_id, known[coin_id], self.settings.coins, today)
+                        for coin_id in missing if coin_id in known]
+        never = tuple(c for c in missing if c not in known)
+        note = missing_ids_note(self.client, never, memory=memory, today=today) if never else None
+        memory.save()
+        return note
 
     def load(self, result: TransformResult) -> LoadReport:
-        """lambda_3_load: append what the history lacks."""
+        """lambda_3_load: append what the history lacks; then record who entered and left each top N."""
         self.report = load(result.records, self.storage)
+        if self.members is not None and self.tops:
+            today = self.clock().date()
+            for vs_currency, top_ids in self.tops.items():
+                changes = self.members.update(vs_currency, top_ids, today, self.settings.top or 0,
+                                              self.settings.coins)
+                if changes.entered or changes.left:
+                    log.info("top %d in %s: %d entered (%s), %d left (%s)", self.settings.top, vs_currency,
+                             len(changes.entered), ", ".join(changes.entered[:10]), len(changes.left),
+                             ", ".join(changes.left[:10]))
+            self.members.save()
         return self.report
 
     def heal(self) -> int:
         """Fill days missed while the pipeline was down (not after a stop is asked; a failure is a warning)."""
         if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
             # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
-            landed = tuple(dict.fromkeys(record.coin_id for record in self.transformed.records))
-            self.healed = heal(self.settings, self.client, landed, self.clock)
+            self.healed = heal(self.settings, self.client, self.transformed.records, self.members, self.clock)
         return self.healed
 
     def charts(self) -> tuple[str, ...]:
@@ -142,24 +229,52 @@ class RunOnce:
 
     def result(self) -> RunResult:
         """The run's outcome, for the summary line, the exit code and the status file."""
-        assert self.snapshot is not None and self.transformed is not None and self.report is not None, \
+        assert self.snapshots and self.transformed is not None and self.report is not None, \
             "result() comes after extract, transform and load"
-        stored = {record.coin_id for record in self.transformed.records}  # a coin that landed is complete
-        rejected = tuple(r for r in self.transformed.rejected if r.coin_id not in stored)
-        return RunResult(requested=self.coins, load=self.report, missing=self.snapshot.missing, rejected=rejected,
-                         seconds=time.monotonic() - self.started, chart_error=self.chart_error,
-                         charts=self.chart_paths, healed=self.healed)
+        return RunResult(requested=self.requested(), load=self.report, missing=self.missing(),
+                         rejected=tuple(self.incomplete_rejected), seconds=time.monotonic() - self.started,
+                         chart_error=self.chart_error, charts=self.chart_paths, healed=self.healed,
+                         failed_currencies=tuple(self.failed), stale=tuple(self.stale), renamed=tuple(self.renamed))
 
 
-def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], clock: Clock) -> int:
-    """Fill days missing since each coin's first observation; a failure here never fails the run."""
+def _in(settings: Settings, vs_currency: str) -> str:
+    """' in usd' when a run fetches several currencies, so a warning says which one."""
+    return f" in {vs_currency}" if len(settings.vs_currencies) > 1 else ""
+
+
+def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], members: TopMembers | None,
+         clock: Clock) -> int:
+    """Fill days missing since each coin's first observation, per currency; a failure here never fails the run.
+
+    A coin tracked only for its place in the top N is healed only on days it was inside (with
+    --top-backfill: back to the start of the currency's history).
+    """
     from flows.backfill import heal_gaps
 
-    try:
-        added, _ = heal_gaps(settings, client, coins, clock=clock)
-    except PipelineError as exc:
-        log.warning("could not heal gaps in the history: %s", exc)
-        return 0
+    added = 0
+    explicit = set(settings.coins)
+    for vs_currency in settings.vs_currencies:
+        landed = tuple(dict.fromkeys(r.coin_id for r in records if r.vs_currency == vs_currency))
+        if not landed:
+            continue
+        within: dict[str, list[tuple[int, int]]] = {}
+        from_start: set[str] = set()
+        if members is not None:
+            today = clock().date()
+            for coin_id in landed:
+                if coin_id in explicit:
+                    continue
+                if settings.top_backfill:
+                    from_start.add(coin_id)
+                else:
+                    within[coin_id] = spell_ranges(members.spells(vs_currency, coin_id), today)
+        try:
+            filled, _ = heal_gaps(settings, client, landed, vs_currency=vs_currency, clock=clock, within=within,
+                                  from_start=from_start)
+        except PipelineError as exc:
+            log.warning("could not heal gaps in the history%s: %s", _in(settings, vs_currency), exc)
+            continue
+        added += filled
     return added
 
 

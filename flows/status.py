@@ -13,6 +13,7 @@ from utils.layout import display_path
 from utils.settings import Settings
 from utils.storage import storage_for
 from utils.store import LegacyHistory
+from flows.top import describe_tracking
 
 
 def _when(text: object) -> str:
@@ -52,6 +53,8 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
             out(f"              {last['error']}")
         if last.get("incomplete_coins"):
             out(f"              incomplete: {', '.join(last['incomplete_coins'])}")
+        for warning in (last.get("warnings") or [])[:20]:
+            out(f"              warning: {warning}")
     else:
         out("last run:     none recorded")
     out(f"last success: {_when(status.get('last_success'))}")
@@ -61,6 +64,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
             f"{status.get('timezone', '')})")
     else:
         out("next run:     no daemon running (start one with `python main.py daemon`)")
+    describe_tracking(settings, now, out)
     if not has_csv:
         out(f"history:      none yet at {display_path(csv_path)}")
         return EXIT_OK

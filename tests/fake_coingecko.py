@@ -533,6 +533,19 @@ class FakeCoinGecko:
         with self._lock:
             self.coins = new_rows
 
+    def rename(self, old_id: str, new_id: str, name: str | None = None, symbol: str | None = None) -> None:
+        """Give a coin a new id (and name, symbol), as CoinGecko did with matic-network: /coins/markets stops
+        returning the old id, and /search finds the new one (the old one stays known to /search only if it is
+        in KNOWN_COINS, like matic-network)."""
+        with self._lock:
+            rows = copy.deepcopy(self.coins)
+            for row in rows:
+                if row.get("id") == old_id:
+                    row["id"] = new_id
+                    row["name"] = name if name is not None else row.get("name")
+                    row["symbol"] = symbol if symbol is not None else row.get("symbol")
+            self.coins = rows
+
     def advance(self, seconds: float = 60, price_factor: float = 1.01) -> None:
         """Move every coin's last_updated forward and scale current_price (nulls stay null)."""
         step = timedelta(milliseconds=round(seconds * 1000))

@@ -263,11 +263,13 @@ class CoinGeckoClient:
         return self.get_json("/ping")
 
     def markets(self, vs_currency: str, ids: list[str], page: int = 1, per_page: int = 250) -> Any:
-        """GET /coins/markets for up to per_page ids."""
-        return self.get_json("/coins/markets", {
-            "vs_currency": vs_currency, "ids": ",".join(ids), "per_page": per_page, "page": page,
-            "order": "market_cap_desc", "sparkline": "false", "precision": "full",
-        })
+        """GET /coins/markets for up to per_page ids; without ids, one page of every coin by market cap."""
+        params: dict[str, Any] = {"vs_currency": vs_currency}
+        if ids:
+            params["ids"] = ",".join(ids)
+        params.update({"per_page": per_page, "page": page, "order": "market_cap_desc", "sparkline": "false",
+                       "precision": "full"})
+        return self.get_json("/coins/markets", params)
 
     def search(self, query: str) -> Any:
         """GET /search?query=..."""

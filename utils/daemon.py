@@ -98,6 +98,7 @@ class Outcome:
     retry_coins: tuple[str, ...] = ()
     error: str | None = None
     summary: str = ""
+    warnings: tuple[str, ...] = ()  # stale observations and ids that stopped returning data, for `status`
 
 
 Job = Callable[[tuple[str, ...] | None, Callable[[], bool]], Outcome]
@@ -122,6 +123,7 @@ LAST_RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "result": _text, "trigger": _text, "error": _text, "exit_code": lambda v: _count(v) and v < 256,
     "appended": _count, "duplicates": _count, "rejected": _count,
     "incomplete_coins": lambda v: isinstance(v, list) and all(map(_text, v)),
+    "warnings": lambda v: isinstance(v, list) and all(map(_text, v)),
 }
 
 
@@ -166,7 +168,7 @@ class StatusFile:
         last = {"started_at": iso(started), "finished_at": iso(finished), "result": outcome.result,
                 "exit_code": outcome.exit_code, "appended": outcome.appended, "duplicates": outcome.duplicates,
                 "rejected": outcome.rejected, "incomplete_coins": list(outcome.retry_coins),
-                "error": outcome.error, "trigger": trigger}
+                "error": outcome.error, "trigger": trigger, "warnings": list(outcome.warnings)}
         changes: dict[str, Any] = {"last_run": last}
         if outcome.result in ("ok", "partial"):
             changes["last_success"] = iso(finished)

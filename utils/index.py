@@ -365,16 +365,23 @@ class HistoryIndex:
             sid = self._ids[(coin_id, vs_currency)] = row[0]
         return self.db.execute("SELECT 1 FROM obs WHERE series = ? AND ts = ?", (sid, ts_ms)).fetchone() is not None
 
-    def series(self, vs_currency: str | None = None) -> list[SeriesInfo]:
+    def series(self, vs_currency: str | None = None, coin_id: str | None = None) -> list[SeriesInfo]:
         """Every (coin, currency) with its rows, first and last observation and covered day ranges."""
         ranges: dict[int, list[Range]] = defaultdict(list)
-        for sid, a, b in self.db.execute("SELECT series, first_day, last_day FROM covered ORDER BY series, first_day"):
+        covered = "SELECT series, first_day, last_day FROM covered"
+        if coin_id is not None:  # one coin: read its ranges alone, so a loop over 1,000 coins stays linear
+            covered += " WHERE series IN (SELECT id FROM series WHERE coin_id = ?)"
+        for sid, a, b in self.db.execute(covered + " ORDER BY series, first_day",
+                                         () if coin_id is None else (coin_id,)):
             ranges[sid].append((a, b))
         query = "SELECT id, coin_id, vs_currency, name, symbol, rows, first_ms, last_ms FROM series WHERE rows > 0"
         args: tuple = ()
         if vs_currency is not None:
             query += " AND vs_currency = ?"
             args = (vs_currency,)
+        if coin_id is not None:
+            query += " AND coin_id = ?"
+            args += (coin_id,)
         return [SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
                 for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)]
 
@@ -389,16 +396,39 @@ class HistoryIndex:
             "WHERE s.coin_id = ? AND s.vs_currency = ? AND u.checked_ms >= ? ORDER BY u.first_day",
             (coin_id, vs_currency, since))]
 
-    def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int) -> list[Range]:
-        """Days to heal: missing since the first observation, less those recently found unavailable."""
-        info = next((s for s in self.series(vs_currency) if s.coin_id == coin_id), None)
+    def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int, since_day: int | None = None
+             ) -> list[Range]:
+        """Days to heal: missing since the first observation (or since_day), less those recently found unavailable."""
+        info = next(iter(self.series(vs_currency, coin_id)), None)
         if info is None:
             return []
         holes = sorted(self.unavailable(coin_id, vs_currency, now_ms))
+        spans = info.missing(today) if since_day is None or since_day >= info.first_day else \
+            subtract((since_day, day_number(today) - 1), info.covered)
         out: list[Range] = []
-        for span in info.missing(today):
+        for span in spans:
             out.extend(subtract(span, holes))
         return out
+
+    def first_day(self, vs_currency: str) -> int | None:
+        """The first UTC day any coin was observed in this currency."""
+        row = self.db.execute("SELECT min(first_ms) FROM series WHERE vs_currency = ? AND rows > 0",
+                              (vs_currency,)).fetchone()
+        return row[0] // DAY_MS if row and row[0] is not None else None
+
+    def top_of_day(self, vs_currency: str, day: int, limit: int) -> list[tuple[int | None, str, str, float | None]]:
+        """(rank, coin id, symbol, market cap) of each coin's last observation on one UTC day, best rank first.
+
+        A coin whose day holds only backfilled points (no rank) follows the ranked ones, by market cap.
+        Ties in rank (a coin that left the top N later that day kept its earlier rank) go to the newer one.
+        One primary-key lookup per coin of the currency (series, day): no scan of the daily points.
+        """
+        return self.db.execute(
+            # CROSS JOIN keeps series as the outer loop, so each coin costs one lookup of (series, day).
+            "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM series s CROSS JOIN daily d "
+            "ON d.series = s.id AND d.day = ? WHERE s.vs_currency = ? "
+            "ORDER BY d.rank IS NULL, d.rank, d.ts DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
+            (day, vs_currency, limit)).fetchall()
 
     def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None
                      ) -> DailyPoints:

@@ -72,6 +72,16 @@ class DataLayout:
         """One daemon per data folder: its PID, locked while it runs."""
         return self.state_dir / "daemon.pid"
 
+    @property
+    def top_members(self) -> Path:
+        """Which coins were in the top N of each currency, and when they entered and left."""
+        return self.state_dir / "top-members.json"
+
+    @property
+    def coin_searches(self) -> Path:
+        """The /search answers for ids that stopped returning data, one per coin per day."""
+        return self.state_dir / "coin-searches.json"
+
     def manifest(self, name: str) -> Path:
         """A resumable backfill's progress."""
         return self.state_dir / f"{name}.json"

@@ -34,7 +34,8 @@ class Settings:
 
     command: str = "run"
     coins: tuple[str, ...] = DEFAULT_COINS
-    vs_currency: str = "eur"
+    vs_currency: str = "eur"  # the first (primary) of vs_currencies: charts, plot, status and top read it
+    vs_currencies: tuple[str, ...] = ("eur",)  # every currency a run, backfill or heal fetches
     data_dir: Path = PROJECT_DIR / "data"
     api_plan: str = "public"
     api_url: str = "https://api.coingecko.com/api/v3"
@@ -58,6 +59,9 @@ class Settings:
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     heal: bool = True
     data_url: str | None = None  # s3://bucket/prefix when the history lives on S3; data_dir is then scratch
+    top: int | None = None  # track the top N by market cap in each currency (with the coins, if given)
+    top_backfill: bool = False  # heal a coin that enters the top N back to the start of the history
+    date: date | None = None  # `top`: the UTC day to show
 
     @property
     def location(self) -> str:
@@ -98,11 +102,33 @@ def _parse_coins(text: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _parse_currency(text: str) -> str:
-    cur = str(text).strip().lower()
-    if not CURRENCY_RE.match(cur):
-        raise ConfigError(f"vs-currency: {text!r} is not a currency code; use one like eur, usd or btc")
-    return cur
+def _parse_currencies(text: Any) -> tuple[str, ...]:
+    parts = text if isinstance(text, list) else str(text).split(",")
+    found: dict[str, None] = {}
+    for part in parts:
+        cur = str(part).strip().lower()
+        if not cur:
+            continue
+        if not CURRENCY_RE.match(cur):
+            raise ConfigError(f"vs-currency: {str(part).strip()!r} is not a currency code; use one like eur, usd "
+                              "or btc, or several: eur,usd")
+        found.setdefault(cur, None)
+    if not found:
+        raise ConfigError("vs-currency: the list is empty; give one like eur, or several: eur,usd")
+    return tuple(found)
+
+
+MAX_TOP = 1000
+
+
+def _parse_top(text: Any) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"top: {text!r} is not a whole number of coins") from None
+    if not 1 <= value <= MAX_TOP:
+        raise ConfigError(f"top: use 1 to {MAX_TOP} coins")
+    return value
 
 
 def _parse_plan(text: str) -> str:
@@ -259,7 +285,7 @@ def _parse_data_dir(text: Any) -> Path | str:
 
 OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "coins": ("PIPELINE_COINS", _parse_coins),
-    "vs_currency": ("PIPELINE_VS_CURRENCY", _parse_currency),
+    "vs_currency": ("PIPELINE_VS_CURRENCY", _parse_currencies),
     "data_dir": ("PIPELINE_DATA_DIR", _parse_data_dir),
     "api_url": ("COINGECKO_API_URL", _parse_url),
     "api_key": ("COINGECKO_API_KEY", _parse_key),
@@ -281,6 +307,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "rate_limit": ("PIPELINE_RATE_LIMIT", _parse_rate),
     "max_response_mb": ("PIPELINE_MAX_RESPONSE_MB", _parse_megabytes),
     "heal": ("PIPELINE_HEAL", _parse_bool("heal")),
+    "top": ("PIPELINE_TOP", _parse_top),
+    "top_backfill": ("PIPELINE_TOP_BACKFILL", _parse_bool("top-backfill")),
+    "date": (None, _parse_date("date")),
 }
 # Config-file keys spelled like the flags (no_charts = true), each the negation of an option.
 NEGATED_KEYS = {"no_charts": "charts", "no_heal": "heal", "no_initial_run": "initial_run"}
@@ -317,6 +346,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         normalized[name] = value
     if isinstance(normalized.get("coins"), list):
         normalized["coins"] = ",".join(map(str, normalized["coins"]))
+    if isinstance(normalized.get("vs_currency"), list):
+        normalized["vs_currency"] = ",".join(map(str, normalized["vs_currency"]))
     return normalized
 
 
@@ -359,6 +390,11 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
                           "(--days counts back from --until, or from the newest day)")
     if since and until and since > until:
         raise ConfigError(f"--since {since} is after --until {until}")
+    if "vs_currency" in values:
+        values["vs_currencies"] = values["vs_currency"]
+        values["vs_currency"] = values["vs_currencies"][0]
+    if values.get("top") and "coins" not in values:
+        values["coins"] = ()  # --top alone tracks the top N; with --coins, the union
     settings = Settings(command=command, verbosity=verbosity, **values)
     check_log_file(settings)
     return settings

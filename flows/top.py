@@ -1,0 +1,54 @@
+"""`python main.py top --date YYYY-MM-DD`: the top N coins by market cap as the history recorded them that day."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from utils.errors import EXIT_FAILED, EXIT_OK
+from utils.index import day_number
+from utils.layout import display_path
+from utils.settings import Settings
+from utils.storage import storage_for
+from utils.tracking import TopMembers
+
+DEFAULT_TOP = 100
+
+
+def format_cap(value: float | None) -> str:
+    """A market cap with thousands separators; '-' when CoinGecko gave none."""
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
+    """Print rank, id, symbol and market cap of the day's top N from the index; exit 1 when the day has none."""
+    day = settings.date or datetime.now(timezone.utc).date()
+    limit = settings.top or DEFAULT_TOP
+    currency = settings.vs_currency
+    with storage_for(settings).index() as index:
+        rows = index.top_of_day(currency, day_number(day), limit)
+    if not rows:
+        out(f"no observations in {currency} on {day} in {display_path(settings.csv_path)}: "
+            "`python main.py status` shows the days the history covers")
+        return EXIT_FAILED
+    out(f"top {limit} by market cap in {currency} on {day} (UTC), each coin's last observation that day:")
+    out(f"{'rank':>5}  {'id':<32} {'symbol':<10} {'market cap (' + currency + ')':>24}")
+    for rank, coin_id, symbol, cap in rows:
+        out(f"{rank if rank is not None else '-':>5}  {coin_id:<32} {symbol.upper():<10} {format_cap(cap):>24}")
+    return EXIT_OK
+
+
+def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], None]) -> None:
+    """How many coins a run tracks, and for the top N of each currency how many entered or left in 30 days."""
+    members = TopMembers(settings.layout.top_members)
+    if not members.currencies:
+        if settings.coins:
+            out(f"tracked:      {len(settings.coins)} coins in {', '.join(settings.vs_currencies)}")
+        return
+    for currency in sorted(members.currencies):
+        inside = members.members(currency)
+        extra = members.also(currency)
+        entered, left = members.recent(currency, now.date())
+        out(f"tracked:      {len(inside) + len(extra)} coins in {currency}: the top {members.size(currency) or '?'} "
+            f"({len(inside)} coins){f' and {len(extra)} more from --coins' if extra else ''}; "
+            f"last 30 days: {entered} entered, {left} left the top")
