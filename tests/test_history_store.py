@@ -114,8 +114,13 @@ class ConcurrentCommands(PipelineTestCase):
         stop = threading.Event()
 
         def clock() -> None:  # the served observations move on while the processes race, older ones late
+            offset = 0  # seconds from the first snapshot, two hours ago: kept within an hour of it, never future
             while not stop.wait(rng.uniform(0.01, 0.05)):
-                self.fake.advance(rng.choice([30, 60, -45]))
+                step = rng.choice([30, 60, -45])
+                if abs(offset + step) > 3600:
+                    step = -step
+                offset += step
+                self.fake.advance(step)
 
         ticker = threading.Thread(target=clock, daemon=True)
         ticker.start()
