@@ -310,10 +310,11 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
 
 
 def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *,
-              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> tuple[int, int]:
+              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> tuple[int, int, tuple]:
     """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
 
-    One request per coin with gaps; the gaps come from the index. Returns (days filled, coins asked).
+    One request per coin with gaps; the gaps come from the index. Returns (days filled, coins asked, new quality
+    findings).
     """
     now = clock()
     newest = newest_complete_day(now)
@@ -328,7 +329,7 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
             if days:
                 wanted[coin_id] = days
     if not wanted:
-        return 0, 0
+        return 0, 0, ()
     log.info("healing %d missing days of %d coins", sum(map(len, wanted.values())), len(wanted))
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
@@ -354,4 +355,4 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
                         "again next run", coin_id)
         unavailable[(coin_id, settings.vs_currency)] = lacking(wanted_days, coin_records, answers)
     report = storage.merge(records, unavailable=unavailable, checked=now)
-    return report.added, len(wanted)
+    return report.added, len(wanted), report.findings

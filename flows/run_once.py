@@ -17,6 +17,7 @@ from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ExtractError, PipelineError
 from utils.settings import Settings
 from utils.layout import display_path
+from utils.quality import Finding, summary_line
 from utils.schema import Snapshot
 from utils.storage import Storage, storage_for
 from utils.store import LoadReport
@@ -42,6 +43,7 @@ class RunResult:
     chart_error: str | None = None
     charts: tuple[str, ...] = field(default=())
     healed: int = 0
+    findings: tuple[Finding, ...] = ()  # new quality findings of the load and the healing
 
     @property
     def exit_code(self) -> int:
@@ -55,9 +57,14 @@ class RunResult:
 
     def outcome(self) -> Outcome:
         """The daemon's and the status file's view of this run."""
+        summary = self.summary() + (f"; {self.quality_line()}" if self.findings else "")
         return Outcome("ok" if self.exit_code == EXIT_OK else "partial", self.exit_code, self.load.appended,
                        self.load.skipped_duplicates, len(self.rejected),
-                       self.incomplete_coins, self.chart_error, self.summary())
+                       self.incomplete_coins, self.chart_error, summary)
+
+    def quality_line(self) -> str:
+        """The line after the summary: 'quality: 2 findings (1 spike, 1 stale)'."""
+        return summary_line(self.findings)
 
     def summary(self) -> str:
         """The one line a run prints on stderr."""
@@ -92,6 +99,7 @@ class RunOnce:
         self.transformed: TransformResult | None = None
         self.report: LoadReport | None = None
         self.healed = 0
+        self.findings: tuple[Finding, ...] = ()
         self.chart_paths: tuple[str, ...] = ()
         self.chart_error: str | None = None
 
@@ -124,6 +132,7 @@ class RunOnce:
     def load(self, result: TransformResult) -> LoadReport:
         """lambda_3_load: append what the history lacks."""
         self.report = load(result.records, self.storage)
+        self.findings += self.report.findings
         return self.report
 
     def heal(self) -> int:
@@ -131,7 +140,8 @@ class RunOnce:
         if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
             # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
             landed = tuple(dict.fromkeys(record.coin_id for record in self.transformed.records))
-            self.healed = heal(self.settings, self.client, landed, self.clock)
+            self.healed, found = heal(self.settings, self.client, landed, self.clock)
+            self.findings += found
         return self.healed
 
     def charts(self) -> tuple[str, ...]:
@@ -148,19 +158,30 @@ class RunOnce:
         rejected = tuple(r for r in self.transformed.rejected if r.coin_id not in stored)
         return RunResult(requested=self.coins, load=self.report, missing=self.snapshot.missing, rejected=rejected,
                          seconds=time.monotonic() - self.started, chart_error=self.chart_error,
-                         charts=self.chart_paths, healed=self.healed)
+                         charts=self.chart_paths, healed=self.healed, findings=self.findings)
+
+    def report(self, result: RunResult) -> None:
+        """data/report.html after a run that drew the charts (local histories; a failure is only a warning)."""
+        if self.chart_paths and self.settings.data_url is None:
+            from flows.report import publish_report
+
+            outcome = result.outcome()
+            publish_report(self.settings, outcome={"result": outcome.result, "summary": outcome.summary,
+                                                   "exit_code": result.exit_code, "trigger": "run",
+                                                   "finished_at": self.clock()})
 
 
-def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], clock: Clock) -> int:
+def heal(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...],
+         clock: Clock) -> tuple[int, tuple[Finding, ...]]:
     """Fill days missing since each coin's first observation; a failure here never fails the run."""
     from flows.backfill import heal_gaps
 
     try:
-        added, _ = heal_gaps(settings, client, coins, clock=clock)
+        added, _, findings = heal_gaps(settings, client, coins, clock=clock)
     except PipelineError as exc:
         log.warning("could not heal gaps in the history: %s", exc)
-        return 0
-    return added
+        return 0, ()
+    return added, findings
 
 
 def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:

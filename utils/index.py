@@ -356,13 +356,9 @@ class HistoryIndex:
     # -- reading ----------------------------------------------------------------------------------
 
     def has(self, coin_id: str, vs_currency: str, ts_ms: int) -> bool:
-        sid = self._ids.get((coin_id, vs_currency))
+        sid = self._series_id(coin_id, vs_currency)
         if sid is None:
-            row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
-                                  (coin_id, vs_currency)).fetchone()
-            if row is None:
-                return False
-            sid = self._ids[(coin_id, vs_currency)] = row[0]
+            return False
         return self.db.execute("SELECT 1 FROM obs WHERE series = ? AND ts = ?", (sid, ts_ms)).fetchone() is not None
 
     def series(self, vs_currency: str | None = None) -> list[SeriesInfo]:
@@ -399,6 +395,40 @@ class HistoryIndex:
         for span in info.missing(today):
             out.extend(subtract(span, holes))
         return out
+
+    def points(self, coin_id: str, vs_currency: str, first_day: int, last_day: int
+               ) -> list[tuple[int, float | None, float | None]]:
+        """(ts_ms, price, market cap) of one coin's daily points from first_day to last_day (the quality checks)."""
+        sid = self._series_id(coin_id, vs_currency)
+        if sid is None:
+            return []
+        return self.db.execute("SELECT ts, price, cap FROM daily WHERE series = ? AND day BETWEEN ? AND ? "
+                               "ORDER BY day", (sid, first_day, last_day)).fetchall()
+
+    def last_cap_before(self, coin_id: str, vs_currency: str, ts_ms: int) -> tuple[int, float] | None:
+        """(ts_ms, market cap) of the latest daily point before ts_ms that has a market cap."""
+        sid = self._series_id(coin_id, vs_currency)
+        if sid is None:
+            return None
+        return self.db.execute("SELECT ts, cap FROM daily WHERE series = ? AND day <= ? AND ts < ? AND cap IS NOT NULL "
+                               "ORDER BY day DESC LIMIT 1", (sid, ts_ms // DAY_MS, ts_ms)).fetchone()
+
+    def latest(self, vs_currency: str) -> list[tuple[str, int, float | None, float | None, int | None]]:
+        """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report)."""
+        return self.db.execute(
+            "SELECT s.coin_id, d.ts, d.price, d.cap, d.rank FROM series s JOIN daily d ON d.series = s.id "
+            "AND d.day = (SELECT max(day) FROM daily WHERE series = s.id) WHERE s.vs_currency = ? AND s.rows > 0 "
+            "ORDER BY s.coin_id", (vs_currency,)).fetchall()
+
+    def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
+        sid = self._ids.get((coin_id, vs_currency))
+        if sid is None:
+            row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
+                                  (coin_id, vs_currency)).fetchone()
+            if row is None:
+                return None
+            sid = self._ids[(coin_id, vs_currency)] = row[0]
+        return sid
 
     def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None
                      ) -> DailyPoints:
