@@ -105,17 +105,17 @@ class Notifier:
 
     def after_run(self, report: RunReport) -> str | None:
         """Record the run's outcome and send its notification when one is due; returns the event sent."""
+        if not self.url:
+            return None  # the count serves only the notifications
         before = self._failures()
         after = before + 1 if report.result == "failed" else 0
-        if after != before:
+        if after != before and not (self.state_path.parent.is_symlink() or self.state_path.is_symlink()):
             try:
                 self.state_path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(self.state_path, {"consecutive_failures": after})
             except OSError as exc:
                 log.warning("could not write %s (%s); a recovery may go unannounced", self.state_path,
                             exc.strerror or exc)
-        if not self.url:
-            return None
         event = event_for(report, before, self.notify_on)
         if event is None:
             return None
