@@ -398,12 +398,23 @@ class HistoryIndex:
 
     def points(self, coin_id: str, vs_currency: str, first_day: int, last_day: int
                ) -> list[tuple[int, float | None, float | None]]:
-        """(ts_ms, price, market cap) of one coin's daily points from first_day to last_day (the quality checks)."""
-        sid = self._series_id(coin_id, vs_currency)
-        if sid is None:
-            return []
-        return self.db.execute("SELECT ts, price, cap FROM daily WHERE series = ? AND day BETWEEN ? AND ? "
-                               "ORDER BY day", (sid, first_day, last_day)).fetchall()
+        """(ts_ms, price, market cap) of one coin's daily points from first_day to last_day."""
+        return self.points_of([(coin_id, vs_currency)], first_day, last_day).get((coin_id, vs_currency), [])
+
+    def points_of(self, keys: Iterable[tuple[str, str]], first_day: int, last_day: int
+                  ) -> dict[tuple[str, str], list[tuple[int, float | None, float | None]]]:
+        """The daily points of many coins from first_day to last_day: one indexed query (the quality checks)."""
+        by_id = {sid: key for key in keys if (sid := self._series_id(*key)) is not None}
+        out: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, ts, price, cap in self.db.execute(
+                    f"SELECT series, ts, price, cap FROM daily WHERE series IN ({marks}) AND day BETWEEN ? AND ? "  # noqa: S608
+                    "ORDER BY series, day", (*chunk, first_day, last_day)):
+                out[by_id[sid]].append((ts, price, cap))
+        return out
 
     def last_cap_before(self, coin_id: str, vs_currency: str, ts_ms: int) -> tuple[int, float] | None:
         """(ts_ms, market cap) of the latest daily point before ts_ms that has a market cap."""

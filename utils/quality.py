@@ -14,13 +14,13 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from utils import csvio
 from utils.csvio import DAY_MS
 from utils.index import HistoryIndex, day_number
-from utils.schema import SOURCE_MARKETS, Record, format_timestamp, parse_timestamp, safe_text
+from utils.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ QUALITY_COLUMNS = ("coin_id", "vs_currency", "last_updated", "rule", "detail", "
 QUALITY_HEADER = ",".join(QUALITY_COLUMNS) + "\n"
 DEFAULT_SPIKE_THRESHOLD = 0.5
 RANGE_TOLERANCE = 0.01  # a price this far outside its own 24 h low..high is rounding, not an error
-STALE_AFTER = timedelta(hours=48)
+STALE_AFTER_MS = 48 * 3600 * 1000
 REVERSAL_WINDOW_MS = DAY_MS  # a jump is a spike when the next observation, at most a day later, undoes it
 
 
@@ -115,14 +115,14 @@ def stale_finding(record: Record) -> Finding | None:
     if record.source != SOURCE_MARKETS or not record.fetched_at:
         return None  # backfilled and legacy rows are old by design
     try:
-        age = parse_timestamp(record.fetched_at) - parse_timestamp(record.last_updated)
+        fetched = csvio.timestamp_ms(record.fetched_at)
+        age = fetched - csvio.timestamp_ms(record.last_updated)
     except ValueError:
         return None
-    if age <= STALE_AFTER:
+    if age <= STALE_AFTER_MS:
         return None
     return Finding(record.coin_id, record.vs_currency, record.last_updated, STALE,
-                   f"last updated {age.total_seconds() / 86400:.1f} days before it was fetched "
-                   f"({_at(int(parse_timestamp(record.fetched_at).timestamp() * 1000))})")
+                   f"last updated {age / DAY_MS:.1f} days before it was fetched ({_at(fetched)})")
 
 
 @dataclass
@@ -158,13 +158,20 @@ def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRul
             by_series[(record.coin_id, record.vs_currency)].append((csvio.timestamp_ms(record.last_updated), record))
         except ValueError:
             continue
+    # The days a spike test can touch: a candidate's previous day, and a reversal's candidate's previous day.
+    # A run's rows share their days, so one query per cluster of days serves every coin.
+    wanted: dict[tuple[int, int], set[tuple[str, str]]] = defaultdict(set)
+    days_of = {key: {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)}
+               for key, rows in by_series.items()}
+    for first, last in _clusters(set().union(*days_of.values()) if days_of else set()):
+        wanted[(first, last)] = {key for key, days in days_of.items() if any(first <= d <= last for d in days)}
+    stored: dict[tuple[str, str], list[_Point]] = defaultdict(list)
+    for (first, last), keys in wanted.items():
+        for key, points in index.points_of(keys, first, last).items():
+            stored[key] += [_Point(ts, price, cap) for ts, price, cap in points if ts // DAY_MS in days_of[key]]
     out: list[Finding] = []
     for (coin_id, vs), rows in by_series.items():
-        # The days a spike test can touch: a candidate's previous day, and a reversal's candidate's previous day.
-        wanted = {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)}
-        timeline = [_Point(ts, price, cap) for first, last in _clusters(wanted)
-                    for ts, price, cap in index.points(coin_id, vs, first, last)]
-        timeline += [_Point(ts, r.current_price, r.market_cap, r) for ts, r in rows]
+        timeline = stored.get((coin_id, vs), []) + [_Point(ts, r.current_price, r.market_cap, r) for ts, r in rows]
         timeline.sort(key=lambda p: (p.ts, p.record is not None))
         last_of_day: dict[int, _Point] = {}
         for point in timeline:
