@@ -425,9 +425,12 @@ class HistoryIndex:
                                "ORDER BY day DESC LIMIT 1", (sid, ts_ms // DAY_MS, ts_ms)).fetchone()
 
     def latest(self, vs_currency: str) -> list[tuple[str, int, float | None, float | None, int | None]]:
-        """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report)."""
+        """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report).
+
+        A backfilled point has no rank: the newest rank the coin had stands in."""
         return self.db.execute(
-            "SELECT s.coin_id, d.ts, d.price, d.cap, d.rank FROM series s JOIN daily d ON d.series = s.id "
+            "SELECT s.coin_id, d.ts, d.price, d.cap, coalesce(d.rank, (SELECT r.rank FROM daily r WHERE r.series = s.id "
+            "AND r.rank IS NOT NULL ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
             "AND d.day = (SELECT max(day) FROM daily WHERE series = s.id) WHERE s.vs_currency = ? AND s.rows > 0 "
             "ORDER BY s.coin_id", (vs_currency,)).fetchall()
 
