@@ -132,13 +132,15 @@ def run_switches(after: str) -> argparse.ArgumentParser:
     return p
 
 
-def watch_options() -> argparse.ArgumentParser:
-    """Quality checks and notifications, for the commands that load rows."""
+def watch_options(notify: bool = True) -> argparse.ArgumentParser:
+    """Quality checks (and, for run and daemon, notifications), for the commands that load rows."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("quality and notifications")
+    g = p.add_argument_group("quality and notifications" if notify else "quality")
     g.add_argument("--spike-threshold", metavar="FRACTION",
                    help="a move beyond this against the previous day that reverses within a day is a spike "
                         "[PIPELINE_SPIKE_THRESHOLD; default 0.5, i.e. 50%%]")
+    if not notify:
+        return p
     g.add_argument("--notify-url", metavar="URL",
                    help="POST a small JSON document to this webhook (Slack, Discord, ntfy) after a failed run, "
                         "new quality findings, or recovery [PIPELINE_NOTIFY_URL]")
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-initial-run", dest="initial_run", action="store_const", const=False,
                    help="do not run at start even when the last success is more than a day old "
                         "[PIPELINE_INITIAL_RUN=0]")
-    backfill = sub.add_parser("backfill", parents=[common, watch], help="fill the history with past daily points",
+    backfill = sub.add_parser("backfill", parents=[common, watch_options(notify=False)],
+                              help="fill the history with past daily points",
                               description="Fetch daily points (00:00 UTC) for past days from "
                                           "/coins/{id}/market_chart/range, one request per coin, merge them "
                                           "into the history, then redraw the charts. Resumes where an interrupted "

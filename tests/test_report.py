@@ -96,6 +96,17 @@ class Report(PipelineTestCase):
         self.assertEqual(changes, ["+1.0%", "+7.2%", "+34.8%"])
 
 
+class Numbers(unittest.TestCase):
+    def test_prices_caps_and_changes_read_well_across_ten_orders_of_magnitude(self) -> None:
+        from utils.report import fmt_big, fmt_change, fmt_price
+
+        self.assertEqual([fmt_price(v) for v in (117999.0, 1.0, 0.5, 0.07204, 0.00000845, None)],
+                         ["117,999.00", "1.00", "0.50", "0.07204", "0.00000845", "–"])
+        self.assertEqual([fmt_big(v) for v in (1.2345e12, 873.25e6, 4.2e9, None)],
+                         ["1.23 T", "873.25 M", "4.20 B", "–"])
+        self.assertEqual([fmt_change(v) for v in (0.0123, -0.5, None)], ["+1.2%", "-50.0%", "–"])
+
+
 @unittest.skipUnless(os.environ.get("RUN_BROWSER") == "1", "set RUN_BROWSER=1 (CI does) to open the report in "
                                                            "headless Chromium")
 class InTheBrowser(PipelineTestCase):

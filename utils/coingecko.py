@@ -546,11 +546,9 @@ class WebhookError(PipelineError):
 
 
 def post_json(url: str, document: Any, *, timeout: float = 30.0) -> int:
-    """POST a JSON document to a webhook with the API's bounds: one deadline for the whole request (the
-    same watchdog), no redirect followed, the answer capped; a fresh session, so no key header can ride along.
-
-    Returns the HTTP status. Raises WebhookError.
-    """
+    """POST a JSON document to a webhook within the API's bounds; returns the HTTP status. Raises WebhookError."""
+    # The same bounds as the API: one deadline for the whole request (the same watchdog), no redirect followed
+    # (a POST is not replayed elsewhere), the answer capped; a fresh session, so no key header can ride along.
     body = json.dumps(document, ensure_ascii=False).encode("utf-8")
     watchdog = _Watchdog(time.monotonic() + timeout, lambda: False)
     with requests.Session() as session:

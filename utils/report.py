@@ -54,6 +54,7 @@ class ReportData:
     last_run: dict[str, Any] | None
     days: int = 30
     notes: list[str] = field(default_factory=list)
+    findings_shown: int = 200  # a page, not a dump: `python main.py quality` lists them all
 
 
 def png_data_uri(path: Path) -> str:
@@ -69,7 +70,8 @@ def fmt_price(value: float | None) -> str:
         return f"{value:,.2f}"
     if value == 0:
         return "0"
-    return f"{value:.{max(2, 3 - math.floor(math.log10(abs(value))))}f}"
+    text = f"{value:.{max(2, 3 - math.floor(math.log10(abs(value))))}f}".rstrip("0")
+    return text + "0" * (2 - len(text.split(".")[1]))  # four significant digits, never fewer than two decimals
 
 
 def fmt_big(value: float | None) -> str:
