@@ -396,7 +396,7 @@ def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[st
     run.heal()                             # days missed while the pipeline was down, from market_chart
     run.charts()                           # the index's daily points -> PNG charts
     result = run.result()
-    run.report(result)                     # data/report.html, rewritten when the charts were
+    run.write_report(result)               # data/report.html, rewritten when the charts were
     return result
 
 

@@ -160,7 +160,7 @@ class RunOnce:
                          seconds=time.monotonic() - self.started, chart_error=self.chart_error,
                          charts=self.chart_paths, healed=self.healed, findings=self.findings)
 
-    def report(self, result: RunResult) -> None:
+    def write_report(self, result: RunResult) -> None:
         """data/report.html after a run that drew the charts (local histories; a failure is only a warning)."""
         if self.chart_paths and self.settings.data_url is None:
             from flows.report import publish_report

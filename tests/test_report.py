@@ -83,7 +83,7 @@ class Report(PipelineTestCase):
         self.assertEqual((self.data_dir / "report.html").stat().st_mtime_ns, before)
 
     def test_changes_come_from_the_daily_points(self) -> None:
-        start = datetime.now(timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=30)
+        start = datetime.now(timezone.utc) - timedelta(days=30, hours=1)  # the last one an hour ago, whatever the hour
         rows = markets_rows(1, start=start)
         self.fake.set_coins(rows)
         coin = rows[0]["id"]
