@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the flows and the client are imported when a command needs 
 
 log = logging.getLogger("pipeline")
 
-COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top")
+COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top", "quality", "report")
 # Options a user may also give before the command (`python main.py -q plot`).
 GLOBAL_OPTIONS = ("verbose", "quiet", "data_dir", "config", "log_file")
 BEFORE = "before_"  # where options given before the command land, so the command's defaults cannot hide them
@@ -45,6 +45,10 @@ TOP_EPILOG = ("exit codes: 0 the list was printed; 1 no observation in that curr
               "2 bad usage or configuration. " + ATTRIBUTION)
 STATUS_EPILOG = ("exit codes: 0 the status was shown; 1 neither a history nor a recorded run yet; "
                  "2 bad usage or configuration. " + ATTRIBUTION)
+QUALITY_EPILOG = ("exit codes: 0 the findings were listed (none is fine); 2 bad usage or configuration. "
+                  + ATTRIBUTION)
+REPORT_EPILOG = ("exit codes: 0 the report was written; 1 no history yet; 2 bad usage or configuration. "
+                 + ATTRIBUTION)
 TOP_DESCRIPTION = (DESCRIPTION + " Without a command it runs the pipeline once, as `python main.py run` does, "
                    "with run's options, listed below. -v, -q, --data-dir, --config and --log-file may also come "
                    "before any command (`python main.py -q plot`). Each command lists its own options: "
@@ -143,22 +147,40 @@ def top_option(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--top", metavar="N", help=text)
 
 
+def watch_options(notify: bool = True) -> argparse.ArgumentParser:
+    """Quality checks (and, for run and daemon, notifications), for the commands that load rows."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("quality and notifications" if notify else "quality")
+    g.add_argument("--spike-threshold", metavar="FRACTION",
+                   help="a move beyond this against the previous day that reverses within a day is a spike "
+                        "[PIPELINE_SPIKE_THRESHOLD; default 0.5, i.e. 50%%]")
+    if not notify:
+        return p
+    g.add_argument("--notify-url", metavar="URL",
+                   help="POST a small JSON document to this webhook (Slack, Discord, ntfy) after a failed run, "
+                        "new quality findings, or recovery [PIPELINE_NOTIFY_URL]")
+    g.add_argument("--notify-on", metavar="failure|findings|always",
+                   help="when to notify, a comma list [PIPELINE_NOTIFY_ON; default failure,findings]")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: run's options at the top level, then one subparser per command."""
     parser = OneLineParser(prog="main.py", usage="%(prog)s [-h] [COMMAND] [OPTIONS ...]",
                            description=TOP_DESCRIPTION, epilog=EPILOG,
-                           parents=[run_switches("the run"), common_options(), chart_options()])
+                           parents=[run_switches("the run"), common_options(), chart_options(), watch_options()])
     # These parents are this parser's alone, so renaming their actions leaves the subcommands' copies be.
     for action in parser._actions:  # argparse offers no public walk over actions
         if action.option_strings and action.dest != "help":
             action.dest, action.default = BEFORE + action.dest, argparse.SUPPRESS
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     common, charts, readers = common_options(), chart_options(), common_options(hidden=UNUSED_BY_READERS)
-    sub.add_parser("run", parents=[run_switches("the run"), common, charts],
+    watch = watch_options()
+    sub.add_parser("run", parents=[run_switches("the run"), common, charts, watch],
                    help="run the pipeline once (the default command)",
                    description="Fetch the coins once, append new rows to the CSV history, draw the charts.",
                    epilog=EPILOG)
-    daemon = sub.add_parser("daemon", parents=[run_switches("each run"), common, charts],
+    daemon = sub.add_parser("daemon", parents=[run_switches("each run"), common, charts, watch],
                             help="stay running and run the pipeline every day",
                             description="Run the pipeline every day at --at in --timezone, retry failures the "
                                         "same day, stop cleanly on SIGTERM or Ctrl-C.", epilog=EPILOG)
@@ -172,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-initial-run", dest="initial_run", action="store_const", const=False,
                    help="do not run at start even when the last success is more than a day old "
                         "[PIPELINE_INITIAL_RUN=0]")
-    backfill = sub.add_parser("backfill", parents=[common], help="fill the history with past daily points",
+    backfill = sub.add_parser("backfill", parents=[common, watch_options(notify=False)],
+                              help="fill the history with past daily points",
                               description="Fetch daily points (00:00 UTC) for past days from "
                                           "/coins/{id}/market_chart/range, one request per coin, merge them "
                                           "into the history, then redraw the charts. Resumes where an interrupted "
@@ -202,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plot", parents=[readers, charts], help="draw the charts from the history",
                    description="Draw the price, market-cap and performance charts from the CSV history.",
                    epilog=PLOT_EPILOG)
+    quality = sub.add_parser("quality", parents=[readers], help="list the quality findings of the last days",
+                             description="List the quality findings (data/quality.csv) found in the last N days: "
+                                         "spikes, zero prices and market caps, prices outside their own 24 h "
+                                         "range, stale coins, days healing could not fill.",
+                             epilog=QUALITY_EPILOG)
+    quality.add_argument("--days", metavar="N", help="findings of the last N days (default 30)")
+    sub.add_parser("report", parents=[readers, charts], help="write data/report.html, the one-page report",
+                   description="Write data/report.html: the charts, the latest observation per coin, coverage, "
+                               "the last 30 days' quality findings and the last run, in one self-contained file.",
+                   epilog=REPORT_EPILOG)
     return parser
 
 
@@ -274,7 +307,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
              ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
               "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
               "retry_delays", "initial_run", "log_file", "rate_limit", "max_response_mb", "heal",
-              "top", "top_backfill", "date")}
+              "top", "top_backfill", "date", "spike_threshold", "notify_url", "notify_on")}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -352,6 +385,11 @@ def dispatch(settings: Settings, sleep: Callable[[float], None]) -> int:
         return print_top(settings, out=show)
     if settings.command == "backfill":
         return backfill_command(settings, sleep=sleep)
+    if settings.command == "quality":
+        from flows.report import print_quality
+        return print_quality(settings, out=show)
+    if settings.command == "report":
+        return report_command(settings)
     return run_command(settings, sleep=sleep)
 
 
@@ -375,7 +413,7 @@ def describe_file_error(exc: OSError) -> str:
 def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[str, ...] | None = None,
                  should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], datetime] | None = None
                  ) -> RunResult:
-    """One run of the pipeline: extract -> transform -> load -> charts (each a stage in lambdas/)."""
+    """One run of the pipeline: extract -> transform -> load -> charts (each a stage in lambdas/), then the report."""
     from flows.run_once import RunOnce, utc_now
 
     run = RunOnce(settings, client, coins=coins, should_stop=should_stop, clock=clock or utc_now)
@@ -383,8 +421,10 @@ def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[st
     transformed = run.transform(snapshots)  # Snapshots -> typed Records + rejections (pure)
     run.load(transformed)                   # Records -> the history: appended when their key is new
     run.heal()                              # days missed while the pipeline was down, from market_chart
-    run.charts()                           # the index's daily points -> PNG charts
-    return run.result()
+    run.charts()                            # the index's daily points -> PNG charts
+    result = run.result()
+    run.write_report(result)                # data/report.html, rewritten when the charts were
+    return result
 
 
 def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
@@ -400,10 +440,43 @@ def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
     except PipelineError as exc:
         if settings.data_dir.is_dir():
             status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
+        notify_failure(settings, "run", exc)
         raise
     status.record_run(started, utc_now(), result.outcome(), "run")
     log.info("%s", result.summary())
+    if result.findings:
+        log.info("%s", result.quality_line())
+    notify_result(settings, result)
     return result.exit_code
+
+
+def notify_failure(settings: Settings, command: str, exc: PipelineError) -> None:
+    """Count the failed run and tell the webhook (a failing notification is only a warning)."""
+    from flows.notify import after_failure
+    after_failure(settings, command, exc)
+
+
+def notify_result(settings: Settings, result) -> None:
+    """Tell the webhook about a finished run when one is due: findings, recovery, or always."""
+    from flows.notify import after_result
+    after_result(settings, result)
+
+
+def report_command(settings: Settings) -> int:
+    """`report`: write data/report.html from the history, its findings and the last run."""
+    from flows.report import write_report
+    from utils.layout import display_path
+
+    if settings.data_url:
+        raise ConfigError("`report` needs a local --data-dir (download the CSV from S3 first)")
+    if not settings.csv_path.is_file():
+        log.error("report failed: no history yet at %s: run `python main.py` first", display_path(settings.csv_path),
+                  extra={"plain": True})
+        return EXIT_FAILED
+    path = write_report(settings)
+    show(display_path(path))
+    log.info("report ok -> %s", display_path(path))
+    return EXIT_OK
 
 
 def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
@@ -421,7 +494,14 @@ def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> i
         _, chart_error = draw_charts(settings, storage_for(settings))
         if chart_error:
             summary += f"; charts failed: {chart_error}"
+        else:
+            from flows.report import publish_report
+            publish_report(settings, outcome={"result": "ok", "summary": summary, "trigger": "backfill"})
     log.info("%s", summary)
+    findings = result.merge.findings if result.merge else ()
+    if findings:
+        from utils.quality import summary_line
+        log.info("%s", summary_line(findings))
     return result.exit_code
 
 
@@ -448,8 +528,16 @@ def daemon_command(settings: Settings) -> int:
         limiter = make_limiter(settings.api_plan, settings.rate_limit, sleep=interruptible_sleep)
 
         def job(coins: tuple[str, ...] | None, should_stop: Callable[[], bool]):
-            with make_client(settings, sleep=interruptible_sleep, limiter=limiter, should_stop=should_stop) as client:
-                return run_pipeline(settings, client, coins=coins, should_stop=should_stop).outcome()
+            try:
+                with make_client(settings, sleep=interruptible_sleep, limiter=limiter,
+                                 should_stop=should_stop) as client:
+                    result = run_pipeline(settings, client, coins=coins, should_stop=should_stop)
+            except PipelineError as exc:
+                if not isinstance(exc, Stopped):
+                    notify_failure(settings, "daemon run", exc)
+                raise
+            notify_result(settings, result)
+            return result.outcome()
 
         daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,
                         status=StatusFile(settings.layout.status), initial_run=settings.initial_run)

@@ -346,12 +346,13 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
               vs_currency: str | None = None,
               clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
               within: dict[str, list[tuple[int, int]]] | None = None,
-              from_start: set[str] | frozenset[str] = frozenset()) -> tuple[int, int]:
+              from_start: set[str] | frozenset[str] = frozenset()) -> tuple[int, int, tuple]:
     """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
 
     One request per coin with gaps; the gaps come from the index. `within` limits a coin to the day
     ranges given (a top-N coin: its days inside the top N); a coin in `from_start` is healed back to
-    the currency's first observed day (--top-backfill). Returns (days filled, coins asked).
+    the currency's first observed day (--top-backfill). Returns (days filled, coins asked, new quality
+    findings).
     """
     vs_currency = vs_currency or settings.vs_currency
     within = within or {}
@@ -373,7 +374,7 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
             if days:
                 wanted[coin_id] = days
     if not wanted:
-        return 0, 0
+        return 0, 0, ()
     log.info("healing %d missing days of %d coins%s", sum(map(len, wanted.values())), len(wanted),
              f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "")
     records: list[Record] = []
@@ -400,7 +401,7 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
                         "again next run", coin_id)
         unavailable[(coin_id, vs_currency)] = lacking(wanted_days, coin_records, answers)
     report = storage.merge(records, unavailable=unavailable, checked=now)
-    return report.added, len(wanted)
+    return report.added, len(wanted), report.findings
 
 
 def intersect(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> list[tuple[int, int]]:

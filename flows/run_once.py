@@ -22,6 +22,7 @@ from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
 from utils.settings import Settings
 from utils.layout import display_path
+from utils.quality import Finding, summary_line
 from utils.schema import Record, Snapshot
 from utils.storage import Storage, storage_for
 from utils.store import LoadReport
@@ -51,6 +52,7 @@ class RunResult:
     failed_currencies: tuple[tuple[str, str], ...] = ()  # (currency, why) for each currency that failed
     stale: tuple[str, ...] = ()  # "coin (currency) last updated ..." for each stale observation
     renamed: tuple[str, ...] = ()  # one note per requested id that stopped returning data
+    findings: tuple[Finding, ...] = ()  # new quality findings of the load and the healing
 
     @property
     def exit_code(self) -> int:
@@ -65,9 +67,14 @@ class RunResult:
 
     def outcome(self) -> Outcome:
         """The daemon's and the status file's view of this run."""
+        summary = self.summary() + (f"; {self.quality_line()}" if self.findings else "")
         return Outcome("ok" if self.exit_code == EXIT_OK else "partial", self.exit_code, self.load.appended,
                        self.load.skipped_duplicates, len(self.rejected),
-                       self.incomplete_coins, self.chart_error, self.summary(), warnings=self.stale + self.renamed)
+                       self.incomplete_coins, self.chart_error, summary, warnings=self.stale + self.renamed)
+
+    def quality_line(self) -> str:
+        """The line after the summary: 'quality: 2 findings (1 spike, 1 stale)'."""
+        return summary_line(self.findings)
 
     def summary(self) -> str:
         """The one line a run prints on stderr."""
@@ -113,6 +120,7 @@ class RunOnce:
         self.renamed: list[str] = []
         self.report: LoadReport | None = None
         self.healed = 0
+        self.findings: tuple[Finding, ...] = ()
         self.chart_paths: tuple[str, ...] = ()
         self.chart_error: str | None = None
 
@@ -212,13 +220,15 @@ class RunOnce:
                              len(changes.entered), ", ".join(changes.entered[:10]), len(changes.left),
                              ", ".join(changes.left[:10]))
             self.members.save()
+        self.findings += self.report.findings
         return self.report
 
     def heal(self) -> int:
         """Fill days missed while the pipeline was down (not after a stop is asked; a failure is a warning)."""
         if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
             # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
-            self.healed = heal(self.settings, self.client, self.transformed.records, self.members, self.clock)
+            self.healed, found = heal(self.settings, self.client, self.transformed.records, self.members, self.clock)
+            self.findings += found
         return self.healed
 
     def charts(self) -> tuple[str, ...]:
@@ -234,8 +244,19 @@ class RunOnce:
         return RunResult(requested=self.requested(), load=self.report, missing=self.missing(),
                          rejected=tuple(self.incomplete_rejected), seconds=time.monotonic() - self.started,
                          chart_error=self.chart_error, charts=self.chart_paths, healed=self.healed,
-                         failed_currencies=tuple(self.failed), stale=tuple(self.stale), renamed=tuple(self.renamed))
+                         failed_currencies=tuple(self.failed), stale=tuple(self.stale), renamed=tuple(self.renamed),
+                         findings=self.findings)
 
+
+    def write_report(self, result: RunResult) -> None:
+        """data/report.html after a run that drew the charts (local histories; a failure is only a warning)."""
+        if self.chart_paths and self.settings.data_url is None:
+            from flows.report import publish_report
+
+            outcome = result.outcome()
+            publish_report(self.settings, outcome={"result": outcome.result, "summary": outcome.summary,
+                                                   "exit_code": result.exit_code, "trigger": "run",
+                                                   "finished_at": self.clock()})
 
 def _in(settings: Settings, vs_currency: str) -> str:
     """' in usd' when a run fetches several currencies, so a warning says which one."""
@@ -243,7 +264,7 @@ def _in(settings: Settings, vs_currency: str) -> str:
 
 
 def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], members: TopMembers | None,
-         clock: Clock) -> int:
+         clock: Clock) -> tuple[int, tuple[Finding, ...]]:
     """Fill days missing since each coin's first observation, per currency; a failure here never fails the run.
 
     A coin tracked only for its place in the top N is healed only on days it was inside (with
@@ -252,6 +273,7 @@ def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], mem
     from flows.backfill import heal_gaps
 
     added = 0
+    findings: tuple[Finding, ...] = ()
     explicit = set(settings.coins)
     for vs_currency in settings.vs_currencies:
         landed = tuple(dict.fromkeys(r.coin_id for r in records if r.vs_currency == vs_currency))
@@ -269,13 +291,14 @@ def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], mem
                 else:
                     within[coin_id] = spell_ranges(members.spells(vs_currency, coin_id), today)
         try:
-            filled, _ = heal_gaps(settings, client, landed, vs_currency=vs_currency, clock=clock, within=within,
-                                  from_start=from_start)
+            filled, _, found = heal_gaps(settings, client, landed, vs_currency=vs_currency, clock=clock,
+                                         within=within, from_start=from_start)
         except PipelineError as exc:
             log.warning("could not heal gaps in the history%s: %s", _in(settings, vs_currency), exc)
             continue
         added += filled
-    return added
+        findings += found
+    return added, findings
 
 
 def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:

@@ -58,6 +58,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     else:
         out("last run:     none recorded")
     out(f"last success: {_when(status.get('last_success'))}")
+    out(quality_counts(settings, now))
     pid = status.get("daemon_pid")
     if _pid_alive(pid):
         out(f"next run:     {_when(status.get('next_run'))} (daemon PID {pid}, daily at {status.get('at', '?')} "
@@ -109,3 +110,19 @@ def describe_currency(currency: str, series: list[SeriesInfo], now: datetime, ou
         count = sum(b - a + 1 for a, b in spans)
         text = ", ".join(str(day_of(a)) if a == b else f"{day_of(a)}..{day_of(b)}" for a, b in spans[:5])
         out(f"              {coin_id}: {count} ({text}{', ...' if len(spans) > 5 else ''})")
+
+
+def quality_counts(settings: Settings, now: datetime) -> str:
+    """The last 30 days' quality findings, counted by rule."""
+    from collections import Counter
+    from datetime import timedelta
+
+    from utils.quality import RULE_WORDS, QualityLog
+
+    counts = Counter(f.rule for f in QualityLog(settings.layout.quality).since(now - timedelta(days=30)))
+    if not counts:
+        return "quality:      no findings in the last 30 days"
+    total = sum(counts.values())
+    return (f"quality:      {total} finding{'s' if total != 1 else ''} in the last 30 days ("
+            + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common())
+            + "): `python main.py quality` lists them")

@@ -47,6 +47,12 @@ def drop_file_capabilities() -> None:
             os._exit(97)
 
 
+def summary_line(stderr: str) -> str:
+    """A command's summary: its last line on stderr, passing over the quality line that may follow it."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("quality: ")]
+    return lines[-1] if lines else ""
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The CSV's rows as dicts (the header is checked by the caller)."""
     with open(path, newline="", encoding="utf-8") as fh:

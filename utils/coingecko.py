@@ -537,3 +537,43 @@ def _network_reason(exc: BaseException) -> str:
         if marker in text:
             return marker
     return type(exc).__name__
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+WEBHOOK_MAX_ANSWER = 64 * 1024  # bytes of a webhook's answer read before it is dropped unread
+
+
+class WebhookError(PipelineError):
+    """A notification could not be delivered (the run itself is not affected)."""
+
+
+def post_json(url: str, document: Any, *, timeout: float = 30.0) -> int:
+    """POST a JSON document to a webhook within the API's bounds; returns the HTTP status. Raises WebhookError."""
+    # The same bounds as the API: one deadline for the whole request (the same watchdog), no redirect followed
+    # (a POST is not replayed elsewhere), the answer capped; a fresh session, so no key header can ride along.
+    body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    watchdog = _Watchdog(time.monotonic() + timeout, lambda: False)
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy or netrc credentials from the environment reach the webhook
+        for prefix in ("https://", "http://"):
+            session.mount(prefix, _WatchedAdapter())
+        try:
+            with watchdog, session.post(url, data=body, timeout=(timeout, timeout), allow_redirects=False,
+                                        stream=True, headers={"User-Agent": USER_AGENT,
+                                                              "Content-Type": "application/json"}) as response:
+                read = 0
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    read += len(chunk)
+                    if read > WEBHOOK_MAX_ANSWER:
+                        break  # the status is all we need
+                status, location = response.status_code, response.headers.get("Location")
+        except (requests.RequestException, OSError, ValueError) as exc:
+            if watchdog.reason == "deadline" or isinstance(exc, requests.Timeout):
+                raise WebhookError(f"no answer within {timeout:g} s (--timeout bounds the whole request)") from None
+            raise WebhookError(f"cannot reach it ({_network_reason(exc)})") from None
+    if status in REDIRECT_STATUSES or 300 <= status < 400:
+        where = f" to {_short(redact(location), 120)}" if location else ""
+        raise WebhookError(f"it answered HTTP {status}, a redirect{where}, which is not followed: give the final URL")
+    if status >= 400:
+        raise WebhookError(f"it answered HTTP {status}")
+    return status

@@ -356,13 +356,9 @@ class HistoryIndex:
     # -- reading ----------------------------------------------------------------------------------
 
     def has(self, coin_id: str, vs_currency: str, ts_ms: int) -> bool:
-        sid = self._ids.get((coin_id, vs_currency))
+        sid = self._series_id(coin_id, vs_currency)
         if sid is None:
-            row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
-                                  (coin_id, vs_currency)).fetchone()
-            if row is None:
-                return False
-            sid = self._ids[(coin_id, vs_currency)] = row[0]
+            return False
         return self.db.execute("SELECT 1 FROM obs WHERE series = ? AND ts = ?", (sid, ts_ms)).fetchone() is not None
 
     def series(self, vs_currency: str | None = None, coin_id: str | None = None) -> list[SeriesInfo]:
@@ -429,6 +425,54 @@ class HistoryIndex:
             "ON d.series = s.id AND d.day = ? WHERE s.vs_currency = ? "
             "ORDER BY d.rank IS NULL, d.rank, d.ts DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
             (day, vs_currency, limit)).fetchall()
+
+    def points(self, coin_id: str, vs_currency: str, first_day: int, last_day: int
+               ) -> list[tuple[int, float | None, float | None]]:
+        """(ts_ms, price, market cap) of one coin's daily points from first_day to last_day."""
+        return self.points_of([(coin_id, vs_currency)], first_day, last_day).get((coin_id, vs_currency), [])
+
+    def points_of(self, keys: Iterable[tuple[str, str]], first_day: int, last_day: int
+                  ) -> dict[tuple[str, str], list[tuple[int, float | None, float | None]]]:
+        """The daily points of many coins from first_day to last_day: one indexed query (the quality checks)."""
+        by_id = {sid: key for key in keys if (sid := self._series_id(*key)) is not None}
+        out: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, ts, price, cap in self.db.execute(
+                    f"SELECT series, ts, price, cap FROM daily WHERE series IN ({marks}) AND day BETWEEN ? AND ? "  # noqa: S608
+                    "ORDER BY series, day", (*chunk, first_day, last_day)):
+                out[by_id[sid]].append((ts, price, cap))
+        return out
+
+    def last_cap_before(self, coin_id: str, vs_currency: str, ts_ms: int) -> tuple[int, float] | None:
+        """(ts_ms, market cap) of the latest daily point before ts_ms that has a market cap."""
+        sid = self._series_id(coin_id, vs_currency)
+        if sid is None:
+            return None
+        return self.db.execute("SELECT ts, cap FROM daily WHERE series = ? AND day <= ? AND ts < ? AND cap IS NOT NULL "
+                               "ORDER BY day DESC LIMIT 1", (sid, ts_ms // DAY_MS, ts_ms)).fetchone()
+
+    def latest(self, vs_currency: str) -> list[tuple[str, int, float | None, float | None, int | None]]:
+        """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report).
+
+        A backfilled point has no rank: the newest rank the coin had stands in."""
+        return self.db.execute(
+            "SELECT s.coin_id, d.ts, d.price, d.cap, coalesce(d.rank, (SELECT r.rank FROM daily r WHERE r.series = s.id "
+            "AND r.rank IS NOT NULL ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
+            "AND d.day = (SELECT max(day) FROM daily WHERE series = s.id) WHERE s.vs_currency = ? AND s.rows > 0 "
+            "ORDER BY s.coin_id", (vs_currency,)).fetchall()
+
+    def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
+        sid = self._ids.get((coin_id, vs_currency))
+        if sid is None:
+            row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
+                                  (coin_id, vs_currency)).fetchone()
+            if row is None:
+                return None
+            sid = self._ids[(coin_id, vs_currency)] = row[0]
+        return sid
 
     def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None
                      ) -> DailyPoints:

@@ -19,6 +19,9 @@ CHART_SUFFIX = ".png"
 TEMP_SUFFIX = ".tmp"
 RAW = "raw"  # raw API answers, also the key prefix on S3
 RECORDS = "records"  # the transform's output on S3, for the load Lambda
+QUALITY_NAME = "quality.csv"
+REPORT_NAME = "report.html"
+DATAPACKAGE_NAME = "datapackage.json"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,26 @@ class DataLayout:
         return self.state_dir / f"{name}.json"
 
     @property
+    def quality(self) -> Path:
+        """The quality findings: one row per (observation, rule), appended, never rewritten."""
+        return self.data_dir / QUALITY_NAME
+
+    @property
+    def report(self) -> Path:
+        """The one-page HTML report (charts, latest prices, coverage, findings, last run)."""
+        return self.data_dir / REPORT_NAME
+
+    @property
+    def datapackage(self) -> Path:
+        """The Frictionless Data Package that describes the CSV files."""
+        return self.data_dir / DATAPACKAGE_NAME
+
+    @property
+    def notify_state(self) -> Path:
+        """Consecutive failed runs, so a notification can say 'ok again after N failures'."""
+        return self.state_dir / "notify.json"
+
+    @property
     def raw_dir(self) -> Path:
         """Raw API answers as gzip JSON under raw/YYYY/MM/DD/."""
         return self.data_dir / RAW
@@ -119,7 +142,8 @@ class DataLayout:
 
     def managed(self) -> tuple[Path, ...]:
         """Every file and folder the pipeline writes: nothing else may be pointed at them (a log file, say)."""
-        return (self.csv, self.quarantine, self.state_dir, self.raw_dir, *self.charts)
+        return (self.csv, self.quarantine, self.state_dir, self.raw_dir, *self.charts, self.quality, self.report,
+                self.datapackage)
 
 
 def primary_currency(vs_currency: str | Sequence[str]) -> str:

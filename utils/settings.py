@@ -62,6 +62,9 @@ class Settings:
     top: int | None = None  # track the top N by market cap in each currency (with the coins, if given)
     top_backfill: bool = False  # heal a coin that enters the top N back to the start of the history
     date: date | None = None  # `top`: the UTC day to show
+    spike_threshold: float = 0.5  # quality: a move beyond this fraction that reverses within a day is a spike
+    notify_url: str | None = field(default=None, repr=False)  # a webhook URL may carry its own token
+    notify_on: tuple[str, ...] = ("failure", "findings")
 
     @property
     def location(self) -> str:
@@ -283,6 +286,38 @@ def _parse_data_dir(text: Any) -> Path | str:
     return local_path("data-dir", text)
 
 
+def _parse_threshold(text: Any) -> float:
+    try:
+        value = float(str(text).strip().rstrip("%")) / (100 if str(text).strip().endswith("%") else 1)
+    except ValueError:
+        raise ConfigError(f"spike-threshold: {text!r} is not a number; use a fraction like 0.5 (50%)") from None
+    if not math.isfinite(value) or not 0.01 <= value <= 100:
+        raise ConfigError("spike-threshold: use 0.01 to 100 (a fraction of the price: 0.5 is a 50% move)")
+    return value
+
+
+def _parse_notify_url(text: Any) -> str | None:
+    url = str(text).strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("notify-url: not an http(s) URL; use a webhook URL like https://ntfy.sh/your-topic")
+    return url
+
+
+NOTIFY_EVENTS = ("failure", "findings", "always")
+
+
+def _parse_notify_on(text: Any) -> tuple[str, ...]:
+    parts = text if isinstance(text, list) else str(text).split(",")
+    events = tuple(dict.fromkeys(str(p).strip().lower() for p in parts if str(p).strip()))
+    bad = [e for e in events if e not in NOTIFY_EVENTS]
+    if bad or not events:
+        raise ConfigError(f"notify-on: {text!r} is not one of {', '.join(NOTIFY_EVENTS)} (or a comma list of them)")
+    return events
+
+
 OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "coins": ("PIPELINE_COINS", _parse_coins),
     "vs_currency": ("PIPELINE_VS_CURRENCY", _parse_currencies),
@@ -310,6 +345,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "top": ("PIPELINE_TOP", _parse_top),
     "top_backfill": ("PIPELINE_TOP_BACKFILL", _parse_bool("top-backfill")),
     "date": (None, _parse_date("date")),
+    "spike_threshold": ("PIPELINE_SPIKE_THRESHOLD", _parse_threshold),
+    "notify_url": ("PIPELINE_NOTIFY_URL", _parse_notify_url),
+    "notify_on": ("PIPELINE_NOTIFY_ON", _parse_notify_on),
 }
 # Config-file keys spelled like the flags (no_charts = true), each the negation of an option.
 NEGATED_KEYS = {"no_charts": "charts", "no_heal": "heal", "no_initial_run": "initial_run"}

@@ -23,6 +23,7 @@ from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.file_storage import archive_raw, atomic_write_bytes, describe_os_error, raw_bytes, raw_name
 from utils.index import HistoryIndex
 from utils.layout import CSV_NAME, RAW, DataLayout, split_s3_url
+from utils.quality import QualityRules
 from utils.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 from utils.settings import Settings
 from utils.store import HistoryStore, LoadReport, MergeReport, new_records
@@ -81,11 +82,11 @@ class Storage:
 class LocalStorage(Storage):
     """A folder on this machine: append under a file lock, fsync, bookmarks state."""
 
-    def __init__(self, data_dir: Path, lock_timeout: float = 300.0) -> None:
+    def __init__(self, data_dir: Path, lock_timeout: float = 300.0, rules: QualityRules = QualityRules()) -> None:
         self.data_dir = data_dir
         self.layout = DataLayout(data_dir)
         self.location = str(data_dir)
-        self.store = HistoryStore(self.layout, lock_timeout)
+        self.store = HistoryStore(self.layout, lock_timeout, rules)
 
     @property
     def csv_display(self) -> str:
@@ -324,6 +325,6 @@ def storage_for(settings: Settings) -> Storage:
     if settings.data_url:
         return S3Storage(settings.data_url, scratch=settings.data_dir)
     prepare_data_dir(settings.data_dir)
-    return LocalStorage(settings.data_dir, settings.lock_timeout)
+    return LocalStorage(settings.data_dir, settings.lock_timeout, QualityRules(settings.spike_threshold))
 
 

@@ -24,10 +24,12 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from utils import csvio
+from utils.datapackage import write_datapackage
 from utils.errors import LoadError, LockTimeout, SchemaMismatch
 from utils.file_storage import atomic_write_bytes, describe_os_error, ensure_dir
 from utils.index import HistoryIndex
 from utils.layout import DataLayout
+from utils.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, Record, format_cell, \
     normalize_timestamp, rows_to_csv, safe_text
 
@@ -69,6 +71,7 @@ class LoadReport:
     skipped_duplicates: int
     quarantined_bytes: int = 0
     migration: MigrationReport | None = None
+    findings: tuple[Finding, ...] = ()  # new quality findings (data/quality.csv)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class MergeReport:
     added: int
     skipped_duplicates: int
     rows: int
+    findings: tuple[Finding, ...] = ()  # new quality findings (data/quality.csv)
 
 
 def new_records(records: list[Record], has: object) -> tuple[list[Record], int]:
@@ -108,9 +112,10 @@ class LegacyHistory(SchemaMismatch):
 class HistoryStore:
     """A local data folder's history: CSV, index, lock, quarantine."""
 
-    def __init__(self, layout: DataLayout, lock_timeout: float = 300.0) -> None:
+    def __init__(self, layout: DataLayout, lock_timeout: float = 300.0, rules: QualityRules = QualityRules()) -> None:
         self.layout = layout
         self.lock_timeout = lock_timeout
+        self.rules = rules
 
     @property
     def csv_path(self) -> Path:
@@ -201,10 +206,21 @@ class HistoryStore:
                 raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was appended") from None
             with self._synced_index() as index:
                 fresh, duplicates = new_records(records, index.has)
+                findings = self._inspect(records, fresh, index)
                 if fresh:
                     self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
+            found = record_findings(self.layout.quality, findings)
+            write_datapackage(self.layout)
         return LoadReport(csv_path=self.csv_path, appended=len(fresh), skipped_duplicates=duplicates,
-                          quarantined_bytes=quarantined, migration=migration)
+                          quarantined_bytes=quarantined, migration=migration, findings=tuple(found))
+
+    def _inspect(self, records: list[Record], fresh: list[Record], index: HistoryIndex) -> list[Finding]:
+        """The quality findings of a load, against the index before it records the new rows; never fatal."""
+        try:
+            return inspect(records, fresh, index, self.rules)
+        except sqlite3.Error as exc:
+            log.warning("could not check the new rows' quality (%s); they are stored all the same", exc)
+            return []
 
     def _sync(self, index: HistoryIndex) -> None:
         try:
@@ -254,6 +270,7 @@ class HistoryStore:
                 raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was merged") from None
             with self._synced_index() as index:
                 fresh, duplicates = new_records(records, index.has)
+                findings = self._inspect(records, fresh, index)
                 if fresh:
                     try:
                         with open(self.csv_path, "rb") as fh:
@@ -273,8 +290,12 @@ class HistoryStore:
                 if unavailable:
                     moment = checked or datetime.now(timezone.utc)
                     index.mark_unavailable(unavailable, int(moment.timestamp() * 1000))
+                    findings += missing_day_findings(unavailable, index)
                 rows = index.rows
-        return MergeReport(csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows)
+            found = record_findings(self.layout.quality, findings)
+            write_datapackage(self.layout)
+        return MergeReport(csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows,
+                           findings=tuple(found))
 
     def _record_merge(self, index: HistoryIndex, found: list[csvio.Observation], fh) -> None:
         try:

@@ -1,0 +1,34 @@
+"""After a run: tell the webhook (--notify-url) when a failure, new findings or a recovery call for it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from utils.errors import PipelineError
+from utils.layout import display_path
+from utils.notify import Notifier, RunReport
+from utils.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.run_once import RunResult
+
+
+def notifier(settings: Settings) -> Notifier:
+    """The notifier the settings describe (utils.redact blanks the key from anything it sends)."""
+    return Notifier(settings.notify_url, settings.notify_on, settings.layout.notify_state,
+                    location=display_path(settings.location), timeout=settings.timeout)
+
+
+def after_failure(settings: Settings, command: str, exc: PipelineError) -> None:
+    """A run that failed: nothing was appended."""
+    if not settings.data_dir.is_dir():
+        return  # nowhere to count failures, and a configuration problem the user sees at once
+    notifier(settings).after_run(RunReport("failed", exc.exit_code, f"{command} failed: {exc}", error=str(exc),
+                                           command=command))
+
+
+def after_result(settings: Settings, result: RunResult) -> None:
+    """A run that landed rows (ok or partial), with its new quality findings."""
+    outcome = result.outcome()
+    notifier(settings).after_run(RunReport(outcome.result, result.exit_code, result.summary(),
+                                           findings=result.findings))

@@ -1,0 +1,315 @@
+"""Quality checks: is each new observation plausible? Findings go to data/quality.csv; rows are never touched.
+
+The checks run on a load's new rows against the index (before the index records them), so a load costs
+O(new rows) however long the history is: at most one small index read per coin and cluster of days.
+A finding names the observation (coin_id, vs_currency, last_updated) and the rule; (key, rule) is stored once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from utils import csvio
+from utils.csvio import DAY_MS
+from utils.index import HistoryIndex, day_number
+from utils.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
+
+log = logging.getLogger(__name__)
+
+# Rule names, as they appear in quality.csv, in the order a summary lists them.
+SPIKE = "spike"
+ZERO_PRICE = "zero_price"
+ZERO_MARKET_CAP = "zero_market_cap"
+OUTSIDE_RANGE = "outside_24h_range"
+STALE = "stale"
+MISSING_DAY = "missing_day"
+RULES = (SPIKE, ZERO_PRICE, ZERO_MARKET_CAP, OUTSIDE_RANGE, STALE, MISSING_DAY)
+# Words for a summary line: "quality: 2 findings (1 spike, 1 stale)".
+RULE_WORDS = {SPIKE: "spike", ZERO_PRICE: "zero price", ZERO_MARKET_CAP: "zero market cap",
+              OUTSIDE_RANGE: "outside 24h range", STALE: "stale", MISSING_DAY: "missing day"}
+QUALITY_COLUMNS = ("coin_id", "vs_currency", "last_updated", "rule", "detail", "found_at")
+QUALITY_HEADER = ",".join(QUALITY_COLUMNS) + "\n"
+DEFAULT_SPIKE_THRESHOLD = 0.5
+RANGE_TOLERANCE = 0.01  # a price this far outside its own 24 h low..high is rounding, not an error
+STALE_AFTER_MS = 48 * 3600 * 1000
+REVERSAL_WINDOW_MS = DAY_MS  # a jump is a spike when the next observation, at most a day later, undoes it
+
+
+@dataclass(frozen=True)
+class QualityRules:
+    """The thresholds the checks use (--spike-threshold)."""
+
+    spike_threshold: float = DEFAULT_SPIKE_THRESHOLD
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule one observation broke."""
+
+    coin_id: str
+    vs_currency: str
+    last_updated: str
+    rule: str
+    detail: str
+    found_at: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.coin_id, self.vs_currency, self.last_updated, self.rule)
+
+    def row(self) -> list[str]:
+        return [self.coin_id, self.vs_currency, self.last_updated, self.rule, safe_text(self.detail), self.found_at]
+
+
+def summary_line(findings: Iterable[Finding]) -> str:
+    """'quality: 2 findings (1 spike, 1 stale)', or 'quality: no new findings'."""
+    counts = Counter(f.rule for f in findings)
+    total = sum(counts.values())
+    if not total:
+        return "quality: no new findings"
+    parts = ", ".join(f"{counts[rule]} {RULE_WORDS[rule]}" for rule in RULES if counts[rule])
+    return f"quality: {total} finding{'s' if total != 1 else ''} ({parts})"
+
+
+# -- the rules -------------------------------------------------------------------------------------
+
+def _pct(new: float, old: float) -> str:
+    return f"{(new / old - 1) * 100:+.0f}%"
+
+
+def _at(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def row_findings(record: Record) -> list[Finding]:
+    """The rules a row breaks on its own: zero or missing price, a price outside its own 24 h range."""
+    out: list[Finding] = []
+    price = record.current_price
+
+    def finding(rule: str, detail: str) -> None:
+        out.append(Finding(record.coin_id, record.vs_currency, record.last_updated, rule, detail))
+
+    if price is None:
+        finding(ZERO_PRICE, "the price is missing")
+    elif price == 0:
+        finding(ZERO_PRICE, "the price is 0")
+    else:
+        low, high = record.low_24h, record.high_24h
+        if high is not None and high > 0 and price > high * (1 + RANGE_TOLERANCE):
+            finding(OUTSIDE_RANGE, f"price {price:g} is {_pct(price, high)} against its own 24 h high {high:g}")
+        elif low is not None and low > 0 and price < low * (1 - RANGE_TOLERANCE):
+            finding(OUTSIDE_RANGE, f"price {price:g} is {_pct(price, low)} against its own 24 h low {low:g}")
+    return out
+
+
+def stale_finding(record: Record) -> Finding | None:
+    """A snapshot row CoinGecko last updated more than 48 h before it was fetched (a coin that stopped updating)."""
+    if record.source != SOURCE_MARKETS or not record.fetched_at:
+        return None  # backfilled and legacy rows are old by design
+    try:
+        fetched = csvio.timestamp_ms(record.fetched_at)
+        age = fetched - csvio.timestamp_ms(record.last_updated)
+    except ValueError:
+        return None
+    if age <= STALE_AFTER_MS:
+        return None
+    return Finding(record.coin_id, record.vs_currency, record.last_updated, STALE,
+                   f"last updated {age / DAY_MS:.1f} days before it was fetched ({_at(fetched)})")
+
+
+@dataclass
+class _Point:
+    """One observation on a coin's timeline: a stored daily point or a new row."""
+
+    ts: int
+    price: float | None
+    cap: float | None
+    record: Record | None = None  # set for a new row
+
+    @property
+    def last_updated(self) -> str:
+        return self.record.last_updated if self.record else format_timestamp(
+            datetime.fromtimestamp(self.ts / 1000, timezone.utc))
+
+
+def _clusters(days: set[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for day in sorted(days):
+        if out and day <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], day)
+        else:
+            out.append((day, day))
+    return out
+
+
+def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRules) -> list[Finding]:
+    """Spikes and vanished market caps: new rows against the stored daily points around them."""
+    by_series: dict[tuple[str, str], list[tuple[int, Record]]] = defaultdict(list)
+    for record in fresh:
+        try:
+            by_series[(record.coin_id, record.vs_currency)].append((csvio.timestamp_ms(record.last_updated), record))
+        except ValueError:
+            continue
+    # The days a spike test can touch: a candidate's previous day, and a reversal's candidate's previous day.
+    # A run's rows share their days, so one query per cluster of days serves every coin.
+    wanted: dict[tuple[int, int], set[tuple[str, str]]] = defaultdict(set)
+    days_of = {key: {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)}
+               for key, rows in by_series.items()}
+    for first, last in _clusters(set().union(*days_of.values()) if days_of else set()):
+        wanted[(first, last)] = {key for key, days in days_of.items() if any(first <= d <= last for d in days)}
+    stored: dict[tuple[str, str], list[_Point]] = defaultdict(list)
+    for (first, last), keys in wanted.items():
+        for key, points in index.points_of(keys, first, last).items():
+            stored[key] += [_Point(ts, price, cap) for ts, price, cap in points if ts // DAY_MS in days_of[key]]
+    out: list[Finding] = []
+    for (coin_id, vs), rows in by_series.items():
+        timeline = stored.get((coin_id, vs), []) + [_Point(ts, r.current_price, r.market_cap, r) for ts, r in rows]
+        timeline.sort(key=lambda p: (p.ts, p.record is not None))
+        last_of_day: dict[int, _Point] = {}
+        for point in timeline:
+            last_of_day[point.ts // DAY_MS] = point
+        out += _spikes(coin_id, vs, timeline, last_of_day, rules.spike_threshold)
+        out += _vanished_caps(coin_id, vs, timeline, index)
+    return out
+
+
+def _jump(point: _Point, last_of_day: dict[int, _Point], threshold: float) -> _Point | None:
+    """The previous day's last observation, when point moved more than threshold against it."""
+    base = last_of_day.get(point.ts // DAY_MS - 1)
+    if base is None or not base.price or not point.price or base.price <= 0 or point.price <= 0:
+        return None
+    return base if abs(point.price / base.price - 1) > threshold else None
+
+
+def _spikes(coin_id: str, vs: str, timeline: list[_Point], last_of_day: dict[int, _Point],
+            threshold: float) -> list[Finding]:
+    out: list[Finding] = []
+    for i in range(len(timeline) - 1):
+        candidate, after = timeline[i], timeline[i + 1]
+        if candidate.record is None and after.record is None:
+            continue  # both stored: judged when they were new
+        if after.ts - candidate.ts > REVERSAL_WINDOW_MS or not after.price:
+            continue
+        base = _jump(candidate, last_of_day, threshold)
+        if base is None or abs(after.price / base.price - 1) > threshold:
+            continue
+        out.append(Finding(coin_id, vs, candidate.last_updated, SPIKE,
+                           f"price {candidate.price:g} is {_pct(candidate.price, base.price)} against "
+                           f"{base.price:g} (the previous day's last, {_at(base.ts)}) and back to "
+                           f"{after.price:g} by {_at(after.ts)}"))
+    return out
+
+
+def _vanished_caps(coin_id: str, vs: str, timeline: list[_Point], index: HistoryIndex) -> list[Finding]:
+    out: list[Finding] = []
+    before: tuple[int, float] | None = None  # the last non-null market cap seen so far on the timeline
+    for point in timeline:
+        if point.record is not None and point.cap == 0:
+            held = before if before is not None else index.last_cap_before(coin_id, vs, point.ts)
+            if held is not None and held[1] > 0:
+                out.append(Finding(coin_id, vs, point.last_updated, ZERO_MARKET_CAP,
+                                   f"the market cap is 0; it was {held[1]:g} at {_at(held[0])}"))
+        if point.cap is not None:
+            before = (point.ts, point.cap)
+    return out
+
+
+def missing_day_findings(unavailable: dict[tuple[str, str], set[date]], index: HistoryIndex) -> list[Finding]:
+    """Days after a coin's first observation that healing asked for and CoinGecko had no data for."""
+    out: list[Finding] = []
+    first = {(s.coin_id, s.vs_currency): s for s in index.series()} if unavailable else {}
+    for (coin_id, vs), days in unavailable.items():
+        info = first.get((coin_id, vs))
+        if info is None:
+            continue
+        for day in sorted(days):
+            number = day_number(day)
+            if number <= info.first_day or any(a <= number <= b for a, b in info.covered):
+                continue
+            out.append(Finding(coin_id, vs, f"{day.isoformat()}T00:00:00.000Z", MISSING_DAY,
+                               f"no observation on {day}: healing asked CoinGecko, which had no data for that day"))
+    return out
+
+
+def inspect(records: list[Record], fresh: list[Record], index: HistoryIndex, rules: QualityRules) -> list[Finding]:
+    """Every finding of one load: fresh are the records about to be stored, records all that came (for staleness)."""
+    out: list[Finding] = []
+    for record in fresh:
+        out += row_findings(record)
+    for record in records:  # a coin that stopped updating sends the same stored key again: still stale
+        found = stale_finding(record)
+        if found is not None:
+            out.append(found)
+    out += history_findings(fresh, index, rules)
+    return out
+
+
+# -- data/quality.csv ------------------------------------------------------------------------------
+
+class QualityLog:
+    """data/quality.csv: findings appended, each (key, rule) once; a row is never changed or dropped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> list[Finding]:
+        """Every finding on file, oldest first (a line that is not a finding is skipped)."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        out: list[Finding] = []
+        for row in csv.reader(io.StringIO(text)):
+            if len(row) == len(QUALITY_COLUMNS) and row[3] in RULES:
+                out.append(Finding(*row))
+        return out
+
+    def add(self, findings: list[Finding], found_at: datetime) -> list[Finding]:
+        """Append the findings not on file yet (call under the history's lock); returns those appended."""
+        if not findings:
+            return []
+        held = {f.key for f in self.read()}
+        stamp = format_timestamp(found_at)
+        new: list[Finding] = []
+        for f in findings:
+            if f.key not in held:
+                held.add(f.key)
+                new.append(Finding(f.coin_id, f.vs_currency, f.last_updated, f.rule, f.detail, stamp))
+        if not new:
+            return []
+        buf = io.StringIO()
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            buf.write(QUALITY_HEADER)
+        csv.writer(buf, lineterminator="\n").writerows(f.row() for f in new)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, buf.getvalue().encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return new
+
+    def since(self, moment: datetime) -> list[Finding]:
+        """Findings found at or after moment."""
+        cutoff = format_timestamp(moment)
+        return [f for f in self.read() if f.found_at >= cutoff]
+
+
+def record_findings(path: Path, findings: list[Finding], now: datetime | None = None) -> list[Finding]:
+    """Append findings to quality.csv; a failure to write is a warning, never a failed load."""
+    if not findings:
+        return []
+    try:
+        return QualityLog(path).add(findings, now or datetime.now(timezone.utc))
+    except OSError as exc:
+        log.warning("could not write the quality findings to %s (%s); the rows landed all the same", path,
+                    exc.strerror or exc)
+        return []
