@@ -6,15 +6,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from lambdas.lambda_2_transform import transform
 from utils.coingecko import KEY_HEADERS, CoinGeckoClient
 from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError, PipelineError
-from utils.index import HistoryIndex, day_of
 from utils.csvio import DAY_MS
-from utils.schema import Record, Snapshot, format_timestamp, parse_timestamp
+from utils.index import HistoryIndex, day_of
+from utils.quality import stale_rows
+from utils.schema import Record, Snapshot
 from utils.settings import Settings
 from utils.tracking import SearchMemory
 
@@ -23,27 +24,12 @@ log = logging.getLogger(__name__)
 MAX_SEARCHED = 10  # unknown ids that get a /search for suggestions
 MAX_LISTED = 50  # further unknown ids named on the summary line
 
-STALE_HOURS = 48  # a coin whose last_updated lags this far behind the fetch has probably stopped trading
 
 
-def stale_notes(records: list[Record], fetched_at: datetime) -> list[str]:
-    """Observations whose last_updated lags more than STALE_HOURS behind the fetch.
-
-    The fetch's time is CoinGecko's own: the newest last_updated of the same answer, never later than
-    our clock. So a wrong clock here (or a replayed answer) flags nothing, and a coin that stopped
-    updating while the rest moved on is flagged.
-    """
-    if not records:
-        return []
-    newest = min(format_timestamp(fetched_at), max(r.last_updated for r in records))
-    limit = format_timestamp(parse_timestamp(newest) - timedelta(hours=STALE_HOURS))
-    notes = []
-    for record in records:
-        if record.last_updated < limit:
-            lag = parse_timestamp(newest) - parse_timestamp(record.last_updated)
-            notes.append(f"{record.coin_id} ({record.vs_currency}) last updated {record.last_updated[:16]}Z, "
-                         f"{lag.total_seconds() / 3600:.0f} h before the fetch")
-    return notes
+def stale_notes(records: list[Record]) -> list[str]:
+    """One warning per stale observation: the quality rule's (utils.quality.stale_rows), in words."""
+    return [f"{record.coin_id} ({record.vs_currency}) last updated {record.last_updated[:16]}Z, "
+            f"{lag / 3_600_000:.0f} h before the rest of the answer" for record, lag in stale_rows(records)]
 
 
 @dataclass(frozen=True)
@@ -237,7 +223,7 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
                 ok = False
                 out(f"FAIL  currency {currency!r}: {exc}")
         snapshot = Snapshot(datetime.now(timezone.utc), settings.vs_currency, tuple(coins), rows)
-        for note in stale_notes(transform(snapshot).records, snapshot.fetched_at):
+        for note in stale_notes(transform(snapshot).records):
             out(f"warn  stale: {note}; CoinGecko may have stopped tracking it")
     return EXIT_OK if ok else EXIT_FAILED
 

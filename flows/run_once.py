@@ -166,7 +166,7 @@ class RunOnce:
             result = transform(snapshot)
             stored = {record.coin_id for record in result.records}  # a coin that landed is complete in this currency
             self.incomplete_rejected.extend(r for r in result.rejected if r.coin_id not in stored)
-            self.stale.extend(stale_notes(result.records, snapshot.fetched_at))
+            self.stale.extend(stale_notes(result.records))
             records.extend(result.records)
             rejected.extend(result.rejected)
         for line in rejection_lines(rejected):

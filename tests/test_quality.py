@@ -122,14 +122,23 @@ class OutsideRange(StoreCase):
 class Stale(StoreCase):
     def test_last_updated_more_than_48_hours_before_the_fetch(self) -> None:
         old = rec("bitcoin", day(0), 100.0, fetched=day(3))
-        self.assertEqual(self.load(old), [("bitcoin", format_timestamp(day(0)), "stale")])
-        self.assertIn("3.0 days before it was fetched", self.quality_rows()[0]["detail"])
+        fresh = rec("ethereum", day(3) - timedelta(minutes=1), 10.0, fetched=day(3))  # the rest of the answer
+        self.assertEqual(self.load(old, fresh), [("bitcoin", format_timestamp(day(0)), "stale")])
+        self.assertIn("3.0 days before the rest of its answer", self.quality_rows()[0]["detail"])
+
+    def test_a_whole_answer_replayed_late_is_not_stale(self) -> None:
+        """The answer's own newest last_updated is its time: a wrong clock here flags nothing."""
+        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(3)),
+                                   rec("ethereum", day(0), 10.0, fetched=day(3))), [])
 
     def test_a_coin_that_keeps_sending_its_old_key_is_found_once(self) -> None:
         self.load(rec("bitcoin", day(0), 100.0))  # fresh when first seen
-        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(2, 13))), [("bitcoin",
-                         format_timestamp(day(0)), "stale")])
-        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(3))), [])
+        later = day(2, 13)
+        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=later),
+                                   rec("ethereum", later - timedelta(minutes=1), 10.0, fetched=later)),
+                         [("bitcoin", format_timestamp(day(0)), "stale")])
+        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(3)),
+                                   rec("ethereum", day(3) - timedelta(minutes=1), 10.0, fetched=day(3))), [])
         self.assertEqual(len(self.quality_rows()), 1)
 
     def test_47_hours_and_backfilled_points_are_not_stale(self) -> None:
@@ -183,12 +192,21 @@ class QualityFile(StoreCase):
 class Commands(PipelineTestCase):
     """A run's quality line, `quality`, `status`, --spike-threshold, against the fake server."""
 
+    def stale_bitcoin(self) -> None:
+        """The recorded answer with bitcoin last updated three days before the other coins."""
+        rows = [dict(r) for r in self.fake.coins]
+        for row in rows:
+            if row["id"] == "bitcoin":
+                row["last_updated"] = "2023-01-05T16:49:40.132Z"
+        self.fake.set_coins(rows)
+
     def test_a_run_prints_its_findings_after_the_summary(self) -> None:
-        result = self.run_main()  # the recorded answers are from 2023: stale when fetched today
+        self.stale_bitcoin()
+        result = self.run_main()
         self.assertEqual(result.code, 0, result.stderr)
         lines = result.stderr.splitlines()
         self.assertTrue(lines[-2].startswith("run ok: 10 coins"), lines)
-        self.assertEqual(lines[-1], "quality: 10 findings (10 stale)")
+        self.assertEqual(lines[-1], "quality: 1 finding (1 stale)")
         again = self.run_main()
         self.assertTrue(again.stderr.splitlines()[-1].startswith("run ok: 10 coins"), again.stderr)
 
@@ -201,14 +219,15 @@ class Commands(PipelineTestCase):
         self.assertEqual((self.data_dir / "quality.csv").read_text().splitlines(), [",".join(QUALITY_COLUMNS)])
 
     def test_quality_lists_the_findings_and_status_counts_them(self) -> None:
+        self.stale_bitcoin()
         self.run_main()
         listed = self.run_main("quality")
         self.assertEqual(listed.code, 0, listed.stderr)
-        self.assertEqual(len(listed.stdout.splitlines()), 11)
-        self.assertIn("bitcoin eur  2023-01-08T16:49:40.132Z  stale: last updated", listed.stdout)
-        self.assertTrue(listed.stdout.splitlines()[-1].startswith("quality: 10 findings in the last 30 days"))
+        self.assertEqual(len(listed.stdout.splitlines()), 2)
+        self.assertIn("bitcoin eur  2023-01-05T16:49:40.132Z  stale: last updated", listed.stdout)
+        self.assertTrue(listed.stdout.splitlines()[-1].startswith("quality: 1 finding in the last 30 days"))
         status = self.run_main("status")
-        self.assertIn("quality:      10 findings in the last 30 days (10 stale)", status.stdout)
+        self.assertIn("quality:      1 finding in the last 30 days (1 stale)", status.stdout)
         old = self.run_subprocess("quality", "--days", "1")
         self.assertEqual(old.code, 0, old.stderr)
 

@@ -312,7 +312,7 @@ class RenamedAndStale(PipelineTestCase):
         self.fake.set_coins(rows)
         result = self.run_main()
         self.assertEqual(result.code, 0, result.stderr)
-        self.assertIn("warning: stale: algorand (eur) last updated 2023-01-05T10:00Z, 79 h before the fetch; "
+        self.assertIn("warning: stale: algorand (eur) last updated 2023-01-05T10:00Z, 79 h before the rest of the answer; "
                       "stored, but CoinGecko may have stopped tracking it\n", result.stderr)
         self.assertIn("1 stale", result.stderr.splitlines()[-1])
         self.assertIn("algorand", {r["coin_id"] for r in self.rows()})

@@ -110,19 +110,39 @@ def row_findings(record: Record) -> list[Finding]:
     return out
 
 
-def stale_finding(record: Record) -> Finding | None:
-    """A snapshot row CoinGecko last updated more than 48 h before it was fetched (a coin that stopped updating)."""
-    if record.source != SOURCE_MARKETS or not record.fetched_at:
-        return None  # backfilled and legacy rows are old by design
-    try:
-        fetched = csvio.timestamp_ms(record.fetched_at)
-        age = fetched - csvio.timestamp_ms(record.last_updated)
-    except ValueError:
-        return None
-    if age <= STALE_AFTER_MS:
-        return None
-    return Finding(record.coin_id, record.vs_currency, record.last_updated, STALE,
-                   f"last updated {age / DAY_MS:.1f} days before it was fetched ({_at(fetched)})")
+def stale_rows(records: list[Record]) -> list[tuple[Record, int]]:
+    """Snapshot rows CoinGecko last updated more than 48 h before the answer they came in, with that lag in ms.
+
+    The one stale rule (the quality findings, the run's warnings, `check`). "The answer's time" is CoinGecko's
+    own: the newest last_updated of the same answer (same fetch, same currency), never later than our fetch
+    time. A coin that stopped updating while the rest moved on is flagged; a wrong clock here, or an answer
+    replayed later, flags nothing. Backfilled and legacy rows are old by design and never stale.
+    """
+    newest: dict[tuple[str, str], int] = {}
+    parsed: list[tuple[Record, int, int]] = []
+    for record in records:
+        if record.source != SOURCE_MARKETS or not record.fetched_at:
+            continue
+        try:
+            fetched, updated = csvio.timestamp_ms(record.fetched_at), csvio.timestamp_ms(record.last_updated)
+        except ValueError:
+            continue
+        answer = (record.fetched_at, record.vs_currency)
+        newest[answer] = max(newest.get(answer, updated), updated)
+        parsed.append((record, fetched, updated))
+    out = []
+    for record, fetched, updated in parsed:
+        lag = min(fetched, newest[(record.fetched_at, record.vs_currency)]) - updated
+        if lag > STALE_AFTER_MS:
+            out.append((record, lag))
+    return out
+
+
+def stale_findings(records: list[Record]) -> list[Finding]:
+    """A finding for each stale row (see stale_rows)."""
+    return [Finding(r.coin_id, r.vs_currency, r.last_updated, STALE,
+                    f"last updated {lag / DAY_MS:.1f} days before the rest of its answer ({r.fetched_at[:16]}Z)")
+            for r, lag in stale_rows(records)]
 
 
 @dataclass
@@ -244,10 +264,7 @@ def inspect(records: list[Record], fresh: list[Record], index: HistoryIndex, rul
     out: list[Finding] = []
     for record in fresh:
         out += row_findings(record)
-    for record in records:  # a coin that stopped updating sends the same stored key again: still stale
-        found = stale_finding(record)
-        if found is not None:
-            out.append(found)
+    out += stale_findings(records)  # all that came: a coin that stopped updating re-sends a stored key
     out += history_findings(fresh, index, rules)
     return out
 
