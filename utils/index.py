@@ -12,10 +12,12 @@ import contextlib
 import logging
 import os
 import sqlite3
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from operator import itemgetter
 from pathlib import Path
 
 from utils import csvio
@@ -24,7 +26,7 @@ from utils.schema import COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: obs and daily keyed time first, so an append writes a few pages, not one per series
 RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask again after this long
 _EPOCH = date(1970, 1, 1)
 
@@ -34,10 +36,10 @@ CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, coin_id TEXT NOT NULL, vs_currency TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
     symbol TEXT NOT NULL DEFAULT '', label_ms INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0,
     first_ms INTEGER, last_ms INTEGER, UNIQUE (coin_id, vs_currency));
-CREATE TABLE IF NOT EXISTS obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (series, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (ts, series)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS daily (
     series INTEGER NOT NULL, day INTEGER NOT NULL, ts INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER,
-    PRIMARY KEY (series, day)) WITHOUT ROWID;
+    PRIMARY KEY (day, series)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS covered (
     series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL,
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
@@ -138,6 +140,40 @@ class DailyPoints:
     cap: list[float | None]
 
 
+class _Batch:
+    """What a set of observations adds to the index: their keys, each day's last one, each series' facts."""
+
+    def __init__(self) -> None:
+        # Keys in arrival order: the CSV is (nearly) in time order, and so is the (ts, series) key.
+        self.times: array[int] = array("q")
+        self.series: array[int] = array("q")
+        self.last_of_day: dict[tuple[int, int], Observation] = {}
+        self.stats: dict[int, list] = {}  # rows, first ms, last ms, the observation whose name labels the series
+
+    def add(self, found: list[Observation], ids: dict[tuple[str, str], int]) -> None:
+        times, series, last_of_day, stats = self.times, self.series, self.last_of_day, self.stats
+        for o in found:
+            sid = ids[(o.coin_id, o.vs_currency)]
+            ts = o.ts_ms
+            times.append(ts)
+            series.append(sid)
+            slot = (ts // DAY_MS, sid)
+            held = last_of_day.get(slot)
+            if held is None or ts >= held.ts_ms:
+                last_of_day[slot] = o
+            s = stats.get(sid)
+            if s is None:
+                stats[sid] = [1, ts, ts, o]
+            else:
+                s[0] += 1
+                if ts < s[1]:
+                    s[1] = ts
+                if ts > s[2]:
+                    s[2] = ts
+                if o.name and ts >= s[3].ts_ms or not s[3].name:
+                    s[3] = o
+
+
 class HistoryIndex:
     """The SQLite index of one CSV history (WAL mode; ':memory:' for a read-only data folder)."""
 
@@ -149,7 +185,10 @@ class HistoryIndex:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_TABLES)
         if self._meta("version") != SCHEMA_VERSION or self._meta("columns") != ",".join(COLUMNS):
+            if self._meta("version") not in (None, SCHEMA_VERSION):
+                self._drop_tables()  # another layout: CREATE TABLE IF NOT EXISTS would keep the old one
             self._reset()
+
         self._ids: dict[tuple[str, str], int] = {}
 
     def close(self) -> None:
@@ -181,6 +220,12 @@ class HistoryIndex:
     def _set_meta(self, **values: object) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
                             [(k, str(v)) for k, v in values.items()])
+
+    def _drop_tables(self) -> None:
+        with self._transaction():
+            for table in _DATA_TABLES + ("meta",):
+                self.db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
+        self.db.executescript(_TABLES)
 
     def _reset(self) -> None:
         with self._transaction():
@@ -224,12 +269,10 @@ class HistoryIndex:
                     if mark.size == st.st_size and mark.mtime_ns == st.st_mtime_ns:
                         return "fresh"
                     if mark.size < st.st_size:
-                        fh.seek(mark.size)
-                        found, damaged = csvio.observations(fh.read(st.st_size - mark.size), mark.size)
                         with self._transaction():
-                            self._add(found)
-                            self._mark_file(fh, len(found), damaged)
-                        log.debug("index of %s caught up with %d rows", csv_path, len(found))
+                            rows = self._ingest(fh, mark.size, st.st_size)
+                        log.debug("index of %s caught up with %d rows", csv_path, rows)
+
                         return "caught up"
             self.rebuild(fh, csv_path)
             return "rebuilt"
@@ -237,16 +280,29 @@ class HistoryIndex:
     def rebuild(self, fh, csv_path: Path) -> None:
         """Index the whole CSV anew (the file was rewritten, edited, or the index is new)."""
         fh.seek(0)
-        data = fh.read()
-        start = csvio.header_length(data)
-        found, damaged = csvio.observations(data[start:], start)
-        del data
+        fh.readline()  # the header (csvio.header_length's line)
+        start = fh.tell()
         self._reset()
         with self._transaction():
-            self._add(found, bulk=True)
-            self._mark_file(fh, len(found), damaged)
-        level = logging.INFO if len(found) > 100_000 else logging.DEBUG
-        log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, len(found), damaged)
+            rows = self._ingest(fh, start, os.fstat(fh.fileno()).st_size, bulk=True)
+        level = logging.INFO if rows > 100_000 else logging.DEBUG
+        log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, rows, self.damaged)
+
+    def _ingest(self, fh, start: int, end: int, *, bulk: bool = False) -> int:
+        """Index the CSV's bytes [start, end) read in chunks (inside a transaction), then mark the file. Returns rows.
+
+        The chunks keep a million-row build to a few tens of MB: only keys, daily points and per-series facts
+        are held, never the rows.
+        """
+        batch = _Batch()
+        rows = damaged = 0
+        for found, bad in csvio.read_observations(fh, start, end):
+            batch.add(found, self._series_ids({(o.coin_id, o.vs_currency) for o in found}))
+            rows += len(found)
+            damaged += bad
+        self._write(batch, bulk=bulk)
+        self._mark_file(fh, rows, damaged)
+        return rows
 
     def record_append(self, found: list[Observation], fh) -> None:
         """After appending these rows to the CSV (open as fh): their keys and the new length, in one transaction."""
@@ -264,46 +320,30 @@ class HistoryIndex:
                 self._ids[(coin_id, vs)] = sid
         return self._ids
 
-    def _add(self, found: list[Observation], *, bulk: bool = False) -> None:
+    def _add(self, found: list[Observation]) -> None:
         """Record observations (inside a transaction): keys, daily points, series stats, covered days."""
-        if not found:
-            return
-        ids = self._series_ids((o.coin_id, o.vs_currency) for o in found)
-        keys = sorted({(ids[(o.coin_id, o.vs_currency)], o.ts_ms) for o in found})
-        self.db.executemany("INSERT OR IGNORE INTO obs (series, ts) VALUES (?, ?)", keys)
-        last_of_day: dict[tuple[int, int], Observation] = {}
-        stats: dict[int, list] = {}
-        for o in found:
-            sid = ids[(o.coin_id, o.vs_currency)]
-            slot = (sid, o.ts_ms // DAY_MS)
-            held = last_of_day.get(slot)
-            if held is None or o.ts_ms >= held.ts_ms:
-                last_of_day[slot] = o
-            s = stats.get(sid)
-            if s is None:
-                stats[sid] = [1, o.ts_ms, o.ts_ms, o]
-            else:
-                s[0] += 1
-                if o.ts_ms < s[1]:
-                    s[1] = o.ts_ms
-                if o.ts_ms > s[2]:
-                    s[2] = o.ts_ms
-                if o.name and o.ts_ms >= s[3].ts_ms or not s[3].name:
-                    s[3] = o
+        if found:
+            batch = _Batch()
+            batch.add(found, self._series_ids((o.coin_id, o.vs_currency) for o in found))
+            self._write(batch)
+
+    def _write(self, batch: _Batch, *, bulk: bool = False) -> None:
+        """Write a batch (inside a transaction); bulk: into an index just reset, so nothing is held yet."""
+        self.db.executemany("INSERT OR IGNORE INTO obs (ts, series) VALUES (?, ?)", zip(batch.times, batch.series))
         self.db.executemany(
-            "INSERT INTO daily (series, day, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (series, day) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
+            "INSERT INTO daily (day, series, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (day, series) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
             "rank = excluded.rank WHERE excluded.ts >= daily.ts",
-            [(sid, day, o.ts_ms, o.price, o.market_cap, o.rank) for (sid, day), o in sorted(last_of_day.items())])
+            [(day, sid, o.ts_ms, o.price, o.market_cap, o.rank) for (day, sid), o in sorted(batch.last_of_day.items())])
         self.db.executemany(
             "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
             "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
-            [(n, lo, lo, hi, hi, sid) for sid, (n, lo, hi, _) in stats.items()])
+            [(n, lo, lo, hi, hi, sid) for sid, (n, lo, hi, _) in batch.stats.items()])
         self.db.executemany(
             "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
-            [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in stats.items() if o.name])
+            [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in batch.stats.items() if o.name])
         days_by_series: dict[int, set[int]] = defaultdict(set)
-        for sid, day in last_of_day:
+        for day, sid in batch.last_of_day:
             days_by_series[sid].add(day)
         for sid, days in days_by_series.items():
             self._cover(sid, days, replace=bulk)
@@ -359,7 +399,7 @@ class HistoryIndex:
         sid = self._series_id(coin_id, vs_currency)
         if sid is None:
             return False
-        return self.db.execute("SELECT 1 FROM obs WHERE series = ? AND ts = ?", (sid, ts_ms)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM obs WHERE ts = ? AND series = ?", (ts_ms, sid)).fetchone() is not None
 
     def series(self, vs_currency: str | None = None, coin_id: str | None = None) -> list[SeriesInfo]:
         """Every (coin, currency) with its rows, first and last observation and covered day ranges."""
@@ -461,11 +501,15 @@ class HistoryIndex:
         return self.db.execute(
             "SELECT s.coin_id, d.ts, d.price, d.cap, coalesce(d.rank, (SELECT r.rank FROM daily r WHERE r.series = s.id "
             "AND r.rank IS NOT NULL ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
-            "AND d.day = (SELECT max(day) FROM daily WHERE series = s.id) WHERE s.vs_currency = ? AND s.rows > 0 "
+            "AND d.day = s.last_ms / 86400000 WHERE s.vs_currency = ? AND s.rows > 0 "  # one key lookup per coin
             "ORDER BY s.coin_id", (vs_currency,)).fetchall()
 
     def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
         sid = self._ids.get((coin_id, vs_currency))
+        if sid is None and not self._ids:
+            # One query for every series instead of one per coin of the snapshot.
+            self._ids.update(((c, v), i) for i, c, v in self.db.execute("SELECT id, coin_id, vs_currency FROM series"))
+            sid = self._ids.get((coin_id, vs_currency))
         if sid is None:
             row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
                                   (coin_id, vs_currency)).fetchone()
@@ -482,17 +526,14 @@ class HistoryIndex:
         position = {sid: i for i, (sid, _, _, _) in enumerate(labels)}
         lo = first_day if first_day is not None else -10**9
         hi = last_day if last_day is not None else 10**9
-        series: list[int] = []
-        ts: list[int] = []
-        price: list[float | None] = []
-        cap: list[float | None] = []
-        for sid, t, p, c in self.db.execute(
-                "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
-                "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.series, d.day", (vs_currency, lo, hi)):
-            series.append(position[sid])
-            ts.append(t)
-            price.append(p)
-            cap.append(c)
+        # The table is keyed (day, series) so that appends stay at its end; a stable sort by series keeps each
+        # series' days in order, and is cheaper than SQLite's ORDER BY through a temporary b-tree.
+        rows = self.db.execute(
+            "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
+            "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.day", (vs_currency, lo, hi)).fetchall()
+        rows.sort(key=itemgetter(0))
+        sids, ts, price, cap = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
+        series = [position[sid] for sid in sids]
         return DailyPoints([c for _, c, _, _ in labels], [n for _, _, n, _ in labels], [s for _, _, _, s in labels],
                            series, ts, price, cap)
 
