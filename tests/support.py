@@ -96,3 +96,12 @@ class PipelineTestCase(unittest.TestCase):
 
     def rows(self) -> list[dict[str, str]]:
         return read_rows(self.csv_path)
+
+
+def make_stale(fake, coin_id: str = "bitcoin", last_updated: str = "2023-01-05T16:49:40.132Z") -> None:
+    """Serve the recorded answer with one coin last updated three days before the others (a stale row)."""
+    rows = [dict(r) for r in fake.coins]
+    for row in rows:
+        if row["id"] == coin_id:
+            row["last_updated"] = last_updated
+    fake.set_coins(rows)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.fake_coingecko import load_fixture, markets_rows
-from tests.support import PipelineTestCase
+from tests.support import PipelineTestCase, make_stale
 
 SECRET = "CG-n0tify-s3cret-KEY-42"
 
@@ -99,15 +99,16 @@ class Notifications(PipelineTestCase):
 
     def test_new_findings_are_sent_once(self) -> None:
         self.env["PIPELINE_COINS"] = "bitcoin,ethereum"
-        self.fake.set_coins(load_fixture("coins_markets_2023-01-08_real_10coins.json"))  # stale today
+        self.fake.set_coins(load_fixture("coins_markets_2023-01-08_real_10coins.json"))
+        make_stale(self.fake, "bitcoin")  # three days behind ethereum in the same answer
         first = self.run_main()
         self.assertEqual(first.code, 0, first.stderr)
         self.assertEqual(self.run_main().code, 0)  # the same findings again: nothing new, nothing sent
         self.assertEqual(self.events(), ["findings"])
         doc = self.hook.received[0].doc
-        self.assertEqual(doc["findings"], {"stale": 2})
-        self.assertIn("quality: 2 findings (2 stale)", doc["text"])
-        self.assertIn("- bitcoin eur 2023-01-08T16:49:40.132Z stale: last updated", doc["text"])
+        self.assertEqual(doc["findings"], {"stale": 1})
+        self.assertIn("quality: 1 finding (1 stale)", doc["text"])
+        self.assertIn("- bitcoin eur 2023-01-05T16:49:40.132Z stale: last updated", doc["text"])
 
     def test_the_key_is_in_no_request_to_the_webhook(self) -> None:
         self.fail_next_run()

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import markets_rows
-from tests.support import PipelineTestCase
+from tests.support import PipelineTestCase, make_stale
 
 from utils.layout import DataLayout
 from utils.quality import QUALITY_COLUMNS, QualityRules
@@ -192,16 +192,8 @@ class QualityFile(StoreCase):
 class Commands(PipelineTestCase):
     """A run's quality line, `quality`, `status`, --spike-threshold, against the fake server."""
 
-    def stale_bitcoin(self) -> None:
-        """The recorded answer with bitcoin last updated three days before the other coins."""
-        rows = [dict(r) for r in self.fake.coins]
-        for row in rows:
-            if row["id"] == "bitcoin":
-                row["last_updated"] = "2023-01-05T16:49:40.132Z"
-        self.fake.set_coins(rows)
-
     def test_a_run_prints_its_findings_after_the_summary(self) -> None:
-        self.stale_bitcoin()
+        make_stale(self.fake)
         result = self.run_main()
         self.assertEqual(result.code, 0, result.stderr)
         lines = result.stderr.splitlines()
@@ -219,7 +211,7 @@ class Commands(PipelineTestCase):
         self.assertEqual((self.data_dir / "quality.csv").read_text().splitlines(), [",".join(QUALITY_COLUMNS)])
 
     def test_quality_lists_the_findings_and_status_counts_them(self) -> None:
-        self.stale_bitcoin()
+        make_stale(self.fake)
         self.run_main()
         listed = self.run_main("quality")
         self.assertEqual(listed.code, 0, listed.stderr)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import load_fixture, markets_rows
-from tests.support import PipelineTestCase
+from tests.support import PipelineTestCase, make_stale
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -45,6 +45,7 @@ class Report(PipelineTestCase):
         self.assertTrue(result.stderr.startswith("report failed: no history yet"), result.stderr)
 
     def test_report_is_self_contained(self) -> None:
+        make_stale(self.fake)
         self.run_main()
         result = self.run_main("report")
         self.assertEqual(result.code, 0, result.stderr)
@@ -56,7 +57,7 @@ class Report(PipelineTestCase):
         self.assertNotIn("@import", html)
         self.assertNotIn("url(", html)
         self.assertEqual(len(re.findall(r'<tr data-coin="', html)), 10)
-        self.assertIn("10 stale", html)
+        self.assertIn("1 stale", html)
 
     def test_text_from_the_api_is_escaped(self) -> None:
         rows = markets_rows(2, start=datetime.now(timezone.utc) - timedelta(minutes=5))
