@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import logging.handlers
 import os
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # the flows and the client are imported when a command needs 
     from utils.coingecko import CoinGeckoClient
 
 log = logging.getLogger("pipeline")
+STARTED = time.monotonic()  # when this command began: a run's summary reports its whole wall time
 
 COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top", "quality", "report")
 # Options a user may also give before the command (`python main.py -q plot`).
@@ -273,6 +275,18 @@ class CliFormatter(logging.Formatter):
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
+class DaemonFormatter(logging.Formatter):
+    """The daemon's stderr: timestamped lines, except the final error, one bare line like every command's."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "plain", False) and record.levelno >= logging.ERROR:
+            return record.getMessage()
+        return super().format(record)
+
+
 def setup_logging(verbose: int, quiet: bool, *, timestamps: bool = False, log_file: Path | None = None) -> None:
     """Log to stderr (and a rotated file): warnings and summaries by default, debug with -v, errors only with -q."""
     root = logging.getLogger()
@@ -281,7 +295,7 @@ def setup_logging(verbose: int, quiet: bool, *, timestamps: bool = False, log_fi
             root.removeHandler(old)
             old.close()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    handlers[0].setFormatter(logging.Formatter(LOG_FORMAT) if timestamps else CliFormatter())
+    handlers[0].setFormatter(DaemonFormatter() if timestamps else CliFormatter())
     if log_file is not None:
         try:
             # backslashreplace: whatever slips past redaction, a bad character never costs a traceback.
@@ -323,6 +337,8 @@ def show(line: str) -> None:
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
     """Run one command and return its exit code."""
+    global STARTED
+    STARTED = time.monotonic()
     env = os.environ if env is None else env
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -442,6 +458,7 @@ def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
             status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
         notify_failure(settings, "run", exc)
         raise
+    result = dataclasses.replace(result, seconds=time.monotonic() - STARTED)
     status.record_run(started, utc_now(), result.outcome(), "run")
     log.info("%s", result.summary())
     if result.findings:

@@ -22,6 +22,7 @@ from utils.schema import Record
 from utils.settings import Settings
 from utils.storage import Storage, storage_for
 from utils.store import MergeReport
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,9 @@ class BackfillResult:
         added = self.merge.added if self.merge else 0
         skipped = self.merge.skipped_duplicates if self.merge else 0
         where = f" in {', '.join(self.currencies)}" if len(self.currencies) > 1 else ""
-        line = (f"backfill {word}: {len(set(self.coins_done))} coins{where}, {added} rows added, {skipped} duplicates "
-                f"skipped, {len(self.rejected)} rejected, {self.requests} requests in {self.seconds:.1f} s")
+        line = (f"backfill {word}: {count(len(set(self.coins_done)), 'coin')}{where}, {count(added, 'row')} added, "
+                f"{count(skipped, 'duplicate')} skipped, {len(self.rejected)} rejected, {count(self.requests, 'request')} "
+                f"in {self.seconds:.1f} s")
         if self.missing:
             unknown = list(dict.fromkeys(self.missing))
             line += f", {len(unknown)} unknown ({', '.join(unknown[:10])})"

@@ -26,6 +26,7 @@ from utils.quality import Finding, summary_line
 from utils.schema import Record, Snapshot
 from utils.storage import Storage, storage_for
 from utils.store import LoadReport
+from utils.words import count
 from utils.tracking import SearchMemory, TopMembers, spell_ranges
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ class RunResult:
         """The one line a run prints on stderr."""
         word = "ok" if self.exit_code == EXIT_OK else "partial"
         got = len(self.requested) - len(self.incomplete_coins)
-        coins = f"{got} coins" if not self.incomplete_coins else f"{got} of {len(self.requested)} coins"
+        coins = count(got, "coin") if not self.incomplete_coins else f"{got} of {count(len(self.requested), 'coin')}"
         skipped = self.load.skipped_duplicates
-        parts = [coins, f"{self.load.appended} rows appended", f"{skipped} duplicates skipped",
+        parts = [coins, count(self.load.appended, "row") + " appended", count(skipped, "duplicate") + " skipped",
                  f"{len(self.rejected)} rejected"]
         if self.healed:
-            parts.append(f"{self.healed} missing days healed")
+            parts.append(count(self.healed, "missing day") + " healed")
         if self.missing:
             parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
                          f"{', ...' if len(self.missing) > 10 else ''})")

@@ -11,7 +11,7 @@ from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.index import SeriesInfo, day_of
 from utils.layout import display_path
 from utils.settings import Settings
-from utils.storage import storage_for
+from utils.storage import refuse_file_as_data_dir, storage_for
 from utils.store import LegacyHistory
 from flows.top import describe_tracking
 
@@ -37,6 +37,8 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
                  now: datetime | None = None) -> int:
     """Print the status; exit 1 when there is neither a history nor a recorded run."""
     now = now or datetime.now(timezone.utc)
+    if settings.data_url is None:
+        refuse_file_as_data_dir(settings.data_dir)
     status = StatusFile(settings.layout.status).read()
     csv_path = settings.csv_path
     has_csv = csv_path.exists()  # a folder or an unreadable file in its place is an error, not "no history"

@@ -219,7 +219,7 @@ class BackfillCharts(PipelineTestCase):
     def test_no_charts_skips_them(self) -> None:
         result = self.run_main("backfill", "--days", "10", "--coins", "bitcoin", "--no-charts")
         self.assertEqual(result.code, 0, result.stderr)
-        self.assertIn("backfill ok: 1 coins, 10 rows added", result.stderr)
+        self.assertIn("backfill ok: 1 coin, 10 rows added", result.stderr)
         self.assertFalse((self.data_dir / CHARTS[0]).exists())
 
     def test_a_chart_failure_is_reported_in_the_summary_and_keeps_exit_0(self) -> None:

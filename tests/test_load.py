@@ -294,7 +294,7 @@ class TornTailTest(LoadTestCase):
         last_line = data[:-1].rsplit(b"\n", 1)[1]
         stderr = self.run_ok()
         self.assertIn(last_line, self.quarantine.read_bytes())
-        self.assertIn("1 rows appended", stderr)
+        self.assertIn("1 row appended", stderr)
         rows = self.assert_clean_history()
         self.assertEqual(len(rows), 20)
 
@@ -345,7 +345,7 @@ class LegacyMigrationTest(LoadTestCase):
         self.assertNotIn("Chainlink", {r["name"] for r in rows})
 
         # Then the run itself: nine new observations; bitcoin's is the one the legacy file already held.
-        self.assertIn("9 rows appended, 1 duplicates skipped", stderr)
+        self.assertIn("9 rows appended, 1 duplicate skipped", stderr)
         fresh = [r for r in rows if r["source"] == "coins_markets"]
         self.assertEqual(sorted(r["coin_id"] for r in fresh), sorted(set(PRESENT_IDS) - {"bitcoin"}))
         self.assertEqual(len(rows), 19)

@@ -81,7 +81,7 @@ class MissingAndRejected(PipelineTestCase):
         result = self.run_main("--coins", "bitcoin,bitcoinn")
         self.assertEqual(result.code, 3)
         self.assertIn("CoinGecko returned no data for bitcoinn", result.stderr)
-        self.assertIn("run partial: 1 of 2 coins, 1 rows appended", result.stderr)
+        self.assertIn("run partial: 1 of 2 coins, 1 row appended", result.stderr)
         self.assertEqual([r["coin_id"] for r in self.rows()], ["bitcoin"])
 
     def test_no_known_id_at_all_is_exit_1_and_nothing_written(self) -> None:

@@ -95,7 +95,7 @@ class SeveralCurrencies(PipelineTestCase):
         self.fake.market_chart["bitcoin"] = make_daily_chart(today - timedelta(days=30), 31, 40000.0)
         result = self.run_main("backfill", "--coins", "bitcoin", "--days", "5", "--vs-currency", "eur,xyz,usd")
         self.assertEqual(result.code, 3, result.stderr)
-        self.assertIn("backfill partial: 1 coins in eur, xyz, usd, 10 rows added", result.stderr)
+        self.assertIn("backfill partial: 1 coin in eur, xyz, usd, 10 rows added", result.stderr)
         self.assertIn("xyz failed: ", result.stderr)
         self.assertEqual(sorted({r["vs_currency"] for r in self.rows()}), ["eur", "usd"])
         self.assertEqual(len(self.fake.requests_to("/coins/bitcoin/market_chart/range")), 3)

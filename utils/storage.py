@@ -303,12 +303,17 @@ def _s3_reason(exc: Exception) -> str:
     return f"{error.get('Code', type(exc).__name__)} {error.get('Message', '')}".strip()
 
 
+def refuse_file_as_data_dir(data_dir: Path) -> None:
+    """A file where the data folder belongs is a configuration error, the same words for every command."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"--data-dir {data_dir} is a file, not a folder: choose another --data-dir")
+
+
 def prepare_data_dir(data_dir: Path) -> None:
     """Create the data folder if its parent exists; anything else is a configuration error, found before any request."""
     if data_dir.is_dir():
         return
-    if data_dir.exists():
-        raise ConfigError(f"--data-dir {data_dir} is a file, not a folder: choose another --data-dir")
+    refuse_file_as_data_dir(data_dir)
     if data_dir.parent.exists() and not data_dir.parent.is_dir():
         raise ConfigError(f"--data-dir {data_dir}: {data_dir.parent} is a file, not a folder")
     if not data_dir.parent.is_dir():
