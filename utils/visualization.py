@@ -689,7 +689,7 @@ def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions,
     if index.damaged:
         logger.warning("skipped %s damaged lines of %s", index.damaged, source)
     logger.debug("charts: %s coins, %s daily points, %s to %s -> %s", len(report.coins),
-                 report.rows_used, report.window[0], report.window[1], out_dir)
+                 report.rows_used, *(f"{w:%Y-%m-%dT%H:%M:%SZ}" for w in report.window), out_dir)
     return replace(report, paths=paths)
 
 
