@@ -109,7 +109,7 @@ class RunOnce:
         self.retry = bool(coins)  # a daemon retry names the coins to fetch again: no top N then
         self.coins = coins or settings.coins
         self.started = time.monotonic()
-        self.storage = storage_for(settings)
+        self.storage = storage_for(settings, should_stop)
         self.storage.check()  # a history this version cannot write is refused before any request
         self.members = TopMembers(settings.layout.top_members) if settings.top else None
         self.snapshots: list[Snapshot] = []

@@ -211,6 +211,27 @@ class DaemonProcessTests(PipelineTestCase):
         self.assertFalse(self.csv_path.exists())
         self.assertFalse((self.data_dir / "crypto_price_trend.png").exists())
 
+    def test_sigterm_while_another_process_holds_the_lock_exits_0_within_2_seconds(self) -> None:
+        from filelock import FileLock
+
+        from utils.layout import DataLayout
+
+        layout = DataLayout(self.data_dir)
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        held = FileLock(str(layout.lock))
+        held.acquire()  # a backfill, say, merging for minutes
+        self.addCleanup(held.release)
+        proc = self.start_daemon()
+        self.wait_for(lambda: len(self.fake.requests_to("/coins/markets")) == 1)
+        real_time.sleep(0.5)  # fetched and transformed: now waiting for the lock
+        started = real_time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        self.assertLess(real_time.monotonic() - started, 2.0)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("stopped while waiting for another process's lock", err)
+        self.assertFalse(self.csv_path.exists() and self.rows())
+
     def test_a_second_daemon_on_the_same_folder_exits_2_naming_the_pid(self) -> None:
         proc = self.start_daemon("--no-initial-run")
         self.wait_for(lambda: self.status().get("daemon_pid"))

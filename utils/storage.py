@@ -82,11 +82,12 @@ class Storage:
 class LocalStorage(Storage):
     """A folder on this machine: append under a file lock, fsync, bookmarks state."""
 
-    def __init__(self, data_dir: Path, lock_timeout: float = 300.0, rules: QualityRules = QualityRules()) -> None:
+    def __init__(self, data_dir: Path, lock_timeout: float = 300.0, rules: QualityRules = QualityRules(),
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.data_dir = data_dir
         self.layout = DataLayout(data_dir)
         self.location = str(data_dir)
-        self.store = HistoryStore(self.layout, lock_timeout, rules)
+        self.store = HistoryStore(self.layout, lock_timeout, rules, should_stop)
 
     @property
     def csv_display(self) -> str:
@@ -325,11 +326,11 @@ def prepare_data_dir(data_dir: Path) -> None:
         raise ConfigError(describe_os_error(exc, data_dir, "create the data folder")) from None
 
 
-def storage_for(settings: Settings) -> Storage:
-    """The storage behind --data-dir, checked before any request."""
+def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = None) -> Storage:
+    """The storage behind --data-dir, checked before any request; should_stop ends a wait for the lock."""
     if settings.data_url:
         return S3Storage(settings.data_url, scratch=settings.data_dir)
     prepare_data_dir(settings.data_dir)
-    return LocalStorage(settings.data_dir, settings.lock_timeout, QualityRules(settings.spike_threshold))
+    return LocalStorage(settings.data_dir, settings.lock_timeout, QualityRules(settings.spike_threshold), should_stop)
 
 

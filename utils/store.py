@@ -16,7 +16,8 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from utils import csvio
 from utils.datapackage import write_datapackage
-from utils.errors import LoadError, LockTimeout, SchemaMismatch
+from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.file_storage import atomic_write_bytes, describe_os_error, ensure_dir
 from utils.index import HistoryIndex
 from utils.layout import DataLayout
@@ -34,6 +35,8 @@ from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, Re
     normalize_timestamp, rows_to_csv, safe_text
 
 log = logging.getLogger(__name__)
+
+LOCK_POLL = 0.2  # seconds between looks at a stop request while another process holds the lock
 
 LEGACY_CURRENCY = "eur"
 # The original script's nine coins, by the names and symbols CoinGecko gave them.
@@ -112,10 +115,12 @@ class LegacyHistory(SchemaMismatch):
 class HistoryStore:
     """A local data folder's history: CSV, index, lock, quarantine."""
 
-    def __init__(self, layout: DataLayout, lock_timeout: float = 300.0, rules: QualityRules = QualityRules()) -> None:
+    def __init__(self, layout: DataLayout, lock_timeout: float = 300.0, rules: QualityRules = QualityRules(),
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.layout = layout
         self.lock_timeout = lock_timeout
         self.rules = rules
+        self.should_stop = should_stop  # the daemon's SIGTERM: stop waiting for another process's lock
 
     @property
     def csv_path(self) -> Path:
@@ -129,13 +134,21 @@ class HistoryStore:
         ensure_dir(self.layout.state_dir)
         csvio.refuse_symlink(self.layout.state_dir, "state folder")
         lock = FileLock(str(self.layout.lock), timeout=self.lock_timeout)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockTimeout(f"another process has held the lock on {self.csv_path} for {self.lock_timeout:g} s; "
-                              "wait for it to finish or raise --lock-timeout") from None
-        except OSError as exc:
-            raise LoadError(describe_os_error(exc, self.layout.state_dir, "lock the history in")) from None
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                lock.acquire(timeout=min(left, LOCK_POLL) if self.should_stop else left)
+                break
+            except Timeout:
+                if self.should_stop is not None and self.should_stop():
+                    raise Stopped(f"stopped while waiting for another process's lock on {self.csv_path}; "
+                                  "nothing was appended") from None
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"another process has held the lock on {self.csv_path} for "
+                                      f"{self.lock_timeout:g} s; wait for it to finish or raise --lock-timeout") from None
+            except OSError as exc:
+                raise LoadError(describe_os_error(exc, self.layout.state_dir, "lock the history in")) from None
         try:
             yield
         finally:
