@@ -235,7 +235,7 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
             chart_errors[outcome.error[:160]] += 1
         return outcome
 
-    lock = DaemonLock(settings.state_dir)  # held for the whole run, as main.daemon_command does
+    lock = DaemonLock(settings.layout.daemon_pid)  # held for the whole run, as main.daemon_command does
     lock.acquire()
     daemon = Daemon(job, at=settings.at, zone=resolve_zone(settings.timezone), retry_delays=settings.retry_delays,
                     status=StatusFile(settings.state_dir / "status.json"), clock=clock,
@@ -406,6 +406,8 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     for message, count in chart_errors.most_common(5):
         print(f"  chart error x{count}: {message}")
     print(f"log records: {dict(counter.counts)}")
+    for text in counter.last:
+        print(f"  last warning or error: {text[:240]}")
     print(f"status.json: last_run {status.get('last_run', {}).get('result')} "
           f"({status.get('last_run', {}).get('trigger')}), last_success {status.get('last_success')}, "
           f"daemon_pid {status.get('daemon_pid')}")

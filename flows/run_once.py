@@ -172,8 +172,8 @@ class RunOnce:
             rejected.extend(result.rejected)
         for line in rejection_lines(rejected):
             log.warning("%s", line)
-        unknown = self._missing_notes(self.missing())
         rows = sum(len(snapshot.rows) for snapshot in snapshots)
+        unknown = self._missing_notes(self.missing(), empty_answer=not rows)
         if not records:
             note = "; ".join(filter(None, [*self.renamed, unknown]))
             why = note if note and not rows else (f"CoinGecko returned {rows} rows for {len(self.requested())} "
@@ -192,13 +192,20 @@ class RunOnce:
     def missing(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c for snapshot in self.snapshots for c in snapshot.missing))
 
-    def _missing_notes(self, missing: tuple[str, ...]) -> str | None:
+    def _missing_notes(self, missing: tuple[str, ...], *, empty_answer: bool = False) -> str | None:
         """Ids that returned data before get a successor (one /search per coin per day, remembered in the
-        state) in self.renamed; the one line on ids never seen is returned."""
+        state) in self.renamed; the one line on ids never seen is returned.
+
+        An answer with no row at all, for coins it returned before, is an outage on CoinGecko's side, not
+        every coin renamed at once: one line, and no /search (which would spend the rate limit on nothing)."""
         if not missing:
             return None
         with self.storage.index() as index:
             known = last_seen(index, missing)
+        if empty_answer and known:
+            self.renamed = []
+            return (f"CoinGecko answered no rows at all for {len(missing)} coins, {len(known)} of which it returned "
+                    "before: probably a problem on its side; try again later (a daemon retries by itself)")
         memory = SearchMemory(self.settings.layout.coin_searches)
         today = self.clock().date()
         self.renamed = [successor_note(self.client, memory, coin_id, known[coin_id], self.settings.coins, today)

@@ -326,3 +326,13 @@ class RenamedAndStale(PipelineTestCase):
         # The fixture is from 2023: measured against the fetch's own newest row, nothing is stale.
         result = self.run_main()
         self.assertNotIn("stale", result.stderr)
+
+    def test_an_empty_answer_is_an_outage_not_every_coin_renamed(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        served = self.fake.coins
+        self.fake.set_coins([])  # CoinGecko answers [] for every id it knew yesterday
+        result = self.run_main()
+        self.assertEqual(result.code, 1, result.stderr)
+        self.assertIn("answered no rows at all for 10 coins, 10 of which it returned before", result.stderr)
+        self.assertEqual([r for r in self.fake.requests if r.path.endswith("/search")], [])
+        self.fake.set_coins(served)
