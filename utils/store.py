@@ -213,19 +213,28 @@ class HistoryStore:
             except OSError as exc:
                 raise LoadError(describe_os_error(exc, self.layout.data_dir, "create the data folder")) from None
         with self.locked():
-            try:
-                quarantined, migration = self._prepare()
-            except OSError as exc:
-                raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was appended") from None
+            quarantined, migration = self._prepare_or_fail("appended")
             with self._synced_index() as index:
                 fresh, duplicates = new_records(records, index.has)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
-            found = record_findings(self.layout.quality, findings)
-            write_datapackage(self.layout)
+            found = self._publish(findings)
         return LoadReport(csv_path=self.csv_path, appended=len(fresh), skipped_duplicates=duplicates,
                           quarantined_bytes=quarantined, migration=migration, findings=tuple(found))
+
+    def _prepare_or_fail(self, nothing: str) -> tuple[int, MigrationReport | None]:
+        """_prepare, with a file error turned into one line that says nothing was written."""
+        try:
+            return self._prepare()
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + f"; nothing was {nothing}") from None
+
+    def _publish(self, findings: list[Finding]) -> list[Finding]:
+        """After a write: the new findings into quality.csv, and datapackage.json describing the folder."""
+        found = record_findings(self.layout.quality, findings)
+        write_datapackage(self.layout)
+        return found
 
     def _inspect(self, records: list[Record], fresh: list[Record], index: HistoryIndex) -> list[Finding]:
         """The quality findings of a load, against the index before it records the new rows; never fatal."""
@@ -277,10 +286,7 @@ class HistoryStore:
         if not self.layout.data_dir.is_dir():
             raise LoadError(f"cannot merge into {self.csv_path}: the folder does not exist")
         with self.locked():
-            try:
-                self._prepare()
-            except OSError as exc:
-                raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + "; nothing was merged") from None
+            self._prepare_or_fail("merged")
             with self._synced_index() as index:
                 fresh, duplicates = new_records(records, index.has)
                 findings = self._inspect(records, fresh, index)
@@ -305,8 +311,7 @@ class HistoryStore:
                     index.mark_unavailable(unavailable, int(moment.timestamp() * 1000))
                     findings += missing_day_findings(unavailable, index)
                 rows = index.rows
-            found = record_findings(self.layout.quality, findings)
-            write_datapackage(self.layout)
+            found = self._publish(findings)
         return MergeReport(csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows,
                            findings=tuple(found))
 
