@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+import unittest
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
@@ -364,3 +365,68 @@ class FilesNotOurs(PipelineTestCase):
         status = self.run_main("status")  # reading it is fine
         self.assertEqual(status.code, 0, status.stderr)
         self.assertIn("3 rows", status.stdout)
+
+
+def _record(coin: str = "bitcoin", ts: str = "2024-01-01T00:00:00.000Z", rank: int | None = 1):
+    from utils.schema import Record
+
+    return Record(name=coin.title(), symbol=coin[:3], current_price=100.0, market_cap=1000.0,
+                  price_change_percentage_24h=None, circulating_supply=None, last_updated=ts, fetched_at=ts,
+                  coin_id=coin, vs_currency="usd", market_cap_rank=rank, total_volume=None, high_24h=None,
+                  low_24h=None, total_supply=None, max_supply=None, source="coins_markets")
+
+
+class OddFilesAtTheStore(unittest.TestCase):
+    """Files a person can leave behind, at the store itself (real files in a temp folder)."""
+
+    def setUp(self) -> None:
+        import tempfile
+
+        from utils.layout import DataLayout
+        from utils.store import HistoryStore
+
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.store = HistoryStore(DataLayout(Path(tmp.name)))
+
+    def test_a_blank_first_line_never_starts_the_history_afresh(self) -> None:
+        from utils.errors import SchemaMismatch
+
+        self.store.append([_record(ts=f"2024-01-{d:02d}T00:00:00.000Z") for d in range(1, 11)])
+        data = b"\n" + self.store.csv_path.read_bytes()
+        self.store.csv_path.write_bytes(data)
+        with self.assertRaisesRegex(SchemaMismatch, "starts with a blank line, not its header"):
+            self.store.append([_record(ts="2024-01-11T00:00:00.000Z")])
+        self.assertEqual(self.store.csv_path.read_bytes(), data)
+
+    def test_a_cell_larger_than_the_csv_modules_limit_is_one_damaged_line(self) -> None:
+        self.store.append([_record()])
+        with open(self.store.csv_path, "ab") as fh:
+            fh.write(b'note,"' + b"x" * 200_000 + b'"\n')
+        self.assertEqual(self.store.append([_record(ts="2024-01-02T00:00:00.000Z")]).appended, 1)
+        with self.store.index() as index:
+            self.assertEqual((index.rows, index.damaged), (2, 1))
+
+    def test_days_coingecko_had_no_data_for_outlive_a_rebuild(self) -> None:
+        import os
+
+        now = datetime(2024, 1, 20, tzinfo=timezone.utc)
+        now_ms = int(now.timestamp() * 1000)
+        self.store.merge([_record(ts="2024-01-02T00:00:00.000Z")], checked=now,
+                         unavailable={("bitcoin", "usd"): {date(2024, 1, d) for d in range(3, 9)}})
+        self.store.merge([_record(ts="2024-01-05T00:00:00.000Z")], checked=now)  # one of them after all
+        with self.store.index() as index:
+            before = index.unavailable("bitcoin", "usd", now_ms)
+        os.utime(self.store.csv_path)  # touched: the next reader rebuilds the index from the CSV
+        with self.store.index() as index:
+            self.assertEqual(index.unavailable("bitcoin", "usd", now_ms), before)
+            self.assertEqual(index.gaps("bitcoin", "usd", date(2024, 1, 10), now_ms), [(19731, 19731)])  # 9 Jan: neither stored nor unavailable
+
+    def test_a_rank_the_transform_accepts_is_read_back_and_not_appended_again(self) -> None:
+        record = _record(rank=1234567890)
+        self.assertEqual([self.store.append([record]).appended for _ in range(3)], [1, 0, 0])
+
+    def test_our_header_without_its_newline_is_completed_not_refused(self) -> None:
+        self.store.csv_path.write_text(HEADER_LINE.rstrip("\n"))
+        self.assertEqual(self.store.append([_record()]).appended, 1)
+        self.assertEqual(self.store.csv_path.read_bytes().count(b"\n"), 2)

@@ -139,10 +139,10 @@ def observation(cells: list[str]) -> Observation | None:
     except (ValueError, OverflowError):
         return None
     rank_text = cells[I_RANK]
-    if rank_text and not (rank_text.isdigit() and len(rank_text) < 10):
+    if rank_text and not rank_text.isdigit():  # the transform's rule: a whole number, however large
         return None
     # tuple.__new__ skips the NamedTuple's Python-level __new__: a third of the cost of a row in the index build.
-    return _new_tuple(Observation, (coin_id, vs, ts, price, cap, int(rank_text) if rank_text else None,
+    return _new_tuple(Observation, (coin_id, vs, ts, price, cap, int(rank_text) if rank_text and len(rank_text) < 10 else None,
                                     cells[I_NAME], cells[I_SYMBOL]))
 
 
@@ -156,7 +156,10 @@ class Unit:
 
 
 def _split(text: str) -> list[str] | None:
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error:  # a cell past the csv module's field size limit (128 KB): not a row of ours
+        return None
     return rows[0] if len(rows) == 1 else None
 
 
@@ -273,10 +276,15 @@ def read_header(csv_path: Path) -> tuple[str, ...] | None:
     try:
         with open(csv_path, "rb") as fh:
             first = fh.readline(1 << 16)
+            # A blank first line before data is no header, and the file is not empty: never start it afresh.
+            blank_before_data = not first.lstrip(BOM).strip() and bool(fh.read().strip())
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise LoadError(describe_os_error(exc, csv_path, "read")) from None
+    if blank_before_data:
+        raise SchemaMismatch(f"{csv_path} starts with a blank line, not its header: delete the blank lines at the "
+                             "top of the file; nothing was changed")
     if first.startswith(BOM):
         first = first[len(BOM):]
     if not first.strip():
@@ -366,6 +374,13 @@ def repair_torn_tail(layout: DataLayout) -> int:
                 cut = pos + idx + 1
                 break
         if cut == 0:
+            fh.seek(0)
+            only = fh.read()
+            if only.lstrip(BOM).rstrip(b"\r").decode("utf-8", "replace").split(",") == list(COLUMNS):
+                fh.write(b"\n")  # our header alone, without its newline (a hand-made file): complete it
+                fh.flush()
+                os.fsync(fh.fileno())
+                return 0
             raise SchemaMismatch(f"{csv_path} holds no complete line, not even a header: move it away")
         fh.seek(cut)
         torn = fh.read()

@@ -227,8 +227,9 @@ class HistoryIndex:
                 self.db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
         self.db.executescript(_TABLES)
 
-    def _reset(self) -> None:
-        with self._transaction():
+    def _reset(self, *, inside: bool = False) -> None:
+        """Empty every table (inside the caller's transaction, or in one of its own)."""
+        with contextlib.nullcontext() if inside else self._transaction():
             for table in _DATA_TABLES + ("meta",):
                 self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             self._set_meta(version=SCHEMA_VERSION, columns=",".join(COLUMNS), rows=0, damaged=0)
@@ -282,9 +283,18 @@ class HistoryIndex:
         fh.seek(0)
         fh.readline()  # the header (csvio.header_length's line)
         start = fh.tell()
-        self._reset()
-        with self._transaction():
-            rows = self._ingest(fh, start, os.fstat(fh.fileno()).st_size, bulk=True)
+        # Days CoinGecko had no data for cannot be read back from the CSV: they outlive the rebuild.
+        asked = self.db.execute("SELECT s.coin_id, s.vs_currency, u.first_day, u.last_day, u.checked_ms "
+                                "FROM unavailable u JOIN series s ON s.id = u.series").fetchall()
+        try:
+            # One transaction: a reader in another process sees the old index or the new, never an empty one.
+            with self._transaction():
+                self._reset(inside=True)
+                rows = self._ingest(fh, start, os.fstat(fh.fileno()).st_size, bulk=True)
+                self._restore_unavailable(asked)
+        except BaseException:
+            self._ids = {}  # ids handed out inside the rolled-back transaction are void
+            raise
         level = logging.INFO if rows > 100_000 else logging.DEBUG
         log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, rows, self.damaged)
 
@@ -303,6 +313,21 @@ class HistoryIndex:
         self._write(batch, bulk=bulk)
         self._mark_file(fh, rows, damaged)
         return rows
+
+    def _restore_unavailable(self, asked: list[tuple[str, str, int, int, int]]) -> None:
+        """Put back remembered unavailable ranges, less the days the CSV now covers."""
+        by_key: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for coin_id, vs, first, last, checked in asked:
+            for day in range(first, last + 1):
+                by_key[(coin_id, vs)][checked].append(day)
+        if not by_key:
+            return
+        ids = self._series_ids(by_key)
+        for key, by_checked in by_key.items():
+            for checked, days in by_checked.items():
+                self._set_unavailable(ids[key], add=days, checked_ms=checked)
+            covered = self.db.execute("SELECT first_day, last_day FROM covered WHERE series = ?", (ids[key],))
+            self._set_unavailable(ids[key], remove=[d for a, b in covered for d in range(a, b + 1)])
 
     def record_append(self, found: list[Observation], fh) -> None:
         """After appending these rows to the CSV (open as fh): their keys and the new length, in one transaction."""
@@ -497,10 +522,12 @@ class HistoryIndex:
     def latest(self, vs_currency: str) -> list[tuple[str, int, float | None, float | None, int | None]]:
         """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report).
 
-        A backfilled point has no rank: the newest rank the coin had stands in."""
+        A backfilled point has no rank: the newest rank of the 30 days before stands in (a bounded range of
+        the (day, series) key, so a coin that never had a rank costs 31 lookups, not a scan of the history)."""
         return self.db.execute(
-            "SELECT s.coin_id, d.ts, d.price, d.cap, coalesce(d.rank, (SELECT r.rank FROM daily r WHERE r.series = s.id "
-            "AND r.rank IS NOT NULL ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
+            "SELECT s.coin_id, d.ts, d.price, d.cap, coalesce(d.rank, (SELECT r.rank FROM daily r "
+            "WHERE r.day BETWEEN d.day - 30 AND d.day AND r.series = s.id AND r.rank IS NOT NULL "
+            "ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
             "AND d.day = s.last_ms / 86400000 WHERE s.vs_currency = ? AND s.rows > 0 "  # one key lookup per coin
             "ORDER BY s.coin_id", (vs_currency,)).fetchall()
 
