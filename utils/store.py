@@ -271,11 +271,7 @@ class HistoryStore:
                     os.fsync(fd)
                 raise LoadError(describe_os_error(exc, self.csv_path, "append to") + "; nothing was appended") \
                     from None
-            try:
-                index.record_append(found, fh)
-            except sqlite3.Error as exc:
-                # The rows are in the CSV; the next load catches the index up from its recorded offset.
-                log.warning("could not update the index %s (%s); the next run catches it up", self.layout.index, exc)
+            self._record_keys(index, found, fh, "catches it up")
 
     def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
               checked: datetime | None = None) -> MergeReport:
@@ -305,7 +301,7 @@ class HistoryStore:
                         raise LoadError(describe_os_error(exc, self.csv_path, "rewrite") +
                                         "; the history is unchanged") from None
                     with open(self.csv_path, "rb") as fh:
-                        self._record_merge(index, as_observations(fresh), fh)
+                        self._record_keys(index, as_observations(fresh), fh, "rebuilds it")
                 if unavailable:
                     moment = checked or datetime.now(timezone.utc)
                     index.mark_unavailable(unavailable, int(moment.timestamp() * 1000))
@@ -315,11 +311,13 @@ class HistoryStore:
         return MergeReport(csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows,
                            findings=tuple(found))
 
-    def _record_merge(self, index: HistoryIndex, found: list[csvio.Observation], fh) -> None:
+    def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
+        """The written rows' keys and the file's new length into the index; on failure the CSV stays right and
+        the next run catches the index up (after an append) or rebuilds it (after a merge)."""
         try:
             index.record_append(found, fh)
         except sqlite3.Error as exc:
-            log.warning("could not update the index %s (%s); the next run rebuilds it", self.layout.index, exc)
+            log.warning("could not update the index %s (%s); the next run %s", self.layout.index, exc, next_run)
 
     # -- reading --------------------------------------------------------------------------------
 
