@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the flows and the client are imported when a command needs 
     from datetime import datetime
 
     from flows.run_once import RunResult
-    from utils.coingecko import CoinGeckoClient
+    from utils.coingecko.client import CoinGeckoClient
 
 log = logging.getLogger("pipeline")
 STARTED = time.monotonic()  # when this command began: a run's summary reports its whole wall time
@@ -419,7 +419,7 @@ def silence_stdout() -> None:
 
 def describe_file_error(exc: OSError) -> str:
     """One line for a file error that no stage turned into a PipelineError."""
-    from utils.file_storage import describe_os_error
+    from utils.history.files import describe_os_error
 
     if exc.filename is None:
         return exc.strerror or type(exc).__name__
@@ -482,7 +482,7 @@ def notify_result(settings: Settings, result) -> None:
 def report_command(settings: Settings) -> int:
     """`report`: write data/report.html from the history, its findings and the last run."""
     from flows.report import write_report
-    from utils.layout import display_path
+    from utils.history.layout import display_path
 
     if settings.data_url:
         raise ConfigError("`report` needs a local --data-dir (download the CSV from S3 first)")
@@ -501,8 +501,8 @@ def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> i
     from flows.backfill import backfill
     from flows.run_once import draw_charts
     from utils.clients import make_client
-    from utils.layout import display_path
-    from utils.storage import storage_for
+    from utils.history.layout import display_path
+    from utils.history.locations import storage_for
 
     with make_client(settings, sleep=sleep) as client:
         result = backfill(settings, client)
@@ -517,18 +517,18 @@ def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> i
     log.info("%s", summary)
     findings = result.merge.findings if result.merge else ()
     if findings:
-        from utils.quality import summary_line
+        from utils.history.quality import summary_line
         log.info("%s", summary_line(findings))
     return result.exit_code
 
 
 def daemon_command(settings: Settings) -> int:
     """`daemon`: one process per data folder, running the pipeline on schedule until SIGTERM or Ctrl-C."""
-    from utils.coingecko import make_limiter
+    from utils.coingecko.client import make_limiter
     from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone
     from utils.clients import make_client
     from utils.errors import Stopped
-    from utils.storage import prepare_data_dir
+    from utils.history.locations import prepare_data_dir
 
     zone = resolve_zone(settings.timezone)
     prepare_data_dir(settings.data_dir)
@@ -572,9 +572,9 @@ def daemon_command(settings: Settings) -> int:
 def plot_command(settings: Settings) -> int:
     """`plot`: draw the charts of the configured currency from the history."""
     from lambdas.lambda_4_charts import charts
-    from utils.layout import display_path
-    from utils.storage import storage_for
-    from utils.visualization import chart_options
+    from utils.history.layout import display_path
+    from utils.history.locations import storage_for
+    from utils.charts.render import chart_options
 
     published, (report,) = charts(storage_for(settings), chart_options(settings))
     for where in published:

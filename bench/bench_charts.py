@@ -5,7 +5,7 @@ Run from the repository root:  python bench/bench_charts.py
 It builds a history of 100 coins x 10,000 snapshots (one every 6 hours, prices from 1e-5 to
 1e5) in a temporary folder. In a fresh Python process (so that the peak RSS printed is that
 run's own) it first builds the history's index (the one-time cost of a history without one,
-timed apart), then renders the charts with utils.visualization.render_charts, which read the
+timed apart), then renders the charts with utils.charts.render.render_charts, which read the
 index's daily points. Targets: render 1.5 s or less, peak RSS of the whole process (build
 included) 450 MB or less. It then times the original script's approach on the same file
 (pandas.read_csv of every row and column, then seaborn.lineplot(x=last_updated,
@@ -39,7 +39,7 @@ def _part(args: tuple[int, int, int, int, int]) -> bytes:
     import numpy as np
     import pandas as pd
 
-    from utils.schema import COLUMNS
+    from utils.history.schema import COLUMNS
 
     coins, snapshots, lo, hi, seed = args
     rng = np.random.default_rng(seed)
@@ -93,8 +93,8 @@ def _round_significant(values, digits: int):
 
 
 def build_history(path: Path, coins: int, snapshots: int, seed: int = 7) -> None:
-    """Write a valid history CSV (header from utils.schema) using every core."""
-    from utils.schema import HEADER_LINE
+    """Write a valid history CSV (header from utils.history.schema) using every core."""
+    from utils.history.schema import HEADER_LINE
 
     workers = max(os.cpu_count() or 1, 1)
     parts = max(workers * 2, 1)
@@ -109,9 +109,9 @@ def build_history(path: Path, coins: int, snapshots: int, seed: int = 7) -> None
 def measure_render(csv_path: Path, out_dir: Path) -> dict[str, object]:
     """Import, build the index (one-time), render, in this process; times and peak RSS of each part."""
     t0 = time.perf_counter()
-    from utils.layout import DataLayout
-    from utils.store import HistoryStore
-    from utils.visualization import ChartOptions, render_charts
+    from utils.history.layout import DataLayout
+    from utils.history.csv_store import HistoryStore
+    from utils.charts.render import ChartOptions, render_charts
     t1, cpu1 = time.perf_counter(), _cpu_s()
     with HistoryStore(DataLayout(csv_path.parent, csv_path.name)).index():
         pass  # brings the index up to the CSV: the whole build when there is none yet

@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from lambdas.lambda_3_load import load  # noqa: E402
 from tests.fake_coingecko import FakeCoinGecko, markets_rows  # noqa: E402
-from utils.index import HistoryIndex  # noqa: E402
-from utils.layout import DataLayout  # noqa: E402
-from utils.schema import HEADER_LINE, LEGACY_COLUMNS, SOURCE_MARKETS, Record, format_timestamp, rows_to_csv  # noqa: E402
+from utils.history.index import HistoryIndex  # noqa: E402
+from utils.history.layout import DataLayout  # noqa: E402
+from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, SOURCE_MARKETS, Record, format_timestamp, rows_to_csv  # noqa: E402
 
 N_COINS = 250
 VS_CURRENCY = "eur"

@@ -1,6 +1,6 @@
 """Benchmark the quality checks: what they add to loading one 250-coin snapshot into a 1,000,000-row history.
 
-Target: the checks (utils.quality.inspect, run by every load against the index) take under 10 ms for a
+Target: the checks (utils.history.quality.inspect, run by every load against the index) take under 10 ms for a
 250-coin snapshot on a 1,000,000-row history (250 coins x 4,000 hourly snapshots).
 
 Run from the repo root:  python bench/bench_quality.py  [--rows N] [--repeats N] [--tmpdir DIR]
@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.layout import DataLayout  # noqa: E402
-from utils.quality import QualityRules, inspect  # noqa: E402
-from utils.schema import HEADER_LINE, SOURCE_MARKETS, Record, format_timestamp, rows_to_csv  # noqa: E402
-from utils.store import HistoryStore  # noqa: E402
+from utils.history.layout import DataLayout  # noqa: E402
+from utils.history.quality import QualityRules, inspect  # noqa: E402
+from utils.history.schema import HEADER_LINE, SOURCE_MARKETS, Record, format_timestamp, rows_to_csv  # noqa: E402
+from utils.history.csv_store import HistoryStore  # noqa: E402
 
 N_COINS = 250
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from utils.schema import HEADER_LINE  # noqa: E402
+from utils.history.schema import HEADER_LINE  # noqa: E402
 
 TARGET_S = 0.5
 FIRST_DAY = date(2023, 1, 1)

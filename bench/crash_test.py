@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.fake_coingecko import FakeCoinGecko, format_iso_ms, make_daily_chart, markets_rows  # noqa: E402
-from utils.schema import COLUMNS, HEADER_LINE  # noqa: E402
+from utils.history.schema import COLUMNS, HEADER_LINE  # noqa: E402
 from utils.settings import DEFAULT_COINS  # noqa: E402
 
 MAIN = REPO_ROOT / "main.py"

@@ -51,7 +51,7 @@ from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemo
 from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
 from main import run_pipeline  # noqa: E402
 from utils.clients import make_client  # noqa: E402
-from utils.storage import prepare_data_dir  # noqa: E402
+from utils.history.locations import prepare_data_dir  # noqa: E402
 from utils.settings import build_settings  # noqa: E402
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)

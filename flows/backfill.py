@@ -14,14 +14,14 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
-from utils.coingecko import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
-from utils.file_storage import ensure_dir, read_json, write_json_atomic
-from utils.index import day_of, day_number
-from utils.schema import Record
+from utils.history.files import ensure_dir, read_json, write_json_atomic
+from utils.history.index import day_of, day_number
+from utils.history.schema import Record
 from utils.settings import Settings
-from utils.storage import Storage, storage_for
-from utils.store import MergeReport
+from utils.history.locations import Storage, storage_for
+from utils.history.csv_store import MergeReport
 from utils.words import count
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def backfill_coins(settings: Settings, vs_currency: str) -> tuple[str, ...]:
     """The coins to backfill in one currency: --coins, plus the top N members the last run recorded."""
     if not settings.top:
         return settings.coins
-    from utils.tracking import TopMembers
+    from utils.history.tracking import TopMembers
 
     members = TopMembers(settings.layout.top_members).members(vs_currency)[:settings.top]
     if not members:

@@ -10,14 +10,14 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from lambdas.lambda_2_transform import transform
-from utils.coingecko import KEY_HEADERS, CoinGeckoClient
+from utils.coingecko.client import KEY_HEADERS, CoinGeckoClient
 from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError, PipelineError
-from utils.csvio import DAY_MS
-from utils.index import HistoryIndex, day_of
-from utils.quality import stale_rows
-from utils.schema import Record, Snapshot
+from utils.history.csvio import DAY_MS
+from utils.history.index import HistoryIndex, day_of
+from utils.history.quality import stale_rows
+from utils.history.schema import Record, Snapshot
 from utils.settings import Settings
-from utils.tracking import SearchMemory
+from utils.history.tracking import SearchMemory
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ MAX_LISTED = 50  # further unknown ids named on the summary line
 
 
 def stale_notes(records: list[Record]) -> list[str]:
-    """One warning per stale observation: the quality rule's (utils.quality.stale_rows), in words."""
+    """One warning per stale observation: the quality rule's (utils.history.quality.stale_rows), in words."""
     return [f"{record.coin_id} ({record.vs_currency}) last updated {record.last_updated[:16]}Z, "
             f"{lag / 3_600_000:.0f} h before the rest of the answer" for record, lag in stale_rows(records)]
 
@@ -250,7 +250,7 @@ def check_coins(settings: Settings) -> tuple[str, ...]:
     """The ids to check: --coins, and with --top alone the top N members the last run recorded."""
     if settings.coins:
         return settings.coins
-    from utils.tracking import TopMembers
+    from utils.history.tracking import TopMembers
 
     return tuple(TopMembers(settings.layout.top_members).members(settings.vs_currency)) or ("bitcoin",)
 
@@ -259,7 +259,7 @@ def history_of(settings: Settings, coin_ids: Sequence[str]) -> dict[str, LastSee
     """What the history knows of these coins; nothing when there is no readable history."""
     if not coin_ids or not settings.csv_path.is_file() or settings.data_url:
         return {}
-    from utils.storage import storage_for
+    from utils.history.locations import storage_for
 
     try:
         with storage_for(settings).index() as index:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from utils.errors import PipelineError
-from utils.layout import display_path
-from utils.notify import Notifier, RunReport
+from utils.history.layout import display_path
+from utils.views.webhook import Notifier, RunReport
 from utils.settings import Settings
 
 if TYPE_CHECKING:

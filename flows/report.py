@@ -9,16 +9,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from utils.csvio import DAY_MS
+from utils.history.csvio import DAY_MS
 from utils.daemon import StatusFile
 from utils.errors import EXIT_OK, LoadError
-from utils.file_storage import atomic_write_bytes, describe_os_error
-from utils.index import HistoryIndex, day_of
-from utils.layout import CHART_NAMES, display_path
-from utils.quality import RULE_WORDS, QualityLog
-from utils.report import Chart, CoinRow, ReportData, png_data_uri, render
+from utils.history.files import atomic_write_bytes, describe_os_error
+from utils.history.index import HistoryIndex, day_of
+from utils.history.layout import CHART_NAMES, display_path
+from utils.history.quality import RULE_WORDS, QualityLog
+from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
 from utils.settings import Settings
-from utils.storage import storage_for
+from utils.history.locations import storage_for
 
 log = logging.getLogger(__name__)
 

@@ -17,17 +17,17 @@ from lambdas.lambda_1_extract import archive_snapshot, extract, extract_top
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from flows.check import last_seen, missing_ids_note, stale_notes, successor_note
 from lambdas.lambda_3_load import load
-from utils.coingecko import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
 from utils.settings import Settings
-from utils.layout import display_path
-from utils.quality import Finding, summary_line
-from utils.schema import Record, Snapshot
-from utils.storage import Storage, storage_for
-from utils.store import LoadReport
+from utils.history.layout import display_path
+from utils.history.quality import Finding, summary_line
+from utils.history.schema import Record, Snapshot
+from utils.history.locations import Storage, storage_for
+from utils.history.csv_store import LoadReport
 from utils.words import count
-from utils.tracking import SearchMemory, TopMembers, spell_ranges
+from utils.history.tracking import SearchMemory, TopMembers, spell_ranges
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], 
     """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
         from lambdas.lambda_4_charts import charts
-        from utils.visualization import chart_options
+        from utils.charts.render import chart_options
 
         return charts(storage, chart_options(settings), every_currency=True)[0], None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 from utils.daemon import StatusFile, parse_iso
 from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.index import SeriesInfo, day_of
-from utils.layout import display_path
+from utils.history.index import SeriesInfo, day_of
+from utils.history.layout import display_path
 from utils.settings import Settings
-from utils.storage import refuse_file_as_data_dir, storage_for
-from utils.store import LegacyHistory
+from utils.history.locations import refuse_file_as_data_dir, storage_for
+from utils.history.csv_store import LegacyHistory
 from flows.top import describe_tracking
 
 
@@ -119,7 +119,7 @@ def quality_counts(settings: Settings, now: datetime) -> str:
     from collections import Counter
     from datetime import timedelta
 
-    from utils.quality import RULE_WORDS, QualityLog
+    from utils.history.quality import RULE_WORDS, QualityLog
 
     counts = Counter(f.rule for f in QualityLog(settings.layout.quality).since(now - timedelta(days=30)))
     if not counts:

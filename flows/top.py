@@ -6,11 +6,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.index import day_number
-from utils.layout import display_path
+from utils.history.index import day_number
+from utils.history.layout import display_path
 from utils.settings import Settings
-from utils.storage import storage_for
-from utils.tracking import TopMembers
+from utils.history.locations import storage_for
+from utils.history.tracking import TopMembers
 
 DEFAULT_TOP = 100
 

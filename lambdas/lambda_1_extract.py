@@ -7,12 +7,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from utils.coingecko import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient
 from utils.errors import ExtractError
-from utils.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
+from utils.history.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
 
 if TYPE_CHECKING:
-    from utils.storage import Storage
+    from utils.history.locations import Storage
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: fetch the snapshot and store the raw answer in the bucket; return its key for the next stage."""
     from utils.aws import lambda_settings, setup_lambda_logging
     from utils.clients import make_client
-    from utils.storage import storage_for
+    from utils.history.locations import storage_for
 
     setup_lambda_logging()
     settings = lambda_settings(event)

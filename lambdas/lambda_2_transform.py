@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from utils.schema import (COIN_ID_RE, SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, Snapshot, format_timestamp,
+from utils.history.schema import (COIN_ID_RE, SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, Snapshot, format_timestamp,
                           normalize_timestamp, number_problem, safe_text)
 
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
@@ -227,8 +227,8 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     from dataclasses import asdict
 
     from utils.aws import gunzip_json, gzip_json, lambda_settings, read_object, setup_lambda_logging, write_object
-    from utils.layout import RAW, RECORDS
-    from utils.schema import snapshot_from_payload
+    from utils.history.layout import RAW, RECORDS
+    from utils.history.schema import snapshot_from_payload
 
     setup_lambda_logging()
     settings = lambda_settings(event)

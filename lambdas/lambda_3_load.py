@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from utils.layout import DataLayout
-from utils.schema import Record
-from utils.storage import Storage
-from utils.store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
+from utils.history.layout import DataLayout
+from utils.history.schema import Record
+from utils.history.locations import Storage
+from utils.history.csv_store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def handler(event: dict, context: object) -> dict:
     """AWS Lambda: append the records the transform stored to the history in the bucket (conditional write)."""
     from utils.aws import gunzip_json, lambda_settings, setup_lambda_logging
     from utils.errors import ExtractError
-    from utils.layout import RECORDS
-    from utils.storage import storage_for
+    from utils.history.layout import RECORDS
+    from utils.history.locations import storage_for
 
     setup_lambda_logging()
     storage = storage_for(lambda_settings(event))

@@ -6,8 +6,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from utils.storage import Storage
-    from utils.visualization import ChartOptions, ChartReport
+    from utils.history.locations import Storage
+    from utils.charts.render import ChartOptions, ChartReport
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def charts(storage: Storage, options: ChartOptions, *,
     One currency (options.vs_currency), or with every_currency that one under the plain names and
     each other currency of the history under names ending in _<cur>.
     """
-    from utils.visualization import render_every_currency, render_from_index  # matplotlib only when drawing
+    from utils.charts.render import render_every_currency, render_from_index  # matplotlib only when drawing
 
     _, out_dir = storage.local_csv()
     with storage.index() as index:
@@ -33,8 +33,8 @@ def charts(storage: Storage, options: ChartOptions, *,
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: render the three PNGs of each currency from the CSV in the bucket and upload them."""
     from utils.aws import lambda_settings, setup_lambda_logging
-    from utils.storage import storage_for
-    from utils.visualization import chart_options
+    from utils.history.locations import storage_for
+    from utils.charts.render import chart_options
 
     setup_lambda_logging()
     settings = lambda_settings(event)

@@ -36,12 +36,12 @@ class ArchitectureTest(unittest.TestCase):
 
     def test_nothing_below_main_imports_it(self) -> None:
         offenders = [str(path.relative_to(REPO)) for folder in ("flows", "lambdas", "utils")
-                     for path in (REPO / folder).glob("*.py") if "main" in imported_modules(path)]
+                     for path in (REPO / folder).rglob("*.py") if "main" in imported_modules(path)]
         self.assertEqual(offenders, [])
 
     def test_one_module_names_the_data_folders_paths(self) -> None:
         spelled = [str(path.relative_to(REPO)) for folder in ("flows", "lambdas", "utils")
-                   for path in (REPO / folder).glob("*.py")
+                   for path in (REPO / folder).rglob("*.py")
                    if path.name != "layout.py" and any(name in path.read_text(encoding="utf-8") for name in
                                                        ('".state"', '"status.json"', '"daemon.pid"', '/ "raw"',
                                                         '"raw/"', '".quarantine"'))]

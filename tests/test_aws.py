@@ -23,8 +23,8 @@ except ImportError:  # pragma: no cover - the AWS extras are in requirements.txt
 
 from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts
 from utils import aws
-from utils.schema import HEADER_LINE, Record
-from utils.storage import S3Storage
+from utils.history.schema import HEADER_LINE, Record
+from utils.history.locations import S3Storage
 
 BUCKET = "crypto-history-test"
 SECRET = "CG-AWS-SECRET-0123456789"

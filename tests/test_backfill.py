@@ -15,10 +15,10 @@ from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
 
 from lambdas.lambda_3_load import load
 from flows.backfill import backfill
-from utils.index import HistoryIndex, day_of
-from utils.layout import DataLayout
-from utils.coingecko import CoinGeckoClient
-from utils.schema import Record
+from utils.history.index import HistoryIndex, day_of
+from utils.history.layout import DataLayout
+from utils.coingecko.client import CoinGeckoClient
+from utils.history.schema import Record
 from utils.settings import build_settings
 
 NOW = datetime.now(timezone.utc)

@@ -15,7 +15,7 @@ from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 from tests.test_backfill import SimClock
 
 from flows.backfill import Progress, backfill
-from utils.coingecko import CoinGeckoClient, RateLimiter
+from utils.coingecko.client import CoinGeckoClient, RateLimiter
 from utils.settings import DEFAULT_COINS, build_settings
 
 CHARTS = ("crypto_price_trend.png", "crypto_market_cap_trend.png", "crypto_performance.png")

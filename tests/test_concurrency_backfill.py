@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
 from tests.support import MAIN, PipelineTestCase
-from utils.schema import COLUMNS, HEADER_LINE
+from utils.history.schema import COLUMNS, HEADER_LINE
 
 RUN_SUMMARY = re.compile(r"^run (ok|partial): (\d+)(?: of \d+)? coins, (\d+) rows appended, (\d+) duplicates skipped",
                          re.MULTILINE)

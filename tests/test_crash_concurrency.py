@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.fake_coingecko import markets_rows
 from tests.support import MAIN, PipelineTestCase
-from utils.schema import COLUMNS, HEADER_LINE
+from utils.history.schema import COLUMNS, HEADER_LINE
 
 SUMMARY = re.compile(r"^run ok: (\d+) coins, (\d+) rows appended, (\d+) duplicates skipped", re.MULTILINE)
 Key = tuple[str, str, str]

@@ -6,8 +6,8 @@ import io
 import random
 import unittest
 
-from utils import csvio
-from utils.schema import COLUMNS
+from utils.history import csvio
+from utils.history.schema import COLUMNS
 
 
 def _row(rng: random.Random, i: int) -> str:

@@ -214,7 +214,7 @@ class DaemonProcessTests(PipelineTestCase):
     def test_sigterm_while_another_process_holds_the_lock_exits_0_within_2_seconds(self) -> None:
         from filelock import FileLock
 
-        from utils.layout import DataLayout
+        from utils.history.layout import DataLayout
 
         layout = DataLayout(self.data_dir)
         layout.state_dir.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,9 @@ from tests.fake_coingecko import load_fixture
 from tests.support import PipelineTestCase
 from tests.test_backfill import charts_for
 
-from utils.datapackage import HISTORY_FIELDS, QUALITY_FIELDS
-from utils.quality import QUALITY_COLUMNS
-from utils.schema import COLUMNS
+from utils.history.datapackage import HISTORY_FIELDS, QUALITY_FIELDS
+from utils.history.quality import QUALITY_COLUMNS
+from utils.history.schema import COLUMNS
 
 try:
     from frictionless import Package

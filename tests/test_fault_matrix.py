@@ -31,7 +31,7 @@ from tests.fake_coingecko import DEFAULT_COINS_FIXTURE, Fault, load_fixture, mak
 from tests.support import MAIN, CliResult, PipelineTestCase, summary_line
 
 from flows.backfill import newest_complete_day
-from utils.schema import normalize_timestamp
+from utils.history.schema import normalize_timestamp
 
 Key = tuple[str, str, str]  # (coin_id, vs_currency, last_updated)
 

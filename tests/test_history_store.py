@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
 from tests.support import MAIN, PipelineTestCase
-from utils import csvio
-from utils.schema import COLUMNS, HEADER_LINE, normalize_timestamp
+from utils.history import csvio
+from utils.history.schema import COLUMNS, HEADER_LINE, normalize_timestamp
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -368,7 +368,7 @@ class FilesNotOurs(PipelineTestCase):
 
 
 def _record(coin: str = "bitcoin", ts: str = "2024-01-01T00:00:00.000Z", rank: int | None = 1):
-    from utils.schema import Record
+    from utils.history.schema import Record
 
     return Record(name=coin.title(), symbol=coin[:3], current_price=100.0, market_cap=1000.0,
                   price_change_percentage_24h=None, circulating_supply=None, last_updated=ts, fetched_at=ts,
@@ -382,8 +382,8 @@ class OddFilesAtTheStore(unittest.TestCase):
     def setUp(self) -> None:
         import tempfile
 
-        from utils.layout import DataLayout
-        from utils.store import HistoryStore
+        from utils.history.layout import DataLayout
+        from utils.history.csv_store import HistoryStore
 
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tests.fake_coingecko import load_fixture
 from tests.support import MAIN, PipelineTestCase, drop_file_capabilities, read_rows
-from utils.csvio import timestamp_ms
-from utils.schema import COLUMNS, HEADER_LINE
+from utils.history.csvio import timestamp_ms
+from utils.history.schema import COLUMNS, HEADER_LINE
 
 FIXTURE = load_fixture("coins_markets_2023-01-08_real_10coins.json")
 # The ids the recorded fixture really holds, so a run is complete (exit 0) rather than partial.

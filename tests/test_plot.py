@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from tests.support import PipelineTestCase
-from utils.layout import DataLayout
+from utils.history.layout import DataLayout
 
 CHARTS = ("crypto_price_trend.png", "crypto_market_cap_trend.png", "crypto_performance.png")
 

@@ -22,9 +22,9 @@ from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
 from lambdas.lambda_1_extract import Snapshot, extract
 from lambdas.lambda_2_transform import NON_NEGATIVE, SIGNED, TransformResult, chart_to_records, transform
 from lambdas.lambda_3_load import load
-from utils.coingecko import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient
 from utils.errors import PipelineError
-from utils.schema import COLUMNS, HEADER_LINE, Record, format_cell, rows_to_csv
+from utils.history.schema import COLUMNS, HEADER_LINE, Record, format_cell, rows_to_csv
 
 FETCHED = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
 IDS = ("bitcoin", "ethereum", "avalanche-2", "usd-coin", "a..b", "x")

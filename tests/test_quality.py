@@ -11,10 +11,10 @@ from pathlib import Path
 from tests.fake_coingecko import markets_rows
 from tests.support import PipelineTestCase, make_stale
 
-from utils.layout import DataLayout
-from utils.quality import QUALITY_COLUMNS, QualityRules
-from utils.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp
-from utils.store import HistoryStore
+from utils.history.layout import DataLayout
+from utils.history.quality import QUALITY_COLUMNS, QualityRules
+from utils.history.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp
+from utils.history.csv_store import HistoryStore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -183,7 +183,7 @@ class QualityFile(StoreCase):
 
     def test_an_unwritable_quality_file_is_a_warning_and_the_rows_land(self) -> None:
         self.layout.quality.mkdir()  # a folder where the file should be
-        with self.assertLogs("utils.quality", "WARNING") as logs:
+        with self.assertLogs("utils.history.quality", "WARNING") as logs:
             self.load(rec("bitcoin", day(0), 0.0))
         self.assertIn("could not write the quality findings", logs.output[0])
         self.assertEqual(self.store.append([rec("bitcoin", day(0), 0.0)]).skipped_duplicates, 1)

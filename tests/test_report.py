@@ -99,7 +99,7 @@ class Report(PipelineTestCase):
 
 class Numbers(unittest.TestCase):
     def test_prices_caps_and_changes_read_well_across_ten_orders_of_magnitude(self) -> None:
-        from utils.report import fmt_big, fmt_change, fmt_price
+        from utils.views.html_report import fmt_big, fmt_change, fmt_price
 
         self.assertEqual([fmt_price(v) for v in (117999.0, 1.0, 0.5, 0.07204, 0.00000845, None)],
                          ["117,999.00", "1.00", "0.50", "0.07204", "0.00000845", "–"])

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from tests.fake_coingecko import Fault, load_fixture, markets_rows
 from tests.support import FIXTURE_IDS, PipelineTestCase
 
-from utils.schema import HEADER_LINE
+from utils.history.schema import HEADER_LINE
 
 SECRET = "CG-s3cr3t-KEY-value-123"
 

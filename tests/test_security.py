@@ -20,7 +20,7 @@ from tests.fake_coingecko import (DEFAULT_COINS_FIXTURE, FakeCoinGecko, Fault, l
                                   markets_rows)
 from tests.support import FIXTURE_IDS, CliResult, PipelineTestCase
 
-from utils.coingecko import PRO_URL, PUBLIC_URL, CoinGeckoClient
+from utils.coingecko.client import PRO_URL, PUBLIC_URL, CoinGeckoClient
 from utils.clients import make_client
 from utils.settings import build_settings
 

@@ -12,7 +12,7 @@ from tests.support import FIXTURE_IDS, PipelineTestCase, cli
 
 from flows.run_once import RunResult
 from flows.status import print_status
-from utils.coingecko import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient
 from utils.settings import build_settings
 
 DAY1 = date(2026, 3, 1)

@@ -13,7 +13,7 @@ from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
 
 from lambdas.lambda_1_extract import Snapshot
 from lambdas.lambda_2_transform import transform
-from utils.schema import COLUMNS, HEADER_LINE, Record, rows_to_csv
+from utils.history.schema import COLUMNS, HEADER_LINE, Record, rows_to_csv
 
 FETCHED = datetime(2023, 1, 8, 16, 50, 0, 123456, tzinfo=timezone.utc)
 REAL = load_fixture("coins_markets_2023-01-08_real_10coins.json")

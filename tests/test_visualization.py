@@ -25,13 +25,13 @@ from matplotlib.patches import Rectangle
 
 from lambdas.lambda_4_charts import charts
 from utils.errors import PipelineError
-from utils import csvio
-from utils.layout import CHART_NAMES, DataLayout, chart_names, primary_currency
-from utils.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, format_timestamp, parse_timestamp
+from utils.history import csvio
+from utils.history.layout import CHART_NAMES, DataLayout, chart_names, primary_currency
+from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, format_timestamp, parse_timestamp
 from utils.settings import DEFAULT_COINS
-from utils.storage import LocalStorage
-from utils.store import HistoryStore
-from utils.visualization import (IMAGE_SIZE_PX, MARKET_CAP_CHART, PERFORMANCE_CHART,
+from utils.history.locations import LocalStorage
+from utils.history.csv_store import HistoryStore
+from utils.charts.render import (IMAGE_SIZE_PX, MARKET_CAP_CHART, PERFORMANCE_CHART,
                                  PRICE_CHART, ChartOptions, NoHistory, NothingToPlot,
                                  chart_drawings, coin_colour, format_money, render_charts)
 
@@ -486,7 +486,7 @@ class CurrenciesTest(ChartTestCase):
     def test_a_currency_where_the_selection_matches_nothing_is_skipped(self) -> None:
         write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
                       + daily_rows(self.pick("bitcoin"), 6, currency="usd"))
-        with self.assertLogs("utils.visualization", "WARNING") as logs:
+        with self.assertLogs("utils.charts.render", "WARNING") as logs:
             _, reports = charts(LocalStorage(self.dir), ChartOptions(coins=("ethereum",)), every_currency=True)
         self.assertEqual([r.currency for r in reports], ["eur"])
         self.assertIn("no charts in usd: no coin matches --plot-coins ethereum", logs.output[0])
@@ -504,7 +504,7 @@ def number_or_flag(text: str) -> float | str | None:
 
 
 class ReaderMatchesCsvModuleTest(unittest.TestCase):
-    """The one CSV reader (utils.csvio) accepts exactly the rows the csv module reads as valid history rows."""
+    """The one CSV reader (utils.history.csvio) accepts exactly the rows the csv module reads as valid history rows."""
 
     def reference(self, path: Path) -> list[tuple]:
         rows = []

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from utils.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
-from utils.layout import split_s3_url
+from utils.history.layout import split_s3_url
 from utils.settings import Settings, build_settings
 
 log = logging.getLogger(__name__)

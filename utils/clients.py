@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from utils.coingecko import CoinGeckoClient, RateLimiter
+from utils.coingecko.client import CoinGeckoClient, RateLimiter
 from utils.settings import Settings
 
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import schedule
 
 from utils.errors import EXIT_OK, ConfigError, PipelineError, Stopped
-from utils.file_storage import ensure_dir, read_json, write_json_atomic
+from utils.history.files import ensure_dir, read_json, write_json_atomic
 from utils.redact import redact_tree
 
 log = logging.getLogger(__name__)

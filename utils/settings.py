@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from utils.errors import ConfigError
-from utils.layout import TEMP_SUFFIX, DataLayout, split_s3_url
-from utils.plans import DEFAULT_MAX_RESPONSE_MB, default_base_url
-from utils.schema import COIN_ID_RE, CURRENCY_RE
+from utils.history.layout import TEMP_SUFFIX, DataLayout, split_s3_url
+from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, default_base_url
+from utils.history.schema import COIN_ID_RE, CURRENCY_RE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dogecoin", "polkadot",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import PipelineError
-from utils.file_storage import ensure_dir, read_json, write_json_atomic
+from utils.history.files import ensure_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

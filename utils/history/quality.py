@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from utils import csvio
-from utils.csvio import DAY_MS
-from utils.index import HistoryIndex, day_number
-from utils.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
+from utils.history import csvio
+from utils.history.csvio import DAY_MS
+from utils.history.index import HistoryIndex, day_number
+from utils.history.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
 
 log = logging.getLogger(__name__)
 

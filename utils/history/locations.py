@@ -18,15 +18,15 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from utils import csvio
+from utils.history import csvio
 from utils.errors import ConfigError, LoadError, SchemaMismatch
-from utils.file_storage import archive_raw, atomic_write_bytes, describe_os_error, raw_bytes, raw_name
-from utils.index import HistoryIndex
-from utils.layout import CSV_NAME, RAW, DataLayout, split_s3_url
-from utils.quality import QualityRules
-from utils.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
+from utils.history.files import archive_raw, atomic_write_bytes, describe_os_error, raw_bytes, raw_name
+from utils.history.index import HistoryIndex
+from utils.history.layout import CSV_NAME, RAW, DataLayout, split_s3_url
+from utils.history.quality import QualityRules
+from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 from utils.settings import Settings
-from utils.store import HistoryStore, LoadReport, MergeReport, new_records
+from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, new_records
 
 log = logging.getLogger(__name__)
 

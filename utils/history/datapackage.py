@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
-from utils.file_storage import atomic_write_bytes
-from utils.layout import DataLayout
-from utils.quality import QUALITY_HEADER, RULES
-from utils.schema import SOURCE_LEGACY, SOURCE_MARKET_CHART, SOURCE_MARKETS
+from utils.history.files import atomic_write_bytes
+from utils.history.layout import DataLayout
+from utils.history.quality import QUALITY_HEADER, RULES
+from utils.history.schema import SOURCE_LEGACY, SOURCE_MARKET_CHART, SOURCE_MARKETS
 
 log = logging.getLogger(__name__)
 

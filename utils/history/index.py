@@ -20,9 +20,9 @@ from datetime import date, timedelta
 from operator import itemgetter
 from pathlib import Path
 
-from utils import csvio
-from utils.csvio import DAY_MS, Observation
-from utils.schema import COLUMNS
+from utils.history import csvio
+from utils.history.csvio import DAY_MS, Observation
+from utils.history.schema import COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from utils.errors import LoadError, SchemaMismatch
-from utils.file_storage import describe_os_error
-from utils.layout import DataLayout
-from utils.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, LEGACY_COLUMNS, Record, parse_timestamp, rows_to_csv
+from utils.history.files import describe_os_error
+from utils.history.layout import DataLayout
+from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, LEGACY_COLUMNS, Record, parse_timestamp, rows_to_csv
 
 log = logging.getLogger(__name__)
 

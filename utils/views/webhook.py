@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from utils.coingecko import WebhookError, post_json
-from utils.file_storage import read_json, write_json_atomic
-from utils.quality import Finding, summary_line
+from utils.coingecko.client import WebhookError, post_json
+from utils.history.files import read_json, write_json_atomic
+from utils.history.quality import Finding, summary_line
 from utils.redact import redact
 
 log = logging.getLogger(__name__)

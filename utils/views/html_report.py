@@ -49,7 +49,7 @@ class ReportData:
     rows: int
     coins: list[CoinRow]
     charts: list[Chart]
-    findings: list[Any]  # utils.quality.Finding
+    findings: list[Any]  # utils.history.quality.Finding
     finding_counts: dict[str, int]
     last_run: dict[str, Any] | None
     days: int = 30

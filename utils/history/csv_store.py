@@ -24,14 +24,14 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from utils import csvio
-from utils.datapackage import write_datapackage
+from utils.history import csvio
+from utils.history.datapackage import write_datapackage
 from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
-from utils.file_storage import atomic_write_bytes, describe_os_error, ensure_dir
-from utils.index import HistoryIndex
-from utils.layout import DataLayout
-from utils.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
-from utils.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, Record, format_cell, \
+from utils.history.files import atomic_write_bytes, describe_os_error, ensure_dir
+from utils.history.index import HistoryIndex
+from utils.history.layout import DataLayout
+from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
+from utils.history.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, Record, format_cell, \
     normalize_timestamp, rows_to_csv, safe_text
 
 log = logging.getLogger(__name__)

@@ -33,12 +33,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
-from utils import csvio
+from utils.history import csvio
 from utils.errors import PipelineError
-from utils.schema import DRAWABLE_RANGE, drawable
-from utils.index import DailyPoints, HistoryIndex
+from utils.history.schema import DRAWABLE_RANGE, drawable
+from utils.history.index import DailyPoints, HistoryIndex
 from utils.settings import Settings
-from utils.layout import (MARKET_CAP_CHART, PERFORMANCE_CHART, PRICE_CHART, DataLayout, chart_names,
+from utils.history.layout import (MARKET_CAP_CHART, PERFORMANCE_CHART, PRICE_CHART, DataLayout, chart_names,
                           primary_currency, suffixed_chart_names)
 
 logger = logging.getLogger(__name__)
@@ -663,7 +663,7 @@ def _utc(ms: int) -> datetime:
 def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
                   now: datetime | None = None) -> ChartReport:
     """Draw the charts of the history at csv_path, read through its index (brought up to the CSV first)."""
-    from utils.store import HistoryStore  # the store brings sqlite and filelock: only when drawing
+    from utils.history.csv_store import HistoryStore  # the store brings sqlite and filelock: only when drawing
 
     csv_path = Path(csv_path)
     if csvio.header_kind(csv_path) in ("missing", "empty"):

@@ -1,0 +1,1 @@
+"""The CoinGecko API client and its plans."""

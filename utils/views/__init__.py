@@ -1,0 +1,1 @@
+"""What people read besides the charts: the HTML report and webhook notifications."""
