@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from utils.coingecko.plans import top_label
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
@@ -136,7 +137,7 @@ def run_switches(after: str) -> argparse.ArgumentParser:
                    help=f"do not draw charts after {after} [PIPELINE_CHARTS=0]")
     p.add_argument("--no-heal", dest="heal", action="store_const", const=False,
                    help="do not fill days missing from the history [PIPELINE_HEAL=0]")
-    top_option(p, "track the top N coins by market cap in each currency (1 to 1000), with --coins if given "
+    top_option(p, "track the top N coins by market cap in each currency (1 to 20,000, or all: the whole market), with --coins if given "
                   "[PIPELINE_TOP]")
     p.add_argument("--top-backfill", dest="top_backfill", action="store_const", const=True,
                    help="heal a coin that enters the top N back to the start of the history "
@@ -560,7 +561,7 @@ def daemon_command(settings: Settings) -> int:
                         status=StatusFile(settings.layout.status), initial_run=settings.initial_run)
         daemon.install_signal_handlers()
         tracked = f"{len(settings.coins)} coins" if not settings.top else \
-            f"the top {settings.top}" + (f" and {len(settings.coins)} coins" if settings.coins else "")
+            f"the top {top_label(settings.top)}" + (f" and {len(settings.coins)} coins" if settings.coins else "")
         log.info("daemon started (PID %d): %s in %s, daily at %s %s, data in %s", os.getpid(), tracked,
                  ", ".join(settings.vs_currencies), settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
         daemon.start()

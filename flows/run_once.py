@@ -8,16 +8,19 @@ entered and who left.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
-from lambdas.lambda_1_extract import archive_snapshot, extract, extract_top
+from lambdas.lambda_1_extract import archive_snapshot, extract, extract_top, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from flows.check import last_seen, missing_ids_note, stale_notes, successor_note
 from lambdas.lambda_3_load import load
 from utils.coingecko.client import CoinGeckoClient
+from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
 from utils.settings import Settings
@@ -32,6 +35,7 @@ from utils.history.tracking import SearchMemory, TopMembers, spell_ranges
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+PROGRESS_PAGES = 10  # a top N of more pages than this shows its progress
 
 
 def utc_now() -> datetime:
@@ -114,6 +118,7 @@ class RunOnce:
         self.members = TopMembers(settings.layout.top_members) if settings.top else None
         self.snapshots: list[Snapshot] = []
         self.tops: dict[str, list[str]] = {}  # each currency's top N this run, best first
+        self.gone: dict[str, list[str]] = {}  # each currency's tracked coins that CoinGecko lists no more
         self.failed: list[tuple[str, str]] = []
         self.transformed: TransformResult | None = None
         self.incomplete_rejected: list[Rejected] = []
@@ -154,9 +159,20 @@ class RunOnce:
     def _fetch(self, vs_currency: str) -> Snapshot:
         """One currency's /coins/markets answers: the top N plus the coins, or the coins alone."""
         if self.settings.top and not self.retry:
-            snapshot, self.tops[vs_currency] = extract_top(self.settings.top, self.settings.coins, vs_currency,
-                                                           self.client, self.clock)
-            return snapshot
+            members = tuple(self.members.members(vs_currency)) if self.members is not None else ()
+            with PageProgress(top_pages(self.settings.top), vs_currency) as progress:
+                answer = extract_top(self.settings.top, self.settings.coins, vs_currency, self.client, self.clock,
+                                     members=members, progress=progress.step)
+            self.tops[vs_currency] = answer.top_ids
+            self.gone[vs_currency] = answer.gone
+            if answer.repeated:
+                log.info("top %s in %s: %s seen twice while ranks moved between pages, stored once",
+                         top_label(self.settings.top), vs_currency, count(answer.repeated, "coin"))
+            if answer.gone:
+                log.info("top %s in %s: %s no longer listed by CoinGecko (%s); their history is kept",
+                         top_label(self.settings.top), vs_currency, count(len(answer.gone), "coin"),
+                         ", ".join(answer.gone[:10]) + (", ..." if len(answer.gone) > 10 else ""))
+            return answer.snapshot
         return extract(self.coins, vs_currency, self.client, self.clock)
 
     def transform(self, snapshots: list[Snapshot]) -> TransformResult:
@@ -222,10 +238,10 @@ class RunOnce:
             today = self.clock().date()
             for vs_currency, top_ids in self.tops.items():
                 changes = self.members.update(vs_currency, top_ids, today, self.settings.top or 0,
-                                              self.settings.coins)
+                                              self.settings.coins, gone=self.gone.get(vs_currency, []))
                 if changes.entered or changes.left:
-                    log.info("top %d in %s: %d entered (%s), %d left (%s)", self.settings.top, vs_currency,
-                             len(changes.entered), ", ".join(changes.entered[:10]), len(changes.left),
+                    log.info("top %s in %s: %d entered (%s), %d left (%s)", top_label(self.settings.top or 0),
+                             vs_currency, len(changes.entered), ", ".join(changes.entered[:10]), len(changes.left),
                              ", ".join(changes.left[:10]))
             self.members.save()
         self.findings += self.report.findings
@@ -265,6 +281,36 @@ class RunOnce:
             publish_report(self.settings, outcome={"result": outcome.result, "summary": outcome.summary,
                                                    "exit_code": result.exit_code, "trigger": "run",
                                                    "finished_at": self.clock()})
+
+class PageProgress:
+    """Progress through the ranking pages of a long top N (more than 10 pages): a tqdm bar on a terminal, else a log
+    line every 10 pages."""
+
+    def __init__(self, total: int, vs_currency: str, stream: Any = None) -> None:
+        self.total, self.vs_currency = total, vs_currency
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.shown = total > PROGRESS_PAGES
+        if self.shown and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="page", file=self.stream, desc=f"top {vs_currency}", leave=False)
+
+    def step(self, page: int, total: int) -> None:
+        if not self.shown:
+            return
+        if self.bar is not None:
+            self.bar.update(page - self.bar.n)
+        elif page % PROGRESS_PAGES == 0:
+            log.info("top in %s: page %d of at most %d", self.vs_currency, page, total)
+
+    def __enter__(self) -> PageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
 
 def _in(settings: Settings, vs_currency: str) -> str:
     """' in usd' when a run fetches several currencies, so a warning says which one."""

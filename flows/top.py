@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from utils.coingecko.plans import UNIVERSE_CAP, top_label
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.index import day_number
 from utils.history.layout import display_path
 from utils.settings import Settings
 from utils.history.locations import storage_for
 from utils.history.tracking import TopMembers
+from utils.words import count
 
 DEFAULT_TOP = 100
+GONE_AFTER_DAYS = 7  # `status` lists a delisted coin once it has been gone this long
+GONE_SHOWN = 20
 
 
 def format_cap(value: float | None) -> str:
@@ -31,7 +35,7 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
         out(f"no observations in {currency} on {day} in {display_path(settings.csv_path)}: "
             "`python main.py status` shows the days the history covers")
         return EXIT_FAILED
-    out(f"top {limit} by market cap in {currency} on {day} (UTC), each coin's last observation that day:")
+    out(f"top {top_label(limit)} by market cap in {currency} on {day} (UTC), each coin's last observation that day:")
     out(f"{'rank':>5}  {'id':<32} {'symbol':<10} {'market cap (' + currency + ')':>24}")
     for rank, coin_id, symbol, cap in rows:
         out(f"{rank if rank is not None else '-':>5}  {coin_id:<32} {symbol.upper():<10} {format_cap(cap):>24}")
@@ -49,6 +53,14 @@ def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], No
         inside = members.members(currency)
         extra = members.also(currency)
         entered, left = members.recent(currency, now.date())
-        out(f"tracked:      {len(inside) + len(extra)} coins in {currency}: the top {members.size(currency) or '?'} "
+        size = members.size(currency)
+        what = "the whole market" if size and size >= UNIVERSE_CAP else f"the top {size or '?'}"
+        out(f"tracked:      {len(inside) + len(extra)} coins in {currency}: {what} "
             f"({len(inside)} coins){f' and {len(extra)} more from --coins' if extra else ''}; "
             f"last 30 days: {entered} entered, {left} left the top")
+        gone = sorted((day, coin_id) for coin_id, day in members.gone(currency).items()
+                      if (now.date() - day).days > GONE_AFTER_DAYS)
+        if gone:
+            listed = ", ".join(f"{coin_id} gone since {day}" for day, coin_id in gone[:GONE_SHOWN])
+            out(f"gone:         {count(len(gone), 'coin')} in {currency} no longer listed by CoinGecko for more than "
+                f"{GONE_AFTER_DAYS} days (history kept): {listed}{', ...' if len(gone) > GONE_SHOWN else ''}")

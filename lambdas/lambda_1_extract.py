@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from utils.coingecko.client import CoinGeckoClient
+from utils.coingecko.plans import UNIVERSE_CAP
 from utils.errors import ExtractError
 from utils.history.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
 
@@ -49,36 +51,91 @@ def _row_id(row: Any) -> str | None:
     return coin_id if isinstance(coin_id, str) else None
 
 
-def extract_top(top: int, coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
-                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> tuple[Snapshot, list[str]]:
-    """The top N by market cap in ceil(N / 250) pages, plus the coins outside them by id; and the top N's ids.
+@dataclass(frozen=True)
+class TopAnswer:
+    """One currency's top N: the snapshot to store, the top N's ids best first, and the tracked coins delisted."""
 
-    Coins of `coins` that the last page brings beyond the top N cost nothing more; the rest are asked
-    for by id, 250 a request. Raises ExtractError.
+    snapshot: Snapshot
+    top_ids: list[str]
+    gone: list[str] = field(default_factory=list)  # earlier members /coins/markets returns no more, by page or id
+    pages: int = 0  # the ranking pages asked for
+    repeated: int = 0  # rows of a coin already seen on an earlier page (ranks moved while paging): dropped
+
+
+def top_pages(top: int) -> int:
+    """The most ranking pages a top N asks for."""
+    return -(-min(top, UNIVERSE_CAP) // PAGE_SIZE)
+
+
+def extract_top(top: int, coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
+                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), *,
+                members: tuple[str, ...] = (),
+                progress: Callable[[int, int], None] | None = None) -> TopAnswer:
+    """The top N by market cap in at most ceil(N / 250) pages, plus the coins outside them by id.
+
+    Paging stops at a short page (the whole listing was seen) or at N; N is at most UNIVERSE_CAP, so a
+    server that answers full pages for ever is still asked at most UNIVERSE_CAP / 250 times. A coin seen
+    on two pages (ranks move while paging) keeps its first row. An earlier member (`members`) seen on no
+    page may have moved past the page boundary: it is asked for by id in the same run, with the coins of
+    `coins` outside the top N, 250 a request; a member that answer lacks too is gone (delisted).
+    `progress(page, pages)` is told after each page. Raises ExtractError.
     """
     fetched_at = clock()
     pages: list[Any] = []
-    ranked: list[Any] = []
-    for number in range(1, -(-top // PAGE_SIZE) + 1):
+    seen: dict[str, Any] = {}
+    repeated = 0
+    total = top_pages(top)
+    for number in range(1, total + 1):
         page = _checked(client.markets(vs_currency, [], page=number, per_page=PAGE_SIZE))
         pages.append(page)
-        ranked.extend(page)
+        for row in page:
+            coin_id = _row_id(row)
+            if coin_id is None:
+                continue
+            if coin_id in seen:
+                repeated += 1
+            else:
+                seen[coin_id] = row
+        if progress is not None:
+            progress(number, total)
         if len(page) < PAGE_SIZE:
             break  # CoinGecko lists fewer coins than asked for: no further page
-    top_rows = [row for row in ranked if _row_id(row)][:top]
-    top_ids = list(dict.fromkeys(_row_id(row) for row in top_rows))  # type: ignore[misc]
-    wanted = [c for c in coins if c not in set(top_ids)]
-    beyond = {_row_id(row): row for row in ranked[len(top_rows):] if _row_id(row) in set(wanted)}
-    rows = top_rows + list(beyond.values())
-    rest = tuple(c for c in wanted if c not in beyond)
-    if rest:
-        by_id = extract(rest, vs_currency, client, clock)
+    ranked = list(seen.items())
+    top_ids = [coin_id for coin_id, _ in ranked[:top]]
+    inside = set(top_ids)
+    beyond = {coin_id: row for coin_id, row in ranked[top:]}
+    lost = [c for c in dict.fromkeys(members) if c not in seen]
+    wanted = [c for c in coins if c not in inside]
+    rows = [row for _, row in ranked[:top]] + [beyond[c] for c in wanted if c in beyond]
+    ask = tuple(dict.fromkeys([*lost, *(c for c in wanted if c not in beyond)]))
+    gone: list[str] = []
+    if ask:
+        by_id = extract(ask, vs_currency, client, clock)
         pages.extend(by_id.pages)
-        rows.extend(by_id.rows)
-    requested = tuple(dict.fromkeys([*top_ids, *wanted]))  # type: ignore[list-item]
-    log.debug("top %d in %s: %d rows in %d requests", top, vs_currency, len(rows), len(pages))
-    return Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=requested, rows=rows,
-                    pages=pages), top_ids
+        found = {_row_id(row): row for row in by_id.rows if _row_id(row)}
+        for coin_id in lost:
+            row = found.get(coin_id)
+            if row is None:
+                gone.append(coin_id)
+            elif len(top_ids) < top and _within(row, top):  # it moved past a page boundary: still inside
+                top_ids.append(coin_id)
+                inside.add(coin_id)
+                rows.append(row)
+        rows.extend(found[c] for c in wanted if c in found and c not in inside and c not in beyond)
+    wanted = [c for c in wanted if c not in inside]
+    requested = tuple(dict.fromkeys([*top_ids, *wanted]))
+    log.debug("top %d in %s: %d rows in %d requests, %d repeated, %d gone", top, vs_currency, len(rows), len(pages),
+              repeated, len(gone))
+    snapshot = Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=requested, rows=rows, pages=pages)
+    return TopAnswer(snapshot, top_ids, gone, min(len(pages), total), repeated)
+
+
+def _within(row: Any, top: int) -> bool:
+    """Whether a coin asked for by id ranks inside the top N (a coin without a rank counts as inside the whole market)."""
+    rank = row.get("market_cap_rank") if isinstance(row, dict) else None
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        return rank <= top
+    return top >= UNIVERSE_CAP
 
 
 def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
@@ -98,7 +155,7 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     storage = storage_for(settings)
     with make_client(settings) as client:
         if settings.top:  # no membership state on Lambda: each run simply takes the day's top N
-            snapshot, _ = extract_top(settings.top, settings.coins, settings.vs_currency, client)
+            snapshot = extract_top(settings.top, settings.coins, settings.vs_currency, client).snapshot
         else:
             snapshot = extract(settings.coins, settings.vs_currency, client)
     raw_key = archive_snapshot(snapshot, storage)

@@ -470,6 +470,8 @@ class FakeCoinGecko:
         self.clock: Callable[[], float] = time.monotonic
         self.wall_clock: Callable[[], float] = time.time
         self.history_limit_days: int | None = None
+        self.endless_pages = False  # every unfiltered /coins/markets page is full, however far one pages
+        self.page_hooks: dict[int, list[Callable[[], None]]] = {}  # run right after that page is served
         self.base_url = ""
         self._lock = threading.Lock()
         self._faults: deque[tuple[Fault, str | None]] = deque()
@@ -545,6 +547,51 @@ class FakeCoinGecko:
                     row["name"] = name if name is not None else row.get("name")
                     row["symbol"] = symbol if symbol is not None else row.get("symbol")
             self.coins = rows
+
+    def universe(self, n: int, *, start: datetime | None = None, seed: int = 0) -> list[str]:
+        """Serve n generated coins (coin-00000...) ranked by market cap; returns their ids, best first."""
+        rows = markets_rows(n, start=start or datetime.now(timezone.utc) - timedelta(minutes=5), seed=seed)
+        self.set_coins(rows)
+        return [row["id"] for row in rows]
+
+    def ranked_ids(self) -> list[str]:
+        """The ids in market-cap order, as an unfiltered /coins/markets pages them now."""
+        with self._lock:
+            return [row["id"] for row in sorted(self.coins, key=_sort_key_desc("market_cap"))]
+
+    def move(self, coin_id: str, to_position: int) -> None:
+        """Give a coin the market cap that puts it at 0-based to_position of the ranking (ranks renumbered)."""
+        with self._lock:
+            rows = sorted(copy.deepcopy(self.coins), key=_sort_key_desc("market_cap"))
+            coin = next(row for row in rows if row.get("id") == coin_id)
+            rows.remove(coin)
+            above = rows[to_position - 1]["market_cap"] if to_position > 0 else None
+            below = rows[to_position]["market_cap"] if to_position < len(rows) else None
+            if above is None:
+                coin["market_cap"] = (below or 1) * 2
+            elif below is None:
+                coin["market_cap"] = above / 2
+            else:
+                coin["market_cap"] = (above + below) / 2
+            rows.insert(to_position, coin)
+            for rank, row in enumerate(rows, 1):
+                row["market_cap_rank"] = rank
+            self.coins = rows
+
+    def remove(self, *coin_ids: str) -> None:
+        """Delist coins: /coins/markets returns them no more, by page or by id."""
+        gone = set(coin_ids)
+        with self._lock:
+            self.coins = [row for row in self.coins if row.get("id") not in gone]
+
+    def after_page(self, page: int, action: Callable[[], None]) -> None:
+        """Run action once, right after the unfiltered /coins/markets page `page` is served (ranks move while paging)."""
+        with self._lock:
+            self.page_hooks.setdefault(page, []).append(action)
+
+    def market_pages(self) -> list[int]:
+        """The page numbers of the unfiltered /coins/markets requests, in order."""
+        return [_int_param(r.query.get("page"), 1) for r in self.requests_to("/coins/markets") if "ids" not in r.query]
 
     def advance(self, seconds: float = 60, price_factor: float = 1.01) -> None:
         """Move every coin's last_updated forward and scale current_price (nulls stay null)."""
@@ -752,7 +799,18 @@ class FakeCoinGecko:
         rows = sorted(rows, key=key, reverse=reverse)
         per_page = min(max(_int_param(query.get("per_page"), DEFAULT_PER_PAGE), 1), MAX_PER_PAGE)
         page = max(_int_param(query.get("page"), 1), 1)
-        return _json_answer(200, rows[(page - 1) * per_page: page * per_page])
+        if self.endless_pages and not (ids or names or symbols):
+            template = rows[0] if rows else markets_rows(1)[0]
+            rows = [dict(template, id=f"endless-{page}-{i}", market_cap_rank=(page - 1) * per_page + i + 1)
+                    for i in range(per_page)]
+            return _json_answer(200, rows)
+        answer = _json_answer(200, rows[(page - 1) * per_page: page * per_page])
+        if not (ids or names or symbols):
+            with self._lock:
+                hooks = self.page_hooks.pop(page, [])
+            for hook in hooks:
+                hook()
+        return answer
 
     def _search(self, text: str) -> _Answer:
         """GET /search: suggest coins by substring or a near-miss id."""

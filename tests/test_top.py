@@ -149,7 +149,7 @@ class TopN(PipelineTestCase):
                          [f"/coins/coin-{i:04d}/market_chart/range" for i in range(3)])
 
     def test_top_out_of_range_is_a_usage_error(self) -> None:
-        for value in ("0", "1001", "ten"):
+        for value in ("0", "20001", "ten"):
             result = self.run_main("--top", value)
             self.assertEqual(result.code, 2, value)
             self.assertTrue(result.stderr.startswith("config error: top: "), result.stderr)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from utils.errors import ConfigError
 from utils.history.layout import TEMP_SUFFIX, DataLayout, split_s3_url
-from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, default_base_url
+from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, UNIVERSE_CAP, default_base_url
 from utils.history.schema import COIN_ID_RE, CURRENCY_RE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -121,16 +121,18 @@ def _parse_currencies(text: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-MAX_TOP = 1000
+MAX_TOP = UNIVERSE_CAP  # `--top all` is the whole market, capped here (CoinGecko lists about 17,000 coins)
 
 
 def _parse_top(text: Any) -> int:
+    if isinstance(text, str) and text.strip().lower() == "all":
+        return MAX_TOP
     try:
         value = int(str(text).strip())
     except ValueError:
-        raise ConfigError(f"top: {text!r} is not a whole number of coins") from None
+        raise ConfigError(f"top: {text!r} is not a whole number of coins; use 1 to {MAX_TOP:,} or all") from None
     if not 1 <= value <= MAX_TOP:
-        raise ConfigError(f"top: use 1 to {MAX_TOP} coins")
+        raise ConfigError(f"top: {value} is out of range; use 1 to {MAX_TOP:,} coins, or all for the whole market")
     return value
 
 

@@ -10,3 +10,9 @@ DEFAULT_MAX_RESPONSE_MB = 64.0  # the largest answer accepted, after decompressi
 def default_base_url(plan: str) -> str:
     """The host that serves a plan."""
     return PRO_URL if plan == "pro" else PUBLIC_URL
+UNIVERSE_CAP = 20_000  # the most coins `--top` tracks (`--top all`): CoinGecko lists about 17,000; 80 pages of 250
+
+
+def top_label(top: int) -> str:
+    """How a top N reads to a user: 'all' for the whole market."""
+    return "all" if top >= UNIVERSE_CAP else str(top)

@@ -12,6 +12,12 @@ from utils.history.schema import SOURCE_LEGACY, SOURCE_MARKET_CHART, SOURCE_MARK
 
 log = logging.getLogger(__name__)
 
+SURVIVORSHIP = ("One row per coin per observation; an observation is stored once. Survivorship-free: rows are never "
+                "removed, so a coin CoinGecko stops listing (delisted, dead) keeps its history up to the last day it "
+                "was seen, and a coin that comes back continues the same series under the same coin_id. With "
+                "`--top all` every listed coin is fetched each day; the top N of a past day is the coins observed "
+                "that day ranked by market_cap_rank, delisted ones included. The days a tracked coin was last seen "
+                "before delisting are kept in .state/top-members.json (gone).")
 TIME = {"type": "datetime", "format": "any"}  # ISO 8601 UTC with milliseconds, e.g. 2023-01-08T16:49:40.132Z
 # Per column of crypto_data.csv: (frictionless type, unit, meaning).
 HISTORY_FIELDS: dict[str, tuple[dict, str, str]] = {
@@ -71,7 +77,7 @@ def describe(layout: DataLayout) -> dict:
         "resources": [
             {"name": "crypto_data", "path": layout.csv.name, "format": "csv", "mediatype": "text/csv",
              "encoding": "utf-8", "dialect": csv_dialect,
-             "description": "One row per coin per observation; an observation is stored once.",
+             "description": SURVIVORSHIP,
              "schema": _schema(HISTORY_FIELDS, ["coin_id", "vs_currency", "last_updated"])},
             {"name": "quality", "path": layout.quality.name, "format": "csv", "mediatype": "text/csv",
              "encoding": "utf-8", "dialect": csv_dialect,

@@ -89,12 +89,22 @@ class TopMembers:
         return [c for c in order if c in inside] + sorted(inside - set(order))
 
     def update(self, vs_currency: str, top_ids: list[str], today: date, size: int,
-               also: tuple[str, ...] = ()) -> Changes:
+               also: tuple[str, ...] = (), gone: list[str] | tuple[str, ...] = ()) -> Changes:
         """Record this run's top N (best first): open a spell for each newcomer, close it for each leaver.
 
         `also`: the --coins tracked beside the top N, so `status` can count what the run tracked.
+        `gone`: members that /coins/markets returns no more (delisted): each is recorded with the last
+        day a run saw it; one that comes back is taken off that list and opens a new spell.
         """
         entry = self.currencies.setdefault(vs_currency, {"since": today.isoformat(), "coins": {}})
+        delisted = entry.get("gone") if isinstance(entry.get("gone"), dict) else {}
+        last_run = _day(entry.get("last_run")) or today
+        for coin_id in gone:
+            delisted.setdefault(coin_id, (last_run if last_run < today else today).isoformat())
+        for coin_id in top_ids:
+            delisted.pop(coin_id, None)
+        entry["gone"] = delisted
+        entry["last_run"] = today.isoformat()
         first_run = not entry["coins"]
         before = set(self.members(vs_currency))
         now = set(top_ids)
@@ -134,6 +144,12 @@ class TopMembers:
         """The --coins the last run tracked beside the top N of this currency."""
         value = self.currencies.get(vs_currency, {}).get("also")
         return [c for c in value if isinstance(c, str)] if isinstance(value, list) else []
+
+    def gone(self, vs_currency: str) -> dict[str, date]:
+        """Coins delisted from /coins/markets while tracked, with the last day a run saw them."""
+        value = self.currencies.get(vs_currency, {}).get("gone")
+        days = {c: _day(d) for c, d in value.items()} if isinstance(value, dict) else {}
+        return {c: d for c, d in days.items() if d is not None}
 
     def size(self, vs_currency: str) -> int | None:
         value = self.currencies.get(vs_currency, {}).get("size")
