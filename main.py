@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
+import importlib
 import logging
 import logging.handlers
 import os
@@ -12,23 +12,27 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from utils.coingecko.plans import top_label
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
 
-if TYPE_CHECKING:  # the flows and the client are imported when a command needs them, to start fast
-    from datetime import datetime
-
-    from flows.run_once import RunResult
-    from utils.coingecko.client import CoinGeckoClient
-
 log = logging.getLogger("pipeline")
 STARTED = time.monotonic()  # when this command began: a run's summary reports its whole wall time
 
-COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top", "quality", "report")
+# command -> (flow module, function(settings, console) -> exit code). A flow is imported when its command runs.
+COMMAND_TABLE = {
+    "run": ("flows.run", "run_command"),
+    "check": ("flows.check", "check_command"),
+    "plot": ("flows.plot", "plot_command"),
+    "daemon": ("flows.daemon", "daemon_command"),
+    "status": ("flows.status", "status_command"),
+    "backfill": ("flows.backfill", "backfill_command"),
+    "top": ("flows.top", "top_command"),
+    "quality": ("flows.report", "quality_command"),
+    "report": ("flows.report", "report_command"),
+}
+COMMANDS = tuple(COMMAND_TABLE)
 # Options a user may also give before the command (`python main.py -q plot`).
 GLOBAL_OPTIONS = ("verbose", "quiet", "data_dir", "config", "log_file")
 BEFORE = "before_"  # where options given before the command land, so the command's defaults cannot hide them
@@ -386,28 +390,12 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def dispatch(settings: Settings, sleep: Callable[[float], None]) -> int:
-    """Run the command the settings name."""
-    if settings.command == "daemon":
-        return daemon_command(settings)
-    if settings.command == "status":
-        from flows.status import print_status
-        return print_status(settings, out=show)
-    if settings.command == "check":
-        from flows.check import run_check
-        return run_check(settings, sleep=sleep, out=show)
-    if settings.command == "plot":
-        return plot_command(settings)
-    if settings.command == "top":
-        from flows.top import print_top
-        return print_top(settings, out=show)
-    if settings.command == "backfill":
-        return backfill_command(settings, sleep=sleep)
-    if settings.command == "quality":
-        from flows.report import print_quality
-        return print_quality(settings, out=show)
-    if settings.command == "report":
-        return report_command(settings)
-    return run_command(settings, sleep=sleep)
+    """Run the flow the command table names for the settings' command."""
+    from flows.wiring import Console  # start-up time: the flows load only when a command runs
+
+    module, function = COMMAND_TABLE[settings.command]
+    flow = getattr(importlib.import_module(module), function)
+    return flow(settings, Console(out=show, sleep=sleep, started=STARTED))
 
 
 def silence_stdout() -> None:
@@ -426,163 +414,6 @@ def describe_file_error(exc: OSError) -> str:
         return exc.strerror or type(exc).__name__
     return describe_os_error(exc, exc.filename, "open")
 
-
-def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[str, ...] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], datetime] | None = None
-                 ) -> RunResult:
-    """One run of the pipeline: extract -> transform -> load -> charts (each a stage in lambdas/), then the report."""
-    from flows.run_once import RunOnce, utc_now
-
-    run = RunOnce(settings, client, coins=coins, should_stop=should_stop, clock=clock or utc_now)
-    snapshots = run.extract()               # /coins/markets -> one Snapshot per currency, raw answers archived
-    transformed = run.transform(snapshots)  # Snapshots -> typed Records + rejections (pure)
-    run.load(transformed)                   # Records -> the history: appended when their key is new
-    run.heal()                              # days missed while the pipeline was down, from market_chart
-    run.charts()                            # the index's daily points -> PNG charts
-    result = run.result()
-    run.write_report(result)                # data/report.html, rewritten when the charts were
-    return result
-
-
-def run_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
-    """`run`: one pass of the pipeline, one summary line, and the status file updated."""
-    from utils.clients import make_client
-    from utils.daemon import Outcome, StatusFile, utc_now
-
-    status = StatusFile(settings.layout.status)
-    started = utc_now()
-    try:
-        with make_client(settings, sleep=sleep) as client:
-            result = run_pipeline(settings, client)
-    except PipelineError as exc:
-        if settings.data_dir.is_dir():
-            status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
-        notify_failure(settings, "run", exc)
-        raise
-    result = dataclasses.replace(result, seconds=time.monotonic() - STARTED)
-    status.record_run(started, utc_now(), result.outcome(), "run")
-    log.info("%s", result.summary())
-    if result.findings:
-        log.info("%s", result.quality_line())
-    notify_result(settings, result)
-    return result.exit_code
-
-
-def notify_failure(settings: Settings, command: str, exc: PipelineError) -> None:
-    """Count the failed run and tell the webhook (a failing notification is only a warning)."""
-    from flows.notify import after_failure
-    after_failure(settings, command, exc)
-
-
-def notify_result(settings: Settings, result) -> None:
-    """Tell the webhook about a finished run when one is due: findings, recovery, or always."""
-    from flows.notify import after_result
-    after_result(settings, result)
-
-
-def report_command(settings: Settings) -> int:
-    """`report`: write data/report.html from the history, its findings and the last run."""
-    from flows.report import write_report
-    from utils.history.layout import display_path
-
-    if settings.data_url:
-        raise ConfigError("`report` needs a local --data-dir (download the CSV from S3 first)")
-    if not settings.csv_path.is_file():
-        log.error("report failed: no history yet at %s: run `python main.py` first", display_path(settings.csv_path),
-                  extra={"plain": True})
-        return EXIT_FAILED
-    path = write_report(settings)
-    show(display_path(path))
-    log.info("report ok -> %s", display_path(path))
-    return EXIT_OK
-
-
-def backfill_command(settings: Settings, *, sleep: Callable[[float], None]) -> int:
-    """`backfill`: past daily points for every coin, merged once, then the charts redrawn when rows were added."""
-    from flows.backfill import backfill
-    from flows.run_once import draw_charts
-    from utils.clients import make_client
-    from utils.history.layout import display_path
-    from utils.history.locations import storage_for
-
-    with make_client(settings, sleep=sleep) as client:
-        result = backfill(settings, client)
-    summary = result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path))
-    if settings.charts and result.merge and result.merge.added:
-        _, chart_error = draw_charts(settings, storage_for(settings))
-        if chart_error:
-            summary += f"; charts failed: {chart_error}"
-        else:
-            from flows.report import publish_report
-            publish_report(settings, outcome={"result": "ok", "summary": summary, "trigger": "backfill"})
-    log.info("%s", summary)
-    findings = result.merge.findings if result.merge else ()
-    if findings:
-        from utils.history.quality import summary_line
-        log.info("%s", summary_line(findings))
-    return result.exit_code
-
-
-def daemon_command(settings: Settings) -> int:
-    """`daemon`: one process per data folder, running the pipeline on schedule until SIGTERM or Ctrl-C."""
-    from utils.coingecko.client import make_limiter
-    from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone
-    from utils.clients import make_client
-    from utils.errors import Stopped
-    from utils.history.locations import prepare_data_dir
-
-    zone = resolve_zone(settings.timezone)
-    prepare_data_dir(settings.data_dir)
-    lock = DaemonLock(settings.layout.daemon_pid)
-    lock.acquire()
-    try:
-        daemon: Daemon
-
-        def interruptible_sleep(seconds: float) -> None:
-            if daemon.stop_event.wait(seconds):
-                raise Stopped("stopped while waiting to send a request; nothing was appended")
-
-        # One limiter for the daemon's life: retries and later runs share the plan's budget.
-        limiter = make_limiter(settings.api_plan, settings.rate_limit, sleep=interruptible_sleep)
-
-        def job(coins: tuple[str, ...] | None, should_stop: Callable[[], bool]):
-            try:
-                with make_client(settings, sleep=interruptible_sleep, limiter=limiter,
-                                 should_stop=should_stop) as client:
-                    result = run_pipeline(settings, client, coins=coins, should_stop=should_stop)
-            except PipelineError as exc:
-                if not isinstance(exc, Stopped):
-                    notify_failure(settings, "daemon run", exc)
-                raise
-            notify_result(settings, result)
-            return result.outcome()
-
-        daemon = Daemon(job, at=settings.at, zone=zone, retry_delays=settings.retry_delays,
-                        status=StatusFile(settings.layout.status), initial_run=settings.initial_run)
-        daemon.install_signal_handlers()
-        tracked = f"{len(settings.coins)} coins" if not settings.top else \
-            f"the top {top_label(settings.top)}" + (f" and {len(settings.coins)} coins" if settings.coins else "")
-        log.info("daemon started (PID %d): %s in %s, daily at %s %s, data in %s", os.getpid(), tracked,
-                 ", ".join(settings.vs_currencies), settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
-        daemon.start()
-        return daemon.run_forever()
-    finally:
-        lock.release()
-
-
-def plot_command(settings: Settings) -> int:
-    """`plot`: draw the charts of the configured currency from the history."""
-    from lambdas.lambda_4_charts import charts
-    from utils.history.layout import display_path
-    from utils.history.locations import storage_for
-    from utils.charts.render import chart_options
-
-    published, (report,) = charts(storage_for(settings), chart_options(settings))
-    for where in published:
-        show(display_path(where))
-    log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
-             report.price_scale, report.skipped_lines)
-    return EXIT_OK
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 Requirement: "1,000 simulated days against the local fake API, with charts; prints peak memory at day 10 and
 day 1,000 (growth under 20 MB) and open file descriptors (no growth)."
 
-The daemon is built like `main.daemon_command` builds it (DaemonLock held; job = main.run_pipeline with a real
+The daemon is built like `flows.daemon.daemon_command` builds it (DaemonLock held; job = flows.run.run_pipeline with a real
 CoinGeckoClient from make_client, returning RunResult.outcome()), with the differences that make time simulated:
   * the daemon reads a FakeClock that starts at 2024-01-01T00:00Z (daily run 00:00 UTC), its `wait` advances that
     clock, and run_pipeline gets the same clock (in the real daemon both are the wall clock);
@@ -49,7 +49,7 @@ from tests.fake_coingecko import (FakeCoinGecko, Fault, format_iso_ms, load_fixt
                                   markets_rows, parse_iso, DEFAULT_COINS_FIXTURE)
 from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
 from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
-from main import run_pipeline  # noqa: E402
+from flows.run import run_pipeline  # noqa: E402
 from utils.clients import make_client  # noqa: E402
 from utils.history.locations import prepare_data_dir  # noqa: E402
 from utils.settings import build_settings  # noqa: E402
@@ -207,7 +207,7 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     settings = build_settings("daemon", {}, env)
     assert settings.charts == args.charts and settings.coins == coin_ids
 
-    # -- the daemon, as main.daemon_command builds it (fake clock, no-op sleep) ------------------------------
+    # -- the daemon, as flows.daemon.daemon_command builds it (fake clock, no-op sleep) ------------------------------
     clock = FakeClock(START)
     prepare_data_dir(settings.data_dir)
     stats = collections.Counter()
@@ -215,7 +215,7 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     run_seconds: list[float] = []  # wall time of the job, per run (a few KB for 1,000 days)
 
     def job(coins, should_stop):
-        # main.daemon_command's job, plus clock=clock: in the real daemon run_pipeline's clock and the daemon's are
+        # flows.daemon.daemon_command's job, plus clock=clock: in the real daemon run_pipeline's clock and the daemon's are
         # the same wall clock, so here both are the simulated one.
         started = time.perf_counter()
         try:
@@ -235,7 +235,7 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
             chart_errors[outcome.error[:160]] += 1
         return outcome
 
-    lock = DaemonLock(settings.layout.daemon_pid)  # held for the whole run, as main.daemon_command does
+    lock = DaemonLock(settings.layout.daemon_pid)  # held for the whole run, as flows.daemon.daemon_command does
     lock.acquire()
     daemon = Daemon(job, at=settings.at, zone=resolve_zone(settings.timezone), retry_delays=settings.retry_delays,
                     status=StatusFile(settings.state_dir / "status.json"), clock=clock,

@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from flows.views import draw_charts, publish_report
+from flows.wiring import Console
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
+from utils.clients import make_client
 from utils.coingecko.client import CoinGeckoClient
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.history.files import ensure_dir, read_json, write_json_atomic
 from utils.history.index import day_of, day_number
+from utils.history.layout import display_path
+from utils.history.quality import summary_line
 from utils.history.schema import Record
 from utils.settings import Settings
 from utils.history.locations import Storage, storage_for
@@ -415,3 +420,21 @@ def intersect(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> 
             if first <= last:
                 out.append((first, last))
     return sorted(out)
+
+
+def backfill_command(settings: Settings, console: Console) -> int:
+    """`backfill`: past daily points for every coin, merged once, then the charts redrawn when rows were added."""
+    with make_client(settings, sleep=console.sleep) as client:
+        result = backfill(settings, client)
+    summary = result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path))
+    if settings.charts and result.merge and result.merge.added:
+        _, chart_error = draw_charts(settings, storage_for(settings))
+        if chart_error:
+            summary += f"; charts failed: {chart_error}"
+        else:
+            publish_report(settings, outcome={"result": "ok", "summary": summary, "trigger": "backfill"})
+    log.info("%s", summary)
+    findings = result.merge.findings if result.merge else ()
+    if findings:
+        log.info("%s", summary_line(findings))
+    return result.exit_code

@@ -6,115 +6,15 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any
 
-from utils.history.csvio import DAY_MS
-from utils.daemon import StatusFile
-from utils.errors import EXIT_OK, LoadError
-from utils.history.files import atomic_write_bytes, describe_os_error
-from utils.history.index import HistoryIndex, day_of
-from utils.history.layout import CHART_NAMES, display_path
+from flows.views import FINDING_DAYS, write_report
+from flows.wiring import Console
+from utils.errors import EXIT_FAILED, EXIT_OK, ConfigError
+from utils.history.layout import display_path
 from utils.history.quality import RULE_WORDS, QualityLog
-from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
 from utils.settings import Settings
-from utils.history.locations import storage_for
 
-log = logging.getLogger(__name__)
-
-FINDING_DAYS = 30
-CHART_TITLES = dict(zip(CHART_NAMES, ("Price trend", "Market-cap trend", "Performance")))
-
-
-def _utc(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
-
-
-def coin_rows(index: HistoryIndex, vs_currency: str, today: datetime, findings: Counter) -> list[CoinRow]:
-    """Each coin's newest daily point with its 1/7/30-day changes and coverage, by market-cap rank."""
-    series = {s.coin_id: s for s in index.series(vs_currency)}
-    out: list[CoinRow] = []
-    for coin_id, ts, price, cap, rank in index.latest(vs_currency):
-        info = series.get(coin_id)
-        if info is None:
-            continue
-        day = ts // DAY_MS
-        earlier = {t // DAY_MS: p for t, p, _ in index.points(coin_id, vs_currency, day - 30, day - 1)}
-
-        def change(days: int) -> float | None:
-            then = earlier.get(day - days)
-            return price / then - 1 if price is not None and then else None
-
-        missing = info.missing_count(today.date())
-        present = sum(b - a + 1 for a, b in info.covered)
-        out.append(CoinRow(coin_id, info.name, info.symbol, _utc(ts), price, change(1), change(7), change(30),
-                           cap, rank, str(day_of(info.first_day)), present, missing, findings[coin_id]))
-    out.sort(key=lambda c: (c.rank is None, c.rank or 0, c.coin_id))
-    return out
-
-
-def last_run(settings: Settings, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The run just finished when given, else the one status.json recorded."""
-    if outcome is not None:
-        done = dict(outcome)
-        moment = done.get("finished_at")
-        if isinstance(moment, datetime):
-            done["finished_at"] = moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return done
-    recorded = StatusFile(settings.layout.status).read().get("last_run")
-    if not isinstance(recorded, dict):
-        return None
-    return {k: recorded.get(k) for k in ("result", "finished_at", "trigger", "error", "exit_code")} | {
-        "summary": None, "finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19]}
-
-
-def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
-                 now: datetime | None = None) -> ReportData:
-    """Gather what the page shows: index, quality.csv, status and the charts already drawn."""
-    now = now or datetime.now(timezone.utc)
-    layout = settings.layout
-    findings = QualityLog(layout.quality).since(now - timedelta(days=FINDING_DAYS))
-    with storage_for(settings).index() as index:
-        currencies = index.currencies()
-        vs = settings.vs_currency if settings.vs_currency in currencies or not currencies else currencies[0]
-        in_currency = [f for f in findings if f.vs_currency == vs]
-        coins = coin_rows(index, vs, now, Counter(f.coin_id for f in in_currency))
-        rows = index.rows
-    charts = [Chart(CHART_TITLES[path.name], png_data_uri(path)) for path in layout.charts if path.is_file()]
-    notes = []
-    if len(currencies) > 1:
-        notes.append(f"The history also holds {', '.join(c for c in currencies if c != vs)}; this page shows {vs} "
-                     "(choose with --vs-currency).")
-    counts = Counter(f.rule for f in in_currency)
-    return ReportData(generated_at=now.strftime("%Y-%m-%d %H:%M UTC"), vs_currency=vs, csv_name=layout.csv.name,
-                      rows=rows, coins=coins, charts=charts, findings=list(reversed(in_currency)),
-                      finding_counts={RULE_WORDS[r]: n for r, n in counts.most_common()},
-                      last_run=last_run(settings, outcome), days=FINDING_DAYS, notes=notes)
-
-
-def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, draw: bool = True) -> Path:
-    """Draw the charts (when asked and possible), then write data/report.html. Raises PipelineError."""
-    if draw:
-        from flows.run_once import draw_charts
-        _, error = draw_charts(settings, storage_for(settings))
-        if error:
-            log.warning("the report goes without fresh charts: %s", error)
-    html = render(build_report(settings, outcome=outcome))
-    path = settings.layout.report
-    try:
-        atomic_write_bytes(path, html.encode("utf-8"))
-    except OSError as exc:
-        raise LoadError(describe_os_error(exc, path, "write the report to")) from None
-    return path
-
-
-def publish_report(settings: Settings, *, outcome: dict[str, Any] | None = None) -> None:
-    """The report after a run that drew the charts: a failure is a warning, the data already landed."""
-    try:
-        write_report(settings, outcome=outcome, draw=False)
-    except Exception as exc:  # noqa: BLE001 - the report is a view; the run must not fail because of it
-        log.debug("report failure", exc_info=True)
-        log.warning("could not write %s: %s", display_path(settings.layout.report), exc)
+log = logging.getLogger("pipeline")
 
 
 def print_quality(settings: Settings, out: Callable[[str], None] = print, now: datetime | None = None) -> int:
@@ -131,4 +31,23 @@ def print_quality(settings: Settings, out: Callable[[str], None] = print, now: d
     counts = Counter(f.rule for f in findings)
     out(f"quality: {len(findings)} finding{'s' if len(findings) != 1 else ''} in the last {days} days ("
         + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common()) + f") in {display_path(path)}")
+    return EXIT_OK
+
+
+def quality_command(settings: Settings, console: Console) -> int:
+    """`quality`: the findings of the last --days days."""
+    return print_quality(settings, out=console.out)
+
+
+def report_command(settings: Settings, console: Console) -> int:
+    """`report`: write data/report.html from the history, its findings and the last run."""
+    if settings.data_url:
+        raise ConfigError("`report` needs a local --data-dir (download the CSV from S3 first)")
+    if not settings.csv_path.is_file():
+        log.error("report failed: no history yet at %s: run `python main.py` first", display_path(settings.csv_path),
+                  extra={"plain": True})
+        return EXIT_FAILED
+    path = write_report(settings)
+    console.out(display_path(path))
+    log.info("report ok -> %s", display_path(path))
     return EXIT_OK

@@ -17,8 +17,9 @@ from typing import Any
 
 from lambdas.lambda_1_extract import archive_snapshot, extract, extract_top, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
-from flows.check import last_seen, missing_ids_note, stale_notes, successor_note
+from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from lambdas.lambda_3_load import load
+from flows.views import draw_charts, publish_report
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
@@ -27,7 +28,7 @@ from utils.settings import Settings
 from utils.history.layout import display_path
 from utils.history.quality import Finding, summary_line
 from utils.history.schema import Record, Snapshot
-from utils.history.locations import Storage, storage_for
+from utils.history.locations import storage_for
 from utils.history.csv_store import LoadReport
 from utils.words import count
 from utils.history.tracking import SearchMemory, TopMembers, spell_ranges
@@ -275,8 +276,6 @@ class RunOnce:
     def write_report(self, result: RunResult) -> None:
         """data/report.html after a run that drew the charts (local histories; a failure is only a warning)."""
         if self.chart_paths and self.settings.data_url is None:
-            from flows.report import publish_report
-
             outcome = result.outcome()
             publish_report(self.settings, outcome={"result": outcome.result, "summary": outcome.summary,
                                                    "exit_code": result.exit_code, "trigger": "run",
@@ -353,15 +352,3 @@ def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], mem
         added += filled
         findings += found
     return added, findings
-
-
-def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
-    """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
-    try:
-        from lambdas.lambda_4_charts import charts
-        from utils.charts.render import chart_options
-
-        return charts(storage, chart_options(settings), every_currency=True)[0], None
-    except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
-        log.debug("chart failure", exc_info=True)
-        return (), str(exc) or type(exc).__name__

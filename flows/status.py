@@ -14,6 +14,7 @@ from utils.settings import Settings
 from utils.history.locations import refuse_file_as_data_dir, storage_for
 from utils.history.csv_store import LegacyHistory
 from flows.top import describe_tracking
+from flows.wiring import Console
 
 
 def _when(text: object) -> str:
@@ -128,3 +129,8 @@ def quality_counts(settings: Settings, now: datetime) -> str:
     return (f"quality:      {total} finding{'s' if total != 1 else ''} in the last 30 days ("
             + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common())
             + "): `python main.py quality` lists them")
+
+
+def status_command(settings: Settings, console: Console) -> int:
+    """`status`: the last run, the next run and the history's coverage."""
+    return print_status(settings, out=console.out)

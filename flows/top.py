@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from flows.wiring import Console
 from utils.coingecko.plans import UNIVERSE_CAP, top_label
+from utils.daemon import StatusFile
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.index import day_number
 from utils.history.layout import display_path
@@ -46,8 +48,10 @@ def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], No
     """How many coins a run tracks, and for the top N of each currency how many entered or left in 30 days."""
     members = TopMembers(settings.layout.top_members)
     if not members.currencies:
-        if settings.coins:
-            out(f"tracked:      {len(settings.coins)} coins in {', '.join(settings.vs_currencies)}")
+        status = StatusFile(settings.layout.status).read()  # what the last whole run fetched, not this command's --coins
+        if status.get("tracked_coins"):
+            currencies = status.get("tracked_currencies") or [settings.vs_currency]
+            out(f"tracked:      {status['tracked_coins']} coins in {', '.join(currencies)}")
         return
     for currency in sorted(members.currencies):
         inside = members.members(currency)
@@ -64,3 +68,8 @@ def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], No
             listed = ", ".join(f"{coin_id} gone since {day}" for day, coin_id in gone[:GONE_SHOWN])
             out(f"gone:         {count(len(gone), 'coin')} in {currency} no longer listed by CoinGecko for more than "
                 f"{GONE_AFTER_DAYS} days (history kept): {listed}{', ...' if len(gone) > GONE_SHOWN else ''}")
+
+
+def top_command(settings: Settings, console: Console) -> int:
+    """`top`: the day's top N by market cap, as the history recorded them."""
+    return print_top(settings, out=console.out)

@@ -255,6 +255,13 @@ class StatusCommand(PipelineTestCase):
         self.assertIn("days missing:", result.stdout)
         self.assertIn("no daemon running", result.stdout)
 
+    def test_status_counts_the_coins_the_runs_tracked_not_its_own_default(self) -> None:
+        env = {k: v for k, v in self.env.items() if k != "PIPELINE_COINS"}
+        self.assertEqual(self.run_main("run", "--coins", "bitcoin,ethereum,tether", env=env).code, 0)
+        result = self.run_main("status", env=env)  # status's own --coins would be the nine defaults
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("tracked:      3 coins in eur\n", result.stdout)
+
     def test_status_without_history(self) -> None:
         result = self.run_main("status")
         self.assertEqual(result.code, 1)

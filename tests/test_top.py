@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
-from tests.support import FIXTURE_IDS, PipelineTestCase, cli
+from tests.support import FIXTURE_IDS, PipelineTestCase
 
+from flows.run import run_pipeline
 from flows.run_once import RunResult
 from flows.status import print_status
 from utils.coingecko.client import CoinGeckoClient
@@ -173,7 +174,7 @@ class LeavingAndEntering(PipelineTestCase):
         flags = {"top": "3", "top_backfill": top_backfill or None, "coins": coins}
         settings = build_settings("run", flags, self.env)
         with CoinGeckoClient(settings.api_url, sleep=self.sleeps.append) as client:
-            return cli.run_pipeline(settings, client, clock=lambda: noon(day) + timedelta(hours=1))
+            return run_pipeline(settings, client, clock=lambda: noon(day) + timedelta(hours=1))
 
     def days_of(self, coin_id: str) -> list[str]:
         return sorted({r["last_updated"][:10] for r in self.rows() if r["coin_id"] == coin_id})

@@ -117,6 +117,7 @@ STATUS_FIELDS: dict[str, Callable[[Any], bool]] = {
     "last_success": lambda v: parse_iso(v) is not None, "next_run": lambda v: parse_iso(v) is not None,
     "next_retry": lambda v: parse_iso(v) is not None, "timezone": _text, "at": _text,
     "daemon_pid": lambda v: _count(v) and 0 < v < 2**22,  # Linux's PID_MAX_LIMIT
+    "tracked_coins": _count, "tracked_currencies": lambda v: isinstance(v, list) and all(map(_text, v)),
 }
 LAST_RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "started_at": lambda v: parse_iso(v) is not None, "finished_at": lambda v: parse_iso(v) is not None,

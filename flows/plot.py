@@ -1,0 +1,26 @@
+"""`python main.py plot`: draw the charts of the first --vs-currency from the history."""
+
+from __future__ import annotations
+
+import logging
+
+from flows.wiring import Console
+from utils.errors import EXIT_OK
+from utils.history.layout import display_path
+from utils.history.locations import storage_for
+from utils.settings import Settings
+
+log = logging.getLogger("pipeline")
+
+
+def plot_command(settings: Settings, console: Console) -> int:
+    """Draw the price, market-cap and performance charts; print where each went."""
+    from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
+    from utils.charts.render import chart_options
+
+    published, (report,) = charts(storage_for(settings), chart_options(settings))
+    for where in published:
+        console.out(display_path(where))
+    log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
+             report.price_scale, report.skipped_lines)
+    return EXIT_OK

@@ -1,0 +1,131 @@
+"""The views a run, a backfill and `report` redraw: the charts and data/report.html (the one-page report).
+
+Both are views of the history: drawing them never fails the run that landed the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from utils.history.csvio import DAY_MS
+from utils.daemon import StatusFile
+from utils.errors import LoadError
+from utils.history.files import atomic_write_bytes, describe_os_error
+from utils.history.index import HistoryIndex, day_of
+from utils.history.layout import CHART_NAMES, display_path
+from utils.history.quality import RULE_WORDS, QualityLog
+from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
+from utils.settings import Settings
+from utils.history.locations import Storage, storage_for
+
+log = logging.getLogger(__name__)
+
+
+def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
+    """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
+    try:
+        from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
+        from utils.charts.render import chart_options
+
+        return charts(storage, chart_options(settings), every_currency=True)[0], None
+    except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
+        log.debug("chart failure", exc_info=True)
+        return (), str(exc) or type(exc).__name__
+
+
+FINDING_DAYS = 30
+CHART_TITLES = dict(zip(CHART_NAMES, ("Price trend", "Market-cap trend", "Performance")))
+
+
+def _utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def coin_rows(index: HistoryIndex, vs_currency: str, today: datetime, findings: Counter) -> list[CoinRow]:
+    """Each coin's newest daily point with its 1/7/30-day changes and coverage, by market-cap rank."""
+    series = {s.coin_id: s for s in index.series(vs_currency)}
+    out: list[CoinRow] = []
+    for coin_id, ts, price, cap, rank in index.latest(vs_currency):
+        info = series.get(coin_id)
+        if info is None:
+            continue
+        day = ts // DAY_MS
+        earlier = {t // DAY_MS: p for t, p, _ in index.points(coin_id, vs_currency, day - 30, day - 1)}
+
+        def change(days: int) -> float | None:
+            then = earlier.get(day - days)
+            return price / then - 1 if price is not None and then else None
+
+        missing = info.missing_count(today.date())
+        present = sum(b - a + 1 for a, b in info.covered)
+        out.append(CoinRow(coin_id, info.name, info.symbol, _utc(ts), price, change(1), change(7), change(30),
+                           cap, rank, str(day_of(info.first_day)), present, missing, findings[coin_id]))
+    out.sort(key=lambda c: (c.rank is None, c.rank or 0, c.coin_id))
+    return out
+
+
+def last_run(settings: Settings, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run just finished when given, else the one status.json recorded."""
+    if outcome is not None:
+        done = dict(outcome)
+        moment = done.get("finished_at")
+        if isinstance(moment, datetime):
+            done["finished_at"] = moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return done
+    recorded = StatusFile(settings.layout.status).read().get("last_run")
+    if not isinstance(recorded, dict):
+        return None
+    return {k: recorded.get(k) for k in ("result", "finished_at", "trigger", "error", "exit_code")} | {
+        "summary": None, "finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19]}
+
+
+def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
+                 now: datetime | None = None) -> ReportData:
+    """Gather what the page shows: index, quality.csv, status and the charts already drawn."""
+    now = now or datetime.now(timezone.utc)
+    layout = settings.layout
+    findings = QualityLog(layout.quality).since(now - timedelta(days=FINDING_DAYS))
+    with storage_for(settings).index() as index:
+        currencies = index.currencies()
+        vs = settings.vs_currency if settings.vs_currency in currencies or not currencies else currencies[0]
+        in_currency = [f for f in findings if f.vs_currency == vs]
+        coins = coin_rows(index, vs, now, Counter(f.coin_id for f in in_currency))
+        rows = index.rows
+    charts = [Chart(CHART_TITLES[path.name], png_data_uri(path)) for path in layout.charts if path.is_file()]
+    notes = []
+    if len(currencies) > 1:
+        notes.append(f"The history also holds {', '.join(c for c in currencies if c != vs)}; this page shows {vs} "
+                     "(choose with --vs-currency).")
+    counts = Counter(f.rule for f in in_currency)
+    return ReportData(generated_at=now.strftime("%Y-%m-%d %H:%M UTC"), vs_currency=vs, csv_name=layout.csv.name,
+                      rows=rows, coins=coins, charts=charts, findings=list(reversed(in_currency)),
+                      finding_counts={RULE_WORDS[r]: n for r, n in counts.most_common()},
+                      last_run=last_run(settings, outcome), days=FINDING_DAYS, notes=notes)
+
+
+def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, draw: bool = True) -> Path:
+    """Draw the charts (when asked and possible), then write data/report.html. Raises PipelineError."""
+    if draw:
+        _, error = draw_charts(settings, storage_for(settings))
+        if error:
+            log.warning("the report goes without fresh charts: %s", error)
+    html = render(build_report(settings, outcome=outcome))
+    path = settings.layout.report
+    try:
+        atomic_write_bytes(path, html.encode("utf-8"))
+    except OSError as exc:
+        raise LoadError(describe_os_error(exc, path, "write the report to")) from None
+    return path
+
+
+def publish_report(settings: Settings, *, outcome: dict[str, Any] | None = None) -> None:
+    """The report after a run that drew the charts: a failure is a warning, the data already landed."""
+    try:
+        write_report(settings, outcome=outcome, draw=False)
+    except Exception as exc:  # noqa: BLE001 - the report is a view; the run must not fail because of it
+        log.debug("report failure", exc_info=True)
+        log.warning("could not write %s: %s", display_path(settings.layout.report), exc)
