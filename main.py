@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import logging
 import logging.handlers
 import os
@@ -16,6 +17,11 @@ from pathlib import Path
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
+
+VERSION = "2.0.0"  # `python main.py --version`
+# What `pip install -r requirements.txt` brings, as import names: checked before anything imports them.
+RUNTIME_MODULES = ("requests", "pandas", "numpy", "matplotlib", "seaborn", "PIL", "schedule", "tenacity",
+                   "filelock", "tqdm", "tzlocal", "jinja2")
 
 log = logging.getLogger("pipeline")
 STARTED = time.monotonic()  # when this command began: a run's summary reports its whole wall time
@@ -39,6 +45,7 @@ BEFORE = "before_"  # where options given before the command land, so the comman
 # Options that change nothing for `status` and `plot`: still accepted (scripts pass them), no longer listed.
 UNUSED_BY_READERS = ("--coins", "--api-url", "--api-key", "--api-plan", "--timeout", "--max-retry-wait",
                      "--rate-limit")
+READERS = ("status", "plot", "top", "quality", "report")  # the commands that take UNUSED_BY_READERS
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 ATTRIBUTION = "Data provided by CoinGecko (https://www.coingecko.com)."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
@@ -140,7 +147,10 @@ def run_switches(after: str) -> argparse.ArgumentParser:
     p.add_argument("--no-charts", dest="charts", action="store_const", const=False,
                    help=f"do not draw charts after {after} [PIPELINE_CHARTS=0]")
     p.add_argument("--no-heal", dest="heal", action="store_const", const=False,
-                   help="do not fill days missing from the history [PIPELINE_HEAL=0]")
+                   help="do not fill days missing from the history, nor seed an empty one [PIPELINE_HEAL=0]")
+    p.add_argument("--seed-days", metavar="N",
+                   help="when the history is empty, also fill the last N days of each coin (one request per "
+                        "coin, within the plan's reach); 0 turns it off [PIPELINE_SEED_DAYS; default 30]")
     top_option(p, "track the top N coins by market cap in each currency (1 to 20,000, or all: the whole market), with --coins if given "
                   "[PIPELINE_TOP]")
     p.add_argument("--top-backfill", dest="top_backfill", action="store_const", const=True,
@@ -180,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     for action in parser._actions:  # argparse offers no public walk over actions
         if action.option_strings and action.dest != "help":
             action.dest, action.default = BEFORE + action.dest, argparse.SUPPRESS
+    parser.add_argument("--version", action="version", help="print the version and exit",
+                        version=f"%(prog)s {VERSION} (Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     common, charts, readers = common_options(), chart_options(), common_options(hidden=UNUSED_BY_READERS)
     watch = watch_options()
@@ -256,6 +268,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         name = action.dest.removeprefix(BEFORE)
         if name != action.dest and name in before and name not in GLOBAL_OPTIONS:
             flag = action.option_strings[-1]
+            takes = {o for a in subparser(parser, args.command)._actions for o in a.option_strings}
+            if flag not in takes:  # moving it after the command would be refused
+                parser.error(f"{flag} is not an option of `{args.command}`; leave it out")
+            if args.command in READERS and flag in UNUSED_BY_READERS:  # moving it would do nothing
+                instead = (f"; to chart some coins: python main.py {args.command} --plot-coins ID,ID"
+                           if args.command in ("plot", "report") and flag == "--coins" else "; leave it out")
+                parser.error(f"{flag} changes nothing for `{args.command}`, which reads the history{instead}")
             parser.error(f"{flag} goes after the command: python main.py {args.command} {flag} ...")
     for name, value in before.items():
         if name == "verbose":
@@ -263,6 +282,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         elif not getattr(args, name):  # given after the command too: that one wins
             setattr(args, name, value)
     return args
+
+
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one command."""
+    for action in parser._actions:  # argparse offers no public walk over actions
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise KeyError(command)
 
 
 class CliFormatter(logging.Formatter):
@@ -326,7 +353,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
              ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
               "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
               "retry_delays", "initial_run", "log_file", "rate_limit", "max_response_mb", "heal",
-              "top", "top_backfill", "date", "spike_threshold", "notify_url", "notify_on")}
+              "top", "top_backfill", "date", "spike_threshold", "notify_url", "notify_on", "seed_days")}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -339,6 +366,24 @@ def show(line: str) -> None:
     print(redact(line))
 
 
+def missing_runtime_package() -> str | None:
+    """The first runtime package this Python cannot import (found by name, nothing imported), or None."""
+    for name in RUNTIME_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def runtime_line(package: str) -> str:
+    """The one line for a Python without the runtime packages: which one, and the two ways to run."""
+    return (f"error: the package {package!r} is not installed for {sys.executable}; run with `make run` "
+            "(it creates .venv with the packages of requirements.txt) or `.venv/bin/python main.py` "
+            "once .venv exists")
+
+
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
     """Run one command and return its exit code."""
@@ -349,6 +394,10 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    package = missing_runtime_package()
+    if package is not None:  # before a command imports one: a plain line, not an unexpected ModuleNotFoundError
+        sys.stderr.write(runtime_line(package) + "\n")
+        return EXIT_USAGE
     forget_secrets()
     remember_secret(args.api_key)
     remember_secret(env.get("COINGECKO_API_KEY", "").strip())
@@ -370,7 +419,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         log.error("%s: %s", word, exc, extra={"plain": True})
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted; the history holds only whole rows", extra={"plain": True})
+        resume = "; run the same backfill again and it resumes where it stopped" if args.command == "backfill" else ""
+        log.error("interrupted; the history holds only whole rows%s", resume, extra={"plain": True})
         return 130
     except OSError as exc:  # a file or folder the command needs (unreadable CSV, read-only chart folder, ...)
         log.debug("file error", exc_info=True)

@@ -175,8 +175,9 @@ class Progress:
 
     def __init__(self, total: int, done: int = 0, stream: Any = None, *,
                  pacing: Callable[[int], float] = lambda coins: 0.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, label: str = "backfill") -> None:
         self.total, self.done = total, done
+        self.label = label
         self.stream = stream or sys.stderr
         self.pacing = pacing  # seconds the rate limit needs for the requests of this many more coins
         self.monotonic = monotonic
@@ -187,7 +188,7 @@ class Progress:
             from tqdm import tqdm
 
             # tqdm's own estimate knows nothing of the pacing to come, so the postfix carries ours.
-            self.bar = tqdm(total=total, initial=done, unit="coin", file=self.stream, desc="backfill",
+            self.bar = tqdm(total=total, initial=done, unit="coin", file=self.stream, desc=label,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     def left(self) -> float:
@@ -203,7 +204,7 @@ class Progress:
             self.bar.update(1)
             return
         if self.done % self.every == 0 or self.done == self.total:
-            log.info("backfill: %d of %d coins, about %s left", self.done, self.total, _duration(self.left()))
+            log.info("%s: %d of %d coins, about %s left", self.label, self.done, self.total, _duration(self.left()))
 
     def waiting(self, seconds: float) -> None:
         """Say why nothing moves while the rate limit holds the next request back (short pauses pass unsaid)."""
@@ -213,7 +214,7 @@ class Progress:
             self.bar.set_postfix_str(f"waiting {_duration(seconds)} for the rate limit, "
                                      f"about {_duration(self.left())} left", refresh=True)
             return
-        log.info("backfill: %d of %d coins, waiting %s for the rate limit, about %s left", self.done, self.total,
+        log.info("%s: %d of %d coins, waiting %s for the rate limit, about %s left", self.label, self.done, self.total,
                  _duration(seconds), _duration(self.left()))
 
     def close(self) -> None:
@@ -382,8 +383,25 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
                 wanted[coin_id] = days
     if not wanted:
         return 0, 0, ()
-    log.info("healing %d missing days of %d coins%s", sum(map(len, wanted.values())), len(wanted),
+    log.info("healing %s of %s%s", count(sum(map(len, wanted.values())), "missing day"), count(len(wanted), "coin"),
              f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "")
+    added, findings = fill_days(settings, client, storage, vs_currency, wanted, clock=clock, purpose="heal")
+    return added, len(wanted), findings
+
+
+def fill_days(settings: Settings, client: CoinGeckoClient, storage: Storage, vs_currency: str,
+              wanted: dict[str, list[date]], *, clock: Callable[[], datetime], purpose: str,
+              progress: Progress | None = None) -> tuple[int, tuple]:
+    """Fetch each coin's wanted days (one request per coin and window), archive the answers, merge them once.
+
+    A coin that fails is a warning (its days are asked for again next run). Returns (rows added, new findings).
+    """
+    now = clock()
+    # What fills a coin's days after a failure: the next run heals gaps, but a seed's days lie before the
+    # coin's first observation, where healing never looks.
+    heal = purpose == "heal"
+    backfill_hint = f"`python main.py backfill --days {settings.seed_days}` fills them"
+    again = "its days are asked for again next run" if heal else backfill_hint
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
     for coin_id, days in wanted.items():
@@ -391,24 +409,62 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
         try:
             answers = fetch_coin(client, coin_id, vs_currency, span, settings.api_plan)
         except ExtractError as exc:
-            log.warning("could not heal %s: %s; its days are asked for again next run", coin_id, exc)
+            log.warning("could not %s %s: %s; %s", purpose, coin_id, exc, again)
+            if progress is not None:
+                progress.step(coin_id)
             continue
         try:
             storage.archive(clock(), f"market_chart_{coin_id}_{vs_currency}",
                             chart_payload(coin_id, vs_currency, span, answers))
         except (OSError, PipelineError) as exc:
-            log.warning("could not archive the raw answer for %s (%s); healing goes on", coin_id,
-                        getattr(exc, "strerror", None) or exc)
+            log.warning("could not archive the raw answer for %s (%s); the %s goes on", coin_id,
+                        getattr(exc, "strerror", None) or exc, purpose)
         coin_records, _ = records_from(coin_id, vs_currency, answers, span)
         wanted_days = set(days)
         coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in wanted_days]
         records.extend(coin_records)
         if not well_formed(answers):
-            log.warning("CoinGecko's answer for %s's missing days was malformed or empty; they are asked for "
-                        "again next run", coin_id)
+            log.warning("CoinGecko's answer for %s's missing days was malformed or empty; %s", coin_id,
+                        "they are asked for again next run" if heal else backfill_hint)
         unavailable[(coin_id, vs_currency)] = lacking(wanted_days, coin_records, answers)
+        if progress is not None:
+            progress.step(coin_id)
     report = storage.merge(records, unavailable=unavailable, checked=now)
-    return report.added, len(wanted), report.findings
+    return report.added, report.findings
+
+
+def seed_days(settings: Settings, now: datetime) -> list[date]:
+    """The days a first run fills: the last --seed-days complete days, within the plan's reach (may be none)."""
+    newest = newest_complete_day(now)
+    first = newest - timedelta(days=settings.seed_days - 1)
+    earliest = earliest_reachable_day(settings.api_plan, now)
+    if earliest and first < earliest:
+        first = earliest
+    return [first + timedelta(days=i) for i in range((newest - first).days + 1)]
+
+
+def seed(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *, vs_currency: str,
+         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+         progress_stream: Any = None) -> tuple[int, tuple]:
+    """A first run's history: the last --seed-days days of each coin, one request per coin, paced, with progress.
+
+    Returns (rows added, new quality findings).
+    """
+    days = seed_days(settings, clock()) if settings.seed_days else []
+    if not days or not coins:
+        return 0, ()
+    log.info("a new history: filling the last %s of %s%s (--seed-days %d; 0 turns it off)", count(len(days), "day"),
+             count(len(coins), "coin"), f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "",
+             settings.seed_days)
+    progress = Progress(len(coins), stream=progress_stream, monotonic=client.limiter.monotonic,
+                        pacing=lambda left: client.limiter.time_for(left), label="seeding")
+    client.limiter.on_wait = progress.waiting
+    try:
+        return fill_days(settings, client, storage_for(settings), vs_currency, {c: days for c in coins},
+                         clock=clock, purpose="seed", progress=progress)
+    finally:
+        client.limiter.on_wait = None
+        progress.close()
 
 
 def intersect(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -55,6 +55,7 @@ class RunResult:
     chart_error: str | None = None
     charts: tuple[str, ...] = field(default=())
     healed: int = 0
+    seeded: int = 0  # rows of past days a first run added (--seed-days)
     failed_currencies: tuple[tuple[str, str], ...] = ()  # (currency, why) for each currency that failed
     stale: tuple[str, ...] = ()  # "coin (currency) last updated ..." for each stale observation
     renamed: tuple[str, ...] = ()  # one note per requested id that stopped returning data
@@ -92,6 +93,8 @@ class RunResult:
                  f"{len(self.rejected)} rejected"]
         if self.healed:
             parts.append(count(self.healed, "missing day") + " healed")
+        if self.seeded:
+            parts.append(count(self.seeded, "row") + " of past days seeded")
         if self.missing:
             parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
                          f"{', ...' if len(self.missing) > 10 else ''})")
@@ -127,6 +130,8 @@ class RunOnce:
         self.renamed: list[str] = []
         self.report: LoadReport | None = None
         self.healed = 0
+        self.seeded = 0  # rows a first run added for the days before it (--seed-days)
+        self.empty_before = False
         self.findings: tuple[Finding, ...] = ()
         self.chart_paths: tuple[str, ...] = ()
         self.chart_error: str | None = None
@@ -234,6 +239,7 @@ class RunOnce:
 
     def load(self, result: TransformResult) -> LoadReport:
         """lambda_3_load: append what the history lacks; then record who entered and left each top N."""
+        self.empty_before = self._seeding() and self._history_empty()
         self.report = load(result.records, self.storage)
         if self.members is not None and self.tops:
             today = self.clock().date()
@@ -248,13 +254,26 @@ class RunOnce:
         self.findings += self.report.findings
         return self.report
 
+    def _seeding(self) -> bool:
+        """Whether this run may seed an empty history (healing on, --seed-days above 0, a local history)."""
+        return bool(self.settings.heal and self.settings.seed_days and self.settings.data_url is None)
+
+    def _history_empty(self) -> bool:
+        with self.storage.index() as index:
+            return index.rows == 0
+
     def heal(self) -> int:
-        """Fill days missed while the pipeline was down (not after a stop is asked; a failure is a warning)."""
+        """Fill days missed while the pipeline was down, or seed a new history with its last --seed-days days
+        (not after a stop is asked; a failure is a warning)."""
         if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
             # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
-            self.healed, found = heal(self.settings, self.client, self.transformed.records, self.members, self.clock)
+            if self.empty_before:
+                self.seeded, found = seed_history(self.settings, self.client, self.transformed.records, self.clock)
+            else:
+                self.healed, found = heal(self.settings, self.client, self.transformed.records, self.members,
+                                          self.clock)
             self.findings += found
-        return self.healed
+        return self.healed + self.seeded
 
     def charts(self) -> tuple[str, ...]:
         """lambda_4_charts: redraw from the index (skipped once a stop is asked; a failure never fails the run)."""
@@ -269,6 +288,7 @@ class RunOnce:
         return RunResult(requested=self.requested(), load=self.report, missing=self.missing(),
                          rejected=tuple(self.incomplete_rejected), seconds=time.monotonic() - self.started,
                          chart_error=self.chart_error, charts=self.chart_paths, healed=self.healed,
+                         seeded=self.seeded,
                          failed_currencies=tuple(self.failed), stale=tuple(self.stale), renamed=tuple(self.renamed),
                          findings=self.findings)
 
@@ -352,3 +372,24 @@ def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], mem
         added += filled
         findings += found
     return added, findings
+
+
+def seed_history(settings: Settings, client: CoinGeckoClient, records: list[Record], clock: Clock
+                 ) -> tuple[int, tuple[Finding, ...]]:
+    """A first run: the last --seed-days days of every coin that landed, per currency (a failure is a warning)."""
+    from flows.backfill import seed
+
+    added = 0
+    findings: tuple[Finding, ...] = ()
+    for vs_currency in settings.vs_currencies:
+        landed = tuple(dict.fromkeys(r.coin_id for r in records if r.vs_currency == vs_currency))
+        try:
+            filled, found = seed(settings, client, landed, vs_currency=vs_currency, clock=clock)
+        except PipelineError as exc:
+            log.warning("could not fill the new history's first days%s: %s; `python main.py backfill --days %d` "
+                        "fills them", _in(settings, vs_currency), exc, settings.seed_days)
+            continue
+        added += filled
+        findings += found
+    return added, findings
+

@@ -90,13 +90,15 @@ class OptionOrder(PipelineTestCase):
         self.assertFalse(elsewhere.exists())
 
     def test_a_command_option_before_the_command_is_refused(self) -> None:
-        result = self.run_main("--coins", "bitcoin", "plot")
+        result = self.run_main("--coins", "bitcoin", "backfill")
         self.assertEqual(result.code, 2)
         self.assertTrue(result.stderr.startswith("error: --coins goes after the command: "
-                                                 "python main.py plot --coins"), result.stderr)
-        result = self.run_main("--no-heal", "status")
+                                                 "python main.py backfill --coins"), result.stderr)
+        result = self.run_main("--no-heal", "status")  # status takes no --no-heal: moving it would be refused
         self.assertEqual(result.code, 2)
-        self.assertIn("error: --no-heal goes after the command", result.stderr)
+        self.assertTrue(result.stderr.startswith("error: --no-heal is not an option of `status`; leave it out"),
+                        result.stderr)
+        self.assertEqual(self.run_main("status").code, 1)  # left out, as it says: no history yet
 
     def test_options_alone_still_mean_run(self) -> None:
         result = self.run_main("-q", "--coins", "bitcoin,ethereum")

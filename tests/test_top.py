@@ -167,6 +167,7 @@ class LeavingAndEntering(PipelineTestCase):
         for i in range(6):
             self.fake.market_chart[f"coin-{i:04d}"] = make_daily_chart(DAY1 - timedelta(days=10), 20, 10.0 + i)
         self.env = {k: v for k, v in self.env.items() if k not in ("PIPELINE_COINS", "PIPELINE_HEAL")}
+        self.env["PIPELINE_SEED_DAYS"] = "0"  # healing alone: the first day's run seeds nothing
 
     def run_day(self, day: date, order: list[int], *, top_backfill: bool = False,
                 coins: str | None = None) -> RunResult:

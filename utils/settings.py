@@ -65,6 +65,7 @@ class Settings:
     spike_threshold: float = 0.5  # quality: a move beyond this fraction that reverses within a day is a spike
     notify_url: str | None = field(default=None, repr=False)  # a webhook URL may carry its own token
     notify_on: tuple[str, ...] = ("failure", "findings")
+    seed_days: int = 30  # a run on an empty history also fills this many past days per coin (0: off)
 
     @property
     def location(self) -> str:
@@ -243,6 +244,19 @@ def _parse_rate(text: Any) -> int:
     return value
 
 
+MAX_SEED_DAYS = 3650
+
+
+def _parse_seed_days(text: Any) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"seed-days: {text!r} is not a whole number of days; use 0 (off) to {MAX_SEED_DAYS}") from None
+    if not 0 <= value <= MAX_SEED_DAYS:
+        raise ConfigError(f"seed-days: use 0 (off) to {MAX_SEED_DAYS} days")
+    return value
+
+
 def _parse_megabytes(text: Any) -> float:
     try:
         value = float(str(text).strip())
@@ -350,6 +364,7 @@ OPTIONS: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
     "spike_threshold": ("PIPELINE_SPIKE_THRESHOLD", _parse_threshold),
     "notify_url": ("PIPELINE_NOTIFY_URL", _parse_notify_url),
     "notify_on": ("PIPELINE_NOTIFY_ON", _parse_notify_on),
+    "seed_days": ("PIPELINE_SEED_DAYS", _parse_seed_days),
 }
 # Config-file keys spelled like the flags (no_charts = true), each the negation of an option.
 NEGATED_KEYS = {"no_charts": "charts", "no_heal": "heal", "no_initial_run": "initial_run"}

@@ -436,7 +436,7 @@ def _choose_scale(requested: str, series: list[_Series]) -> str:
 def _draw(series: list[_Series], *, scale: str, text: _ChartText,
           y_formatter: ticker.Formatter, value_label: Callable[[float], str],
           empty_note: str, window_ms: tuple[int, int], bucket_days: int,
-          reference: float | None = None) -> Figure:
+          reference: float | None = None, short_note: str | None = None) -> Figure:
     """One chart; series are ordered by latest value, the top ones coloured and in the legend."""
     import seaborn as sns  # only when drawing
 
@@ -477,6 +477,10 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
         if not series:
             ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
                     fontsize=13, color="#666666")
+        elif short_note:  # a column of dots says nothing by itself: say why, and what fills it
+            ax.text(0.5, 0.97, short_note, transform=ax.transAxes, ha="center", va="top", fontsize=12,
+                    color="#333333", gid="short history", parse_math=False,
+                    bbox={"boxstyle": "round,pad=0.5", "facecolor": "#fff8dc", "edgecolor": "#d9c27a"})
         ax.autoscale_view()
 
         if scale == "log" and series:
@@ -723,7 +727,8 @@ def chart_drawings(index: HistoryIndex, options: ChartOptions, *, now: datetime 
                if any(s.coin.index == c.index for s in prices_by_coin + caps_by_coin)]
     window = (_utc(first), _utc(last))
     charts = _Charts(currency=currency, window=window, coins=charted, bucket_ms=bucket_ms,
-                     now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc))
+                     now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc),
+                     short_note=SHORT_HISTORY_NOTE if _under_two_days(prices_by_coin + caps_by_coin) else None)
     price_scale = _choose_scale(options.scale, prices_by_coin)
     cap_scale = _choose_scale(options.scale, caps_by_coin)
     performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0, s.breaks)
@@ -753,6 +758,15 @@ def chart_drawings(index: HistoryIndex, options: ChartOptions, *, now: datetime 
                          rows_used=int(len(rows)), skipped_lines=index.damaged,
                          price_scale=price_scale, market_cap_scale=cap_scale, window=window)
     return drawings, report
+
+
+SHORT_HISTORY_NOTE = ("Fewer than two days of data for every coin: the lines grow day by day.\n"
+                      "`python main.py backfill --days 30` fills the last 30 days now.")
+
+
+def _under_two_days(series: list[_Series]) -> bool:
+    """Whether no coin has points on two different UTC days (a chart of dots in one column)."""
+    return all(int(s.times.max() // _DAY_MS) == int(s.times.min() // _DAY_MS) for s in series)
 
 
 def render_every_currency(index: HistoryIndex, out_dir: Path, options: ChartOptions, *,
@@ -806,6 +820,7 @@ class _Charts:
     coins: list[_Coin]
     bucket_ms: int
     now: datetime
+    short_note: str | None = None  # said in every chart when no coin has two days yet
 
     @property
     def code(self) -> str:
@@ -828,7 +843,7 @@ class _Charts:
         window_ms = (_epoch_ms(self.window[0]), _epoch_ms(self.window[1]))
         return _draw(series, scale=scale, text=text, y_formatter=y_formatter,
                      value_label=value_label, empty_note=empty_note, window_ms=window_ms,
-                     bucket_days=days, reference=reference)
+                     bucket_days=days, reference=reference, short_note=self.short_note)
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -1,0 +1,197 @@
+"""A new user's first hour (issue 20): a first run with a month of history, charts that say what they lack,
+a clear line outside the venv, and hints that work when run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from matplotlib import dates as mdates
+
+from tests.fake_coingecko import format_iso_ms, make_daily_chart
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
+
+from utils.charts.render import SHORT_HISTORY_NOTE, chart_options, chart_drawings
+from utils.history.csv_store import HistoryStore
+from utils.history.layout import DataLayout
+from utils.settings import build_settings
+
+NOW = datetime.now(timezone.utc)
+
+
+def current(rows: list[dict]) -> list[dict]:
+    """The recorded /coins/markets answer as if CoinGecko gave it five minutes ago."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        row["last_updated"] = format_iso_ms(NOW - timedelta(minutes=5))
+        out.append(row)
+    return out
+
+
+class FirstHourCase(PipelineTestCase):
+    """The fake answers today's rows and 400 days of daily points per coin; healing on (as for a user)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake.set_coins(current(self.fake.coins))
+        start = NOW.date() - timedelta(days=399)
+        for i, coin in enumerate(FIXTURE_IDS):
+            self.fake.market_chart[coin] = make_daily_chart(start, 400, 100.0 + i, partial_point_at=NOW, seed=i)
+        self.env = dict(self.env, PIPELINE_HEAL="1")
+
+    def chart_calls(self) -> list[str]:
+        return [r.path for r in self.fake.requests if "/market_chart" in r.path]
+
+    def rows_of(self, coin_id: str) -> list[dict[str, str]]:
+        return [r for r in self.rows() if r["coin_id"] == coin_id]
+
+    def figures(self, **settings: str) -> dict:
+        """The primary currency's three charts as drawn Figures, by file name."""
+        options = chart_options(build_settings("plot", {"data_dir": str(self.data_dir), **settings}, {}))
+        with HistoryStore(DataLayout(self.data_dir)).index() as index:
+            drawings, _ = chart_drawings(index, options)
+        return {name: draw() for name, draw in drawings}
+
+
+class FirstRunSeeds(FirstHourCase):
+    def test_the_first_run_fills_the_last_30_days_one_request_per_coin(self) -> None:
+        result = self.run_main("run")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("a new history: filling the last 30 days of 10 coins", result.stderr)
+        self.assertTrue(result.stderr.strip().splitlines()[-1].startswith("run ok: 10 coins, 10 rows appended"))
+        self.assertIn("300 rows of past days seeded", result.stderr)
+        self.assertEqual(sorted(self.chart_calls()), sorted(f"/coins/{c}/market_chart/range" for c in FIXTURE_IDS))
+        bitcoin = self.rows_of("bitcoin")
+        self.assertEqual(len(bitcoin), 31)  # 30 past days and today's observation
+        days = sorted({r["last_updated"][:10] for r in bitcoin})
+        self.assertGreaterEqual((datetime.fromisoformat(days[-1]) - datetime.fromisoformat(days[0])).days, 29)
+
+    def test_a_second_run_does_not_seed_again(self) -> None:
+        self.assertEqual(self.run_main("run").code, 0)
+        before = len(self.chart_calls())
+        self.fake.advance(120)
+        result = self.run_main("run")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertNotIn("a new history", result.stderr)
+        self.assertEqual(len(self.chart_calls()), before)
+
+    def test_no_heal_seed_days_0_and_the_variable_turn_it_off(self) -> None:
+        for argv, env in ((["run", "--no-heal"], {}), (["run", "--seed-days", "0"], {}),
+                          (["run"], {"PIPELINE_SEED_DAYS": "0"})):
+            with self.subTest(argv=argv, env=env):
+                self.csv_path.unlink(missing_ok=True)
+                self.fake.requests.clear()
+                result = self.run_main(*argv, env=dict(self.env, **env))
+                self.assertEqual(result.code, 0, result.stderr)
+                self.assertEqual(self.chart_calls(), [])
+                self.assertEqual(len(self.rows()), len(FIXTURE_IDS))
+
+    def test_seed_days_sets_the_size_within_the_plans_reach(self) -> None:
+        result = self.run_main("run", "--seed-days", "7", "--coins", "bitcoin")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(len(self.rows_of("bitcoin")), 8)
+        self.csv_path.unlink()
+        result = self.run_main("run", "--seed-days", "3000", "--coins", "ethereum")  # public plan: 365 days back
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(len(self.rows_of("ethereum")), 366)
+
+    def test_seed_days_out_of_range_is_one_line_exit_2(self) -> None:
+        for value in ("-1", "x", "4000"):
+            with self.subTest(value=value):
+                result = self.run_main("run", "--seed-days", value)
+                self.assertEqual(result.code, 2)
+                self.assertTrue(result.stderr.startswith("config error: seed-days: "), result.stderr)
+                self.assertEqual(len(result.stderr.strip().splitlines()), 1)
+
+    def test_a_coin_the_seed_cannot_fetch_is_a_warning_naming_the_backfill_that_fills_it(self) -> None:
+        del self.fake.market_chart["ethereum"]
+        result = self.run_main("run", "--coins", "bitcoin,ethereum")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("warning: could not seed ethereum: ", result.stderr)
+        self.assertIn("`python main.py backfill --days 30` fills them", result.stderr)
+        self.assertEqual(len(self.rows_of("ethereum")), 1)
+        self.fake.market_chart["ethereum"] = make_daily_chart(NOW.date() - timedelta(days=99), 100, 5.0, seed=3)
+        hint = self.run_main("backfill", "--days", "30", "--coins", "bitcoin,ethereum")  # the hint, run
+        self.assertEqual(hint.code, 0, hint.stderr)
+        self.assertGreaterEqual(len(self.rows_of("ethereum")), 30)
+
+
+class FirstCharts(FirstHourCase):
+    def test_after_a_first_run_the_price_lines_span_at_least_28_days(self) -> None:
+        self.assertEqual(self.run_main("run").code, 0)
+        price = self.figures()["crypto_price_trend.png"]
+        (ax,) = price.axes
+        spans = {}
+        for line in ax.get_lines():
+            if line.get_gid() in FIXTURE_IDS:
+                x = [v for v in line.get_xdata() if v == v]  # NaN marks a break
+                spans[line.get_gid()] = max(x) - min(x)
+        self.assertEqual(set(spans), set(FIXTURE_IDS))
+        self.assertGreaterEqual(min(spans.values()), 28)
+        texts = [t.get_text() for t in ax.texts]
+        self.assertNotIn(SHORT_HISTORY_NOTE, texts)
+
+    def test_a_chart_with_one_day_per_coin_says_so_and_names_the_command_that_fixes_it(self) -> None:
+        self.assertEqual(self.run_main("run", "--seed-days", "0").code, 0)
+        for name, fig in self.figures().items():
+            (ax,) = fig.axes
+            texts = [t.get_text() for t in ax.texts]
+            self.assertIn(SHORT_HISTORY_NOTE, texts, name)
+        self.assertIn("`python main.py backfill --days 30`", SHORT_HISTORY_NOTE)
+        hint = self.run_main("backfill", "--days", "30")  # the note's command, run
+        self.assertEqual(hint.code, 0, hint.stderr)
+        for fig in self.figures().values():
+            (ax,) = fig.axes
+            self.assertNotIn(SHORT_HISTORY_NOTE, [t.get_text() for t in ax.texts])
+            x = [v for line in ax.get_lines() for v in line.get_xdata() if v == v]
+            self.assertGreaterEqual(max(x) - min(x), 28)
+        mdates.num2date(0)  # the x data are matplotlib day numbers
+
+
+class OutsideTheVenv(PipelineTestCase):
+    def test_a_python_without_the_packages_gets_one_line_and_exit_2(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            venv = Path(tmp) / "bare"
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                           capture_output=True, timeout=120)
+            python = venv / "bin" / "python"
+            for argv in (["run"], ["status"], []):
+                with self.subTest(argv=argv):
+                    proc = subprocess.run([str(python), str(MAIN), *argv], capture_output=True, text=True,
+                                          timeout=60, cwd=tmp, env={"PATH": "/usr/bin:/bin"})
+                    self.assertEqual(proc.returncode, 2, proc.stderr)
+                    lines = proc.stderr.strip().splitlines()
+                    self.assertEqual(len(lines), 1, proc.stderr)
+                    self.assertTrue(lines[0].startswith("error: the package "), lines[0])
+                    self.assertIn("`make run`", lines[0])
+                    self.assertIn("`.venv/bin/python main.py`", lines[0])
+                    self.assertNotIn("Traceback", proc.stderr)
+                    self.assertEqual(proc.stdout, "")
+            # --help needs no package: a new user can read it before installing anything.
+            proc = subprocess.run([str(python), str(MAIN), "--help"], capture_output=True, text=True, timeout=60)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+
+
+class SmallThings(PipelineTestCase):
+    def test_version(self) -> None:
+        result = self.run_subprocess("--version")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertTrue(result.stdout.startswith("main.py "), result.stdout)
+
+    def test_coins_before_plot_is_not_told_to_move_after_it(self) -> None:
+        self.assertEqual(self.run_main("run").code, 0)
+        result = self.run_main("--coins", "bitcoin", "plot")
+        self.assertEqual(result.code, 2)
+        self.assertTrue(result.stderr.startswith("error: --coins changes nothing for `plot`"), result.stderr)
+        self.assertNotIn("goes after the command", result.stderr)
+        self.assertIn("python main.py plot --plot-coins ID,ID", result.stderr)
+        hint = self.run_main("plot", "--plot-coins", "bitcoin")  # the hint, run
+        self.assertEqual(hint.code, 0, hint.stderr)
+        result = self.run_main("--coins", "bitcoin", "status")
+        self.assertEqual(result.code, 2)
+        self.assertTrue(result.stderr.startswith("error: --coins changes nothing for `status`"), result.stderr)
+        self.assertEqual(self.run_main("status").code, 0)  # left out, as it says
