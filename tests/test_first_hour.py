@@ -195,3 +195,35 @@ class SmallThings(PipelineTestCase):
         self.assertEqual(result.code, 2)
         self.assertTrue(result.stderr.startswith("error: --coins changes nothing for `status`"), result.stderr)
         self.assertEqual(self.run_main("status").code, 0)  # left out, as it says
+
+
+class CtrlCDuringBackfill(PipelineTestCase):
+    def test_ctrl_c_exits_130_says_rerunning_resumes_and_it_does(self) -> None:
+        import os
+        import signal
+        import time as real_time
+
+        from tests.fake_coingecko import Fault, markets_rows
+
+        self.fake.set_coins(markets_rows(8))
+        ids = [r["id"] for r in self.fake.coins]
+        start = NOW.date() - timedelta(days=39)
+        self.fake.market_chart.update({c: make_daily_chart(start, 40, 10.0 + i, seed=i) for i, c in enumerate(ids)})
+        self.fake.add_fault(Fault.stall(60), path=f"/coins/{ids[4]}/market_chart/range")
+        argv = ["backfill", "--days", "30", "--rate-limit", "1000", "--coins", ",".join(ids)]
+        proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=dict(os.environ, **self.env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = real_time.monotonic() + 30
+        while not self.fake.requests_to(f"/coins/{ids[4]}/market_chart/range"):
+            self.assertLess(real_time.monotonic(), deadline, "the backfill never reached the stalled coin")
+            real_time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 130, err)
+        last = err.strip().splitlines()[-1]
+        self.assertTrue(last.startswith("interrupted; the history holds only whole rows; run the same backfill "
+                                        "again and it resumes where it stopped"), last)
+        self.fake.clear_faults()
+        result = self.run_subprocess(*argv)  # the advice, taken
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("resuming, 4 of 8 coins already fetched", result.stderr)
