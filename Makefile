@@ -48,19 +48,25 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt requirements-aws.txt
 	$(PIP) -r requirements-dev.txt
 	@touch "$@"
 
-# Lambda build for `sam build` (template.yaml uses BuildMethod: makefile): the code and the runtime
-# packages of requirements.txt only; the Lambda runtime brings boto3, and the test tools stay out.
-LAMBDA_TARGETS = build-ExtractFunction build-TransformFunction build-LoadFunction build-ChartsFunction
+# Lambda build for `sam build` (template.yaml uses BuildMethod: makefile): the code and each function's own
+# requirements (requirements-lambda-*.txt), so each zip stays under Lambda's 250 MB unzipped; the Lambda
+# runtime brings boto3, and the test tools stay out. The Charts function is a container image
+# (lambdas/charts.Dockerfile). Lambda's Python 3.12 runs on glibc 2.34: any manylinux wheel up to 2_34 fits.
+LAMBDA_TARGETS = build-ExtractFunction build-TransformFunction build-LoadFunction
+LAMBDA_PLATFORMS = --platform manylinux2014_aarch64 --platform manylinux_2_24_aarch64 \
+	--platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64
+build-ExtractFunction build-TransformFunction: LAMBDA_REQUIREMENTS = requirements-lambda-fetch.txt
+build-LoadFunction: LAMBDA_REQUIREMENTS = requirements-lambda-load.txt
 
 $(LAMBDA_TARGETS):
 	@test -n "$(ARTIFACTS_DIR)" || { echo "make $@: ARTIFACTS_DIR is unset; run it through sam build" >&2; exit 2; }
-	cp -r lambdas utils main.py "$(ARTIFACTS_DIR)/"
-	cp requirements.txt "$(ARTIFACTS_DIR)/requirements.txt"
-	echo 'python-dateutil>=2.8.2,<3  # the Lambda runtime'"'"'s botocore needs <3' >> "$(ARTIFACTS_DIR)/requirements.txt"
-	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" --platform manylinux2014_aarch64 \
-		--implementation cp --python-version 3.12 --only-binary=:all: -r "$(ARTIFACTS_DIR)/requirements.txt"
-	# Test suites and byte-code caches of the packages: about 100 MB of the 250 MB Lambda allows.
+	cp -r lambdas utils "$(ARTIFACTS_DIR)/"
+	cp requirements-lambda-fetch.txt "$(LAMBDA_REQUIREMENTS)" "$(ARTIFACTS_DIR)/"
+	echo 'python-dateutil>=2.8.2,<3  # the Lambda runtime'"'"'s botocore needs <3' >> "$(ARTIFACTS_DIR)/$(LAMBDA_REQUIREMENTS)"
+	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORMS) \
+		--implementation cp --python-version 3.12 --only-binary=:all: -r "$(ARTIFACTS_DIR)/$(LAMBDA_REQUIREMENTS)"
+	# Test suites and byte-code caches of the packages: dead weight in a function.
 	find "$(ARTIFACTS_DIR)" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
-	rm -f "$(ARTIFACTS_DIR)/requirements.txt"
+	rm -f "$(ARTIFACTS_DIR)"/requirements-lambda-*.txt
 
 .PHONY: help run test lint $(LAMBDA_TARGETS)

@@ -26,6 +26,8 @@ from utils import aws
 from utils.history.schema import HEADER_LINE, Record
 from utils.history.locations import S3Storage
 
+TABLE_FOLDER = "crypto_data"  # TODO: the Delta store's folder name
+
 BUCKET = "crypto-history-test"
 SECRET = "CG-AWS-SECRET-0123456789"
 
@@ -173,6 +175,93 @@ class Template(unittest.TestCase):
                        "lambdas/lambda_1_extract.handler"[len("lambdas/"):]):
             self.assertIn(needle, text)
         self.assertNotIn("COINGECKO_API_KEY:", text)  # the key never sits in the template
+
+
+class TemplateWiring(unittest.TestCase):
+    """template.yaml parsed (cfn-lint's decoder), checked against the code and the README's description."""
+
+    STAGES = ("Extract", "Transform", "Load", "Charts")
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        from cfnlint.decode import decode_str
+
+        cls.template, problems = decode_str((REPO / "template.yaml").read_text())
+        if problems:
+            raise AssertionError(problems)
+        cls.resources = cls.template["Resources"]
+
+    def parameter_default(self, name: str) -> str:
+        return str(self.template["Parameters"][name]["Default"])
+
+    def test_every_stage_is_a_function_whose_handler_exists(self) -> None:
+        import importlib
+
+        makefile = (REPO / "Makefile").read_text()
+        for stage in self.STAGES:
+            function = self.resources[f"{stage}Function"]
+            self.assertEqual(function["Type"], "AWS::Serverless::Function")
+            props = function["Properties"]
+            if props.get("PackageType") == "Image":
+                handler = props["ImageConfig"]["Command"][0]
+                dockerfile = (REPO / function["Metadata"]["DockerContext"] / function["Metadata"]["Dockerfile"])
+                self.assertIn(f'CMD ["{handler}"]', dockerfile.read_text())
+            else:
+                handler = props["Handler"]
+                self.assertEqual(props["Runtime"], "python3.12")
+                self.assertEqual(function["Metadata"]["BuildMethod"], "makefile")
+                self.assertRegex(makefile, rf"(?m)^build-{stage}Function\b|\bbuild-{stage}Function\b.*:")
+            module, _, name = handler.rpartition(".")
+            self.assertEqual(module, f"lambdas.lambda_{self.STAGES.index(stage) + 1}_{stage.lower()}")
+            self.assertTrue(callable(getattr(importlib.import_module(module), name)), handler)
+
+    def test_the_state_machine_chains_the_stages_in_order_on_the_schedule(self) -> None:
+        machine = self.resources["PipelineStateMachine"]["Properties"]
+        definition = machine["Definition"]
+        substitutions = machine["DefinitionSubstitutions"]
+        state, seen = definition["StartAt"], []
+        while definition["States"][state]["Type"] == "Task":
+            task = definition["States"][state]
+            arn = task["Parameters"]["FunctionName"].strip("${}")
+            self.assertEqual(substitutions[arn], {"Fn::GetAtt": [f"{state}Function", "Arn"]})
+            seen.append(state)
+            state = task["Next"]
+        self.assertEqual(tuple(seen), self.STAGES)
+        self.assertEqual(definition["States"][state]["Type"], "Succeed")
+        # a chart failure never fails the run: the Charts task catches everything
+        self.assertEqual(definition["States"]["Charts"]["Catch"][0]["ErrorEquals"], ["States.ALL"])
+        daily = machine["Events"]["Daily"]
+        self.assertEqual(daily["Type"], "ScheduleV2")
+        self.assertEqual(daily["Properties"]["ScheduleExpression"], {"Ref": "ScheduleExpression"})
+        self.assertEqual(daily["Properties"]["ScheduleExpressionTimezone"], "UTC")
+        self.assertEqual(self.parameter_default("ScheduleExpression"), "cron(0 0 * * ? *)")  # the README's 00:00 UTC
+
+    def test_the_glue_table_is_the_delta_table_the_functions_write(self) -> None:
+        database = self.resources["HistoryDatabase"]
+        self.assertEqual(database["Type"], "AWS::Glue::Database")
+        table = self.resources["HistoryTable"]
+        self.assertEqual(table["Type"], "AWS::Glue::Table")
+        self.assertEqual(table["Properties"]["DatabaseName"], {"Ref": "HistoryDatabase"})
+        table_input = table["Properties"]["TableInput"]
+        self.assertEqual(table_input["Parameters"]["table_type"], "DELTA")
+        self.assertEqual(table_input["TableType"], "EXTERNAL_TABLE")
+        location = table_input["StorageDescriptor"]["Location"]["Fn::Sub"]
+        data_dir = self.template["Globals"]["Function"]["Environment"]["Variables"]["PIPELINE_DATA_DIR"]["Fn::Sub"]
+        self.assertEqual(location, f"{data_dir}/{TABLE_FOLDER}/")
+
+    def test_the_functions_environment_is_read_by_the_settings(self) -> None:
+        variables = dict(self.template["Globals"]["Function"]["Environment"]["Variables"])
+        env = {"PIPELINE_DATA_DIR": "s3://bucket/history", "PIPELINE_COINS": self.parameter_default("Coins"),
+               "PIPELINE_VS_CURRENCY": "eur,usd", "PIPELINE_TOP": "100",
+               "COINGECKO_API_PLAN": self.parameter_default("ApiPlan"), "PIPELINE_HEAL": variables["PIPELINE_HEAL"]}
+        self.assertLessEqual(set(env), set(variables))
+        env["COINGECKO_API_KEY"] = "CG-from-ssm"  # what lambda_settings puts there from the SSM parameter
+        settings = aws.lambda_settings({}, env=env)
+        self.assertEqual(settings.data_url, "s3://bucket/history")
+        self.assertEqual(settings.coins, tuple(self.parameter_default("Coins").split(",")))
+        self.assertEqual(settings.vs_currencies, ("eur", "usd"))
+        self.assertEqual(settings.top, 100)
+        self.assertFalse(settings.heal)
 
 
 if __name__ == "__main__":
