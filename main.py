@@ -16,7 +16,8 @@ from pathlib import Path
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
-from utils.settings import DEFAULT_COINS, PLANS, SCALES, Settings, build_settings
+from utils.options import OPTION_TABLE, OPTIONS, READERS, RUNS, SETTINGS_OPTIONS
+from utils.settings import Settings, build_settings
 
 VERSION = "2.0.0"  # `python main.py --version`
 # What `pip install -r requirements.txt` brings, as import names: checked before anything imports them.
@@ -40,12 +41,8 @@ COMMAND_TABLE = {
 }
 COMMANDS = tuple(COMMAND_TABLE)
 # Options a user may also give before the command (`python main.py -q plot`).
-GLOBAL_OPTIONS = ("verbose", "quiet", "data_dir", "config", "log_file")
+GLOBAL_OPTIONS = tuple(option.name for option in OPTION_TABLE if option.anywhere)  # also before the command
 BEFORE = "before_"  # where options given before the command land, so the command's defaults cannot hide them
-# Options that change nothing for `status` and `plot`: still accepted (scripts pass them), no longer listed.
-UNUSED_BY_READERS = ("--coins", "--api-url", "--api-key", "--api-plan", "--timeout", "--max-retry-wait",
-                     "--rate-limit")
-READERS = ("status", "plot", "top", "quality", "report")  # the commands that take UNUSED_BY_READERS
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 ATTRIBUTION = "Data provided by CoinGecko (https://www.coingecko.com)."
 EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
@@ -78,182 +75,83 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see `{where} --help`)\n")
 
 
-def common_options(hidden: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """Options every command takes; defaults are None so the environment and config file can fill them.
-
-    Options in `hidden` are accepted but left out of --help, for commands they change nothing for.
-    """
-    p = argparse.ArgumentParser(add_help=False)
-    title = "data options" if hidden else "data and API options"
-    g = p.add_argument_group(f"{title} (flag > environment > config file > default)")
-    # ", " between the ids, so that help wraps between coins, never inside one.
-    g.add_argument("--coins", metavar="ID,ID,...",
-                   help=f"CoinGecko API ids [PIPELINE_COINS; default {', '.join(DEFAULT_COINS)}]")
-    g.add_argument("--vs-currency", metavar="CUR,CUR,...",
-                   help="quote currencies; a run, backfill and healing fetch each, plot, top and the charts "
-                        "use the first [PIPELINE_VS_CURRENCY; default eur]")
-    g.add_argument("--data-dir", metavar="DIR",
-                   help="folder for the CSV, charts and raw snapshots [PIPELINE_DATA_DIR; default data/ beside main.py]")
-    g.add_argument("--api-url", metavar="URL", help="API base URL [COINGECKO_API_URL; default follows the plan]")
-    g.add_argument("--api-key", metavar="KEY",
-                   help="API key; prefer the COINGECKO_API_KEY variable, which stays out of shell history")
-    g.add_argument("--api-plan", choices=PLANS,
-                   help="public (no key), demo or pro: picks host and key header "
-                        "[COINGECKO_API_PLAN; default demo with a key, else public]")
-    g.add_argument("--timeout", metavar="SECONDS",
-                   help="deadline of each HTTP request: connecting, the headers and the whole body must be done "
-                        "within it (a failed attempt is retried) [PIPELINE_TIMEOUT; default 30]")
-    g.add_argument("--max-retry-wait", metavar="SECONDS",
-                   help="most time to spend waiting between retries before giving up "
-                        "[PIPELINE_MAX_RETRY_WAIT; default 120]")
-    g.add_argument("--lock-timeout", metavar="SECONDS",
-                   help="how long to wait for another process writing the history [PIPELINE_LOCK_TIMEOUT; default 300]")
-    g.add_argument("--rate-limit", metavar="N",
-                   help="most API calls per minute this client makes [PIPELINE_RATE_LIMIT; default by plan: "
-                        "public 10, demo 30, pro 250]")
-    g.add_argument("--max-response-mb", metavar="MB",
-                   help="largest API answer accepted, counted after decompression; a larger one fails the "
-                        "request [PIPELINE_MAX_RESPONSE_MB; default 64]")
-    g.add_argument("--config", metavar="FILE", help="TOML file with the same keys [PIPELINE_CONFIG]")
-    v = p.add_argument_group("output")
-    v.add_argument("--log-file", metavar="PATH",
-                   help="also log to this file, with timestamps, rotated at 10 MB (5 kept) [PIPELINE_LOG_FILE]")
-    v.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
-    v.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
-    for action in p._actions:  # argparse offers no public walk over actions
-        if set(action.option_strings) & set(hidden):
-            action.help = argparse.SUPPRESS
-    return p
+# Each command's line in the top-level help, its description and its epilog (exit codes).
+SUBCOMMANDS = {
+    "run": ("run the pipeline once (the default command)",
+            "Fetch the coins once, append new rows to the CSV history, draw the charts.", EPILOG),
+    "daemon": ("stay running and run the pipeline every day",
+               "Run the pipeline every day at --at in --timezone, retry failures the same day, stop cleanly on "
+               "SIGTERM or Ctrl-C.", EPILOG),
+    "backfill": ("fill the history with past daily points",
+                 "Fetch daily points (00:00 UTC) for past days from /coins/{id}/market_chart/range, one request per "
+                 "coin, merge them into the history, then redraw the charts. Resumes where an interrupted backfill "
+                 "stopped. The range is complete UTC days, by default the last 365.", EPILOG),
+    "status": ("show the last run, the next run and the history's coverage",
+               "Show the last run and its result, the next scheduled run, and the history: rows, coins, first and "
+               "last observation, days missing.", STATUS_EPILOG),
+    "check": ("check connectivity, the API key and plan, and the coin ids",
+              "Check /ping, the key and plan, and that CoinGecko knows every coin id.", CHECK_EPILOG),
+    "top": ("print the top N coins by market cap on a past day",
+            "Print the top N coins by market cap as this history recorded them on one UTC day: rank, id, symbol and "
+            "market cap from each coin's last observation of that day, in the first --vs-currency. Reads the index, "
+            "not the CSV.", TOP_EPILOG),
+    "plot": ("draw the charts from the history",
+             "Draw the price, market-cap and performance charts from the CSV history.", PLOT_EPILOG),
+    "quality": ("list the quality findings of the last days",
+                "List the quality findings (data/quality.csv) found in the last N days: spikes, zero prices and "
+                "market caps, prices outside their own 24 h range, stale coins, days healing could not fill.",
+                QUALITY_EPILOG),
+    "report": ("write data/report.html, the one-page report",
+               "Write data/report.html: the charts, the latest observation per coin, coverage, the last 30 days' "
+               "quality findings and the last run, in one self-contained file.", REPORT_EPILOG),
+}
+GROUP_TITLES = {"output": "output", "charts": "chart options", "schedule": "schedule"}
 
 
-def chart_options() -> argparse.ArgumentParser:
-    """Options that choose what the charts show."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("chart options")
-    g.add_argument("--plot-coins", metavar="COIN,COIN,...",
-                   help="coins to chart: ids, symbols or names, any case [PIPELINE_PLOT_COINS; default all]")
-    g.add_argument("--since", metavar="YYYY-MM-DD", help="first day to chart (not with --days)")
-    g.add_argument("--until", metavar="YYYY-MM-DD", help="last day to chart")
-    g.add_argument("--days", metavar="N", help="chart the last N days (up to --until; not with --since)")
-    g.add_argument("--scale", choices=SCALES,
-                   help="value axis: log when coins span more than two orders of magnitude (auto) "
-                        "[PIPELINE_CHART_SCALE; default auto]")
-    return p
+def group_title(group: str, command: str) -> str:
+    """The --help heading of an option group, as it reads for this command."""
+    if group == "data":
+        what = "data options" if command in READERS else "data and API options"
+        return f"{what} (flag > environment > config file > default)"
+    if group == "quality":
+        return "quality and notifications" if command in RUNS else "quality"
+    if group == "days":
+        return "range (complete UTC days)" if command == "backfill" else "days"
+    return GROUP_TITLES[group]
 
 
-def run_switches(after: str) -> argparse.ArgumentParser:
-    """--no-charts, --no-heal, --top and --top-backfill, as `run` and `daemon` take them."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--no-charts", dest="charts", action="store_const", const=False,
-                   help=f"do not draw charts after {after} [PIPELINE_CHARTS=0]")
-    p.add_argument("--no-heal", dest="heal", action="store_const", const=False,
-                   help="do not fill days missing from the history, nor seed an empty one [PIPELINE_HEAL=0]")
-    p.add_argument("--seed-days", metavar="N",
-                   help="when the history is empty, also fill the last N days of each coin (one request per "
-                        "coin, within the plan's reach); 0 turns it off [PIPELINE_SEED_DAYS; default 30]")
-    top_option(p, "track the top N coins by market cap in each currency (1 to 20,000, or all: the whole market), with --coins if given "
-                  "[PIPELINE_TOP]")
-    p.add_argument("--top-backfill", dest="top_backfill", action="store_const", const=True,
-                   help="heal a coin that enters the top N back to the start of the history "
-                        "[PIPELINE_TOP_BACKFILL=1]")
-    return p
-
-
-def top_option(parser: argparse.ArgumentParser, text: str) -> None:
-    """--top N, with the help that fits the command."""
-    parser.add_argument("--top", metavar="N", help=text)
-
-
-def watch_options(notify: bool = True) -> argparse.ArgumentParser:
-    """Quality checks (and, for run and daemon, notifications), for the commands that load rows."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("quality and notifications" if notify else "quality")
-    g.add_argument("--spike-threshold", metavar="FRACTION",
-                   help="a move beyond this against the previous day that reverses within a day is a spike "
-                        "[PIPELINE_SPIKE_THRESHOLD; default 0.5, i.e. 50%%]")
-    if not notify:
-        return p
-    g.add_argument("--notify-url", metavar="URL",
-                   help="POST a small JSON document to this webhook (Slack, Discord, ntfy) after a failed run, "
-                        "new quality findings, or recovery [PIPELINE_NOTIFY_URL]")
-    g.add_argument("--notify-on", metavar="failure|findings|always",
-                   help="when to notify, a comma list [PIPELINE_NOTIFY_ON; default failure,findings]")
-    return p
+def add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The options of OPTION_TABLE that the command takes; those it only accepts are left out of --help."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in OPTION_TABLE:
+        if command not in option.commands and command not in option.hidden:
+            continue
+        target: argparse._ActionsContainer = parser
+        if option.group != "switches":
+            if option.group not in groups:
+                groups[option.group] = parser.add_argument_group(group_title(option.group, command))
+            target = groups[option.group]
+        shown = option.help_for(command) if command in option.commands else argparse.SUPPRESS
+        kinds: dict[str, dict[str, object]] = {
+            "value": {"metavar": option.metavar, "choices": option.choices},
+            "off": {"action": "store_const", "const": False}, "on": {"action": "store_const", "const": True},
+            "count": {"action": "count", "default": 0}, "true": {"action": "store_true"}}
+        target.add_argument(*option.flags, dest=option.name, help=shown, **kinds[option.kind])  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: run's options at the top level, then one subparser per command."""
     parser = OneLineParser(prog="main.py", usage="%(prog)s [-h] [COMMAND] [OPTIONS ...]",
-                           description=TOP_DESCRIPTION, epilog=EPILOG,
-                           parents=[run_switches("the run"), common_options(), chart_options(), watch_options()])
-    # These parents are this parser's alone, so renaming their actions leaves the subcommands' copies be.
+                           description=TOP_DESCRIPTION, epilog=EPILOG)
+    add_options(parser, "run")
     for action in parser._actions:  # argparse offers no public walk over actions
         if action.option_strings and action.dest != "help":
             action.dest, action.default = BEFORE + action.dest, argparse.SUPPRESS
     parser.add_argument("--version", action="version", help="print the version and exit",
                         version=f"%(prog)s {VERSION} (Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    common, charts, readers = common_options(), chart_options(), common_options(hidden=UNUSED_BY_READERS)
-    watch = watch_options()
-    sub.add_parser("run", parents=[run_switches("the run"), common, charts, watch],
-                   help="run the pipeline once (the default command)",
-                   description="Fetch the coins once, append new rows to the CSV history, draw the charts.",
-                   epilog=EPILOG)
-    daemon = sub.add_parser("daemon", parents=[run_switches("each run"), common, charts, watch],
-                            help="stay running and run the pipeline every day",
-                            description="Run the pipeline every day at --at in --timezone, retry failures the "
-                                        "same day, stop cleanly on SIGTERM or Ctrl-C.", epilog=EPILOG)
-    d = daemon.add_argument_group("schedule")
-    d.add_argument("--at", metavar="HH:MM", help="time of the daily run [PIPELINE_AT; default 00:00]")
-    d.add_argument("--timezone", metavar="AREA/CITY",
-                   help="time zone of --at [PIPELINE_TIMEZONE; default the machine's zone]")
-    d.add_argument("--retry-delays", metavar="MIN,MIN,...",
-                   help="minutes to wait before each retry of a failed run, the last repeating until the "
-                        "next scheduled run [PIPELINE_RETRY_DELAYS; default 5,15,60]")
-    d.add_argument("--no-initial-run", dest="initial_run", action="store_const", const=False,
-                   help="do not run at start even when the last success is more than a day old "
-                        "[PIPELINE_INITIAL_RUN=0]")
-    backfill = sub.add_parser("backfill", parents=[common, watch_options(notify=False)],
-                              help="fill the history with past daily points",
-                              description="Fetch daily points (00:00 UTC) for past days from "
-                                          "/coins/{id}/market_chart/range, one request per coin, merge them "
-                                          "into the history, then redraw the charts. Resumes where an interrupted "
-                                          "backfill stopped.",
-                              epilog=EPILOG)
-    backfill.add_argument("--no-charts", dest="charts", action="store_const", const=False,
-                          help="do not redraw the charts after rows were added [PIPELINE_CHARTS=0]")
-    top_option(backfill, "also backfill the top N coins the last run recorded [PIPELINE_TOP]")
-    b = backfill.add_argument_group("range (complete UTC days; default the last 365)")
-    b.add_argument("--days", metavar="N", help="the last N complete days (up to --until; not with --since)")
-    b.add_argument("--since", metavar="YYYY-MM-DD", help="first day (not with --days)")
-    b.add_argument("--until", metavar="YYYY-MM-DD", help="last day (default the newest complete day)")
-    sub.add_parser("status", parents=[readers], help="show the last run, the next run and the history's coverage",
-                   description="Show the last run and its result, the next scheduled run, and the history: rows, "
-                               "coins, first and last observation, days missing.", epilog=STATUS_EPILOG)
-    sub.add_parser("check", parents=[common], help="check connectivity, the API key and plan, and the coin ids",
-                   description="Check /ping, the key and plan, and that CoinGecko knows every coin id.",
-                   epilog=CHECK_EPILOG)
-    top = sub.add_parser("top", parents=[readers], help="print the top N coins by market cap on a past day",
-                         description="Print the top N coins by market cap as this history recorded them on one UTC "
-                                     "day: rank, id, symbol and market cap from each coin's last observation of "
-                                     "that day, in the first --vs-currency. Reads the index, not the CSV.",
-                         epilog=TOP_EPILOG)
-    t = top.add_argument_group("day")
-    t.add_argument("--date", metavar="YYYY-MM-DD", help="the UTC day (default today)")
-    top_option(t, "how many coins to print [PIPELINE_TOP; default 100]")
-    sub.add_parser("plot", parents=[readers, charts], help="draw the charts from the history",
-                   description="Draw the price, market-cap and performance charts from the CSV history.",
-                   epilog=PLOT_EPILOG)
-    quality = sub.add_parser("quality", parents=[readers], help="list the quality findings of the last days",
-                             description="List the quality findings (data/quality.csv) found in the last N days: "
-                                         "spikes, zero prices and market caps, prices outside their own 24 h "
-                                         "range, stale coins, days healing could not fill.",
-                             epilog=QUALITY_EPILOG)
-    quality.add_argument("--days", metavar="N", help="findings of the last N days (default 30)")
-    sub.add_parser("report", parents=[readers, charts], help="write data/report.html, the one-page report",
-                   description="Write data/report.html: the charts, the latest observation per coin, coverage, "
-                               "the last 30 days' quality findings and the last run, in one self-contained file.",
-                   epilog=REPORT_EPILOG)
+    for command, (line, description, epilog) in SUBCOMMANDS.items():
+        add_options(sub.add_parser(command, help=line, description=description, epilog=epilog), command)
     return parser
 
 
@@ -271,7 +169,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             takes = {o for a in subparser(parser, args.command)._actions for o in a.option_strings}
             if flag not in takes:  # moving it after the command would be refused
                 parser.error(f"{flag} is not an option of `{args.command}`; leave it out")
-            if args.command in READERS and flag in UNUSED_BY_READERS:  # moving it would do nothing
+            if args.command in OPTIONS[name].hidden:  # accepted there, but moving it would do nothing
                 instead = (f"; to chart some coins: python main.py {args.command} --plot-coins ID,ID"
                            if args.command in ("plot", "report") and flag == "--coins" else "; leave it out")
                 parser.error(f"{flag} changes nothing for `{args.command}`, which reads the history{instead}")
@@ -349,11 +247,7 @@ def setup_logging(verbose: int, quiet: bool, *, timestamps: bool = False, log_fi
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed arguments and the environment."""
-    flags = {name: getattr(args, name, None) for name in
-             ("coins", "vs_currency", "data_dir", "api_url", "api_key", "api_plan", "timeout", "max_retry_wait",
-              "lock_timeout", "plot_coins", "since", "until", "days", "scale", "charts", "at", "timezone",
-              "retry_delays", "initial_run", "log_file", "rate_limit", "max_response_mb", "heal",
-              "top", "top_backfill", "date", "spike_threshold", "notify_url", "notify_on", "seed_days")}
+    flags = {option.name: getattr(args, option.name, None) for option in SETTINGS_OPTIONS}
     verbosity = -1 if args.quiet else args.verbose
     settings = build_settings(args.command, flags, env, config_path=args.config, verbosity=verbosity)
     if settings.api_plan == "public" and (args.api_key or env.get("COINGECKO_API_KEY")):
@@ -463,6 +357,15 @@ def describe_file_error(exc: OSError) -> str:
     if exc.filename is None:
         return exc.strerror or type(exc).__name__
     return describe_os_error(exc, exc.filename, "open")
+
+
+def __getattr__(name: str) -> object:
+    """`main.run_pipeline`, as scripts written before flows/run.py call it (imported on first use, to start fast)."""
+    if name == "run_pipeline":
+        from flows.run import run_pipeline
+
+        return run_pipeline
+    raise AttributeError(f"module 'main' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from utils.history.index import day_of, day_number
 from utils.history.layout import display_path
 from utils.history.quality import summary_line
 from utils.history.schema import Record
+from utils.options import command_default
 from utils.settings import Settings
 from utils.history.locations import Storage, storage_for
 from utils.history.csv_store import MergeReport
@@ -35,7 +36,7 @@ FREE_PLANS = ("public", "demo")
 FREE_REACH_DAYS = 365
 WINDOW_DAYS = {"public": 365, "demo": 365, "pro": 3650}
 SETTLE = timedelta(minutes=40)  # CoinGecko's daily point of the previous day is final by about 00:35-00:40 UTC
-DEFAULT_DAYS = 365
+DEFAULT_DAYS = command_default("days", "backfill")  # 365: how far back a backfill goes without --days
 
 
 def newest_complete_day(now: datetime) -> date:

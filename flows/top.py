@@ -11,12 +11,13 @@ from utils.daemon import StatusFile
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.index import day_number
 from utils.history.layout import display_path
+from utils.options import command_default
 from utils.settings import Settings
 from utils.history.locations import storage_for
 from utils.history.tracking import TopMembers
 from utils.words import count
 
-DEFAULT_TOP = 100
+DEFAULT_TOP = command_default("top", "top")  # 100: how many `top` prints without --top
 GONE_AFTER_DAYS = 7  # `status` lists a delisted coin once it has been gone this long
 GONE_SHOWN = 20
 

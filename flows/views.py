@@ -19,6 +19,7 @@ from utils.history.index import HistoryIndex, day_of
 from utils.history.layout import CHART_NAMES, display_path
 from utils.history.quality import RULE_WORDS, QualityLog
 from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
+from utils.options import command_default
 from utils.settings import Settings
 from utils.history.locations import Storage, storage_for
 
@@ -37,7 +38,7 @@ def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], 
         return (), str(exc) or type(exc).__name__
 
 
-FINDING_DAYS = 30
+FINDING_DAYS = command_default("days", "quality")  # 30: the findings `quality` and the report show
 CHART_TITLES = dict(zip(CHART_NAMES, ("Price trend", "Market-cap trend", "Performance")))
 
 

@@ -7,7 +7,8 @@ import json
 from datetime import date, datetime, timedelta, timezone
 
 from tests.fake_coingecko import markets_rows
-from tests.support import PipelineTestCase, cli
+from flows.run import run_pipeline
+from tests.support import PipelineTestCase
 
 from flows.run_once import RunResult
 from flows.status import print_status
@@ -39,7 +40,7 @@ class TopAll(PipelineTestCase):
     def run_day(self, day: date, top: str = "all") -> RunResult:
         settings = build_settings("run", {"top": top}, self.env)
         with CoinGeckoClient(settings.api_url, sleep=self.sleeps.append) as client:
-            return cli.run_pipeline(settings, client, clock=lambda: noon(day) + timedelta(hours=1))
+            return run_pipeline(settings, client, clock=lambda: noon(day) + timedelta(hours=1))
 
     def coin_ids_of(self, day: date) -> list[str]:
         return [r["coin_id"] for r in self.rows() if r["last_updated"].startswith(str(day))]

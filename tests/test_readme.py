@@ -7,6 +7,8 @@ import re
 import unittest
 
 from tests.support import REPO, cli
+from utils.options import OPTION_TABLE
+from utils.settings import Settings
 
 
 def every_option_string(parser: argparse.ArgumentParser) -> set[str]:
@@ -41,11 +43,39 @@ class ReadmeInStep(unittest.TestCase):
         self.assertIn("\t$(BIN)/python -m unittest discover -s tests", (REPO / "Makefile").read_text())
 
     def test_every_environment_variable_in_the_code_is_documented(self) -> None:
-        from utils.settings import OPTIONS
-        for env_name, _ in OPTIONS.values():
-            if env_name:
-                self.assertIn(f"`{env_name}", self.readme, env_name)
+        for option in OPTION_TABLE:
+            if option.env:
+                self.assertIn(f"`{option.env}", self.readme, option.env)
         self.assertIn("`PIPELINE_CONFIG`", self.readme)
+
+    def option_rows(self) -> dict[str, list[str]]:
+        """The README's option table: its long flag -> the row's cells."""
+        section = self.readme.split("## Options and environment variables", 1)[1].split("\n## ", 1)[0]
+        rows: dict[str, list[str]] = {}
+        for line in section.splitlines():
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            flags = re.findall(r"`(--?[a-z][a-z-]*)", cells[0]) if cells else []
+            if flags:
+                rows[flags[-1]] = cells
+        return rows
+
+    def test_the_readme_option_table_is_the_option_table(self) -> None:
+        rows = self.option_rows()
+        self.assertEqual(sorted(rows), sorted([o.flag for o in OPTION_TABLE] + ["--help", "--version"]))
+        for option in OPTION_TABLE:
+            expected = f"`{option.env_text}`" if option.env_text else ""
+            self.assertEqual(rows[option.flag][1], expected, option.flag)
+            if option.metavar:
+                self.assertIn(f"`{option.flag} {option.metavar}`", self.readme.replace("\\|", "|"), option.flag)
+
+    def test_each_default_the_table_shows_is_the_settings_default(self) -> None:
+        defaults = Settings()
+        for option in OPTION_TABLE:
+            if option.default is None or option.parse is None:
+                continue
+            value = option.parse(option.default)
+            held = defaults.vs_currencies if option.name == "vs_currency" else getattr(defaults, option.name)
+            self.assertEqual(value, held, option.name)
 
 
 if __name__ == "__main__":

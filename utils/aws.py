@@ -14,12 +14,12 @@ from typing import Any
 
 from utils.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from utils.history.layout import split_s3_url
+from utils.options import EVENT_OPTIONS
 from utils.settings import Settings, build_settings
 
 log = logging.getLogger(__name__)
 
 _key_cache: dict[str, str] = {}
-EVENT_OPTIONS = ("coins", "vs_currency", "days", "since", "until")
 
 
 def api_key_from_aws(env: Mapping[str, str]) -> str | None:
