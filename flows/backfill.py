@@ -18,6 +18,7 @@ from flows.wiring import Console
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
 from utils.clients import make_client
 from utils.coingecko.client import CoinGeckoClient
+from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.history.files import ensure_dir, read_json, write_json_atomic
 from utils.history.index import day_of, day_number
@@ -32,8 +33,6 @@ from utils.words import count
 
 log = logging.getLogger(__name__)
 
-FREE_PLANS = ("public", "demo")
-FREE_REACH_DAYS = 365
 WINDOW_DAYS = {"public": 365, "demo": 365, "pro": 3650}
 SETTLE = timedelta(minutes=40)  # CoinGecko's daily point of the previous day is final by about 00:35-00:40 UTC
 DEFAULT_DAYS = command_default("days", "backfill")  # 365: how far back a backfill goes without --days
@@ -42,13 +41,6 @@ DEFAULT_DAYS = command_default("days", "backfill")  # 365: how far back a backfi
 def newest_complete_day(now: datetime) -> date:
     """The newest day whose 00:00 UTC point is final."""
     return (now.astimezone(timezone.utc) - SETTLE).date()
-
-
-def earliest_reachable_day(plan: str, now: datetime) -> date | None:
-    """The oldest day the plan's history reaches, or None when it reaches back to the start."""
-    if plan not in FREE_PLANS:
-        return None
-    return (now.astimezone(timezone.utc) - timedelta(days=FREE_REACH_DAYS)).date() + timedelta(days=1)
 
 
 def midnight_ms(day: date) -> int:

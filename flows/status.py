@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from utils.daemon import StatusFile, parse_iso
 from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.history.index import SeriesInfo, day_of
+from utils.coingecko.plans import FREE_REACH_DAYS, PAID_REACH, earliest_reachable_day
+from utils.history.index import HistoryIndex, Range, SeriesInfo, day_number, day_of, subtract
+from utils.words import count
 from utils.history.layout import display_path
 from utils.settings import Settings
 from utils.history.locations import refuse_file_as_data_dir, storage_for
@@ -77,14 +79,17 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
             currencies = index.currencies()
             series = index.series()
             rows, damaged = index.rows, index.damaged
+            out(f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
+                + (f" in {', '.join(currencies)}" if currencies else "")
+                + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else ""))
+            for currency in currencies or [settings.vs_currency]:
+                in_currency = [s for s in series if s.vs_currency == currency]
+                describe_currency(currency, in_currency, now, out)
+                if in_currency:
+                    describe_missing(settings, currency, in_currency, index, now, out)
     except LegacyHistory as exc:
         out(f"history:      {exc}")
         return EXIT_OK
-    out(f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
-        + (f" in {', '.join(currencies)}" if currencies else "")
-        + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else ""))
-    for currency in currencies or [settings.vs_currency]:
-        describe_currency(currency, [s for s in series if s.vs_currency == currency], now, out)
     return EXIT_OK
 
 
@@ -100,19 +105,68 @@ def describe_currency(currency: str, series: list[SeriesInfo], now: datetime, ou
     out(f"{currency}:          {rows} rows in {currency}, {len(coins)} coins")
     out(f"observations: first {first:%Y-%m-%d %H:%M} UTC, last {last:%Y-%m-%d %H:%M} UTC")
     out(f"coins:        {', '.join(coins[:30])}{' ...' if len(coins) > 30 else ''}")
+
+
+def describe_missing(settings: Settings, currency: str, series: list[SeriesInfo], index: HistoryIndex, now: datetime,
+                     out: Callable[[str], None]) -> None:
+    """The days without an observation, split by what can fill them: a backfill (within the plan's reach),
+    nothing on this plan (older), nothing at all (CoinGecko had no data for them)."""
     today = now.date()
-    missing = {s.coin_id: s.missing(today) for s in series}
-    total = sum(s.missing_count(today) for s in series)
-    if not total:
+    now_ms = int(now.timestamp() * 1000)
+    earliest = earliest_reachable_day(settings.api_plan, now)
+    reach = day_number(earliest) if earliest else None
+    fillable: dict[str, list[Range]] = {}
+    beyond: dict[str, list[Range]] = {}
+    none_there = 0
+    for info in series:
+        gaps = info.missing(today)
+        for hole in index.unavailable(info.coin_id, currency, now_ms):  # CoinGecko answered without them
+            before = sum(b - a + 1 for a, b in gaps)
+            gaps = [part for gap in gaps for part in subtract(gap, [hole])]
+            none_there += before - sum(b - a + 1 for a, b in gaps)
+        for a, b in gaps:
+            if reach is not None and a < reach:
+                beyond.setdefault(info.coin_id, []).append((a, min(b, reach - 1)))
+            if reach is None or b >= reach:
+                fillable.setdefault(info.coin_id, []).append((max(a, reach) if reach is not None else a, b))
+    if not fillable and not beyond and not none_there:
         out("days missing: none")
         return
-    out(f"days missing: {total} coin-days without any observation (`python main.py backfill` fills them)")
+    if fillable:
+        first = min(a for spans in fillable.values() for a, _ in spans)
+        out(f"days missing: {_coin_days(fillable)} within the {settings.api_plan} plan's reach: "
+            f"`{backfill_hint(settings, currency, sorted(fillable), day_of(first))}` fills them")
+        _list_spans(fillable, out)
+    if beyond:
+        out(f"days missing: {_coin_days(beyond)} before {earliest}, older than the {settings.api_plan} plan reaches "
+            f"(the past {FREE_REACH_DAYS} days): no command can fill them on this plan; a paid plan "
+            f"(`--api-plan pro`) reaches back to {PAID_REACH}")
+        _list_spans(beyond, out)
+    if none_there:
+        out(f"days missing: {count(none_there, 'coin-day')} CoinGecko answered without data (not asked again)")
+
+
+def backfill_hint(settings: Settings, currency: str, coins: list[str], first: date) -> str:
+    """The backfill command that fills these coins' days in this currency: only the options it needs."""
+    parts = ["python main.py backfill", f"--since {first}"]
+    if set(coins) != set(settings.coins):  # only the coins with days to fill: one request each
+        parts.append(f"--coins {','.join(coins)}")
+    if currency not in settings.vs_currencies:
+        parts.append(f"--vs-currency {currency}")
+    return " ".join(parts)
+
+
+def _coin_days(spans: dict[str, list[Range]]) -> str:
+    return count(sum(b - a + 1 for ranges in spans.values() for a, b in ranges), "coin-day")
+
+
+def _list_spans(missing: dict[str, list[Range]], out: Callable[[str], None]) -> None:
     for coin_id, spans in sorted(missing.items())[:20]:
-        if not spans:
-            continue
-        count = sum(b - a + 1 for a, b in spans)
+        days = sum(b - a + 1 for a, b in spans)
         text = ", ".join(str(day_of(a)) if a == b else f"{day_of(a)}..{day_of(b)}" for a, b in spans[:5])
-        out(f"              {coin_id}: {count} ({text}{', ...' if len(spans) > 5 else ''})")
+        out(f"              {coin_id}: {days} ({text}{', ...' if len(spans) > 5 else ''})")
+    if len(missing) > 20:
+        out(f"              and {count(len(missing) - 20, 'more coin')}")
 
 
 def quality_counts(settings: Settings, now: datetime) -> str:

@@ -227,3 +227,58 @@ class CtrlCDuringBackfill(PipelineTestCase):
         result = self.run_subprocess(*argv)  # the advice, taken
         self.assertEqual(result.code, 0, result.stderr)
         self.assertIn("resuming, 4 of 8 coins already fetched", result.stderr)
+
+
+def observation(coin: str, day, vs: str = "eur"):
+    from utils.history.schema import Record
+
+    return Record(name=coin.title(), symbol=coin[:3], current_price=1.0, market_cap=10.0,
+                  price_change_percentage_24h=None, circulating_supply=None,
+                  last_updated=f"{day.isoformat()}T12:00:00.000Z", fetched_at="", coin_id=coin, vs_currency=vs,
+                  market_cap_rank=None, total_volume=None, high_24h=None, low_24h=None, total_supply=None,
+                  max_supply=None, source="coins_markets")
+
+
+class StatusHints(PipelineTestCase):
+    """`status` splits the missing days by what can fill them, and its backfill hint works when run."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from lambdas.lambda_3_load import load
+
+        today = NOW.date()
+        # bitcoin: seen 400 days ago, then the last 5 days: a gap that is partly older than the free plans reach.
+        days = [today - timedelta(days=400)] + [today - timedelta(days=i) for i in range(1, 6)]
+        load([observation("bitcoin", d) for d in days], self.csv_path)
+        start = today - timedelta(days=449)
+        self.fake.market_chart["bitcoin"] = make_daily_chart(start, 450, 100.0, partial_point_at=NOW, seed=1)
+
+    def test_days_beyond_the_plans_reach_are_not_sent_to_backfill(self) -> None:
+        result = self.run_main("status")
+        self.assertEqual(result.code, 0, result.stderr)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("days missing:")]
+        self.assertEqual(len(lines), 2, result.stdout)
+        within, beyond = lines
+        self.assertTrue(within.startswith("days missing: "), within)
+        self.assertIn("within the public plan's reach: `python main.py backfill --since ", within)
+        self.assertIn("no command can fill them on this plan; a paid plan (`--api-plan pro`) reaches back to 2013",
+                      beyond)
+        n_beyond = int(beyond.split()[2])
+        hint = within.split("`")[1].split()[2:]  # the command the line gives, run as it says
+        done = self.run_main(*hint)
+        self.assertEqual(done.code, 0, done.stderr)
+        after = self.run_main("status")
+        lines = [line for line in after.stdout.splitlines() if line.startswith("days missing:")]
+        self.assertEqual(len(lines), 1, after.stdout)  # only the days no command can fill are left
+        self.assertIn("no command can fill them", lines[0])
+        self.assertEqual(int(lines[0].split()[2]), n_beyond)
+
+    def test_a_coin_outside_the_configured_coins_gets_coins_in_its_hint(self) -> None:
+        result = self.run_main("status", env=dict(self.env, PIPELINE_COINS="ethereum"))
+        line = next(line for line in result.stdout.splitlines() if "within the" in line)
+        self.assertIn("--coins bitcoin`", line)
+        hint = line.split("`")[1].split()[2:]
+        done = self.run_main(*hint, env=dict(self.env, PIPELINE_COINS="ethereum"))
+        self.assertEqual(done.code, 0, done.stderr)
+        after = self.run_main("status", env=dict(self.env, PIPELINE_COINS="ethereum"))
+        self.assertNotIn("within the", after.stdout)

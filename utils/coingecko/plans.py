@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta, timezone
+
 PUBLIC_URL = "https://api.coingecko.com/api/v3"
 PRO_URL = "https://pro-api.coingecko.com/api/v3"
 DEFAULT_MAX_RESPONSE_MB = 64.0  # the largest answer accepted, after decompression (--max-response-mb)
@@ -16,3 +18,15 @@ UNIVERSE_CAP = 20_000  # the most coins `--top` tracks (`--top all`): CoinGecko 
 def top_label(top: int) -> str:
     """How a top N reads to a user: 'all' for the whole market."""
     return "all" if top >= UNIVERSE_CAP else str(top)
+
+
+FREE_PLANS = ("public", "demo")
+FREE_REACH_DAYS = 365  # the free plans' daily history reaches this many days back
+PAID_REACH = "2013"  # a paid plan (pro) reaches back to CoinGecko's first data
+
+
+def earliest_reachable_day(plan: str, now: datetime) -> date | None:
+    """The oldest day the plan's history reaches, or None when it reaches back to the start."""
+    if plan not in FREE_PLANS:
+        return None
+    return (now.astimezone(timezone.utc) - timedelta(days=FREE_REACH_DAYS)).date() + timedelta(days=1)
