@@ -17,6 +17,7 @@ from flows.views import draw_charts, publish_report
 from flows.wiring import Console
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
 from utils.clients import make_client
+from utils.daemon import StatusFile, iso
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
@@ -142,6 +143,7 @@ class BackfillResult:
     paced_seconds: float = 0.0
     failed_currencies: list[tuple[str, str]] = field(default_factory=list)
     currencies: tuple[str, ...] = ()
+    span: DayRange | None = None  # the days asked for
 
     @property
     def exit_code(self) -> int:
@@ -285,7 +287,7 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     resumed = sum(len(m.done) for m in manifests.values())
     if resumed:
         log.info("backfill: resuming, %d of %d coins already fetched", resumed, total)
-    result = BackfillResult(currencies=settings.vs_currencies)
+    result = BackfillResult(currencies=settings.vs_currencies, span=span)
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
     per_coin = len(windows(span, settings.api_plan))
@@ -471,10 +473,32 @@ def intersect(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> 
     return sorted(out)
 
 
+def record_backfill(settings: Settings, result: BackfillResult | None, *, error: str = "") -> None:
+    """The last backfill in status.json (when, which days, rows added, outcome), for `status` and the report."""
+    if settings.data_url is not None or not settings.data_dir.is_dir():
+        return
+    span = result.span if result else None
+    entry = {"finished_at": iso(datetime.now(timezone.utc)),
+             "result": "failed" if result is None else "ok" if result.exit_code == EXIT_OK else "partial",
+             "first_day": str(span.first) if span else "", "last_day": str(span.last) if span else "",
+             "days": span.days if span else 0, "added": result.merge.added if result and result.merge else 0,
+             "coins": len(set(result.coins_done)) if result else 0, "requests": result.requests if result else 0,
+             "error": error}
+    StatusFile(settings.layout.status).update(last_backfill=entry)
+
+
 def backfill_command(settings: Settings, console: Console) -> int:
     """`backfill`: past daily points for every coin, merged once, then the charts redrawn when rows were added."""
-    with make_client(settings, sleep=console.sleep) as client:
-        result = backfill(settings, client)
+    try:
+        with make_client(settings, sleep=console.sleep) as client:
+            result = backfill(settings, client)
+    except PipelineError as exc:
+        record_backfill(settings, None, error=str(exc))
+        raise
+    except KeyboardInterrupt:
+        record_backfill(settings, None, error="interrupted; run the same backfill again and it resumes")
+        raise
+    record_backfill(settings, result)
     summary = result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path))
     if settings.charts and result.merge and result.merge.added:
         _, chart_error = draw_charts(settings, storage_for(settings))

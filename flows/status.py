@@ -63,6 +63,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     else:
         out("last run:     none recorded")
     out(f"last success: {_when(status.get('last_success'))}")
+    out(backfill_line(status.get("last_backfill")))
     out(quality_counts(settings, now))
     pid = status.get("daemon_pid")
     if _pid_alive(pid):
@@ -91,6 +92,19 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
         out(f"history:      {exc}")
         return EXIT_OK
     return EXIT_OK
+
+
+def backfill_line(last: dict | None) -> str:
+    """'last backfill: 2026-12-04 12:00:00 UTC: ok, 30 days (2026-11-04..2026-12-03), 9 coins, 270 rows added'."""
+    if not last:
+        return "last backfill: none recorded"
+    line = f"last backfill: {_when(last.get('finished_at'))}: {last.get('result', '?')}"
+    if last.get("days"):
+        line += (f", {count(last['days'], 'day')} ({last.get('first_day')}..{last.get('last_day')}), "
+                 f"{count(last.get('coins', 0), 'coin')}, {count(last.get('added', 0), 'row')} added")
+    if last.get("error"):
+        line += f"; {last['error']}"
+    return line
 
 
 def describe_currency(currency: str, series: list[SeriesInfo], now: datetime, out: Callable[[str], None]) -> None:

@@ -84,6 +84,14 @@ def last_run(settings: Settings, outcome: dict[str, Any] | None) -> dict[str, An
         "summary": None, "finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19]}
 
 
+def last_backfill(settings: Settings) -> dict[str, Any] | None:
+    """The last backfill status.json recorded, its time as the page shows times."""
+    recorded = StatusFile(settings.layout.status).read().get("last_backfill")
+    if not isinstance(recorded, dict):
+        return None
+    return recorded | {"finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19]}
+
+
 def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
                  now: datetime | None = None) -> ReportData:
     """Gather what the page shows: index, quality.csv, status and the charts already drawn."""
@@ -105,7 +113,8 @@ def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
     return ReportData(generated_at=now.strftime("%Y-%m-%d %H:%M UTC"), vs_currency=vs, csv_name=layout.csv.name,
                       rows=rows, coins=coins, charts=charts, findings=list(reversed(in_currency)),
                       finding_counts={RULE_WORDS[r]: n for r, n in counts.most_common()},
-                      last_run=last_run(settings, outcome), days=FINDING_DAYS, notes=notes)
+                      last_run=last_run(settings, outcome), days=FINDING_DAYS, notes=notes,
+                      last_backfill=last_backfill(settings))
 
 
 def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, draw: bool = True) -> Path:

@@ -282,3 +282,31 @@ class StatusHints(PipelineTestCase):
         self.assertEqual(done.code, 0, done.stderr)
         after = self.run_main("status", env=dict(self.env, PIPELINE_COINS="ethereum"))
         self.assertNotIn("within the", after.stdout)
+
+
+class BackfillsAreVisible(FirstHourCase):
+    def test_status_and_the_report_show_the_last_backfill(self) -> None:
+        self.assertEqual(self.run_main("run", "--seed-days", "0").code, 0)
+        before = self.run_main("status")
+        self.assertIn("last backfill: none recorded", before.stdout)
+        done = self.run_main("backfill", "--days", "30", "--coins", "bitcoin,ethereum")
+        self.assertEqual(done.code, 0, done.stderr)
+        status = self.run_main("status")
+        line = next(line for line in status.stdout.splitlines() if line.startswith("last backfill:"))
+        self.assertRegex(line, r"^last backfill: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: ok, 30 days "
+                               r"\(\d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d\), 2 coins, 60 rows added$")
+        report = self.run_main("report")
+        self.assertEqual(report.code, 0, report.stderr)
+        html = (self.data_dir / "report.html").read_text()
+        card = html[html.index("<b>Last backfill</b>"):]
+        card = card[:card.index("</div>\n  </div>")]
+        self.assertIn('<span class="ok">ok</span>', card)
+        self.assertIn("30 days", card)
+        self.assertIn("60 rows added", card)
+
+    def test_a_failed_backfill_is_shown_as_failed(self) -> None:
+        self.assertEqual(self.run_main("run", "--seed-days", "0", "--coins", "bitcoin").code, 0)
+        failed = self.run_main("backfill", "--days", "30", "--coins", "nosuchcoin")
+        self.assertEqual(failed.code, 1, failed.stderr)
+        line = next(line for line in self.run_main("status").stdout.splitlines() if line.startswith("last backfill:"))
+        self.assertIn(": failed; no coin could be backfilled", line)

@@ -118,6 +118,9 @@ STATUS_FIELDS: dict[str, Callable[[Any], bool]] = {
     "next_retry": lambda v: parse_iso(v) is not None, "timezone": _text, "at": _text,
     "daemon_pid": lambda v: _count(v) and 0 < v < 2**22,  # Linux's PID_MAX_LIMIT
     "tracked_coins": _count, "tracked_currencies": lambda v: isinstance(v, list) and all(map(_text, v)),
+    "last_backfill": lambda v: isinstance(v, dict) and parse_iso(v.get("finished_at")) is not None
+    and all(_count(v.get(k, 0)) for k in ("days", "added", "coins", "requests"))
+    and all(_text(v.get(k, "")) for k in ("result", "first_day", "last_day", "error")),
 }
 LAST_RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
     "started_at": lambda v: parse_iso(v) is not None, "finished_at": lambda v: parse_iso(v) is not None,

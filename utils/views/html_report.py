@@ -53,6 +53,7 @@ class ReportData:
     finding_counts: dict[str, int]
     last_run: dict[str, Any] | None
     days: int = 30
+    last_backfill: dict[str, Any] | None = None  # status.json's record of the last `backfill`
     notes: list[str] = field(default_factory=list)
     findings_shown: int = 200  # a page, not a dump: `python main.py quality` lists them all
 
