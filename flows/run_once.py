@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from lambdas.lambda_1_extract import archive_snapshot, extract, extract_top, top_pages
+from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
-from lambdas.lambda_3_load import load
+from lambdas.lambda_3_load import load, record_membership
 from flows.views import draw_charts, publish_report
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import top_label
@@ -31,7 +31,7 @@ from utils.history.schema import Record, Snapshot
 from utils.history.locations import storage_for
 from utils.history.csv_store import LoadReport
 from utils.words import count
-from utils.history.tracking import SearchMemory, TopMembers, spell_ranges
+from utils.history.tracking import SearchMemory, TopMembers, shared_members, spell_ranges
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ class RunOnce:
         self.started = time.monotonic()
         self.storage = storage_for(settings, should_stop)
         self.storage.check()  # a history this version cannot write is refused before any request
-        self.members = TopMembers(settings.layout.top_members) if settings.top else None
+        self.members = (shared_members(self.storage.read, settings.layout) if settings.data_url
+                        else TopMembers(settings.layout.top_members)) if settings.top else None
         self.snapshots: list[Snapshot] = []
         self.tops: dict[str, list[str]] = {}  # each currency's top N this run, best first
         self.gone: dict[str, list[str]] = {}  # each currency's tracked coins that CoinGecko lists no more
@@ -163,23 +164,23 @@ class RunOnce:
         return self.snapshots
 
     def _fetch(self, vs_currency: str) -> Snapshot:
-        """One currency's /coins/markets answers: the top N plus the coins, or the coins alone."""
-        if self.settings.top and not self.retry:
-            members = tuple(self.members.members(vs_currency)) if self.members is not None else ()
-            with PageProgress(top_pages(self.settings.top), vs_currency) as progress:
-                answer = extract_top(self.settings.top, self.settings.coins, vs_currency, self.client, self.clock,
-                                     members=members, progress=progress.step)
+        """One currency's /coins/markets answers by the rule Lambda shares: the top N plus the coins, or the coins."""
+        top = None if self.retry else self.settings.top  # a daemon retry asks for the coins it names, by id
+        members = tuple(self.members.members(vs_currency)) if top and self.members is not None else ()
+        with PageProgress(top_pages(top) if top else 0, vs_currency) as progress:
+            answer = fetch_tracked(top, self.coins, vs_currency, self.client, self.clock, members=members,
+                                   progress=progress.step)
+        if top:
             self.tops[vs_currency] = answer.top_ids
             self.gone[vs_currency] = answer.gone
             if answer.repeated:
                 log.info("top %s in %s: %s seen twice while ranks moved between pages, stored once",
-                         top_label(self.settings.top), vs_currency, count(answer.repeated, "coin"))
+                         top_label(top), vs_currency, count(answer.repeated, "coin"))
             if answer.gone:
                 log.info("top %s in %s: %s no longer listed by CoinGecko (%s); their history is kept",
-                         top_label(self.settings.top), vs_currency, count(len(answer.gone), "coin"),
+                         top_label(top), vs_currency, count(len(answer.gone), "coin"),
                          ", ".join(answer.gone[:10]) + (", ..." if len(answer.gone) > 10 else ""))
-            return answer.snapshot
-        return extract(self.coins, vs_currency, self.client, self.clock)
+        return answer.snapshot
 
     def transform(self, snapshots: list[Snapshot]) -> TransformResult:
         """lambda_2_transform for each currency: records and rejections; no usable row at all fails the run."""
@@ -242,15 +243,14 @@ class RunOnce:
         self.empty_before = self._seeding() and self._history_empty()
         self.report = load(result.records, self.storage)
         if self.members is not None and self.tops:
-            today = self.clock().date()
-            for vs_currency, top_ids in self.tops.items():
-                changes = self.members.update(vs_currency, top_ids, today, self.settings.top or 0,
-                                              self.settings.coins, gone=self.gone.get(vs_currency, []))
+            changed = record_membership(self.storage, self.settings.layout, self.tops, self.gone, self.clock().date(),
+                                        self.settings.top or 0, self.settings.coins)
+            for vs_currency, changes in changed.items():
                 if changes.entered or changes.left:
                     log.info("top %s in %s: %d entered (%s), %d left (%s)", top_label(self.settings.top or 0),
                              vs_currency, len(changes.entered), ", ".join(changes.entered[:10]), len(changes.left),
                              ", ".join(changes.left[:10]))
-            self.members.save()
+            self.members = TopMembers(self.settings.layout.top_members)  # as recorded, for healing
         self.findings += self.report.findings
         return self.report
 

@@ -138,6 +138,16 @@ def _within(row: Any, top: int) -> bool:
     return top >= UNIVERSE_CAP
 
 
+def fetch_tracked(top: int | None, coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
+                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), *,
+                  members: tuple[str, ...] = (), progress: Callable[[int, int], None] | None = None) -> TopAnswer:
+    """One currency's answers by the one rule the command line and Lambda share: with a top N, the top N
+    plus the coins outside it (and earlier members, to see who left); without, the coins alone by id."""
+    if top:
+        return extract_top(top, coins, vs_currency, client, clock, members=members, progress=progress)
+    return TopAnswer(extract(coins, vs_currency, client, clock), [])
+
+
 def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
     """Keep the raw answer as gzip JSON so a later version can reprocess history; returns where it went."""
     return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
@@ -145,20 +155,43 @@ def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
 
 
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
-    """AWS Lambda: fetch the snapshot and store the raw answer in the bucket; return its key for the next stage."""
+    """AWS Lambda: fetch every configured currency (the top N and the coins) and archive each raw answer.
+
+    A currency that fails is named in "failed" and the others go on; all failing raises ExtractError.
+    Returns the raw answers' keys for the transform, and each currency's top N and delisted members for
+    the load, which records them beside the table.
+    """
     from utils.aws import lambda_settings, setup_lambda_logging
     from utils.clients import make_client
+    from utils.errors import AuthError
     from utils.history.locations import storage_for
+    from utils.history.tracking import shared_members
 
     setup_lambda_logging()
     settings = lambda_settings(event)
     storage = storage_for(settings)
+    members = shared_members(storage.read, settings.layout) if settings.top else None
+    out: dict[str, Any] = {"raw_keys": [], "requested": [], "missing": [], "tops": {}, "gone": {}, "failed": []}
     with make_client(settings) as client:
-        if settings.top:  # no membership state on Lambda: each run simply takes the day's top N
-            snapshot = extract_top(settings.top, settings.coins, settings.vs_currency, client).snapshot
-        else:
-            snapshot = extract(settings.coins, settings.vs_currency, client)
-    raw_key = archive_snapshot(snapshot, storage)
-    log.info("extract: %d rows for %d coins -> %s/%s", len(snapshot.rows), len(snapshot.requested), storage.location,
-             raw_key)
-    return {"raw_key": raw_key, "requested": list(snapshot.requested), "missing": list(snapshot.missing)}
+        for vs_currency in settings.vs_currencies:
+            earlier = tuple(members.members(vs_currency)) if members is not None else ()
+            try:
+                answer = fetch_tracked(settings.top, settings.coins, vs_currency, client, members=earlier)
+            except AuthError:
+                raise  # the key or plan is wrong for every currency alike
+            except ExtractError as exc:
+                log.warning("%s failed: %s", vs_currency, exc)
+                out["failed"].append([vs_currency, str(exc)])
+                continue
+            snapshot = answer.snapshot
+            out["raw_keys"].append(archive_snapshot(snapshot, storage))
+            out["requested"] = list(dict.fromkeys([*out["requested"], *snapshot.requested]))
+            out["missing"] = list(dict.fromkeys([*out["missing"], *snapshot.missing]))
+            if settings.top:
+                out["tops"][vs_currency], out["gone"][vs_currency] = answer.top_ids, answer.gone
+            log.info("extract %s: %d rows for %d coins -> %s/%s", vs_currency, len(snapshot.rows),
+                     len(snapshot.requested), storage.location, out["raw_keys"][-1])
+    if not out["raw_keys"]:
+        raise ExtractError("every currency failed: " + "; ".join(f"{vs}: {why}" for vs, why in out["failed"]) +
+                           "; nothing was appended")
+    return out

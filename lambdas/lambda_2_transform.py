@@ -223,7 +223,7 @@ def _day_text(day: int) -> str:
 
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-    """AWS Lambda: read the raw snapshot the extract stored, write the records for the load; return their key."""
+    """AWS Lambda: read each raw answer the extract stored, write its records for the load; return their keys."""
     from dataclasses import asdict
 
     from utils.aws import gunzip_json, gzip_json, lambda_settings, read_object, setup_lambda_logging, write_object
@@ -232,13 +232,20 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
 
     setup_lambda_logging()
     settings = lambda_settings(event)
-    raw_key = str(event["raw_key"])
-    if not raw_key.startswith(f"{RAW}/") or ".." in raw_key:
-        raise ValueError(f"raw_key {raw_key!r} is not under {RAW}/")
-    result = transform(snapshot_from_payload(gunzip_json(read_object(settings, raw_key))))
-    records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1:].replace(".json.gz", ".records.json.gz")
-    write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
-    for line in rejection_lines(result.rejected):
+    raw_keys = [str(k) for k in event.get("raw_keys") or [event["raw_key"]]]
+    records_keys: list[str] = []
+    rejected: list[Rejected] = []
+    stored = 0
+    for raw_key in raw_keys:
+        if not raw_key.startswith(f"{RAW}/") or ".." in raw_key:
+            raise ValueError(f"raw_key {raw_key!r} is not under {RAW}/")
+        result = transform(snapshot_from_payload(gunzip_json(read_object(settings, raw_key))))
+        records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1:].replace(".json.gz", ".records.json.gz")
+        write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
+        records_keys.append(records_key)
+        rejected.extend(result.rejected)
+        stored += len(result.records)
+    for line in rejection_lines(rejected):
         logging.getLogger(__name__).warning("%s", line)
-    return {"records_key": records_key, "records": len(result.records), "missing": event.get("missing", []),
-            "rejected": [{"coin_id": r.coin_id, "reason": r.reason} for r in result.rejected]}
+    return {**event, "records_keys": records_keys, "records": stored,
+            "rejected": [{"coin_id": r.coin_id, "reason": r.reason} for r in rejected]}

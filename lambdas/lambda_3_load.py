@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from utils.history.layout import DataLayout
 from utils.history.schema import Record
-from utils.history.locations import Storage
+from utils.errors import LoadError
+from utils.history.locations import Conflict, S3Storage, Storage
+from utils.history.tracking import Changes, TopMembers, members_key, shared_members
 from utils.history.csv_store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
 
 log = logging.getLogger(__name__)
@@ -22,25 +25,69 @@ def load(records: list[Record], target: Path | Storage, *, lock_timeout: float =
     return HistoryStore(DataLayout(target.parent, target.name), lock_timeout).append(records)
 
 
+def record_membership(storage: Storage, layout: DataLayout, tops: dict[str, list[str]], gone: dict[str, list[str]],
+                      today: date, size: int, coins: tuple[str, ...]) -> dict[str, Changes]:
+    """Record who entered and left each currency's top N in .state/top-members.json, beside the history.
+
+    On S3 the file is an object shared by every writer: read with its ETag, changed, written back with
+    If-Match (If-None-Match for a new one) and redone when another run got there first, as the CSV is.
+    """
+    def apply(members: TopMembers) -> dict[str, Changes]:
+        return {vs: members.update(vs, top_ids, today, size, coins, gone=gone.get(vs, []))
+                for vs, top_ids in tops.items()}
+
+    if not isinstance(storage, S3Storage):
+        members = TopMembers(layout.top_members)
+        changes = apply(members)
+        members.save()
+        return changes
+    key = members_key(layout)
+    for attempt in range(storage.max_attempts):
+        data, etag = storage.get(key)
+        members = shared_members(lambda _: data, layout)
+        changes = apply(members)
+        try:
+            storage.put(key, members.to_bytes(), if_match=etag, if_none_match=etag is None,
+                        content_type="application/json")
+        except Conflict:
+            storage.sleep(min(2.0, 0.05 * 2 ** attempt))
+            continue
+        members.save()  # the scratch copy, for status and healing on this machine
+        return changes
+    raise LoadError(f"{storage.location}/{key} kept changing under {storage.max_attempts} attempts; "
+                    "the rows are stored, the top-N membership of this run is not")
+
+
 def handler(event: dict, context: object) -> dict:
-    """AWS Lambda: append the records the transform stored to the history in the bucket (conditional write)."""
+    """AWS Lambda: merge the records the transform stored into the history; record each currency's top N."""
     from utils.aws import gunzip_json, lambda_settings, setup_lambda_logging
     from utils.errors import ExtractError
     from utils.history.layout import RECORDS
     from utils.history.locations import storage_for
 
     setup_lambda_logging()
-    storage = storage_for(lambda_settings(event))
-    records_key = str(event["records_key"])
-    if not records_key.startswith(f"{RECORDS}/") or ".." in records_key:
-        raise ValueError(f"records_key {records_key!r} is not under {RECORDS}/")
-    records = [Record(**row) for row in gunzip_json(storage.read(records_key))]
+    settings = lambda_settings(event)
+    storage = storage_for(settings)
+    records: list[Record] = []
+    for records_key in [str(k) for k in event.get("records_keys") or [event["records_key"]]]:
+        if not records_key.startswith(f"{RECORDS}/") or ".." in records_key:
+            raise ValueError(f"records_key {records_key!r} is not under {RECORDS}/")
+        records.extend(Record(**row) for row in gunzip_json(storage.read(records_key)))
     if not records:
         raise ExtractError("no usable rows in this snapshot; nothing was appended")
     report = load(records, storage)
-    partial = bool(event.get("missing") or event.get("rejected"))
     log.info("load: %d rows appended, %d duplicates skipped -> %s", report.appended, report.skipped_duplicates,
              report.csv_path)
-    return {"appended": report.appended, "skipped_duplicates": report.skipped_duplicates,
+    tops = event.get("tops") or {}
+    if settings.top and tops:
+        today = datetime.fromisoformat(records[0].fetched_at).astimezone(timezone.utc).date()  # the fetch's UTC day
+        for vs, changes in record_membership(storage, settings.layout, tops, event.get("gone") or {}, today,
+                                             settings.top, settings.coins).items():
+            if changes.entered or changes.left:
+                log.info("top %d in %s: %d entered (%s), %d left (%s)", settings.top, vs, len(changes.entered),
+                         ", ".join(changes.entered[:10]), len(changes.left), ", ".join(changes.left[:10]))
+    partial = bool(event.get("missing") or event.get("rejected") or event.get("failed"))
+    return {**event, "appended": report.appended, "skipped_duplicates": report.skipped_duplicates,
             "missing": event.get("missing", []), "rejected": event.get("rejected", []),
+            "failed": event.get("failed", []), "findings": len(report.findings),
             "result": "partial" if partial else "ok"}

@@ -21,7 +21,8 @@ try:
 except ImportError:  # pragma: no cover - the AWS extras are in requirements.txt; without them these tests skip
     boto3 = None
 
-from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts
+from flows import serverless
+from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts  # noqa: F401
 from utils import aws
 from utils.history.schema import HEADER_LINE, Record
 from utils.history.locations import S3Storage
@@ -74,7 +75,7 @@ class LambdaChain(PipelineTestCase):
         out = lambda_1_extract.handler({}, None)
         out = lambda_2_transform.handler(out, None)
         out = lambda_3_load.handler(out, None)
-        return lambda_4_charts.handler(out, None)
+        return serverless.views_handler(out, None)
 
     def test_the_chain_writes_the_same_csv_as_a_local_run(self) -> None:
         result = self.chain()
@@ -112,7 +113,7 @@ class LambdaChain(PipelineTestCase):
         storage_b = S3Storage(f"s3://{BUCKET}/history", client=boto3.client("s3"), sleep=lambda s: None)
 
         def load(storage: S3Storage, event: dict) -> int:
-            data = gzip.decompress(self.object(event["records_key"]))
+            data = gzip.decompress(self.object(event["records_keys"][0]))
             return storage.append([Record(**row) for row in json.loads(data)]).appended
 
         # A reads the history, then B commits before A's conditional write: A must redo its step.
@@ -130,6 +131,57 @@ class LambdaChain(PipelineTestCase):
         self.assertEqual(storage_a.conflicts, 1)
         rows = list(csv.DictReader(io.StringIO(self.object("crypto_data.csv").decode())))
         self.assertEqual(sorted(r["coin_id"] for r in rows), ["bitcoin", "ethereum", "ripple", "tether"])
+
+    def rows(self) -> list[dict[str, str]]:
+        return list(csv.DictReader(io.StringIO(self.object("crypto_data.csv").decode())))
+
+    def test_every_currency_is_fetched_and_drawn_with_the_report_beside_the_history(self) -> None:
+        os.environ["PIPELINE_VS_CURRENCY"] = "eur,usd"
+        result = self.chain()
+        self.assertEqual((result["appended"], result["result"], result["failed"]), (20, "ok", []))
+        self.assertEqual(len(result["raw_keys"]), 2)
+        self.assertEqual(sorted({(r["vs_currency"]) for r in self.rows()}), ["eur", "usd"])
+        self.assertEqual(len(self.rows()), 20)
+        for name in ("crypto_price_trend.png", "crypto_price_trend_usd.png", "crypto_performance_usd.png"):
+            self.assertTrue(self.object(name).startswith(b"\x89PNG"), name)
+        report = self.object("report.html").decode()
+        self.assertIn("<html", report)
+        self.assertIn("20 rows appended", report)
+        self.assertEqual(self.s3.head_object(Bucket=BUCKET, Key="history/report.html")["ContentType"],
+                         "text/html; charset=utf-8")
+
+    def test_a_currency_that_fails_leaves_the_others_and_makes_the_run_partial(self) -> None:
+        os.environ["PIPELINE_VS_CURRENCY"] = "eur,xyz,usd"
+        result = self.chain()
+        self.assertEqual(result["appended"], 20)
+        self.assertEqual(result["result"], "partial")
+        self.assertEqual([vs for vs, _ in result["failed"]], ["xyz"])
+        self.assertIn("invalid vs_currency", result["failed"][0][1])
+
+    def test_every_currency_failing_stores_nothing(self) -> None:
+        os.environ["PIPELINE_VS_CURRENCY"] = "xyz,abc"
+        with self.assertRaisesRegex(Exception, "every currency failed: xyz: .*; abc: .*; nothing was appended"):
+            lambda_1_extract.handler({}, None)
+        listed = self.s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+        self.assertEqual(listed, [])
+
+    def test_the_top_n_membership_is_kept_beside_the_history(self) -> None:
+        os.environ.pop("PIPELINE_COINS")
+        os.environ["PIPELINE_TOP"] = "3"
+        first = self.fake.ranked_ids()[:3]
+        self.assertEqual(self.chain()["appended"], 3)
+        members = json.loads(self.object(".state/top-members.json"))["eur"]
+        self.assertEqual(members["order"], first)
+        self.assertEqual(sorted(members["coins"]), sorted(first))
+        newcomer = self.fake.ranked_ids()[5]
+        self.fake.move(newcomer, 0)
+        self.fake.advance(86400)
+        self.assertEqual(self.chain()["appended"], 3)
+        members = json.loads(self.object(".state/top-members.json"))["eur"]
+        self.assertEqual(members["order"], [newcomer, *first[:2]])
+        self.assertEqual(members["coins"][newcomer][0][1], None)  # inside since today
+        self.assertNotIn(None, [left for _, left in members["coins"][first[2]]])  # no open spell: it left
+        self.assertEqual(sorted({r["coin_id"] for r in self.rows()}), sorted({*first, newcomer}))
 
     def test_key_from_secrets_manager(self) -> None:
         boto3.client("secretsmanager").create_secret(Name="crypto-history/coingecko",
@@ -212,7 +264,9 @@ class TemplateWiring(unittest.TestCase):
                 self.assertEqual(function["Metadata"]["BuildMethod"], "makefile")
                 self.assertRegex(makefile, rf"(?m)^build-{stage}Function\b|\bbuild-{stage}Function\b.*:")
             module, _, name = handler.rpartition(".")
-            self.assertEqual(module, f"lambdas.lambda_{self.STAGES.index(stage) + 1}_{stage.lower()}")
+            stage_module = f"lambdas.lambda_{self.STAGES.index(stage) + 1}_{stage.lower()}"
+            # the Charts step draws the views as a command-line run does (charts, report): a flow
+            self.assertEqual(module, "flows.serverless" if stage == "Charts" else stage_module)
             self.assertTrue(callable(getattr(importlib.import_module(module), name)), handler)
 
     def test_the_state_machine_chains_the_stages_in_order_on_the_schedule(self) -> None:

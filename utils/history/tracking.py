@@ -8,14 +8,17 @@ and a search is asked again.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from utils.errors import PipelineError
-from utils.history.files import ensure_dir, read_json, write_json_atomic
+from utils.history.files import atomic_write_bytes, ensure_dir, read_json, write_json_atomic
+from utils.history.layout import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,27 @@ class TopMembers:
 
     def save(self) -> None:
         _save(self.path, self.currencies)
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes, as save() writes them (for an object beside an S3 table)."""
+        return json.dumps(self.currencies, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def members_key(layout: DataLayout) -> str:
+    """Where top-members.json lives relative to the data folder (its key under an S3 prefix)."""
+    return layout.top_members.relative_to(layout.data_dir).as_posix()
+
+
+def shared_members(read: Callable[[str], bytes | None], layout: DataLayout) -> TopMembers:
+    """Top-N membership of a history in object storage: the object read afresh into the local scratch copy."""
+    data = read(members_key(layout))
+    path = layout.top_members
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        ensure_dir(path.parent)
+        atomic_write_bytes(path, data)
+    return TopMembers(path)
 
 
 class SearchMemory:
