@@ -297,40 +297,49 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     remember_secret(env.get("COINGECKO_API_KEY", "").strip())
     setup_logging(args.verbose, args.quiet)
     try:
-        settings = settings_from(args, env)
-        remember_secret(settings.api_key)
-        if settings.log_file or settings.command == "daemon":
-            setup_logging(args.verbose, args.quiet, timestamps=settings.command == "daemon",
-                          log_file=settings.log_file)
-        code = dispatch(settings, sleep)
+        code = run(args, env, sleep)
         sys.stdout.flush()  # a reader that went away (`status | head -1`) shows here, not as a traceback at exit
         return code
     except BrokenPipeError:
         silence_stdout()
         return EXIT_OK
-    except PipelineError as exc:
-        word = "config error" if isinstance(exc, ConfigError) else f"{args.command} failed"
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        return report_error(exc, args.command)
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str], sleep: Callable[[float], None]) -> int:
+    """Settings from the arguments, logging as the command needs it, then the command's flow."""
+    settings = settings_from(args, env)
+    remember_secret(settings.api_key)
+    if settings.log_file or settings.command == "daemon":
+        setup_logging(args.verbose, args.quiet, timestamps=settings.command == "daemon", log_file=settings.log_file)
+    return dispatch(settings, sleep)
+
+
+def report_error(exc: BaseException, command: str) -> int:
+    """One line on stderr for what stopped a command, and its exit code."""
+    if isinstance(exc, PipelineError):
+        word = "config error" if isinstance(exc, ConfigError) else f"{command} failed"
         log.error("%s: %s", word, exc, extra={"plain": True})
         return exc.exit_code
-    except KeyboardInterrupt:
-        resume = "; run the same backfill again and it resumes where it stopped" if args.command == "backfill" else ""
+    if isinstance(exc, KeyboardInterrupt):
+        resume = "; run the same backfill again and it resumes where it stopped" if command == "backfill" else ""
         log.error("interrupted; the history holds only whole rows%s", resume, extra={"plain": True})
         return 130
-    except OSError as exc:  # a file or folder the command needs (unreadable CSV, read-only chart folder, ...)
-        log.debug("file error", exc_info=True)
-        log.error("%s failed: %s", args.command, describe_file_error(exc), extra={"plain": True})
+    if isinstance(exc, OSError):  # a file or folder the command needs (unreadable CSV, read-only chart folder, ...)
+        log.debug("file error", exc_info=exc)
+        log.error("%s failed: %s", command, describe_file_error(exc), extra={"plain": True})
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
-        from utils.aws import explain_aws_error
+    from utils.aws import explain_aws_error  # start-up time: only on an unexpected error
 
-        log.debug("unexpected error", exc_info=True)
-        known = explain_aws_error(exc)
-        if known is not None:
-            log.error("%s failed: %s", args.command, known[0], extra={"plain": True})
-            return known[1]
-        log.error("%s failed: unexpected %s: %s (run again with -v for details and please report it)",
-                  args.command, type(exc).__name__, exc, extra={"plain": True})
-        return EXIT_FAILED
+    log.debug("unexpected error", exc_info=exc)
+    known = explain_aws_error(exc)
+    if known is not None:
+        log.error("%s failed: %s", command, known[0], extra={"plain": True})
+        return known[1]
+    log.error("%s failed: unexpected %s: %s (run again with -v for details and please report it)",
+              command, type(exc).__name__, exc, extra={"plain": True})
+    return EXIT_FAILED
 
 
 def dispatch(settings: Settings, sleep: Callable[[float], None]) -> int:
