@@ -50,18 +50,18 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt requirements-aws.txt
 
 # Lambda build for `sam build` (template.yaml uses BuildMethod: makefile): the code and each function's own
 # requirements (requirements-lambda-*.txt), so each zip stays under Lambda's 250 MB unzipped; the Lambda
-# runtime brings boto3, and the test tools stay out. The Charts function is a container image
-# (lambdas/charts.Dockerfile). Lambda's Python 3.12 runs on glibc 2.34: any manylinux wheel up to 2_34 fits.
-LAMBDA_TARGETS = build-ExtractFunction build-TransformFunction build-LoadFunction
+# runtime brings boto3, and the test tools stay out. The Load and Charts functions, which need the Delta
+# table's packages, are a container image (lambdas/Dockerfile). Lambda's Python 3.12 runs on glibc 2.34:
+# any manylinux wheel up to 2_34 fits.
+LAMBDA_TARGETS = build-ExtractFunction build-TransformFunction
 LAMBDA_PLATFORMS = --platform manylinux2014_aarch64 --platform manylinux_2_24_aarch64 \
 	--platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64
 build-ExtractFunction build-TransformFunction: LAMBDA_REQUIREMENTS = requirements-lambda-fetch.txt
-build-LoadFunction: LAMBDA_REQUIREMENTS = requirements-lambda-load.txt
 
 $(LAMBDA_TARGETS):
 	@test -n "$(ARTIFACTS_DIR)" || { echo "make $@: ARTIFACTS_DIR is unset; run it through sam build" >&2; exit 2; }
 	cp -r lambdas utils "$(ARTIFACTS_DIR)/"
-	cp requirements-lambda-fetch.txt "$(LAMBDA_REQUIREMENTS)" "$(ARTIFACTS_DIR)/"
+	cp "$(LAMBDA_REQUIREMENTS)" "$(ARTIFACTS_DIR)/"
 	echo 'python-dateutil>=2.8.2,<3  # the Lambda runtime'"'"'s botocore needs <3' >> "$(ARTIFACTS_DIR)/$(LAMBDA_REQUIREMENTS)"
 	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" $(LAMBDA_PLATFORMS) \
 		--implementation cp --python-version 3.12 --only-binary=:all: -r "$(ARTIFACTS_DIR)/$(LAMBDA_REQUIREMENTS)"

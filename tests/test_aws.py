@@ -257,7 +257,7 @@ class TemplateWiring(unittest.TestCase):
             if props.get("PackageType") == "Image":
                 handler = props["ImageConfig"]["Command"][0]
                 dockerfile = (REPO / function["Metadata"]["DockerContext"] / function["Metadata"]["Dockerfile"])
-                self.assertIn(f'CMD ["{handler}"]', dockerfile.read_text())
+                self.assertIn(f"COPY {handler.split('.')[0]}/ ", dockerfile.read_text())  # the handler's package
             else:
                 handler = props["Handler"]
                 self.assertEqual(props["Runtime"], "python3.12")
