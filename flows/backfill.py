@@ -15,6 +15,7 @@ from typing import Any
 
 from flows.views import draw_charts, publish_report
 from flows.wiring import Console
+from flows.budget import enforce
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
 from utils.clients import make_client
 from utils.daemon import StatusFile, iso
@@ -287,10 +288,11 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     resumed = sum(len(m.done) for m in manifests.values())
     if resumed:
         log.info("backfill: resuming, %d of %d coins already fetched", resumed, total)
+    per_coin = len(windows(span, settings.api_plan))
+    enforce(settings, f"backfill of {total - resumed} coins", (total - resumed) * per_coin)
     result = BackfillResult(currencies=settings.vs_currencies, span=span)
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
-    per_coin = len(windows(span, settings.api_plan))
     progress = Progress(total, stream=progress_stream, monotonic=client.limiter.monotonic,
                         pacing=lambda left: client.limiter.time_for(left * per_coin))
     client.limiter.on_wait = progress.waiting

@@ -23,12 +23,22 @@ MAX_SEARCHED = 10  # unknown ids that get a /search for suggestions
 MAX_LISTED = 50  # further unknown ids named on the summary line
 
 
+def credit_line(settings: Settings) -> str:
+    """The plan's monthly budget and this month's use, from the data folder's ledger."""
+    from flows.budget import usage
+
+    budget = "no monthly limit" if settings.credits is None else f"{settings.credits:,} a month"
+    source = "--monthly-credits" if settings.monthly_credits is not None else f"the {settings.api_plan} plan's default"
+    return f"{usage(settings).line()}; budget {budget} ({source})"
+
+
 def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
               out: Callable[[str], None] = print) -> int:
     """Check everything and print one line per finding; 0 only when all is fine."""
     from utils.clients import make_client
 
     ok = True
+    out(f"ok    credits: {credit_line(settings)}")
     with make_client(settings, sleep=sleep) as client:
         try:
             answer = client.ping()

@@ -6,7 +6,8 @@ import logging
 import os
 from collections.abc import Callable
 
-from flows.notify import after_failure, after_result
+from flows.budget import warn_once
+from flows.notify import after_failure, after_result, notice
 from flows.run import run_pipeline
 from flows.wiring import Console
 from utils.clients import make_client
@@ -58,6 +59,7 @@ def daily_job(settings: Settings, limiter: RateLimiter, sleep: Callable[[float],
                 after_failure(settings, "daemon run", exc)
             raise
         after_result(settings, result)
+        warn_once(settings, lambda title, line: notice(settings, title, line))  # the month's credits at 80 %
         return result.outcome()
     return job
 

@@ -19,6 +19,11 @@ def notifier(settings: Settings) -> Notifier:
                     location=display_path(settings.location), timeout=settings.timeout)
 
 
+def notice(settings: Settings, title: str, line: str) -> None:
+    """A warning that is not about one run (the month's API credits at 80 %), to the webhook when one is set."""
+    notifier(settings).notice("credits", title, line)
+
+
 def after_failure(settings: Settings, command: str, exc: PipelineError) -> None:
     """A run that failed: nothing was appended."""
     if not settings.data_dir.is_dir():

@@ -19,6 +19,7 @@ from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from lambdas.lambda_3_load import load, record_membership
+from flows.budget import check_run
 from flows.views import draw_charts, publish_report
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import top_label
@@ -121,6 +122,7 @@ class RunOnce:
         self.storage.check()  # a history this version cannot write is refused before any request
         self.members = (shared_members(self.storage.read, settings.layout) if settings.data_url
                         else TopMembers(settings.layout.top_members)) if settings.top else None
+        check_run(settings, coins)  # so is a run the month's API credits cannot pay for
         self.snapshots: list[Snapshot] = []
         self.tops: dict[str, list[str]] = {}  # each currency's top N this run, best first
         self.gone: dict[str, list[str]] = {}  # each currency's tracked coins that CoinGecko lists no more

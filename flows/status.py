@@ -15,6 +15,7 @@ from utils.history.layout import display_path
 from utils.settings import Settings
 from utils.history.locations import refuse_file_as_data_dir, storage_for
 from utils.history.csv_store import LegacyHistory
+from flows.budget import usage
 from flows.top import describe_tracking
 from flows.wiring import Console
 
@@ -64,6 +65,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
         out("last run:     none recorded")
     out(f"last success: {_when(status.get('last_success'))}")
     out(backfill_line(status.get("last_backfill")))
+    out(f"credits:      {usage(settings).line()}")
     out(quality_counts(settings, now))
     pid = status.get("daemon_pid")
     if _pid_alive(pid):

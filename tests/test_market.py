@@ -149,3 +149,169 @@ class DataPackageSaysSo(PipelineTestCase):
         text = doc["resources"][0]["description"]
         self.assertIn("Survivorship-free", text)
         self.assertIn("keeps its history", text)
+
+
+KEY = "CG-market-test-KEY-1234"
+
+
+class CreditLedgerCounts(PipelineTestCase):
+    """Every request counted per UTC month in .state/api-credits.json; the budget is checked before any request."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ids = self.fake.universe(UNIVERSE)
+        self.env = {k: v for k, v in self.env.items() if k != "PIPELINE_COINS"}
+        self.env.update(COINGECKO_API_KEY=KEY, PIPELINE_RATE_LIMIT="10000")
+        self.ledger_path = self.data_dir / ".state" / "api-credits.json"
+
+    def month_lines(self) -> dict:
+        data = json.loads(self.ledger_path.read_text())
+        month = datetime.now(timezone.utc).strftime("%Y-%m")
+        return data["months"][month]
+
+    def test_the_ledger_matches_the_servers_request_log_with_retries_and_429s(self) -> None:
+        from tests.fake_coingecko import Fault
+
+        self.fake.add_fault(Fault.rate_limited("0"), times=2, path="/coins/markets")
+        self.fake.add_fault(Fault.server_error(502), path="/coins/markets")
+        self.fake.add_fault(Fault.rate_limit_in_200(), path="/coins/markets")
+        self.fake.add_fault(Fault.reset(), path="/coins/markets")
+        result = self.run_main("--top", "all", "--vs-currency", "eur,usd")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(len({r["coin_id"] for r in self.rows()}), UNIVERSE)
+        lines = self.month_lines()
+        served = self.fake.requests_to("/coins/markets")
+        self.assertEqual(len(served), 2 * 5 + 5)  # five pages per currency, five faults retried
+        self.assertEqual(len(self.fake.requests), len(served))
+        for currency in ("eur", "usd"):
+            sent = [r for r in served if r.query["vs_currency"] == currency]
+            self.assertEqual(lines[f"/coins/markets {currency}"]["attempts"], len(sent))
+        self.assertEqual(sum(line["attempts"] for line in lines.values()), len(self.fake.requests))
+        self.assertEqual(sum(line["429"] for line in lines.values()), 3)  # two 429s and one inside an HTTP 200
+
+        status = self.run_main("status")
+        self.assertIn(f"credits:      API calls this month: {len(served)} of 10,000 (demo, 3 answered 429)",
+                      status.stdout)
+        before = len(self.fake.requests)
+        check = self.run_main("check", "--coins", "coin-0001", "--monthly-credits", "50000")
+        self.assertIn(f"ok    credits: API calls this month: {before} of 50,000 (demo, 3 answered 429); "
+                      "budget 50,000 a month (--monthly-credits)", check.stdout)
+        self.assertEqual(sum(line["attempts"] for line in self.month_lines().values()), len(self.fake.requests))
+
+    def test_a_backfill_over_budget_exits_2_with_zero_requests(self) -> None:
+        result = self.run_main("backfill", "--coins", ",".join(self.ids[:40]), "--monthly-credits", "25")
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertEqual(self.fake.requests, [])
+        lines = [line for line in result.stderr.strip().splitlines() if "failed" in line]
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("backfill of 40 coins needs about 40 API calls, but only 25 of this month's 25 (demo) are "
+                      "left (0 used; they start again on ", lines[0])
+        self.assertIn("pass --over-budget", lines[0])
+        self.assertFalse(self.csv_path.exists())
+
+    def test_a_run_over_what_is_left_exits_2_unless_over_budget(self) -> None:
+        month = datetime.now(timezone.utc).strftime("%Y-%m")
+        self.ledger_path.parent.mkdir(parents=True)
+        self.ledger_path.write_text(json.dumps({"version": 1, "months": {
+            month: {"/coins/markets eur": {"attempts": 9_998, "429": 0}}}, "warned": []}))
+        result = self.run_main("--top", "all")
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("this run needs about 68 API calls, but only 2 of this month's 10,000 (demo) are left "
+                      "(9,998 used;", result.stderr)
+        self.assertEqual(self.fake.requests, [])
+        result = self.run_main("--top", "all", "--over-budget")
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(self.month_lines()["/coins/markets eur"]["attempts"], 9_998 + 5)
+        # the next run knows the market has 1,200 coins: 6 pages estimated, still over, still refused
+        result = self.run_main("--top", "all")
+        self.assertIn("needs about 6 API calls, but only 0 of", result.stderr)
+
+    def test_top_all_with_top_backfill_says_what_it_would_cost(self) -> None:
+        self.assertEqual(self.run_main("--top", "100").code, 0)
+        result = self.run_main("--top", "all", "--top-backfill", "--monthly-credits", "500")
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("--top-backfill with --top all: about 16,900 more calls to heal", result.stderr)
+        self.assertIn("this run with --top-backfill needs about 16,968 API calls, but only 499 of this month's 500 "
+                      "(demo) are left (1 used;", result.stderr)
+        self.assertEqual(len(self.fake.requests), 1)  # the first run's one page; nothing after
+
+    def test_bad_monthly_credits_are_one_line_and_exit_2(self) -> None:
+        for value in ("0", "-3", "lots"):
+            result = self.run_main("--monthly-credits", value)
+            self.assertEqual(result.code, 2, (value, result.stderr))
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("monthly-credits: ", result.stderr)
+        result = self.run_main(env={**self.env, "PIPELINE_MONTHLY_CREDITS": "ten"})
+        self.assertEqual(result.code, 2)
+        self.assertEqual(self.fake.requests, [])
+
+    def test_a_corrupt_or_foreign_ledger_is_counted_afresh_and_a_link_is_refused(self) -> None:
+        self.ledger_path.parent.mkdir(parents=True)
+        for junk in (b"\x00not json{", b"[1, 2, 3]", b'{"months": {"2026-13": 5, "x": []}, "warned": "no"}'):
+            self.ledger_path.write_bytes(junk)
+            self.fake.requests.clear()
+            result = self.run_main("--top", "10")
+            self.assertEqual(result.code, 0, result.stderr)
+            data = json.loads(self.ledger_path.read_text())
+            self.assertEqual(sum(line["attempts"] for m in data["months"].values() for line in m.values()), 1)
+        target = self.data_dir / "elsewhere.json"
+        target.write_text("{}")
+        self.ledger_path.unlink()
+        self.ledger_path.symlink_to(target)
+        self.fake.requests.clear()
+        result = self.run_main("--top", "10")
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("api-credits.json is a symbolic link", result.stderr)
+        self.assertEqual(self.fake.requests, [])
+        self.assertEqual(target.read_text(), "{}")
+
+    def test_two_processes_add_up(self) -> None:
+        from flows.budget import ledger_for
+
+        settings = build_settings("run", {}, self.env)
+        first, second = ledger_for(settings), ledger_for(settings)
+        for _ in range(3):
+            first.record("/coins/markets", {"vs_currency": "eur"}, 200)
+        for _ in range(4):
+            second.record("/coins/bitcoin/market_chart/range", {"vs_currency": "usd"}, 429)
+        first.flush()
+        second.flush()
+        self.assertEqual(self.month_lines(), {"/coins/markets eur": {"attempts": 3, "429": 0},
+                                              "/coins/{id}/market_chart/range usd": {"attempts": 4, "429": 4}})
+
+    def test_the_daemon_warns_once_a_month_at_80_percent(self) -> None:
+        from flows.budget import ledger_for, warn_once
+
+        settings = build_settings("daemon", {"monthly_credits": "10"}, self.env)
+        ledger = ledger_for(settings)
+        sent: list[tuple[str, str]] = []
+        for _ in range(7):
+            ledger.record("/coins/markets", {"vs_currency": "eur"}, 200)
+        ledger.flush()
+        self.assertIsNone(warn_once(settings, lambda *a: sent.append(a)))
+        ledger.record("/coins/markets", {"vs_currency": "eur"}, 200)
+        ledger.flush()
+        line = warn_once(settings, lambda *a: sent.append(a))
+        self.assertEqual(line, "API calls this month: 8 of 10 (demo): 80% of the month's credits used; 2 left until "
+                               "the month ends (--monthly-credits sets the budget)")
+        self.assertIsNone(warn_once(settings, lambda *a: sent.append(a)))
+        self.assertEqual(sent, [("API credits at 80 %", line)])
+
+    def test_the_80_percent_warning_reaches_the_webhook(self) -> None:
+        from tests.test_notify import Receiver
+
+        from flows.budget import ledger_for, warn_once
+        from flows.notify import notice
+
+        hook = Receiver()
+        self.addCleanup(hook.stop)
+        settings = build_settings("daemon", {"monthly_credits": "1", "notify_url": hook.url}, self.env)
+        ledger = ledger_for(settings)
+        ledger.record("/coins/markets", {"vs_currency": "eur"}, 200)
+        ledger.flush()
+        warn_once(settings, lambda title, line: notice(settings, title, line))
+        self.assertEqual(len(hook.received), 1)
+        doc = hook.received[0].doc
+        self.assertEqual(doc["event"], "credits")
+        self.assertIn("API calls this month: 1 of 1 (demo)", doc["text"])
+        self.assertNotIn(KEY, hook.received[0].body.decode())

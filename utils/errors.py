@@ -60,6 +60,12 @@ class BadRequest(ExtractError):
     exit_code = EXIT_USAGE
 
 
+class OverBudget(PipelineError):
+    """A command would pass what is left of the month's API credits (--over-budget runs it anyway)."""
+
+    exit_code = EXIT_USAGE
+
+
 class Stopped(PipelineError):
     """A stop (SIGTERM, Ctrl-C in the daemon) ended a request or a wait: nothing was appended."""
 

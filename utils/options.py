@@ -258,6 +258,17 @@ def _parse_notify_url(text: Any) -> str | None:
     return url
 
 
+def _parse_credits(text: Any) -> int:
+    try:
+        value = int(str(text).strip().replace("_", "").replace(",", ""))
+    except ValueError:
+        raise ConfigError(f"monthly-credits: {text!r} is not a whole number of API calls; use a positive number "
+                          "like 10000") from None
+    if value <= 0:
+        raise ConfigError(f"monthly-credits: {value} is not a positive number of API calls; use one like 10000")
+    return value
+
+
 NOTIFY_EVENTS = ("failure", "findings", "always")
 
 
@@ -364,6 +375,13 @@ OPTION_TABLE: tuple[Option, ...] = (
            default_note="by plan: public 10, demo 30, pro 250"),
     Option("max_response_mb", ("--max-response-mb",), "largest API answer accepted, counted after decompression; "
            "a larger one fails the request", _parse_megabytes, "PIPELINE_MAX_RESPONSE_MB", "MB", default="64"),
+    Option("monthly_credits", ("--monthly-credits",), "API calls a UTC month may use; a run or backfill whose "
+           "estimate passes what is left stops before any request (exit 2)", _parse_credits,
+           "PIPELINE_MONTHLY_CREDITS", "N", commands=(*FETCHING, "status"),
+           default_note="demo 10000, pro 100000, public unlimited"),
+    Option("over_budget", ("--over-budget",), "run even when the estimated API calls pass what is left of the "
+           "month's --monthly-credits", _parse_bool("over-budget"), kind="on", group="switches",
+           commands=(*RUNS, "backfill")),
     Option("config", ("--config",), "TOML file with the same keys", None, "PIPELINE_CONFIG", "FILE", anywhere=True),
     # output
     Option("log_file", ("--log-file",), "also log to this file, with timestamps, rotated at 10 MB (5 kept)",

@@ -16,7 +16,7 @@ from utils.errors import ConfigError
 from utils.options import (CONFIG_KEYS, DEFAULT_COINS, OPTIONS, PLANS, SCALES, SETTINGS_OPTIONS,  # noqa: F401 - the
                            _parse_bool, local_path)  # constants are re-exported for the command line and the tests
 from utils.history.layout import TEMP_SUFFIX, DataLayout, split_s3_url
-from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, default_base_url
+from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, PLAN_CREDITS, default_base_url
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,14 @@ class Settings:
     spike_threshold: float = 0.5  # quality: a move beyond this fraction that reverses within a day is a spike
     notify_url: str | None = field(default=None, repr=False)  # a webhook URL may carry its own token
     notify_on: tuple[str, ...] = ("failure", "findings")
+    monthly_credits: int | None = None  # API calls a UTC month may use; None: the plan's default
+    over_budget: bool = False  # run even when the estimate passes what is left of the month's credits
     seed_days: int = 30  # a run on an empty history also fills this many past days per coin (0: off)
+
+    @property
+    def credits(self) -> int | None:
+        """The month's API credits: --monthly-credits, else the plan's default (None: unlimited)."""
+        return self.monthly_credits if self.monthly_credits is not None else PLAN_CREDITS.get(self.api_plan)
 
     @property
     def location(self) -> str:

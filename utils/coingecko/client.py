@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -176,6 +176,17 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class CallRecorder(Protocol):
+    """Told of every attempt sent to CoinGecko (the credit ledger); the client knows nothing of where it counts."""
+
+    def record(self, path: str, params: Mapping[str, Any], status: int | None) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+SENT = 0  # an attempt went out and no status came back (yet)
+
+
 class CoinGeckoClient:
     """HTTP access to CoinGecko with retries: the rest of the program never imports requests."""
 
@@ -196,7 +207,10 @@ class CoinGeckoClient:
         limiter: RateLimiter | None = None,
         max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
         should_stop: Callable[[], bool] = lambda: False,
+        recorder: CallRecorder | None = None,
     ) -> None:
+        self.recorder = recorder  # counts every attempt sent (retries, 429s, redirect hops on our origin)
+        self._answered: int | None = None  # the status of the attempt in flight, SENT without one
         self.base_url = base_url.rstrip("/")
         self.origin = origin_of(self.base_url)
         self.plan = plan
@@ -220,8 +234,10 @@ class CoinGeckoClient:
             self.session.mount(prefix, _WatchedAdapter())
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pool and hand the last counts to the recorder."""
         self.session.close()
+        if self.recorder is not None:
+            self.recorder.flush()
 
     def __enter__(self) -> CoinGeckoClient:
         return self
@@ -307,17 +323,35 @@ class CoinGeckoClient:
         if self.should_stop():
             raise Stopped("stopped before a request to CoinGecko; nothing was appended")
         watchdog = _Watchdog(time.monotonic() + self.timeout, self.should_stop)
+        self._answered = None
         try:
             with watchdog:
                 status, headers, body = self._exchange(path, params, watchdog)
         except (requests.RequestException, OSError, ValueError) as exc:
+            self._record(path, params)
             if watchdog.reason == "stop":
                 raise Stopped("stopped during a request to CoinGecko; nothing was appended") from exc
             if watchdog.reason == "deadline" or isinstance(exc, requests.Timeout):
                 raise RetriableError(f"CoinGecko did not answer {path} within {self.timeout:g} s "
                                      "(--timeout bounds the whole request)") from exc
             raise self._network_error(path, exc) from exc
-        return self._decode(path, status, headers, body)
+        except BaseException:
+            self._record(path, params)
+            raise
+        try:
+            return self._decode(path, status, headers, body)
+        except PipelineError as exc:
+            if getattr(exc, "error_code", None) == 429:  # also a 429 body inside an HTTP 200
+                self._answered = 429
+            raise
+        finally:
+            self._record(path, params)
+
+    def _record(self, path: str, params: Mapping[str, Any]) -> None:
+        """Tell the recorder of the attempt just made, once."""
+        if self.recorder is not None and self._answered is not None:
+            self.recorder.record(path, params, self._answered or None)
+        self._answered = None
 
     def _exchange(self, path: str, params: dict[str, Any],
                   watchdog: _Watchdog) -> tuple[int, Mapping[str, str], bytes]:
@@ -328,12 +362,16 @@ class CoinGeckoClient:
             if watchdog.reason is not None or remaining <= 0:
                 raise requests.Timeout("deadline passed between redirects")
             self.calls += 1
+            ours = origin_of(url) == self.origin
+            self._answered = SENT if ours else None
             response = self.session.get(url, params=query, headers=self._key_for(url), stream=True,
                                         allow_redirects=False, timeout=(remaining, remaining))
+            self._answered = response.status_code if ours else None
             with response:
                 location = response.headers.get("Location")
                 if response.status_code not in REDIRECT_STATUSES or not location:
                     return response.status_code, response.headers, self._read_capped(path, response)
+                self._record(path, params or {})
                 target = urljoin(response.url, location)
                 self._check_redirect(response.url, target)
                 log.debug("CoinGecko %s redirected (HTTP %d) to %s", path, response.status_code, target)

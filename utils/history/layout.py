@@ -81,6 +81,16 @@ class DataLayout:
         return self.state_dir / "top-members.json"
 
     @property
+    def api_credits(self) -> Path:
+        """The API credit ledger: requests to CoinGecko per UTC month, endpoint and currency (attempts, 429s)."""
+        return self.state_dir / "api-credits.json"
+
+    @property
+    def api_credits_lock(self) -> Path:
+        """Taken while a process merges its counts into the ledger."""
+        return self.state_dir / "api-credits.json.lock"
+
+    @property
     def coin_searches(self) -> Path:
         """The /search answers for ids that stopped returning data, one per coin per day."""
         return self.state_dir / "coin-searches.json"

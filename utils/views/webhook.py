@@ -131,6 +131,25 @@ class Notifier:
         return event
 
 
+    def notice(self, event: str, title: str, line: str) -> bool:
+        """Send one warning that is not about a run (the month's API credits at 80 %); True when it went out."""
+        if not self.url:
+            return False
+        text = redact(f"{APP}: {title}\n{line}")[:MAX_TEXT]
+        doc: dict[str, Any] = {"text": text, "content": text, "title": f"{APP}: {title}", "message": redact(line),
+                               "tags": ["warning"], "event": event, "summary": redact(line), "data": self.location,
+                               "sent_at": self.clock().astimezone(timezone.utc).isoformat(timespec="seconds")}
+        topic = urlsplit(self.url).fragment
+        if topic:
+            doc["topic"] = topic
+        try:
+            self.post(urlunsplit(urlsplit(self.url)._replace(fragment="")), doc, timeout=self.timeout)
+        except WebhookError as exc:
+            log.warning("could not send the %s notification to %s: %s", event, _host(self.url), exc)
+            return False
+        return True
+
+
 def _host(url: str) -> str:
     """The webhook's host only: its path often is its secret (Slack, Discord, ntfy topics)."""
     return urlsplit(url).hostname or "the webhook"
