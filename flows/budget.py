@@ -34,16 +34,20 @@ def _chunks(n: int) -> int:
     return -(-n // PAGE_SIZE)
 
 
-def run_estimate(settings: Settings, coins: tuple[str, ...] | None = None) -> tuple[int, int]:
-    """(calls of /coins/markets a run makes, calls --top-backfill adds to heal the coins entering the top N).
+def run_estimate(settings: Settings, coins: tuple[str, ...] | None = None,
+                 seeding: bool = False) -> tuple[int, int, int]:
+    """(calls of /coins/markets a run makes, calls --top-backfill adds to heal the coins entering the top N,
+    calls of seeding a new history: one per coin and currency).
 
     With --top, the pages the last run needed (one more for growth), else ceil(N / 250) (`all`: about 17,000
     coins); plus the --coins outside the top by id. Healing of days missed is not counted (it is usually
     nothing and never more than one call per coin and gap)."""
+    currencies = len(settings.vs_currencies)
     if coins or not settings.top:
-        return _chunks(len(coins or settings.coins)) * len(settings.vs_currencies), 0
+        tracked = len(coins or settings.coins)
+        return _chunks(tracked) * currencies, 0, tracked * currencies if seeding else 0
     members = TopMembers(settings.layout.top_members)
-    calls = backfill = 0
+    calls = backfill = seed = 0
     for currency in settings.vs_currencies:
         known = len(members.members(currency))
         if known and (members.size(currency) or 0) >= settings.top:  # the last run saw where the listing ends
@@ -51,9 +55,10 @@ def run_estimate(settings: Settings, coins: tuple[str, ...] | None = None) -> tu
         else:
             listed = LISTED_COINS if settings.top >= UNIVERSE_CAP else settings.top
         calls += top_pages(listed) + (_chunks(len(settings.coins)) if settings.coins else 0)
+        seed += listed + len(settings.coins) if seeding else 0
         if settings.top_backfill and members.currencies.get(currency):
             backfill += max(0, listed - known)  # each coin that enters is healed back: one call each
-    return calls, backfill
+    return calls, backfill, seed
 
 
 def enforce(settings: Settings, what: str, estimate: int, ledger: CreditLedger | None = None) -> None:
@@ -70,14 +75,19 @@ def enforce(settings: Settings, what: str, estimate: int, ledger: CreditLedger |
         raise OverBudget(over_budget_message(what, estimate, used))
 
 
-def check_run(settings: Settings, coins: tuple[str, ...] | None = None) -> None:
+def check_run(settings: Settings, coins: tuple[str, ...] | None = None,
+              seeding: Callable[[], bool] = lambda: False) -> None:
     """Before a run's first request: its estimate against the month's credits; --top-backfill's cost said."""
-    calls, backfill = run_estimate(settings, coins)
+    if settings.credits is None:
+        return
+    calls, backfill, seed = run_estimate(settings, coins, seeding())
     if backfill:
         log.warning("--top-backfill with --top %s: about %s more calls to heal the coins entering the top back to "
                     "the start of the history (one per coin and currency)", top_label(settings.top or 0),
                     f"{backfill:,}")
-    enforce(settings, "this run" + (" with --top-backfill" if backfill else ""), calls + backfill)
+    what = "this run" + (" with --top-backfill" if backfill else "") + \
+        (f" (seeding the new history: {seed:,} calls; --seed-days 0 skips it)" if seed else "")
+    enforce(settings, what, calls + backfill + seed)
 
 
 def warn_once(settings: Settings, notify: Callable[[str, str], None] | None = None,

@@ -122,7 +122,8 @@ class RunOnce:
         self.storage.check()  # a history this version cannot write is refused before any request
         self.members = (shared_members(self.storage.read, settings.layout) if settings.data_url
                         else TopMembers(settings.layout.top_members)) if settings.top else None
-        check_run(settings, coins)  # so is a run the month's API credits cannot pay for
+        # so is a run the month's API credits cannot pay for
+        check_run(settings, coins, seeding=lambda: self._seeding() and self._history_empty())
         self.snapshots: list[Snapshot] = []
         self.tops: dict[str, list[str]] = {}  # each currency's top N this run, best first
         self.gone: dict[str, list[str]] = {}  # each currency's tracked coins that CoinGecko lists no more

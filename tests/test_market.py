@@ -7,9 +7,9 @@ import json
 from datetime import date, datetime, timedelta, timezone
 
 from tests.fake_coingecko import markets_rows
-from flows.run import run_pipeline
 from tests.support import PipelineTestCase
 
+from flows.run import run_pipeline
 from flows.run_once import RunResult
 from flows.status import print_status
 from flows.top import print_top
@@ -315,3 +315,14 @@ class CreditLedgerCounts(PipelineTestCase):
         self.assertEqual(doc["event"], "credits")
         self.assertIn("API calls this month: 1 of 1 (demo)", doc["text"])
         self.assertNotIn(KEY, hook.received[0].body.decode())
+
+    def test_seeding_a_new_history_of_the_whole_market_counts_in_the_estimate(self) -> None:
+        env = {k: v for k, v in self.env.items() if k != "PIPELINE_HEAL"}
+        result = self.run_main("--top", "all", env=env)
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("this run (seeding the new history: 17,000 calls; --seed-days 0 skips it) needs about 17,068 API "
+                      "calls, but only 10,000 of this month's 10,000 (demo) are left", result.stderr)
+        self.assertEqual(self.fake.requests, [])
+        result = self.run_main("--top", "all", "--seed-days", "0", env=env)
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(len(self.fake.requests), 5)
