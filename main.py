@@ -38,6 +38,7 @@ COMMAND_TABLE = {
     "top": ("flows.top", "top_command"),
     "quality": ("flows.report", "quality_command"),
     "report": ("flows.report", "report_command"),
+    "export": ("flows.export", "export_command"),
 }
 COMMANDS = tuple(COMMAND_TABLE)
 # Options a user may also give before the command (`python main.py -q plot`).
@@ -56,6 +57,9 @@ TOP_EPILOG = ("exit codes: 0 the list was printed; 1 no observation in that curr
               "2 bad usage or configuration. " + ATTRIBUTION)
 STATUS_EPILOG = ("exit codes: 0 the status was shown; 1 neither a history nor a recorded run yet; "
                  "2 bad usage or configuration. " + ATTRIBUTION)
+EXPORT_EPILOG = ("exit codes: 0 the file was written (an empty history gives the header alone); 1 the history could "
+                 "not be read or the file not written (nothing is left at --out); 2 bad usage or configuration, "
+                 "a bad --out path. " + ATTRIBUTION)
 QUALITY_EPILOG = ("exit codes: 0 the findings were listed (none is fine); 2 bad usage or configuration. "
                   + ATTRIBUTION)
 REPORT_EPILOG = ("exit codes: 0 the report was written; 1 no history yet; 2 bad usage or configuration. "
@@ -104,8 +108,13 @@ SUBCOMMANDS = {
     "report": ("write data/report.html, the one-page report",
                "Write data/report.html: the charts, the latest observation per coin, coverage, the last 30 days' "
                "quality findings and the last run, in one self-contained file.", REPORT_EPILOG),
+    "export": ("write the history as CSV or Parquet",
+               "Write the history, from either store (--table-format csv or delta, local or s3://), to one file: CSV "
+               "in the CSV store's exact columns and formatting, or Parquet when FILE ends in .parquet. Every currency "
+               "unless --vs-currency is given; --since and --until pick the UTC days. Streams in bounded memory; the "
+               "file appears whole or not at all.", EXPORT_EPILOG),
 }
-GROUP_TITLES = {"output": "output", "charts": "chart options", "schedule": "schedule"}
+GROUP_TITLES = {"output": "output", "charts": "chart options", "schedule": "schedule", "export": "export"}
 
 
 def group_title(group: str, command: str) -> str:

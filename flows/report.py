@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 from flows.views import FINDING_DAYS, write_report
 from flows.wiring import Console
-from utils.errors import EXIT_FAILED, EXIT_OK, ConfigError
+from utils.errors import EXIT_FAILED, EXIT_OK
+from utils.history.locations import storage_for
 from utils.history.layout import display_path
 from utils.history.quality import RULE_WORDS, QualityLog
 from utils.settings import Settings
@@ -22,6 +23,8 @@ def print_quality(settings: Settings, out: Callable[[str], None] = print, now: d
     now = now or datetime.now(timezone.utc)
     days = settings.days or FINDING_DAYS
     path = settings.layout.quality
+    if settings.data_url:
+        storage_for(settings).pull(path.name)  # the findings beside an S3 history, read from a local copy
     findings = QualityLog(path).since(now - timedelta(days=days))
     if not findings:
         out(f"quality: no findings in the last {days} days ({display_path(path)})")
@@ -41,13 +44,12 @@ def quality_command(settings: Settings, console: Console) -> int:
 
 def report_command(settings: Settings, console: Console) -> int:
     """`report`: write data/report.html from the history, its findings and the last run."""
-    if settings.data_url:
-        raise ConfigError("`report` needs a local --data-dir (download the CSV from S3 first)")
-    if not settings.csv_path.is_file():
-        log.error("report failed: no history yet at %s: run `python main.py` first", display_path(settings.csv_path),
+    storage = storage_for(settings)
+    if not storage.has_history():
+        log.error("report failed: no history yet at %s: run `python main.py` first", display_path(storage.csv_display),
                   extra={"plain": True})
         return EXIT_FAILED
-    path = write_report(settings)
-    console.out(display_path(path))
-    log.info("report ok -> %s", display_path(path))
+    where = write_report(settings)
+    console.out(display_path(where))
+    log.info("report ok -> %s", display_path(where))
     return EXIT_OK

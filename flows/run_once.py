@@ -297,8 +297,8 @@ class RunOnce:
 
 
     def write_report(self, result: RunResult) -> None:
-        """data/report.html after a run that drew the charts (local histories; a failure is only a warning)."""
-        if self.chart_paths and self.settings.data_url is None:
+        """report.html after a run that drew the charts, beside the history (a failure is only a warning)."""
+        if self.chart_paths:
             outcome = result.outcome()
             publish_report(self.settings, outcome={"result": outcome.result, "summary": outcome.summary,
                                                    "exit_code": result.exit_code, "trigger": "run",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 from utils.daemon import StatusFile, parse_iso
 from utils.errors import EXIT_FAILED, EXIT_OK
@@ -44,8 +45,13 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     if settings.data_url is None:
         refuse_file_as_data_dir(settings.data_dir)
     status = StatusFile(settings.layout.status).read()
-    csv_path = settings.csv_path
-    has_csv = csv_path.exists()  # a folder or an unreadable file in its place is an error, not "no history"
+    csv_path: Path | str = settings.csv_path
+    storage = None
+    if settings.data_url or settings.data_dir.is_dir():
+        storage = storage_for(settings)
+        csv_path = storage.csv_display
+    # A folder or an unreadable file in the CSV's place is an error, not "no history".
+    has_csv = storage is not None and storage.has_history()
     if not status and not has_csv:
         out(f"no history yet at {display_path(csv_path)}: run `python main.py` first")
         return EXIT_FAILED
@@ -74,11 +80,11 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     else:
         out("next run:     no daemon running (start one with `python main.py daemon`)")
     describe_tracking(settings, now, out)
-    if not has_csv:
+    if not has_csv or storage is None:
         out(f"history:      none yet at {display_path(csv_path)}")
         return EXIT_OK
     try:
-        with storage_for(settings).index() as index:
+        with storage.index() as index:
             currencies = index.currencies()
             series = index.series()
             rows, damaged = index.rows, index.damaged

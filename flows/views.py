@@ -117,19 +117,22 @@ def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
                       last_backfill=last_backfill(settings))
 
 
-def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, draw: bool = True) -> Path:
-    """Draw the charts (when asked and possible), then write data/report.html. Raises PipelineError."""
+def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, draw: bool = True) -> str:
+    """Draw the charts (when asked and possible), then write report.html beside the history (an S3 object
+    for s3://); returns where it went. Raises PipelineError."""
+    storage = storage_for(settings)
     if draw:
-        _, error = draw_charts(settings, storage_for(settings))
+        _, error = draw_charts(settings, storage)
         if error:
             log.warning("the report goes without fresh charts: %s", error)
+    storage.pull(settings.layout.quality.name)  # findings stored beside an S3 history, read from a local copy
     html = render(build_report(settings, outcome=outcome))
     path = settings.layout.report
     try:
         atomic_write_bytes(path, html.encode("utf-8"))
     except OSError as exc:
         raise LoadError(describe_os_error(exc, path, "write the report to")) from None
-    return path
+    return storage.publish_file(path)
 
 
 def publish_report(settings: Settings, *, outcome: dict[str, Any] | None = None) -> None:

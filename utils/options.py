@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from utils.coingecko.plans import UNIVERSE_CAP, default_base_url
 from utils.errors import ConfigError
-from utils.history.layout import split_s3_url
+from utils.history.layout import TABLE_FORMATS, split_s3_url
 from utils.history.schema import COIN_ID_RE, CURRENCY_RE
 
 DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dogecoin", "polkadot",
@@ -269,6 +269,13 @@ def _parse_credits(text: Any) -> int:
     return value
 
 
+def _parse_table_format(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in TABLE_FORMATS:
+        raise ConfigError(f"table-format: {text!r} is not one of {', '.join(TABLE_FORMATS)}")
+    return value
+
+
 NOTIFY_EVENTS = ("failure", "findings", "always")
 
 
@@ -281,9 +288,9 @@ def _parse_notify_on(text: Any) -> tuple[str, ...]:
     return events
 
 
-COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top", "quality", "report")
+COMMANDS = ("run", "check", "plot", "daemon", "status", "backfill", "top", "quality", "report", "export")
 FETCHING = ("run", "daemon", "backfill", "check")  # the commands that call CoinGecko
-READERS = ("status", "top", "plot", "quality", "report")  # the commands that only read the history
+READERS = ("status", "top", "plot", "quality", "report", "export")  # the commands that only read the history
 RUNS = ("run", "daemon")
 CHARTING = ("run", "daemon", "plot", "report")
 
@@ -368,6 +375,11 @@ OPTION_TABLE: tuple[Option, ...] = (
     Option("max_retry_wait", ("--max-retry-wait",), "most time to spend waiting between retries before giving up",
            _seconds("max-retry-wait", 0, 86400), "PIPELINE_MAX_RETRY_WAIT", "SECONDS", commands=FETCHING,
            hidden=API_HIDDEN, default="120"),
+    Option("table_format", ("--table-format",), "how the history is kept: csv (crypto_data.csv with its SQLite index) "
+           "or delta (a Delta Lake table, crypto_data/)", _parse_table_format, "PIPELINE_TABLE_FORMAT",
+           choices=TABLE_FORMATS, default_note="csv for a folder, delta for s3://", event=True),
+    Option("out", ("--out",), "the file to write (.parquet: Parquet; else CSV); required", _path("out"),
+           metavar="FILE", group="export", commands=("export",)),
     Option("lock_timeout", ("--lock-timeout",), "how long to wait for another process writing the history",
            _seconds("lock-timeout", 0, 86400), "PIPELINE_LOCK_TIMEOUT", "SECONDS", default="300"),
     Option("rate_limit", ("--rate-limit",), "most API calls per minute this client makes", _parse_rate,
@@ -409,10 +421,10 @@ OPTION_TABLE: tuple[Option, ...] = (
     Option("scale", ("--scale",), "value axis: log when coins span more than two orders of magnitude (auto)",
            _parse_scale, "PIPELINE_CHART_SCALE", choices=SCALES, group="charts", commands=CHARTING, default="auto"),
     Option("since", ("--since",), "first day to chart or backfill (not with --days)", _parse_date("since"),
-           metavar="YYYY-MM-DD", group="days", commands=(*CHARTING, "backfill"), event=True),
+           metavar="YYYY-MM-DD", group="days", commands=(*CHARTING, "backfill", "export"), event=True),
     Option("until", ("--until",), "last day to chart or backfill (default the newest day; backfill: the newest "
            "complete day)", _parse_date("until"), metavar="YYYY-MM-DD", group="days",
-           commands=(*CHARTING, "backfill"), event=True),
+           commands=(*CHARTING, "backfill", "export"), event=True),
     Option("days", ("--days",), "the last N days, counted back from --until or the newest day (not with --since): "
            "the days plot and report chart, backfill fetches and quality lists", _parse_days, metavar="N", group="days", commands=(*CHARTING, "backfill", "quality"),
            command_defaults={"backfill": "365", "quality": "30"}, event=True),

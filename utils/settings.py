@@ -52,6 +52,9 @@ class Settings:
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
     heal: bool = True
     data_url: str | None = None  # s3://bucket/prefix when the history lives on S3; data_dir is then scratch
+    table_format: str | None = None  # csv or delta; None: delta for s3://, csv for a local folder
+    vs_currency_set: bool = False  # --vs-currency (or its variable or config key) was given: export filters by it
+    out: Path | None = None  # `export`: the file to write (.parquet: Parquet, else CSV)
     top: int | None = None  # track the top N by market cap in each currency (with the coins, if given)
     top_backfill: bool = False  # heal a coin that enters the top N back to the start of the history
     date: date | None = None  # `top`: the UTC day to show
@@ -155,7 +158,7 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
                               "install it with `pip install -r requirements-aws.txt`")
         values["data_url"] = values["data_dir"].rstrip("/")
         values["data_dir"] = Path(tempfile.gettempdir()) / "crypto-history" / bucket / prefix
-        if command in ("daemon", "status"):
+        if command == "daemon":
             raise ConfigError(f"`{command}` needs a local --data-dir; on AWS the EventBridge schedule runs "
                               "the pipeline (see the README)")
     if "data_dir" in values and not values["data_dir"].is_absolute():
@@ -167,6 +170,7 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
     if since and until and since > until:
         raise ConfigError(f"--since {since} is after --until {until}")
     if "vs_currency" in values:
+        values["vs_currency_set"] = True
         values["vs_currencies"] = values["vs_currency"]
         values["vs_currency"] = values["vs_currencies"][0]
     if values.get("top") and "coins" not in values:

@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS covered (
 CREATE TABLE IF NOT EXISTS unavailable (
     series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL, checked_ms INTEGER NOT NULL,
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS table_files (path TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-_DATA_TABLES = ("series", "obs", "daily", "covered", "unavailable")
+_DATA_TABLES = ("series", "obs", "daily", "covered", "unavailable", "table_files")
 
 Range = tuple[int, int]  # first and last day number (days since 1970-01-01), inclusive
 
@@ -334,6 +335,49 @@ class HistoryIndex:
         with self._transaction():
             self._add(found)
             self._mark_file(fh, len(found), 0)
+
+    # -- keeping up with a Delta table (utils/history/delta_table.py) ------------------------------
+
+    def table_files(self, table_id: str) -> set[str]:
+        """The table's data files this index has read; a table with another id (made anew) starts it over,
+        keeping the days CoinGecko had no data for."""
+        if self._meta("table_id") != table_id:
+            asked = self.db.execute("SELECT s.coin_id, s.vs_currency, u.first_day, u.last_day, u.checked_ms "
+                                    "FROM unavailable u JOIN series s ON s.id = u.series").fetchall()
+            try:
+                with self._transaction():
+                    self._reset(inside=True)
+                    self._restore_unavailable(asked)
+                    self._set_meta(table_id=table_id)
+            except BaseException:
+                self._ids = {}
+                raise
+            return set()
+        return {p for (p,) in self.db.execute("SELECT path FROM table_files")}
+
+    def add_observations(self, found: list[Observation]) -> int:
+        """Record the observations whose key the index lacks (one transaction); returns how many were new."""
+        if not found:
+            return 0
+        with self._transaction():
+            ids = self._series_ids({(o.coin_id, o.vs_currency) for o in found})
+            fresh, seen = [], set()
+            for o in found:
+                key = (o.ts_ms, ids[(o.coin_id, o.vs_currency)])
+                if key in seen or self.db.execute("SELECT 1 FROM obs WHERE ts = ? AND series = ?", key).fetchone():
+                    continue
+                seen.add(key)
+                fresh.append(o)
+            self._add(fresh)
+            self._set_meta(rows=self.rows + len(fresh))
+        return len(fresh)
+
+    def record_table_files(self, read: list[str], current: set[str]) -> None:
+        """Remember the files just read, and forget those the table no longer holds (compacted away)."""
+        with self._transaction():
+            self.db.executemany("INSERT OR IGNORE INTO table_files (path) VALUES (?)", [(p,) for p in read])
+            gone = [(p,) for (p,) in self.db.execute("SELECT path FROM table_files") if p not in current]
+            self.db.executemany("DELETE FROM table_files WHERE path = ?", gone)
 
     # -- writing ----------------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ RECORDS = "records"  # the transform's output on S3, for the load Lambda
 QUALITY_NAME = "quality.csv"
 REPORT_NAME = "report.html"
 DATAPACKAGE_NAME = "datapackage.json"
+TABLE_NAME = "crypto_data"  # the Delta table's folder (--table-format delta), beside where the CSV would be
+TABLE_FORMATS = ("csv", "delta")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,16 @@ class DataLayout:
     def index(self) -> Path:
         """The SQLite index of the history (keys, daily points, day coverage)."""
         return self.state_dir / f"{self.csv_name}.index.sqlite"
+
+    @property
+    def table(self) -> Path:
+        """The history as a Delta Lake table (--table-format delta): a folder of Parquet files and _delta_log/."""
+        return self.data_dir / TABLE_NAME
+
+    @property
+    def table_index(self) -> Path:
+        """The SQLite index of the Delta table: the readers' daily points, covered days, keys."""
+        return self.state_dir / f"{TABLE_NAME}.delta.index.sqlite"
 
     @property
     def old_state(self) -> Path:
@@ -153,7 +165,7 @@ class DataLayout:
     def managed(self) -> tuple[Path, ...]:
         """Every file and folder the pipeline writes: nothing else may be pointed at them (a log file, say)."""
         return (self.csv, self.quarantine, self.state_dir, self.raw_dir, *self.charts, self.quality, self.report,
-                self.datapackage)
+                self.datapackage, self.table)
 
 
 def primary_currency(vs_currency: str | Sequence[str]) -> str:

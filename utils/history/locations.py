@@ -11,22 +11,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from utils.history import csvio
 from utils.errors import ConfigError, LoadError, SchemaMismatch
-from utils.history.files import archive_raw, atomic_write_bytes, describe_os_error, raw_bytes, raw_name
+from utils.history.delta_table import CONVERSION_APP, CONVERSION_DONE, DeltaHistory, convert_csv, month_of, \
+    records_to_table
+from utils.history.files import archive_raw, atomic_write_bytes, describe_os_error, ensure_dir, raw_bytes, raw_name
 from utils.history.index import HistoryIndex
-from utils.history.layout import CSV_NAME, RAW, DataLayout, split_s3_url
-from utils.history.quality import QualityRules
+from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, \
+    split_s3_url
+from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 from utils.settings import Settings
-from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, new_records
+from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, as_observations, new_records
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,21 @@ class Storage:
     def publish_charts(self, paths: tuple[Path, ...]) -> tuple[str, ...]:
         raise NotImplementedError
 
+    def has_history(self) -> bool:
+        """Whether a history exists here (a CSV, or a Delta table)."""
+        raise NotImplementedError
+
+    def publish_findings(self, findings: list[Finding]) -> list[Finding]:
+        """Append new quality findings to quality.csv beside the history; returns those that were new."""
+        raise NotImplementedError
+
+    def publish_file(self, path: Path) -> str:
+        """Store a file written in the local folder (report.html, datapackage.json) beside the history."""
+        raise NotImplementedError
+
+    def pull(self, name: str) -> None:
+        """Bring a file kept beside the history (quality.csv) into the local folder, for reading."""
+
 
 class LocalStorage(Storage):
     """A folder on this machine: append under a file lock, fsync, bookmarks state."""
@@ -126,6 +145,15 @@ class LocalStorage(Storage):
 
     def publish_charts(self, paths: tuple[Path, ...]) -> tuple[str, ...]:
         return tuple(map(str, paths))
+
+    def has_history(self) -> bool:
+        return self.layout.csv.exists()
+
+    def publish_findings(self, findings: list[Finding]) -> list[Finding]:
+        return record_findings(self.layout.quality, findings)
+
+    def publish_file(self, path: Path) -> str:
+        return str(path)
 
 
 class Conflict(Exception):
@@ -188,6 +216,16 @@ class S3Storage(Storage):
 
     def read(self, rel: str) -> bytes | None:
         return self.get(rel)[0]
+
+    def get_head(self, rel: str, size: int = 65536) -> bytes:
+        """The first bytes of an object (its header line), or b"" when it does not exist."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key(rel), Range=f"bytes=0-{size - 1}")
+        except ClientError:
+            return b""
+        return answer["Body"].read()
 
     def write(self, rel: str, data: bytes) -> None:
         self.put(rel, data)
@@ -298,6 +336,306 @@ class S3Storage(Storage):
             out.append(f"{self.location}/{path.name}")
         return tuple(out)
 
+    def has_history(self) -> bool:
+        return self.read(CSV_NAME) is not None
+
+    def publish_findings(self, findings: list[Finding]) -> list[Finding]:
+        """quality.csv on S3: read, append the new findings in a scratch copy, write back if unchanged (retried)."""
+        if not findings:
+            return []
+        copy = self.scratch / QUALITY_NAME
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        for attempt in range(self.max_attempts):
+            body, etag = self.get(QUALITY_NAME)
+            atomic_write_bytes(copy, body or b"")
+            new = record_findings(copy, findings)
+            if not new:
+                return []
+            try:
+                self.put(QUALITY_NAME, copy.read_bytes(), if_match=etag, if_none_match=etag is None,
+                         content_type="text/csv")
+                return new
+            except Conflict:
+                self._retry(attempt)
+        log.warning("could not store the quality findings in %s/%s: it kept changing; they are found again "
+                    "by `python main.py quality`", self.location, QUALITY_NAME)
+        return []
+
+    def publish_file(self, path: Path) -> str:
+        content_type = {".html": "text/html", ".json": "application/json", ".csv": "text/csv"}.get(
+            path.suffix, "application/octet-stream")
+        self.put(path.name, path.read_bytes(), content_type=content_type)
+        return f"{self.location}/{path.name}"
+
+    def pull(self, name: str) -> None:
+        body = self.read(name)
+        if body is not None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.scratch / name, body)
+
+    def remove(self, names: list[str]) -> None:
+        """Delete objects beside the history (stale charts)."""
+        for name in names:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+
+class DeltaStorage(Storage):
+    """The history as a Delta table, in a local folder or on S3; raw answers, charts and findings beside it.
+
+    `files` is the location's plain storage (LocalStorage or S3Storage): raw answers, charts, quality.csv and
+    the other files go through it. The index and the lock live in `scratch` (the data folder itself when local).
+    """
+
+    def __init__(self, files: LocalStorage | S3Storage, history: DeltaHistory, scratch: Path, *,
+                 lock_timeout: float = 300.0, rules: QualityRules = QualityRules(),
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.files = files
+        self.history = history
+        self.location = files.location
+        self.layout = DataLayout(scratch)
+        self.rules = rules
+        # The CSV store's lock: one writer of the index (and, locally, of the table) at a time on this machine.
+        self.guard = HistoryStore(self.layout, lock_timeout, rules, should_stop)
+        self.converted: int | None = None  # rows converted from crypto_data.csv by this process, if any
+
+    @property
+    def csv_display(self) -> str:
+        return self.history.uri
+
+    def check(self) -> None:
+        if isinstance(self.files, S3Storage):
+            check_bucket(self.files)
+        else:
+            refuse_foreign_folder(self.layout.table)
+        if self.history.table() is None and self.files.has_history():
+            self._legacy_or_foreign()
+
+    def has_history(self) -> bool:
+        return self.history.table() is not None or self.files.has_history()
+
+    def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
+        return self.files.archive(fetched_at, name, payload)
+
+    def read(self, rel: str) -> bytes | None:
+        return self.files.read(rel)
+
+    def write(self, rel: str, data: bytes) -> None:
+        self.files.write(rel, data)
+
+    def local_csv(self) -> tuple[Path, Path]:
+        self.layout.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.layout.csv, self.layout.data_dir
+
+    def publish_charts(self, paths: tuple[Path, ...]) -> tuple[str, ...]:
+        return self.files.publish_charts(paths)
+
+    def publish_findings(self, findings: list[Finding]) -> list[Finding]:
+        return self.files.publish_findings(findings)
+
+    def publish_file(self, path: Path) -> str:
+        return self.files.publish_file(path)
+
+    def pull(self, name: str) -> None:
+        self.files.pull(name)
+
+    # -- the CSV a folder held before -----------------------------------------------------------
+
+    def _legacy_or_foreign(self) -> None:
+        """Refuse a CSV the conversion cannot read (the same words as the CSV store), before any request."""
+        if isinstance(self.files, LocalStorage):
+            kind = csvio.header_kind(self.files.layout.csv)
+        else:
+            body = self.files.get_head(CSV_NAME)
+            columns = tuple(c.strip() for c in body.decode("utf-8-sig", errors="replace").split("\n")[0].split(","))
+            kind = "legacy" if columns == LEGACY_COLUMNS else "ours"
+            if kind == "ours" and body.strip():
+                csvio.check_header(self.files.csv_display, columns)
+        if kind == "legacy":
+            raise SchemaMismatch(f"{self.files.csv_display} is in the original seven-column layout: migrate it once "
+                                 "with --table-format csv (`python main.py --table-format csv`), then run with "
+                                 "delta to convert it")
+
+    def _convert_if_needed(self) -> None:
+        """Convert crypto_data.csv into the table once (under the lock): resumable, idempotent, the CSV kept."""
+        table = self.history.table()
+        if table is not None and not conversion_pending(table):
+            return
+        if not self.files.has_history():
+            return
+        self._legacy_or_foreign()
+        if isinstance(self.files, LocalStorage):
+            source, opener = self.files.layout.csv, None
+        else:
+            s3 = self.files
+            source = s3.csv_display
+            opener = lambda: s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]  # noqa: E731
+        report = convert_csv(self.history, source, opener=opener)
+        self.converted = report.rows
+        log.warning("converted %s into the Delta table %s: %d rows stored%s in %.1f s; the CSV is kept unchanged as "
+                    "a backup (delete it once you no longer need it)", source, self.history.uri, report.rows,
+                    f", {report.damaged} damaged lines skipped" if report.damaged else "", report.seconds)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _write(self, records: list[Record], nothing: str,
+               unavailable: dict[tuple[str, str], set[date]] | None = None,
+               checked: datetime | None = None) -> tuple[int, int, int, list[Finding]]:
+        """(inserted, duplicates, rows, new findings): one key merge, the index caught up, findings published."""
+        with self.guard.locked():
+            try:
+                self._convert_if_needed()
+            except (LoadError, ConfigError):
+                raise
+            with self._synced_index() as index:
+                fresh, _ = new_records(records, index.has)
+                try:
+                    findings = inspect(records, fresh, index, self.rules)
+                except sqlite3.Error as exc:
+                    log.warning("could not check the new rows' quality (%s); they are stored all the same", exc)
+                    findings = []
+                outcome = self.history.merge(records_to_table(fresh)) if fresh else None
+                inserted = outcome.inserted if outcome else 0
+                if inserted:
+                    self._sync(index)
+                    months = {(r.vs_currency, month_of(csvio.timestamp_ms(r.last_updated))) for r in fresh}
+                    self.history.compact(months)
+                if unavailable:
+                    index.mark_unavailable(unavailable, int((checked or datetime.now(timezone.utc)).timestamp() * 1000))
+                    findings += missing_day_findings(unavailable, index)
+                rows = index.rows
+            found = self.publish_findings(findings)
+            self._publish_package()
+        return inserted, len(records) - inserted, rows, found
+
+    def _publish_package(self) -> None:
+        from utils.history.datapackage import package_bytes
+
+        try:
+            data = package_bytes(self.layout, "delta")
+            if isinstance(self.files, LocalStorage):
+                layout = self.files.layout
+                if not layout.quality.exists():
+                    atomic_write_bytes(layout.quality, QUALITY_HEADER.encode("utf-8"))
+                if not layout.datapackage.is_file() or layout.datapackage.read_bytes() != data:
+                    atomic_write_bytes(layout.datapackage, data)
+            elif self.files.read(DATAPACKAGE_NAME) != data:
+                self.files.put(DATAPACKAGE_NAME, data, content_type="application/json")
+        except (OSError, LoadError) as exc:
+            log.warning("could not write %s (%s)", DATAPACKAGE_NAME, exc)
+
+    def append(self, records: list[Record]) -> LoadReport:
+        inserted, duplicates, _, found = self._write(records, "appended")
+        return LoadReport(csv_path=self.csv_display, appended=inserted, skipped_duplicates=duplicates,
+                          findings=tuple(found))
+
+    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
+              checked: datetime | None = None) -> MergeReport:
+        inserted, duplicates, rows, found = self._write(records, "merged", unavailable, checked)
+        return MergeReport(csv_path=self.csv_display, added=inserted, skipped_duplicates=duplicates, rows=rows,
+                           findings=tuple(found))
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _sync(self, index: HistoryIndex) -> None:
+        try:
+            self.history.sync_index(index)
+        except sqlite3.Error as exc:
+            raise LoadError(f"cannot update the index {self.layout.table_index}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _synced_index(self) -> Iterator[HistoryIndex]:
+        """The index file caught up with the table (under the lock); in memory when the file cannot be used."""
+        ensure_dir(self.layout.state_dir)
+        try:
+            csvio.refuse_symlink(self.layout.table_index, "table index")
+            index = HistoryIndex(self.layout.table_index)
+        except sqlite3.DatabaseError as exc:
+            log.warning("cannot use the index %s (%s); reading the table instead", self.layout.table_index, exc)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    Path(str(self.layout.table_index) + suffix).unlink()
+            try:
+                index = HistoryIndex(self.layout.table_index)
+            except sqlite3.DatabaseError:
+                index = HistoryIndex(":memory:")
+        with index:
+            self._sync(index)
+            yield index
+
+    @contextlib.contextmanager
+    def index(self) -> Iterator[HistoryIndex]:
+        if self.history.table() is None:
+            if self.files.has_history():
+                self._legacy_or_foreign()
+                log.info("%s is not converted yet: the next run converts it into %s", self.files.csv_display,
+                         self.history.uri)
+            with HistoryIndex(":memory:") as empty:
+                yield empty
+            return
+        with self.guard.locked(), self._synced_index() as index:
+            yield index
+
+
+def conversion_pending(table: Any) -> bool:
+    """A conversion that started and did not finish (killed halfway): the next writer resumes it."""
+    return (table.transaction_version(CONVERSION_APP) or -1) >= 0 and \
+        (table.transaction_version(CONVERSION_DONE) or -1) < 0
+
+
+def refuse_foreign_folder(path: Path) -> None:
+    """A folder where the table belongs that is not a Delta table is refused, never written into."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise SchemaMismatch(f"{path} is not a folder holding a Delta table; move it away or choose another --data-dir")
+    if path.is_dir() and not (path / "_delta_log").is_dir() and any(path.iterdir()):
+        raise SchemaMismatch(f"{path} holds files but is not a Delta table (no _delta_log/); move it away or choose "
+                             "another --data-dir")
+
+
+def check_bucket(files: S3Storage) -> None:
+    """The bucket, the credentials and the endpoint, tried once before any request to CoinGecko. Raises ConfigError."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    where = f"s3://{files.bucket}"
+    try:
+        files.client.head_bucket(Bucket=files.bucket)
+        answer = files.client.list_objects_v2(Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/"), MaxKeys=5)
+    except NoCredentialsError:
+        raise ConfigError(f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                          "AWS_PROFILE") from None
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise ConfigError(f"the bucket {files.bucket} does not exist: create it or fix --data-dir") from None
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise ConfigError(f"S3 refused the credentials for {where} ({code}): use a key that may read and "
+                              "write it") from None
+        raise ConfigError(f"cannot use {where}: {_s3_reason(exc)}") from None
+    except BotoCoreError as exc:
+        raise ConfigError(f"cannot reach S3 for {where} ({type(exc).__name__}): check AWS_ENDPOINT_URL, "
+                          "AWS_REGION and the network") from None
+    keys = [o["Key"] for o in answer.get("Contents", [])]
+    if keys and not any("/_delta_log/" in k for k in keys):
+        probe = files.client.list_objects_v2(Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/_delta_log/"),
+                                             MaxKeys=1)
+        if not probe.get("Contents"):
+            raise SchemaMismatch(f"{files.location}/{TABLE_NAME}/ holds objects but is not a Delta table (no "
+                                 "_delta_log/); move them away or choose another --data-dir")
+
+
+def s3_storage_options() -> dict[str, str]:
+    """delta-rs' S3 options from the same environment boto3 reads (a local S3 needs the endpoint and plain HTTP)."""
+    import os
+
+    options: dict[str, str] = {}
+    for name in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_ALLOW_HTTP"):
+        if os.environ.get(name):
+            options[name] = os.environ[name]
+    options.setdefault("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options.setdefault("AWS_ALLOW_HTTP", "true")
+    return options
+
 
 def _s3_reason(exc: Exception) -> str:
     error = getattr(exc, "response", {}).get("Error", {})
@@ -326,11 +664,26 @@ def prepare_data_dir(data_dir: Path) -> None:
         raise ConfigError(describe_os_error(exc, data_dir, "create the data folder")) from None
 
 
+def table_format_of(settings: Settings) -> str:
+    """--table-format, or its default: delta for an s3:// location, csv for a local folder."""
+    return settings.table_format or ("delta" if settings.data_url else "csv")
+
+
 def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = None) -> Storage:
     """The storage behind --data-dir, checked before any request; should_stop ends a wait for the lock."""
+    rules = QualityRules(settings.spike_threshold)
     if settings.data_url:
-        return S3Storage(settings.data_url, scratch=settings.data_dir)
+        s3 = S3Storage(settings.data_url, scratch=settings.data_dir)
+        if table_format_of(settings) == "csv":
+            return s3
+        history = DeltaHistory(f"{settings.data_url}/{TABLE_NAME}", s3_storage_options())
+        return DeltaStorage(s3, history, settings.data_dir, lock_timeout=settings.lock_timeout, rules=rules,
+                            should_stop=should_stop)
     prepare_data_dir(settings.data_dir)
-    return LocalStorage(settings.data_dir, settings.lock_timeout, QualityRules(settings.spike_threshold), should_stop)
+    local = LocalStorage(settings.data_dir, settings.lock_timeout, rules, should_stop)
+    if table_format_of(settings) == "csv":
+        return local
+    return DeltaStorage(local, DeltaHistory(str(local.layout.table)), settings.data_dir,
+                        lock_timeout=settings.lock_timeout, rules=rules, should_stop=should_stop)
 
 
