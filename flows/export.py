@@ -20,6 +20,7 @@ from utils.history.files import describe_os_error, fsync_dir
 from utils.history.layout import CSV_NAME, display_path
 from utils.history.locations import DeltaStorage, LocalStorage, S3Storage, Storage, storage_for
 from utils.history.schema import HEADER_LINE
+from flows.wiring import Console
 from utils.settings import Settings
 from utils.words import count
 
@@ -128,6 +129,13 @@ def _table(batch: Any) -> Any:
     import pyarrow as pa
 
     return pa.Table.from_batches([batch])
+
+
+def export_command(settings: Settings, console: Console) -> int:
+    """`export --out FILE`."""
+    if settings.out is None:
+        raise ConfigError("export needs --out FILE (a .csv or .parquet file)")
+    return export(settings, settings.out, show=console.out)
 
 
 def export(settings: Settings, out: Path, *, show: Callable[[str], None] = print) -> int:

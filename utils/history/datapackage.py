@@ -62,7 +62,26 @@ def _schema(fields: dict[str, tuple[dict, str, str]], key: list[str]) -> dict:
     return {"fields": out, "missingValues": [""], "primaryKey": key}
 
 
-def describe(layout: DataLayout) -> dict:
+def history_resource(layout: DataLayout, table_format: str = "csv") -> dict:
+    """The history's resource: the CSV file, or the Delta table described column by column."""
+    csv_dialect = {"delimiter": ",", "quoteChar": '"', "doubleQuote": True, "header": True}
+    schema = _schema(HISTORY_FIELDS, ["coin_id", "vs_currency", "last_updated"])
+    if table_format != "delta":
+        return {"name": "crypto_data", "path": layout.csv.name, "format": "csv", "mediatype": "text/csv",
+                "encoding": "utf-8", "dialect": csv_dialect, "description": SURVIVORSHIP, "schema": schema}
+    schema["fields"].append({"name": "month", "type": "string", "description": "YYYY-MM (UTC) of last_updated: "
+                             "a partition column of the Delta table, not in the CSV export"})
+    return {"name": "crypto_data", "path": layout.table.name, "format": "delta",
+            "mediatype": "application/vnd.delta-lake",
+            "description": SURVIVORSHIP + " Stored as a Delta Lake table (a folder of Parquet files and its "
+                           "_delta_log/), partitioned by vs_currency and month. Frictionless tools do not read "
+                           "Delta tables: this schema describes its columns (timestamps are UTC timestamps, numbers "
+                           "float64, market_cap_rank a nullable int64; nulls are nulls). `python main.py export "
+                           "--out FILE` writes it as CSV in the CSV store's layout, or as Parquet.",
+            "schema": schema}
+
+
+def describe(layout: DataLayout, table_format: str = "csv") -> dict:
     """The package descriptor: both files, every column with type, unit and meaning, keys, nulls, source, licence."""
     csv_dialect = {"delimiter": ",", "quoteChar": '"', "doubleQuote": True, "header": True}
     return {
@@ -75,10 +94,7 @@ def describe(layout: DataLayout) -> dict:
         "licenses": [{"name": "CoinGecko-API-Terms", "title": "Data provided by CoinGecko; use is subject to "
                       "CoinGecko's API terms", "path": "https://www.coingecko.com/en/api_terms"}],
         "resources": [
-            {"name": "crypto_data", "path": layout.csv.name, "format": "csv", "mediatype": "text/csv",
-             "encoding": "utf-8", "dialect": csv_dialect,
-             "description": SURVIVORSHIP,
-             "schema": _schema(HISTORY_FIELDS, ["coin_id", "vs_currency", "last_updated"])},
+            history_resource(layout, table_format),
             {"name": "quality", "path": layout.quality.name, "format": "csv", "mediatype": "text/csv",
              "encoding": "utf-8", "dialect": csv_dialect,
              "description": "Quality findings: one row per observation and rule it broke; rows are never changed "
@@ -88,9 +104,14 @@ def describe(layout: DataLayout) -> dict:
     }
 
 
-def write_datapackage(layout: DataLayout) -> None:
+def package_bytes(layout: DataLayout, table_format: str = "csv") -> bytes:
+    """datapackage.json's content."""
+    return (json.dumps(describe(layout, table_format), indent=2) + "\n").encode("utf-8")
+
+
+def write_datapackage(layout: DataLayout, table_format: str = "csv") -> None:
     """Write datapackage.json (and an empty quality.csv it names) when missing or out of date; never fatal."""
-    data = (json.dumps(describe(layout), indent=2) + "\n").encode("utf-8")
+    data = package_bytes(layout, table_format)
     try:
         if not layout.quality.exists():
             atomic_write_bytes(layout.quality, QUALITY_HEADER.encode("utf-8"))

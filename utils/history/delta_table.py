@@ -43,7 +43,7 @@ NUMBERS = tuple(c for c in COLUMNS if c not in TEXT + TIMES + INTEGERS)
 COMPACT_FILES = 16  # a partition holding more files than this is compacted (optimize) after a load
 TARGET_FILE_BYTES = 64 << 20  # compaction's target file size
 MAX_ATTEMPTS = 8  # commits tried before a load gives up (another writer kept winning)
-CONVERSION_APP = "crypto-history-csv-conversion"  # Delta application id whose version counts converted chunks
+CONVERSION_APP = "crypto-history-csv-conversion"  # Delta application id whose version counts the CSV rows converted
 CONVERSION_DONE = "crypto-history-csv-conversion-done"  # set (version 1) by the commit of the conversion's last chunk
 CHUNK_ROWS = 200_000
 
@@ -87,12 +87,20 @@ def records_to_table(records: list[Record]) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+def number_cell(value: object) -> str:
+    """A number as the CSV store writes it: whole numbers as CoinGecko's JSON gives them (no .0), others in the
+    shortest form that reads back exactly (schema.format_cell)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 63:
+        return str(int(value))
+    return format_cell(value)
+
+
 def rows_of(batch: Any) -> Iterator[list[str]]:
-    """CSV cells of an Arrow batch in the table's schema: exactly what the CSV store writes (schema.format_cell)."""
+    """CSV cells of an Arrow batch in the table's schema: what the CSV store writes for the same rows."""
     columns = [batch.column(batch.schema.get_field_index(c)).to_pylist() for c in COLUMNS]
     times = [COLUMNS.index(c) for c in TIMES]
     for values in zip(*columns):
-        cells = [format_cell(v) for v in values]
+        cells = [number_cell(v) for v in values]
         for i in times:
             if values[i] is not None:
                 cells[i] = format_timestamp(values[i])
@@ -222,8 +230,8 @@ class DeltaHistory:
     def merge(self, data: pa.Table, *, app_version: int | None = None, last: bool = False) -> MergeOutcome:
         """Insert the rows whose key the table lacks (one commit), retried when another writer got there first.
 
-        With app_version, the commit also records that the conversion's chunk `app_version` is done (a
-        Delta application transaction), so a resumed or concurrent conversion never commits it twice.
+        With app_version, the commit also records that the conversion has read the CSV's first `app_version`
+        rows (a Delta application transaction), so a resumed or concurrent conversion skips what is committed.
         """
         from deltalake import CommitProperties, Transaction
         from deltalake.exceptions import CommitFailedError
@@ -237,7 +245,7 @@ class DeltaHistory:
             predicate += f" AND t.{column} IN ({', '.join(_quote(v) for v in values)})"
         for attempt in range(1, self.max_attempts + 1):
             table = self.create()
-            if app_version is not None and (table.transaction_version(CONVERSION_APP) or -1) >= app_version:
+            if app_version is not None and app_done(table, CONVERSION_APP) >= app_version:
                 return MergeOutcome(0, attempt)
             props = None
             if app_version is not None:
@@ -387,6 +395,12 @@ class DeltaHistory:
         return sum(pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist())
 
 
+def app_done(table: Any, app_id: str) -> int:
+    """The version a Delta application transaction recorded, -1 when none did."""
+    version = table.transaction_version(app_id)
+    return -1 if version is None else int(version)
+
+
 def _arrow(schema: Any) -> Any:
     import pyarrow as pa
 
@@ -438,13 +452,14 @@ def convert_csv(history: DeltaHistory, source: Path | str, *, opener: Callable[[
                 chunk_rows: int = CHUNK_ROWS) -> ConversionReport:
     """Store a history CSV's rows in the table, a chunk per commit; the CSV itself is only read.
 
-    Each chunk's commit records its number (a Delta application transaction), and the last one records
-    that the conversion is done: killed halfway, the next call skips the chunks committed and finishes.
-    Each chunk is a key merge, so no row is stored twice even when two processes convert at once.
+    Each chunk's commit records how many CSV rows are read so far (a Delta application transaction), and
+    the last one records that the conversion is done: killed halfway, the next call skips the chunks
+    committed and finishes. Each chunk is a key merge, so no row is stored twice, whatever the chunk size
+    and even when two processes convert at once.
     """
     started = time.monotonic()
     history.create()
-    rows = damaged = number = 0
+    rows = damaged = number = consumed = 0
     chunks = csv_tables(source, chunk_rows, opener=opener)
     current = next(chunks, None)
     if current is None:
@@ -453,7 +468,8 @@ def convert_csv(history: DeltaHistory, source: Path | str, *, opener: Callable[[
         following = next(chunks, None)
         table, bad = current
         damaged += bad
-        rows += history.merge(table, app_version=number, last=following is None).inserted
+        consumed += table.num_rows + bad
+        rows += history.merge(table, app_version=consumed, last=following is None).inserted
         number += 1
         current = following
     return ConversionReport(rows, damaged, number, time.monotonic() - started)
@@ -507,10 +523,12 @@ def frame_to_table(frame: Any) -> tuple[pa.Table, int]:
             ok &= good.to_numpy()
             out[name] = number.where(good & ~blank).astype("Int64")
         elif name in NUMBERS:
-            number = pd.to_numeric(text.where(~blank), errors="coerce")
+            number = pd.to_numeric(text.where(~blank), errors="coerce")  # finds the bad cells (not exact)
             bad = (number.isna() & ~blank) | np.isinf(number.fillna(0))
             ok &= ~bad.to_numpy()
-            out[name] = number.astype("float64")
+            # pyarrow's parse rounds correctly: every float the CSV store wrote reads back to the same float64.
+            exact = pa.array(text.where(~blank & ~bad), type=pa.string(), from_pandas=True).cast(pa.float64())
+            out[name] = pd.Series(exact.to_numpy(zero_copy_only=False), index=text.index)
         else:
             out[name] = text.where(~blank, None)
     for name, pattern in (("coin_id", COIN_ID_RE), ("vs_currency", CURRENCY_RE)):

@@ -21,8 +21,8 @@ from typing import Any
 
 from utils.history import csvio
 from utils.errors import ConfigError, LoadError, SchemaMismatch
-from utils.history.delta_table import CONVERSION_APP, CONVERSION_DONE, DeltaHistory, convert_csv, month_of, \
-    records_to_table
+from utils.history.delta_table import CONVERSION_APP, CONVERSION_DONE, DeltaHistory, app_done, convert_csv, \
+    month_of, records_to_table
 from utils.history.files import archive_raw, atomic_write_bytes, describe_os_error, ensure_dir, raw_bytes, raw_name
 from utils.history.index import HistoryIndex
 from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, \
@@ -578,8 +578,7 @@ class DeltaStorage(Storage):
 
 def conversion_pending(table: Any) -> bool:
     """A conversion that started and did not finish (killed halfway): the next writer resumes it."""
-    return (table.transaction_version(CONVERSION_APP) or -1) >= 0 and \
-        (table.transaction_version(CONVERSION_DONE) or -1) < 0
+    return app_done(table, CONVERSION_APP) >= 0 and app_done(table, CONVERSION_DONE) < 0
 
 
 def refuse_foreign_folder(path: Path) -> None:

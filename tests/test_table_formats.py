@@ -1,0 +1,225 @@
+"""Every command on both stores: the CSV with its index (--table-format csv) and a Delta table on local disk."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import unittest
+
+import pyarrow.parquet as pq
+
+from tests.fake_coingecko import markets_rows
+from tests.test_backfill import charts_for
+from tests.support import FIXTURE_IDS, PipelineTestCase
+from utils.history.delta_table import CONVERSION_APP, DeltaHistory, csv_tables
+from utils.history.schema import COLUMNS, HEADER_LINE
+
+
+class CommandsOnAStore(PipelineTestCase):
+    """The whole command set on one store; subclasses pick the store."""
+
+    table_format = "csv"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.env["PIPELINE_TABLE_FORMAT"] = self.table_format
+
+    def export_rows(self, *argv: str) -> list[list[str]]:
+        out = self.data_dir.parent / "export.csv"
+        result = self.run_main("export", "--out", str(out), *argv)
+        self.assertEqual(result.code, 0, result.stderr)
+        text = out.read_text(encoding="utf-8")
+        self.assertTrue(text.startswith(HEADER_LINE))
+        return list(csv.reader(io.StringIO(text)))[1:]
+
+    def test_run_twice_stores_each_observation_once(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        again = self.run_main()
+        self.assertEqual(again.code, 0, again.stderr)
+        self.assertIn("0 rows appended, 10 duplicates skipped", again.stderr)
+        self.fake.advance(60)
+        self.assertIn("10 rows appended", self.run_main().stderr)
+        rows = self.export_rows()
+        self.assertEqual(len(rows), 20)
+        self.assertEqual(len({(r[COLUMNS.index("coin_id")], r[COLUMNS.index("last_updated")]) for r in rows}), 20)
+
+    def test_several_currencies_and_top(self) -> None:
+        self.fake.set_coins(markets_rows(30))
+        del self.env["PIPELINE_COINS"]
+        result = self.run_main("--vs-currency", "eur,usd", "--top", "5")
+        self.assertIn(result.code, (0, 3), result.stderr)
+        rows = self.export_rows()
+        self.assertEqual({r[COLUMNS.index("vs_currency")] for r in rows}, {"eur", "usd"})
+        self.assertEqual(len(self.export_rows("--vs-currency", "usd")), len(rows) // 2)
+
+    def test_status_top_plot_quality_report(self) -> None:
+        self.run_main()
+        status = self.run_main("status")
+        self.assertEqual(status.code, 0, status.stderr)
+        self.assertRegex(status.stdout, r"history: .*: 10 rows, 10 coins in eur")
+        top = self.run_main("top", "--date", "2023-01-08", "--top", "3")
+        self.assertEqual(top.code, 0, top.stderr)
+        self.assertEqual([line.split()[1] for line in top.stdout.splitlines()[2:]], ["bitcoin", "ethereum", "tether"])
+        plot = self.run_main("plot")
+        self.assertEqual(plot.code, 0, plot.stderr)
+        self.assertTrue((self.data_dir / "crypto_price_trend.png").stat().st_size > 1000)
+        self.assertEqual(self.run_main("quality").code, 0)
+        report = self.run_main("report")
+        self.assertEqual(report.code, 0, report.stderr)
+        self.assertIn("bitcoin", (self.data_dir / "report.html").read_text(encoding="utf-8"))
+
+    def test_backfill_merges_daily_points(self) -> None:
+        self.fake.market_chart.update(charts_for(FIXTURE_IDS))
+        self.run_main()
+        result = self.run_main("backfill", "--coins", "bitcoin,ethereum", "--days", "5", "--no-charts")
+        self.assertEqual(result.code, 0, result.stderr)
+        rows = self.export_rows()
+        self.assertEqual(sum(r[COLUMNS.index("source")] == "market_chart" for r in rows), 10)
+        again = self.run_main("backfill", "--coins", "bitcoin,ethereum", "--days", "5", "--no-charts")
+        self.assertIn("0 rows added", again.stderr)
+        self.assertEqual(len(self.export_rows()), len(rows))
+
+    def test_datapackage_describes_the_store(self) -> None:
+        self.run_main()
+        package = json.loads((self.data_dir / "datapackage.json").read_text())
+        history = package["resources"][0]
+        self.assertEqual(history["format"], self.table_format)
+        self.assertEqual([f["name"] for f in history["schema"]["fields"]][:len(COLUMNS)], list(COLUMNS))
+
+    def test_export_parquet_and_day_filters(self) -> None:
+        self.run_main()
+        out = self.data_dir.parent / "history.parquet"
+        result = self.run_main("export", "--out", str(out))
+        self.assertEqual(result.code, 0, result.stderr)
+        table = pq.read_table(out)
+        self.assertEqual(table.num_rows, 10)
+        self.assertEqual(table.schema.names, list(COLUMNS))
+        self.assertEqual(str(table.schema.field("last_updated").type), "timestamp[us, tz=UTC]")
+        self.assertEqual(str(table.schema.field("market_cap_rank").type), "int64")
+        self.assertEqual(self.export_rows("--since", "2023-01-09"), [])
+        self.assertEqual(len(self.export_rows("--since", "2023-01-08", "--until", "2023-01-08")), 10)
+
+    def test_export_bad_path_exits_2(self) -> None:
+        self.run_main()
+        for out in (str(self.data_dir.parent / "missing" / "x.csv"), str(self.data_dir)):
+            result = self.run_main("export", "--out", out)
+            self.assertEqual(result.code, 2, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertEqual(self.run_main("export").code, 2)
+
+
+class CommandsOnCsv(CommandsOnAStore):
+    table_format = "csv"
+
+    def test_export_is_the_csv_byte_for_byte(self) -> None:
+        self.run_main()
+        self.fake.advance(60)
+        self.run_main()
+        out = self.data_dir.parent / "export.csv"
+        self.assertEqual(self.run_main("export", "--out", str(out)).code, 0)
+        self.assertEqual(out.read_bytes(), self.csv_bytes())
+
+
+class CommandsOnDelta(CommandsOnAStore):
+    table_format = "delta"
+
+    def test_the_table_lives_beside_no_csv(self) -> None:
+        self.run_main()
+        self.assertFalse(self.csv_path.exists())
+        self.assertTrue((self.data_dir / "crypto_data" / "_delta_log").is_dir())
+        self.assertTrue(any((self.data_dir / "crypto_data").glob("vs_currency=eur/month=2023-01/*.parquet")))
+
+    def test_export_matches_the_csv_store_byte_for_byte(self) -> None:
+        self.env["PIPELINE_TABLE_FORMAT"] = "csv"
+        self.run_main()
+        csv_copy = self.csv_bytes()
+        shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir()
+        self.env["PIPELINE_TABLE_FORMAT"] = "delta"
+        self.run_main()
+        out = self.data_dir.parent / "export.csv"
+        self.assertEqual(self.run_main("export", "--out", str(out)).code, 0)
+        # One snapshot: the CSV is in the answer's order, the table's export by time then coin id; each run
+        # has its own fetched_at.
+        fetched = COLUMNS.index("fetched_at")
+        header, *lines = list(csv.reader(io.StringIO(csv_copy.decode())))
+        exported = list(csv.reader(io.StringIO(out.read_text())))
+        self.assertEqual(exported[0], header)
+        strip = lambda rows: sorted(r[:fetched] + r[fetched + 1:] for r in rows)  # noqa: E731
+        self.assertEqual(strip(exported[1:]), strip(lines))
+
+    def test_a_csv_history_is_converted_once_and_kept(self) -> None:
+        self.env["PIPELINE_TABLE_FORMAT"] = "csv"
+        self.run_main()
+        self.fake.advance(60)
+        self.run_main()
+        before = self.csv_bytes()
+        self.env["PIPELINE_TABLE_FORMAT"] = "delta"
+        status = self.run_main("status")  # a reader never converts
+        self.assertFalse((self.data_dir / "crypto_data").exists())
+        self.assertEqual(status.code, 0)
+        self.fake.advance(60)
+        result = self.run_main()
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("converted", result.stderr)
+        self.assertIn("kept unchanged as a backup", result.stderr)
+        self.assertEqual(self.csv_bytes(), before)
+        self.assertEqual(len(self.export_rows()), 30)
+        again = self.run_main()
+        self.assertNotIn("converted", again.stderr)
+        self.assertEqual(len(self.export_rows()), 30)
+
+    def test_a_conversion_killed_after_a_chunk_is_finished_without_duplicates(self) -> None:
+        self.env["PIPELINE_TABLE_FORMAT"] = "csv"
+        self.run_main()
+        self.fake.advance(60)
+        self.run_main()
+        # What a conversion killed after its first commit leaves: chunk 0 stored, the conversion not done.
+        history = DeltaHistory(str(self.data_dir / "crypto_data"))
+        first, _ = next(csv_tables(self.csv_path, chunk_rows=7))
+        history.merge(first, app_version=7)
+        self.assertEqual(history.row_count(), 7)
+        self.env["PIPELINE_TABLE_FORMAT"] = "delta"
+        result = self.run_main()
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertIn("converted", result.stderr)
+        rows = self.export_rows()
+        self.assertEqual(len(rows), 20)
+        self.assertEqual(history.table().transaction_version(CONVERSION_APP), 20)
+
+    def test_a_foreign_folder_where_the_table_belongs_is_refused(self) -> None:
+        (self.data_dir / "crypto_data").mkdir()
+        (self.data_dir / "crypto_data" / "notes.txt").write_text("mine")
+        result = self.run_main()
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("is not a Delta table", result.stderr)
+        self.assertEqual(self.fake.requests_to("/coins/markets"), [])
+        self.assertEqual((self.data_dir / "crypto_data" / "notes.txt").read_text(), "mine")
+
+    def test_a_table_of_another_schema_is_refused(self) -> None:
+        import pyarrow as pa
+        from deltalake import write_deltalake
+
+        write_deltalake(str(self.data_dir / "crypto_data"), pa.table({"x": [1]}))
+        result = self.run_main()
+        self.assertEqual(result.code, 2, result.stderr)
+        self.assertIn("another schema", result.stderr)
+        self.assertEqual(self.fake.requests_to("/coins/markets"), [])
+
+    def test_exit_codes_survive_interpreter_teardown(self) -> None:
+        """A process once aborted at exit after to_pandas(): the exit code is the command's, every time."""
+        self.assertEqual(self.run_subprocess().code, 0)
+        for _ in range(3):
+            for argv, code in ((("status",), 0), (("top", "--date", "2023-01-08"), 0), (("top", "--date", "2020-01-01"), 1),
+                               (("export", "--out", "x.parquet"), 0), (("export", "--out", "/nonexistent/x.csv"), 2)):
+                result = self.run_subprocess(*argv)
+                self.assertEqual(result.code, code, (argv, result.stderr))
+                self.assertNotIn("terminate called", result.stderr)
+
+
+del CommandsOnAStore
+
+if __name__ == "__main__":
+    unittest.main()
