@@ -13,8 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flows.views import draw_charts, write_report
-from utils.history.layout import REPORT_NAME
-from utils.history.locations import S3Storage, storage_for
+from utils.history.locations import storage_for
 from utils.words import count
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,7 @@ def views_handler(event: dict[str, Any] | None, context: object) -> dict[str, An
     if error:
         log.warning("charts failed: %s", error)
         out["chart_error"] = error
-    path = write_report(settings, outcome=run_outcome(event, datetime.now(timezone.utc)), draw=False)
-    if isinstance(storage, S3Storage):
-        storage.put(REPORT_NAME, path.read_bytes(), content_type="text/html; charset=utf-8")
-    out["report"] = f"{storage.location}/{REPORT_NAME}"
+    # write_report stores report.html beside the history: an S3 object for s3:// (Storage.publish_file).
+    out["report"] = write_report(settings, outcome=run_outcome(event, datetime.now(timezone.utc)), draw=False)
     log.info("views: %s", ", ".join([*drawn, out["report"]]))
     return out

@@ -362,7 +362,7 @@ class S3Storage(Storage):
         return []
 
     def publish_file(self, path: Path) -> str:
-        content_type = {".html": "text/html", ".json": "application/json", ".csv": "text/csv"}.get(
+        content_type = {".html": "text/html; charset=utf-8", ".json": "application/json", ".csv": "text/csv"}.get(
             path.suffix, "application/octet-stream")
         self.put(path.name, path.read_bytes(), content_type=content_type)
         return f"{self.location}/{path.name}"
