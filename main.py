@@ -15,14 +15,26 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
-from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.options import OPTION_TABLE, OPTIONS, READERS, RUNS, SETTINGS_OPTIONS
+from utils.redact import RedactFilter, forget_secrets, redact, remember_secret
 from utils.settings import Settings, build_settings
 
 VERSION = "2.0.0"  # `python main.py --version`
 # What `pip install -r requirements.txt` brings, as import names: checked before anything imports them.
-RUNTIME_MODULES = ("requests", "pandas", "numpy", "matplotlib", "seaborn", "PIL", "schedule", "tenacity",
-                   "filelock", "tqdm", "tzlocal", "jinja2")
+RUNTIME_MODULES = (
+    "requests",
+    "pandas",
+    "numpy",
+    "matplotlib",
+    "seaborn",
+    "PIL",
+    "schedule",
+    "tenacity",
+    "filelock",
+    "tqdm",
+    "tzlocal",
+    "jinja2",
+)
 
 log = logging.getLogger("pipeline")
 STARTED = time.monotonic()  # when this command began: a run's summary reports its whole wall time
@@ -46,28 +58,40 @@ GLOBAL_OPTIONS = tuple(option.name for option in OPTION_TABLE if option.anywhere
 BEFORE = "before_"  # where options given before the command land, so the command's defaults cannot hide them
 DESCRIPTION = "Keep a daily CSV history of CoinGecko market data (prices, market caps, supply) and chart it."
 ATTRIBUTION = "Data provided by CoinGecko (https://www.coingecko.com)."
-EPILOG = ("exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
-          "3 partial: some coins were missing or rejected, or one of several currencies failed; the rest was "
-          "appended. " + ATTRIBUTION)
-CHECK_EPILOG = ("exit codes: 0 every check passed; 1 a check failed (connectivity, key or plan, an unknown coin "
-                "id); 2 bad usage or configuration. " + ATTRIBUTION)
-PLOT_EPILOG = ("exit codes: 0 the charts were drawn; 1 no history yet, or no data in the chosen currency or days; "
-               "2 bad usage or configuration, or --plot-coins matches no coin. " + ATTRIBUTION)
-TOP_EPILOG = ("exit codes: 0 the list was printed; 1 no observation in that currency on that day; "
-              "2 bad usage or configuration. " + ATTRIBUTION)
-STATUS_EPILOG = ("exit codes: 0 the status was shown; 1 neither a history nor a recorded run yet; "
-                 "2 bad usage or configuration. " + ATTRIBUTION)
-EXPORT_EPILOG = ("exit codes: 0 the file was written (an empty history gives the header alone); 1 the history could "
-                 "not be read or the file not written (nothing is left at --out); 2 bad usage or configuration, "
-                 "a bad --out path. " + ATTRIBUTION)
-QUALITY_EPILOG = ("exit codes: 0 the findings were listed (none is fine); 2 bad usage or configuration. "
-                  + ATTRIBUTION)
-REPORT_EPILOG = ("exit codes: 0 the report was written; 1 no history yet; 2 bad usage or configuration. "
-                 + ATTRIBUTION)
-TOP_DESCRIPTION = (DESCRIPTION + " Without a command it runs the pipeline once, as `python main.py run` does, "
-                   "with run's options, listed below. -v, -q, --data-dir, --config and --log-file may also come "
-                   "before any command (`python main.py -q plot`). Each command lists its own options: "
-                   "`python main.py COMMAND --help`.")
+EPILOG = (
+    "exit codes: 0 success; 1 the run failed and nothing was appended; 2 bad usage or configuration; "
+    "3 partial: some coins were missing or rejected, or one of several currencies failed; the rest was "
+    "appended. " + ATTRIBUTION
+)
+CHECK_EPILOG = (
+    "exit codes: 0 every check passed; 1 a check failed (connectivity, key or plan, an unknown coin "
+    "id); 2 bad usage or configuration. " + ATTRIBUTION
+)
+PLOT_EPILOG = (
+    "exit codes: 0 the charts were drawn; 1 no history yet, or no data in the chosen currency or days; "
+    "2 bad usage or configuration, or --plot-coins matches no coin. " + ATTRIBUTION
+)
+TOP_EPILOG = (
+    "exit codes: 0 the list was printed; 1 no observation in that currency on that day; "
+    "2 bad usage or configuration. " + ATTRIBUTION
+)
+STATUS_EPILOG = (
+    "exit codes: 0 the status was shown; 1 neither a history nor a recorded run yet; "
+    "2 bad usage or configuration. " + ATTRIBUTION
+)
+EXPORT_EPILOG = (
+    "exit codes: 0 the file was written (an empty history gives the header alone); 1 the history could "
+    "not be read or the file not written (nothing is left at --out); 2 bad usage or configuration, "
+    "a bad --out path. " + ATTRIBUTION
+)
+QUALITY_EPILOG = "exit codes: 0 the findings were listed (none is fine); 2 bad usage or configuration. " + ATTRIBUTION
+REPORT_EPILOG = "exit codes: 0 the report was written; 1 no history yet; 2 bad usage or configuration. " + ATTRIBUTION
+TOP_DESCRIPTION = (
+    DESCRIPTION + " Without a command it runs the pipeline once, as `python main.py run` does, "
+    "with run's options, listed below. -v, -q, --data-dir, --config and --log-file may also come "
+    "before any command (`python main.py -q plot`). Each command lists its own options: "
+    "`python main.py COMMAND --help`."
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -81,38 +105,67 @@ class OneLineParser(argparse.ArgumentParser):
 
 # Each command's line in the top-level help, its description and its epilog (exit codes).
 SUBCOMMANDS = {
-    "run": ("run the pipeline once (the default command)",
-            "Fetch the coins once, append new rows to the CSV history, draw the charts.", EPILOG),
-    "daemon": ("stay running and run the pipeline every day",
-               "Run the pipeline every day at --at in --timezone, retry failures the same day, stop cleanly on "
-               "SIGTERM or Ctrl-C.", EPILOG),
-    "backfill": ("fill the history with past daily points",
-                 "Fetch daily points (00:00 UTC) for past days from /coins/{id}/market_chart/range, one request per "
-                 "coin, merge them into the history, then redraw the charts. Resumes where an interrupted backfill "
-                 "stopped. The range is complete UTC days, by default the last 365.", EPILOG),
-    "status": ("show the last run, the next run and the history's coverage",
-               "Show the last run and its result, the next scheduled run, and the history: rows, coins, first and "
-               "last observation, days missing.", STATUS_EPILOG),
-    "check": ("check connectivity, the API key and plan, and the coin ids",
-              "Check /ping, the key and plan, and that CoinGecko knows every coin id.", CHECK_EPILOG),
-    "top": ("print the top N coins by market cap on a past day",
-            "Print the top N coins by market cap as this history recorded them on one UTC day: rank, id, symbol and "
-            "market cap from each coin's last observation of that day, in the first --vs-currency. Reads the index, "
-            "not the CSV.", TOP_EPILOG),
-    "plot": ("draw the charts from the history",
-             "Draw the price, market-cap and performance charts from the CSV history.", PLOT_EPILOG),
-    "quality": ("list the quality findings of the last days",
-                "List the quality findings (data/quality.csv) found in the last N days: spikes, zero prices and "
-                "market caps, prices outside their own 24 h range, stale coins, days healing could not fill.",
-                QUALITY_EPILOG),
-    "report": ("write data/report.html, the one-page report",
-               "Write data/report.html: the charts, the latest observation per coin, coverage, the last 30 days' "
-               "quality findings and the last run, in one self-contained file.", REPORT_EPILOG),
-    "export": ("write the history as CSV or Parquet",
-               "Write the history, from either store (--table-format csv or delta, local or s3://), to one file: CSV "
-               "in the CSV store's exact columns and formatting, or Parquet when FILE ends in .parquet. Every currency "
-               "unless --vs-currency is given; --since and --until pick the UTC days. Streams in bounded memory; the "
-               "file appears whole or not at all.", EXPORT_EPILOG),
+    "run": (
+        "run the pipeline once (the default command)",
+        "Fetch the coins once, append new rows to the CSV history, draw the charts.",
+        EPILOG,
+    ),
+    "daemon": (
+        "stay running and run the pipeline every day",
+        "Run the pipeline every day at --at in --timezone, retry failures the same day, stop cleanly on "
+        "SIGTERM or Ctrl-C.",
+        EPILOG,
+    ),
+    "backfill": (
+        "fill the history with past daily points",
+        "Fetch daily points (00:00 UTC) for past days from /coins/{id}/market_chart/range, one request per "
+        "coin, merge them into the history, then redraw the charts. Resumes where an interrupted backfill "
+        "stopped. The range is complete UTC days, by default the last 365.",
+        EPILOG,
+    ),
+    "status": (
+        "show the last run, the next run and the history's coverage",
+        "Show the last run and its result, the next scheduled run, and the history: rows, coins, first and "
+        "last observation, days missing.",
+        STATUS_EPILOG,
+    ),
+    "check": (
+        "check connectivity, the API key and plan, and the coin ids",
+        "Check /ping, the key and plan, and that CoinGecko knows every coin id.",
+        CHECK_EPILOG,
+    ),
+    "top": (
+        "print the top N coins by market cap on a past day",
+        "Print the top N coins by market cap as this history recorded them on one UTC day: rank, id, symbol and "
+        "market cap from each coin's last observation of that day, in the first --vs-currency. Reads the index, "
+        "not the CSV.",
+        TOP_EPILOG,
+    ),
+    "plot": (
+        "draw the charts from the history",
+        "Draw the price, market-cap and performance charts from the CSV history.",
+        PLOT_EPILOG,
+    ),
+    "quality": (
+        "list the quality findings of the last days",
+        "List the quality findings (data/quality.csv) found in the last N days: spikes, zero prices and "
+        "market caps, prices outside their own 24 h range, stale coins, days healing could not fill.",
+        QUALITY_EPILOG,
+    ),
+    "report": (
+        "write data/report.html, the one-page report",
+        "Write data/report.html: the charts, the latest observation per coin, coverage, the last 30 days' "
+        "quality findings and the last run, in one self-contained file.",
+        REPORT_EPILOG,
+    ),
+    "export": (
+        "write the history as CSV or Parquet",
+        "Write the history, from either store (--table-format csv or delta, local or s3://), to one file: CSV "
+        "in the CSV store's exact columns and formatting, or Parquet when FILE ends in .parquet. Every currency "
+        "unless --vs-currency is given; --since and --until pick the UTC days. Streams in bounded memory; the "
+        "file appears whole or not at all.",
+        EXPORT_EPILOG,
+    ),
 }
 GROUP_TITLES = {"output": "output", "charts": "chart options", "schedule": "schedule", "export": "export"}
 
@@ -143,21 +196,29 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
         shown = option.help_for(command) if command in option.commands else argparse.SUPPRESS
         kinds: dict[str, dict[str, object]] = {
             "value": {"metavar": option.metavar, "choices": option.choices},
-            "off": {"action": "store_const", "const": False}, "on": {"action": "store_const", "const": True},
-            "count": {"action": "count", "default": 0}, "true": {"action": "store_true"}}
+            "off": {"action": "store_const", "const": False},
+            "on": {"action": "store_const", "const": True},
+            "count": {"action": "count", "default": 0},
+            "true": {"action": "store_true"},
+        }
         target.add_argument(*option.flags, dest=option.name, help=shown, **kinds[option.kind])  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: run's options at the top level, then one subparser per command."""
-    parser = OneLineParser(prog="main.py", usage="%(prog)s [-h] [COMMAND] [OPTIONS ...]",
-                           description=TOP_DESCRIPTION, epilog=EPILOG)
+    parser = OneLineParser(
+        prog="main.py", usage="%(prog)s [-h] [COMMAND] [OPTIONS ...]", description=TOP_DESCRIPTION, epilog=EPILOG
+    )
     add_options(parser, "run")
     for action in parser._actions:  # argparse offers no public walk over actions
         if action.option_strings and action.dest != "help":
             action.dest, action.default = BEFORE + action.dest, argparse.SUPPRESS
-    parser.add_argument("--version", action="version", help="print the version and exit",
-                        version=f"%(prog)s {VERSION} (Python {sys.version.split()[0]})")
+    parser.add_argument(
+        "--version",
+        action="version",
+        help="print the version and exit",
+        version=f"%(prog)s {VERSION} (Python {sys.version.split()[0]})",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for command, (line, description, epilog) in SUBCOMMANDS.items():
         add_options(sub.add_parser(command, help=line, description=description, epilog=epilog), command)
@@ -170,7 +231,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command is None:
         return parser.parse_args(["run", *argv])
-    before = {name[len(BEFORE):]: value for name, value in vars(args).items() if name.startswith(BEFORE)}
+    before = {name[len(BEFORE) :]: value for name, value in vars(args).items() if name.startswith(BEFORE)}
     for action in parser._actions:
         name = action.dest.removeprefix(BEFORE)
         if name != action.dest and name in before and name not in GLOBAL_OPTIONS:
@@ -179,8 +240,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             if flag not in takes:  # moving it after the command would be refused
                 parser.error(f"{flag} is not an option of `{args.command}`; leave it out")
             if args.command in OPTIONS[name].hidden:  # accepted there, but moving it would do nothing
-                instead = (f"; to chart some coins: python main.py {args.command} --plot-coins ID,ID"
-                           if args.command in ("plot", "report") and flag == "--coins" else "; leave it out")
+                instead = (
+                    f"; to chart some coins: python main.py {args.command} --plot-coins ID,ID"
+                    if args.command in ("plot", "report") and flag == "--coins"
+                    else "; leave it out"
+                )
                 parser.error(f"{flag} changes nothing for `{args.command}`, which reads the history{instead}")
             parser.error(f"{flag} goes after the command: python main.py {args.command} {flag} ...")
     for name, value in before.items():
@@ -238,8 +302,9 @@ def setup_logging(verbose: int, quiet: bool, *, timestamps: bool = False, log_fi
     if log_file is not None:
         try:
             # backslashreplace: whatever slips past redaction, a bad character never costs a traceback.
-            file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5,
-                                                                encoding="utf-8", errors="backslashreplace")
+            file_handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=10 * 2**20, backupCount=5, encoding="utf-8", errors="backslashreplace"
+            )
         except OSError as exc:
             raise ConfigError(f"--log-file {log_file}: cannot open it ({exc.strerror})") from None
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -282,13 +347,19 @@ def missing_runtime_package() -> str | None:
 
 def runtime_line(package: str) -> str:
     """The one line for a Python without the runtime packages: which one, and the two ways to run."""
-    return (f"error: the package {package!r} is not installed for {sys.executable}; run with `make run` "
-            "(it creates .venv with the packages of requirements.txt) or `.venv/bin/python main.py` "
-            "once .venv exists")
+    return (
+        f"error: the package {package!r} is not installed for {sys.executable}; run with `make run` "
+        "(it creates .venv with the packages of requirements.txt) or `.venv/bin/python main.py` "
+        "once .venv exists"
+    )
 
 
-def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Run one command and return its exit code."""
     global STARTED
     STARTED = time.monotonic()
@@ -346,8 +417,13 @@ def report_error(exc: BaseException, command: str) -> int:
     if known is not None:
         log.error("%s failed: %s", command, known[0], extra={"plain": True})
         return known[1]
-    log.error("%s failed: unexpected %s: %s (run again with -v for details and please report it)",
-              command, type(exc).__name__, exc, extra={"plain": True})
+    log.error(
+        "%s failed: unexpected %s: %s (run again with -v for details and please report it)",
+        command,
+        type(exc).__name__,
+        exc,
+        extra={"plain": True},
+    )
     return EXIT_FAILED
 
 

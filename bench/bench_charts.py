@@ -58,29 +58,33 @@ def _part(args: tuple[int, int, int, int, int]) -> bytes:
     jitter = rng.integers(0, 600_000, (snapshots, coins))[lo:hi].astype("timedelta64[ms]")
     stamp = (slots[:, None] + jitter).ravel()
     last_updated = np.char.add(np.datetime_as_string(stamp, unit="ms"), "Z")
-    fetched = np.char.add(np.datetime_as_string(
-        np.repeat(slots + np.timedelta64(660_000, "ms"), coins), unit="ms"), "Z")
+    fetched = np.char.add(
+        np.datetime_as_string(np.repeat(slots + np.timedelta64(660_000, "ms"), coins), unit="ms"), "Z"
+    )
     ids = np.array([f"coin-{i:03d}" for i in range(coins)])
     rank = np.argsort(np.argsort(-(base * supply))) + 1
-    frame = pd.DataFrame({
-        "name": np.tile(np.array([f"Coin {i:03d}" for i in range(coins)]), n),
-        "symbol": np.tile(np.array([f"c{i:03d}" for i in range(coins)]), n),
-        "current_price": price.ravel(),
-        "market_cap": cap.ravel(),
-        "price_change_percentage_24h": np.round(rng.normal(0, 3, n * coins), 3),
-        "circulating_supply": np.tile(np.round(supply), n),
-        "last_updated": last_updated,
-        "fetched_at": fetched,
-        "coin_id": np.tile(ids, n),
-        "vs_currency": "eur",
-        "market_cap_rank": np.tile(rank, n),
-        "total_volume": np.round(cap.ravel() * 0.04),
-        "high_24h": _round_significant(price.ravel() * 1.02, 6),
-        "low_24h": _round_significant(price.ravel() * 0.98, 6),
-        "total_supply": np.tile(np.round(supply), n),
-        "max_supply": np.nan,
-        "source": "coins_markets",
-    }, columns=list(COLUMNS))
+    frame = pd.DataFrame(
+        {
+            "name": np.tile(np.array([f"Coin {i:03d}" for i in range(coins)]), n),
+            "symbol": np.tile(np.array([f"c{i:03d}" for i in range(coins)]), n),
+            "current_price": price.ravel(),
+            "market_cap": cap.ravel(),
+            "price_change_percentage_24h": np.round(rng.normal(0, 3, n * coins), 3),
+            "circulating_supply": np.tile(np.round(supply), n),
+            "last_updated": last_updated,
+            "fetched_at": fetched,
+            "coin_id": np.tile(ids, n),
+            "vs_currency": "eur",
+            "market_cap_rank": np.tile(rank, n),
+            "total_volume": np.round(cap.ravel() * 0.04),
+            "high_24h": _round_significant(price.ravel() * 1.02, 6),
+            "low_24h": _round_significant(price.ravel() * 0.98, 6),
+            "total_supply": np.tile(np.round(supply), n),
+            "max_supply": np.nan,
+            "source": "coins_markets",
+        },
+        columns=list(COLUMNS),
+    )
     return frame.to_csv(index=False, header=False, lineterminator="\n").encode()
 
 
@@ -109,9 +113,10 @@ def build_history(path: Path, coins: int, snapshots: int, seed: int = 7) -> None
 def measure_render(csv_path: Path, out_dir: Path) -> dict[str, object]:
     """Import, build the index (one-time), render, in this process; times and peak RSS of each part."""
     t0 = time.perf_counter()
-    from utils.history.layout import DataLayout
-    from utils.history.csv_store import HistoryStore
     from utils.charts.render import ChartOptions, render_charts
+    from utils.history.csv_store import HistoryStore
+    from utils.history.layout import DataLayout
+
     t1, cpu1 = time.perf_counter(), _cpu_s()
     with HistoryStore(DataLayout(csv_path.parent, csv_path.name)).index():
         pass  # brings the index up to the CSV: the whole build when there is none yet
@@ -120,12 +125,20 @@ def measure_render(csv_path: Path, out_dir: Path) -> dict[str, object]:
     render_base = _reset_peak_rss()
     report = render_charts(csv_path, out_dir, ChartOptions(vs_currency="eur"))
     t3, cpu3 = time.perf_counter(), _cpu_s()
-    return {"import_s": t1 - t0, "build_s": t2 - t1, "build_cpu_s": cpu2 - cpu1, "build_peak_rss_mb": build_peak,
-            "render_s": t3 - t2, "cpu_s": cpu3 - cpu2,
-            "render_peak_rss_mb": _peak_rss_mb() if render_base else None,
-            "peak_rss_mb": max(build_peak, _peak_rss_mb()),  # the reset clears ru_maxrss too: the larger of the two
-            "rows_used": report.rows_used, "coins": len(report.coins),
-            "price_scale": report.price_scale, "skipped_lines": report.skipped_lines}
+    return {
+        "import_s": t1 - t0,
+        "build_s": t2 - t1,
+        "build_cpu_s": cpu2 - cpu1,
+        "build_peak_rss_mb": build_peak,
+        "render_s": t3 - t2,
+        "cpu_s": cpu3 - cpu2,
+        "render_peak_rss_mb": _peak_rss_mb() if render_base else None,
+        "peak_rss_mb": max(build_peak, _peak_rss_mb()),  # the reset clears ru_maxrss too: the larger of the two
+        "rows_used": report.rows_used,
+        "coins": len(report.coins),
+        "price_scale": report.price_scale,
+        "skipped_lines": report.skipped_lines,
+    }
 
 
 def _reset_peak_rss() -> bool:
@@ -147,6 +160,7 @@ def measure_original(csv_path: Path, out_dir: Path) -> dict[str, object]:
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
+
     t1, cpu1 = time.perf_counter(), _cpu_s()
     frame = pd.read_csv(csv_path)
     frame["last_updated"] = pd.to_datetime(frame["last_updated"])
@@ -155,8 +169,7 @@ def measure_original(csv_path: Path, out_dir: Path) -> dict[str, object]:
     plt.savefig(out_dir / "original_price_trend.png")
     plt.close("all")
     t2, cpu2 = time.perf_counter(), _cpu_s()
-    return {"import_s": t1 - t0, "render_s": t2 - t1, "cpu_s": cpu2 - cpu1,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {"import_s": t1 - t0, "render_s": t2 - t1, "cpu_s": cpu2 - cpu1, "peak_rss_mb": _peak_rss_mb()}
 
 
 def _cpu_s() -> float:
@@ -185,12 +198,10 @@ def _peak_rss_mb() -> float:
 
 def _child(mode: str, csv_path: Path, out_dir: Path, timeout: float | None) -> tuple[dict | None, float]:
     """Run one measurement in a fresh interpreter; (its JSON result or None on timeout, wall)."""
-    command = [sys.executable, str(Path(__file__).resolve()), f"--{mode}", str(csv_path),
-               str(out_dir)]
+    command = [sys.executable, str(Path(__file__).resolve()), f"--{mode}", str(csv_path), str(out_dir)]
     t0 = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              cwd=REPO, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - t0
     wall = time.perf_counter() - t0
@@ -203,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--coins", type=int, default=100)
     parser.add_argument("--snapshots", type=int, default=10_000)
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds allowed for the original approach (default 300)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds allowed for the original approach (default 300)"
+    )
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--keep", type=Path, help="write the CSV and PNGs here instead of a temp dir")
-    parser.add_argument("--history", type=Path,
-                        help="chart this existing history instead of building one")
+    parser.add_argument("--history", type=Path, help="chart this existing history instead of building one")
     parser.add_argument("--repeat", type=int, default=1, help="render runs (default 1)")
     parser.add_argument("--render", nargs=2, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--original", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -232,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             build_history(csv_path, args.coins, args.snapshots)
             rows = args.coins * args.snapshots
             size_mb = csv_path.stat().st_size / 1e6
-            print(f"history: {rows:,} rows ({args.coins} coins x {args.snapshots:,} snapshots,"
-                  f" {size_mb:.0f} MB) built in {time.perf_counter() - t0:.1f} s")
+            print(
+                f"history: {rows:,} rows ({args.coins} coins x {args.snapshots:,} snapshots,"
+                f" {size_mb:.0f} MB) built in {time.perf_counter() - t0:.1f} s"
+            )
 
         ok = True
         for _ in range(max(args.repeat, 1)):
@@ -242,30 +255,40 @@ def main(argv: list[str] | None = None) -> int:
             assert result is not None
             render_s = float(result["render_s"])
             render_peak = result["render_peak_rss_mb"]
-            print(f"index build (one-time): {result['build_s']:.2f} s wall, {result['build_cpu_s']:.2f} s CPU,"
-                  f" peak RSS {result['build_peak_rss_mb']:.0f} MB")
-            print(f"render_charts: {render_s:.2f} s wall (target <= {TARGET_SECONDS:g} s),"
-                  f" {result['cpu_s']:.2f} s CPU,"
-                  + (f" peak RSS while rendering {render_peak:.0f} MB," if render_peak is not None else "")
-                  + f" peak RSS of the process {result['peak_rss_mb']:.0f} MB (target <= {TARGET_RSS_MB:.0f} MB),"
-                  f" imports {result['import_s']:.2f} s, whole process {wall:.2f} s;"
-                  f" {result['rows_used']:,} daily points, {result['coins']} coins,"
-                  f" {result['price_scale']} price axis")
+            print(
+                f"index build (one-time): {result['build_s']:.2f} s wall, {result['build_cpu_s']:.2f} s CPU,"
+                f" peak RSS {result['build_peak_rss_mb']:.0f} MB"
+            )
+            print(
+                f"render_charts: {render_s:.2f} s wall (target <= {TARGET_SECONDS:g} s),"
+                f" {result['cpu_s']:.2f} s CPU,"
+                + (f" peak RSS while rendering {render_peak:.0f} MB," if render_peak is not None else "")
+                + f" peak RSS of the process {result['peak_rss_mb']:.0f} MB (target <= {TARGET_RSS_MB:.0f} MB),"
+                f" imports {result['import_s']:.2f} s, whole process {wall:.2f} s;"
+                f" {result['rows_used']:,} daily points, {result['coins']} coins,"
+                f" {result['price_scale']} price axis"
+            )
             ok = ok and render_s <= TARGET_SECONDS and float(result["peak_rss_mb"]) <= TARGET_RSS_MB
         if args.skip_original:
             print("original approach: skipped")
         else:
             original, original_wall = _child("original", csv_path, work, args.timeout)
             if original is None:
-                print(f"original approach (seaborn lineplot over raw rows): > {args.timeout:.0f} s"
-                      f" (stopped at the timeout)")
+                print(
+                    f"original approach (seaborn lineplot over raw rows): > {args.timeout:.0f} s"
+                    f" (stopped at the timeout)"
+                )
                 print(f"ratio: > {args.timeout / render_s:.0f}x faster")
             else:
                 seconds = float(original["render_s"])
-                print(f"original approach (seaborn lineplot over raw rows): {seconds:.1f} s wall,"
-                      f" {original['cpu_s']:.1f} s CPU, peak RSS {original['peak_rss_mb']:.0f} MB")
-                print(f"ratio: {seconds / render_s:.0f}x faster in wall time,"
-                      f" {float(original['cpu_s']) / float(result['cpu_s']):.0f}x in CPU time")
+                print(
+                    f"original approach (seaborn lineplot over raw rows): {seconds:.1f} s wall,"
+                    f" {original['cpu_s']:.1f} s CPU, peak RSS {original['peak_rss_mb']:.0f} MB"
+                )
+                print(
+                    f"ratio: {seconds / render_s:.0f}x faster in wall time,"
+                    f" {float(original['cpu_s']) / float(result['cpu_s']):.0f}x in CPU time"
+                )
         print("within targets" if ok else "OVER TARGET")
         return 0 if ok else 1
 

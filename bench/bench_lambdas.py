@@ -34,8 +34,12 @@ from bench.bench_load import N_COINS, RECENT_DAYS, Schedule, write_history  # no
 from tests.fake_coingecko import FakeCoinGecko, markets_rows  # noqa: E402
 from tests.s3_server import LocalS3, child_env  # noqa: E402
 
-STEPS = (("extract", "lambdas.lambda_1_extract", "handler"), ("transform", "lambdas.lambda_2_transform", "handler"),
-         ("load", "lambdas.lambda_3_load", "handler"), ("views", "flows.serverless", "views_handler"))
+STEPS = (
+    ("extract", "lambdas.lambda_1_extract", "handler"),
+    ("transform", "lambdas.lambda_2_transform", "handler"),
+    ("load", "lambdas.lambda_3_load", "handler"),
+    ("views", "flows.serverless", "views_handler"),
+)
 CHILD = """
 import json, sys
 from importlib import import_module
@@ -50,8 +54,9 @@ def run_step(module: str, name: str, event: dict, env: dict[str, str], cwd: Path
     """(output, seconds, peak RSS in MB) of one handler in a fresh process."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, module, name], env=env, cwd=cwd, stdin=subprocess.PIPE,
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, module, name], env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=out, stderr=err
+        )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(event).encode())
         proc.stdin.close()
@@ -61,7 +66,9 @@ def run_step(module: str, name: str, event: dict, env: dict[str, str], cwd: Path
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
-            raise SystemExit(f"{module}.{name} exited {proc.returncode}:\n{err.read().decode(errors='replace')[-4000:]}")
+            raise SystemExit(
+                f"{module}.{name} exited {proc.returncode}:\n{err.read().decode(errors='replace')[-4000:]}"
+            )
         return json.loads(out.read()), seconds, usage.ru_maxrss / 1024
 
 
@@ -86,10 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         with LocalS3() as s3, FakeCoinGecko(markets_rows(N_COINS, start=start)) as fake:
             histories = [("empty", 0)] + ([("big", args.rows)] if args.rows else [])
             for label, rows in histories:
-                base = dict(os.environ, PIPELINE_DATA_DIR=s3.url(label), COINGECKO_API_URL=fake.base_url,
-                            COINGECKO_API_PLAN="public", PIPELINE_RATE_LIMIT="10000", PIPELINE_TOP=str(N_COINS),
-                            PIPELINE_VS_CURRENCY=args.currencies, PIPELINE_HEAL="0", MPLBACKEND="Agg",
-                            TMPDIR=str(root / label / "tmp"), PYTHONPATH=str(REPO_ROOT))
+                base = dict(
+                    os.environ,
+                    PIPELINE_DATA_DIR=s3.url(label),
+                    COINGECKO_API_URL=fake.base_url,
+                    COINGECKO_API_PLAN="public",
+                    PIPELINE_RATE_LIMIT="10000",
+                    PIPELINE_TOP=str(N_COINS),
+                    PIPELINE_VS_CURRENCY=args.currencies,
+                    PIPELINE_HEAL="0",
+                    MPLBACKEND="Agg",
+                    TMPDIR=str(root / label / "tmp"),
+                    PYTHONPATH=str(REPO_ROOT),
+                )
                 for name in ("PIPELINE_COINS", "COINGECKO_API_KEY", "COINGECKO_API_KEY_PARAMETER"):
                     base.pop(name, None)
                 env = child_env(s3, base)
@@ -97,12 +113,19 @@ def main(argv: list[str] | None = None) -> int:
                 if rows:
                     csv_path = root / label / "crypto_data.csv"
                     n_snap = rows // N_COINS
-                    write_history(csv_path, Schedule(n_snap, min(24, max(1, math.ceil(RECENT_DAYS * 24 / (n_snap // 2)))),
-                                                     gap=True))
+                    write_history(
+                        csv_path,
+                        Schedule(n_snap, min(24, max(1, math.ceil(RECENT_DAYS * 24 / (n_snap // 2)))), gap=True),
+                    )
                     s3.client().upload_file(str(csv_path), s3.bucket, f"{label}/crypto_data.csv")
                     t0 = time.perf_counter()
-                    done = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "run", "--no-charts"], env=env,
-                                          cwd=root, capture_output=True, text=True)
+                    done = subprocess.run(
+                        [sys.executable, str(REPO_ROOT / "main.py"), "run", "--no-charts"],
+                        env=env,
+                        cwd=root,
+                        capture_output=True,
+                        text=True,
+                    )
                     if done.returncode not in (0, 3):
                         raise SystemExit(f"converting the {rows:,}-row history failed:\n{done.stderr[-3000:]}")
                     print(f"{label}: {rows:,} rows converted by a first run in {time.perf_counter() - t0:.1f} s")
@@ -115,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                         per_step.setdefault(step, []).append((seconds, rss))
                     if event.get("chart_error"):
                         raise SystemExit(f"the views step could not draw: {event['chart_error']}")
-        print(f"\ninput: top {N_COINS} in {args.currencies} ({N_COINS * len(args.currencies.split(','))} rows a run); "
-              f"median of {args.repeats} chains")
+        print(
+            f"\ninput: top {N_COINS} in {args.currencies} ({N_COINS * len(args.currencies.split(','))} rows a run); "
+            f"median of {args.repeats} chains"
+        )
         print(f"{'step':<10} {'history':<12} {'wall s':>8} {'peak RSS MB':>12} {'MemorySize for x1.5':>20}")
         for label, per_step in figures.items():
             for step, values in per_step.items():

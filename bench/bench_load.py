@@ -59,6 +59,7 @@ STATUS_S_TARGET = 1.0
 
 # -- realistic records -------------------------------------------------------------------------------
 
+
 def _coin_profiles(seed: int = 42) -> list[dict]:
     """Static per-coin facts; ids, names and symbols as the fake server's markets_rows(250) names them."""
     rng = random.Random(seed)
@@ -67,13 +68,20 @@ def _coin_profiles(seed: int = 42) -> list[dict]:
         price = 10 ** rng.uniform(-6, 4.8)  # from a millionth of a euro to ~60k
         circulating = 10 ** rng.uniform(6, 12)
         total = circulating * rng.uniform(1.0, 1.5)
-        coins.append({
-            "coin_id": f"coin-{i:04d}", "name": f"Coin {i:04d}", "symbol": f"c{i:04d}",
-            "price": price, "circulating": circulating, "total": total,
-            "max": (total * rng.uniform(1.0, 2.0)) if rng.random() < 0.6 else None,
-            "rank": i + 1, "volume_share": rng.uniform(0.01, 0.3),
-            "lag_ms": rng.randrange(1_000, 59_000),  # how long before the snapshot CoinGecko last updated it
-        })
+        coins.append(
+            {
+                "coin_id": f"coin-{i:04d}",
+                "name": f"Coin {i:04d}",
+                "symbol": f"c{i:04d}",
+                "price": price,
+                "circulating": circulating,
+                "total": total,
+                "max": (total * rng.uniform(1.0, 2.0)) if rng.random() < 0.6 else None,
+                "rank": i + 1,
+                "volume_share": rng.uniform(0.01, 0.3),
+                "lag_ms": rng.randrange(1_000, 59_000),  # how long before the snapshot CoinGecko last updated it
+            }
+        )
     return coins
 
 
@@ -116,11 +124,23 @@ def _record(s: int, c: int, last_updated: str, fetched_at: str) -> Record:
     price = coin["price"] * factor
     cap = round(price * coin["circulating"])
     return Record(
-        name=coin["name"], symbol=coin["symbol"], current_price=price, market_cap=float(cap),
-        price_change_percentage_24h=(v - VARIANTS / 2) * 0.731, circulating_supply=coin["circulating"],
-        last_updated=last_updated, fetched_at=fetched_at, coin_id=coin["coin_id"], vs_currency=VS_CURRENCY,
-        market_cap_rank=coin["rank"], total_volume=cap * coin["volume_share"], high_24h=price * 1.0213,
-        low_24h=price * 0.9787, total_supply=coin["total"], max_supply=coin["max"], source=SOURCE_MARKETS,
+        name=coin["name"],
+        symbol=coin["symbol"],
+        current_price=price,
+        market_cap=float(cap),
+        price_change_percentage_24h=(v - VARIANTS / 2) * 0.731,
+        circulating_supply=coin["circulating"],
+        last_updated=last_updated,
+        fetched_at=fetched_at,
+        coin_id=coin["coin_id"],
+        vs_currency=VS_CURRENCY,
+        market_cap_rank=coin["rank"],
+        total_volume=cap * coin["volume_share"],
+        high_24h=price * 1.0213,
+        low_24h=price * 0.9787,
+        total_supply=coin["total"],
+        max_supply=coin["max"],
+        source=SOURCE_MARKETS,
     )
 
 
@@ -183,9 +203,17 @@ def write_history(csv_path: Path, schedule: Schedule) -> None:
         fh.write("".join(chunk))
 
 
-LEGACY_COINS = (("Bitcoin", "btc", 40_000.0), ("Ethereum", "eth", 2_500.0), ("BNB", "bnb", 300.0),
-                ("Cardano", "ada", 0.45), ("Solana", "sol", 100.0), ("Dogecoin", "doge", 0.08),
-                ("Polkadot", "dot", 6.5), ("Litecoin", "ltc", 70.0), ("Avalanche", "avax", 30.0))
+LEGACY_COINS = (
+    ("Bitcoin", "btc", 40_000.0),
+    ("Ethereum", "eth", 2_500.0),
+    ("BNB", "bnb", 300.0),
+    ("Cardano", "ada", 0.45),
+    ("Solana", "sol", 100.0),
+    ("Dogecoin", "doge", 0.08),
+    ("Polkadot", "dot", 6.5),
+    ("Litecoin", "ltc", 70.0),
+    ("Avalanche", "avax", 30.0),
+)
 
 
 def write_legacy_history(csv_path: Path, rows: int) -> None:
@@ -203,6 +231,7 @@ def write_legacy_history(csv_path: Path, rows: int) -> None:
 
 
 # -- measuring ---------------------------------------------------------------------------------------
+
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     """(milliseconds, result) of one call."""
@@ -228,8 +257,9 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def load_pair(a_csv: Callable[[int], Path], b_csv: Path, snap0: list[Record], snap1: list[Record],
-              b_snaps: list[list[Record]]) -> tuple[list[float], list[float]]:
+def load_pair(
+    a_csv: Callable[[int], Path], b_csv: Path, snap0: list[Record], snap1: list[Record], b_snaps: list[list[Record]]
+) -> tuple[list[float], list[float]]:
     """A (250 rows into a 250-row history) and B (250 rows into the big one), interleaved so noise hits both."""
     a_ms: list[float] = []
     b_ms: list[float] = []
@@ -247,7 +277,7 @@ def load_pair(a_csv: Callable[[int], Path], b_csv: Path, snap0: list[Record], sn
         b_ms.append(ms)
 
     for i in range(len(b_snaps)):
-        for step in ((case_a, case_b) if i % 2 == 0 else (case_b, case_a)):
+        for step in (case_a, case_b) if i % 2 == 0 else (case_b, case_a):
             step(i)
     return a_ms, b_ms
 
@@ -257,8 +287,14 @@ def cli(data_dir: Path, *argv: str, env: dict[str, str]) -> tuple[float, subproc
     full = dict(os.environ, PIPELINE_DATA_DIR=str(data_dir), **env)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *argv], env=full, capture_output=True,
-                          text=True, cwd=data_dir.parent, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), *argv],
+        env=full,
+        capture_output=True,
+        text=True,
+        cwd=data_dir.parent,
+        timeout=120,
+    )
     return time.perf_counter() - t0, done
 
 
@@ -277,13 +313,15 @@ def row_table(rows: list[tuple[str, list[float]]], unit: str = "ms") -> None:
 
 # -- the bench ---------------------------------------------------------------------------------------
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows in the big histories (multiple of 500)")
     ap.add_argument("--repeats", type=int, default=15, help="timed appends per case")
     ap.add_argument("--run-repeats", type=int, default=5, help="timed `run` and `status` processes per case")
-    ap.add_argument("--legacy-rows", type=int, default=270_000,
-                    help="rows of the seven-column file to migrate (0: skip that case)")
+    ap.add_argument(
+        "--legacy-rows", type=int, default=270_000, help="rows of the seven-column file to migrate (0: skip that case)"
+    )
     ap.add_argument("--no-hourly", action="store_true", help="skip the hourly history without a gap")
     ap.add_argument("--tmpdir", default=None, help="where to make temp folders (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (its path is printed)")
@@ -298,12 +336,16 @@ def main() -> int:
     gap = Schedule(n_snap, hours, gap=True)
     heal = (gap.time(n_snap - 1) - gap.time(gap.half)).days >= RECENT_DAYS - 1
     if not heal:
-        print(f"note: {args.rows:,} rows do not cover the last {RECENT_DAYS} days: `run` without healing (it would "
-              "ask for every missing day)")
+        print(
+            f"note: {args.rows:,} rows do not cover the last {RECENT_DAYS} days: `run` without healing (it would "
+            "ask for every missing day)"
+        )
 
     root = Path(tempfile.mkdtemp(prefix="bench_load_", dir=args.tmpdir))
-    print(f"temp folder: {root}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-          f"load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"temp folder: {root}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+        f"load average {os.getloadavg()[0]:.1f})"
+    )
     ok = True
     try:
         # ---- the big history with a five-year gap -----------------------------------------------------
@@ -313,10 +355,12 @@ def main() -> int:
         t0 = time.perf_counter()
         write_history(csv_b, gap)
         csv_bytes = csv_b.stat().st_size
-        print(f"generated {args.rows:,} rows ({csv_bytes / 1e6:.0f} MB): {n_snap // 2:,} snapshots every {hours} h "
-              f"from {gap.time(0):%Y-%m-%d} to {gap.time(gap.half - 1):%Y-%m-%d}, {n_snap - gap.half:,} from "
-              f"{gap.time(gap.half):%Y-%m-%d} to {gap.time(n_snap - 1):%Y-%m-%d %H:%M}, in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"generated {args.rows:,} rows ({csv_bytes / 1e6:.0f} MB): {n_snap // 2:,} snapshots every {hours} h "
+            f"from {gap.time(0):%Y-%m-%d} to {gap.time(gap.half - 1):%Y-%m-%d}, {n_snap - gap.half:,} from "
+            f"{gap.time(gap.half):%Y-%m-%d} to {gap.time(n_snap - 1):%Y-%m-%d %H:%M}, in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         os.sync()  # a real history is long on disk; don't time the writeback of the file we just wrote
 
         # One-time: the first load on a history without an index reads the whole CSV. Twice: .state/ deleted again.
@@ -348,9 +392,11 @@ def main() -> int:
             assert rep.appended == 0 and rep.skipped_duplicates == N_COINS, rep
             d_ms.append(ms)
 
-        rows = [("A  append 250 to a 250-row history", a_ms),
-                (f"B  append 250 to the {args.rows:,}-row history (5-year gap)", b_ms),
-                ("B2 the same snapshot again (0 appended)", d_ms)]
+        rows = [
+            ("A  append 250 to a 250-row history", a_ms),
+            (f"B  append 250 to the {args.rows:,}-row history (5-year gap)", b_ms),
+            ("B2 the same snapshot again (0 appended)", d_ms),
+        ]
 
         # ---- info: an hourly history without a gap, and a migrated seven-column file ---------------
         if not args.no_hourly:
@@ -360,10 +406,13 @@ def main() -> int:
             os.sync()
             load(make_snapshot(n_snap, hourly), csv_h)  # builds its index
             h_snaps = [make_snapshot(n_snap + 1 + i, hourly) for i in range(reps)]
-            ha_ms, h_ms = load_pair(lambda i: root / f"small_h{i:02d}" / "crypto_data.csv", csv_h, snap0, snap1,
-                                    h_snaps)
-            rows += [("A' append 250 to a 250-row history", ha_ms),
-                     (f"H  append 250 to a {args.rows:,}-row hourly history (no gap)", h_ms)]
+            ha_ms, h_ms = load_pair(
+                lambda i: root / f"small_h{i:02d}" / "crypto_data.csv", csv_h, snap0, snap1, h_snaps
+            )
+            rows += [
+                ("A' append 250 to a 250-row history", ha_ms),
+                (f"H  append 250 to a {args.rows:,}-row hourly history (no gap)", h_ms),
+            ]
             shutil.rmtree(csv_h.parent.parent)
         if args.legacy_rows:
             csv_l = root / "legacy" / "data" / "crypto_data.csv"
@@ -373,47 +422,67 @@ def main() -> int:
             assert rep.migration is not None and rep.appended == N_COINS, rep
             migrated = rep.migration.rows_written
             l_snaps = [make_snapshot(1 + i, Schedule(reps + 1, 1, gap=False)) for i in range(reps)]
-            la_ms, l_ms = load_pair(lambda i: root / f"small_l{i:02d}" / "crypto_data.csv", csv_l, snap0, snap1,
-                                    l_snaps)
-            rows += [("A\" append 250 to a 250-row history", la_ms),
-                     (f"L  append 250 to a migrated {migrated:,}-row 7-column file", l_ms)]
+            la_ms, l_ms = load_pair(
+                lambda i: root / f"small_l{i:02d}" / "crypto_data.csv", csv_l, snap0, snap1, l_snaps
+            )
+            rows += [
+                ('A" append 250 to a 250-row history', la_ms),
+                (f"L  append 250 to a migrated {migrated:,}-row 7-column file", l_ms),
+            ]
 
         print()
         row_table(rows)
-        print(f"one-time index build + first append on {args.rows:,} rows (.state/ deleted): "
-              + ", ".join(f"{ms / 1000:.2f} s ({cpu:.2f} s CPU)" for ms, cpu in zip(build_ms, build_cpu)))
+        print(
+            f"one-time index build + first append on {args.rows:,} rows (.state/ deleted): "
+            + ", ".join(f"{ms / 1000:.2f} s ({cpu:.2f} s CPU)" for ms, cpu in zip(build_ms, build_cpu))
+        )
         if args.legacy_rows:
-            print(f"one-time migration of {args.legacy_rows:,} seven-column rows + index + first append: "
-                  f"{migrate_ms / 1000:.2f} s")
+            print(
+                f"one-time migration of {args.legacy_rows:,} seven-column rows + index + first append: "
+                f"{migrate_ms / 1000:.2f} s"
+            )
         print()
 
         a_med, b_med = statistics.median(a_ms), statistics.median(b_ms)
         ratio = b_med / a_med
         state_bytes = disk_bytes(layout.state_dir)
-        index_bytes = sum(disk_bytes(Path(str(layout.index) + s)) for s in ("", "-wal", "-shm")
-                          if Path(str(layout.index) + s).exists())
+        index_bytes = sum(
+            disk_bytes(Path(str(layout.index) + s))
+            for s in ("", "-wal", "-shm")
+            if Path(str(layout.index) + s).exists()
+        )
         share = state_bytes / csv_bytes
         build_s = max(build_ms) / 1000
         checks = [
             (f"load B/A median    = {ratio:.2f}  (target <= {LOAD_RATIO_TARGET})", ratio <= LOAD_RATIO_TARGET),
             (f"load B median      = {b_med:.2f} ms  (target < {LOAD_MS_TARGET:g} ms)", b_med < LOAD_MS_TARGET),
-            (f".state/ on disk    = {state_bytes / 1e6:.1f} MB (index {index_bytes / 1e6:.1f} MB) = {share:.1%} "
-             f"of the CSV's {csv_bytes / 1e6:.0f} MB  (target <= {SIZE_TARGET:.0%})", share <= SIZE_TARGET),
-            (f"index build        = {build_s:.2f} s, the slower of 2  (target <= {BUILD_S_TARGET:g} s)",
-             build_s <= BUILD_S_TARGET),
+            (
+                f".state/ on disk    = {state_bytes / 1e6:.1f} MB (index {index_bytes / 1e6:.1f} MB) = {share:.1%} "
+                f"of the CSV's {csv_bytes / 1e6:.0f} MB  (target <= {SIZE_TARGET:.0%})",
+                share <= SIZE_TARGET,
+            ),
+            (
+                f"index build        = {build_s:.2f} s, the slower of 2  (target <= {BUILD_S_TARGET:g} s)",
+                build_s <= BUILD_S_TARGET,
+            ),
         ]
 
         # ---- whole runs and status, as a user starts them ------------------------------------------
-        fake = FakeCoinGecko(markets_rows(N_COINS, VS_CURRENCY, start=datetime.now(timezone.utc)
-                                          - timedelta(minutes=10))).start()
+        fake = FakeCoinGecko(
+            markets_rows(N_COINS, VS_CURRENCY, start=datetime.now(timezone.utc) - timedelta(minutes=10))
+        ).start()
         try:
-            env = {"COINGECKO_API_URL": fake.base_url, "PIPELINE_COINS": ",".join(c["coin_id"] for c in COINS),
-                   "PIPELINE_VS_CURRENCY": VS_CURRENCY, "PIPELINE_HEAL": "1" if heal else "0"}
+            env = {
+                "COINGECKO_API_URL": fake.base_url,
+                "PIPELINE_COINS": ",".join(c["coin_id"] for c in COINS),
+                "PIPELINE_VS_CURRENCY": VS_CURRENCY,
+                "PIPELINE_HEAL": "1" if heal else "0",
+            }
             run_empty: list[float] = []
             run_big: list[float] = []
             for i in range(args.run_repeats):
                 fake.advance(1)  # new last_updated: every run appends 250 rows
-                for big_first in ((False, True) if i % 2 == 0 else (True, False)):
+                for big_first in (False, True) if i % 2 == 0 else (True, False):
                     where = big if big_first else root / f"run_empty_{i:02d}" / "data"
                     seconds, done = cli(where, "run", "--no-charts", env=env)
                     check_cli(done, "run")
@@ -427,9 +496,13 @@ def main() -> int:
         finally:
             fake.stop()
         print()
-        row_table([("run --no-charts, 250 coins, empty history", run_empty),
-                   (f"run --no-charts, 250 coins, {args.rows:,}-row history", run_big),
-                   (f"status, {args.rows:,}-row history", status_ms)])
+        row_table(
+            [
+                ("run --no-charts, 250 coins, empty history", run_empty),
+                (f"run --no-charts, 250 coins, {args.rows:,}-row history", run_big),
+                (f"status, {args.rows:,}-row history", status_ms),
+            ]
+        )
         print("status said:\n  " + "\n  ".join(done.stdout.strip().splitlines()[:6]))
         print()
         run_ratio = statistics.median(run_big) / statistics.median(run_empty)
@@ -450,9 +523,13 @@ def main() -> int:
             assert index.sync(csv_b) == "fresh"
             indexed = index.rows
             keys = index.db.execute("SELECT count(*) FROM obs").fetchone()[0]
-        checks.append((f"correctness: {len(df):,} rows (expected {args.rows:,} + {appended:,} = {expected:,}), "
-                       f"{dups} duplicate keys, index rows {indexed:,}, keys {keys:,}",
-                       len(df) == expected and dups == 0 and indexed == expected and keys == expected))
+        checks.append(
+            (
+                f"correctness: {len(df):,} rows (expected {args.rows:,} + {appended:,} = {expected:,}), "
+                f"{dups} duplicate keys, index rows {indexed:,}, keys {keys:,}",
+                len(df) == expected and dups == 0 and indexed == expected and keys == expected,
+            )
+        )
         for text, passed in checks:
             print(f"{text:<100} {verdict(passed)}")
             ok &= passed

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from utils.history.csv_store import HistoryStore  # noqa: E402
 from utils.history.layout import DataLayout  # noqa: E402
 from utils.history.quality import QualityRules, inspect  # noqa: E402
 from utils.history.schema import HEADER_LINE, SOURCE_MARKETS, Record, format_timestamp, rows_to_csv  # noqa: E402
-from utils.history.csv_store import HistoryStore  # noqa: E402
 
 N_COINS = 250
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -37,12 +37,27 @@ def snapshot(s: int, rng: random.Random, prices: list[float]) -> list[Record]:
     for c in range(N_COINS):
         prices[c] *= 1 + rng.uniform(-0.01, 0.01)
         price = prices[c]
-        out.append(Record(name=f"Coin {c:04d}", symbol=f"c{c:04d}", current_price=price, market_cap=price * 1e7,
-                          price_change_percentage_24h=0.5, circulating_supply=1e7,
-                          last_updated=format_timestamp(when - timedelta(seconds=30 + c % 20)),
-                          fetched_at=format_timestamp(when), coin_id=f"coin-{c:04d}", vs_currency="eur",
-                          market_cap_rank=c + 1, total_volume=price * 1e5, high_24h=price * 1.05,
-                          low_24h=price * 0.95, total_supply=None, max_supply=None, source=SOURCE_MARKETS))
+        out.append(
+            Record(
+                name=f"Coin {c:04d}",
+                symbol=f"c{c:04d}",
+                current_price=price,
+                market_cap=price * 1e7,
+                price_change_percentage_24h=0.5,
+                circulating_supply=1e7,
+                last_updated=format_timestamp(when - timedelta(seconds=30 + c % 20)),
+                fetched_at=format_timestamp(when),
+                coin_id=f"coin-{c:04d}",
+                vs_currency="eur",
+                market_cap_rank=c + 1,
+                total_volume=price * 1e5,
+                high_24h=price * 1.05,
+                low_24h=price * 0.95,
+                total_supply=None,
+                max_supply=None,
+                source=SOURCE_MARKETS,
+            )
+        )
     return out
 
 
@@ -80,18 +95,24 @@ def main() -> int:
         report = store.append(snapshot(snapshots + args.repeats, rng, prices))
         load_ms = (time.perf_counter() - t0) * 1000
     median, worst = statistics.median(checks), max(checks)
-    print(f"history: {rows:,} rows, {N_COINS} coins, {snapshots:,} hourly snapshots "
-          f"(written in {written:.1f} s, indexed in {indexed:.1f} s)")
+    print(
+        f"history: {rows:,} rows, {N_COINS} coins, {snapshots:,} hourly snapshots "
+        f"(written in {written:.1f} s, indexed in {indexed:.1f} s)"
+    )
     print("| what | median | p90 | max |")
     print("|---|---:|---:|---:|")
     p90 = sorted(checks)[int(len(checks) * 0.9) - 1]
-    print(f"| quality checks of one {N_COINS}-coin snapshot ({args.repeats} runs) | {median:.2f} ms | {p90:.2f} ms "
-          f"| {worst:.2f} ms |")
+    print(
+        f"| quality checks of one {N_COINS}-coin snapshot ({args.repeats} runs) | {median:.2f} ms | {p90:.2f} ms "
+        f"| {worst:.2f} ms |"
+    )
     print(f"| one whole load with the checks (append {report.appended} rows) | {load_ms:.1f} ms | | |")
     print(f"findings on the random walk: {findings} (expected 0)")
     ok = median < TARGET_MS and findings == 0
-    print(f"{'PASS' if ok else 'FAIL'}: the checks add {median:.2f} ms (median) to a {N_COINS}-coin load on a "
-          f"{rows:,}-row history; target < {TARGET_MS:g} ms")
+    print(
+        f"{'PASS' if ok else 'FAIL'}: the checks add {median:.2f} ms (median) to a {N_COINS}-coin load on a "
+        f"{rows:,}-row history; target < {TARGET_MS:g} ms"
+    )
     return 0 if ok else 1
 
 

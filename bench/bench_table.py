@@ -95,8 +95,13 @@ def run_measured(argv: list[str], env: dict[str, str], cwd: Path, timeout: float
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Child(seconds, usage.ru_maxrss / 1024, proc.returncode, out.read().decode(errors="replace"),
-                     err.read().decode(errors="replace"))
+        return Child(
+            seconds,
+            usage.ru_maxrss / 1024,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
 
 
 def check(child: Child, what: str) -> Child:
@@ -114,17 +119,26 @@ def folder_bytes(path: Path) -> int:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, root: Path, csv_path: Path, fake: FakeCoinGecko,
-                 s3: LocalS3 | None) -> None:
+    def __init__(
+        self, args: argparse.Namespace, root: Path, csv_path: Path, fake: FakeCoinGecko, s3: LocalS3 | None
+    ) -> None:
         self.args, self.root, self.csv_path, self.fake, self.s3 = args, root, csv_path, fake, s3
         self.ok = True
         self.lines: list[str] = []
 
     def env(self, place: Place) -> dict[str, str]:
-        base = dict(os.environ, PIPELINE_DATA_DIR=place.data_dir, COINGECKO_API_URL=self.fake.base_url,
-                    COINGECKO_API_PLAN="public", PIPELINE_RATE_LIMIT="10000", PIPELINE_TABLE_FORMAT="delta",
-                    PIPELINE_COINS=",".join(r["id"] for r in self.fake.coins), PIPELINE_VS_CURRENCY="eur",
-                    PIPELINE_HEAL="0", MPLBACKEND="Agg")
+        base = dict(
+            os.environ,
+            PIPELINE_DATA_DIR=place.data_dir,
+            COINGECKO_API_URL=self.fake.base_url,
+            COINGECKO_API_PLAN="public",
+            PIPELINE_RATE_LIMIT="10000",
+            PIPELINE_TABLE_FORMAT="delta",
+            PIPELINE_COINS=",".join(r["id"] for r in self.fake.coins),
+            PIPELINE_VS_CURRENCY="eur",
+            PIPELINE_HEAL="0",
+            MPLBACKEND="Agg",
+        )
         base.pop("COINGECKO_API_KEY", None)
         return child_env(self.s3, base) if self.s3 is not None and place.data_dir.startswith("s3://") else base
 
@@ -142,9 +156,15 @@ class Bench:
             return Place(where, str(folder), lambda: folder_bytes(folder) - _csv_size(folder))
         assert self.s3 is not None
         prefix = f"{name}"
-        return Place(where, self.s3.url(prefix),
-                     lambda: sum(size for key, size in self.s3.keys(prefix + "/").items()  # type: ignore[union-attr]
-                                 if not key.endswith(f"/{CSV_NAME}") and "/raw/" not in key))
+        return Place(
+            where,
+            self.s3.url(prefix),
+            lambda: sum(
+                size
+                for key, size in self.s3.keys(prefix + "/").items()  # type: ignore[union-attr]
+                if not key.endswith(f"/{CSV_NAME}") and "/raw/" not in key
+            ),
+        )
 
     def put_csv(self, place: Place) -> None:
         if place.data_dir.startswith("s3://"):
@@ -164,12 +184,19 @@ class Bench:
         csv_bytes = self.csv_path.stat().st_size
         self.put_csv(big)
         first = self.run_once(big)
-        self.report(f"{where}: convert {self.args.rows:,}-row CSV (+ first run)", f"{first.seconds:.1f} s, "
-                    f"peak RSS {first.rss_mb:.0f} MB", f"<= {CONVERT_S_TARGET:.0f} s",
-                    first.seconds <= CONVERT_S_TARGET)
+        self.report(
+            f"{where}: convert {self.args.rows:,}-row CSV (+ first run)",
+            f"{first.seconds:.1f} s, peak RSS {first.rss_mb:.0f} MB",
+            f"<= {CONVERT_S_TARGET:.0f} s",
+            first.seconds <= CONVERT_S_TARGET,
+        )
         table = big.table_bytes()
-        self.report(f"{where}: table size vs CSV", f"{table / 1e6:.1f} MB = {table / csv_bytes:.1%} of "
-                    f"{csv_bytes / 1e6:.0f} MB", f"<= {SIZE_TARGET:.0%}", table <= SIZE_TARGET * csv_bytes)
+        self.report(
+            f"{where}: table size vs CSV",
+            f"{table / 1e6:.1f} MB = {table / csv_bytes:.1%} of {csv_bytes / 1e6:.0f} MB",
+            f"<= {SIZE_TARGET:.0%}",
+            table <= SIZE_TARGET * csv_bytes,
+        )
         self.run_once(empty)  # the first run on an empty table creates it: not what a daily run costs
         on_big = [self.run_once(big) for _ in range(self.args.repeats)]
         on_empty = [self.run_once(empty) for _ in range(self.args.repeats)]
@@ -177,33 +204,57 @@ class Bench:
         t_empty = statistics.median(c.seconds for c in on_empty)
         rss_big = statistics.median(c.rss_mb for c in on_big)
         rss_empty = statistics.median(c.rss_mb for c in on_empty)
-        self.report(f"{where}: run 250 coins, {self.args.rows:,} rows vs empty", f"{t_big:.2f} s vs {t_empty:.2f} s = "
-                    f"{t_big / t_empty:.2f}x", f"<= {RUN_RATIO_TARGET}x", t_big <= RUN_RATIO_TARGET * t_empty)
-        self.report(f"{where}: run peak RSS, {self.args.rows:,} rows vs empty", f"{rss_big:.0f} MB vs {rss_empty:.0f} MB "
-                    f"(+{rss_big - rss_empty:.0f} MB)", f"<= +{RSS_EXTRA_MB_TARGET:.0f} MB",
-                    rss_big <= rss_empty + RSS_EXTRA_MB_TARGET)
+        self.report(
+            f"{where}: run 250 coins, {self.args.rows:,} rows vs empty",
+            f"{t_big:.2f} s vs {t_empty:.2f} s = {t_big / t_empty:.2f}x",
+            f"<= {RUN_RATIO_TARGET}x",
+            t_big <= RUN_RATIO_TARGET * t_empty,
+        )
+        self.report(
+            f"{where}: run peak RSS, {self.args.rows:,} rows vs empty",
+            f"{rss_big:.0f} MB vs {rss_empty:.0f} MB (+{rss_big - rss_empty:.0f} MB)",
+            f"<= +{RSS_EXTRA_MB_TARGET:.0f} MB",
+            rss_big <= rss_empty + RSS_EXTRA_MB_TARGET,
+        )
         newest = datetime.now(timezone.utc).date()
-        for label, argv in (("status", ["status"]), ("top --date", ["top", "--date", str(newest - timedelta(days=30))]),
-                            ("quality", ["quality"])):
-            runs = [check(run_measured(argv, self.env(big), self.root), f"{label} on {big.data_dir}")
-                    for _ in range(self.args.repeats)]
+        for label, argv in (
+            ("status", ["status"]),
+            ("top --date", ["top", "--date", str(newest - timedelta(days=30))]),
+            ("quality", ["quality"]),
+        ):
+            runs = [
+                check(run_measured(argv, self.env(big), self.root), f"{label} on {big.data_dir}")
+                for _ in range(self.args.repeats)
+            ]
             seconds = statistics.median(c.seconds for c in runs)
-            self.report(f"{where}: {label} on {self.args.rows:,} rows", f"{seconds:.2f} s, peak RSS "
-                        f"{statistics.median(c.rss_mb for c in runs):.0f} MB", f"<= {READ_S_TARGET} s",
-                        seconds <= READ_S_TARGET)
-        plots = [check(run_measured(["plot", "--plot-coins", PLOT_COINS, "--days", "1826"], self.env(big), self.root),
-                       f"plot on {big.data_dir}") for _ in range(self.args.repeats)]
+            self.report(
+                f"{where}: {label} on {self.args.rows:,} rows",
+                f"{seconds:.2f} s, peak RSS {statistics.median(c.rss_mb for c in runs):.0f} MB",
+                f"<= {READ_S_TARGET} s",
+                seconds <= READ_S_TARGET,
+            )
+        plots = [
+            check(
+                run_measured(["plot", "--plot-coins", PLOT_COINS, "--days", "1826"], self.env(big), self.root),
+                f"plot on {big.data_dir}",
+            )
+            for _ in range(self.args.repeats)
+        ]
         seconds = statistics.median(c.seconds for c in plots)
-        self.report(f"{where}: plot 10 coins, 5 years", f"{seconds:.2f} s, peak RSS "
-                    f"{statistics.median(c.rss_mb for c in plots):.0f} MB", f"<= {PLOT_S_TARGET} s",
-                    seconds <= PLOT_S_TARGET)
+        self.report(
+            f"{where}: plot 10 coins, 5 years",
+            f"{seconds:.2f} s, peak RSS {statistics.median(c.rss_mb for c in plots):.0f} MB",
+            f"<= {PLOT_S_TARGET} s",
+            seconds <= PLOT_S_TARGET,
+        )
 
 
 def _csv_size(folder: Path) -> int:
     """The CSV the conversion keeps as a backup, and the raw answers: not part of the table."""
     raw = folder / "raw"
-    return sum(p.stat().st_size for p in folder.glob(f"{CSV_NAME}*") if p.is_file()) + \
-        (folder_bytes(raw) if raw.is_dir() else 0)
+    return sum(p.stat().st_size for p in folder.glob(f"{CSV_NAME}*") if p.is_file()) + (
+        folder_bytes(raw) if raw.is_dir() else 0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench_table_", dir=args.tmpdir))
     with open("/proc/loadavg") as fh:
         load = fh.read().split()[:3]
-    print(f"temp folder: {root}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-          f"load average {' '.join(load)})")
+    print(
+        f"temp folder: {root}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {' '.join(load)})"
+    )
     n_snap = args.rows // N_COINS
     hours = min(24, max(1, math.ceil(RECENT_DAYS * 24 / (n_snap // 2))))
     csv_path = root / "source" / CSV_NAME

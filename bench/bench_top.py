@@ -46,8 +46,10 @@ def write_history(csv_path: Path, coins: int, days: int) -> int:
                 # ranks rotate by one place a day inside each block of ten, so the day's order is the day's own
                 rank = (c // 10) * 10 + (c + d) % 10 + 1
                 cap = 10**12 // rank
-                lines.append(f"Coin {c:04d},c{c:04d},{1000.0 / rank!r},{cap},,,{stamp},{stamp},coin-{c:04d},eur,"
-                             f"{rank},{cap // 20},,,,,coins_markets\n")
+                lines.append(
+                    f"Coin {c:04d},c{c:04d},{1000.0 / rank!r},{cap},,,{stamp},{stamp},coin-{c:04d},eur,"
+                    f"{rank},{cap // 20},,,,,coins_markets\n"
+                )
             fh.write("".join(lines))
     return coins * days
 
@@ -67,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         data_dir.mkdir()
         started = time.perf_counter()
         rows = write_history(data_dir / "crypto_data.csv", args.coins, args.days)
-        print(f"history: {rows:,} rows ({(data_dir / 'crypto_data.csv').stat().st_size / 2**20:.0f} MB) written "
-              f"in {time.perf_counter() - started:.1f} s")
+        print(
+            f"history: {rows:,} rows ({(data_dir / 'crypto_data.csv').stat().st_size / 2**20:.0f} MB) written "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
 
-        from utils.settings import build_settings
         from flows.top import print_top
+        from utils.settings import build_settings
 
         env = {"PIPELINE_DATA_DIR": str(data_dir)}
         the_day = FIRST_DAY + timedelta(days=args.days // 2)
@@ -100,10 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("| what | median | max | target |")
         print("|---|---:|---:|---:|")
-        print(f"| `top --date` in-process (index query + printing) | {statistics.median(in_process) * 1000:.0f} ms "
-              f"| {max(in_process) * 1000:.0f} ms | |")
-        print(f"| `python main.py top --date` (new process, imports included) | {statistics.median(whole):.2f} s "
-              f"| {max(whole):.2f} s | < {TARGET_S} s |")
+        print(
+            f"| `top --date` in-process (index query + printing) | {statistics.median(in_process) * 1000:.0f} ms "
+            f"| {max(in_process) * 1000:.0f} ms | |"
+        )
+        print(
+            f"| `python main.py top --date` (new process, imports included) | {statistics.median(whole):.2f} s "
+            f"| {max(whole):.2f} s | < {TARGET_S} s |"
+        )
         ok = statistics.median(whole) < TARGET_S and correct
         print(f"\ncorrect output: {'yes' if correct else 'NO'}")
         print("PASS" if ok else "FAIL")

@@ -53,14 +53,22 @@ RUN_SUMMARY = re.compile(r"^run (?:ok|partial): .*?(\d+) rows appended, (\d+) du
 BACKFILL_SUMMARY = re.compile(r"^backfill (?:ok|partial): (\d+) coins, (\d+) rows added", re.MULTILINE)
 LEGACY_HEADER = "name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,last_updated"
 # The nine original coins as the legacy script wrote them (name, symbol) and as CoinGecko ids.
-LEGACY_COINS = (("Bitcoin", "btc", "bitcoin"), ("Ethereum", "eth", "ethereum"), ("BNB", "bnb", "binancecoin"),
-                ("Cardano", "ada", "cardano"), ("Solana", "sol", "solana"), ("Dogecoin", "doge", "dogecoin"),
-                ("Polkadot", "dot", "polkadot"), ("Litecoin", "ltc", "litecoin"),
-                ("Avalanche", "avax", "avalanche-2"))
+LEGACY_COINS = (
+    ("Bitcoin", "btc", "bitcoin"),
+    ("Ethereum", "eth", "ethereum"),
+    ("BNB", "bnb", "binancecoin"),
+    ("Cardano", "ada", "cardano"),
+    ("Solana", "sol", "solana"),
+    ("Dogecoin", "doge", "dogecoin"),
+    ("Polkadot", "dot", "polkadot"),
+    ("Litecoin", "ltc", "litecoin"),
+    ("Avalanche", "avax", "avalanche-2"),
+)
 RATE_LIMIT = "10000"  # the most --rate-limit accepts; pacing never sleeps at this rate
 
 
 # -- checking a history ---------------------------------------------------------------------------
+
 
 @dataclass
 class History:
@@ -89,8 +97,9 @@ def parse_into(out: History, data: bytes, first_line: int) -> None:
     width = len(COLUMNS)
     bad = [(n, line) for n, (line, row) in enumerate(zip(lines, rows), start=first_line) if len(row) != width]
     if bad:
-        out.problems.append(f"{len(bad)} lines do not have {width} fields, first: line {bad[0][0]}: "
-                            f"{bad[0][1][:160]!r}")
+        out.problems.append(
+            f"{len(bad)} lines do not have {width} fields, first: line {bad[0][0]}: {bad[0][1][:160]!r}"
+        )
     header = HEADER_LINE.rstrip("\n")
     if header in lines:
         out.problems.append("the header line appears again among the data lines")
@@ -116,7 +125,7 @@ def read_history(csv_path: Path) -> History:
         out.problems.append(f"the header is not exact: {data[:120]!r}")
     if not data.endswith(b"\n"):
         out.problems.append(f"the file ends without a newline (torn last line): {data[-120:]!r}")
-    parse_into(out, data[len(head):] if data.startswith(head) else data, 2)
+    parse_into(out, data[len(head) :] if data.startswith(head) else data, 2)
     return out
 
 
@@ -145,7 +154,7 @@ class AppendOnlyReader:
         out.problems = []
         if not data.endswith(b"\n"):
             out.problems.append(f"the file ends without a newline (torn last line): {data[-120:]!r}")
-        parse_into(out, data[len(self.prefix):], out.counts.total() + 2)
+        parse_into(out, data[len(self.prefix) :], out.counts.total() + 2)
         out.lines = []
         if out.problems:
             self.prefix, self.state = b"", History()  # parse it all again next time
@@ -193,6 +202,7 @@ def leftover_temp_files(data_dir: Path) -> list[Path]:
 
 # -- processes ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     code: int
@@ -208,16 +218,29 @@ class Runner:
 
     def env(self, data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"PIPELINE_DATA_DIR": str(data_dir), "COINGECKO_API_URL": self.fake.base_url,
-                    "PIPELINE_CHARTS": "0", "PIPELINE_HEAL": "0", "PIPELINE_RATE_LIMIT": RATE_LIMIT})
+        env.update(
+            {
+                "PIPELINE_DATA_DIR": str(data_dir),
+                "COINGECKO_API_URL": self.fake.base_url,
+                "PIPELINE_CHARTS": "0",
+                "PIPELINE_HEAL": "0",
+                "PIPELINE_RATE_LIMIT": RATE_LIMIT,
+            }
+        )
         env.pop("COINGECKO_API_KEY", None)
         env.pop("PIPELINE_CONFIG", None)
         env.update(extra)
         return env
 
     def start(self, argv: list[str], data_dir: Path, extra: dict[str, str]) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(MAIN), *argv], env=self.env(data_dir, extra),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=self.workdir)
+        return subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=self.env(data_dir, extra),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.workdir,
+        )
 
     def run(self, argv: list[str], data_dir: Path, extra: dict[str, str], timeout: float = 120) -> Outcome:
         began = time.monotonic()
@@ -247,6 +270,7 @@ class Runner:
 
 
 # -- scenarios ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Stats:
@@ -289,8 +313,11 @@ class Scenario:
         self.setup()
         durations = self.calibrate()
         self.stats.duration = statistics.median(durations)
-        print(f"{self.name}: typical duration {self.stats.duration:.2f} s "
-              f"(un-killed runs: {', '.join(f'{d:.2f}' for d in durations)} s)", flush=True)
+        print(
+            f"{self.name}: typical duration {self.stats.duration:.2f} s "
+            f"(un-killed runs: {', '.join(f'{d:.2f}' for d in durations)} s)",
+            flush=True,
+        )
         # The machine's speed may drift (other load): reruns that did the whole job again keep the estimate current.
         recent = list(durations)
         for t in range(1, trials + 1):
@@ -319,15 +346,21 @@ class Scenario:
                     recent.append(rerun.seconds)
                 reported = second_count + (first_count or 0)
                 if first_count is not None and reported != len(new_keys):
-                    self.fail(t, f"the finished run reported {first_count} and the rerun {second_count} rows, "
-                                 f"{len(new_keys)} were served")
+                    self.fail(
+                        t,
+                        f"the finished run reported {first_count} and the rerun {second_count} rows, "
+                        f"{len(new_keys)} were served",
+                    )
                 elif reported > len(new_keys):
                     self.fail(t, f"the rerun reported {second_count} rows, only {len(new_keys)} were served")
             self.check(t, data_dir)
             if self.verbose or len(self.failure_lines) > failures_before:
                 what = "killed mid-run" if killed.code == -signal.SIGKILL else f"exit {killed.code} before the kill"
-                print(f"  {self.name} trial {t}: kill at {delay:.3f} of {typical:.2f} s, {what}; rerun exit {rerun.code}: "
-                      f"{rerun.stderr.strip().splitlines()[-1][:150] if rerun.stderr.strip() else ''}", flush=True)
+                print(
+                    f"  {self.name} trial {t}: kill at {delay:.3f} of {typical:.2f} s, {what}; rerun exit {rerun.code}: "
+                    f"{rerun.stderr.strip().splitlines()[-1][:150] if rerun.stderr.strip() else ''}",
+                    flush=True,
+                )
                 for line in self.failure_lines[failures_before:]:
                     print(f"    FAIL {line}", flush=True)
             if len(self.failure_lines) > failures_before:
@@ -396,8 +429,10 @@ class RunScenario(Scenario):
         self.stats.temp_files_left = len(temps)
         self.stats.notes.append(f"history {len(found.keys)} rows")
         if temps:
-            self.stats.notes.append("temp files left: " + ", ".join(
-                f"{p.relative_to(self.data_dir)} ({p.stat().st_size} bytes)" for p in temps[:4]))
+            self.stats.notes.append(
+                "temp files left: "
+                + ", ".join(f"{p.relative_to(self.data_dir)} ({p.stat().st_size} bytes)" for p in temps[:4])
+            )
         if self.reader.rewrites:
             self.stats.notes.append(f"the append-only history was rewritten {self.reader.rewrites} times")
 
@@ -425,9 +460,13 @@ class BackfillScenario(Scenario):
         self.slot += 1
         now = datetime.now(timezone.utc)
         for n, coin in enumerate(ids):
-            self.fake.market_chart[coin] = make_daily_chart(self.chart_start, self.chart_days,
-                                                            10.0 ** self.rng.uniform(-4, 5),
-                                                            partial_point_at=now, seed=self.slot * 100 + n)
+            self.fake.market_chart[coin] = make_daily_chart(
+                self.chart_start,
+                self.chart_days,
+                10.0 ** self.rng.uniform(-4, 5),
+                partial_point_at=now,
+                seed=self.slot * 100 + n,
+            )
         return ids
 
     def served(self, ids: list[str]) -> set[Key]:
@@ -435,8 +474,17 @@ class BackfillScenario(Scenario):
         return {(c, "eur", f"{d.isoformat()}T00:00:00.000Z") for c in ids for d in days}
 
     def argv(self, ids: list[str]) -> list[str]:
-        return ["backfill", "--since", self.since.isoformat(), "--until", self.until.isoformat(),
-                "--rate-limit", RATE_LIMIT, "--coins", ",".join(ids)]
+        return [
+            "backfill",
+            "--since",
+            self.since.isoformat(),
+            "--until",
+            self.until.isoformat(),
+            "--rate-limit",
+            RATE_LIMIT,
+            "--coins",
+            ",".join(ids),
+        ]
 
     def summary_count(self, stderr: str) -> int | None:
         found = BACKFILL_SUMMARY.findall(stderr)
@@ -480,8 +528,10 @@ class BackfillScenario(Scenario):
         self.stats.temp_files_left = len(temps)
         self.stats.notes.append(f"history {len(found.keys)} rows")
         if temps:
-            self.stats.notes.append("temp files left: " + ", ".join(
-                f"{p.relative_to(self.data_dir)} ({p.stat().st_size} bytes)" for p in temps[:4]))
+            self.stats.notes.append(
+                "temp files left: "
+                + ", ".join(f"{p.relative_to(self.data_dir)} ({p.stat().st_size} bytes)" for p in temps[:4])
+            )
 
 
 class MigrationScenario(Scenario):
@@ -512,8 +562,17 @@ class MigrationScenario(Scenario):
                 stamp = format_iso_ms(moment)
                 price *= 1 + rng.uniform(-0.02, 0.02)
                 supply = rng.uniform(1e7, 1e11)
-                unique.append([name, symbol, repr(round(price, 6)), str(int(price * supply)),
-                               repr(round(rng.uniform(-12, 12), 5)), repr(round(supply, 2)), stamp])
+                unique.append(
+                    [
+                        name,
+                        symbol,
+                        repr(round(price, 6)),
+                        str(int(price * supply)),
+                        repr(round(rng.uniform(-12, 12), 5)),
+                        repr(round(supply, 2)),
+                        stamp,
+                    ]
+                )
                 keys.add((coin_id, "eur", stamp))
         rows = unique * 3
         rng.shuffle(rows)
@@ -570,12 +629,17 @@ class MigrationScenario(Scenario):
         backups = sorted(data_dir.glob("crypto_data.csv.legacy-*.bak"))
         identical = [b for b in backups if b.read_bytes() == self.legacy_bytes]
         if not identical:
-            self.fail(t, f"no backup byte-identical to the legacy file ({len(backups)} backups: "
-                         f"{[b.stat().st_size for b in backups]} bytes, legacy {len(self.legacy_bytes)})")
+            self.fail(
+                t,
+                f"no backup byte-identical to the legacy file ({len(backups)} backups: "
+                f"{[b.stat().st_size for b in backups]} bytes, legacy {len(self.legacy_bytes)})",
+            )
         strays = [b for b in backups if b not in identical]
         if strays:
-            self.stats.notes.append(f"trial {t}: {len(strays)} partial backup(s) beside the good one "
-                                    f"({[b.stat().st_size for b in strays]} of {len(self.legacy_bytes)} bytes)")
+            self.stats.notes.append(
+                f"trial {t}: {len(strays)} partial backup(s) beside the good one "
+                f"({[b.stat().st_size for b in strays]} of {len(self.legacy_bytes)} bytes)"
+            )
         quarantine = data_dir / "crypto_data.csv.quarantine"
         if quarantine.exists() and "could not be mapped" in quarantine.read_text(errors="replace"):
             self.fail(t, "legacy rows were quarantined as unmappable")
@@ -585,6 +649,7 @@ class MigrationScenario(Scenario):
 
 
 # -- main -----------------------------------------------------------------------------------------
+
 
 def split_trials(total: int, names: list[str]) -> dict[str, int]:
     """Split a total over the scenarios: 40% run, 30% backfill, 30% migration (of those chosen)."""
@@ -602,8 +667,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="run,backfill,migration", help="scenarios to run, comma-separated")
     parser.add_argument("--tmpdir", default=None, help="where to create the work folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (always kept on failure)")
-    parser.add_argument("--jobs", type=int, default=3,
-                        help="scenarios run at once, each with its own fake server and folder (default 3)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=3,
+        help="scenarios run at once, each with its own fake server and folder (default 3)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per trial")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -612,8 +681,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown)) or '(none)'}")
     seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000_000
     counts = split_trials(args.trials, names)
-    print(f"crash test: seed {seed} (replay with --seed {seed}), trials "
-          + ", ".join(f"{n} {c}" for n, c in counts.items()), flush=True)
+    print(
+        f"crash test: seed {seed} (replay with --seed {seed}), trials "
+        + ", ".join(f"{n} {c}" for n, c in counts.items()),
+        flush=True,
+    )
 
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="crash_test_", dir=args.tmpdir))
@@ -644,11 +716,14 @@ def main(argv: list[str] | None = None) -> int:
         with print_lock:
             all_stats.append(stats)
             failure_lines.extend(scenario.failure_lines)
-            print(f"{name}: {stats.trials} trials, {stats.killed_mid_run} kills landed mid-run, "
-                  f"{stats.finished_before_kill} finished before the kill, {stats.failures} failures, "
-                  f"rows lost: {len(stats.lost)}, temp files left by kills: {stats.temp_files_left}, "
-                  f"typical duration {stats.duration:.2f} s at start, {stats.duration_end:.2f} s at the end, "
-                  f"{stats.seconds:.0f} s", flush=True)
+            print(
+                f"{name}: {stats.trials} trials, {stats.killed_mid_run} kills landed mid-run, "
+                f"{stats.finished_before_kill} finished before the kill, {stats.failures} failures, "
+                f"rows lost: {len(stats.lost)}, temp files left by kills: {stats.temp_files_left}, "
+                f"typical duration {stats.duration:.2f} s at start, {stats.duration_end:.2f} s at the end, "
+                f"{stats.seconds:.0f} s",
+                flush=True,
+            )
             for note in stats.notes[:10]:
                 print(f"  note: {note}")
             if len(stats.notes) > 10:
@@ -668,8 +743,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"work folder kept: {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"crash test: {trials} trials, {failures} failures, rows lost: {lost} "
-          f"(seed {seed}, {time.monotonic() - began:.0f} s)")
+    print(
+        f"crash test: {trials} trials, {failures} failures, rows lost: {lost} "
+        f"(seed {seed}, {time.monotonic() - began:.0f} s)"
+    )
     return 1 if failures or lost else 0
 
 

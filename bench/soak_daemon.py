@@ -45,12 +45,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.fake_coingecko import (FakeCoinGecko, Fault, format_iso_ms, load_fixture, make_daily_chart,  # noqa: E402
-                                  markets_rows, parse_iso, DEFAULT_COINS_FIXTURE)
-from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
-from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
 from flows.run import run_pipeline  # noqa: E402
+from tests.fake_coingecko import (  # noqa: E402
+    DEFAULT_COINS_FIXTURE,
+    FakeCoinGecko,
+    Fault,
+    format_iso_ms,
+    load_fixture,
+    make_daily_chart,
+    markets_rows,
+    parse_iso,
+)
+from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
 from utils.clients import make_client  # noqa: E402
+from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
 from utils.history.locations import prepare_data_dir  # noqa: E402
 from utils.settings import build_settings  # noqa: E402
 
@@ -62,13 +70,13 @@ MB = 1024 * 1024
 # Fault schedule: the period in simulated days of each fault (day 1, the daemon's initial run, stays clean).
 # Runs shorter than 200 days use the short periods so a quick run meets every fault too.
 FAULT_PERIODS = {
-    "503_once": (50, 5),     # one 503, then success: retried inside the client, the run is ok
-    "reset": (131, 13),      # one TCP reset, then success: retried inside the client, the run is ok
-    "html_403": (97, 9),     # a Cloudflare 403 HTML page: the run fails, the daemon retries 5 min later
-    "503_x6": (211, 21),     # 503 six times: the client gives up, the run fails, the daemon retries
-    "partial": (73, 7),      # one coin missing from the answer: a partial run, the daemon retries that coin
-    "lost_day": (157, 11),   # /coins/markets answers [] all day: every run and retry fails, no row that day;
-                             # the next day's run heals the gap from /coins/{id}/market_chart/range
+    "503_once": (50, 5),  # one 503, then success: retried inside the client, the run is ok
+    "reset": (131, 13),  # one TCP reset, then success: retried inside the client, the run is ok
+    "html_403": (97, 9),  # a Cloudflare 403 HTML page: the run fails, the daemon retries 5 min later
+    "503_x6": (211, 21),  # 503 six times: the client gives up, the run fails, the daemon retries
+    "partial": (73, 7),  # one coin missing from the answer: a partial run, the daemon retries that coin
+    "lost_day": (157, 11),  # /coins/markets answers [] all day: every run and retry fails, no row that day;
+    # the next day's run heals the gap from /coins/{id}/market_chart/range
 }
 # Each fault also strikes once before day 10, so every code path (and every lazy import, e.g. pandas in the
 # healing's state rebuild) has run before the day-10 baseline: growth after it is growth, not warm-up.
@@ -107,6 +115,7 @@ def malloc_trim() -> bool:
     """Give free heap pages back to the OS (glibc); False where unavailable."""
     try:
         import ctypes
+
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or True
     except (OSError, AttributeError):
         return False
@@ -154,21 +163,43 @@ def csv_rows(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=1000, help="simulated days (default 1000)")
-    parser.add_argument("--coins", choices=("real", "synthetic"), default="real",
-                        help="the fake's 10 real fixture coins (default) or 9 generated ones")
+    parser.add_argument(
+        "--coins",
+        choices=("real", "synthetic"),
+        default="real",
+        help="the fake's 10 real fixture coins (default) or 9 generated ones",
+    )
     parser.add_argument("--every", type=int, default=100, help="also measure every N days (default 100)")
-    parser.add_argument("--tracemalloc", action="store_true",
-                        help="trace allocations from day 10 on and print what is still alive at the end that was "
-                             "allocated after day 10 (slower; RSS figures then include tracemalloc's own memory)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop at the end of the first day after this much wall time and judge the days done")
-    parser.add_argument("--no-charts", dest="charts", action="store_false",
-                        help="diagnostic: PIPELINE_CHARTS=0, to tell the pipeline's memory from the charts'")
-    parser.add_argument("--trace-frames", type=int, default=1,
-                        help="frames kept per allocation with --tracemalloc (default 1: cheap, grouped by line)")
-    parser.add_argument("--trim", action="store_true",
-                        help="diagnostic: after each measurement call glibc malloc_trim(0) and also report the RSS "
-                             "after it (memory that is free heap rather than live data); changes later RSS figures")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace allocations from day 10 on and print what is still alive at the end that was "
+        "allocated after day 10 (slower; RSS figures then include tracemalloc's own memory)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop at the end of the first day after this much wall time and judge the days done",
+    )
+    parser.add_argument(
+        "--no-charts",
+        dest="charts",
+        action="store_false",
+        help="diagnostic: PIPELINE_CHARTS=0, to tell the pipeline's memory from the charts'",
+    )
+    parser.add_argument(
+        "--trace-frames",
+        type=int,
+        default=1,
+        help="frames kept per allocation with --tracemalloc (default 1: cheap, grouped by line)",
+    )
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="diagnostic: after each measurement call glibc malloc_trim(0) and also report the RSS "
+        "after it (memory that is free heap rather than live data); changes later RSS figures",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = parser.parse_args(argv)
     if args.days < 10:
@@ -199,11 +230,17 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     fake = FakeCoinGecko(rows).start()
     coin_ids = tuple(row["id"] for row in fake.coins)
     for index, row in enumerate(fake.coins):  # daily points for the gap healing to fetch
-        fake.market_chart[row["id"]] = make_daily_chart((START - timedelta(days=30)).date(), args.days + 60,
-                                                        row["current_price"] or 1.0, seed=index)
-    env = {"COINGECKO_API_URL": fake.base_url, "PIPELINE_DATA_DIR": str(data_dir),
-           "PIPELINE_COINS": ",".join(coin_ids), "PIPELINE_CHARTS": "1" if args.charts else "0",
-           "PIPELINE_TIMEZONE": "UTC", "PIPELINE_AT": "00:00"}
+        fake.market_chart[row["id"]] = make_daily_chart(
+            (START - timedelta(days=30)).date(), args.days + 60, row["current_price"] or 1.0, seed=index
+        )
+    env = {
+        "COINGECKO_API_URL": fake.base_url,
+        "PIPELINE_DATA_DIR": str(data_dir),
+        "PIPELINE_COINS": ",".join(coin_ids),
+        "PIPELINE_CHARTS": "1" if args.charts else "0",
+        "PIPELINE_TIMEZONE": "UTC",
+        "PIPELINE_AT": "00:00",
+    }
     settings = build_settings("daemon", {}, env)
     assert settings.charts == args.charts and settings.coins == coin_ids
 
@@ -237,9 +274,15 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
 
     lock = DaemonLock(settings.layout.daemon_pid)  # held for the whole run, as flows.daemon.daemon_command does
     lock.acquire()
-    daemon = Daemon(job, at=settings.at, zone=resolve_zone(settings.timezone), retry_delays=settings.retry_delays,
-                    status=StatusFile(settings.state_dir / "status.json"), clock=clock,
-                    initial_run=settings.initial_run)
+    daemon = Daemon(
+        job,
+        at=settings.at,
+        zone=resolve_zone(settings.timezone),
+        retry_delays=settings.retry_delays,
+        status=StatusFile(settings.state_dir / "status.json"),
+        clock=clock,
+        initial_run=settings.initial_run,
+    )
 
     # -- the simulated days --------------------------------------------------------------------------------------
     day = 1
@@ -259,22 +302,36 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
             time.sleep(0.01)
         gc.collect()
         fds = open_fds()
-        row = {"day": at_day, "rss": rss_now_kb() / 1024, "peak": peak_rss_kb() / 1024, "fds": len(fds),
-               "blocks": sys.getallocatedblocks(), "threads": os_threads(), "py_threads": threading.active_count(),
-               "gc": len(gc.get_objects()),
-               "rows": csv_rows(settings.csv_path), "figs": open_figures(), "runs": daemon.runs,
-               "last_run_s": run_seconds[-1] if run_seconds else 0.0,
-               "wall": time.perf_counter() - wall_start}
+        row = {
+            "day": at_day,
+            "rss": rss_now_kb() / 1024,
+            "peak": peak_rss_kb() / 1024,
+            "fds": len(fds),
+            "blocks": sys.getallocatedblocks(),
+            "threads": os_threads(),
+            "py_threads": threading.active_count(),
+            "gc": len(gc.get_objects()),
+            "rows": csv_rows(settings.csv_path),
+            "figs": open_figures(),
+            "runs": daemon.runs,
+            "last_run_s": run_seconds[-1] if run_seconds else 0.0,
+            "wall": time.perf_counter() - wall_start,
+        }
         if args.trim:
             malloc_trim()
             row["trimmed"] = rss_now_kb() / 1024
         measurements.append(row)
-        print(f"  day {at_day:>5}: rss {row['rss']:7.1f} MB  peak {row['peak']:7.1f} MB  fds {row['fds']:3d}  "
-              f"rows {row['rows']:6d}  {row['wall']:7.1f} s", file=sys.stderr, flush=True)
+        print(
+            f"  day {at_day:>5}: rss {row['rss']:7.1f} MB  peak {row['peak']:7.1f} MB  fds {row['fds']:3d}  "
+            f"rows {row['rows']:6d}  {row['wall']:7.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if at_day == 10:
             fds_day10 = fds
             if args.tracemalloc:
                 import tracemalloc
+
                 tracemalloc.start(args.trace_frames)
                 snapshot10 = tracemalloc.take_snapshot()
 
@@ -329,9 +386,12 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
             held_back = None
         clock.advance(seconds)
 
-    print(f"soak: {args.days} simulated days, {len(coin_ids)} coins ({args.coins}), "
-          f"charts {'on' if args.charts else 'OFF'}, data in {data_dir}",
-          file=sys.stderr, flush=True)
+    print(
+        f"soak: {args.days} simulated days, {len(coin_ids)} coins ({args.coins}), "
+        f"charts {'on' if args.charts else 'OFF'}, data in {data_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     daemon.start()
     try:
         code = daemon.run_forever(wait=wait)
@@ -342,9 +402,11 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     top_stats = None
     if args.tracemalloc and snapshot10 is not None:
         import tracemalloc
+
         gc.collect()
-        top_stats = tracemalloc.take_snapshot().compare_to(snapshot10, "traceback" if args.trace_frames > 1
-                                                           else "lineno")
+        top_stats = tracemalloc.take_snapshot().compare_to(
+            snapshot10, "traceback" if args.trace_frames > 1 else "lineno"
+        )
         tracemalloc.stop()
 
     fds_end = open_fds()
@@ -370,19 +432,28 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     # -- report ---------------------------------------------------------------------------------------------
     print()
     cut = "" if days == args.days else f" of {args.days} asked (--max-minutes ran out)"
-    print(f"Soak: {days} simulated days{cut} ({START:%Y-%m-%d} .. {clock.now:%Y-%m-%d}), {len(coin_ids)} coins, "
-          f"charts {'on' if args.charts else 'OFF'}, Python {sys.version.split()[0]}, pid {os.getpid()}")
+    print(
+        f"Soak: {days} simulated days{cut} ({START:%Y-%m-%d} .. {clock.now:%Y-%m-%d}), {len(coin_ids)} coins, "
+        f"charts {'on' if args.charts else 'OFF'}, Python {sys.version.split()[0]}, pid {os.getpid()}"
+    )
     trim_head = f" {'trimmed':>8}" if args.trim else ""
-    print(f"{'day':>5} {'runs':>5} {'rss MB':>8} {'peak MB':>8}{trim_head} {'fds':>4} {'thr':>4} {'pythr':>5} "
-          f"{'gc objects':>10} {'py blocks':>9} {'csv rows':>8} {'figs':>4} {'last run s':>10} {'wall s':>8}")
+    print(
+        f"{'day':>5} {'runs':>5} {'rss MB':>8} {'peak MB':>8}{trim_head} {'fds':>4} {'thr':>4} {'pythr':>5} "
+        f"{'gc objects':>10} {'py blocks':>9} {'csv rows':>8} {'figs':>4} {'last run s':>10} {'wall s':>8}"
+    )
     for m in measurements:
         trim_cell = f" {m['trimmed']:>8.1f}" if args.trim else ""
-        print(f"{m['day']:>5} {m['runs']:>5} {m['rss']:>8.1f} {m['peak']:>8.1f}{trim_cell} {m['fds']:>4} "
-              f"{m['threads']:>4} {m['py_threads']:>5} {m['gc']:>10} {m['blocks']:>9} {m['rows']:>8} {m['figs']:>4} "
-              f"{m['last_run_s']:>10.3f} {m['wall']:>8.1f}")
-    print("(rss: /proc/self/statm after gc.collect(); peak: ru_maxrss; thr: OS threads, pythr: threading; "
-          "py blocks: sys.getallocatedblocks(); figs: pyplot open figures, '-' = pyplot never imported"
-          + ("; trimmed: rss after malloc_trim(0)" if args.trim else "") + ")")
+        print(
+            f"{m['day']:>5} {m['runs']:>5} {m['rss']:>8.1f} {m['peak']:>8.1f}{trim_cell} {m['fds']:>4} "
+            f"{m['threads']:>4} {m['py_threads']:>5} {m['gc']:>10} {m['blocks']:>9} {m['rows']:>8} {m['figs']:>4} "
+            f"{m['last_run_s']:>10.3f} {m['wall']:>8.1f}"
+        )
+    print(
+        "(rss: /proc/self/statm after gc.collect(); peak: ru_maxrss; thr: OS threads, pythr: threading; "
+        "py blocks: sys.getallocatedblocks(); figs: pyplot open figures, '-' = pyplot never imported"
+        + ("; trimmed: rss after malloc_trim(0)" if args.trim else "")
+        + ")"
+    )
 
     first = next(m for m in measurements if m["day"] == 10)
     last = measurements[-1]
@@ -393,50 +464,72 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
     rows_ok = len(records) == expected_rows and complete_ok and not doubled
     runs = daemon.runs
     print()
-    print(f"runs: {runs} ({stats['runs_ok']} ok, {stats['runs_partial']} partial, {stats['runs_raised']} failed); "
-          f"rows appended {stats['appended']} + {stats['healed']} healed; runs with a chart error: "
-          f"{stats['chart_errors']}")
-    print(f"faults injected (once on days 2-8, then every N days): "
-          f"{stats['fault_503_once']} x one 503 ({period['503_once']}), "
-          f"{stats['fault_reset']} x one TCP reset ({period['reset']}), {stats['fault_html_403']} x Cloudflare "
-          f"403 HTML ({period['html_403']}), {stats['fault_503_x6']} x six 503s ({period['503_x6']}), "
-          f"{stats['fault_partial']} x a coin missing ({period['partial']}), {stats['fault_lost_day']} x a lost day "
-          f"({period['lost_day']}); "
-          f"{fake_requests_total} requests to the fake")
+    print(
+        f"runs: {runs} ({stats['runs_ok']} ok, {stats['runs_partial']} partial, {stats['runs_raised']} failed); "
+        f"rows appended {stats['appended']} + {stats['healed']} healed; runs with a chart error: "
+        f"{stats['chart_errors']}"
+    )
+    print(
+        f"faults injected (once on days 2-8, then every N days): "
+        f"{stats['fault_503_once']} x one 503 ({period['503_once']}), "
+        f"{stats['fault_reset']} x one TCP reset ({period['reset']}), {stats['fault_html_403']} x Cloudflare "
+        f"403 HTML ({period['html_403']}), {stats['fault_503_x6']} x six 503s ({period['503_x6']}), "
+        f"{stats['fault_partial']} x a coin missing ({period['partial']}), {stats['fault_lost_day']} x a lost day "
+        f"({period['lost_day']}); "
+        f"{fake_requests_total} requests to the fake"
+    )
     for message, count in chart_errors.most_common(5):
         print(f"  chart error x{count}: {message}")
     print(f"log records: {dict(counter.counts)}")
     for text in counter.last:
         print(f"  last warning or error: {text[:240]}")
-    print(f"status.json: last_run {status.get('last_run', {}).get('result')} "
-          f"({status.get('last_run', {}).get('trigger')}), last_success {status.get('last_success')}, "
-          f"daemon_pid {status.get('daemon_pid')}")
+    print(
+        f"status.json: last_run {status.get('last_run', {}).get('result')} "
+        f"({status.get('last_run', {}).get('trigger')}), last_success {status.get('last_success')}, "
+        f"daemon_pid {status.get('daemon_pid')}"
+    )
     raw_files = sum(len(files) for _, _, files in os.walk(settings.raw_dir))
-    print(f"data folder: csv {settings.csv_path.stat().st_size / MB:.2f} MB, {raw_files} raw snapshots, "
-          f"charts {sorted(p.name for p in data_dir.glob('*.png'))}")
-    print(f"wall time: {wall:.1f} s total, {wall / days * 1000:.0f} ms per simulated day, "
-          f"{wall / max(runs, 1) * 1000:.0f} ms per run "
-          f"(job: median {sorted(run_seconds)[len(run_seconds) // 2] * 1000:.0f} ms, "
-          f"max {max(run_seconds) * 1000:.0f} ms)")
+    print(
+        f"data folder: csv {settings.csv_path.stat().st_size / MB:.2f} MB, {raw_files} raw snapshots, "
+        f"charts {sorted(p.name for p in data_dir.glob('*.png'))}"
+    )
+    print(
+        f"wall time: {wall:.1f} s total, {wall / days * 1000:.0f} ms per simulated day, "
+        f"{wall / max(runs, 1) * 1000:.0f} ms per run "
+        f"(job: median {sorted(run_seconds)[len(run_seconds) // 2] * 1000:.0f} ms, "
+        f"max {max(run_seconds) * 1000:.0f} ms)"
+    )
     if args.tracemalloc:
         print("note: --tracemalloc was on from day 10; RSS figures include tracemalloc's own bookkeeping")
 
     print()
     verdicts = [
-        (f"peak RSS growth day 10 -> day {last['day']}: {first['peak']:.1f} -> {last['peak']:.1f} MB "
-         f"= {peak_growth:+.1f} MB (< {RSS_LIMIT_MB:g} MB)", peak_growth < RSS_LIMIT_MB),
-        (f"current RSS growth day 10 -> day {last['day']}: {first['rss']:.1f} -> {last['rss']:.1f} MB "
-         f"= {rss_growth:+.1f} MB (< {RSS_LIMIT_MB:g} MB)", rss_growth < RSS_LIMIT_MB),
-        (f"open fds day 10 -> day {last['day']}: {first['fds']} -> {last['fds']} = {fd_growth:+d} (no growth)",
-         fd_growth <= 0),
-        (f"CSV complete: every coin has a row for each of the {days} days ({len(missing_days)} (coin, day) "
-         f"missing, {len(foreign)} unexpected), {duplicates} duplicate (coin_id, vs_currency, last_updated)",
-         complete_ok),
-        (f"CSV rows: {len(records)} == {len(coin_ids)} coins x {days} days = {expected_rows} (one row per coin "
-         f"per day; each coin has {min(per_coin.values(), default=0)}..{max(per_coin.values(), default=0)}"
-         f" rows, {len(doubled)} (coin, day) with two or more)", rows_ok),
-        (f"daemon loop survived every failed run and exited {code} after day {day}",
-         code == 0),
+        (
+            f"peak RSS growth day 10 -> day {last['day']}: {first['peak']:.1f} -> {last['peak']:.1f} MB "
+            f"= {peak_growth:+.1f} MB (< {RSS_LIMIT_MB:g} MB)",
+            peak_growth < RSS_LIMIT_MB,
+        ),
+        (
+            f"current RSS growth day 10 -> day {last['day']}: {first['rss']:.1f} -> {last['rss']:.1f} MB "
+            f"= {rss_growth:+.1f} MB (< {RSS_LIMIT_MB:g} MB)",
+            rss_growth < RSS_LIMIT_MB,
+        ),
+        (
+            f"open fds day 10 -> day {last['day']}: {first['fds']} -> {last['fds']} = {fd_growth:+d} (no growth)",
+            fd_growth <= 0,
+        ),
+        (
+            f"CSV complete: every coin has a row for each of the {days} days ({len(missing_days)} (coin, day) "
+            f"missing, {len(foreign)} unexpected), {duplicates} duplicate (coin_id, vs_currency, last_updated)",
+            complete_ok,
+        ),
+        (
+            f"CSV rows: {len(records)} == {len(coin_ids)} coins x {days} days = {expected_rows} (one row per coin "
+            f"per day; each coin has {min(per_coin.values(), default=0)}..{max(per_coin.values(), default=0)}"
+            f" rows, {len(doubled)} (coin, day) with two or more)",
+            rows_ok,
+        ),
+        (f"daemon loop survived every failed run and exited {code} after day {day}", code == 0),
     ]
     for text, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
@@ -445,8 +538,11 @@ def soak(args: argparse.Namespace, tmp: Path, counter: CountingHandler) -> int:
         print()
         print(f"(coin, day) with more than one row ({len(doubled)}; first 5):")
         for coin, day_text in doubled[:5]:
-            found = [(r["last_updated"], r["source"], r["fetched_at"] or "-") for r in records
-                     if r["coin_id"] == coin and r["last_updated"][:10] == day_text]
+            found = [
+                (r["last_updated"], r["source"], r["fetched_at"] or "-")
+                for r in records
+                if r["coin_id"] == coin and r["last_updated"][:10] == day_text
+            ]
             print(f"  {coin} {day_text}: " + "; ".join(f"{lu} source={src} fetched_at={fa}" for lu, src, fa in found))
     for coin, day_text in missing_days[:5]:
         print(f"  missing: {coin} {day_text}")

@@ -13,24 +13,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from flows.budget import enforce
 from flows.views import draw_charts, publish_report
 from flows.wiring import Console
-from flows.budget import enforce
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
 from utils.clients import make_client
-from utils.daemon import StatusFile, iso
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
+from utils.daemon import StatusFile, iso
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
+from utils.history.csv_store import MergeReport
 from utils.history.files import ensure_dir, read_json, write_json_atomic
-from utils.history.index import day_of, day_number
+from utils.history.index import day_number, day_of
 from utils.history.layout import display_path
+from utils.history.locations import Storage, storage_for
 from utils.history.quality import summary_line
 from utils.history.schema import Record
 from utils.options import command_default
 from utils.settings import Settings
-from utils.history.locations import Storage, storage_for
-from utils.history.csv_store import MergeReport
 from utils.words import count
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,20 @@ def plan_range(settings: Settings, now: datetime) -> DayRange:
         first = last - timedelta(days=(settings.days or DEFAULT_DAYS) - 1)
     earliest = earliest_reachable_day(settings.api_plan, now)
     if earliest and first < earliest:
-        log.warning("the %s plan reaches only the past %d days: starting at %s instead of %s "
-                    "(a paid plan, --api-plan pro, reaches back to 2013)", settings.api_plan, FREE_REACH_DAYS,
-                    earliest, first)
+        log.warning(
+            "the %s plan reaches only the past %d days: starting at %s instead of %s "
+            "(a paid plan, --api-plan pro, reaches back to 2013)",
+            settings.api_plan,
+            FREE_REACH_DAYS,
+            earliest,
+            first,
+        )
         first = earliest
     if first > last:
-        raise ConfigError(f"nothing to backfill: {first} is after {last}, the newest complete day "
-                            f"(the {settings.api_plan} plan reaches back to {earliest or 'the start'})")
+        raise ConfigError(
+            f"nothing to backfill: {first} is after {last}, the newest complete day "
+            f"(the {settings.api_plan} plan reaches back to {earliest or 'the start'})"
+        )
     return DayRange(first, last)
 
 
@@ -94,20 +101,35 @@ def fetch_coin(client: CoinGeckoClient, coin_id: str, vs_currency: str, span: Da
     """The raw market_chart answers covering a coin's days: one request per window."""
     answers = []
     for window in windows(span, plan):
-        answers.append(client.get_json(f"/coins/{coin_id}/market_chart/range", {
-            "vs_currency": vs_currency, "from": midnight_ms(window.first),
-            "to": midnight_ms(window.last) + 3600, "precision": "full"}))
+        answers.append(
+            client.get_json(
+                f"/coins/{coin_id}/market_chart/range",
+                {
+                    "vs_currency": vs_currency,
+                    "from": midnight_ms(window.first),
+                    "to": midnight_ms(window.last) + 3600,
+                    "precision": "full",
+                },
+            )
+        )
     return answers
 
 
 def chart_payload(coin_id: str, vs_currency: str, span: DayRange, answers: list[Any]) -> dict[str, Any]:
     """What the raw archive keeps of one coin's market_chart answers."""
-    return {"endpoint": f"/coins/{coin_id}/market_chart/range", "coin_id": coin_id, "vs_currency": vs_currency,
-            "first_day": str(span.first), "last_day": str(span.last), "answers": answers}
+    return {
+        "endpoint": f"/coins/{coin_id}/market_chart/range",
+        "coin_id": coin_id,
+        "vs_currency": vs_currency,
+        "first_day": str(span.first),
+        "last_day": str(span.last),
+        "answers": answers,
+    }
 
 
-def records_from(coin_id: str, vs_currency: str, answers: list[Any], span: DayRange
-                 ) -> tuple[list[Record], list[Rejected]]:
+def records_from(
+    coin_id: str, vs_currency: str, answers: list[Any], span: DayRange
+) -> tuple[list[Record], list[Rejected]]:
     records: list[Record] = []
     rejected: list[Rejected] = []
     for answer in answers:
@@ -119,9 +141,13 @@ def records_from(coin_id: str, vs_currency: str, answers: list[Any], span: DayRa
 
 def well_formed(answers: list[Any]) -> bool:
     """Every answer is a chart object with a non-empty prices list: only then is a day it lacks really unavailable."""
-    return bool(answers) and all(isinstance(a, dict) and isinstance(a.get("prices"), list) and a["prices"]
-                                 and all(isinstance(a.get(k, []), list) for k in ("market_caps", "total_volumes"))
-                                 for a in answers)
+    return bool(answers) and all(
+        isinstance(a, dict)
+        and isinstance(a.get("prices"), list)
+        and a["prices"]
+        and all(isinstance(a.get(k, []), list) for k in ("market_caps", "total_volumes"))
+        for a in answers
+    )
 
 
 def lacking(span_days: set[date], records: list[Record], answers: list[Any]) -> set[date]:
@@ -155,9 +181,11 @@ class BackfillResult:
         added = self.merge.added if self.merge else 0
         skipped = self.merge.skipped_duplicates if self.merge else 0
         where = f" in {', '.join(self.currencies)}" if len(self.currencies) > 1 else ""
-        line = (f"backfill {word}: {count(len(set(self.coins_done)), 'coin')}{where}, {count(added, 'row')} added, "
-                f"{count(skipped, 'duplicate')} skipped, {len(self.rejected)} rejected, {count(self.requests, 'request')} "
-                f"in {self.seconds:.1f} s")
+        line = (
+            f"backfill {word}: {count(len(set(self.coins_done)), 'coin')}{where}, {count(added, 'row')} added, "
+            f"{count(skipped, 'duplicate')} skipped, {len(self.rejected)} rejected, {count(self.requests, 'request')} "
+            f"in {self.seconds:.1f} s"
+        )
         if self.missing:
             unknown = list(dict.fromkeys(self.missing))
             line += f", {len(unknown)} unknown ({', '.join(unknown[:10])})"
@@ -169,9 +197,16 @@ class BackfillResult:
 class Progress:
     """A tqdm bar on a terminal, else a log line every few coins, both with the time left, pacing included."""
 
-    def __init__(self, total: int, done: int = 0, stream: Any = None, *,
-                 pacing: Callable[[int], float] = lambda coins: 0.0,
-                 monotonic: Callable[[], float] = time.monotonic, label: str = "backfill") -> None:
+    def __init__(
+        self,
+        total: int,
+        done: int = 0,
+        stream: Any = None,
+        *,
+        pacing: Callable[[int], float] = lambda coins: 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        label: str = "backfill",
+    ) -> None:
         self.total, self.done = total, done
         self.label = label
         self.stream = stream or sys.stderr
@@ -184,8 +219,14 @@ class Progress:
             from tqdm import tqdm
 
             # tqdm's own estimate knows nothing of the pacing to come, so the postfix carries ours.
-            self.bar = tqdm(total=total, initial=done, unit="coin", file=self.stream, desc=label,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                unit="coin",
+                file=self.stream,
+                desc=label,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
 
     def left(self) -> float:
         """Seconds left: the pace so far, or the rate limit's wait for the rest when that is longer."""
@@ -207,11 +248,18 @@ class Progress:
         if seconds < 5:
             return
         if self.bar is not None:
-            self.bar.set_postfix_str(f"waiting {_duration(seconds)} for the rate limit, "
-                                     f"about {_duration(self.left())} left", refresh=True)
+            self.bar.set_postfix_str(
+                f"waiting {_duration(seconds)} for the rate limit, about {_duration(self.left())} left", refresh=True
+            )
             return
-        log.info("%s: %d of %d coins, waiting %s for the rate limit, about %s left", self.label, self.done, self.total,
-                 _duration(seconds), _duration(self.left()))
+        log.info(
+            "%s: %d of %d coins, waiting %s for the rate limit, about %s left",
+            self.label,
+            self.done,
+            self.total,
+            _duration(seconds),
+            _duration(self.left()),
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -225,8 +273,9 @@ def _duration(seconds: float) -> str:
 class Manifest:
     """Which coins of one backfill are fetched already (their raw answers' paths), so a rerun resumes."""
 
-    def __init__(self, settings: Settings, vs_currency: str, span: DayRange, coins: tuple[str, ...],
-                 storage: Storage) -> None:
+    def __init__(
+        self, settings: Settings, vs_currency: str, span: DayRange, coins: tuple[str, ...], storage: Storage
+    ) -> None:
         ident = f"{vs_currency}|{span.first}|{span.last}"
         name = f"backfill-{vs_currency}-{span.first}-{span.last}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
         self.path = settings.layout.manifest(name)
@@ -262,15 +311,24 @@ def backfill_coins(settings: Settings, vs_currency: str) -> tuple[str, ...]:
         return settings.coins
     from utils.history.tracking import TopMembers
 
-    members = TopMembers(settings.layout.top_members).members(vs_currency)[:settings.top]
+    members = TopMembers(settings.layout.top_members).members(vs_currency)[: settings.top]
     if not members:
-        log.warning("no top %d recorded in %s yet: run `python main.py run --top %d` first", settings.top,
-                    vs_currency, settings.top)
+        log.warning(
+            "no top %d recorded in %s yet: run `python main.py run --top %d` first",
+            settings.top,
+            vs_currency,
+            settings.top,
+        )
     return tuple(dict.fromkeys([*members, *settings.coins]))
 
 
-def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-             progress_stream: Any = None) -> BackfillResult:
+def backfill(
+    settings: Settings,
+    client: CoinGeckoClient,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    progress_stream: Any = None,
+) -> BackfillResult:
     """Fetch each coin's daily points for the planned range in every currency (resuming), then merge them once.
 
     A currency CoinGecko refuses (an unknown code) is reported and skipped; the others go on.
@@ -280,8 +338,14 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     span = plan_range(settings, now)
     plan = {vs: backfill_coins(settings, vs) for vs in settings.vs_currencies}
     total = sum(map(len, plan.values()))
-    log.info("backfill: %d coins in %s, %s to %s (%d days)", len(set().union(*plan.values())),
-             ", ".join(settings.vs_currencies), span.first, span.last, span.days)
+    log.info(
+        "backfill: %d coins in %s, %s to %s (%d days)",
+        len(set().union(*plan.values())),
+        ", ".join(settings.vs_currencies),
+        span.first,
+        span.last,
+        span.days,
+    )
     storage = storage_for(settings)
     storage.check()  # a CSV that `run` would refuse is refused here too, before any request
     manifests = {vs: Manifest(settings, vs, span, coins, storage) for vs, coins in plan.items()}
@@ -293,8 +357,12 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     result = BackfillResult(currencies=settings.vs_currencies, span=span)
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
-    progress = Progress(total, stream=progress_stream, monotonic=client.limiter.monotonic,
-                        pacing=lambda left: client.limiter.time_for(left * per_coin))
+    progress = Progress(
+        total,
+        stream=progress_stream,
+        monotonic=client.limiter.monotonic,
+        pacing=lambda left: client.limiter.time_for(left * per_coin),
+    )
     client.limiter.on_wait = progress.waiting
     calls_before = client.calls
     try:
@@ -317,18 +385,25 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
                             break
                         raise
                     try:
-                        archive = storage.archive(clock(), f"market_chart_{coin_id}_{vs_currency}",
-                                                  chart_payload(coin_id, vs_currency, span, answers))
+                        archive = storage.archive(
+                            clock(),
+                            f"market_chart_{coin_id}_{vs_currency}",
+                            chart_payload(coin_id, vs_currency, span, answers),
+                        )
                         manifest.mark(coin_id, archive)
                     except OSError as exc:
-                        log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id,
-                                    exc.strerror or exc)
+                        log.warning(
+                            "could not archive the raw answer for %s (%s); the backfill goes on",
+                            coin_id,
+                            exc.strerror or exc,
+                        )
                 coin_records, coin_rejected = records_from(coin_id, vs_currency, answers, span)
                 records.extend(coin_records)
                 result.rejected.extend(coin_rejected)
                 result.coins_done.append(coin_id)
                 unavailable[(coin_id, vs_currency)] = lacking(
-                    {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers)
+                    {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers
+                )
                 progress.step(coin_id)
     finally:
         client.limiter.on_wait = None
@@ -347,11 +422,16 @@ def backfill(settings: Settings, client: CoinGeckoClient, *, clock: Callable[[],
     return result
 
 
-def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *,
-              vs_currency: str | None = None,
-              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-              within: dict[str, list[tuple[int, int]]] | None = None,
-              from_start: set[str] | frozenset[str] = frozenset()) -> tuple[int, int, tuple]:
+def heal_gaps(
+    settings: Settings,
+    client: CoinGeckoClient,
+    coins: tuple[str, ...],
+    *,
+    vs_currency: str | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    within: dict[str, list[tuple[int, int]]] | None = None,
+    from_start: set[str] | frozenset[str] = frozenset(),
+) -> tuple[int, int, tuple]:
     """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
 
     One request per coin with gaps; the gaps come from the index. `within` limits a coin to the day
@@ -370,25 +450,41 @@ def heal_gaps(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...
         now_ms = int(now.timestamp() * 1000)
         start = index.first_day(vs_currency) if from_start else None
         for coin_id in coins:
-            ranges = index.gaps(coin_id, vs_currency, now.date(), now_ms,
-                                since_day=start if coin_id in from_start else None)
+            ranges = index.gaps(
+                coin_id, vs_currency, now.date(), now_ms, since_day=start if coin_id in from_start else None
+            )
             if coin_id in within:
                 ranges = intersect(ranges, within[coin_id])
-            days = [day_of(n) for a, b in ranges
-                    for n in range(max(a, day_number(earliest)) if earliest else a, min(b, day_number(newest)) + 1)]
+            days = [
+                day_of(n)
+                for a, b in ranges
+                for n in range(max(a, day_number(earliest)) if earliest else a, min(b, day_number(newest)) + 1)
+            ]
             if days:
                 wanted[coin_id] = days
     if not wanted:
         return 0, 0, ()
-    log.info("healing %s of %s%s", count(sum(map(len, wanted.values())), "missing day"), count(len(wanted), "coin"),
-             f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "")
+    log.info(
+        "healing %s of %s%s",
+        count(sum(map(len, wanted.values())), "missing day"),
+        count(len(wanted), "coin"),
+        f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "",
+    )
     added, findings = fill_days(settings, client, storage, vs_currency, wanted, clock=clock, purpose="heal")
     return added, len(wanted), findings
 
 
-def fill_days(settings: Settings, client: CoinGeckoClient, storage: Storage, vs_currency: str,
-              wanted: dict[str, list[date]], *, clock: Callable[[], datetime], purpose: str,
-              progress: Progress | None = None) -> tuple[int, tuple]:
+def fill_days(
+    settings: Settings,
+    client: CoinGeckoClient,
+    storage: Storage,
+    vs_currency: str,
+    wanted: dict[str, list[date]],
+    *,
+    clock: Callable[[], datetime],
+    purpose: str,
+    progress: Progress | None = None,
+) -> tuple[int, tuple]:
     """Fetch each coin's wanted days (one request per coin and window), archive the answers, merge them once.
 
     A coin that fails is a warning (its days are asked for again next run). Returns (rows added, new findings).
@@ -411,18 +507,26 @@ def fill_days(settings: Settings, client: CoinGeckoClient, storage: Storage, vs_
                 progress.step(coin_id)
             continue
         try:
-            storage.archive(clock(), f"market_chart_{coin_id}_{vs_currency}",
-                            chart_payload(coin_id, vs_currency, span, answers))
+            storage.archive(
+                clock(), f"market_chart_{coin_id}_{vs_currency}", chart_payload(coin_id, vs_currency, span, answers)
+            )
         except (OSError, PipelineError) as exc:
-            log.warning("could not archive the raw answer for %s (%s); the %s goes on", coin_id,
-                        getattr(exc, "strerror", None) or exc, purpose)
+            log.warning(
+                "could not archive the raw answer for %s (%s); the %s goes on",
+                coin_id,
+                getattr(exc, "strerror", None) or exc,
+                purpose,
+            )
         coin_records, _ = records_from(coin_id, vs_currency, answers, span)
         wanted_days = set(days)
         coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in wanted_days]
         records.extend(coin_records)
         if not well_formed(answers):
-            log.warning("CoinGecko's answer for %s's missing days was malformed or empty; %s", coin_id,
-                        "they are asked for again next run" if heal else backfill_hint)
+            log.warning(
+                "CoinGecko's answer for %s's missing days was malformed or empty; %s",
+                coin_id,
+                "they are asked for again next run" if heal else backfill_hint,
+            )
         unavailable[(coin_id, vs_currency)] = lacking(wanted_days, coin_records, answers)
         if progress is not None:
             progress.step(coin_id)
@@ -440,9 +544,15 @@ def seed_days(settings: Settings, now: datetime) -> list[date]:
     return [first + timedelta(days=i) for i in range((newest - first).days + 1)]
 
 
-def seed(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *, vs_currency: str,
-         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-         progress_stream: Any = None) -> tuple[int, tuple]:
+def seed(
+    settings: Settings,
+    client: CoinGeckoClient,
+    coins: tuple[str, ...],
+    *,
+    vs_currency: str,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    progress_stream: Any = None,
+) -> tuple[int, tuple]:
     """A first run's history: the last --seed-days days of each coin, one request per coin, paced, with progress.
 
     Returns (rows added, new quality findings).
@@ -450,15 +560,32 @@ def seed(settings: Settings, client: CoinGeckoClient, coins: tuple[str, ...], *,
     days = seed_days(settings, clock()) if settings.seed_days else []
     if not days or not coins:
         return 0, ()
-    log.info("a new history: filling the last %s of %s%s (--seed-days %d; 0 turns it off)", count(len(days), "day"),
-             count(len(coins), "coin"), f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "",
-             settings.seed_days)
-    progress = Progress(len(coins), stream=progress_stream, monotonic=client.limiter.monotonic,
-                        pacing=lambda left: client.limiter.time_for(left), label="seeding")
+    log.info(
+        "a new history: filling the last %s of %s%s (--seed-days %d; 0 turns it off)",
+        count(len(days), "day"),
+        count(len(coins), "coin"),
+        f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "",
+        settings.seed_days,
+    )
+    progress = Progress(
+        len(coins),
+        stream=progress_stream,
+        monotonic=client.limiter.monotonic,
+        pacing=lambda left: client.limiter.time_for(left),
+        label="seeding",
+    )
     client.limiter.on_wait = progress.waiting
     try:
-        return fill_days(settings, client, storage_for(settings), vs_currency, {c: days for c in coins},
-                         clock=clock, purpose="seed", progress=progress)
+        return fill_days(
+            settings,
+            client,
+            storage_for(settings),
+            vs_currency,
+            {c: days for c in coins},
+            clock=clock,
+            purpose="seed",
+            progress=progress,
+        )
     finally:
         client.limiter.on_wait = None
         progress.close()
@@ -480,12 +607,17 @@ def record_backfill(settings: Settings, result: BackfillResult | None, *, error:
     if settings.data_url is not None or not settings.data_dir.is_dir():
         return
     span = result.span if result else None
-    entry = {"finished_at": iso(datetime.now(timezone.utc)),
-             "result": "failed" if result is None else "ok" if result.exit_code == EXIT_OK else "partial",
-             "first_day": str(span.first) if span else "", "last_day": str(span.last) if span else "",
-             "days": span.days if span else 0, "added": result.merge.added if result and result.merge else 0,
-             "coins": len(set(result.coins_done)) if result else 0, "requests": result.requests if result else 0,
-             "error": error}
+    entry = {
+        "finished_at": iso(datetime.now(timezone.utc)),
+        "result": "failed" if result is None else "ok" if result.exit_code == EXIT_OK else "partial",
+        "first_day": str(span.first) if span else "",
+        "last_day": str(span.last) if span else "",
+        "days": span.days if span else 0,
+        "added": result.merge.added if result and result.merge else 0,
+        "coins": len(set(result.coins_done)) if result else 0,
+        "requests": result.requests if result else 0,
+        "error": error,
+    }
     StatusFile(settings.layout.status).update(last_backfill=entry)
 
 

@@ -21,8 +21,9 @@ LISTED_COINS = 17_000  # about how many coins CoinGecko lists: the estimate of `
 
 def ledger_for(settings: Settings, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> CreditLedger:
     """The data folder's credit ledger."""
-    return CreditLedger(settings.layout.api_credits, settings.layout.api_credits_lock, clock=clock,
-                        lock_timeout=settings.lock_timeout)
+    return CreditLedger(
+        settings.layout.api_credits, settings.layout.api_credits_lock, clock=clock, lock_timeout=settings.lock_timeout
+    )
 
 
 def usage(settings: Settings, ledger: CreditLedger | None = None) -> Usage:
@@ -34,8 +35,9 @@ def _chunks(n: int) -> int:
     return -(-n // PAGE_SIZE)
 
 
-def run_estimate(settings: Settings, coins: tuple[str, ...] | None = None,
-                 seeding: bool = False) -> tuple[int, int, int]:
+def run_estimate(
+    settings: Settings, coins: tuple[str, ...] | None = None, seeding: bool = False
+) -> tuple[int, int, int]:
     """(calls of /coins/markets a run makes, calls --top-backfill adds to heal the coins entering the top N,
     calls of seeding a new history: one per coin and currency).
 
@@ -75,23 +77,31 @@ def enforce(settings: Settings, what: str, estimate: int, ledger: CreditLedger |
         raise OverBudget(over_budget_message(what, estimate, used))
 
 
-def check_run(settings: Settings, coins: tuple[str, ...] | None = None,
-              seeding: Callable[[], bool] = lambda: False) -> None:
+def check_run(
+    settings: Settings, coins: tuple[str, ...] | None = None, seeding: Callable[[], bool] = lambda: False
+) -> None:
     """Before a run's first request: its estimate against the month's credits; --top-backfill's cost said."""
     if settings.credits is None:
         return
     calls, backfill, seed = run_estimate(settings, coins, seeding())
     if backfill:
-        log.warning("--top-backfill with --top %s: about %s more calls to heal the coins entering the top back to "
-                    "the start of the history (one per coin and currency)", top_label(settings.top or 0),
-                    f"{backfill:,}")
-    what = "this run" + (" with --top-backfill" if backfill else "") + \
-        (f" (seeding the new history: {seed:,} calls; --seed-days 0 skips it)" if seed else "")
+        log.warning(
+            "--top-backfill with --top %s: about %s more calls to heal the coins entering the top back to "
+            "the start of the history (one per coin and currency)",
+            top_label(settings.top or 0),
+            f"{backfill:,}",
+        )
+    what = (
+        "this run"
+        + (" with --top-backfill" if backfill else "")
+        + (f" (seeding the new history: {seed:,} calls; --seed-days 0 skips it)" if seed else "")
+    )
     enforce(settings, what, calls + backfill + seed)
 
 
-def warn_once(settings: Settings, notify: Callable[[str, str], None] | None = None,
-              ledger: CreditLedger | None = None) -> str | None:
+def warn_once(
+    settings: Settings, notify: Callable[[str, str], None] | None = None, ledger: CreditLedger | None = None
+) -> str | None:
     """The daemon, after each run: once a month, at 80 % of the credits, a warning (and a notification)."""
     if settings.credits is None:
         return None
@@ -99,8 +109,10 @@ def warn_once(settings: Settings, notify: Callable[[str, str], None] | None = No
     used = ledger.usage(settings.api_plan, settings.credits)
     if used.calls < WARN_SHARE * settings.credits or ledger.warned(used.month):
         return None
-    line = (f"{used.line()}: {used.calls / settings.credits:.0%} of the month's credits used; "
-            f"{used.left:,} left until the month ends (--monthly-credits sets the budget)")
+    line = (
+        f"{used.line()}: {used.calls / settings.credits:.0%} of the month's credits used; "
+        f"{used.left:,} left until the month ends (--monthly-credits sets the budget)"
+    )
     log.warning("%s", line)
     ledger.mark_warned(used.month)
     if notify is not None:

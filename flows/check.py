@@ -32,8 +32,9 @@ def credit_line(settings: Settings) -> str:
     return f"{usage(settings).line()}; budget {budget} ({source})"
 
 
-def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
-              out: Callable[[str], None] = print) -> int:
+def run_check(
+    settings: Settings, *, sleep: Callable[[float], None] = time.sleep, out: Callable[[str], None] = print
+) -> int:
     """Check everything and print one line per finding; 0 only when all is fine."""
     from utils.clients import make_client
 
@@ -51,8 +52,10 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
             out(f"FAIL  connectivity: {exc}")
             return EXIT_FAILED
         if settings.api_plan == "public":
-            out("ok    key: none (public plan, best effort and a low rate limit); a free Demo key is more "
-                "reliable: set COINGECKO_API_KEY")
+            out(
+                "ok    key: none (public plan, best effort and a low rate limit); a free Demo key is more "
+                "reliable: set COINGECKO_API_KEY"
+            )
         else:
             ok &= check_key(settings, client, out)
         coins = check_coins(settings)
@@ -79,8 +82,10 @@ def run_check(settings: Settings, *, sleep: Callable[[float], None] = time.sleep
         rest = unknown[MAX_SEARCHED:]
         if rest:
             names = ", ".join(rest[:MAX_LISTED]) + (", ..." if len(rest) > MAX_LISTED else "")
-            out(f"FAIL  {len(rest)} more ids are not known to CoinGecko (not searched for suggestions; fix the "
-                f"ones above and run check again): {names}")
+            out(
+                f"FAIL  {len(rest)} more ids are not known to CoinGecko (not searched for suggestions; fix the "
+                f"ones above and run check again): {names}"
+            )
         memory.save()
         for currency in settings.vs_currencies[1:]:
             try:
@@ -142,7 +147,7 @@ def market_rows(settings: Settings, client: CoinGeckoClient, coins: Sequence[str
     """The /coins/markets rows for the ids, 250 a request."""
     found: list[Any] = []
     for start in range(0, len(coins), 250):
-        rows = client.markets(settings.vs_currency, list(coins[start:start + 250]))
+        rows = client.markets(settings.vs_currency, list(coins[start : start + 250]))
         if not isinstance(rows, list):
             raise ExtractError("/coins/markets answered something other than a list of coins")
         found.extend(rows)

@@ -36,12 +36,24 @@ def daemon_command(settings: Settings, console: Console) -> int:
 
         # One limiter for the daemon's life: retries and later runs share the plan's budget.
         limiter = make_limiter(settings.api_plan, settings.rate_limit, sleep=interruptible_sleep)
-        daemon = Daemon(daily_job(settings, limiter, interruptible_sleep), at=settings.at, zone=zone,
-                        retry_delays=settings.retry_delays, status=StatusFile(settings.layout.status),
-                        initial_run=settings.initial_run)
+        daemon = Daemon(
+            daily_job(settings, limiter, interruptible_sleep),
+            at=settings.at,
+            zone=zone,
+            retry_delays=settings.retry_delays,
+            status=StatusFile(settings.layout.status),
+            initial_run=settings.initial_run,
+        )
         daemon.install_signal_handlers()
-        log.info("daemon started (PID %d): %s in %s, daily at %s %s, data in %s", os.getpid(), tracked(settings),
-                 ", ".join(settings.vs_currencies), settings.at.strftime("%H:%M"), zone.key, settings.data_dir)
+        log.info(
+            "daemon started (PID %d): %s in %s, daily at %s %s, data in %s",
+            os.getpid(),
+            tracked(settings),
+            ", ".join(settings.vs_currencies),
+            settings.at.strftime("%H:%M"),
+            zone.key,
+            settings.data_dir,
+        )
         daemon.start()
         return daemon.run_forever()
     finally:
@@ -50,6 +62,7 @@ def daemon_command(settings: Settings, console: Console) -> int:
 
 def daily_job(settings: Settings, limiter: RateLimiter, sleep: Callable[[float], None]) -> Job:
     """The daemon's job: one run (or a retry of some coins) with the shared limiter; the webhook told."""
+
     def job(coins: tuple[str, ...] | None, should_stop: Callable[[], bool]) -> Outcome:
         try:
             with make_client(settings, sleep=sleep, limiter=limiter, should_stop=should_stop) as client:
@@ -61,6 +74,7 @@ def daily_job(settings: Settings, limiter: RateLimiter, sleep: Callable[[float],
         after_result(settings, result)
         warn_once(settings, lambda title, line: notice(settings, title, line))  # the month's credits at 80 %
         return result.outcome()
+
     return job
 
 

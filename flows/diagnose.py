@@ -19,8 +19,11 @@ from utils.history.tracking import SearchMemory
 
 def stale_notes(records: list[Record]) -> list[str]:
     """One warning per stale observation: the quality rule's (utils.history.quality.stale_rows), in words."""
-    return [f"{record.coin_id} ({record.vs_currency}) last updated {record.last_updated[:16]}Z, "
-            f"{lag / 3_600_000:.0f} h before the rest of the answer" for record, lag in stale_rows(records)]
+    return [
+        f"{record.coin_id} ({record.vs_currency}) last updated {record.last_updated[:16]}Z, "
+        f"{lag / 3_600_000:.0f} h before the rest of the answer"
+        for record, lag in stale_rows(records)
+    ]
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,11 @@ def last_seen(index: HistoryIndex, coin_ids: Sequence[str]) -> dict[str, LastSee
         held = found.get(info.coin_id)
         day = day_of(info.last_ms // DAY_MS)
         if held is None or day > held.last_day or (info.name and not held.name):
-            found[info.coin_id] = LastSeen(info.name or (held.name if held else ""),
-                                           info.symbol or (held.symbol if held else ""),
-                                           max(day, held.last_day) if held else day)
+            found[info.coin_id] = LastSeen(
+                info.name or (held.name if held else ""),
+                info.symbol or (held.symbol if held else ""),
+                max(day, held.last_day) if held else day,
+            )
     return found
 
 
@@ -57,8 +62,9 @@ def _related(candidate: dict[str, Any], coin_id: str, seen: LastSeen) -> int:
     return score
 
 
-def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, seen: LastSeen,
-                   coins: Sequence[str], today: date) -> str:
+def successor_note(
+    client: CoinGeckoClient, memory: SearchMemory, coin_id: str, seen: LastSeen, coins: Sequence[str], today: date
+) -> str:
     """One line on an id that returned data before and now returns none, with the listing /search suggests.
 
     At most one /search per coin per UTC day: the answer is remembered in the state.
@@ -68,8 +74,10 @@ def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, 
         found = remembered_search(client, seen.name or seen.symbol or coin_id, coin_id, memory, today, seen.last_day)
     except ExtractError as exc:  # not remembered: the next run asks again
         return f"{head}; /search failed ({exc}), so no successor to suggest yet"
-    ranked = sorted((c for c in found if c["id"] != coin_id and _related(c, coin_id, seen)),
-                    key=lambda c: -_related(c, coin_id, seen))
+    ranked = sorted(
+        (c for c in found if c["id"] != coin_id and _related(c, coin_id, seen)),
+        key=lambda c: -_related(c, coin_id, seen),
+    )
     label = f"{seen.name or coin_id} ({seen.symbol.upper() or '?'})"
     if not ranked:
         return f"{head}; /search finds no other listing of {label}: it may be delisted; drop it from --coins"
@@ -78,12 +86,17 @@ def successor_note(client: CoinGeckoClient, memory: SearchMemory, coin_id: str, 
         use = "--coins " + ",".join(best["id"] if c == coin_id else c for c in coins)
     else:
         use = f"--coins with {best['id']} in place of {coin_id}"
-    return (f"{head}; CoinGecko now lists {best['name']} ({best['symbol'].upper()}) as {best['id']}: "
-            f"use `{use}`")
+    return f"{head}; CoinGecko now lists {best['name']} ({best['symbol'].upper()}) as {best['id']}: use `{use}`"
 
 
-def remembered_search(client: CoinGeckoClient, query: str, coin_id: str, memory: SearchMemory | None = None,
-                      today: date | None = None, since: date | None = None) -> list[dict[str, Any]]:
+def remembered_search(
+    client: CoinGeckoClient,
+    query: str,
+    coin_id: str,
+    memory: SearchMemory | None = None,
+    today: date | None = None,
+    since: date | None = None,
+) -> list[dict[str, Any]]:
     """The coins /search finds for a query about one coin; with a memory, asked at most once per coin per UTC day.
 
     Raises ExtractError when the search fails (a failure is not remembered)."""
@@ -92,8 +105,10 @@ def remembered_search(client: CoinGeckoClient, query: str, coin_id: str, memory:
         if held is not None:
             return held
     answer = client.search(query.strip())
-    found = [{"id": c["id"], "name": str(c.get("name") or ""), "symbol": str(c.get("symbol") or "")}
-             for c in search_coins(answer)[:25]]
+    found = [
+        {"id": c["id"], "name": str(c.get("name") or ""), "symbol": str(c.get("symbol") or "")}
+        for c in search_coins(answer)[:25]
+    ]
     if memory is not None and today is not None:
         memory.put(coin_id, today, found, since)
     return found
@@ -119,8 +134,9 @@ def _near_misses(found: list[dict[str, Any]], coin_id: str, limit: int = 3) -> l
     return out
 
 
-def id_hint(client: CoinGeckoClient, coin_id: str, memory: SearchMemory | None = None,
-            today: date | None = None) -> str | None:
+def id_hint(
+    client: CoinGeckoClient, coin_id: str, memory: SearchMemory | None = None, today: date | None = None
+) -> str | None:
     """What an id CoinGecko does not know probably meant: the id behind a symbol (btc), else near misses.
 
     With a memory, /search is asked about the id at most once per UTC day."""
@@ -139,8 +155,13 @@ def id_hint(client: CoinGeckoClient, coin_id: str, memory: SearchMemory | None =
     return f"did you mean {' or '.join(near)}?" if near else None
 
 
-def missing_ids_note(client: CoinGeckoClient, missing: Sequence[str], lookups: int = 3,
-                     memory: SearchMemory | None = None, today: date | None = None) -> str:
+def missing_ids_note(
+    client: CoinGeckoClient,
+    missing: Sequence[str],
+    lookups: int = 3,
+    memory: SearchMemory | None = None,
+    today: date | None = None,
+) -> str:
     """One line on coins CoinGecko returned nothing for, naming the right ids where /search finds them.
 
     At most `lookups` searches (and, with a memory, one per id per day), so a long list of bad ids

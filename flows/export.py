@@ -14,13 +14,13 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from flows.wiring import Console
 from utils.errors import EXIT_OK, ConfigError, LoadError
 from utils.history.delta_table import MONTH, arrow_schema, csv_tables, rows_of
 from utils.history.files import describe_os_error, fsync_dir
 from utils.history.layout import CSV_NAME, display_path
 from utils.history.locations import DeltaStorage, LocalStorage, S3Storage, Storage, storage_for
 from utils.history.schema import HEADER_LINE
-from flows.wiring import Console
 from utils.settings import Settings
 from utils.words import count
 
@@ -42,13 +42,16 @@ def check_out_path(out: Path, settings: Settings) -> Path:
         resolved = out.resolve()
         managed = [p.resolve() for p in settings.layout.managed()]
         if any(resolved == p or p in resolved.parents for p in managed):
-            raise ConfigError(f"--out {out} is a file the pipeline manages in {settings.data_dir}; choose another "
-                              "path, e.g. export.csv in the current folder")
+            raise ConfigError(
+                f"--out {out} is a file the pipeline manages in {settings.data_dir}; choose another "
+                "path, e.g. export.csv in the current folder"
+            )
     return out
 
 
-def history_batches(storage: Storage, currencies: tuple[str, ...], since: date | None, until: date | None
-                    ) -> Iterator[Any]:
+def history_batches(
+    storage: Storage, currencies: tuple[str, ...], since: date | None, until: date | None
+) -> Iterator[Any]:
     """The history's rows as Arrow batches in the Delta table's schema, filtered, in bounded memory."""
     import pyarrow.compute as pc
 
@@ -63,8 +66,9 @@ def history_batches(storage: Storage, currencies: tuple[str, ...], since: date |
         if not storage.has_history():
             return
         s3 = storage
-        tables = csv_tables(s3.csv_display, opener=lambda: s3.client.get_object(Bucket=s3.bucket,
-                                                                               Key=s3.key(CSV_NAME))["Body"])
+        tables = csv_tables(
+            s3.csv_display, opener=lambda: s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]
+        )
     else:
         raise ConfigError("export knows no such store")
     for table, _ in tables:
@@ -161,6 +165,11 @@ def export(settings: Settings, out: Path, *, show: Callable[[str], None] = print
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     show(display_path(out))
-    log.info("export ok: %s from %s -> %s in %.1f s", count(rows, "row"), display_path(storage.csv_display),
-             display_path(out), time.monotonic() - started)
+    log.info(
+        "export ok: %s from %s -> %s in %.1f s",
+        count(rows, "row"),
+        display_path(storage.csv_display),
+        display_path(out),
+        time.monotonic() - started,
+    )
     return EXIT_OK

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from utils.errors import PipelineError
 from utils.history.layout import display_path
-from utils.views.webhook import Notifier, RunReport
 from utils.settings import Settings
+from utils.views.webhook import Notifier, RunReport
 
 if TYPE_CHECKING:
     from flows.run_once import RunResult
@@ -15,8 +15,13 @@ if TYPE_CHECKING:
 
 def notifier(settings: Settings) -> Notifier:
     """The notifier the settings describe (utils.redact blanks the key from anything it sends)."""
-    return Notifier(settings.notify_url, settings.notify_on, settings.layout.notify_state,
-                    location=display_path(settings.location), timeout=settings.timeout)
+    return Notifier(
+        settings.notify_url,
+        settings.notify_on,
+        settings.layout.notify_state,
+        location=display_path(settings.location),
+        timeout=settings.timeout,
+    )
 
 
 def notice(settings: Settings, title: str, line: str) -> None:
@@ -28,12 +33,14 @@ def after_failure(settings: Settings, command: str, exc: PipelineError) -> None:
     """A run that failed: nothing was appended."""
     if not settings.data_dir.is_dir():
         return  # nowhere to count failures, and a configuration problem the user sees at once
-    notifier(settings).after_run(RunReport("failed", exc.exit_code, f"{command} failed: {exc}", error=str(exc),
-                                           command=command))
+    notifier(settings).after_run(
+        RunReport("failed", exc.exit_code, f"{command} failed: {exc}", error=str(exc), command=command)
+    )
 
 
 def after_result(settings: Settings, result: RunResult) -> None:
     """A run that landed rows (ok or partial), with its new quality findings."""
     outcome = result.outcome()
-    notifier(settings).after_run(RunReport(outcome.result, result.exit_code, result.summary(),
-                                           findings=result.findings))
+    notifier(settings).after_run(
+        RunReport(outcome.result, result.exit_code, result.summary(), findings=result.findings)
+    )

@@ -21,6 +21,11 @@ def plot_command(settings: Settings, console: Console) -> int:
     published, (report,) = charts(storage_for(settings), chart_options(settings))
     for where in published:
         console.out(display_path(where))
-    log.info("plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped", len(report.coins), report.rows_used,
-             report.price_scale, report.skipped_lines)
+    log.info(
+        "plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped",
+        len(report.coins),
+        report.rows_used,
+        report.price_scale,
+        report.skipped_lines,
+    )
     return EXIT_OK

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 from flows.views import FINDING_DAYS, write_report
 from flows.wiring import Console
 from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.history.locations import storage_for
 from utils.history.layout import display_path
+from utils.history.locations import storage_for
 from utils.history.quality import RULE_WORDS, QualityLog
 from utils.settings import Settings
 
@@ -32,8 +32,11 @@ def print_quality(settings: Settings, out: Callable[[str], None] = print, now: d
     for f in findings:
         out(f"{f.found_at[:16].replace('T', ' ')}  {f.coin_id} {f.vs_currency}  {f.last_updated}  {f.rule}: {f.detail}")
     counts = Counter(f.rule for f in findings)
-    out(f"quality: {len(findings)} finding{'s' if len(findings) != 1 else ''} in the last {days} days ("
-        + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common()) + f") in {display_path(path)}")
+    out(
+        f"quality: {len(findings)} finding{'s' if len(findings) != 1 else ''} in the last {days} days ("
+        + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common())
+        + f") in {display_path(path)}"
+    )
     return EXIT_OK
 
 
@@ -46,8 +49,11 @@ def report_command(settings: Settings, console: Console) -> int:
     """`report`: write data/report.html from the history, its findings and the last run."""
     storage = storage_for(settings)
     if not storage.has_history():
-        log.error("report failed: no history yet at %s: run `python main.py` first", display_path(storage.csv_display),
-                  extra={"plain": True})
+        log.error(
+            "report failed: no history yet at %s: run `python main.py` first",
+            display_path(storage.csv_display),
+            extra={"plain": True},
+        )
         return EXIT_FAILED
     where = write_report(settings)
     console.out(display_path(where))

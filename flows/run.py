@@ -20,19 +20,24 @@ from utils.settings import Settings
 log = logging.getLogger("pipeline")
 
 
-def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[str, ...] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, clock: Callable[[], datetime] | None = None
-                 ) -> RunResult:
+def run_pipeline(
+    settings: Settings,
+    client: CoinGeckoClient,
+    *,
+    coins: tuple[str, ...] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    clock: Callable[[], datetime] | None = None,
+) -> RunResult:
     """One run of the pipeline: extract -> transform -> load -> charts (each a stage in lambdas/), then the report."""
     run = RunOnce(settings, client, coins=coins, should_stop=should_stop, clock=clock or utc_now)
-    snapshots = run.extract()               # /coins/markets -> one Snapshot per currency, raw answers archived
+    snapshots = run.extract()  # /coins/markets -> one Snapshot per currency, raw answers archived
     transformed = run.transform(snapshots)  # Snapshots -> typed Records + rejections (pure)
-    run.load(transformed)                   # Records -> the history: appended when their key is new
-    run.heal()                              # days missed while the pipeline was down, from market_chart
-    run.charts()                            # the index's daily points -> PNG charts
+    run.load(transformed)  # Records -> the history: appended when their key is new
+    run.heal()  # days missed while the pipeline was down, from market_chart
+    run.charts()  # the index's daily points -> PNG charts
     result = run.result()
-    run.write_report(result)                # data/report.html, rewritten when the charts were
-    if coins is None:                       # a whole run (not a retry of a few coins): what `status` counts
+    run.write_report(result)  # data/report.html, rewritten when the charts were
+    if coins is None:  # a whole run (not a retry of a few coins): what `status` counts
         record_tracked(settings, result)
     return result
 
@@ -40,8 +45,9 @@ def run_pipeline(settings: Settings, client: CoinGeckoClient, *, coins: tuple[st
 def record_tracked(settings: Settings, result: RunResult) -> None:
     """Note in status.json how many coins a whole run tracked, so `status` counts them from what ran."""
     if settings.data_url is None:
-        StatusFile(settings.layout.status).update(tracked_coins=len(result.requested),
-                                                  tracked_currencies=list(settings.vs_currencies))
+        StatusFile(settings.layout.status).update(
+            tracked_coins=len(result.requested), tracked_currencies=list(settings.vs_currencies)
+        )
 
 
 def run_command(settings: Settings, console: Console) -> int:

@@ -15,24 +15,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from flows.budget import check_run
+from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
+from flows.views import draw_charts, publish_report
 from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
-from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from lambdas.lambda_3_load import load, record_membership
-from flows.budget import check_run
-from flows.views import draw_charts, publish_report
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
-from utils.settings import Settings
+from utils.history.csv_store import LoadReport
 from utils.history.layout import display_path
+from utils.history.locations import storage_for
 from utils.history.quality import Finding, summary_line
 from utils.history.schema import Record, Snapshot
-from utils.history.locations import storage_for
-from utils.history.csv_store import LoadReport
-from utils.words import count
 from utils.history.tracking import SearchMemory, TopMembers, shared_members, spell_ranges
+from utils.settings import Settings
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,17 @@ class RunResult:
     def outcome(self) -> Outcome:
         """The daemon's and the status file's view of this run."""
         summary = self.summary() + (f"; {self.quality_line()}" if self.findings else "")
-        return Outcome("ok" if self.exit_code == EXIT_OK else "partial", self.exit_code, self.load.appended,
-                       self.load.skipped_duplicates, len(self.rejected),
-                       self.incomplete_coins, self.chart_error, summary, warnings=self.stale + self.renamed)
+        return Outcome(
+            "ok" if self.exit_code == EXIT_OK else "partial",
+            self.exit_code,
+            self.load.appended,
+            self.load.skipped_duplicates,
+            len(self.rejected),
+            self.incomplete_coins,
+            self.chart_error,
+            summary,
+            warnings=self.stale + self.renamed,
+        )
 
     def quality_line(self) -> str:
         """The line after the summary: 'quality: 2 findings (1 spike, 1 stale)'."""
@@ -90,15 +98,21 @@ class RunResult:
         got = len(self.requested) - len(self.incomplete_coins)
         coins = count(got, "coin") if not self.incomplete_coins else f"{got} of {count(len(self.requested), 'coin')}"
         skipped = self.load.skipped_duplicates
-        parts = [coins, count(self.load.appended, "row") + " appended", count(skipped, "duplicate") + " skipped",
-                 f"{len(self.rejected)} rejected"]
+        parts = [
+            coins,
+            count(self.load.appended, "row") + " appended",
+            count(skipped, "duplicate") + " skipped",
+            f"{len(self.rejected)} rejected",
+        ]
         if self.healed:
             parts.append(count(self.healed, "missing day") + " healed")
         if self.seeded:
             parts.append(count(self.seeded, "row") + " of past days seeded")
         if self.missing:
-            parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
-                         f"{', ...' if len(self.missing) > 10 else ''})")
+            parts.append(
+                f"{len(self.missing)} missing ({', '.join(self.missing[:10])}"
+                f"{', ...' if len(self.missing) > 10 else ''})"
+            )
         if self.stale:
             parts.append(f"{len(self.stale)} stale")
         for currency, why in self.failed_currencies:
@@ -112,16 +126,30 @@ class RunResult:
 class RunOnce:
     """The steps of one run, each a stage of lambdas/ plus what the run needs around it; main.py chains them."""
 
-    def __init__(self, settings: Settings, client: CoinGeckoClient, *, clock: Clock = utc_now,
-                 coins: tuple[str, ...] | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: CoinGeckoClient,
+        *,
+        clock: Clock = utc_now,
+        coins: tuple[str, ...] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.settings, self.client, self.clock, self.should_stop = settings, client, clock, should_stop
         self.retry = bool(coins)  # a daemon retry names the coins to fetch again: no top N then
         self.coins = coins or settings.coins
         self.started = time.monotonic()
         self.storage = storage_for(settings, should_stop)
         self.storage.check()  # a history this version cannot write is refused before any request
-        self.members = (shared_members(self.storage.read, settings.layout) if settings.data_url
-                        else TopMembers(settings.layout.top_members)) if settings.top else None
+        self.members = (
+            (
+                shared_members(self.storage.read, settings.layout)
+                if settings.data_url
+                else TopMembers(settings.layout.top_members)
+            )
+            if settings.top
+            else None
+        )
         # so is a run the month's API credits cannot pay for
         check_run(settings, coins, seeding=lambda: self._seeding() and self._history_empty())
         self.snapshots: list[Snapshot] = []
@@ -156,14 +184,20 @@ class RunOnce:
             try:
                 archive_snapshot(snapshot, self.storage)
             except (OSError, PipelineError) as exc:
-                log.warning("could not archive the raw answer under %s/raw (%s); the run goes on",
-                            self.storage.location, getattr(exc, "strerror", None) or exc)
+                log.warning(
+                    "could not archive the raw answer under %s/raw (%s); the run goes on",
+                    self.storage.location,
+                    getattr(exc, "strerror", None) or exc,
+                )
             self.snapshots.append(snapshot)
         if not self.snapshots:
             if len(self.failed) == 1 and first_error is not None:
                 raise first_error
-            raise ExtractError("every currency failed: " + "; ".join(f"{vs}: {why}" for vs, why in self.failed) +
-                               "; nothing was appended")
+            raise ExtractError(
+                "every currency failed: "
+                + "; ".join(f"{vs}: {why}" for vs, why in self.failed)
+                + "; nothing was appended"
+            )
         return self.snapshots
 
     def _fetch(self, vs_currency: str) -> Snapshot:
@@ -171,18 +205,27 @@ class RunOnce:
         top = None if self.retry else self.settings.top  # a daemon retry asks for the coins it names, by id
         members = tuple(self.members.members(vs_currency)) if top and self.members is not None else ()
         with PageProgress(top_pages(top) if top else 0, vs_currency) as progress:
-            answer = fetch_tracked(top, self.coins, vs_currency, self.client, self.clock, members=members,
-                                   progress=progress.step)
+            answer = fetch_tracked(
+                top, self.coins, vs_currency, self.client, self.clock, members=members, progress=progress.step
+            )
         if top:
             self.tops[vs_currency] = answer.top_ids
             self.gone[vs_currency] = answer.gone
             if answer.repeated:
-                log.info("top %s in %s: %s seen twice while ranks moved between pages, stored once",
-                         top_label(top), vs_currency, count(answer.repeated, "coin"))
+                log.info(
+                    "top %s in %s: %s seen twice while ranks moved between pages, stored once",
+                    top_label(top),
+                    vs_currency,
+                    count(answer.repeated, "coin"),
+                )
             if answer.gone:
-                log.info("top %s in %s: %s no longer listed by CoinGecko (%s); their history is kept",
-                         top_label(top), vs_currency, count(len(answer.gone), "coin"),
-                         ", ".join(answer.gone[:10]) + (", ..." if len(answer.gone) > 10 else ""))
+                log.info(
+                    "top %s in %s: %s no longer listed by CoinGecko (%s); their history is kept",
+                    top_label(top),
+                    vs_currency,
+                    count(len(answer.gone), "coin"),
+                    ", ".join(answer.gone[:10]) + (", ..." if len(answer.gone) > 10 else ""),
+                )
         return answer.snapshot
 
     def transform(self, snapshots: list[Snapshot]) -> TransformResult:
@@ -202,8 +245,14 @@ class RunOnce:
         unknown = self._missing_notes(self.missing(), empty_answer=not rows)
         if not records:
             note = "; ".join(filter(None, [*self.renamed, unknown]))
-            why = note if note and not rows else (f"CoinGecko returned {rows} rows for {len(self.requested())} "
-                                                  "requested coins and none could be stored")
+            why = (
+                note
+                if note and not rows
+                else (
+                    f"CoinGecko returned {rows} rows for {len(self.requested())} "
+                    "requested coins and none could be stored"
+                )
+            )
             raise ExtractError(f"no usable rows: {why}; nothing was appended")
         for line in [*self.renamed, *filter(None, [unknown])]:
             log.warning("%s", line)
@@ -230,12 +279,17 @@ class RunOnce:
             known = last_seen(index, missing)
         if empty_answer and known:
             self.renamed = []
-            return (f"CoinGecko answered no rows at all for {len(missing)} coins, {len(known)} of which it returned "
-                    "before: probably a problem on its side; try again later (a daemon retries by itself)")
+            return (
+                f"CoinGecko answered no rows at all for {len(missing)} coins, {len(known)} of which it returned "
+                "before: probably a problem on its side; try again later (a daemon retries by itself)"
+            )
         memory = SearchMemory(self.settings.layout.coin_searches)
         today = self.clock().date()
-        self.renamed = [successor_note(self.client, memory, coin_id, known[coin_id], self.settings.coins, today)
-                        for coin_id in missing if coin_id in known]
+        self.renamed = [
+            successor_note(self.client, memory, coin_id, known[coin_id], self.settings.coins, today)
+            for coin_id in missing
+            if coin_id in known
+        ]
         never = tuple(c for c in missing if c not in known)
         note = missing_ids_note(self.client, never, memory=memory, today=today) if never else None
         memory.save()
@@ -246,13 +300,26 @@ class RunOnce:
         self.empty_before = self._seeding() and self._history_empty()
         self.report = load(result.records, self.storage)
         if self.members is not None and self.tops:
-            changed = record_membership(self.storage, self.settings.layout, self.tops, self.gone, self.clock().date(),
-                                        self.settings.top or 0, self.settings.coins)
+            changed = record_membership(
+                self.storage,
+                self.settings.layout,
+                self.tops,
+                self.gone,
+                self.clock().date(),
+                self.settings.top or 0,
+                self.settings.coins,
+            )
             for vs_currency, changes in changed.items():
                 if changes.entered or changes.left:
-                    log.info("top %s in %s: %d entered (%s), %d left (%s)", top_label(self.settings.top or 0),
-                             vs_currency, len(changes.entered), ", ".join(changes.entered[:10]), len(changes.left),
-                             ", ".join(changes.left[:10]))
+                    log.info(
+                        "top %s in %s: %d entered (%s), %d left (%s)",
+                        top_label(self.settings.top or 0),
+                        vs_currency,
+                        len(changes.entered),
+                        ", ".join(changes.entered[:10]),
+                        len(changes.left),
+                        ", ".join(changes.left[:10]),
+                    )
             self.members = TopMembers(self.settings.layout.top_members)  # as recorded, for healing
         self.findings += self.report.findings
         return self.report
@@ -273,8 +340,9 @@ class RunOnce:
             if self.empty_before:
                 self.seeded, found = seed_history(self.settings, self.client, self.transformed.records, self.clock)
             else:
-                self.healed, found = heal(self.settings, self.client, self.transformed.records, self.members,
-                                          self.clock)
+                self.healed, found = heal(
+                    self.settings, self.client, self.transformed.records, self.members, self.clock
+                )
             self.findings += found
         return self.healed + self.seeded
 
@@ -286,23 +354,40 @@ class RunOnce:
 
     def result(self) -> RunResult:
         """The run's outcome, for the summary line, the exit code and the status file."""
-        assert self.snapshots and self.transformed is not None and self.report is not None, \
+        assert self.snapshots and self.transformed is not None and self.report is not None, (
             "result() comes after extract, transform and load"
-        return RunResult(requested=self.requested(), load=self.report, missing=self.missing(),
-                         rejected=tuple(self.incomplete_rejected), seconds=time.monotonic() - self.started,
-                         chart_error=self.chart_error, charts=self.chart_paths, healed=self.healed,
-                         seeded=self.seeded,
-                         failed_currencies=tuple(self.failed), stale=tuple(self.stale), renamed=tuple(self.renamed),
-                         findings=self.findings)
-
+        )
+        return RunResult(
+            requested=self.requested(),
+            load=self.report,
+            missing=self.missing(),
+            rejected=tuple(self.incomplete_rejected),
+            seconds=time.monotonic() - self.started,
+            chart_error=self.chart_error,
+            charts=self.chart_paths,
+            healed=self.healed,
+            seeded=self.seeded,
+            failed_currencies=tuple(self.failed),
+            stale=tuple(self.stale),
+            renamed=tuple(self.renamed),
+            findings=self.findings,
+        )
 
     def write_report(self, result: RunResult) -> None:
         """report.html after a run that drew the charts, beside the history (a failure is only a warning)."""
         if self.chart_paths:
             outcome = result.outcome()
-            publish_report(self.settings, outcome={"result": outcome.result, "summary": outcome.summary,
-                                                   "exit_code": result.exit_code, "trigger": "run",
-                                                   "finished_at": self.clock()})
+            publish_report(
+                self.settings,
+                outcome={
+                    "result": outcome.result,
+                    "summary": outcome.summary,
+                    "exit_code": result.exit_code,
+                    "trigger": "run",
+                    "finished_at": self.clock(),
+                },
+            )
+
 
 class PageProgress:
     """Progress through the ranking pages of a long top N (more than 10 pages): a tqdm bar on a terminal, else a log
@@ -339,8 +424,9 @@ def _in(settings: Settings, vs_currency: str) -> str:
     return f" in {vs_currency}" if len(settings.vs_currencies) > 1 else ""
 
 
-def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], members: TopMembers | None,
-         clock: Clock) -> tuple[int, tuple[Finding, ...]]:
+def heal(
+    settings: Settings, client: CoinGeckoClient, records: list[Record], members: TopMembers | None, clock: Clock
+) -> tuple[int, tuple[Finding, ...]]:
     """Fill days missing since each coin's first observation, per currency; a failure here never fails the run.
 
     A coin tracked only for its place in the top N is healed only on days it was inside (with
@@ -367,8 +453,9 @@ def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], mem
                 else:
                     within[coin_id] = spell_ranges(members.spells(vs_currency, coin_id), today)
         try:
-            filled, _, found = heal_gaps(settings, client, landed, vs_currency=vs_currency, clock=clock,
-                                         within=within, from_start=from_start)
+            filled, _, found = heal_gaps(
+                settings, client, landed, vs_currency=vs_currency, clock=clock, within=within, from_start=from_start
+            )
         except PipelineError as exc:
             log.warning("could not heal gaps in the history%s: %s", _in(settings, vs_currency), exc)
             continue
@@ -377,8 +464,9 @@ def heal(settings: Settings, client: CoinGeckoClient, records: list[Record], mem
     return added, findings
 
 
-def seed_history(settings: Settings, client: CoinGeckoClient, records: list[Record], clock: Clock
-                 ) -> tuple[int, tuple[Finding, ...]]:
+def seed_history(
+    settings: Settings, client: CoinGeckoClient, records: list[Record], clock: Clock
+) -> tuple[int, tuple[Finding, ...]]:
     """A first run: the last --seed-days days of every coin that landed, per currency (a failure is a warning)."""
     from flows.backfill import seed
 
@@ -389,10 +477,13 @@ def seed_history(settings: Settings, client: CoinGeckoClient, records: list[Reco
         try:
             filled, found = seed(settings, client, landed, vs_currency=vs_currency, clock=clock)
         except PipelineError as exc:
-            log.warning("could not fill the new history's first days%s: %s; `python main.py backfill --days %d` "
-                        "fills them", _in(settings, vs_currency), exc, settings.seed_days)
+            log.warning(
+                "could not fill the new history's first days%s: %s; `python main.py backfill --days %d` fills them",
+                _in(settings, vs_currency),
+                exc,
+                settings.seed_days,
+            )
             continue
         added += filled
         findings += found
     return added, findings
-

@@ -22,14 +22,22 @@ log = logging.getLogger(__name__)
 def run_outcome(event: dict[str, Any], finished_at: datetime) -> dict[str, Any]:
     """The report's "last run" card from the load's answer."""
     failed = [f"{vs} failed: {why}" for vs, why in event.get("failed", [])]
-    parts = [count(int(event.get("appended", 0)), "row") + " appended",
-             count(int(event.get("skipped_duplicates", 0)), "duplicate") + " skipped",
-             f"{len(event.get('rejected', []))} rejected", *failed]
+    parts = [
+        count(int(event.get("appended", 0)), "row") + " appended",
+        count(int(event.get("skipped_duplicates", 0)), "duplicate") + " skipped",
+        f"{len(event.get('rejected', []))} rejected",
+        *failed,
+    ]
     if event.get("missing"):
         parts.append(f"{len(event['missing'])} missing")
     result = str(event.get("result", "ok"))
-    return {"result": result, "summary": f"run {result}: " + ", ".join(parts), "exit_code": 0 if result == "ok" else 3,
-            "trigger": "schedule", "finished_at": finished_at}
+    return {
+        "result": result,
+        "summary": f"run {result}: " + ", ".join(parts),
+        "exit_code": 0 if result == "ok" else 3,
+        "trigger": "schedule",
+        "finished_at": finished_at,
+    }
 
 
 def views_handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:

@@ -7,18 +7,18 @@ from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from utils.daemon import StatusFile, parse_iso
-from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.coingecko.plans import FREE_REACH_DAYS, PAID_REACH, earliest_reachable_day
-from utils.history.index import HistoryIndex, Range, SeriesInfo, day_number, day_of, subtract
-from utils.words import count
-from utils.history.layout import display_path
-from utils.settings import Settings
-from utils.history.locations import refuse_file_as_data_dir, storage_for
-from utils.history.csv_store import LegacyHistory
 from flows.budget import usage
 from flows.top import describe_tracking
 from flows.wiring import Console
+from utils.coingecko.plans import FREE_REACH_DAYS, PAID_REACH, earliest_reachable_day
+from utils.daemon import StatusFile, parse_iso
+from utils.errors import EXIT_FAILED, EXIT_OK
+from utils.history.csv_store import LegacyHistory
+from utils.history.index import HistoryIndex, Range, SeriesInfo, day_number, day_of, subtract
+from utils.history.layout import display_path
+from utils.history.locations import refuse_file_as_data_dir, storage_for
+from utils.settings import Settings
+from utils.words import count
 
 
 def _when(text: object) -> str:
@@ -38,8 +38,7 @@ def _pid_alive(pid: object) -> bool:
     return True
 
 
-def print_status(settings: Settings, out: Callable[[str], None] = print,
-                 now: datetime | None = None) -> int:
+def print_status(settings: Settings, out: Callable[[str], None] = print, now: datetime | None = None) -> int:
     """Print the status; exit 1 when there is neither a history nor a recorded run."""
     now = now or datetime.now(timezone.utc)
     if settings.data_url is None:
@@ -57,10 +56,14 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
         return EXIT_FAILED
     last = status.get("last_run") if isinstance(status.get("last_run"), dict) else None
     if last:
-        counts = (f"{last.get('appended', 0)} appended, {last.get('duplicates', 0)} duplicates skipped, "
-                  f"{last.get('rejected', 0)} rejected")
-        out(f"last run:     {_when(last.get('finished_at'))}: {last.get('result', '?')} "
-            f"(exit {last.get('exit_code', '?')}; {counts}; {last.get('trigger', 'run')})")
+        counts = (
+            f"{last.get('appended', 0)} appended, {last.get('duplicates', 0)} duplicates skipped, "
+            f"{last.get('rejected', 0)} rejected"
+        )
+        out(
+            f"last run:     {_when(last.get('finished_at'))}: {last.get('result', '?')} "
+            f"(exit {last.get('exit_code', '?')}; {counts}; {last.get('trigger', 'run')})"
+        )
         if last.get("error"):
             out(f"              {last['error']}")
         if last.get("incomplete_coins"):
@@ -75,8 +78,10 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
     out(quality_counts(settings, now))
     pid = status.get("daemon_pid")
     if _pid_alive(pid):
-        out(f"next run:     {_when(status.get('next_run'))} (daemon PID {pid}, daily at {status.get('at', '?')} "
-            f"{status.get('timezone', '')})")
+        out(
+            f"next run:     {_when(status.get('next_run'))} (daemon PID {pid}, daily at {status.get('at', '?')} "
+            f"{status.get('timezone', '')})"
+        )
     else:
         out("next run:     no daemon running (start one with `python main.py daemon`)")
     describe_tracking(settings, now, out)
@@ -88,9 +93,11 @@ def print_status(settings: Settings, out: Callable[[str], None] = print,
             currencies = index.currencies()
             series = index.series()
             rows, damaged = index.rows, index.damaged
-            out(f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
+            out(
+                f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
                 + (f" in {', '.join(currencies)}" if currencies else "")
-                + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else ""))
+                + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else "")
+            )
             for currency in currencies or [settings.vs_currency]:
                 in_currency = [s for s in series if s.vs_currency == currency]
                 describe_currency(currency, in_currency, now, out)
@@ -108,8 +115,10 @@ def backfill_line(last: dict | None) -> str:
         return "last backfill: none recorded"
     line = f"last backfill: {_when(last.get('finished_at'))}: {last.get('result', '?')}"
     if last.get("days"):
-        line += (f", {count(last['days'], 'day')} ({last.get('first_day')}..{last.get('last_day')}), "
-                 f"{count(last.get('coins', 0), 'coin')}, {count(last.get('added', 0), 'row')} added")
+        line += (
+            f", {count(last['days'], 'day')} ({last.get('first_day')}..{last.get('last_day')}), "
+            f"{count(last.get('coins', 0), 'coin')}, {count(last.get('added', 0), 'row')} added"
+        )
     if last.get("error"):
         line += f"; {last['error']}"
     return line
@@ -129,8 +138,14 @@ def describe_currency(currency: str, series: list[SeriesInfo], now: datetime, ou
     out(f"coins:        {', '.join(coins[:30])}{' ...' if len(coins) > 30 else ''}")
 
 
-def describe_missing(settings: Settings, currency: str, series: list[SeriesInfo], index: HistoryIndex, now: datetime,
-                     out: Callable[[str], None]) -> None:
+def describe_missing(
+    settings: Settings,
+    currency: str,
+    series: list[SeriesInfo],
+    index: HistoryIndex,
+    now: datetime,
+    out: Callable[[str], None],
+) -> None:
     """The days without an observation, split by what can fill them: a backfill (within the plan's reach),
     nothing on this plan (older), nothing at all (CoinGecko had no data for them)."""
     today = now.date()
@@ -156,13 +171,17 @@ def describe_missing(settings: Settings, currency: str, series: list[SeriesInfo]
         return
     if fillable:
         first = min(a for spans in fillable.values() for a, _ in spans)
-        out(f"days missing: {_coin_days(fillable)} within the {settings.api_plan} plan's reach: "
-            f"`{backfill_hint(settings, currency, sorted(fillable), day_of(first))}` fills them")
+        out(
+            f"days missing: {_coin_days(fillable)} within the {settings.api_plan} plan's reach: "
+            f"`{backfill_hint(settings, currency, sorted(fillable), day_of(first))}` fills them"
+        )
         _list_spans(fillable, out)
     if beyond:
-        out(f"days missing: {_coin_days(beyond)} before {earliest}, older than the {settings.api_plan} plan reaches "
+        out(
+            f"days missing: {_coin_days(beyond)} before {earliest}, older than the {settings.api_plan} plan reaches "
             f"(the past {FREE_REACH_DAYS} days): no command can fill them on this plan; a paid plan "
-            f"(`--api-plan pro`) reaches back to {PAID_REACH}")
+            f"(`--api-plan pro`) reaches back to {PAID_REACH}"
+        )
         _list_spans(beyond, out)
     if none_there:
         out(f"days missing: {count(none_there, 'coin-day')} CoinGecko answered without data (not asked again)")
@@ -202,9 +221,11 @@ def quality_counts(settings: Settings, now: datetime) -> str:
     if not counts:
         return "quality:      no findings in the last 30 days"
     total = sum(counts.values())
-    return (f"quality:      {total} finding{'s' if total != 1 else ''} in the last 30 days ("
-            + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common())
-            + "): `python main.py quality` lists them")
+    return (
+        f"quality:      {total} finding{'s' if total != 1 else ''} in the last 30 days ("
+        + ", ".join(f"{n} {RULE_WORDS[r]}" for r, n in counts.most_common())
+        + "): `python main.py quality` lists them"
+    )
 
 
 def status_command(settings: Settings, console: Console) -> int:

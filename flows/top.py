@@ -11,10 +11,10 @@ from utils.daemon import StatusFile
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.index import day_number
 from utils.history.layout import display_path
-from utils.options import command_default
-from utils.settings import Settings
 from utils.history.locations import storage_for
 from utils.history.tracking import TopMembers
+from utils.options import command_default
+from utils.settings import Settings
 from utils.words import count
 
 DEFAULT_TOP = command_default("top", "top")  # 100: how many `top` prints without --top
@@ -35,8 +35,10 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
     with storage_for(settings).index() as index:
         rows = index.top_of_day(currency, day_number(day), limit)
     if not rows:
-        out(f"no observations in {currency} on {day} in {display_path(settings.csv_path)}: "
-            "`python main.py status` shows the days the history covers")
+        out(
+            f"no observations in {currency} on {day} in {display_path(settings.csv_path)}: "
+            "`python main.py status` shows the days the history covers"
+        )
         return EXIT_FAILED
     out(f"top {top_label(limit)} by market cap in {currency} on {day} (UTC), each coin's last observation that day:")
     out(f"{'rank':>5}  {'id':<32} {'symbol':<10} {'market cap (' + currency + ')':>24}")
@@ -49,7 +51,9 @@ def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], No
     """How many coins a run tracks, and for the top N of each currency how many entered or left in 30 days."""
     members = TopMembers(settings.layout.top_members)
     if not members.currencies:
-        status = StatusFile(settings.layout.status).read()  # what the last whole run fetched, not this command's --coins
+        status = StatusFile(
+            settings.layout.status
+        ).read()  # what the last whole run fetched, not this command's --coins
         if status.get("tracked_coins"):
             currencies = status.get("tracked_currencies") or [settings.vs_currency]
             out(f"tracked:      {status['tracked_coins']} coins in {', '.join(currencies)}")
@@ -60,15 +64,22 @@ def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], No
         entered, left = members.recent(currency, now.date())
         size = members.size(currency)
         what = "the whole market" if size and size >= UNIVERSE_CAP else f"the top {size or '?'}"
-        out(f"tracked:      {len(inside) + len(extra)} coins in {currency}: {what} "
+        out(
+            f"tracked:      {len(inside) + len(extra)} coins in {currency}: {what} "
             f"({len(inside)} coins){f' and {len(extra)} more from --coins' if extra else ''}; "
-            f"last 30 days: {entered} entered, {left} left the top")
-        gone = sorted((day, coin_id) for coin_id, day in members.gone(currency).items()
-                      if (now.date() - day).days > GONE_AFTER_DAYS)
+            f"last 30 days: {entered} entered, {left} left the top"
+        )
+        gone = sorted(
+            (day, coin_id)
+            for coin_id, day in members.gone(currency).items()
+            if (now.date() - day).days > GONE_AFTER_DAYS
+        )
         if gone:
             listed = ", ".join(f"{coin_id} gone since {day}" for day, coin_id in gone[:GONE_SHOWN])
-            out(f"gone:         {count(len(gone), 'coin')} in {currency} no longer listed by CoinGecko for more than "
-                f"{GONE_AFTER_DAYS} days (history kept): {listed}{', ...' if len(gone) > GONE_SHOWN else ''}")
+            out(
+                f"gone:         {count(len(gone), 'coin')} in {currency} no longer listed by CoinGecko for more than "
+                f"{GONE_AFTER_DAYS} days (history kept): {listed}{', ...' if len(gone) > GONE_SHOWN else ''}"
+            )
 
 
 def top_command(settings: Settings, console: Console) -> int:

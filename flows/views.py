@@ -8,20 +8,19 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-from utils.history.csvio import DAY_MS
 from utils.daemon import StatusFile
 from utils.errors import LoadError
+from utils.history.csvio import DAY_MS
 from utils.history.files import atomic_write_bytes, describe_os_error
 from utils.history.index import HistoryIndex, day_of
 from utils.history.layout import CHART_NAMES, display_path
+from utils.history.locations import Storage, storage_for
 from utils.history.quality import RULE_WORDS, QualityLog
-from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
 from utils.options import command_default
 from utils.settings import Settings
-from utils.history.locations import Storage, storage_for
+from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,24 @@ def coin_rows(index: HistoryIndex, vs_currency: str, today: datetime, findings: 
 
         missing = info.missing_count(today.date())
         present = sum(b - a + 1 for a, b in info.covered)
-        out.append(CoinRow(coin_id, info.name, info.symbol, _utc(ts), price, change(1), change(7), change(30),
-                           cap, rank, str(day_of(info.first_day)), present, missing, findings[coin_id]))
+        out.append(
+            CoinRow(
+                coin_id,
+                info.name,
+                info.symbol,
+                _utc(ts),
+                price,
+                change(1),
+                change(7),
+                change(30),
+                cap,
+                rank,
+                str(day_of(info.first_day)),
+                present,
+                missing,
+                findings[coin_id],
+            )
+        )
     out.sort(key=lambda c: (c.rank is None, c.rank or 0, c.coin_id))
     return out
 
@@ -81,7 +96,9 @@ def last_run(settings: Settings, outcome: dict[str, Any] | None) -> dict[str, An
     if not isinstance(recorded, dict):
         return None
     return {k: recorded.get(k) for k in ("result", "finished_at", "trigger", "error", "exit_code")} | {
-        "summary": None, "finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19]}
+        "summary": None,
+        "finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19],
+    }
 
 
 def last_backfill(settings: Settings) -> dict[str, Any] | None:
@@ -92,8 +109,9 @@ def last_backfill(settings: Settings) -> dict[str, Any] | None:
     return recorded | {"finished_at": str(recorded.get("finished_at") or "").replace("T", " ")[:19]}
 
 
-def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
-                 now: datetime | None = None) -> ReportData:
+def build_report(
+    settings: Settings, *, outcome: dict[str, Any] | None = None, now: datetime | None = None
+) -> ReportData:
     """Gather what the page shows: index, quality.csv, status and the charts already drawn."""
     now = now or datetime.now(timezone.utc)
     layout = settings.layout
@@ -107,14 +125,25 @@ def build_report(settings: Settings, *, outcome: dict[str, Any] | None = None,
     charts = [Chart(CHART_TITLES[path.name], png_data_uri(path)) for path in layout.charts if path.is_file()]
     notes = []
     if len(currencies) > 1:
-        notes.append(f"The history also holds {', '.join(c for c in currencies if c != vs)}; this page shows {vs} "
-                     "(choose with --vs-currency).")
+        notes.append(
+            f"The history also holds {', '.join(c for c in currencies if c != vs)}; this page shows {vs} "
+            "(choose with --vs-currency)."
+        )
     counts = Counter(f.rule for f in in_currency)
-    return ReportData(generated_at=now.strftime("%Y-%m-%d %H:%M UTC"), vs_currency=vs, csv_name=layout.csv.name,
-                      rows=rows, coins=coins, charts=charts, findings=list(reversed(in_currency)),
-                      finding_counts={RULE_WORDS[r]: n for r, n in counts.most_common()},
-                      last_run=last_run(settings, outcome), days=FINDING_DAYS, notes=notes,
-                      last_backfill=last_backfill(settings))
+    return ReportData(
+        generated_at=now.strftime("%Y-%m-%d %H:%M UTC"),
+        vs_currency=vs,
+        csv_name=layout.csv.name,
+        rows=rows,
+        coins=coins,
+        charts=charts,
+        findings=list(reversed(in_currency)),
+        finding_counts={RULE_WORDS[r]: n for r, n in counts.most_common()},
+        last_run=last_run(settings, outcome),
+        days=FINDING_DAYS,
+        notes=notes,
+        last_backfill=last_backfill(settings),
+    )
 
 
 def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, draw: bool = True) -> str:

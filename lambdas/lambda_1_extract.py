@@ -25,25 +25,30 @@ def _checked(page: Any) -> list[Any]:
     """A /coins/markets answer that is a list, else ExtractError."""
     if not isinstance(page, list):
         kind = type(page).__name__.replace("dict", "object").replace("NoneType", "null")
-        raise ExtractError(f"CoinGecko /coins/markets answered a JSON {kind} where a list of coins "
-                           "belongs; the API may have changed or be misbehaving: try again later")
+        raise ExtractError(
+            f"CoinGecko /coins/markets answered a JSON {kind} where a list of coins "
+            "belongs; the API may have changed or be misbehaving: try again later"
+        )
     return page
 
 
-def extract(coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
-            clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Snapshot:
+def extract(
+    coins: tuple[str, ...],
+    vs_currency: str,
+    client: CoinGeckoClient,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> Snapshot:
     """Fetch every coin in ceil(n / 250) requests. Raises ExtractError."""
     fetched_at = clock()
     rows: list[Any] = []
     pages: list[Any] = []
     for start in range(0, len(coins), PAGE_SIZE):
-        chunk = list(coins[start:start + PAGE_SIZE])
+        chunk = list(coins[start : start + PAGE_SIZE])
         page = _checked(client.markets(vs_currency, chunk, page=1, per_page=PAGE_SIZE))
         pages.append(page)
         rows.extend(page)
     log.debug("fetched %d rows for %d coins in %d requests", len(rows), len(coins), len(pages))
-    return Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=tuple(coins), rows=rows,
-                    pages=pages)
+    return Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=tuple(coins), rows=rows, pages=pages)
 
 
 def _row_id(row: Any) -> str | None:
@@ -67,10 +72,16 @@ def top_pages(top: int) -> int:
     return -(-min(top, UNIVERSE_CAP) // PAGE_SIZE)
 
 
-def extract_top(top: int, coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
-                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), *,
-                members: tuple[str, ...] = (),
-                progress: Callable[[int, int], None] | None = None) -> TopAnswer:
+def extract_top(
+    top: int,
+    coins: tuple[str, ...],
+    vs_currency: str,
+    client: CoinGeckoClient,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    *,
+    members: tuple[str, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> TopAnswer:
     """The top N by market cap in at most ceil(N / 250) pages, plus the coins outside them by id.
 
     Paging stops at a short page (the whole listing was seen) or at N; N is at most UNIVERSE_CAP, so a
@@ -124,8 +135,15 @@ def extract_top(top: int, coins: tuple[str, ...], vs_currency: str, client: Coin
         rows.extend(found[c] for c in wanted if c in found and c not in inside and c not in beyond)
     wanted = [c for c in wanted if c not in inside]
     requested = tuple(dict.fromkeys([*top_ids, *wanted]))
-    log.debug("top %d in %s: %d rows in %d requests, %d repeated, %d gone", top, vs_currency, len(rows), len(pages),
-              repeated, len(gone))
+    log.debug(
+        "top %d in %s: %d rows in %d requests, %d repeated, %d gone",
+        top,
+        vs_currency,
+        len(rows),
+        len(pages),
+        repeated,
+        len(gone),
+    )
     snapshot = Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=requested, rows=rows, pages=pages)
     return TopAnswer(snapshot, top_ids, gone, min(len(pages), total), repeated)
 
@@ -138,9 +156,16 @@ def _within(row: Any, top: int) -> bool:
     return top >= UNIVERSE_CAP
 
 
-def fetch_tracked(top: int | None, coins: tuple[str, ...], vs_currency: str, client: CoinGeckoClient,
-                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), *,
-                  members: tuple[str, ...] = (), progress: Callable[[int, int], None] | None = None) -> TopAnswer:
+def fetch_tracked(
+    top: int | None,
+    coins: tuple[str, ...],
+    vs_currency: str,
+    client: CoinGeckoClient,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    *,
+    members: tuple[str, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> TopAnswer:
     """One currency's answers by the one rule the command line and Lambda share: with a top N, the top N
     plus the coins outside it (and earlier members, to see who left); without, the coins alone by id."""
     if top:
@@ -151,7 +176,6 @@ def fetch_tracked(top: int | None, coins: tuple[str, ...], vs_currency: str, cli
 def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
     """Keep the raw answer as gzip JSON so a later version can reprocess history; returns where it went."""
     return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
-
 
 
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
@@ -189,9 +213,18 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
             out["missing"] = list(dict.fromkeys([*out["missing"], *snapshot.missing]))
             if settings.top:
                 out["tops"][vs_currency], out["gone"][vs_currency] = answer.top_ids, answer.gone
-            log.info("extract %s: %d rows for %d coins -> %s/%s", vs_currency, len(snapshot.rows),
-                     len(snapshot.requested), storage.location, out["raw_keys"][-1])
+            log.info(
+                "extract %s: %d rows for %d coins -> %s/%s",
+                vs_currency,
+                len(snapshot.rows),
+                len(snapshot.requested),
+                storage.location,
+                out["raw_keys"][-1],
+            )
     if not out["raw_keys"]:
-        raise ExtractError("every currency failed: " + "; ".join(f"{vs}: {why}" for vs, why in out["failed"]) +
-                           "; nothing was appended")
+        raise ExtractError(
+            "every currency failed: "
+            + "; ".join(f"{vs}: {why}" for vs, why in out["failed"])
+            + "; nothing was appended"
+        )
     return out

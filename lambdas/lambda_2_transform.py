@@ -9,15 +9,32 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from utils.history.schema import (COIN_ID_RE, SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, Snapshot, format_timestamp,
-                          normalize_timestamp, number_problem, safe_text)
+from utils.history.schema import (
+    COIN_ID_RE,
+    SOURCE_MARKET_CHART,
+    SOURCE_MARKETS,
+    Record,
+    Snapshot,
+    format_timestamp,
+    normalize_timestamp,
+    number_problem,
+    safe_text,
+)
 
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
 FUTURE_SKEW_MINUTES = 10  # a small clock skew between CoinGecko and us is fine; a day ahead is not
 
 # Fields that must be non-negative when present.
-NON_NEGATIVE = ("current_price", "market_cap", "total_volume", "high_24h", "low_24h", "circulating_supply",
-                "total_supply", "max_supply")
+NON_NEGATIVE = (
+    "current_price",
+    "market_cap",
+    "total_volume",
+    "high_24h",
+    "low_24h",
+    "circulating_supply",
+    "total_supply",
+    "max_supply",
+)
 SIGNED = ("price_change_percentage_24h",)
 
 
@@ -114,8 +131,10 @@ def to_record(row: Any, vs_currency: str, fetched_at: str, latest: str = "9999")
     if last_updated < EARLIEST:
         raise RowError(f"last_updated {last_updated} is before 2009, when market data begins")
     if last_updated > latest:
-        raise RowError(f"last_updated {last_updated} is more than {FUTURE_SKEW_MINUTES} minutes after the fetch "
-                       f"({fetched_at}): a clock this far ahead is not an observation")
+        raise RowError(
+            f"last_updated {last_updated} is more than {FUTURE_SKEW_MINUTES} minutes after the fetch "
+            f"({fetched_at}): a clock this far ahead is not an observation"
+        )
     values = {name: number(row, name) for name in NON_NEGATIVE}
     values.update({name: number(row, name, signed=True) for name in SIGNED})
     return Record(
@@ -163,16 +182,16 @@ CHART_SERIES = {"prices": "current_price", "market_caps": "market_cap", "total_v
 DAY_MS = 86_400_000
 
 
-def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: date, last_day: date
-                     ) -> TransformResult:
+def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: date, last_day: date) -> TransformResult:
     """Daily points of one coin as Records: one per complete UTC day in [first_day, last_day], at 00:00 UTC.
 
     The caller sets last_day to the newest complete day, so the partial point at request time is dropped.
     For each day the earliest point of that day is used (the 00:00 point when the answer is daily).
     """
     if not isinstance(chart, dict) or not isinstance(chart.get("prices"), list):
-        return TransformResult([], [Rejected(coin_id, f"market_chart answer is {_describe(chart)}, "
-                                                      "not an object with a prices list")])
+        return TransformResult(
+            [], [Rejected(coin_id, f"market_chart answer is {_describe(chart)}, not an object with a prices list")]
+        )
     lo = int(datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc).timestamp() * 1000)
     hi = int(datetime(last_day.year, last_day.month, last_day.day, tzinfo=timezone.utc).timestamp() * 1000) + DAY_MS
     days: dict[int, dict[str, Any]] = {}
@@ -185,9 +204,13 @@ def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: d
             rejected.append(Rejected(coin_id, f"{series} is {_describe(points)}, not a list"))
             continue
         for point in points:
-            if (not isinstance(point, list) or len(point) != 2 or isinstance(point[0], bool)
-                    or not isinstance(point[0], (int, float))
-                    or (isinstance(point[0], float) and not math.isfinite(point[0]))):
+            if (
+                not isinstance(point, list)
+                or len(point) != 2
+                or isinstance(point[0], bool)
+                or not isinstance(point[0], (int, float))
+                or (isinstance(point[0], float) and not math.isfinite(point[0]))
+            ):
                 rejected.append(Rejected(coin_id, f"a {series} point is {_describe(point)}, not [ms, value]"))
                 continue
             ms = int(point[0])
@@ -208,13 +231,27 @@ def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: d
             continue
         if numbers["current_price"] is None and numbers["market_cap"] is None:
             continue
-        records.append(Record(
-            name="", symbol="", current_price=numbers["current_price"], market_cap=numbers["market_cap"],
-            price_change_percentage_24h=None, circulating_supply=None,
-            last_updated=format_timestamp(datetime.fromtimestamp(day * 86400, tz=timezone.utc)),
-            fetched_at="", coin_id=coin_id, vs_currency=vs_currency, market_cap_rank=None,
-            total_volume=numbers["total_volume"], high_24h=None, low_24h=None, total_supply=None, max_supply=None,
-            source=SOURCE_MARKET_CHART))
+        records.append(
+            Record(
+                name="",
+                symbol="",
+                current_price=numbers["current_price"],
+                market_cap=numbers["market_cap"],
+                price_change_percentage_24h=None,
+                circulating_supply=None,
+                last_updated=format_timestamp(datetime.fromtimestamp(day * 86400, tz=timezone.utc)),
+                fetched_at="",
+                coin_id=coin_id,
+                vs_currency=vs_currency,
+                market_cap_rank=None,
+                total_volume=numbers["total_volume"],
+                high_24h=None,
+                low_24h=None,
+                total_supply=None,
+                max_supply=None,
+                source=SOURCE_MARKET_CHART,
+            )
+        )
     return TransformResult(records, rejected)
 
 
@@ -240,12 +277,16 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
         if not raw_key.startswith(f"{RAW}/") or ".." in raw_key:
             raise ValueError(f"raw_key {raw_key!r} is not under {RAW}/")
         result = transform(snapshot_from_payload(gunzip_json(read_object(settings, raw_key))))
-        records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1:].replace(".json.gz", ".records.json.gz")
+        records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1 :].replace(".json.gz", ".records.json.gz")
         write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
         records_keys.append(records_key)
         rejected.extend(result.rejected)
         stored += len(result.records)
     for line in rejection_lines(rejected):
         logging.getLogger(__name__).warning("%s", line)
-    return {**event, "records_keys": records_keys, "records": stored,
-            "rejected": [{"coin_id": r.coin_id, "reason": r.reason} for r in rejected]}
+    return {
+        **event,
+        "records_keys": records_keys,
+        "records": stored,
+        "rejected": [{"coin_id": r.coin_id, "reason": r.reason} for r in rejected],
+    }

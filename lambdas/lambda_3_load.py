@@ -6,12 +6,12 @@ import logging
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from utils.history.layout import DataLayout
-from utils.history.schema import Record
 from utils.errors import LoadError
-from utils.history.locations import Conflict, S3Storage, Storage
-from utils.history.tracking import Changes, TopMembers, members_key, shared_members
 from utils.history.csv_store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
+from utils.history.layout import DataLayout
+from utils.history.locations import Conflict, S3Storage, Storage
+from utils.history.schema import Record
+from utils.history.tracking import Changes, TopMembers, members_key, shared_members
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,25 @@ def load(records: list[Record], target: Path | Storage, *, lock_timeout: float =
     return HistoryStore(DataLayout(target.parent, target.name), lock_timeout).append(records)
 
 
-def record_membership(storage: Storage, layout: DataLayout, tops: dict[str, list[str]], gone: dict[str, list[str]],
-                      today: date, size: int, coins: tuple[str, ...]) -> dict[str, Changes]:
+def record_membership(
+    storage: Storage,
+    layout: DataLayout,
+    tops: dict[str, list[str]],
+    gone: dict[str, list[str]],
+    today: date,
+    size: int,
+    coins: tuple[str, ...],
+) -> dict[str, Changes]:
     """Record who entered and left each currency's top N in .state/top-members.json, beside the history.
 
     On S3 the file is an object shared by every writer: read with its ETag, changed, written back with
     If-Match (If-None-Match for a new one) and redone when another run got there first, as the CSV is.
     """
+
     def apply(members: TopMembers) -> dict[str, Changes]:
-        return {vs: members.update(vs, top_ids, today, size, coins, gone=gone.get(vs, []))
-                for vs, top_ids in tops.items()}
+        return {
+            vs: members.update(vs, top_ids, today, size, coins, gone=gone.get(vs, [])) for vs, top_ids in tops.items()
+        }
 
     if not isinstance(storage, S3Storage):
         members = TopMembers(layout.top_members)
@@ -47,15 +56,18 @@ def record_membership(storage: Storage, layout: DataLayout, tops: dict[str, list
         members = shared_members(lambda _: data, layout)
         changes = apply(members)
         try:
-            storage.put(key, members.to_bytes(), if_match=etag, if_none_match=etag is None,
-                        content_type="application/json")
+            storage.put(
+                key, members.to_bytes(), if_match=etag, if_none_match=etag is None, content_type="application/json"
+            )
         except Conflict:
-            storage.sleep(min(2.0, 0.05 * 2 ** attempt))
+            storage.sleep(min(2.0, 0.05 * 2**attempt))
             continue
         members.save()  # the scratch copy, for status and healing on this machine
         return changes
-    raise LoadError(f"{storage.location}/{key} kept changing under {storage.max_attempts} attempts; "
-                    "the rows are stored, the top-N membership of this run is not")
+    raise LoadError(
+        f"{storage.location}/{key} kept changing under {storage.max_attempts} attempts; "
+        "the rows are stored, the top-N membership of this run is not"
+    )
 
 
 def handler(event: dict, context: object) -> dict:
@@ -76,18 +88,36 @@ def handler(event: dict, context: object) -> dict:
     if not records:
         raise ExtractError("no usable rows in this snapshot; nothing was appended")
     report = load(records, storage)
-    log.info("load: %d rows appended, %d duplicates skipped -> %s", report.appended, report.skipped_duplicates,
-             report.csv_path)
+    log.info(
+        "load: %d rows appended, %d duplicates skipped -> %s",
+        report.appended,
+        report.skipped_duplicates,
+        report.csv_path,
+    )
     tops = event.get("tops") or {}
     if settings.top and tops:
         today = datetime.fromisoformat(records[0].fetched_at).astimezone(timezone.utc).date()  # the fetch's UTC day
-        for vs, changes in record_membership(storage, settings.layout, tops, event.get("gone") or {}, today,
-                                             settings.top, settings.coins).items():
+        for vs, changes in record_membership(
+            storage, settings.layout, tops, event.get("gone") or {}, today, settings.top, settings.coins
+        ).items():
             if changes.entered or changes.left:
-                log.info("top %d in %s: %d entered (%s), %d left (%s)", settings.top, vs, len(changes.entered),
-                         ", ".join(changes.entered[:10]), len(changes.left), ", ".join(changes.left[:10]))
+                log.info(
+                    "top %d in %s: %d entered (%s), %d left (%s)",
+                    settings.top,
+                    vs,
+                    len(changes.entered),
+                    ", ".join(changes.entered[:10]),
+                    len(changes.left),
+                    ", ".join(changes.left[:10]),
+                )
     partial = bool(event.get("missing") or event.get("rejected") or event.get("failed"))
-    return {**event, "appended": report.appended, "skipped_duplicates": report.skipped_duplicates,
-            "missing": event.get("missing", []), "rejected": event.get("rejected", []),
-            "failed": event.get("failed", []), "findings": len(report.findings),
-            "result": "partial" if partial else "ok"}
+    return {
+        **event,
+        "appended": report.appended,
+        "skipped_duplicates": report.skipped_duplicates,
+        "missing": event.get("missing", []),
+        "rejected": event.get("rejected", []),
+        "failed": event.get("failed", []),
+        "findings": len(report.findings),
+        "result": "partial" if partial else "ok",
+    }

@@ -6,14 +6,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from utils.history.locations import Storage
     from utils.charts.render import ChartOptions, ChartReport
+    from utils.history.locations import Storage
 
 log = logging.getLogger(__name__)
 
 
-def charts(storage: Storage, options: ChartOptions, *,
-           every_currency: bool = False) -> tuple[tuple[str, ...], tuple[ChartReport, ...]]:
+def charts(
+    storage: Storage, options: ChartOptions, *, every_currency: bool = False
+) -> tuple[tuple[str, ...], tuple[ChartReport, ...]]:
     """Draw the price, market-cap and performance charts from the history's daily points: where they went, and what.
 
     One currency (options.vs_currency), or with every_currency that one under the plain names and
@@ -33,8 +34,8 @@ def charts(storage: Storage, options: ChartOptions, *,
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: render the three PNGs of each currency from the CSV in the bucket and upload them."""
     from utils.aws import lambda_settings, setup_lambda_logging
-    from utils.history.locations import storage_for
     from utils.charts.render import chart_options
+    from utils.history.locations import storage_for
 
     setup_lambda_logging()
     settings = lambda_settings(event)

@@ -150,12 +150,14 @@ def error_response(kind: str) -> tuple[int, bytes, str]:
     """Return (status, body, content type) for one of the captured error shapes."""
     captured = load_fixture("error_bodies_captured.json")
     if kind in ("missing_api_key_10002", "missing_api_key_10002_truncated"):
-        body = {"status": {"timestamp": _error_timestamp(), "error_code": 10002,
-                           "error_message": MISSING_KEY_MESSAGE}}
+        body = {"status": {"timestamp": _error_timestamp(), "error_code": 10002, "error_message": MISSING_KEY_MESSAGE}}
         return 401, _dumps(body), "application/json"
     if kind == "demo_key_on_pro_host_10011":
-        body = {"timestamp": _error_timestamp(), "error_code": 10011,
-                "status": {"error_message": DEMO_KEY_ON_PRO_MESSAGE}}
+        body = {
+            "timestamp": _error_timestamp(),
+            "error_code": 10011,
+            "status": {"error_message": DEMO_KEY_ON_PRO_MESSAGE},
+        }
         return 400, _dumps(body), "application/json"
     if kind == "cloudflare_block_html_prefix":
         return 403, CLOUDFLARE_ACCESS_DENIED_HTML.encode("utf-8"), "text/html; charset=UTF-8"
@@ -178,8 +180,9 @@ class Fault:
     delay: float = 0.0
 
     @classmethod
-    def status(cls, code: int, body: bytes | str | dict | list | None = None,
-               headers: dict[str, str] | None = None) -> Fault:
+    def status(
+        cls, code: int, body: bytes | str | dict | list | None = None, headers: dict[str, str] | None = None
+    ) -> Fault:
         """Answer with any status, body and headers (dict/list bodies become JSON)."""
         extra = {k.lower(): v for k, v in (headers or {}).items()}
         if isinstance(body, (dict, list)):
@@ -198,11 +201,13 @@ class Fault:
         return cls.status(429, rate_limit_body(), headers)
 
     @classmethod
-    def rate_limited_reset(cls, reset_header_value: str = "2025-07-25 14:54:00 +0000",
-                           limit: int = 30) -> Fault:
+    def rate_limited_reset(cls, reset_header_value: str = "2025-07-25 14:54:00 +0000", limit: int = 30) -> Fault:
         """Answer 429 with x-ratelimit-limit/remaining/reset headers and no Retry-After."""
-        headers = {"x-ratelimit-limit": str(limit), "x-ratelimit-remaining": "0",
-                   "x-ratelimit-reset": reset_header_value}
+        headers = {
+            "x-ratelimit-limit": str(limit),
+            "x-ratelimit-remaining": "0",
+            "x-ratelimit-reset": reset_header_value,
+        }
         return cls.status(429, rate_limit_body(), headers)
 
     @classmethod
@@ -227,8 +232,7 @@ class Fault:
     def html(cls, status: int = 403, challenge: bool = False) -> Fault:
         """Answer a Cloudflare HTML page (access denied, or "Just a moment..." when challenge)."""
         page = CLOUDFLARE_CHALLENGE_HTML if challenge else CLOUDFLARE_ACCESS_DENIED_HTML
-        return cls.status(status, page, {"content-type": "text/html; charset=UTF-8",
-                                         "cf-ray": "7a1b2c3d4e5f6789-FRA"})
+        return cls.status(status, page, {"content-type": "text/html; charset=UTF-8", "cf-ray": "7a1b2c3d4e5f6789-FRA"})
 
     @classmethod
     def malformed_json(cls) -> Fault:
@@ -333,8 +337,7 @@ def _edit_distance(a: str, b: str, limit: int = 2) -> int:
     for i, char_a in enumerate(a, 1):
         current = [i]
         for j, char_b in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (char_a != char_b)))
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
         if min(current) > limit:
             return limit + 1
         previous = current
@@ -351,17 +354,21 @@ def _int_param(value: str | None, default: int) -> int:
 
 def _sort_key_desc(field_name: str) -> Callable[[dict[str, Any]], tuple[int, float]]:
     """Sort key for a numeric field, descending, nulls last."""
+
     def key(row: dict[str, Any]) -> tuple[int, float]:
         value = row.get(field_name)
         return (1, 0.0) if value is None else (0, -float(value))
+
     return key
 
 
 def _sort_key_asc(field_name: str) -> Callable[[dict[str, Any]], tuple[int, float]]:
     """Sort key for a numeric field, ascending, nulls last."""
+
     def key(row: dict[str, Any]) -> tuple[int, float]:
         value = row.get(field_name)
         return (1, 0.0) if value is None else (0, float(value))
+
     return key
 
 
@@ -441,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         for index in range(len(answer.body)):
             if stopping.wait(interval):
                 return
-            self.wfile.write(answer.body[index:index + 1])
+            self.wfile.write(answer.body[index : index + 1])
             self.wfile.flush()
 
     def reset_connection(self) -> None:
@@ -460,7 +467,8 @@ class FakeCoinGecko:
     def __init__(self, coins: list[dict[str, Any]] | None = None) -> None:
         """Prepare the fake; coins are /coins/markets rows (default: the real 10-coin fixture)."""
         self.coins: list[dict[str, Any]] = copy.deepcopy(
-            coins if coins is not None else load_fixture(DEFAULT_COINS_FIXTURE))
+            coins if coins is not None else load_fixture(DEFAULT_COINS_FIXTURE)
+        )
         self.requests: list[RecordedRequest] = []
         self.errors: list[str] = []
         self.market_chart: dict[str, dict[str, list[list[float | None]]]] = {}
@@ -491,8 +499,9 @@ class FakeCoinGecko:
         server.fake = self
         self._server = server
         self.base_url = f"http://127.0.0.1:{server.server_address[1]}{API_PREFIX}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-coingecko", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-coingecko", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -656,13 +665,14 @@ class FakeCoinGecko:
         path = split.path
         inside = path == API_PREFIX or path.startswith(API_PREFIX + "/")
         if inside:
-            path = path[len(API_PREFIX):] or "/"
+            path = path[len(API_PREFIX) :] or "/"
         query: dict[str, str] = {}
         for name, value in parse_qsl(split.query, keep_blank_values=True):
             query.setdefault(name, value)
         headers = {name.lower(): value for name, value in handler.headers.items()}
-        request = RecordedRequest(handler.command, path, query, headers, handler.path, self.clock(),
-                                  handler.client_address[1])
+        request = RecordedRequest(
+            handler.command, path, query, headers, handler.path, self.clock(), handler.client_address[1]
+        )
         with self._lock:
             self.requests.append(request)
 
@@ -676,13 +686,16 @@ class FakeCoinGecko:
                 return
             fault = None
         if fault is not None and fault.kind == "trickle":
-            handler.send_trickle(_Answer(fault.http_status, fault.body, fault.content_type), fault.delay,
-                                 self._stopping)
+            handler.send_trickle(
+                _Answer(fault.http_status, fault.body, fault.content_type), fault.delay, self._stopping
+            )
             return
         if fault is not None and fault.kind == "truncate":
             handler.close_connection = True
-            handler.send_answer(_Answer(fault.http_status, fault.body, fault.content_type,
-                                        dict(fault.headers)), cut_at=len(fault.body) // 2)
+            handler.send_answer(
+                _Answer(fault.http_status, fault.body, fault.content_type, dict(fault.headers)),
+                cut_at=len(fault.body) // 2,
+            )
             return
         if fault is not None:
             answer = _Answer(fault.http_status, fault.body, fault.content_type, dict(fault.headers))
@@ -690,8 +703,7 @@ class FakeCoinGecko:
             answer = _json_answer(404, {"error": "Not found"})
         else:
             try:
-                answer = (self._rate_limit(request) or self._auth_error(request)
-                          or self._route(request))
+                answer = self._rate_limit(request) or self._auth_error(request) or self._route(request)
             except Exception as exc:  # noqa: BLE001 - a bug in the fake must show up in tests
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 answer = _json_answer(500, {"error": f"fake-coingecko bug: {exc!r}"})
@@ -801,10 +813,12 @@ class FakeCoinGecko:
         page = max(_int_param(query.get("page"), 1), 1)
         if self.endless_pages and not (ids or names or symbols):
             template = rows[0] if rows else markets_rows(1)[0]
-            rows = [dict(template, id=f"endless-{page}-{i}", market_cap_rank=(page - 1) * per_page + i + 1)
-                    for i in range(per_page)]
+            rows = [
+                dict(template, id=f"endless-{page}-{i}", market_cap_rank=(page - 1) * per_page + i + 1)
+                for i in range(per_page)
+            ]
             return _json_answer(200, rows)
-        answer = _json_answer(200, rows[(page - 1) * per_page: page * per_page])
+        answer = _json_answer(200, rows[(page - 1) * per_page : page * per_page])
         if not (ids or names or symbols):
             with self._lock:
                 hooks = self.page_hooks.pop(page, [])
@@ -820,9 +834,12 @@ class FakeCoinGecko:
             rows = list(self.coins)
         for row in rows:
             if row.get("id"):
-                candidates[row["id"]] = {"id": row["id"], "name": row.get("name") or row["id"],
-                                         "symbol": str(row.get("symbol") or "").upper(),
-                                         "market_cap_rank": row.get("market_cap_rank")}
+                candidates[row["id"]] = {
+                    "id": row["id"],
+                    "name": row.get("name") or row["id"],
+                    "symbol": str(row.get("symbol") or "").upper(),
+                    "market_cap_rank": row.get("market_cap_rank"),
+                }
         found: list[tuple[int, int, dict[str, Any]]] = []
         if needle:
             for coin in candidates.values():
@@ -833,24 +850,33 @@ class FakeCoinGecko:
                     rank = coin["market_cap_rank"] if coin["market_cap_rank"] is not None else 10**9
                     found.append((0 if exact else 1, rank, coin))
         found.sort(key=lambda item: (item[0], item[1], item[2]["id"]))
-        coins = [{"id": c["id"], "name": c["name"], "api_symbol": c["id"], "symbol": c["symbol"],
-                  "market_cap_rank": c["market_cap_rank"]} for _, _, c in found[:25]]
-        return _json_answer(200, {"coins": coins, "exchanges": [], "icos": [], "categories": [],
-                                  "nfts": []})
+        coins = [
+            {
+                "id": c["id"],
+                "name": c["name"],
+                "api_symbol": c["id"],
+                "symbol": c["symbol"],
+                "market_cap_rank": c["market_cap_rank"],
+            }
+            for _, _, c in found[:25]
+        ]
+        return _json_answer(200, {"coins": coins, "exchanges": [], "icos": [], "categories": [], "nfts": []})
 
     def _key(self) -> _Answer:
         """GET /key: usage like the pro /key endpoint."""
         with self._lock:
             used = len(self.requests)
         monthly = 10_000
-        return _json_answer(200, {
-            "plan": "Demo" if self.required_key and self.required_key[0].lower() == DEMO_KEY_HEADER
-            else "Other",
-            "rate_limit_request_per_minute": self.rate_limit_per_minute or 30,
-            "monthly_call_credit": monthly,
-            "current_total_monthly_calls": used,
-            "current_remaining_monthly_calls": max(monthly - used, 0),
-        })
+        return _json_answer(
+            200,
+            {
+                "plan": "Demo" if self.required_key and self.required_key[0].lower() == DEMO_KEY_HEADER else "Other",
+                "rate_limit_request_per_minute": self.rate_limit_per_minute or 30,
+                "monthly_call_credit": monthly,
+                "current_total_monthly_calls": used,
+                "current_remaining_monthly_calls": max(monthly - used, 0),
+            },
+        )
 
     def _chart_for(self, coin_id: str, query: dict[str, str]) -> tuple[_Answer | None, dict]:
         """Validate a chart request and return its series."""
@@ -909,20 +935,26 @@ class FakeCoinGecko:
 
 def _slice_chart(chart: dict[str, list], start_ms: float, end_ms: float) -> dict[str, list]:
     """Keep the points of each series with start_ms <= timestamp <= end_ms."""
-    return {name: [list(point) for point in chart.get(name, []) if start_ms <= point[0] <= end_ms]
-            for name in ("prices", "market_caps", "total_volumes")}
+    return {
+        name: [list(point) for point in chart.get(name, []) if start_ms <= point[0] <= end_ms]
+        for name in ("prices", "market_caps", "total_volumes")
+    }
 
 
-def make_daily_chart(start: date, days: int, base_price: float,
-                     partial_point_at: datetime | None = None, supply: float = 19_500_000.0,
-                     seed: int = 0) -> dict[str, list[list[float]]]:
+def make_daily_chart(
+    start: date,
+    days: int,
+    base_price: float,
+    partial_point_at: datetime | None = None,
+    supply: float = 19_500_000.0,
+    seed: int = 0,
+) -> dict[str, list[list[float]]]:
     """Build a market_chart dict: daily 00:00 UTC points from start, plus an optional partial one."""
     rng = random.Random(seed)
     first = datetime(start.year, start.month, start.day, tzinfo=timezone.utc)
     stamps = [first + timedelta(days=i) for i in range(days)]
     if partial_point_at is not None:
-        moment = partial_point_at if partial_point_at.tzinfo else partial_point_at.replace(
-            tzinfo=timezone.utc)
+        moment = partial_point_at if partial_point_at.tzinfo else partial_point_at.replace(tzinfo=timezone.utc)
         stamps.append(moment)
     chart: dict[str, list[list[float]]] = {"prices": [], "market_caps": [], "total_volumes": []}
     price = float(base_price)
@@ -937,16 +969,16 @@ def make_daily_chart(start: date, days: int, base_price: float,
     return chart
 
 
-def markets_rows(n: int, vs_currency: str = "eur",
-                 start: datetime = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc),
-                 seed: int = 0) -> list[dict[str, Any]]:
+def markets_rows(
+    n: int, vs_currency: str = "eur", start: datetime = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc), seed: int = 0
+) -> list[dict[str, Any]]:
     """Generate n realistic /coins/markets rows (ids coin-0000..., prices 1e5 down to 1e-5)."""
     rng = random.Random(seed)
     width = max(4, len(str(max(n - 1, 0))))
     rows: list[dict[str, Any]] = []
     for index in range(n):
         exponent = 5 - 10 * (index / (n - 1) if n > 1 else 0)
-        price = float(f"{10 ** exponent * rng.uniform(0.8, 1.25):.6g}")
+        price = float(f"{10**exponent * rng.uniform(0.8, 1.25):.6g}")
         market_cap = int(1e12 / (1 + index)) - rng.randint(0, 999)
         circulating = market_cap / price
         total_supply = round(circulating * rng.uniform(1.0, 1.5), 2)
@@ -956,34 +988,40 @@ def markets_rows(n: int, vs_currency: str = "eur",
         atl = price * rng.uniform(0.001, 1.0)
         updated = start + timedelta(milliseconds=index * 137 + rng.randint(0, 999))
         symbol = f"c{index:0{width}d}"
-        rows.append({
-            "id": f"coin-{index:0{width}d}",
-            "symbol": symbol,
-            "name": f"Coin {index:0{width}d}",
-            "image": f"https://coin-images.coingecko.com/coins/images/{index + 1}/large/{symbol}.png",
-            "current_price": price,
-            "market_cap": market_cap,
-            "market_cap_rank": index + 1,
-            "fully_diluted_valuation": int(total_supply * price),
-            "total_volume": int(market_cap * rng.uniform(0.005, 0.1)),
-            "high_24h": float(f"{high:.6g}"),
-            "low_24h": float(f"{low:.6g}"),
-            "price_change_24h": float(f"{price * change_pct / 100:.6g}"),
-            "price_change_percentage_24h": change_pct,
-            "market_cap_change_24h": round(market_cap * change_pct / 100, 1),
-            "market_cap_change_percentage_24h": round(change_pct * rng.uniform(0.95, 1.05), 5),
-            "circulating_supply": round(circulating, 2),
-            "total_supply": total_supply,
-            "max_supply": None if index % 3 else total_supply,
-            "ath": float(f"{ath:.6g}"),
-            "ath_change_percentage": round((price / ath - 1) * 100, 5),
-            "ath_date": format_iso_ms(start - timedelta(days=30 + index % 700)),
-            "atl": float(f"{atl:.6g}"),
-            "atl_change_percentage": round((price / atl - 1) * 100, 5),
-            "atl_date": format_iso_ms(start - timedelta(days=800 + index % 900)),
-            "roi": None if index % 4 else {"times": round(rng.uniform(-0.9, 300), 6),
-                                           "currency": vs_currency.lower(),
-                                           "percentage": round(rng.uniform(-90, 30000), 6)},
-            "last_updated": format_iso_ms(updated),
-        })
+        rows.append(
+            {
+                "id": f"coin-{index:0{width}d}",
+                "symbol": symbol,
+                "name": f"Coin {index:0{width}d}",
+                "image": f"https://coin-images.coingecko.com/coins/images/{index + 1}/large/{symbol}.png",
+                "current_price": price,
+                "market_cap": market_cap,
+                "market_cap_rank": index + 1,
+                "fully_diluted_valuation": int(total_supply * price),
+                "total_volume": int(market_cap * rng.uniform(0.005, 0.1)),
+                "high_24h": float(f"{high:.6g}"),
+                "low_24h": float(f"{low:.6g}"),
+                "price_change_24h": float(f"{price * change_pct / 100:.6g}"),
+                "price_change_percentage_24h": change_pct,
+                "market_cap_change_24h": round(market_cap * change_pct / 100, 1),
+                "market_cap_change_percentage_24h": round(change_pct * rng.uniform(0.95, 1.05), 5),
+                "circulating_supply": round(circulating, 2),
+                "total_supply": total_supply,
+                "max_supply": None if index % 3 else total_supply,
+                "ath": float(f"{ath:.6g}"),
+                "ath_change_percentage": round((price / ath - 1) * 100, 5),
+                "ath_date": format_iso_ms(start - timedelta(days=30 + index % 700)),
+                "atl": float(f"{atl:.6g}"),
+                "atl_change_percentage": round((price / atl - 1) * 100, 5),
+                "atl_date": format_iso_ms(start - timedelta(days=800 + index % 900)),
+                "roi": None
+                if index % 4
+                else {
+                    "times": round(rng.uniform(-0.9, 300), 6),
+                    "currency": vs_currency.lower(),
+                    "percentage": round(rng.uniform(-90, 30000), 6),
+                },
+                "last_updated": format_iso_ms(updated),
+            }
+        )
     return rows

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import csv
+import ctypes
 import io
 import os
 import subprocess
@@ -26,8 +26,18 @@ import main as cli  # noqa: E402
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
 
-FIXTURE_IDS = ("bitcoin", "ethereum", "tether", "binancecoin", "ripple", "dogecoin", "matic-network", "staked-ether",
-               "shiba-inu", "algorand")
+FIXTURE_IDS = (
+    "bitcoin",
+    "ethereum",
+    "tether",
+    "binancecoin",
+    "ripple",
+    "dogecoin",
+    "matic-network",
+    "staked-ether",
+    "shiba-inu",
+    "algorand",
+)
 
 
 @dataclass
@@ -73,8 +83,14 @@ class PipelineTestCase(unittest.TestCase):
         self.fake = FakeCoinGecko(self.coins).start()
         self.addCleanup(self.fake.stop)
         self.sleeps: list[float] = []
-        self.env = {"COINGECKO_API_URL": self.fake.base_url, "PIPELINE_DATA_DIR": str(self.data_dir),
-                    "PIPELINE_COINS": ",".join(FIXTURE_IDS), "PIPELINE_CHARTS": "0", "PIPELINE_HEAL": "0", "PATH": os.environ.get("PATH", "")}
+        self.env = {
+            "COINGECKO_API_URL": self.fake.base_url,
+            "PIPELINE_DATA_DIR": str(self.data_dir),
+            "PIPELINE_COINS": ",".join(FIXTURE_IDS),
+            "PIPELINE_CHARTS": "0",
+            "PIPELINE_HEAL": "0",
+            "PATH": os.environ.get("PATH", ""),
+        }
 
     def run_main(self, *argv: str, env: dict[str, str] | None = None) -> CliResult:
         """main() in this process, with the sleep recorded instead of slept."""
@@ -87,8 +103,14 @@ class PipelineTestCase(unittest.TestCase):
         """python main.py ... in a real child process."""
         full_env = dict(os.environ)
         full_env.update(self.env if env is None else env)
-        proc = subprocess.run([sys.executable, str(MAIN), *argv], env=full_env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.tmp.name)
+        proc = subprocess.run(
+            [sys.executable, str(MAIN), *argv],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp.name,
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     def csv_bytes(self) -> bytes:

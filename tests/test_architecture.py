@@ -35,16 +35,25 @@ class ArchitectureTest(unittest.TestCase):
         self.assertIn("3 kept, 0 broken", result.stdout)
 
     def test_nothing_below_main_imports_it(self) -> None:
-        offenders = [str(path.relative_to(REPO)) for folder in ("flows", "lambdas", "utils")
-                     for path in (REPO / folder).rglob("*.py") if "main" in imported_modules(path)]
+        offenders = [
+            str(path.relative_to(REPO))
+            for folder in ("flows", "lambdas", "utils")
+            for path in (REPO / folder).rglob("*.py")
+            if "main" in imported_modules(path)
+        ]
         self.assertEqual(offenders, [])
 
     def test_one_module_names_the_data_folders_paths(self) -> None:
-        spelled = [str(path.relative_to(REPO)) for folder in ("flows", "lambdas", "utils")
-                   for path in (REPO / folder).rglob("*.py")
-                   if path.name != "layout.py" and any(name in path.read_text(encoding="utf-8") for name in
-                                                       ('".state"', '"status.json"', '"daemon.pid"', '/ "raw"',
-                                                        '"raw/"', '".quarantine"'))]
+        spelled = [
+            str(path.relative_to(REPO))
+            for folder in ("flows", "lambdas", "utils")
+            for path in (REPO / folder).rglob("*.py")
+            if path.name != "layout.py"
+            and any(
+                name in path.read_text(encoding="utf-8")
+                for name in ('".state"', '"status.json"', '"daemon.pid"', '/ "raw"', '"raw/"', '".quarantine"')
+            )
+        ]
         self.assertEqual(spelled, [])
 
 

@@ -10,9 +10,7 @@ import os
 import subprocess
 import sys
 import unittest
-from pathlib import Path
 
-from tests.fake_coingecko import FIXTURES_DIR
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 
 try:
@@ -24,8 +22,8 @@ except ImportError:  # pragma: no cover - the AWS extras are in requirements.txt
 from flows import serverless
 from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts  # noqa: F401
 from utils import aws
-from utils.history.schema import HEADER_LINE, Record
 from utils.history.locations import S3Storage
+from utils.history.schema import HEADER_LINE, Record
 
 TABLE_FOLDER = "crypto_data"  # TODO: the Delta store's folder name
 
@@ -46,24 +44,35 @@ class LambdaChain(PipelineTestCase):
         super().setUp()
         self.saved_env = dict(os.environ)
         self.addCleanup(self.restore_env)
-        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-central-1"})
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_SESSION_TOKEN": "testing",
+                "AWS_DEFAULT_REGION": "eu-central-1",
+            }
+        )
         self.mock = mock_aws()
         self.mock.start()
         self.addCleanup(self.mock.stop)
         aws._key_cache.clear()
         self.s3 = boto3.client("s3")
         self.s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
-        boto3.client("ssm").put_parameter(Name="/crypto-history/coingecko-api-key", Value=SECRET,
-                                          Type="SecureString")
+        boto3.client("ssm").put_parameter(Name="/crypto-history/coingecko-api-key", Value=SECRET, Type="SecureString")
         self.fake.required_key = ("x-cg-demo-api-key", SECRET)
-        os.environ.update({"COINGECKO_API_URL": self.fake.base_url, "PIPELINE_DATA_DIR": f"s3://{BUCKET}/history",
-                           "PIPELINE_COINS": ",".join(FIXTURE_IDS), "COINGECKO_API_PLAN": "demo",
-                           "COINGECKO_API_KEY_PARAMETER": "/crypto-history/coingecko-api-key",
-                           "PIPELINE_HEAL": "0",
-                           # moto in-process answers boto3 alone; the Delta store on S3 is tested on a moto server
-                           # (tests/test_delta_s3.py): these keep the CSV-object store covered.
-                           "PIPELINE_TABLE_FORMAT": "csv"})
+        os.environ.update(
+            {
+                "COINGECKO_API_URL": self.fake.base_url,
+                "PIPELINE_DATA_DIR": f"s3://{BUCKET}/history",
+                "PIPELINE_COINS": ",".join(FIXTURE_IDS),
+                "COINGECKO_API_PLAN": "demo",
+                "COINGECKO_API_KEY_PARAMETER": "/crypto-history/coingecko-api-key",
+                "PIPELINE_HEAL": "0",
+                # moto in-process answers boto3 alone; the Delta store on S3 is tested on a moto server
+                # (tests/test_delta_s3.py): these keep the CSV-object store covered.
+                "PIPELINE_TABLE_FORMAT": "csv",
+            }
+        )
         os.environ.pop("COINGECKO_API_KEY", None)
 
     def restore_env(self) -> None:
@@ -150,8 +159,9 @@ class LambdaChain(PipelineTestCase):
         report = self.object("report.html").decode()
         self.assertIn("<html", report)
         self.assertIn("20 rows appended", report)
-        self.assertEqual(self.s3.head_object(Bucket=BUCKET, Key="history/report.html")["ContentType"],
-                         "text/html; charset=utf-8")
+        self.assertEqual(
+            self.s3.head_object(Bucket=BUCKET, Key="history/report.html")["ContentType"], "text/html; charset=utf-8"
+        )
 
     def test_a_currency_that_fails_leaves_the_others_and_makes_the_run_partial(self) -> None:
         os.environ["PIPELINE_VS_CURRENCY"] = "eur,xyz,usd"
@@ -187,8 +197,9 @@ class LambdaChain(PipelineTestCase):
         self.assertEqual(sorted({r["coin_id"] for r in self.rows()}), sorted({*first, newcomer}))
 
     def test_key_from_secrets_manager(self) -> None:
-        boto3.client("secretsmanager").create_secret(Name="crypto-history/coingecko",
-                                                     SecretString=json.dumps({"api_key": SECRET}))
+        boto3.client("secretsmanager").create_secret(
+            Name="crypto-history/coingecko", SecretString=json.dumps({"api_key": SECRET})
+        )
         os.environ.pop("COINGECKO_API_KEY_PARAMETER")
         os.environ["COINGECKO_API_KEY_SECRET_ID"] = "crypto-history/coingecko"
         self.assertEqual(self.chain()["appended"], 10)
@@ -199,8 +210,10 @@ class LambdaChain(PipelineTestCase):
             lambda_1_extract.handler({}, None)
 
     def test_cli_run_and_backfill_on_s3(self) -> None:
-        from tests.fake_coingecko import make_daily_chart
         from datetime import date, timedelta
+
+        from tests.fake_coingecko import make_daily_chart
+
         self.fake.market_chart["bitcoin"] = make_daily_chart(date.today() - timedelta(days=20), 21, 100.0)
         env = {k: v for k, v in os.environ.items()}
         env["COINGECKO_API_KEY"] = SECRET
@@ -214,9 +227,11 @@ class LambdaChain(PipelineTestCase):
 
 class LocalRunNeedsNoAws(unittest.TestCase):
     def test_importing_and_running_the_cli_loads_no_aws_package(self) -> None:
-        code = ("import sys, main; main.build_parser(); "
-                "import lambdas.lambda_1_extract, lambdas.lambda_2_transform, lambdas.lambda_3_load, flows.run_once; "
-                "print([m for m in ('boto3', 'botocore', 'moto') if m in sys.modules])")
+        code = (
+            "import sys, main; main.build_parser(); "
+            "import lambdas.lambda_1_extract, lambdas.lambda_2_transform, lambdas.lambda_3_load, flows.run_once; "
+            "print([m for m in ('boto3', 'botocore', 'moto') if m in sys.modules])"
+        )
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
         self.assertEqual(out.stdout.strip(), "[]")
 
@@ -224,10 +239,19 @@ class LocalRunNeedsNoAws(unittest.TestCase):
 class Template(unittest.TestCase):
     def test_template_declares_the_pieces(self) -> None:
         text = (REPO / "template.yaml").read_text()
-        for needle in ("AWS::Serverless::Function", "AWS::Serverless::StateMachine", "arm64", "python3.1",
-                       "VersioningConfiguration", "BlockPublicPolicy: true", "RetentionInDays",
-                       "ScheduleExpression", "AWS::CloudWatch::Alarm", "ssm:GetParameter",
-                       "lambdas/lambda_1_extract.handler"[len("lambdas/"):]):
+        for needle in (
+            "AWS::Serverless::Function",
+            "AWS::Serverless::StateMachine",
+            "arm64",
+            "python3.1",
+            "VersioningConfiguration",
+            "BlockPublicPolicy: true",
+            "RetentionInDays",
+            "ScheduleExpression",
+            "AWS::CloudWatch::Alarm",
+            "ssm:GetParameter",
+            "lambdas/lambda_1_extract.handler"[len("lambdas/") :],
+        ):
             self.assertIn(needle, text)
         self.assertNotIn("COINGECKO_API_KEY:", text)  # the key never sits in the template
 
@@ -259,7 +283,7 @@ class TemplateWiring(unittest.TestCase):
             props = function["Properties"]
             if props.get("PackageType") == "Image":
                 handler = props["ImageConfig"]["Command"][0]
-                dockerfile = (REPO / function["Metadata"]["DockerContext"] / function["Metadata"]["Dockerfile"])
+                dockerfile = REPO / function["Metadata"]["DockerContext"] / function["Metadata"]["Dockerfile"]
                 self.assertIn(f"COPY {handler.split('.')[0]}/ ", dockerfile.read_text())  # the handler's package
             else:
                 handler = props["Handler"]
@@ -308,9 +332,14 @@ class TemplateWiring(unittest.TestCase):
 
     def test_the_functions_environment_is_read_by_the_settings(self) -> None:
         variables = dict(self.template["Globals"]["Function"]["Environment"]["Variables"])
-        env = {"PIPELINE_DATA_DIR": "s3://bucket/history", "PIPELINE_COINS": self.parameter_default("Coins"),
-               "PIPELINE_VS_CURRENCY": "eur,usd", "PIPELINE_TOP": "100",
-               "COINGECKO_API_PLAN": self.parameter_default("ApiPlan"), "PIPELINE_HEAL": variables["PIPELINE_HEAL"]}
+        env = {
+            "PIPELINE_DATA_DIR": "s3://bucket/history",
+            "PIPELINE_COINS": self.parameter_default("Coins"),
+            "PIPELINE_VS_CURRENCY": "eur,usd",
+            "PIPELINE_TOP": "100",
+            "COINGECKO_API_PLAN": self.parameter_default("ApiPlan"),
+            "PIPELINE_HEAL": variables["PIPELINE_HEAL"],
+        }
         self.assertLessEqual(set(env), set(variables))
         env["COINGECKO_API_KEY"] = "CG-from-ssm"  # what lambda_settings puts there from the SSM parameter
         settings = aws.lambda_settings({}, env=env)

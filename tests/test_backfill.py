@@ -7,17 +7,15 @@ import signal
 import subprocess
 import sys
 import time as real_time
-from datetime import date, datetime, timedelta, timezone
-from urllib.parse import urlsplit
+from datetime import datetime, timedelta, timezone
 
+from flows.backfill import backfill
+from lambdas.lambda_3_load import load
 from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
-
-from lambdas.lambda_3_load import load
-from flows.backfill import backfill
+from utils.coingecko.client import CoinGeckoClient
 from utils.history.index import HistoryIndex, day_of
 from utils.history.layout import DataLayout
-from utils.coingecko.client import CoinGeckoClient
 from utils.history.schema import Record
 from utils.settings import build_settings
 
@@ -42,8 +40,7 @@ class SimClock:
 
 def charts_for(ids, days: int = 420) -> dict:
     start = TODAY - timedelta(days=days - 1)
-    return {coin: make_daily_chart(start, days, 100.0 + i, partial_point_at=NOW, seed=i)
-            for i, coin in enumerate(ids)}
+    return {coin: make_daily_chart(start, days, 100.0 + i, partial_point_at=NOW, seed=i) for i, coin in enumerate(ids)}
 
 
 class BackfillCommand(PipelineTestCase):
@@ -55,8 +52,9 @@ class BackfillCommand(PipelineTestCase):
         result = self.run_main("backfill", "--days", "30", "--coins", "bitcoin,ethereum")
         self.assertEqual(result.code, 0, result.stderr)
         calls = [r for r in self.fake.requests if r.path.endswith("/market_chart/range")]
-        self.assertEqual([c.path for c in calls], ["/coins/bitcoin/market_chart/range",
-                                                   "/coins/ethereum/market_chart/range"])
+        self.assertEqual(
+            [c.path for c in calls], ["/coins/bitcoin/market_chart/range", "/coins/ethereum/market_chart/range"]
+        )
         rows = self.rows()
         self.assertEqual(len(rows), 60)
         self.assertTrue(all(r["last_updated"].endswith("T00:00:00.000Z") for r in rows))
@@ -131,11 +129,13 @@ class Pacing(PipelineTestCase):
         self.fake.market_chart.update(charts_for(ids, days=370))
         self.fake.rate_limit_per_minute = 30
         self.fake.clock = clock.monotonic
-        settings = build_settings("backfill", {"coins": ",".join(ids), "days": 365},
-                                  {**self.env, "COINGECKO_API_KEY": "demo-key"})
+        settings = build_settings(
+            "backfill", {"coins": ",".join(ids), "days": 365}, {**self.env, "COINGECKO_API_KEY": "demo-key"}
+        )
         self.assertEqual(settings.api_plan, "demo")
-        client = CoinGeckoClient(settings.api_url, plan="demo", api_key="demo-key", sleep=clock.sleep,
-                                 monotonic=clock.monotonic)
+        client = CoinGeckoClient(
+            settings.api_url, plan="demo", api_key="demo-key", sleep=clock.sleep, monotonic=clock.monotonic
+        )
         result = backfill(settings, client)
         statuses = [r for r in self.fake.requests if r.path.endswith("/range")]
         self.assertEqual(len(statuses), 100)  # exactly one request per coin, and none refused:
@@ -163,8 +163,12 @@ class Resume(PipelineTestCase):
         self.fake.market_chart.update(charts_for(ids, days=40))
         self.fake.add_fault(Fault.stall(60), path=f"/coins/{ids[6]}/market_chart/range")
         env = dict(os.environ, **self.env)
-        proc = subprocess.Popen([sys.executable, str(MAIN), "backfill", "--days", "30", "--rate-limit", "1000",
-                                 "--coins", ",".join(ids)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), "backfill", "--days", "30", "--rate-limit", "1000", "--coins", ",".join(ids)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         deadline = real_time.monotonic() + 30
         while not self.fake.requests_to(f"/coins/{ids[6]}/market_chart/range"):
             self.assertLess(real_time.monotonic(), deadline, "the backfill never reached the stalled coin")
@@ -193,11 +197,27 @@ class GapHealing(PipelineTestCase):
         for back in range(10, 3, -1):
             day = TODAY - timedelta(days=back)
             for coin in self.ids:
-                records.append(Record(name=coin, symbol=coin[:3], current_price=1.0, market_cap=10.0,
-                                      price_change_percentage_24h=None, circulating_supply=None,
-                                      last_updated=f"{day.isoformat()}T12:00:00.000Z", fetched_at="", coin_id=coin,
-                                      vs_currency="eur", market_cap_rank=None, total_volume=None, high_24h=None,
-                                      low_24h=None, total_supply=None, max_supply=None, source="coins_markets"))
+                records.append(
+                    Record(
+                        name=coin,
+                        symbol=coin[:3],
+                        current_price=1.0,
+                        market_cap=10.0,
+                        price_change_percentage_24h=None,
+                        circulating_supply=None,
+                        last_updated=f"{day.isoformat()}T12:00:00.000Z",
+                        fetched_at="",
+                        coin_id=coin,
+                        vs_currency="eur",
+                        market_cap_rank=None,
+                        total_volume=None,
+                        high_24h=None,
+                        low_24h=None,
+                        total_supply=None,
+                        max_supply=None,
+                        source="coins_markets",
+                    )
+                )
         load(records, self.csv_path)
 
     def test_a_3_day_outage_is_healed_in_the_next_run(self) -> None:
@@ -251,5 +271,6 @@ class GapHealing(PipelineTestCase):
             now_ms = int(NOW.timestamp() * 1000)
             self.assertEqual(index.gaps(self.ids[0], "eur", TODAY, now_ms), [])
             later = index.gaps(self.ids[0], "eur", TODAY, now_ms + 31 * 86_400_000)
-        self.assertEqual([(day_of(a), day_of(b)) for a, b in later],
-                         [(TODAY - timedelta(days=2), TODAY - timedelta(days=1))])
+        self.assertEqual(
+            [(day_of(a), day_of(b)) for a, b in later], [(TODAY - timedelta(days=2), TODAY - timedelta(days=1))]
+        )

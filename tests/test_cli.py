@@ -10,11 +10,10 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
+from flows.backfill import Progress, backfill
 from tests.fake_coingecko import make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 from tests.test_backfill import SimClock
-
-from flows.backfill import Progress, backfill
 from utils.coingecko.client import CoinGeckoClient, RateLimiter
 from utils.settings import DEFAULT_COINS, build_settings
 
@@ -74,8 +73,9 @@ class OptionOrder(PipelineTestCase):
         env = {k: v for k, v in self.env.items() if k != "PIPELINE_DATA_DIR"}
         config = self.data_dir.parent / "pipeline.toml"
         config.write_text('vs_currency = "usd"\n')
-        result = self.run_subprocess("--data-dir", str(other), "--config", str(config), "-v", "run",
-                                     "--coins", "bitcoin", env=env)
+        result = self.run_subprocess(
+            "--data-dir", str(other), "--config", str(config), "-v", "run", "--coins", "bitcoin", env=env
+        )
         self.assertEqual(result.code, 0, result.stderr)
         self.assertIn("usd", (other / "crypto_data.csv").read_text().splitlines()[1])
         result = self.run_subprocess("--data-dir", str(other), "status", env=env)
@@ -92,12 +92,15 @@ class OptionOrder(PipelineTestCase):
     def test_a_command_option_before_the_command_is_refused(self) -> None:
         result = self.run_main("--coins", "bitcoin", "backfill")
         self.assertEqual(result.code, 2)
-        self.assertTrue(result.stderr.startswith("error: --coins goes after the command: "
-                                                 "python main.py backfill --coins"), result.stderr)
+        self.assertTrue(
+            result.stderr.startswith("error: --coins goes after the command: python main.py backfill --coins"),
+            result.stderr,
+        )
         result = self.run_main("--no-heal", "status")  # status takes no --no-heal: moving it would be refused
         self.assertEqual(result.code, 2)
-        self.assertTrue(result.stderr.startswith("error: --no-heal is not an option of `status`; leave it out"),
-                        result.stderr)
+        self.assertTrue(
+            result.stderr.startswith("error: --no-heal is not an option of `status`; leave it out"), result.stderr
+        )
         self.assertEqual(self.run_main("status").code, 1)  # left out, as it says: no history yet
 
     def test_options_alone_still_mean_run(self) -> None:
@@ -144,8 +147,10 @@ class ConflictingRanges(PipelineTestCase):
     def test_backfill_days_and_since_together_are_refused(self) -> None:
         result = self.run_main("backfill", "--days", "5", "--since", "2026-11-01")
         self.assertEqual(result.code, 2)
-        self.assertTrue(result.stderr.startswith("config error: --since 2026-11-01 and --days 5 both set the "
-                                                 "first day"), result.stderr)
+        self.assertTrue(
+            result.stderr.startswith("config error: --since 2026-11-01 and --days 5 both set the first day"),
+            result.stderr,
+        )
         self.assertEqual(self.fake.requests, [])
 
     def test_plot_days_and_since_together_are_refused(self) -> None:
@@ -172,29 +177,44 @@ class ExitCodes(PipelineTestCase):
     def test_a_symbol_for_an_id_names_the_id(self) -> None:
         result = self.run_subprocess("run", "--coins", "BTC")
         self.assertEqual(result.code, 1)
-        self.assertEqual(result.stderr.splitlines(), [
-            "run failed: no usable rows: CoinGecko returned no data for btc: BTC is a symbol: use its CoinGecko "
-            "id, bitcoin; nothing was appended"])
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                "run failed: no usable rows: CoinGecko returned no data for btc: BTC is a symbol: use its CoinGecko "
+                "id, bitcoin; nothing was appended"
+            ],
+        )
         self.assertFalse(self.csv_path.exists())
 
     def test_a_symbol_beside_good_ids_is_named_in_the_warning(self) -> None:
         result = self.run_main("--coins", "bitcoin,eth")
         self.assertEqual(result.code, 3)
-        self.assertIn("warning: CoinGecko returned no data for eth: ETH is a symbol: use its CoinGecko id, ethereum",
-                      result.stderr)
+        self.assertIn(
+            "warning: CoinGecko returned no data for eth: ETH is a symbol: use its CoinGecko id, ethereum",
+            result.stderr,
+        )
 
     def test_a_real_id_left_out_gets_no_wrong_advice(self) -> None:
         self.fake.set_coins([c for c in self.fake.coins if c["id"] != "ethereum"])
         result = self.run_main("--coins", "bitcoin,ethereum")
         self.assertEqual(result.code, 3)
-        self.assertIn("CoinGecko returned no data for ethereum: check the ids with `python main.py check`",
-                      result.stderr)
+        self.assertIn(
+            "CoinGecko returned no data for ethereum: check the ids with `python main.py check`", result.stderr
+        )
 
     def test_an_s3_folder_without_boto3_says_what_to_install(self) -> None:
-        code = ("import sys; sys.modules['boto3'] = None; import main; "
-                "sys.exit(main.main(['plot', '--data-dir', 's3://bucket/history']))")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **self.env})
+        code = (
+            "import sys; sys.modules['boto3'] = None; import main; "
+            "sys.exit(main.main(['plot', '--data-dir', 's3://bucket/history']))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.env},
+        )
         self.assertEqual(proc.returncode, 2, proc.stderr)
         self.assertTrue(proc.stderr.startswith("config error: --data-dir s3://bucket/history needs boto3"))
         self.assertIn("pip install -r requirements-aws.txt", proc.stderr)
@@ -203,8 +223,12 @@ class ExitCodes(PipelineTestCase):
 class BackfillCharts(PipelineTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.fake.market_chart.update({coin: make_daily_chart(TODAY - timedelta(days=40), 41, 100.0 + i, seed=i)
-                                       for i, coin in enumerate(FIXTURE_IDS)})
+        self.fake.market_chart.update(
+            {
+                coin: make_daily_chart(TODAY - timedelta(days=40), 41, 100.0 + i, seed=i)
+                for i, coin in enumerate(FIXTURE_IDS)
+            }
+        )
         self.env["PIPELINE_CHARTS"] = "1"
 
     def test_backfill_redraws_the_charts_when_rows_were_added(self) -> None:
@@ -246,10 +270,12 @@ class BackfillTimeLeft(PipelineTestCase):
         self.fake.market_chart.update({c: make_daily_chart(TODAY - timedelta(days=20), 21, 10.0) for c in ids})
         self.fake.rate_limit_per_minute = 30
         self.fake.clock = clock.monotonic
-        settings = build_settings("backfill", {"coins": ",".join(ids), "days": 10},
-                                  {**self.env, "COINGECKO_API_KEY": "demo-key"})
-        client = CoinGeckoClient(settings.api_url, plan="demo", api_key="demo-key", sleep=clock.sleep,
-                                 monotonic=clock.monotonic)
+        settings = build_settings(
+            "backfill", {"coins": ",".join(ids), "days": 10}, {**self.env, "COINGECKO_API_KEY": "demo-key"}
+        )
+        client = CoinGeckoClient(
+            settings.api_url, plan="demo", api_key="demo-key", sleep=clock.sleep, monotonic=clock.monotonic
+        )
         with self.assertLogs("flows.backfill", logging.INFO) as logs:
             backfill(settings, client, progress_stream=progress_stream)
         return [r.getMessage() for r in logs.records]
@@ -258,9 +284,14 @@ class BackfillTimeLeft(PipelineTestCase):
         lines = self.backfill_100_coins()
         self.assertIn("backfill: 10 of 100 coins, about 3 min left", lines)  # 3 one-minute waits to come
         waits = [line for line in lines if "for the rate limit" in line]
-        self.assertEqual(waits, ["backfill: 30 of 100 coins, waiting 60 s for the rate limit, about 3 min left",
-                                 "backfill: 60 of 100 coins, waiting 60 s for the rate limit, about 2 min left",
-                                 "backfill: 90 of 100 coins, waiting 60 s for the rate limit, about 60 s left"])
+        self.assertEqual(
+            waits,
+            [
+                "backfill: 30 of 100 coins, waiting 60 s for the rate limit, about 3 min left",
+                "backfill: 60 of 100 coins, waiting 60 s for the rate limit, about 2 min left",
+                "backfill: 90 of 100 coins, waiting 60 s for the rate limit, about 60 s left",
+            ],
+        )
         self.assertFalse([line for line in lines[:-1] if "about 0 s left" in line])
 
     def test_the_progress_bar_shows_the_wait(self) -> None:

@@ -19,10 +19,12 @@ from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, 
 from tests.support import MAIN, PipelineTestCase
 from utils.history.schema import COLUMNS, HEADER_LINE
 
-RUN_SUMMARY = re.compile(r"^run (ok|partial): (\d+)(?: of \d+)? coins, (\d+) rows appended, (\d+) duplicates skipped",
-                         re.MULTILINE)
-BACKFILL_SUMMARY = re.compile(r"^backfill (ok|partial): (\d+) coins, (\d+) rows added, (\d+) duplicates skipped",
-                              re.MULTILINE)
+RUN_SUMMARY = re.compile(
+    r"^run (ok|partial): (\d+)(?: of \d+)? coins, (\d+) rows appended, (\d+) duplicates skipped", re.MULTILINE
+)
+BACKFILL_SUMMARY = re.compile(
+    r"^backfill (ok|partial): (\d+) coins, (\d+) rows added, (\d+) duplicates skipped", re.MULTILINE
+)
 Key = tuple[str, str, str]
 
 
@@ -69,35 +71,50 @@ class RunsAndBackfillTogether(PipelineTestCase):
         self.until = now.date() - timedelta(days=2)  # explicit days: no dependence on crossing midnight
         self.since = self.until - timedelta(days=self.DAYS - 1)
         # The backfill overlaps every writer (its first three coins) and has six coins of its own.
-        self.backfill_ids = [c for k in range(self.WRITERS) for c in self.slice_ids(k)[:3]] + \
-                            [f"backfill-only-{n:02d}" for n in range(6)]
+        self.backfill_ids = [c for k in range(self.WRITERS) for c in self.slice_ids(k)[:3]] + [
+            f"backfill-only-{n:02d}" for n in range(6)
+        ]
         chart_start = self.since - timedelta(days=5)
         for n, coin in enumerate(self.backfill_ids):
-            self.fake.market_chart[coin] = make_daily_chart(chart_start, (now.date() - chart_start).days + 1,
-                                                            1.5 ** n, partial_point_at=now, seed=n)
+            self.fake.market_chart[coin] = make_daily_chart(
+                chart_start, (now.date() - chart_start).days + 1, 1.5**n, partial_point_at=now, seed=n
+            )
         self.coins_lock = threading.Lock()
         self.procs: list[subprocess.Popen] = []
         self.addCleanup(self.reap_all)
 
     # -- helpers ------------------------------------------------------------------------------------
     def slice_ids(self, k: int) -> list[str]:
-        return self.ids[k * self.PER_WRITER:(k + 1) * self.PER_WRITER]
+        return self.ids[k * self.PER_WRITER : (k + 1) * self.PER_WRITER]
 
     def backfill_keys(self) -> set[Key]:
         days = [self.since + timedelta(days=i) for i in range(self.DAYS)]
         return {(c, "eur", f"{d.isoformat()}T00:00:00.000Z") for c in self.backfill_ids for d in days}
 
     def backfill_argv(self) -> list[str]:
-        return ["backfill", "--since", self.since.isoformat(), "--until", self.until.isoformat(),
-                "--coins", ",".join(self.backfill_ids)]
+        return [
+            "backfill",
+            "--since",
+            self.since.isoformat(),
+            "--until",
+            self.until.isoformat(),
+            "--coins",
+            ",".join(self.backfill_ids),
+        ]
 
     def start(self, *argv: str, coins: list[str] | None = None) -> subprocess.Popen:
         env = dict(os.environ)
         env.update(self.env)
         if coins is not None:
             env["PIPELINE_COINS"] = ",".join(coins)
-        proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, cwd=self.tmp.name)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp.name,
+        )
         self.procs.append(proc)
         return proc
 
@@ -150,8 +167,9 @@ class RunsAndBackfillTogether(PipelineTestCase):
         code, err = self.wait(self.start(*self.backfill_argv()))
         self.assertEqual(code, 0, err)
         [(_, coins, added, skipped)] = BACKFILL_SUMMARY.findall(err)
-        self.assertEqual((int(coins), int(added), int(skipped)),
-                         (len(self.backfill_ids), 0, len(self.backfill_keys())), err)
+        self.assertEqual(
+            (int(coins), int(added), int(skipped)), (len(self.backfill_ids), 0, len(self.backfill_keys())), err
+        )
         self.assertEqual(self.csv_path.read_bytes(), before)
         self.assert_history(expected)
         self.assertEqual(list((self.data_dir / ".state").glob("backfill-*.json")), [], "a resume manifest is left")
@@ -160,8 +178,9 @@ class RunsAndBackfillTogether(PipelineTestCase):
     def test_eight_runs_and_one_backfill_at_once(self) -> None:
         backfill = self.start(*self.backfill_argv())
         # Writer 0 also asks for a coin CoinGecko does not know: a partial run, exit 3, the rest stored.
-        runs = [self.start("run", coins=self.slice_ids(k) + ([self.UNKNOWN] if k == 0 else []))
-                for k in range(self.WRITERS)]
+        runs = [
+            self.start("run", coins=self.slice_ids(k) + ([self.UNKNOWN] if k == 0 else [])) for k in range(self.WRITERS)
+        ]
         appended = 0
         for k, proc in enumerate(runs):
             code, err = self.wait(proc)
@@ -223,8 +242,10 @@ class RunsAndBackfillTogether(PipelineTestCase):
         self.assertEqual((int(coins), int(added), int(skipped)), (len(self.backfill_ids), len(self.backfill_keys()), 0))
         self.assertGreaterEqual(min(runs_done[k] for k in range(self.WRITERS)), 2, runs_done)
         if os.environ.get("TEST_VERBOSE"):
-            print(f"\nruns per writer {dict(runs_done)}, of them ended before the merge {dict(ended_before_merge)}",
-                  file=sys.stderr)
+            print(
+                f"\nruns per writer {dict(runs_done)}, of them ended before the merge {dict(ended_before_merge)}",
+                file=sys.stderr,
+            )
 
         expected |= self.backfill_keys()
         self.assertEqual(sum(runs_done.values()) * self.PER_WRITER + int(added), len(expected))

@@ -61,8 +61,10 @@ def snapshot_keys(rows: list[dict], vs_currency: str = "eur") -> set[Key]:
 
 def limit_file_size(limit: int) -> Callable[[], None]:
     """A preexec_fn: files this process writes cannot grow beyond limit bytes (writes fail with EFBIG)."""
+
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -74,9 +76,10 @@ def load_in_process(csv_path: str, first: int, count: int, minutes: int, barrier
     from utils.errors import PipelineError
 
     start = datetime(2024, 1, 1, 12, minutes, tzinfo=timezone.utc)
-    rows = markets_rows(400, start=start)[first:first + count]
-    snapshot = Snapshot(fetched_at=datetime.now(timezone.utc), vs_currency="eur",
-                        requested=tuple(ids_of(rows)), rows=rows)
+    rows = markets_rows(400, start=start)[first : first + count]
+    snapshot = Snapshot(
+        fetched_at=datetime.now(timezone.utc), vs_currency="eur", requested=tuple(ids_of(rows)), rows=rows
+    )
     records = transform(snapshot).records
     barrier.wait()
     try:
@@ -101,8 +104,14 @@ class ProcessTestCase(PipelineTestCase):
         return env
 
     def start(self, *argv: str, **env_changes: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=self.child_env(**env_changes),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.tmp.name)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=self.child_env(**env_changes),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp.name,
+        )
         self.addCleanup(self.reap, proc)
         return proc
 
@@ -129,8 +138,15 @@ class DiskFullTest(ProcessTestCase):
         self.env["PIPELINE_COINS"] = ",".join(ids_of(self.fake.coins))
 
     def run_limited(self, limit: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(MAIN)], env=self.child_env(), capture_output=True, text=True,
-                              timeout=60, cwd=self.tmp.name, preexec_fn=limit_file_size(limit))
+        return subprocess.run(
+            [sys.executable, str(MAIN)],
+            env=self.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.tmp.name,
+            preexec_fn=limit_file_size(limit),
+        )
 
     def test_append_cut_short_leaves_the_csv_byte_identical(self) -> None:
         first = self.run_subprocess()
@@ -180,7 +196,7 @@ class ConcurrencyTest(ProcessTestCase):
         self.all_ids = ids_of(self.fake.coins)
 
     def slice_ids(self, k: int) -> str:
-        return ",".join(self.all_ids[k * self.PER_WRITER:(k + 1) * self.PER_WRITER])
+        return ",".join(self.all_ids[k * self.PER_WRITER : (k + 1) * self.PER_WRITER])
 
     def test_eight_writers_with_distinct_coins_then_the_same_coins(self) -> None:
         procs = [self.start(PIPELINE_COINS=self.slice_ids(k)) for k in range(self.WRITERS)]
@@ -212,8 +228,10 @@ class ConcurrencyTest(ProcessTestCase):
     def test_eight_writers_of_one_snapshot_on_a_folder_that_does_not_exist_yet(self) -> None:
         self.data_dir = Path(self.tmp.name) / "fresh"
         self.csv_path = self.data_dir / "crypto_data.csv"
-        procs = [self.start(PIPELINE_COINS=",".join(self.all_ids[:100]), PIPELINE_DATA_DIR=str(self.data_dir))
-                 for _ in range(self.WRITERS)]
+        procs = [
+            self.start(PIPELINE_COINS=",".join(self.all_ids[:100]), PIPELINE_DATA_DIR=str(self.data_dir))
+            for _ in range(self.WRITERS)
+        ]
         appended = 0
         for code, err in self.finish_all(procs):
             self.assertEqual(code, 0, err)
@@ -228,9 +246,10 @@ class ConcurrencyTest(ProcessTestCase):
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         barrier, results = context.Barrier(len(jobs)), context.Queue()
-        workers = [context.Process(target=load_in_process,
-                                   args=(str(csv_path), first, count, minutes, barrier, results))
-                   for first, count, minutes in jobs]
+        workers = [
+            context.Process(target=load_in_process, args=(str(csv_path), first, count, minutes, barrier, results))
+            for first, count, minutes in jobs
+        ]
         for worker in workers:
             worker.start()
         outcomes = [results.get(timeout=90) for _ in workers]
@@ -245,7 +264,7 @@ class ConcurrencyTest(ProcessTestCase):
         keys: set[Key] = set()
         for first, count, minutes in jobs:
             rows = markets_rows(400, start=datetime(2024, 1, 1, 12, minutes, tzinfo=timezone.utc))
-            keys |= snapshot_keys(rows[first:first + count])
+            keys |= snapshot_keys(rows[first : first + count])
         return keys
 
     def test_load_from_eight_processes(self) -> None:
@@ -387,8 +406,10 @@ class SigkillTest(ProcessTestCase):
             for fragment in quarantine.read_text().splitlines():
                 if fragment.startswith("# ") or not fragment:
                     continue
-                self.assertTrue(any(line.startswith(fragment) for line in lines),
-                                f"quarantined {fragment[:80]!r} is not the start of any stored row")
+                self.assertTrue(
+                    any(line.startswith(fragment) for line in lines),
+                    f"quarantined {fragment[:80]!r} is not the start of any stored row",
+                )
         if os.environ.get("TEST_VERBOSE"):
             print("\n".join(log), file=sys.stderr)
 

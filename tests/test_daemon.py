@@ -9,13 +9,12 @@ import sys
 import tempfile
 import time as real_time
 import unittest
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from tests.fake_coingecko import Fault
-from tests.support import MAIN, PipelineTestCase, REPO  # noqa: F401
-
+from tests.support import MAIN, REPO, PipelineTestCase  # noqa: F401
 from utils.daemon import Daemon, Outcome, StatusFile, iso, next_daily_run
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -57,13 +56,22 @@ class DaemonClockTests(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.status = StatusFile(Path(tmp.name) / ".state" / "status.json")
 
-    def run_daemon(self, start: datetime, until: datetime, job_script: list[object] | None = None, *,
-                   at: time = time(0, 0), zone: ZoneInfo = BERLIN, initial_run: bool = False,
-                   retry_delays: tuple[float, ...] = (5, 15, 60)) -> ScriptedJob:
+    def run_daemon(
+        self,
+        start: datetime,
+        until: datetime,
+        job_script: list[object] | None = None,
+        *,
+        at: time = time(0, 0),
+        zone: ZoneInfo = BERLIN,
+        initial_run: bool = False,
+        retry_delays: tuple[float, ...] = (5, 15, 60),
+    ) -> ScriptedJob:
         clock = FakeClock(start)
         job = ScriptedJob(clock, job_script)
-        daemon = Daemon(job, at=at, zone=zone, retry_delays=retry_delays, status=self.status, clock=clock,
-                        initial_run=initial_run)
+        daemon = Daemon(
+            job, at=at, zone=zone, retry_delays=retry_delays, status=self.status, clock=clock, initial_run=initial_run
+        )
         daemon.start()
 
         def wait(seconds: float) -> None:
@@ -79,22 +87,33 @@ class DaemonClockTests(unittest.TestCase):
         return [t.astimezone(zone).strftime("%Y-%m-%d %H:%M") for t, _ in job.calls]
 
     def test_midnight_every_local_day_across_both_dst_changes(self) -> None:
-        job = self.run_daemon(datetime(2026, 3, 27, 12, tzinfo=timezone.utc),
-                              datetime(2026, 3, 31, 12, tzinfo=timezone.utc))
-        self.assertEqual(self.local_times(job), ["2026-03-28 00:00", "2026-03-29 00:00", "2026-03-30 00:00",
-                                                 "2026-03-31 00:00"])
-        job = self.run_daemon(datetime(2026, 10, 23, 12, tzinfo=timezone.utc),
-                              datetime(2026, 10, 27, 12, tzinfo=timezone.utc))
-        self.assertEqual(self.local_times(job), ["2026-10-24 00:00", "2026-10-25 00:00", "2026-10-26 00:00",
-                                                 "2026-10-27 00:00"])
+        job = self.run_daemon(
+            datetime(2026, 3, 27, 12, tzinfo=timezone.utc), datetime(2026, 3, 31, 12, tzinfo=timezone.utc)
+        )
+        self.assertEqual(
+            self.local_times(job), ["2026-03-28 00:00", "2026-03-29 00:00", "2026-03-30 00:00", "2026-03-31 00:00"]
+        )
+        job = self.run_daemon(
+            datetime(2026, 10, 23, 12, tzinfo=timezone.utc), datetime(2026, 10, 27, 12, tzinfo=timezone.utc)
+        )
+        self.assertEqual(
+            self.local_times(job), ["2026-10-24 00:00", "2026-10-25 00:00", "2026-10-26 00:00", "2026-10-27 00:00"]
+        )
 
     def test_a_time_inside_the_dst_gap_or_overlap_runs_once_that_day(self) -> None:
-        spring = self.run_daemon(datetime(2026, 3, 27, 12, tzinfo=timezone.utc),
-                                 datetime(2026, 3, 31, 12, tzinfo=timezone.utc), at=time(2, 30))
-        self.assertEqual(self.local_times(spring), ["2026-03-28 02:30", "2026-03-29 03:30", "2026-03-30 02:30",
-                                                    "2026-03-31 02:30"])
-        autumn = self.run_daemon(datetime(2026, 10, 23, 12, tzinfo=timezone.utc),
-                                 datetime(2026, 10, 27, 12, tzinfo=timezone.utc), at=time(2, 30))
+        spring = self.run_daemon(
+            datetime(2026, 3, 27, 12, tzinfo=timezone.utc),
+            datetime(2026, 3, 31, 12, tzinfo=timezone.utc),
+            at=time(2, 30),
+        )
+        self.assertEqual(
+            self.local_times(spring), ["2026-03-28 02:30", "2026-03-29 03:30", "2026-03-30 02:30", "2026-03-31 02:30"]
+        )
+        autumn = self.run_daemon(
+            datetime(2026, 10, 23, 12, tzinfo=timezone.utc),
+            datetime(2026, 10, 27, 12, tzinfo=timezone.utc),
+            at=time(2, 30),
+        )
         days = [t[:10] for t in self.local_times(autumn)]
         self.assertEqual(days, ["2026-10-24", "2026-10-25", "2026-10-26", "2026-10-27"])
 
@@ -104,31 +123,42 @@ class DaemonClockTests(unittest.TestCase):
 
     def test_a_failing_run_is_retried_after_5_then_15_minutes(self) -> None:
         failed = Outcome("failed", 1, error="CoinGecko down", summary="run failed: CoinGecko down")
-        job = self.run_daemon(datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
-                              datetime(2026, 6, 2, 21, tzinfo=timezone.utc), [failed, failed])
+        job = self.run_daemon(
+            datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
+            datetime(2026, 6, 2, 21, tzinfo=timezone.utc),
+            [failed, failed],
+        )
         self.assertEqual(self.local_times(job), ["2026-06-02 00:00", "2026-06-02 00:05", "2026-06-02 00:20"])
 
     def test_retries_stop_at_the_next_scheduled_run(self) -> None:
         failed = Outcome("failed", 1, error="down")
-        job = self.run_daemon(datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
-                              datetime(2026, 6, 2, 22, 30, tzinfo=timezone.utc), [failed] * 200)
+        job = self.run_daemon(
+            datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
+            datetime(2026, 6, 2, 22, 30, tzinfo=timezone.utc),
+            [failed] * 200,
+        )
         times = self.local_times(job)
         first_day = [t for t in times if t.startswith("2026-06-02")]
-        self.assertEqual(first_day[:5], ["2026-06-02 00:00", "2026-06-02 00:05", "2026-06-02 00:20",
-                                         "2026-06-02 01:20", "2026-06-02 02:20"])
+        self.assertEqual(
+            first_day[:5],
+            ["2026-06-02 00:00", "2026-06-02 00:05", "2026-06-02 00:20", "2026-06-02 01:20", "2026-06-02 02:20"],
+        )
         self.assertEqual(first_day[-1], "2026-06-02 23:20")  # hourly, and none at or after the next midnight
         self.assertEqual(times[len(first_day)], "2026-06-03 00:00")
 
     def test_a_partial_run_retries_only_the_missing_coins(self) -> None:
         partial = Outcome("partial", 3, appended=7, retry_coins=("solana", "cardano"), summary="run partial")
-        job = self.run_daemon(datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
-                              datetime(2026, 6, 2, 21, tzinfo=timezone.utc), [partial])
+        job = self.run_daemon(
+            datetime(2026, 6, 1, 21, tzinfo=timezone.utc), datetime(2026, 6, 2, 21, tzinfo=timezone.utc), [partial]
+        )
         self.assertEqual([coins for _, coins in job.calls], [None, ("solana", "cardano")])
 
     def test_no_exception_ends_the_loop(self) -> None:
-        job = self.run_daemon(datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
-                              datetime(2026, 6, 3, 23, tzinfo=timezone.utc),
-                              [RuntimeError("boom"), MemoryError("tight"), KeyError("x")])
+        job = self.run_daemon(
+            datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
+            datetime(2026, 6, 3, 23, tzinfo=timezone.utc),
+            [RuntimeError("boom"), MemoryError("tight"), KeyError("x")],
+        )
         self.assertEqual(len(job.calls), 6)  # 3 failures retried, then daily runs go on
         last = self.status.read()["last_run"]
         self.assertEqual(last["result"], "ok")
@@ -148,8 +178,9 @@ class DaemonClockTests(unittest.TestCase):
         self.assertEqual(job.calls, [])
 
     def test_status_file_holds_last_run_success_and_next_run(self) -> None:
-        job = self.run_daemon(datetime(2026, 6, 1, 21, tzinfo=timezone.utc),
-                              datetime(2026, 6, 2, 1, tzinfo=timezone.utc))
+        job = self.run_daemon(
+            datetime(2026, 6, 1, 21, tzinfo=timezone.utc), datetime(2026, 6, 2, 1, tzinfo=timezone.utc)
+        )
         self.assertEqual(len(job.calls), 1)
         data = json.loads(self.status.path.read_text())
         self.assertEqual(data["last_run"]["result"], "ok")
@@ -163,9 +194,15 @@ class DaemonClockTests(unittest.TestCase):
 class DaemonProcessTests(PipelineTestCase):
     def start_daemon(self, *extra: str) -> subprocess.Popen:
         import os
+
         env = dict(os.environ, **self.env)
-        proc = subprocess.Popen([sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC", *extra],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC", *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         return proc
 

@@ -8,7 +8,6 @@ import unittest
 from tests.fake_coingecko import load_fixture
 from tests.support import PipelineTestCase
 from tests.test_backfill import charts_for
-
 from utils.history.datapackage import HISTORY_FIELDS, QUALITY_FIELDS
 from utils.history.quality import QUALITY_COLUMNS
 from utils.history.schema import COLUMNS
@@ -59,9 +58,11 @@ class DataPackage(PipelineTestCase):
         self.assert_valid()
 
     def test_after_a_legacy_migration(self) -> None:
-        legacy = ("name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,last_updated\n"
-                  "Bitcoin,btc,16951.52,326000000000,0.5,19250000,2023-01-08T16:49:40.132Z\n"
-                  "Ethereum,eth,1266.66,152000000000,,120000000,2023-01-08T16:49:52.403Z\n")
+        legacy = (
+            "name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,last_updated\n"
+            "Bitcoin,btc,16951.52,326000000000,0.5,19250000,2023-01-08T16:49:40.132Z\n"
+            "Ethereum,eth,1266.66,152000000000,,120000000,2023-01-08T16:49:52.403Z\n"
+        )
         self.csv_path.write_text(legacy)
         self.fake.set_coins(load_fixture("coins_markets_2023-01-08_real_10coins.json"))
         result = self.run_main()

@@ -13,11 +13,9 @@ from typing import Any
 import requests
 
 try:
-    from tests.fake_coingecko import (
-        Fault, FakeCoinGecko, error_kinds, load_fixture, make_daily_chart, markets_rows)
+    from tests.fake_coingecko import FakeCoinGecko, Fault, error_kinds, load_fixture, make_daily_chart, markets_rows
 except ModuleNotFoundError:  # run as a top-level module, e.g. unittest discover -s tests
-    from fake_coingecko import (  # type: ignore[no-redef]
-        Fault, FakeCoinGecko, error_kinds, load_fixture, make_daily_chart, markets_rows)
+    from fake_coingecko import FakeCoinGecko, Fault, error_kinds, load_fixture, make_daily_chart, markets_rows  # type: ignore[no-redef]
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TIMEOUT = 5.0
@@ -95,8 +93,13 @@ class BasicsTest(FakeServerTestCase):
     def test_key_endpoint(self) -> None:
         """GET /key reports plan, per-minute limit and monthly credits."""
         body = self.get("/key").json()
-        for name in ("plan", "rate_limit_request_per_minute", "monthly_call_credit",
-                     "current_total_monthly_calls", "current_remaining_monthly_calls"):
+        for name in (
+            "plan",
+            "rate_limit_request_per_minute",
+            "monthly_call_credit",
+            "current_total_monthly_calls",
+            "current_remaining_monthly_calls",
+        ):
             self.assertIn(name, body)
 
     def test_default_rows_are_the_real_fixture(self) -> None:
@@ -146,8 +149,7 @@ class CoinsMarketsTest(FakeServerTestCase):
     def test_vs_currency_validation(self) -> None:
         """Missing or unsupported vs_currency answers 400 with CoinGecko's error shape."""
         missing = self.get("/coins/markets", params={"ids": "bitcoin"})
-        self.assertEqual((missing.status_code, missing.json()),
-                         (400, {"error": "Missing parameter vs_currency"}))
+        self.assertEqual((missing.status_code, missing.json()), (400, {"error": "Missing parameter vs_currency"}))
         invalid = self.markets(vs_currency="usdt")
         self.assertEqual((invalid.status_code, invalid.json()), (400, {"error": "invalid vs_currency"}))
         self.assertEqual(self.markets(vs_currency="eur").status_code, 200)
@@ -221,11 +223,11 @@ class MarketChartAndSearchTest(FakeServerTestCase):
         self.assertEqual(response.status_code, 401)
         self.assertEqual(response.json()["error"]["status"]["error_code"], 10012)
         self.fake.history_limit_days = None
-        self.assertEqual(len(self.get("/coins/bitcoin/market_chart/range", params=params)
-                             .json()["prices"]), 5)
+        self.assertEqual(len(self.get("/coins/bitcoin/market_chart/range", params=params).json()["prices"]), 5)
 
     def test_search_suggests(self) -> None:
         """Search matches substrings case-insensitively and near-miss ids."""
+
         def ids(query: str) -> list[str]:
             body = self.get("/search", params={"query": query}).json()
             self.assertEqual(body["exchanges"], [])
@@ -362,10 +364,15 @@ class FaultTest(FakeServerTestCase):
     def test_error_bodies(self) -> None:
         """Every captured error kind answers its status and body."""
         captured = load_fixture("error_bodies_captured.json")
-        expected_status = {"history_beyond_365_days_10012": 401, "unknown_coin_id_404": 404,
-                           "invalid_vs_currency_400": 400, "rate_limit_429": 429,
-                           "pro_key_on_public_host_10010_from_test_stub": 400,
-                           "missing_api_key_10002": 401, "demo_key_on_pro_host_10011": 400}
+        expected_status = {
+            "history_beyond_365_days_10012": 401,
+            "unknown_coin_id_404": 404,
+            "invalid_vs_currency_400": 400,
+            "rate_limit_429": 429,
+            "pro_key_on_public_host_10010_from_test_stub": 400,
+            "missing_api_key_10002": 401,
+            "demo_key_on_pro_host_10011": 400,
+        }
         for kind in error_kinds():
             with self.subTest(kind=kind):
                 self.fake.add_fault(Fault.error_body(kind))
@@ -461,8 +468,7 @@ class ShutdownTest(unittest.TestCase):
     def test_context_manager(self) -> None:
         """The context manager starts and stops the server."""
         with FakeCoinGecko(coins=markets_rows(3)) as fake:
-            body = requests.get(fake.base_url + "/coins/markets",
-                                params={"vs_currency": "eur"}, timeout=TIMEOUT).json()
+            body = requests.get(fake.base_url + "/coins/markets", params={"vs_currency": "eur"}, timeout=TIMEOUT).json()
             self.assertEqual([row["id"] for row in body], ["coin-0000", "coin-0001", "coin-0002"])
         self.assertEqual(fake.port, 0)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sqlite3
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,10 +27,9 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from flows.backfill import newest_complete_day
 from tests.fake_coingecko import DEFAULT_COINS_FIXTURE, Fault, load_fixture, make_daily_chart, markets_rows
 from tests.support import MAIN, CliResult, PipelineTestCase, summary_line
-
-from flows.backfill import newest_complete_day
 from utils.history.schema import normalize_timestamp
 
 Key = tuple[str, str, str]  # (coin_id, vs_currency, last_updated)
@@ -45,6 +44,7 @@ FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.
 
 
 # -- the tally -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Tally:
@@ -66,8 +66,7 @@ def tally(stage: str) -> Tally:
 
 def summary_table() -> str:
     """The matrix's result as a Markdown table."""
-    lines = ["| stage | cases tried | cases passed | rows lost | rows stored twice |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| stage | cases tried | cases passed | rows lost | rows stored twice |", "|---|---:|---:|---:|---:|"]
     total = Tally()
     for stage, t in TALLY.items():
         lines.append(f"| {stage} | {t.tried} | {t.passed} | {t.rows_lost} | {t.rows_repeated} |")
@@ -75,8 +74,9 @@ def summary_table() -> str:
         total.passed += t.passed
         total.rows_lost += t.rows_lost
         total.rows_repeated += t.rows_repeated
-    lines.append(f"| **all** | **{total.tried}** | **{total.passed}** | **{total.rows_lost}** | "
-                 f"**{total.rows_repeated}** |")
+    lines.append(
+        f"| **all** | **{total.tried}** | **{total.passed}** | **{total.rows_lost}** | **{total.rows_repeated}** |"
+    )
     return "\n".join(lines)
 
 
@@ -86,6 +86,7 @@ def tearDownModule() -> None:
 
 
 # -- cases ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Case:
@@ -101,8 +102,10 @@ class Case:
 
 def sleeps_include(low: float, high: float) -> Callable[[Any, CliResult], None]:
     """A check that the client waited between low and high seconds at least once (Retry-After honoured)."""
+
     def check(test: Any, result: CliResult) -> None:
         test.assertTrue(any(low <= s <= high for s in test.sleeps), test.sleeps)
+
     return check
 
 
@@ -111,39 +114,87 @@ def http_cases(endpoint: str, *, shape_code: int, shape_fragment: Callable[[str]
     half = REAL_BYTES[: len(REAL_BYTES) // 2]
     timeout = ("--timeout", "0.3")
     return [
-        Case("429 with Retry-After", lambda: [Fault.rate_limited("3")] * 2, 0, ("rate limited",),
-             check=sleeps_include(3, 4)),
+        Case(
+            "429 with Retry-After",
+            lambda: [Fault.rate_limited("3")] * 2,
+            0,
+            ("rate limited",),
+            check=sleeps_include(3, 4),
+        ),
         Case("429 without Retry-After", lambda: [Fault.rate_limited(None)] * 2, 0, ("rate limited",)),
         Case("429 inside a 200", lambda: [Fault.rate_limit_in_200()] * 2, 0, ("rate limited",)),
-        Case("429 asking to wait past --max-retry-wait", lambda: [Fault.rate_limited("600")], 1,
-             ("asks to wait 600 s", "--max-retry-wait")),
-        Case("429 storm", lambda: [Fault.rate_limited("50")] * 20, 1, ("rate limited", "gave up after 3 attempts"),
-             argv=("--max-retry-wait", "120")),
+        Case(
+            "429 asking to wait past --max-retry-wait",
+            lambda: [Fault.rate_limited("600")],
+            1,
+            ("asks to wait 600 s", "--max-retry-wait"),
+        ),
+        Case(
+            "429 storm",
+            lambda: [Fault.rate_limited("50")] * 20,
+            1,
+            ("rate limited", "gave up after 3 attempts"),
+            argv=("--max-retry-wait", "120"),
+        ),
         Case("one 5xx", lambda: [Fault.server_error(503)], 0, ("HTTP 503",)),
-        Case("5xx storm", lambda: [Fault.server_error(c) for c in (500, 502, 503, 504)] * 2, 1,
-             ("HTTP 50", "gave up after 6 attempts")),
+        Case(
+            "5xx storm",
+            lambda: [Fault.server_error(c) for c in (500, 502, 503, 504)] * 2,
+            1,
+            ("HTTP 50", "gave up after 6 attempts"),
+        ),
         Case("connection reset", lambda: [Fault.reset()], 0, ("connection reset",)),
-        Case("connection resets past the retries", lambda: [Fault.reset()] * STORM, 1,
-             ("connection reset", "gave up after 6 attempts")),
-        Case("stall past --timeout", lambda: [Fault.stall(1)], 0, (f"did not answer {endpoint} within 0.3 s",),
-             argv=timeout),
+        Case(
+            "connection resets past the retries",
+            lambda: [Fault.reset()] * STORM,
+            1,
+            ("connection reset", "gave up after 6 attempts"),
+        ),
+        Case(
+            "stall past --timeout",
+            lambda: [Fault.stall(1)],
+            0,
+            (f"did not answer {endpoint} within 0.3 s",),
+            argv=timeout,
+        ),
         # --max-retry-wait 3 gives up after two or three stalls: the same path, less waiting in real time.
-        Case("stalls past the retries", lambda: [Fault.stall(1)] * STORM, 1,
-             (f"did not answer {endpoint} within 0.3 s", "gave up after"), argv=timeout + ("--max-retry-wait", "3")),
+        Case(
+            "stalls past the retries",
+            lambda: [Fault.stall(1)] * STORM,
+            1,
+            (f"did not answer {endpoint} within 0.3 s", "gave up after"),
+            argv=timeout + ("--max-retry-wait", "3"),
+        ),
         Case("Cloudflare HTML 403", lambda: [Fault.html(403)], 1, ("HTTP 403", "text/html", "firewall")),
-        Case("Cloudflare HTML 200", lambda: [Fault.html(200, challenge=True)], 1,
-             ("HTTP 200", "an HTML page", "text/html")),
+        Case(
+            "Cloudflare HTML 200",
+            lambda: [Fault.html(200, challenge=True)],
+            1,
+            ("HTTP 200", "an HTML page", "text/html"),
+        ),
         Case("Cloudflare HTML 503 storm", lambda: [Fault.html(503)] * STORM, 1, ("HTTP 503", "gave up after")),
         Case("malformed JSON", lambda: [Fault.malformed_json()], 1, ("malformed JSON", "application/json")),
         Case("truncated transfer", lambda: [Fault.truncated_json()], 0, ("cut short",)),
-        Case("truncated transfers past the retries", lambda: [Fault.truncated_json()] * STORM, 1,
-             ("cut short", "gave up after 6 attempts")),
+        Case(
+            "truncated transfers past the retries",
+            lambda: [Fault.truncated_json()] * STORM,
+            1,
+            ("cut short", "gave up after 6 attempts"),
+        ),
         Case("truncated JSON body", lambda: [Fault.status(200, half)], 1, ("malformed JSON",)),
         Case("empty body", lambda: [Fault.status(200, b"")], 1, ("malformed JSON",)),
-        Case("JSON nested 100,000 deep", lambda: [Fault.status(200, b"[" * 100_000 + b"]" * 100_000)], 1,
-             ("malformed JSON",)),
-        Case("JSON object where a list belongs" if shape_code == 1 else "JSON object without prices",
-             lambda: [Fault.wrong_shape()], shape_code, (shape_fragment("object"),)),
+        Case(
+            "JSON nested 100,000 deep",
+            lambda: [Fault.status(200, b"[" * 100_000 + b"]" * 100_000)],
+            1,
+            ("malformed JSON",),
+        ),
+        Case(
+            "JSON object where a list belongs" if shape_code == 1 else "JSON object without prices",
+            lambda: [Fault.wrong_shape()],
+            shape_code,
+            (shape_fragment("object"),),
+        ),
         Case("JSON null", lambda: [Fault.status(200, b"null")], shape_code, (shape_fragment("null"),)),
         Case("JSON number", lambda: [Fault.status(200, b"42")], shape_code, (shape_fragment("int"),)),
     ]
@@ -155,25 +206,53 @@ def markets_shape(kind: str) -> str:
 
 
 # Bad values for each field of a /coins/markets row; NaN and Infinity travel as JSON literals.
-NUMERIC_FIELDS = ("current_price", "market_cap", "market_cap_rank", "total_volume", "high_24h", "low_24h",
-                  "price_change_percentage_24h", "circulating_supply", "total_supply", "max_supply")
+NUMERIC_FIELDS = (
+    "current_price",
+    "market_cap",
+    "market_cap_rank",
+    "total_volume",
+    "high_24h",
+    "low_24h",
+    "price_change_percentage_24h",
+    "circulating_supply",
+    "total_supply",
+    "max_supply",
+)
 TEXT_FIELDS = ("name", "symbol")
 BAD_NUMBERS: tuple[tuple[str, Any], ...] = (
-    ("a numeric string", "1266.66"), ("true", True), ("a list", [1266.66]), ("an object", {"eur": 1266.66}),
-    ("negative", -5), ("NaN", float("nan")), ("Infinity", float("inf")),
+    ("a numeric string", "1266.66"),
+    ("true", True),
+    ("a list", [1266.66]),
+    ("an object", {"eur": 1266.66}),
+    ("negative", -5),
+    ("NaN", float("nan")),
+    ("Infinity", float("inf")),
 )
 BAD_TEXT: tuple[tuple[str, Any], ...] = (
-    ("a number", 123), ("a float", 1.5), ("true", True), ("a list", ["Ethereum"]), ("an object", {"en": "Ethereum"}),
+    ("a number", 123),
+    ("a float", 1.5),
+    ("true", True),
+    ("a list", ["Ethereum"]),
+    ("an object", {"en": "Ethereum"}),
 )
 BAD_IDS: tuple[tuple[str, Any, str], ...] = (
-    ("a number", 1027, "the row has no id"), ("true", True, "the row has no id"),
-    ("an empty string", "", "the row has no id"), ("spaces", "   ", "the row has no id"),
-    ("a list", ["ethereum"], "the row has no id"), ("an object", {"id": "ethereum"}, "the row has no id"),
-    ("upper case", "ETHEREUM", "is not a valid CoinGecko id"), ("a space inside", "ether eum", "is not a valid"),
+    ("a number", 1027, "the row has no id"),
+    ("true", True, "the row has no id"),
+    ("an empty string", "", "the row has no id"),
+    ("spaces", "   ", "the row has no id"),
+    ("a list", ["ethereum"], "the row has no id"),
+    ("an object", {"id": "ethereum"}, "the row has no id"),
+    ("upper case", "ETHEREUM", "is not a valid CoinGecko id"),
+    ("a space inside", "ether eum", "is not a valid"),
 )
 BAD_TIMESTAMPS: tuple[tuple[str, Any], ...] = (
-    ("a number", 1673196592), ("true", True), ("a list", ["2023-01-08T16:49:52.403Z"]), ("an object", {}),
-    ("an empty string", ""), ("words", "yesterday"), ("an impossible date", "2023-13-45T00:00:00Z"),
+    ("a number", 1673196592),
+    ("true", True),
+    ("a list", ["2023-01-08T16:49:52.403Z"]),
+    ("an object", {}),
+    ("an empty string", ""),
+    ("words", "yesterday"),
+    ("an impossible date", "2023-13-45T00:00:00Z"),
     ("an offset beyond a day", "2023-01-08T16:49:52.403+99:00"),
 )
 
@@ -197,6 +276,7 @@ def fixture_keys(rows: list[dict] = REAL, vs: str = "eur") -> set[Key]:
 
 # -- the test case -------------------------------------------------------------------------------
 
+
 class MatrixTestCase(PipelineTestCase):
     """A fresh data folder per case with the one fake server reset, and the checks every case shares."""
 
@@ -206,8 +286,9 @@ class MatrixTestCase(PipelineTestCase):
         # The fake writes headers and body separately; with Nagle on, each answer waits ~40 ms for a delayed
         # ACK. TCP_NODELAY on this instance's handlers makes ~600 requests affordable; answers are unchanged.
         server = self.fake._server
-        server.RequestHandlerClass = type("NoDelayHandler", (server.RequestHandlerClass,),
-                                          {"disable_nagle_algorithm": True})
+        server.RequestHandlerClass = type(
+            "NoDelayHandler", (server.RequestHandlerClass,), {"disable_nagle_algorithm": True}
+        )
 
     def fresh(self, coins: list[dict] | None = None, seed: Path | None = None, **env: str) -> None:
         """A new data folder (a copy of seed's history when given); the fake serves coins and nothing else."""
@@ -266,9 +347,19 @@ class MatrixTestCase(PipelineTestCase):
         for fault in faults:
             self.fake.add_fault(fault, path=path)
 
-    def run_case(self, stage: str, case: Case, act: Callable[[], CliResult], *, verb: str, before: bytes,
-                 landed: set[Key], final: set[Key], rerun: Callable[[], CliResult] | None = None,
-                 after: Callable[[CliResult], None] | None = None) -> None:
+    def run_case(
+        self,
+        stage: str,
+        case: Case,
+        act: Callable[[], CliResult],
+        *,
+        verb: str,
+        before: bytes,
+        landed: set[Key],
+        final: set[Key],
+        rerun: Callable[[], CliResult] | None = None,
+        after: Callable[[CliResult], None] | None = None,
+    ) -> None:
         """Run one case, then a clean rerun; tally it, then assert.
 
         landed: the rows the CSV must hold after the faulty run when it succeeds (exit 0 or 3);
@@ -331,8 +422,15 @@ class FirstRequest(MatrixTestCase):
             self.fresh(moved, seed)
             before, old = self.csv_bytes(), set(self.keys())
             self.queue(case.faults(), MARKETS)
-            self.run_case(self.STAGE, case, lambda: self.run_main(*case.argv), verb="run", before=before,
-                          landed=old | new, final=old | new)
+            self.run_case(
+                self.STAGE,
+                case,
+                lambda: self.run_main(*case.argv),
+                verb="run",
+                before=before,
+                landed=old | new,
+                final=old | new,
+            )
 
 
 class LaterPage(MatrixTestCase):
@@ -364,8 +462,16 @@ class LaterPage(MatrixTestCase):
                 self.assertEqual(calls[1].query["ids"].split(",")[0], ids[250], "the fault did not hit page 2")
 
             landed = old | (new - page_two if case.code == 3 else new)
-            self.run_case(self.STAGE, case, lambda: self.run_main(*case.argv), verb="run", before=before,
-                          landed=landed, final=old | new, after=hit_page_two)
+            self.run_case(
+                self.STAGE,
+                case,
+                lambda: self.run_main(*case.argv),
+                verb="run",
+                before=before,
+                landed=landed,
+                final=old | new,
+                after=hit_page_two,
+            )
 
 
 class ResponseContent(MatrixTestCase):
@@ -375,8 +481,7 @@ class ResponseContent(MatrixTestCase):
     STAGE_NULLS = "rows: nulls and absent fields"
     STAGE_ODD = "rows: duplicates and odd values"
 
-    def content_case(self, stage: str, case: Case, *, kept: bool,
-                     cell: tuple[str, str] | None = None) -> None:
+    def content_case(self, stage: str, case: Case, *, kept: bool, cell: tuple[str, str] | None = None) -> None:
         """Serve the case's answer once on a fresh folder; kept says whether the victim's row lands."""
         self.fresh()
         self.queue(case.faults(), MARKETS)
@@ -389,32 +494,60 @@ class ResponseContent(MatrixTestCase):
                 victim = [r for r in self.rows() if r["coin_id"] == VICTIM]
                 self.assertEqual([r[column] for r in victim], [expected], column)
 
-        self.run_case(stage, case, lambda: self.run_main(*case.argv), verb="run", before=b"", landed=landed,
-                      final=everything, after=check_cell)
+        self.run_case(
+            stage,
+            case,
+            lambda: self.run_main(*case.argv),
+            verb="run",
+            before=b"",
+            landed=landed,
+            final=everything,
+            after=check_cell,
+        )
 
     def test_wrong_types_in_every_field(self) -> None:
         for field in NUMERIC_FIELDS:
             for label, value in BAD_NUMBERS:
                 if label == "negative" and field == "price_change_percentage_24h":
                     continue  # a fall is negative: covered below as accepted
-                case = Case(f"{field} is {label}", lambda v=value, f=field: [Fault.status(200, victim_rows(**{f: v}))],
-                            3, (f"rejected {VICTIM}: {field} is", "run partial: 9 of 10 coins, 9 rows appended"))
+                case = Case(
+                    f"{field} is {label}",
+                    lambda v=value, f=field: [Fault.status(200, victim_rows(**{f: v}))],
+                    3,
+                    (f"rejected {VICTIM}: {field} is", "run partial: 9 of 10 coins, 9 rows appended"),
+                )
                 self.content_case(self.STAGE_TYPES, case, kept=False)
         for field in TEXT_FIELDS:
             for label, value in BAD_TEXT:
-                case = Case(f"{field} is {label}", lambda v=value, f=field: [Fault.status(200, victim_rows(**{f: v}))],
-                            3, (f"rejected {VICTIM}: {field} is", "9 rows appended"))
+                case = Case(
+                    f"{field} is {label}",
+                    lambda v=value, f=field: [Fault.status(200, victim_rows(**{f: v}))],
+                    3,
+                    (f"rejected {VICTIM}: {field} is", "9 rows appended"),
+                )
                 self.content_case(self.STAGE_TYPES, case, kept=False)
         for label, value, reason in BAD_IDS:
-            case = Case(f"id is {label}", lambda v=value: [Fault.status(200, victim_rows(id=v))], 3,
-                        (reason, f"1 missing ({VICTIM})", "9 rows appended"))
+            case = Case(
+                f"id is {label}",
+                lambda v=value: [Fault.status(200, victim_rows(id=v))],
+                3,
+                (reason, f"1 missing ({VICTIM})", "9 rows appended"),
+            )
             self.content_case(self.STAGE_TYPES, case, kept=False)
         for label, value in BAD_TIMESTAMPS:
-            case = Case(f"last_updated is {label}", lambda v=value: [Fault.status(200, victim_rows(last_updated=v))],
-                        3, (f"rejected {VICTIM}: last_updated", "9 rows appended"))
+            case = Case(
+                f"last_updated is {label}",
+                lambda v=value: [Fault.status(200, victim_rows(last_updated=v))],
+                3,
+                (f"rejected {VICTIM}: last_updated", "9 rows appended"),
+            )
             self.content_case(self.STAGE_TYPES, case, kept=False)
-        case = Case("price_change_percentage_24h is negative", lambda: [Fault.status(
-            200, victim_rows(price_change_percentage_24h=-12.5))], 0, ("run ok: 10 coins, 10 rows appended",))
+        case = Case(
+            "price_change_percentage_24h is negative",
+            lambda: [Fault.status(200, victim_rows(price_change_percentage_24h=-12.5))],
+            0,
+            ("run ok: 10 coins, 10 rows appended",),
+        )
         self.content_case(self.STAGE_TYPES, case, kept=True, cell=("price_change_percentage_24h", "-12.5"))
 
     def test_nulls_and_absent_fields_one_at_a_time(self) -> None:
@@ -423,51 +556,89 @@ class ResponseContent(MatrixTestCase):
             for how, value in (("null", None), ("absent", ...)):
                 name = f"{field} {how}"
                 if field == "id":
-                    case = Case(name, lambda v=value: [Fault.status(200, victim_rows(id=v))], 3,
-                                ("rejected ?: the row has no id", f"1 missing ({VICTIM})"))
+                    case = Case(
+                        name,
+                        lambda v=value: [Fault.status(200, victim_rows(id=v))],
+                        3,
+                        ("rejected ?: the row has no id", f"1 missing ({VICTIM})"),
+                    )
                     self.content_case(self.STAGE_NULLS, case, kept=False)
                 elif field == "last_updated":
-                    case = Case(name, lambda v=value: [Fault.status(200, victim_rows(last_updated=v))], 3,
-                                (f"rejected {VICTIM}: last_updated is null",))
+                    case = Case(
+                        name,
+                        lambda v=value: [Fault.status(200, victim_rows(last_updated=v))],
+                        3,
+                        (f"rejected {VICTIM}: last_updated is null",),
+                    )
                     self.content_case(self.STAGE_NULLS, case, kept=False)
                 else:  # stored, as an empty cell when the CSV has a column for it
-                    case = Case(name, lambda v=value, f=field: [Fault.status(200, victim_rows(**{f: v}))], 0,
-                                ("run ok: 10 coins, 10 rows appended",))
-                    self.content_case(self.STAGE_NULLS, case, kept=True,
-                                      cell=(field, "") if field in columns else None)
+                    case = Case(
+                        name,
+                        lambda v=value, f=field: [Fault.status(200, victim_rows(**{f: v}))],
+                        0,
+                        ("run ok: 10 coins, 10 rows appended",),
+                    )
+                    self.content_case(self.STAGE_NULLS, case, kept=True, cell=(field, "") if field in columns else None)
 
     def test_duplicates_and_odd_values(self) -> None:
         twice = victim_rows()
         twice.append(copy.deepcopy(twice[REAL_IDS.index(VICTIM)]))
-        self.content_case(self.STAGE_ODD, Case(
-            "the same row twice in one answer", lambda: [Fault.status(200, twice)], 0,
-            ("run ok: 10 coins, 10 rows appended",)), kept=True)
+        self.content_case(
+            self.STAGE_ODD,
+            Case(
+                "the same row twice in one answer",
+                lambda: [Fault.status(200, twice)],
+                0,
+                ("run ok: 10 coins, 10 rows appended",),
+            ),
+            kept=True,
+        )
         conflicting = victim_rows()
-        other = dict(conflicting[REAL_IDS.index(VICTIM)], current_price=9999.0,
-                     last_updated="2023-01-08T16:50:52.403Z")
+        other = dict(conflicting[REAL_IDS.index(VICTIM)], current_price=9999.0, last_updated="2023-01-08T16:50:52.403Z")
         conflicting.append(other)
         # The coin landed (its first copy), so the run is complete; the conflicting copy is named in a warning.
-        self.content_case(self.STAGE_ODD, Case(
-            "one id twice with different data", lambda: [Fault.status(200, conflicting)], 0,
-            (f"rejected {VICTIM}: the same id appeared twice", "run ok: 10 coins, 10 rows appended")),
-            kept=True, cell=("current_price", "1266.66"))
-        self.content_case(self.STAGE_ODD, Case(
-            "last_updated with a +01:00 offset is stored in UTC",
-            lambda: [Fault.status(200, victim_rows(last_updated="2023-01-08T17:49:52.403+01:00"))], 0,
-            ("10 rows appended",)), kept=True, cell=("last_updated", "2023-01-08T16:49:52.403Z"))
+        self.content_case(
+            self.STAGE_ODD,
+            Case(
+                "one id twice with different data",
+                lambda: [Fault.status(200, conflicting)],
+                0,
+                (f"rejected {VICTIM}: the same id appeared twice", "run ok: 10 coins, 10 rows appended"),
+            ),
+            kept=True,
+            cell=("current_price", "1266.66"),
+        )
+        self.content_case(
+            self.STAGE_ODD,
+            Case(
+                "last_updated with a +01:00 offset is stored in UTC",
+                lambda: [Fault.status(200, victim_rows(last_updated="2023-01-08T17:49:52.403+01:00"))],
+                0,
+                ("10 rows appended",),
+            ),
+            kept=True,
+            cell=("last_updated", "2023-01-08T16:49:52.403Z"),
+        )
         hostile = (
             ("last_updated far in the future", {"last_updated": "2999-01-01T00:00:00.000Z"}, "last_updated"),
             ("last_updated in year 1 with an offset", {"last_updated": "0001-01-01T00:00:00+01:00"}, "last_updated"),
             ("last_updated in year 999", {"last_updated": "0999-06-01T00:00:00Z"}, "last_updated"),
-            ("market_cap_rank of 400 digits", {"market_cap_rank": 10 ** 400}, "market_cap_rank"),
-            ("market_cap of 400 digits", {"market_cap": 10 ** 400}, "market_cap"),
+            ("market_cap_rank of 400 digits", {"market_cap_rank": 10**400}, "market_cap_rank"),
+            ("market_cap of 400 digits", {"market_cap": 10**400}, "market_cap"),
             ("market_cap_rank 0", {"market_cap_rank": 0}, "market_cap_rank"),
             ("market_cap_rank 1.5", {"market_cap_rank": 1.5}, "market_cap_rank"),
         )
         for label, changes, field in hostile:
-            self.content_case(self.STAGE_ODD, Case(
-                label, lambda c=changes: [Fault.status(200, victim_rows(**c))], 3,
-                (f"rejected {VICTIM}: {field}", "9 rows appended")), kept=False)
+            self.content_case(
+                self.STAGE_ODD,
+                Case(
+                    label,
+                    lambda c=changes: [Fault.status(200, victim_rows(**c))],
+                    3,
+                    (f"rejected {VICTIM}: {field}", "9 rows appended"),
+                ),
+                kept=False,
+            )
 
     def test_a_lone_surrogate_in_a_name(self) -> None:
         """JSON may escape half a UTF-16 pair ("\\ud800"); it cannot be written as UTF-8, so it must not stop the run."""
@@ -509,8 +680,16 @@ class ResponseContent(MatrixTestCase):
             self.assertTrue(all(len(c.query["ids"].split(",")) == 250 for c in markets))
 
         case = Case("10,000 coins", lambda: [], 0, ("run ok: 10000 coins, 10000 rows appended",))
-        self.run_case(self.STAGE_ODD, case, self.run_main, verb="run", before=b"", landed=everything,
-                      final=everything, after=calls)
+        self.run_case(
+            self.STAGE_ODD,
+            case,
+            self.run_main,
+            verb="run",
+            before=b"",
+            landed=everything,
+            final=everything,
+            after=calls,
+        )
 
 
 class ArchiveStage(MatrixTestCase):
@@ -521,8 +700,9 @@ class ArchiveStage(MatrixTestCase):
     def block_raw(self, where: str) -> None:
         """Put a file where the archive needs a folder: raw/ itself, or today's raw/YYYY/MM."""
         today = datetime.now(timezone.utc)
-        target = {"raw": self.data_dir / "raw",
-                  "raw/YYYY/MM": self.data_dir / "raw" / f"{today:%Y}" / f"{today:%m}"}[where]
+        target = {"raw": self.data_dir / "raw", "raw/YYYY/MM": self.data_dir / "raw" / f"{today:%Y}" / f"{today:%m}"}[
+            where
+        ]
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             target.rename(target.with_name(target.name + ".moved"))
@@ -534,8 +714,9 @@ class ArchiveStage(MatrixTestCase):
             self.fresh()
             self.block_raw(where)
             case = Case(f"{where} is a file", lambda: [], 0, warning + ("run ok: 10 coins, 10 rows appended",))
-            self.run_case(self.STAGE, case, self.run_main, verb="run", before=b"", landed=fixture_keys(),
-                          final=fixture_keys())
+            self.run_case(
+                self.STAGE, case, self.run_main, verb="run", before=b"", landed=fixture_keys(), final=fixture_keys()
+            )
 
     def test_archive_cannot_be_written_while_healing(self) -> None:
         now = datetime.now(timezone.utc)
@@ -577,10 +758,18 @@ class ArchiveStage(MatrixTestCase):
         old = set(self.keys())
         self.block_raw("raw")
         expected = old | daily_keys(ids, 5)
-        case = Case("backfill while raw is a file", lambda: [], 0,
-                    ("could not archive", "backfill ok: 3 coins, 15 rows added"))
-        self.run_case(self.STAGE, case, lambda: self.run_main("backfill", "--days", "5"), verb="backfill",
-                      before=self.csv_bytes(), landed=expected, final=expected)
+        case = Case(
+            "backfill while raw is a file", lambda: [], 0, ("could not archive", "backfill ok: 3 coins, 15 rows added")
+        )
+        self.run_case(
+            self.STAGE,
+            case,
+            lambda: self.run_main("backfill", "--days", "5"),
+            verb="backfill",
+            before=self.csv_bytes(),
+            landed=expected,
+            final=expected,
+        )
 
 
 class LoadStage(MatrixTestCase):
@@ -599,19 +788,40 @@ class LoadStage(MatrixTestCase):
 
     def limited_run(self, limit: int) -> CliResult:
         """python main.py with RLIMIT_FSIZE: every file it writes stops growing at limit bytes."""
+
         def apply() -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        proc = subprocess.run([sys.executable, str(MAIN)], env=dict(os.environ, **self.env), capture_output=True,
-                              text=True, timeout=60, cwd=self.tmp.name, preexec_fn=apply)
+
+        proc = subprocess.run(
+            [sys.executable, str(MAIN)],
+            env=dict(os.environ, **self.env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.tmp.name,
+            preexec_fn=apply,
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     def test_disk_full(self) -> None:
         for room in (0, 100):
             before, old, new = self.prepared()
-            case = Case(f"disk full with {room} bytes to spare (RLIMIT_FSIZE)", lambda: [], 1,
-                        ("file size limit", "nothing was appended"))
-            self.run_case(self.STAGE, case, lambda r=room, b=before: self.limited_run(len(b) + r), verb="run",
-                          before=before, landed=set(), final=old | new, rerun=self.run_main)
+            case = Case(
+                f"disk full with {room} bytes to spare (RLIMIT_FSIZE)",
+                lambda: [],
+                1,
+                ("file size limit", "nothing was appended"),
+            )
+            self.run_case(
+                self.STAGE,
+                case,
+                lambda r=room, b=before: self.limited_run(len(b) + r),
+                verb="run",
+                before=before,
+                landed=set(),
+                final=old | new,
+                rerun=self.run_main,
+            )
 
     def test_csv_replaced_by_a_directory(self) -> None:
         before, old, new = self.prepared()
@@ -628,8 +838,9 @@ class LoadStage(MatrixTestCase):
             return self.run_main()
 
         case = Case("CSV replaced by a directory", lambda: [], 1, ("a folder stands where a file belongs",))
-        self.run_case(self.STAGE, case, self.run_main, verb="run", before=b"", landed=set(), final=old | new,
-                      rerun=put_back)
+        self.run_case(
+            self.STAGE, case, self.run_main, verb="run", before=b"", landed=set(), final=old | new, rerun=put_back
+        )
 
     def test_index_damaged_or_foreign(self) -> None:
         index = Path(".state") / "crypto_data.csv.index.sqlite"
@@ -643,21 +854,24 @@ class LoadStage(MatrixTestCase):
                 db.execute("DELETE FROM obs")
 
         damage = {
-            "index file corrupt": lambda p: (p.write_bytes(b"not a database" * 100),
-                                             Path(str(p) + "-wal").unlink(missing_ok=True)),
-            "index from a future version": lambda p: sqlite3.connect(p).execute(
-                "UPDATE meta SET v = '99' WHERE k = 'version'").connection.commit(),
+            "index file corrupt": lambda p: (
+                p.write_bytes(b"not a database" * 100),
+                Path(str(p) + "-wal").unlink(missing_ok=True),
+            ),
+            "index from a future version": lambda p: (
+                sqlite3.connect(p).execute("UPDATE meta SET v = '99' WHERE k = 'version'").connection.commit()
+            ),
             "index claims a longer CSV": claim_longer_csv,
             "index missing": lambda p: p.unlink(),
-            "the old JSON state of an earlier version": lambda p: (p.with_name("crypto_data.csv.state.json")
-                                                                   .write_text('{"version": 2}')),
+            "the old JSON state of an earlier version": lambda p: p.with_name("crypto_data.csv.state.json").write_text(
+                '{"version": 2}'
+            ),
         }
         for name, spoil in damage.items():
             before, old, new = self.prepared()
             spoil(self.data_dir / index)
             case = Case(name, lambda: [], 0, ("run ok: 10 coins, 10 rows appended",))
-            self.run_case(self.STAGE, case, self.run_main, verb="run", before=before, landed=old | new,
-                          final=old | new)
+            self.run_case(self.STAGE, case, self.run_main, verb="run", before=before, landed=old | new, final=old | new)
 
     def test_torn_last_line_is_quarantined(self) -> None:
         before, old, new = self.prepared()
@@ -669,8 +883,16 @@ class LoadStage(MatrixTestCase):
             self.assertTrue(self.csv_bytes().startswith(before))
             self.assertIn(b"Half,a row,12.5,", (self.data_dir / "crypto_data.csv.quarantine").read_bytes())
 
-        self.run_case(self.STAGE, case, self.run_main, verb="run", before=before, landed=old | new,
-                      final=old | new, after=quarantined)
+        self.run_case(
+            self.STAGE,
+            case,
+            self.run_main,
+            verb="run",
+            before=before,
+            landed=old | new,
+            final=old | new,
+            after=quarantined,
+        )
 
     def test_foreign_header(self) -> None:
         self.fresh()
@@ -682,8 +904,16 @@ class LoadStage(MatrixTestCase):
             self.csv_path.rename(self.csv_path.with_name("foreign.csv"))
             return self.run_main()
 
-        self.run_case(self.STAGE, case, self.run_main, verb="run", before=foreign, landed=set(),
-                      final=fixture_keys(), rerun=move_away)
+        self.run_case(
+            self.STAGE,
+            case,
+            self.run_main,
+            verb="run",
+            before=foreign,
+            landed=set(),
+            final=fixture_keys(),
+            rerun=move_away,
+        )
 
 
 class ChartStage(MatrixTestCase):
@@ -695,8 +925,9 @@ class ChartStage(MatrixTestCase):
         name = "crypto_price_trend.png"
         self.fresh(PIPELINE_CHARTS="1")
         (self.data_dir / name).mkdir()
-        case = Case(f"a directory where {name} goes", lambda: [], 0,
-                    ("run ok: 10 coins, 10 rows appended", "charts failed"))
+        case = Case(
+            f"a directory where {name} goes", lambda: [], 0, ("run ok: 10 coins, 10 rows appended", "charts failed")
+        )
 
         def summary_says_so(result: CliResult) -> None:
             last = summary_line(result.stderr)
@@ -704,16 +935,23 @@ class ChartStage(MatrixTestCase):
             self.assertIn(name, last)
             self.assertTrue((self.data_dir / name).is_dir())
 
-        self.run_case(self.STAGE, case, self.run_main, verb="run", before=b"", landed=fixture_keys(),
-                      final=fixture_keys(), after=summary_says_so)
+        self.run_case(
+            self.STAGE,
+            case,
+            self.run_main,
+            verb="run",
+            before=b"",
+            landed=fixture_keys(),
+            final=fixture_keys(),
+            after=summary_says_so,
+        )
 
 
 def daily_charts(ids: list[str], days: int) -> dict[str, dict]:
     """Daily 00:00 UTC charts up to today for each coin, plus the partial point at request time."""
     now = datetime.now(timezone.utc)
     start = now.date() - timedelta(days=days - 1)
-    return {coin: make_daily_chart(start, days, 100.0 + i, partial_point_at=now, seed=i)
-            for i, coin in enumerate(ids)}
+    return {coin: make_daily_chart(start, days, 100.0 + i, partial_point_at=now, seed=i) for i, coin in enumerate(ids)}
 
 
 def daily_keys(ids: list[str], days: int, vs: str = "eur") -> set[Key]:
@@ -745,12 +983,24 @@ class Backfill(MatrixTestCase):
         rejected = f"rejected {third}: market_chart answer is"
         cases = http_cases(target, shape_code=3, shape_fragment=lambda kind: rejected) + [
             Case("a JSON list where an object belongs", lambda: [Fault.status(200, [[1, 2]])], 3, (rejected,)),
-            Case("404 for the coin", lambda: [Fault.status(404, {"error": "coin not found"})], 3,
-                 (f"1 unknown ({third})",)),
-            Case("a price that is a string on one day", chart_with_a_string_price, 3,
-                 (f"rejected {third}: {bad_day}: current_price is the string '12.5'",)),
-            Case("error 10012 (beyond the plan's history)", lambda: [Fault.error_body("history_beyond_365_days_10012")],
-                 2, ("past 365 days",)),
+            Case(
+                "404 for the coin",
+                lambda: [Fault.status(404, {"error": "coin not found"})],
+                3,
+                (f"1 unknown ({third})",),
+            ),
+            Case(
+                "a price that is a string on one day",
+                chart_with_a_string_price,
+                3,
+                (f"rejected {third}: {bad_day}: current_price is the string '12.5'",),
+            ),
+            Case(
+                "error 10012 (beyond the plan's history)",
+                lambda: [Fault.error_body("history_beyond_365_days_10012")],
+                2,
+                ("past 365 days",),
+            ),
         ]
         seed = self.history(rows, PIPELINE_COINS=",".join(ids))
         charts = daily_charts(ids, 40)
@@ -777,8 +1027,16 @@ class Backfill(MatrixTestCase):
                         self.assertEqual(asked.count(f"/coins/{done}/market_chart/range"), 1, asked)
                 return again
 
-            self.run_case(self.STAGE, case, lambda: self.run_main(*argv), verb="backfill", before=before,
-                          landed=landed, final=everything, rerun=lambda: resumes(self.run_main(*argv)))
+            self.run_case(
+                self.STAGE,
+                case,
+                lambda: self.run_main(*argv),
+                verb="backfill",
+                before=before,
+                landed=landed,
+                final=everything,
+                rerun=lambda: resumes(self.run_main(*argv)),
+            )
 
 
 if __name__ == "__main__":

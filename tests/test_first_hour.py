@@ -13,8 +13,7 @@ from matplotlib import dates as mdates
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart
 from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
-
-from utils.charts.render import SHORT_HISTORY_NOTE, chart_options, chart_drawings
+from utils.charts.render import SHORT_HISTORY_NOTE, chart_drawings, chart_options
 from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
 from utils.settings import build_settings
@@ -80,8 +79,11 @@ class FirstRunSeeds(FirstHourCase):
         self.assertEqual(len(self.chart_calls()), before)
 
     def test_no_heal_seed_days_0_and_the_variable_turn_it_off(self) -> None:
-        for argv, env in ((["run", "--no-heal"], {}), (["run", "--seed-days", "0"], {}),
-                          (["run"], {"PIPELINE_SEED_DAYS": "0"})):
+        for argv, env in (
+            (["run", "--no-heal"], {}),
+            (["run", "--seed-days", "0"], {}),
+            (["run"], {"PIPELINE_SEED_DAYS": "0"}),
+        ):
             with self.subTest(argv=argv, env=env):
                 self.csv_path.unlink(missing_ok=True)
                 self.fake.requests.clear()
@@ -156,13 +158,20 @@ class OutsideTheVenv(PipelineTestCase):
     def test_a_python_without_the_packages_gets_one_line_and_exit_2(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             venv = Path(tmp) / "bare"
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                           capture_output=True, timeout=120)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True, timeout=120
+            )
             python = venv / "bin" / "python"
             for argv in (["run"], ["status"], []):
                 with self.subTest(argv=argv):
-                    proc = subprocess.run([str(python), str(MAIN), *argv], capture_output=True, text=True,
-                                          timeout=60, cwd=tmp, env={"PATH": "/usr/bin:/bin"})
+                    proc = subprocess.run(
+                        [str(python), str(MAIN), *argv],
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        cwd=tmp,
+                        env={"PATH": "/usr/bin:/bin"},
+                    )
                     self.assertEqual(proc.returncode, 2, proc.stderr)
                     lines = proc.stderr.strip().splitlines()
                     self.assertEqual(len(lines), 1, proc.stderr)
@@ -211,8 +220,13 @@ class CtrlCDuringBackfill(PipelineTestCase):
         self.fake.market_chart.update({c: make_daily_chart(start, 40, 10.0 + i, seed=i) for i, c in enumerate(ids)})
         self.fake.add_fault(Fault.stall(60), path=f"/coins/{ids[4]}/market_chart/range")
         argv = ["backfill", "--days", "30", "--rate-limit", "1000", "--coins", ",".join(ids)]
-        proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=dict(os.environ, **self.env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=dict(os.environ, **self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = real_time.monotonic() + 30
         while not self.fake.requests_to(f"/coins/{ids[4]}/market_chart/range"):
             self.assertLess(real_time.monotonic(), deadline, "the backfill never reached the stalled coin")
@@ -221,8 +235,13 @@ class CtrlCDuringBackfill(PipelineTestCase):
         _, err = proc.communicate(timeout=20)
         self.assertEqual(proc.returncode, 130, err)
         last = err.strip().splitlines()[-1]
-        self.assertTrue(last.startswith("interrupted; the history holds only whole rows; run the same backfill "
-                                        "again and it resumes where it stopped"), last)
+        self.assertTrue(
+            last.startswith(
+                "interrupted; the history holds only whole rows; run the same backfill "
+                "again and it resumes where it stopped"
+            ),
+            last,
+        )
         self.fake.clear_faults()
         result = self.run_subprocess(*argv)  # the advice, taken
         self.assertEqual(result.code, 0, result.stderr)
@@ -232,11 +251,25 @@ class CtrlCDuringBackfill(PipelineTestCase):
 def observation(coin: str, day, vs: str = "eur"):
     from utils.history.schema import Record
 
-    return Record(name=coin.title(), symbol=coin[:3], current_price=1.0, market_cap=10.0,
-                  price_change_percentage_24h=None, circulating_supply=None,
-                  last_updated=f"{day.isoformat()}T12:00:00.000Z", fetched_at="", coin_id=coin, vs_currency=vs,
-                  market_cap_rank=None, total_volume=None, high_24h=None, low_24h=None, total_supply=None,
-                  max_supply=None, source="coins_markets")
+    return Record(
+        name=coin.title(),
+        symbol=coin[:3],
+        current_price=1.0,
+        market_cap=10.0,
+        price_change_percentage_24h=None,
+        circulating_supply=None,
+        last_updated=f"{day.isoformat()}T12:00:00.000Z",
+        fetched_at="",
+        coin_id=coin,
+        vs_currency=vs,
+        market_cap_rank=None,
+        total_volume=None,
+        high_24h=None,
+        low_24h=None,
+        total_supply=None,
+        max_supply=None,
+        source="coins_markets",
+    )
 
 
 class StatusHints(PipelineTestCase):
@@ -261,8 +294,9 @@ class StatusHints(PipelineTestCase):
         within, beyond = lines
         self.assertTrue(within.startswith("days missing: "), within)
         self.assertIn("within the public plan's reach: `python main.py backfill --since ", within)
-        self.assertIn("no command can fill them on this plan; a paid plan (`--api-plan pro`) reaches back to 2013",
-                      beyond)
+        self.assertIn(
+            "no command can fill them on this plan; a paid plan (`--api-plan pro`) reaches back to 2013", beyond
+        )
         n_beyond = int(beyond.split()[2])
         hint = within.split("`")[1].split()[2:]  # the command the line gives, run as it says
         done = self.run_main(*hint)
@@ -293,13 +327,16 @@ class BackfillsAreVisible(FirstHourCase):
         self.assertEqual(done.code, 0, done.stderr)
         status = self.run_main("status")
         line = next(line for line in status.stdout.splitlines() if line.startswith("last backfill:"))
-        self.assertRegex(line, r"^last backfill: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: ok, 30 days "
-                               r"\(\d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d\), 2 coins, 60 rows added$")
+        self.assertRegex(
+            line,
+            r"^last backfill: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: ok, 30 days "
+            r"\(\d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d\), 2 coins, 60 rows added$",
+        )
         report = self.run_main("report")
         self.assertEqual(report.code, 0, report.stderr)
         html = (self.data_dir / "report.html").read_text()
-        card = html[html.index("<b>Last backfill</b>"):]
-        card = card[:card.index("</div>\n  </div>")]
+        card = html[html.index("<b>Last backfill</b>") :]
+        card = card[: card.index("</div>\n  </div>")]
         self.assertIn('<span class="ok">ok</span>', card)
         self.assertIn("30 days", card)
         self.assertIn("60 rows added", card)

@@ -9,13 +9,12 @@ import random
 import subprocess
 import sys
 import threading
-import time
 import unittest
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
+from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows
 from tests.support import MAIN, PipelineTestCase
 from utils.history import csvio
 from utils.history.schema import COLUMNS, HEADER_LINE, normalize_timestamp
@@ -28,8 +27,11 @@ def csv_keys(csv_path: Path) -> list[tuple[str, str, str]]:
     import csv
 
     with open(csv_path, newline="", encoding="utf-8") as fh:
-        return [(r["coin_id"], r["vs_currency"], r["last_updated"]) for r in csv.DictReader(fh)
-                if r.get("source") and r.get("last_updated")]
+        return [
+            (r["coin_id"], r["vs_currency"], r["last_updated"])
+            for r in csv.DictReader(fh)
+            if r.get("source") and r.get("last_updated")
+        ]
 
 
 def raw_market_keys(data_dir: Path) -> set[tuple[str, str, str]]:
@@ -76,8 +78,10 @@ class OrderOfArrival(PipelineTestCase):
         self.fake.set_coins(self.older)  # that coin's real, older rows still land
         self.assertIn("5 rows appended", self.run_main().stderr)
         coin = rows[0]["id"]
-        self.assertEqual([k for k in csv_keys(self.csv_path) if k[0] == coin],
-                         [(coin, "eur", normalize_timestamp(self.older[0]["last_updated"]))])
+        self.assertEqual(
+            [k for k in csv_keys(self.csv_path) if k[0] == coin],
+            [(coin, "eur", normalize_timestamp(self.older[0]["last_updated"]))],
+        )
 
     def test_a_small_clock_skew_is_fine(self) -> None:
         rows = [dict(r) for r in self.newer]
@@ -103,12 +107,18 @@ class ConcurrentCommands(PipelineTestCase):
         self.until = NOW.date() - timedelta(days=2)
         self.since = self.until - timedelta(days=9)
         for n, coin in enumerate(self.ids[:6]):
-            self.fake.market_chart[coin] = make_daily_chart(self.since - timedelta(days=3), 20, 2.0 ** n, seed=n)
+            self.fake.market_chart[coin] = make_daily_chart(self.since - timedelta(days=3), 20, 2.0**n, seed=n)
 
     def start(self, *argv: str) -> subprocess.Popen:
         env = dict(os.environ, **self.env)
-        return subprocess.Popen([sys.executable, str(MAIN), *argv], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, cwd=self.tmp.name)
+        return subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp.name,
+        )
 
     def test_every_key_in_raw_is_in_the_csv_exactly_once(self) -> None:
         rng = random.Random(10)
@@ -129,16 +139,28 @@ class ConcurrentCommands(PipelineTestCase):
         outcomes = []
         for _ in range(self.ROUNDS):
             procs = [self.start("run") for _ in range(self.WRITERS)]
-            procs.append(self.start("backfill", "--since", self.since.isoformat(), "--until",
-                                    self.until.isoformat(), "--coins", ",".join(self.ids[:6])))
+            procs.append(
+                self.start(
+                    "backfill",
+                    "--since",
+                    self.since.isoformat(),
+                    "--until",
+                    self.until.isoformat(),
+                    "--coins",
+                    ",".join(self.ids[:6]),
+                )
+            )
             procs.append(self.start("plot"))
             for proc in procs:
                 _, err = proc.communicate(timeout=180)
                 outcomes.append((proc.args[2] if len(proc.args) > 2 else "run", proc.returncode, err))
         stop.set()
         ticker.join()
-        failed = [(cmd, code, err[-300:]) for cmd, code, err in outcomes
-                  if code != 0 and not (cmd == "plot" and "no history yet" in err)]
+        failed = [
+            (cmd, code, err[-300:])
+            for cmd, code, err in outcomes
+            if code != 0 and not (cmd == "plot" and "no history yet" in err)
+        ]
         self.assertEqual(failed, [])
         keys = csv_keys(self.csv_path)
         self.assertEqual([k for k, n in Counter(keys).items() if n > 1], [])
@@ -163,7 +185,7 @@ class AwkwardLines(PipelineTestCase):
         self.env["PIPELINE_RATE_LIMIT"] = "10000"
         self.until = NOW.date() - timedelta(days=2)
         for n, coin in enumerate(self.ids):
-            self.fake.market_chart[coin] = make_daily_chart(self.until - timedelta(days=10), 12, 3.0 ** n, seed=n)
+            self.fake.market_chart[coin] = make_daily_chart(self.until - timedelta(days=10), 12, 3.0**n, seed=n)
 
     def write_awkward_history(self) -> bytes:
         """A history with a row whose name spans two lines (a hand edit), and stray lines added by hand."""
@@ -171,8 +193,7 @@ class AwkwardLines(PipelineTestCase):
         import io
 
         self.assertEqual(self.run_main().code, 0)
-        row = dict(self.rows()[0], name=MULTILINE_NAME,
-                   last_updated=format_iso_ms(NOW - timedelta(days=1, hours=5)))
+        row = dict(self.rows()[0], name=MULTILINE_NAME, last_updated=format_iso_ms(NOW - timedelta(days=1, hours=5)))
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([row[c] for c in COLUMNS])
         with open(self.csv_path, "ab") as fh:
@@ -187,7 +208,7 @@ class AwkwardLines(PipelineTestCase):
         self.assertTrue(data.startswith(HEADER_LINE.encode()))
         self.assertIn(b"my notes, not data\n", data)
         self.assertIn(b'\n"\n', data)
-        found, damaged = csvio.observations(data[csvio.header_length(data):])
+        found, damaged = csvio.observations(data[csvio.header_length(data) :])
         self.assertEqual(damaged, 2)
         names = {o.name for o in found if o.coin_id == self.rows()[0]["coin_id"]}
         self.assertIn(MULTILINE_NAME, names)
@@ -200,8 +221,7 @@ class AwkwardLines(PipelineTestCase):
         self.assertEqual(run.code, 0, run.stderr)
         self.assertIn("3 rows appended", run.stderr)
         self.assert_survived()
-        backfill = self.run_main("backfill", "--since", str(self.until - timedelta(days=4)),
-                                 "--until", str(self.until))
+        backfill = self.run_main("backfill", "--since", str(self.until - timedelta(days=4)), "--until", str(self.until))
         self.assertEqual(backfill.code, 0, backfill.stderr)
         self.assertIn("15 rows added", backfill.stderr)
         self.assert_survived()
@@ -249,8 +269,10 @@ class StatusOnAnyFile(PipelineTestCase):
         self.assertEqual(self.csv_bytes(), foreign)
 
     def test_a_seven_column_file_from_the_original_script(self) -> None:
-        legacy = (b"name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,"
-                  b"last_updated\nBitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n")
+        legacy = (
+            b"name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,"
+            b"last_updated\nBitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n"
+        )
         self.csv_path.write_bytes(legacy)
         result = self.run_main("status")
         self.assertEqual(result.code, 0, result.stderr)
@@ -307,7 +329,7 @@ class FilesNotOurs(PipelineTestCase):
         self.ids = [r["id"] for r in self.fake.coins]
         self.env.update(PIPELINE_COINS=",".join(self.ids), PIPELINE_RATE_LIMIT="10000")
         for n, coin in enumerate(self.ids):
-            self.fake.market_chart[coin] = make_daily_chart(NOW.date() - timedelta(days=12), 12, 2.0 ** n, seed=n)
+            self.fake.market_chart[coin] = make_daily_chart(NOW.date() - timedelta(days=12), 12, 2.0**n, seed=n)
 
     def test_a_symlinked_csv_is_never_written_through(self) -> None:
         elsewhere = Path(self.tmp.name) / "elsewhere.csv"
@@ -322,8 +344,10 @@ class FilesNotOurs(PipelineTestCase):
 
     def test_a_symlinked_legacy_csv_is_not_migrated_through_the_link(self) -> None:
         elsewhere = Path(self.tmp.name) / "legacy.csv"
-        legacy = (b"name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,"
-                  b"last_updated\nBitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n")
+        legacy = (
+            b"name,symbol,current_price,market_cap,price_change_percentage_24h,circulating_supply,"
+            b"last_updated\nBitcoin,btc,16880.1,325000000000,-0.5,19255000,2023-01-07T16:49:40.132Z\n"
+        )
         elsewhere.write_bytes(legacy)
         self.csv_path.symlink_to(elsewhere)
         result = self.run_main()
@@ -370,10 +394,25 @@ class FilesNotOurs(PipelineTestCase):
 def _record(coin: str = "bitcoin", ts: str = "2024-01-01T00:00:00.000Z", rank: int | None = 1):
     from utils.history.schema import Record
 
-    return Record(name=coin.title(), symbol=coin[:3], current_price=100.0, market_cap=1000.0,
-                  price_change_percentage_24h=None, circulating_supply=None, last_updated=ts, fetched_at=ts,
-                  coin_id=coin, vs_currency="usd", market_cap_rank=rank, total_volume=None, high_24h=None,
-                  low_24h=None, total_supply=None, max_supply=None, source="coins_markets")
+    return Record(
+        name=coin.title(),
+        symbol=coin[:3],
+        current_price=100.0,
+        market_cap=1000.0,
+        price_change_percentage_24h=None,
+        circulating_supply=None,
+        last_updated=ts,
+        fetched_at=ts,
+        coin_id=coin,
+        vs_currency="usd",
+        market_cap_rank=rank,
+        total_volume=None,
+        high_24h=None,
+        low_24h=None,
+        total_supply=None,
+        max_supply=None,
+        source="coins_markets",
+    )
 
 
 class OddFilesAtTheStore(unittest.TestCase):
@@ -382,8 +421,8 @@ class OddFilesAtTheStore(unittest.TestCase):
     def setUp(self) -> None:
         import tempfile
 
-        from utils.history.layout import DataLayout
         from utils.history.csv_store import HistoryStore
+        from utils.history.layout import DataLayout
 
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
@@ -412,15 +451,20 @@ class OddFilesAtTheStore(unittest.TestCase):
 
         now = datetime(2024, 1, 20, tzinfo=timezone.utc)
         now_ms = int(now.timestamp() * 1000)
-        self.store.merge([_record(ts="2024-01-02T00:00:00.000Z")], checked=now,
-                         unavailable={("bitcoin", "usd"): {date(2024, 1, d) for d in range(3, 9)}})
+        self.store.merge(
+            [_record(ts="2024-01-02T00:00:00.000Z")],
+            checked=now,
+            unavailable={("bitcoin", "usd"): {date(2024, 1, d) for d in range(3, 9)}},
+        )
         self.store.merge([_record(ts="2024-01-05T00:00:00.000Z")], checked=now)  # one of them after all
         with self.store.index() as index:
             before = index.unavailable("bitcoin", "usd", now_ms)
         os.utime(self.store.csv_path)  # touched: the next reader rebuilds the index from the CSV
         with self.store.index() as index:
             self.assertEqual(index.unavailable("bitcoin", "usd", now_ms), before)
-            self.assertEqual(index.gaps("bitcoin", "usd", date(2024, 1, 10), now_ms), [(19731, 19731)])  # 9 Jan: neither stored nor unavailable
+            self.assertEqual(
+                index.gaps("bitcoin", "usd", date(2024, 1, 10), now_ms), [(19731, 19731)]
+            )  # 9 Jan: neither stored nor unavailable
 
     def test_a_rank_the_transform_accepts_is_read_back_and_not_appended_again(self) -> None:
         record = _record(rank=1234567890)

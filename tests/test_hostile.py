@@ -36,9 +36,14 @@ TALLY: dict[str, Tally] = {}  # this module's rows of the README's fault matrix
 
 def tearDownModule() -> None:
     if TALLY:
-        rows = [f"| {stage} | {t.tried} | {t.passed} | {t.rows_lost} | {t.rows_repeated} |" for stage, t in TALLY.items()]
-        sys.stderr.write("\n\nhostile servers: rows of the README's fault matrix (python -m unittest tests.test_hostile)\n"
-                         + "\n".join(rows) + "\n")
+        rows = [
+            f"| {stage} | {t.tried} | {t.passed} | {t.rows_lost} | {t.rows_repeated} |" for stage, t in TALLY.items()
+        ]
+        sys.stderr.write(
+            "\n\nhostile servers: rows of the README's fault matrix (python -m unittest tests.test_hostile)\n"
+            + "\n".join(rows)
+            + "\n"
+        )
 
 
 class HostileTestCase(PipelineTestCase):
@@ -90,12 +95,23 @@ class HostileTestCase(PipelineTestCase):
 
     def assert_key_nowhere(self) -> None:
         """Not in stdout or stderr, in no file of the temp folder (log, CSV, state, raw), at no other server."""
-        leaks = [f"{name} of run {n}" for n, result in enumerate(self.outputs)
-                 for name, text in (("stdout", result.stdout), ("stderr", result.stderr)) if SECRET in text]
-        leaks += [str(path.relative_to(self.tmp.name)) for path, data in file_texts(Path(self.tmp.name)).items()
-                  if SECRET.encode() in data]
-        leaks += [f"a request to port {server.port}: {request.raw_path}" for server in self.others
-                  for request in server.requests if SECRET in json.dumps([request.headers, request.raw_path])]
+        leaks = [
+            f"{name} of run {n}"
+            for n, result in enumerate(self.outputs)
+            for name, text in (("stdout", result.stdout), ("stderr", result.stderr))
+            if SECRET in text
+        ]
+        leaks += [
+            str(path.relative_to(self.tmp.name))
+            for path, data in file_texts(Path(self.tmp.name)).items()
+            if SECRET.encode() in data
+        ]
+        leaks += [
+            f"a request to port {server.port}: {request.raw_path}"
+            for server in self.others
+            for request in server.requests
+            if SECRET in json.dumps([request.headers, request.raw_path])
+        ]
         self.assertEqual(leaks, [], "the API key appears here")
 
     def assert_failed_cleanly(self, result: CliResult, first_words: str, code: int = 1) -> None:
@@ -108,8 +124,11 @@ class HostileTestCase(PipelineTestCase):
 
 
 class Redirects(HostileTestCase):
-    stage = ("hostile server: redirects (to another port without the key, within the API origin with it, "
-             "a loop, https -> http refused)")
+    stage = (
+        "hostile server: redirects (to another port without the key, within the API origin with it, "
+        "a loop, https -> http refused)"
+    )
+
     def test_redirect_to_another_origin_carries_no_key(self) -> None:
         """302 to another port: followed without the key"""
         other = self.other_server()
@@ -124,8 +143,9 @@ class Redirects(HostileTestCase):
 
     def test_redirect_within_the_api_origin_keeps_the_key(self) -> None:
         """302 within the API origin: followed with the key"""
-        self.fake.add_fault(Fault.redirect(f"{self.fake.base_url}{MARKETS}?vs_currency=eur&per_page=250",
-                                           code=307), path=MARKETS)
+        self.fake.add_fault(
+            Fault.redirect(f"{self.fake.base_url}{MARKETS}?vs_currency=eur&per_page=250", code=307), path=MARKETS
+        )
         result = self.cli("run")
         self.assertEqual(result.code, 0, result.stderr)  # the fake answers 401 to a request without the key
         self.assertEqual([r.headers.get(DEMO_HEADER) for r in self.fake.requests], [SECRET, SECRET])
@@ -158,8 +178,11 @@ class Redirects(HostileTestCase):
 
 
 class Bounds(HostileTestCase):
-    stage = ("hostile server: bounds (a body trickled at 1 byte/s, a 2 GiB gzip bomb, --max-response-mb from "
-             "flag/env/TOML, error bodies quoting the key or escape sequences)")
+    stage = (
+        "hostile server: bounds (a body trickled at 1 byte/s, a 2 GiB gzip bomb, --max-response-mb from "
+        "flag/env/TOML, error bodies quoting the key or escape sequences)"
+    )
+
     def test_a_trickled_body_ends_at_the_deadline(self) -> None:
         """body trickled at 1 byte/s: cut at --timeout, exit 1"""
         self.fake.add_fault(Fault.trickle(1.0), times=20, path=MARKETS)
@@ -173,8 +196,10 @@ class Bounds(HostileTestCase):
         budget = 2 * len(attempts) + 5 + 2
         took = ended - attempts[0].time
         self.assertLess(took, budget, f"{len(attempts)} attempts, started {started}")
-        sys.stderr.write(f"[trickle: {len(attempts)} attempts, {took:.1f} s from the first request, "
-                         f"{ended - started:.1f} s in all; budget {budget} s] ")
+        sys.stderr.write(
+            f"[trickle: {len(attempts)} attempts, {took:.1f} s from the first request, "
+            f"{ended - started:.1f} s in all; budget {budget} s] "
+        )
         self.assert_clean_rerun()
         self.assert_key_nowhere()
 
@@ -184,8 +209,9 @@ class Bounds(HostileTestCase):
         code, stderr, peak_mb = self.run_measured("run", "--max-retry-wait", "5")
         result = CliResult(code, "", stderr)
         self.outputs.append(result)
-        self.assert_failed_cleanly(result, "run failed: CoinGecko's answer to /coins/markets is larger than 64 MB "
-                                           "once decompressed")
+        self.assert_failed_cleanly(
+            result, "run failed: CoinGecko's answer to /coins/markets is larger than 64 MB once decompressed"
+        )
         self.assertEqual(len(self.fake.requests_to(MARKETS)), 1, "a response over the cap is not retried")
         self.assertLess(peak_mb, PEAK_RSS_LIMIT_MB)
         sys.stderr.write(f"[gzip bomb: peak RSS {peak_mb:.0f} MB] ")
@@ -198,13 +224,16 @@ class Bounds(HostileTestCase):
         small = f"{size_mb / 2:.3f}"
         config = Path(self.tmp.name) / "pipeline.toml"
         config.write_text(f"max_response_mb = {small}\n")
-        for how, argv, extra in (("flag", ("--max-response-mb", small), {}),
-                                 ("environment", (), {"PIPELINE_MAX_RESPONSE_MB": small}),
-                                 ("config file", (), {"PIPELINE_CONFIG": str(config)})):
+        for how, argv, extra in (
+            ("flag", ("--max-response-mb", small), {}),
+            ("environment", (), {"PIPELINE_MAX_RESPONSE_MB": small}),
+            ("config file", (), {"PIPELINE_CONFIG": str(config)}),
+        ):
             with self.subTest(how=how):
                 result = self.cli("run", "--max-retry-wait", "0", *argv, env=dict(self.env, **extra))
-                self.assert_failed_cleanly(result, "run failed: CoinGecko's answer to /coins/markets is larger than "
-                                                   f"{float(small):g} MB")
+                self.assert_failed_cleanly(
+                    result, f"run failed: CoinGecko's answer to /coins/markets is larger than {float(small):g} MB"
+                )
         ok = self.cli("run", "--max-response-mb", "1")
         self.assertEqual(ok.code, 0, ok.stderr)
         for bad in ("0", "-1", "lots", "nan", "1e9"):
@@ -216,8 +245,10 @@ class Bounds(HostileTestCase):
 
     def test_an_error_body_that_echoes_the_key_is_blanked(self) -> None:
         """5xx body quoting the key or an escape sequence: blanked and escaped in the error and status.json"""
-        bodies = {"a JSON body without an error message": {"detail": f"invalid key {SECRET}"},
-                  "an error message": {"status": {"error_message": f"invalid key {SECRET} \x1b[2J\u202e"}}}
+        bodies = {
+            "a JSON body without an error message": {"detail": f"invalid key {SECRET}"},
+            "an error message": {"status": {"error_message": f"invalid key {SECRET} \x1b[2J\u202e"}},
+        }
         for name, body in bodies.items():
             with self.subTest(body=name):
                 self.fake.clear_faults()
@@ -243,8 +274,13 @@ class Bounds(HostileTestCase):
         err_path = Path(self.tmp.name) / "stderr.txt"
         peak_kb = 0
         with open(err_path, "w", encoding="utf-8") as err:
-            proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=dict(os.environ, **self.env),
-                                    stdout=subprocess.DEVNULL, stderr=err, cwd=self.tmp.name)
+            proc = subprocess.Popen(
+                [sys.executable, str(MAIN), *argv],
+                env=dict(os.environ, **self.env),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=self.tmp.name,
+            )
             status = Path(f"/proc/{proc.pid}/status")
             while proc.poll() is None:
                 try:
@@ -262,13 +298,20 @@ class Bounds(HostileTestCase):
 class DaemonStops(HostileTestCase):
     """SIGTERM ends the daemon within 2 s in every state, and a stopped request appends nothing."""
 
-    stage = ("hostile server: daemon (SIGTERM while the server stalls, mid-body, while pacing; "
-             "one rate limiter across retries)")
+    stage = (
+        "hostile server: daemon (SIGTERM while the server stalls, mid-body, while pacing; "
+        "one rate limiter across retries)"
+    )
 
     def start_daemon(self, *extra: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC", *extra],
-                                env=dict(os.environ, **self.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=self.tmp.name)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC", *extra],
+            env=dict(os.environ, **self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp.name,
+        )
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         return proc
 
@@ -343,6 +386,7 @@ class DaemonStops(HostileTestCase):
 
 class CheckLimits(HostileTestCase):
     stage = "hostile server: `check` with 25 unknown ids"
+
     def test_check_searches_suggestions_for_at_most_10_unknown_ids(self) -> None:
         """check with 25 unknown ids: 10 searches, says 15 more"""
         unknown = [f"no-such-coin-{n:02d}" for n in range(25)]

@@ -56,20 +56,31 @@ class HostileCase(PipelineTestCase):
         """python main.py as a child that file permissions apply to, even when the tests run as root."""
         env = dict(os.environ, **self.env)
         preexec = drop_file_capabilities if os.geteuid() == 0 else None
-        proc = subprocess.run([sys.executable, str(MAIN), *argv], env=env, capture_output=True, text=True,
-                              timeout=60, cwd=self.tmp.name, preexec_fn=preexec)
+        proc = subprocess.run(
+            [sys.executable, str(MAIN), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.tmp.name,
+            preexec_fn=preexec,
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     def skip_unless_enforced(self, path: Path, mode: int) -> None:
         """Skip when a restricted child can still do what `mode` (os.R_OK / os.W_OK) asks of path."""
         preexec = drop_file_capabilities if os.geteuid() == 0 else None
-        probe = subprocess.run([sys.executable, "-c", f"import os,sys; sys.exit(3 if os.access({str(path)!r}, "
-                                f"{mode}) else 0)"], preexec_fn=preexec, timeout=30)
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import os,sys; sys.exit(3 if os.access({str(path)!r}, {mode}) else 0)"],
+            preexec_fn=preexec,
+            timeout=30,
+        )
         if probe.returncode != 0:
             self.skipTest("file permissions are not enforced here, even without root's capabilities")
 
 
 # -- 1. the key --------------------------------------------------------------------------------------
+
 
 class KeyIsRedacted(HostileCase):
     def setUp(self) -> None:
@@ -97,8 +108,9 @@ class KeyIsRedacted(HostileCase):
         self.assertIn("key=***", status_json)
         status = self.run_main("status")
         self.assertIn("key=***", status.stdout)
-        self.assertTrue(self.fake.requests and all(r.headers.get("x-cg-demo-api-key") == SECRET
-                                                   for r in self.fake.requests))
+        self.assertTrue(
+            self.fake.requests and all(r.headers.get("x-cg-demo-api-key") == SECRET for r in self.fake.requests)
+        )
         self.assert_no_key(run, status)
 
     def test_a_key_in_a_json_error_message_is_redacted(self) -> None:
@@ -111,6 +123,7 @@ class KeyIsRedacted(HostileCase):
 
 
 # -- 2. text from the API ----------------------------------------------------------------------------
+
 
 class TextFromTheApi(HostileCase):
     def serve(self, *extra_rows: dict, rows: list[dict] | None = None) -> None:
@@ -159,16 +172,25 @@ class TextFromTheApi(HostileCase):
 
 # -- 3. --log-file on what the pipeline manages ------------------------------------------------------
 
+
 class LogFileOnManagedFiles(HostileCase):
     def test_the_csv_state_raw_charts_and_the_folder_are_refused(self) -> None:
         self.csv_path.write_text("keep me\n")
         link = Path(self.tmp.name) / "innocent.log"
         link.symlink_to(self.csv_path)
-        targets = [self.csv_path, self.data_dir / ".state", self.data_dir / ".state" / "run.log",
-                   self.data_dir / "raw" / "x.log", self.data_dir / "crypto_price_trend.png",
-                   self.data_dir / "crypto_market_cap_trend.png", self.data_dir / "crypto_performance.png",
-                   self.data_dir / "crypto_data.csv.quarantine", self.data_dir, link,
-                   Path("data") / "crypto_data.csv"]  # relative to the current folder of the child
+        targets = [
+            self.csv_path,
+            self.data_dir / ".state",
+            self.data_dir / ".state" / "run.log",
+            self.data_dir / "raw" / "x.log",
+            self.data_dir / "crypto_price_trend.png",
+            self.data_dir / "crypto_market_cap_trend.png",
+            self.data_dir / "crypto_performance.png",
+            self.data_dir / "crypto_data.csv.quarantine",
+            self.data_dir,
+            link,
+            Path("data") / "crypto_data.csv",
+        ]  # relative to the current folder of the child
         for target in targets:
             with self.subTest(target=str(target)):
                 result = self.run_subprocess("run", "--log-file", str(target))
@@ -185,16 +207,21 @@ class LogFileOnManagedFiles(HostileCase):
 
 # -- 4. settings and files that used to end in "unexpected ... please report it" --------------------
 
+
 class ConfigErrors(HostileCase):
     def test_a_toml_datetime_for_since(self) -> None:
         config = self.write("c.toml", "since = 2026-11-01T00:00:00Z\n")
-        self.assert_one_line(self.run_main("plot", "--config", str(config)), 2,
-                             "config error: since: 2026-11-01 00:00:00+00:00 is a date and time")
+        self.assert_one_line(
+            self.run_main("plot", "--config", str(config)),
+            2,
+            "config error: since: 2026-11-01 00:00:00+00:00 is a date and time",
+        )
 
     def test_a_config_file_that_is_not_utf8(self) -> None:
         config = self.write("c.toml", b'coins = "bitcoin\xff"\n')
-        self.assert_one_line(self.run_main("plot", "--config", str(config)), 2,
-                             f"config error: config file {config} is not UTF-8 text")
+        self.assert_one_line(
+            self.run_main("plot", "--config", str(config)), 2, f"config error: config file {config} is not UTF-8 text"
+        )
 
     def test_an_unknown_user_after_a_tilde(self) -> None:
         for option, name in (("--data-dir", "data-dir"), ("--log-file", "log-file"), ("--config", "config")):
@@ -211,20 +238,28 @@ class ConfigErrors(HostileCase):
                 self.assert_one_line(result, 2, f"config error: {key.replace('_', '-')}: 'a\\x00b' holds a NUL")
 
     def test_days_beyond_any_calendar(self) -> None:
-        self.assert_one_line(self.run_main("backfill", "--days", "1000000000"), 2,
-                             "config error: days: 1000000000 is out of range")
+        self.assert_one_line(
+            self.run_main("backfill", "--days", "1000000000"), 2, "config error: days: 1000000000 is out of range"
+        )
         config = self.write("c.toml", "days = 99999999999999999999999\n")  # past int64
-        self.assert_one_line(self.run_main("plot", "--config", str(config)), 2,
-                             "config error: days: 99999999999999999999999 is out of range")
+        self.assert_one_line(
+            self.run_main("plot", "--config", str(config)),
+            2,
+            "config error: days: 99999999999999999999999 is out of range",
+        )
         self.assertEqual(self.fake.requests, [])
 
     def test_plot_until_the_last_day_of_year_9999(self) -> None:
-        self.assert_one_line(self.run_main("plot", "--until", "9999-12-31"), 2,
-                             "config error: until: 9999-12-31 is out of range")
+        self.assert_one_line(
+            self.run_main("plot", "--until", "9999-12-31"), 2, "config error: until: 9999-12-31 is out of range"
+        )
 
     def test_an_api_url_with_a_broken_ipv6_host(self) -> None:
-        self.assert_one_line(self.run_main("check", "--api-url", "http://[::1/"), 2,
-                             "config error: api-url: 'http://[::1/' is not a valid URL")
+        self.assert_one_line(
+            self.run_main("check", "--api-url", "http://[::1/"),
+            2,
+            "config error: api-url: 'http://[::1/' is not a valid URL",
+        )
 
     def test_a_non_ascii_api_key(self) -> None:
         key = "CG-abc\u2013def"  # an en dash where a hyphen belongs, as a word processor makes it
@@ -269,29 +304,53 @@ class FileErrors(HostileCase):
         read_end, write_end = os.pipe()
         os.close(read_end)  # the reader is gone before the first line, as with `status | head -0`
         try:
-            proc = subprocess.run([sys.executable, str(MAIN), "status"], env=dict(os.environ, **self.env),
-                                  stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+            proc = subprocess.run(
+                [sys.executable, str(MAIN), "status"],
+                env=dict(os.environ, **self.env),
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
         finally:
             os.close(write_end)
         self.assertEqual((proc.returncode, proc.stderr), (0, ""))
 
     def test_status_piped_into_head(self) -> None:
-        proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} {MAIN} status | head -1"],
-                              env=dict(os.environ, **self.env), capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", f"{sys.executable} {MAIN} status | head -1"],
+            env=dict(os.environ, **self.env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         self.assertEqual((proc.returncode, proc.stderr), (0, ""))
         self.assertTrue(proc.stdout.startswith("last run:"), proc.stdout)
 
 
 class CorruptStatusFile(HostileCase):
     CORRUPTIONS = {
-        "pid 10^20": {"daemon_pid": 10 ** 20, "last_success": "2026-01-01T00:00:00Z"},
-        "wrong types": {"last_run": {"appended": {"a": 1}, "incomplete_coins": 7, "error": ["x"],
-                                     "finished_at": 5, "exit_code": "zero"}, "next_run": [], "daemon_pid": "1",
-                        "last_success": True, "at": 3},
-        "year 1": {"last_success": "0001-01-01T00:00:00+01:00", "next_run": "0001-01-01T00:00:00Z",
-                   "last_run": {"finished_at": "0001-01-01T00:00:00-05:00", "result": "ok"}},
+        "pid 10^20": {"daemon_pid": 10**20, "last_success": "2026-01-01T00:00:00Z"},
+        "wrong types": {
+            "last_run": {
+                "appended": {"a": 1},
+                "incomplete_coins": 7,
+                "error": ["x"],
+                "finished_at": 5,
+                "exit_code": "zero",
+            },
+            "next_run": [],
+            "daemon_pid": "1",
+            "last_success": True,
+            "at": 3,
+        },
+        "year 1": {
+            "last_success": "0001-01-01T00:00:00+01:00",
+            "next_run": "0001-01-01T00:00:00Z",
+            "last_run": {"finished_at": "0001-01-01T00:00:00-05:00", "result": "ok"},
+        },
         "a list": [1, 2, 3],
-        "not JSON": "{\"last_run\": ",
+        "not JSON": '{"last_run": ',
         "nested beyond the parser": "[" * 100_000,
     }
 
@@ -314,9 +373,14 @@ class CorruptStatusFile(HostileCase):
         for name, value in self.CORRUPTIONS.items():
             with self.subTest(name):
                 self.corrupt(value)
-                proc = subprocess.Popen([sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC"],
-                                        env=dict(os.environ, **self.env), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True, cwd=self.tmp.name)
+                proc = subprocess.Popen(
+                    [sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC"],
+                    env=dict(os.environ, **self.env),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    cwd=self.tmp.name,
+                )
                 try:
                     deadline = time.monotonic() + 30
                     status: object = None
@@ -325,8 +389,12 @@ class CorruptStatusFile(HostileCase):
                             status = json.loads((self.data_dir / ".state" / "status.json").read_text())
                         except (ValueError, RecursionError):  # our corruption, not yet replaced
                             status = None
-                        if (isinstance(status, dict) and status.get("daemon_pid") == proc.pid
-                                and isinstance(status.get("last_run"), dict) and "result" in status["last_run"]):
+                        if (
+                            isinstance(status, dict)
+                            and status.get("daemon_pid") == proc.pid
+                            and isinstance(status.get("last_run"), dict)
+                            and "result" in status["last_run"]
+                        ):
                             break
                         time.sleep(0.1)
                     self.assertIsNone(proc.poll(), "the daemon exited at start")
@@ -341,33 +409,52 @@ class CorruptStatusFile(HostileCase):
 class S3Errors(HostileCase):
     def aws_env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(self.env, AWS_SHARED_CREDENTIALS_FILE=str(Path(self.tmp.name) / "none"),
-                   AWS_CONFIG_FILE=str(Path(self.tmp.name) / "none"), AWS_EC2_METADATA_DISABLED="true",
-                   AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1", TMPDIR=self.tmp.name, **extra)
+        env.update(
+            self.env,
+            AWS_SHARED_CREDENTIALS_FILE=str(Path(self.tmp.name) / "none"),
+            AWS_CONFIG_FILE=str(Path(self.tmp.name) / "none"),
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_MAX_ATTEMPTS="1",
+            TMPDIR=self.tmp.name,
+            **extra,
+        )
         return env
 
     def run_child(self, env: dict[str, str], *argv: str) -> CliResult:
-        proc = subprocess.run([sys.executable, str(MAIN), *argv], env=env, capture_output=True, text=True,
-                              timeout=60, cwd=self.tmp.name)
+        proc = subprocess.run(
+            [sys.executable, str(MAIN), *argv], env=env, capture_output=True, text=True, timeout=60, cwd=self.tmp.name
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     def test_no_credentials(self) -> None:
         result = self.run_child(self.aws_env(), "plot", "--data-dir", "s3://hostile-test-bucket/history")
-        self.assert_one_line(result, 2, "plot failed: AWS is not configured for the s3:// data folder "
-                                        "(NoCredentialsError")
+        self.assert_one_line(
+            result, 2, "plot failed: AWS is not configured for the s3:// data folder (NoCredentialsError"
+        )
 
     def test_no_endpoint(self) -> None:
         with socket_closed_port() as port:
-            env = self.aws_env(AWS_ACCESS_KEY_ID="AKIAHOSTILE", AWS_SECRET_ACCESS_KEY="x" * 40,
-                               AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}")
+            env = self.aws_env(
+                AWS_ACCESS_KEY_ID="AKIAHOSTILE",
+                AWS_SECRET_ACCESS_KEY="x" * 40,
+                AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
+            )
             result = self.run_child(env, "plot", "--data-dir", "s3://hostile-test-bucket/history")
         self.assert_one_line(result, 1, "plot failed: cannot reach S3 (EndpointConnectionError")
 
     def test_bucket_names_are_checked_before_anything_is_created(self) -> None:
         root = Path(self.tmp.name) / "tmproot"
         root.mkdir()
-        for url in ("s3://../x", "s3://hostile-test-bucket/../../x", "s3://Upper/x", "s3://a/x",
-                    "s3://bucket..name/x", "s3://192.168.1.1/x", "s3://[::1/x"):
+        for url in (
+            "s3://../x",
+            "s3://hostile-test-bucket/../../x",
+            "s3://Upper/x",
+            "s3://a/x",
+            "s3://bucket..name/x",
+            "s3://192.168.1.1/x",
+            "s3://[::1/x",
+        ):
             with self.subTest(url=url):
                 env = dict(self.aws_env(), TMPDIR=str(root))
                 result = self.run_child(env, "plot", "--data-dir", url)
@@ -392,11 +479,11 @@ class socket_closed_port:
 
 # -- 5. limits ---------------------------------------------------------------------------------------
 
+
 class Limits(HostileCase):
     def test_100000_junk_rows_beside_every_requested_coin(self) -> None:
         junk = [{"id": f"junk-{i}", "last_updated": None} for i in range(100_000)]
-        self.fake.add_fault(Fault.status(200, json.dumps(copy.deepcopy(REAL) + junk).encode()),
-                            path="/coins/markets")
+        self.fake.add_fault(Fault.status(200, json.dumps(copy.deepcopy(REAL) + junk).encode()), path="/coins/markets")
         result = self.run_main("run")
         lines = result.stderr.strip().splitlines()
         self.assertEqual(result.code, 0, lines[:20])
@@ -415,8 +502,8 @@ class Limits(HostileCase):
 
     def test_numbers_the_charts_cannot_draw_are_rejected_by_the_same_rule(self) -> None:
         rows = copy.deepcopy(REAL)
-        rows[0]["market_cap"] = 10 ** 300  # fits a float64, but a 301-digit cell, beyond what is drawn
-        rows[1]["market_cap"] = 10 ** 400  # beyond float64
+        rows[0]["market_cap"] = 10**300  # fits a float64, but a 301-digit cell, beyond what is drawn
+        rows[1]["market_cap"] = 10**400  # beyond float64
         self.fake.add_fault(Fault.status(200, json.dumps(rows).encode()), path="/coins/markets")
         result = self.run_main("run")
         self.assertEqual(result.code, 3, result.stderr)
@@ -429,8 +516,9 @@ class Limits(HostileCase):
         # A row written by hand (or an older version) with such a number: the charts leave it out by the same rule.
         with open(self.csv_path, "a", encoding="utf-8") as fh:
             first = self.rows()[0]
-            fh.write(",".join({**first, "market_cap": "1e+300", "last_updated": "2023-01-09T00:00:00.000Z"}
-                              .values()) + "\n")
+            fh.write(
+                ",".join({**first, "market_cap": "1e+300", "last_updated": "2023-01-09T00:00:00.000Z"}.values()) + "\n"
+            )
         plot = self.run_main("plot")
         self.assertEqual(plot.code, 0, plot.stderr)
         self.assertIn("warning: left out 1 prices or market caps", plot.stderr)

@@ -42,8 +42,12 @@ class LambdaPackages(unittest.TestCase):
     def test_each_zip_function_builds_under_250_mb(self) -> None:
         for function, module in ZIP_FUNCTIONS.items():
             with self.subTest(function), tempfile.TemporaryDirectory() as tmp:
-                build = subprocess.run(["make", "--no-print-directory", f"build-{function}", f"ARTIFACTS_DIR={tmp}"],
-                                       cwd=REPO, capture_output=True, text=True)
+                build = subprocess.run(
+                    ["make", "--no-print-directory", f"build-{function}", f"ARTIFACTS_DIR={tmp}"],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                )
                 self.assertEqual(build.returncode, 0, build.stderr[-3000:])
                 folder = Path(tmp)
                 size = unzipped_bytes(folder)
@@ -58,16 +62,56 @@ class LambdaPackages(unittest.TestCase):
         """Load and Charts: the measurement behind making them an image (the Delta table's packages)."""
         with tempfile.TemporaryDirectory() as tmp:
             install = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--target", tmp, *pip_platforms(),
-                 "--implementation", "cp", "--python-version", "3.12", "--only-binary=:all:",
-                 "-r", str(REPO / "requirements-lambda-table.txt")], cwd=REPO, capture_output=True, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--target",
+                    tmp,
+                    *pip_platforms(),
+                    "--implementation",
+                    "cp",
+                    "--python-version",
+                    "3.12",
+                    "--only-binary=:all:",
+                    "-r",
+                    str(REPO / "requirements-lambda-table.txt"),
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             self.assertEqual(install.returncode, 0, install.stderr[-3000:])
-            subprocess.run(["find", tmp, "-type", "d", "(", "-name", "tests", "-o", "-name", "__pycache__", ")",
-                            "-prune", "-exec", "rm", "-rf", "{}", "+"], check=True)
+            subprocess.run(
+                [
+                    "find",
+                    tmp,
+                    "-type",
+                    "d",
+                    "(",
+                    "-name",
+                    "tests",
+                    "-o",
+                    "-name",
+                    "__pycache__",
+                    ")",
+                    "-prune",
+                    "-exec",
+                    "rm",
+                    "-rf",
+                    "{}",
+                    "+",
+                ],
+                check=True,
+            )
             size = unzipped_bytes(Path(tmp))
             engine = unzipped_bytes(Path(tmp) / "deltalake") + unzipped_bytes(Path(tmp) / "pyarrow")
-            print(f"\nLoad and Charts (image): {size / MB:.1f} MB of packages, deltalake + pyarrow "
-                  f"{engine / MB:.1f} MB", file=sys.stderr)
+            print(
+                f"\nLoad and Charts (image): {size / MB:.1f} MB of packages, deltalake + pyarrow {engine / MB:.1f} MB",
+                file=sys.stderr,
+            )
             self.assertLess(size, IMAGE_LIMIT)
             self.assertGreater(engine, ZIP_LIMIT, "deltalake and pyarrow fit a zip now: the Load function could be one")
             for name in ("deltalake", "pyarrow", "matplotlib", "pandas"):
@@ -114,6 +158,10 @@ class ZipHandlersImportOnlyTheirPackages(unittest.TestCase):
         blocked = ["pandas", "numpy", "matplotlib", "pyarrow", "deltalake", "jinja2", "PIL", "seaborn"]
         for module in ZIP_FUNCTIONS.values():
             with self.subTest(module):
-                done = subprocess.run([sys.executable, "-c", BLOCKER, ",".join(blocked), *self.handler_imports(module)],
-                                      cwd=REPO, capture_output=True, text=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", BLOCKER, ",".join(blocked), *self.handler_imports(module)],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                )
                 self.assertEqual(done.returncode, 0, done.stderr[-2000:])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-
 from datetime import date, timedelta
 
 from tests.fake_coingecko import make_daily_chart
@@ -15,8 +14,10 @@ LEGACY_HEADER = "name,symbol,current_price,market_cap,price_change_percentage_24
 
 class LegacyEdges(PipelineTestCase):
     def test_a_legacy_file_without_final_newline_keeps_its_last_row_and_an_exact_backup(self) -> None:
-        original = (LEGACY_HEADER + "Bitcoin,btc,16951.52,326407877229,0.14,19256218,2023-01-08T16:49:40.132Z\n"
-                    "Ethereum,eth,1266.66,152631477365,0.28,120524634.8,2023-01-08T16:49:52.403Z").encode()
+        original = (
+            LEGACY_HEADER + "Bitcoin,btc,16951.52,326407877229,0.14,19256218,2023-01-08T16:49:40.132Z\n"
+            "Ethereum,eth,1266.66,152631477365,0.28,120524634.8,2023-01-08T16:49:52.403Z"
+        ).encode()
         self.csv_path.write_bytes(original)
         result = self.run_main("--coins", "dogecoin")
         self.assertEqual(result.code, 0, result.stderr)
@@ -27,10 +28,12 @@ class LegacyEdges(PipelineTestCase):
         self.assertEqual(backups[0].read_bytes(), original)
 
     def test_a_line_break_in_a_legacy_name_never_costs_a_row_at_a_later_backfill(self) -> None:
-        self.csv_path.write_text(LEGACY_HEADER
-                                 + '"Bit\ncoin",btc,16951.52,1,0.1,1,2023-01-01T00:00:00.000Z\n'
-                                 + '"=Ethereum",eth,1266.66,1,0.1,1,2023-01-02T00:00:00.000Z\n'
-                                 + 'Ethereum,eth,1266.66,1,0.1,1,2023-01-03T00:00:00.000Z\n')
+        self.csv_path.write_text(
+            LEGACY_HEADER
+            + '"Bit\ncoin",btc,16951.52,1,0.1,1,2023-01-01T00:00:00.000Z\n'
+            + '"=Ethereum",eth,1266.66,1,0.1,1,2023-01-02T00:00:00.000Z\n'
+            + "Ethereum,eth,1266.66,1,0.1,1,2023-01-03T00:00:00.000Z\n"
+        )
         self.fake.market_chart["cardano"] = make_daily_chart(date.today() - timedelta(days=10), 11, 0.3)
         result = self.run_main("backfill", "--days", "3", "--coins", "cardano")
         self.assertEqual(result.code, 0, result.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sqlite3
 import subprocess
@@ -115,8 +114,9 @@ class AppendOnceTest(LoadTestCase):
         rows = self.assert_clean_history()
         self.assertEqual(sorted(keys(rows)), sorted((c, "eur", ts) for c, ts in NEWEST.items()))
         bitcoin = next(r for r in rows if r["coin_id"] == "bitcoin")
-        self.assertEqual((bitcoin["name"], bitcoin["current_price"], bitcoin["source"]),
-                         ("Bitcoin", "16951.52", "coins_markets"))
+        self.assertEqual(
+            (bitcoin["name"], bitcoin["current_price"], bitcoin["source"]), ("Bitcoin", "16951.52", "coins_markets")
+        )
 
     def test_second_run_appends_nothing(self) -> None:
         self.run_ok()
@@ -140,8 +140,12 @@ class AppendOnceTest(LoadTestCase):
         self.run_ok()
         with sqlite3.connect(self.index_file) as db:
             meta = dict(db.execute("SELECT k, v FROM meta"))
-            stored = {(c, v, ts) for c, v, ts in db.execute(
-                "SELECT s.coin_id, s.vs_currency, o.ts FROM obs o JOIN series s ON s.id = o.series")}
+            stored = {
+                (c, v, ts)
+                for c, v, ts in db.execute(
+                    "SELECT s.coin_id, s.vs_currency, o.ts FROM obs o JOIN series s ON s.id = o.series"
+                )
+            }
             daily = db.execute("SELECT count(*) FROM daily").fetchone()[0]
         self.assertEqual(int(meta["size"]), len(self.csv_bytes()))
         self.assertEqual((int(meta["rows"]), int(meta["damaged"])), (10, 0))
@@ -156,8 +160,9 @@ class IndexFileTest(LoadTestCase):
     def lie_in_index(self, coin_id: str, last_updated: str) -> None:
         """Claim an observation the CSV does not hold, keeping the recorded offset and hashes."""
         with sqlite3.connect(self.index_file) as db:
-            (series,) = db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = 'eur'",
-                                   (coin_id,)).fetchone()
+            (series,) = db.execute(
+                "SELECT id FROM series WHERE coin_id = ? AND vs_currency = 'eur'", (coin_id,)
+            ).fetchone()
             db.execute("INSERT INTO obs (series, ts) VALUES (?, ?)", (series, timestamp_ms(last_updated)))
 
     def advanced(self, coin_id: str) -> str:
@@ -181,8 +186,9 @@ class IndexFileTest(LoadTestCase):
         self.assertEqual(sum(r["coin_id"] == "bitcoin" for r in rows), 2)
         self.assertEqual(sum(r["coin_id"] == "ethereum" for r in rows), 1)
         with sqlite3.connect(self.index_file) as db:
-            self.assertEqual(int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]),
-                             len(self.csv_bytes()))
+            self.assertEqual(
+                int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]), len(self.csv_bytes())
+            )
 
     def test_csv_shorter_than_recorded_rebuilds_and_restores_the_lost_rows(self) -> None:
         self.run_ok()
@@ -202,7 +208,7 @@ class IndexFileTest(LoadTestCase):
         last_line_start = data.rstrip(b"\n").rfind(b"\n") + 1
         edited = data[:last_line_start] + data[last_line_start:].replace(b"Coin", b"Cain", 1)
         if edited == data:
-            edited = data[:last_line_start] + b"X" + data[last_line_start + 1:]
+            edited = data[:last_line_start] + b"X" + data[last_line_start + 1 :]
         self.assertEqual(len(edited), len(data))
         self.csv_path.write_bytes(edited)
         stderr = self.run_ok()
@@ -220,6 +226,7 @@ class IndexFileTest(LoadTestCase):
             def spoil(path: Path) -> None:
                 with sqlite3.connect(path) as db:
                     db.execute(sql)
+
             return spoil
 
         def replace(payload: bytes) -> Callable[[Path], None]:
@@ -227,6 +234,7 @@ class IndexFileTest(LoadTestCase):
                 for suffix in ("-wal", "-shm"):
                     Path(str(path) + suffix).unlink(missing_ok=True)
                 path.write_bytes(payload)
+
             return spoil
 
         variants: dict[str, Callable[[Path], None]] = {
@@ -240,8 +248,10 @@ class IndexFileTest(LoadTestCase):
             "size not a number": execute("UPDATE meta SET v = 'big' WHERE k = 'size'"),
             "hash of another file": execute("UPDATE meta SET v = 'ab' WHERE k = 'tail'"),
             "no bookkeeping at all": execute("DELETE FROM meta"),
-            "keys and bookkeeping gone": lambda path: (execute("DELETE FROM obs")(path),
-                                                       execute("DELETE FROM meta")(path)),
+            "keys and bookkeeping gone": lambda path: (
+                execute("DELETE FROM obs")(path),
+                execute("DELETE FROM meta")(path),
+            ),
         }
         for number, (name, spoil) in enumerate(variants.items()):
             with self.subTest(index=name):
@@ -254,8 +264,7 @@ class IndexFileTest(LoadTestCase):
                 self.assertEqual(self.csv_bytes(), before)
                 with sqlite3.connect(self.index_file) as db:
                     self.assertEqual(db.execute("SELECT count(*) FROM obs").fetchone()[0], 10)
-                    self.assertEqual(int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]),
-                                     len(before))
+                    self.assertEqual(int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]), len(before))
                 self.fake.advance(60)
                 self.assertIn("10 rows appended", self.run_ok())
                 self.assertEqual(len(self.assert_clean_history()), 20)
@@ -334,13 +343,22 @@ class LegacyMigrationTest(LoadTestCase):
         self.assertEqual(",".join(header) + "\n", HEADER_LINE)
         rows = self.assert_clean_history()
         legacy = [r for r in rows if r["source"] == "legacy"]
-        self.assertEqual(sorted((r["coin_id"], r["last_updated"]) for r in legacy),
-                         sorted((coin, line.rstrip("\n").rsplit(",", 1)[1]) for line, coin in LEGACY_ROWS))
+        self.assertEqual(
+            sorted((r["coin_id"], r["last_updated"]) for r in legacy),
+            sorted((coin, line.rstrip("\n").rsplit(",", 1)[1]) for line, coin in LEGACY_ROWS),
+        )
         self.assertEqual({r["vs_currency"] for r in legacy}, {"eur"})
         avalanche = next(r for r in legacy if r["coin_id"] == "avalanche-2")
-        self.assertEqual((avalanche["name"], avalanche["symbol"], avalanche["current_price"],
-                          avalanche["market_cap"], avalanche["circulating_supply"]),
-                         ("Avalanche", "avax", "12.5", "3900000000", "312000000"))
+        self.assertEqual(
+            (
+                avalanche["name"],
+                avalanche["symbol"],
+                avalanche["current_price"],
+                avalanche["market_cap"],
+                avalanche["circulating_supply"],
+            ),
+            ("Avalanche", "avax", "12.5", "3900000000", "312000000"),
+        )
         self.assertNotIn("chainlink", {r["coin_id"] for r in rows})
         self.assertNotIn("Chainlink", {r["name"] for r in rows})
 
@@ -414,8 +432,15 @@ class BadFolderTest(LoadTestCase):
         env = dict(os.environ)
         env.update(self.env)
         preexec = drop_file_capabilities if os.geteuid() == 0 else None
-        return subprocess.run([sys.executable, str(MAIN), *argv], env=env, capture_output=True, text=True,
-                              timeout=60, cwd=self.tmp.name, preexec_fn=preexec)
+        return subprocess.run(
+            [sys.executable, str(MAIN), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.tmp.name,
+            preexec_fn=preexec,
+        )
 
     def probe_read_only(self, path: Path) -> None:
         """Skip unless a restricted child really cannot write path."""
@@ -490,8 +515,10 @@ class BadFolderTest(LoadTestCase):
         top = Path(self.tmp.name) / "x"
         target = top / "does-not-exist" / "deeper"
         result = self.run_subprocess("--data-dir", str(target))
-        self.assertFalse(top.exists(), f"created {tree(top) if top.exists() else ''} under {top}; "
-                         f"exit {result.code}; stderr {result.stderr!r}")
+        self.assertFalse(
+            top.exists(),
+            f"created {tree(top) if top.exists() else ''} under {top}; exit {result.code}; stderr {result.stderr!r}",
+        )
         self.assert_one_line_failure(result.code, result.stderr, target)
 
     def test_csv_replaced_by_a_directory(self) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta, timezone
 
-from tests.fake_coingecko import markets_rows
-from tests.support import PipelineTestCase
-
 from flows.run import run_pipeline
 from flows.run_once import RunResult
 from flows.status import print_status
 from flows.top import print_top
 from lambdas.lambda_1_extract import extract_top
+from tests.fake_coingecko import markets_rows
+from tests.support import PipelineTestCase
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import UNIVERSE_CAP
 from utils.settings import build_settings
@@ -53,8 +52,9 @@ class TopAll(PipelineTestCase):
         ids = [r["coin_id"] for r in self.rows()]
         self.assertEqual(len(ids), UNIVERSE)
         self.assertEqual(sorted(ids), sorted(self.ids))
-        self.assertIn(f"run ok: {UNIVERSE:,} coins, {UNIVERSE:,} rows appended".replace(",", ""),
-                      result.stderr.replace(",", ""))
+        self.assertIn(
+            f"run ok: {UNIVERSE:,} coins, {UNIVERSE:,} rows appended".replace(",", ""), result.stderr.replace(",", "")
+        )
         members = json.loads((self.data_dir / ".state" / "top-members.json").read_text())["eur"]
         self.assertEqual(members["size"], UNIVERSE_CAP)
         self.assertEqual(len(members["coins"]), UNIVERSE)
@@ -100,8 +100,11 @@ class TopAll(PipelineTestCase):
 
         lines: list[str] = []
         print_status(build_settings("status", {}, self.env), out=lines.append, now=noon(days[9]))
-        self.assertIn(f"gone:         1 coin in eur no longer listed by CoinGecko for more than 7 days "
-                      f"(history kept): coin-0500 gone since {days[0]}", lines)
+        self.assertIn(
+            f"gone:         1 coin in eur no longer listed by CoinGecko for more than 7 days "
+            f"(history kept): coin-0500 gone since {days[0]}",
+            lines,
+        )
         lines = []
         print_status(build_settings("status", {}, self.env), out=lines.append, now=noon(days[5]))
         self.assertFalse([line for line in lines if line.startswith("gone:")], lines)
@@ -190,12 +193,16 @@ class CreditLedgerCounts(PipelineTestCase):
         self.assertEqual(sum(line["429"] for line in lines.values()), 3)  # two 429s and one inside an HTTP 200
 
         status = self.run_main("status")
-        self.assertIn(f"credits:      API calls this month: {len(served)} of 10,000 (demo, 3 answered 429)",
-                      status.stdout)
+        self.assertIn(
+            f"credits:      API calls this month: {len(served)} of 10,000 (demo, 3 answered 429)", status.stdout
+        )
         before = len(self.fake.requests)
         check = self.run_main("check", "--coins", "coin-0001", "--monthly-credits", "50000")
-        self.assertIn(f"ok    credits: API calls this month: {before} of 50,000 (demo, 3 answered 429); "
-                      "budget 50,000 a month (--monthly-credits)", check.stdout)
+        self.assertIn(
+            f"ok    credits: API calls this month: {before} of 50,000 (demo, 3 answered 429); "
+            "budget 50,000 a month (--monthly-credits)",
+            check.stdout,
+        )
         self.assertEqual(sum(line["attempts"] for line in self.month_lines().values()), len(self.fake.requests))
 
     def test_a_backfill_over_budget_exits_2_with_zero_requests(self) -> None:
@@ -204,20 +211,28 @@ class CreditLedgerCounts(PipelineTestCase):
         self.assertEqual(self.fake.requests, [])
         lines = [line for line in result.stderr.strip().splitlines() if "failed" in line]
         self.assertEqual(len(lines), 1, result.stderr)
-        self.assertIn("backfill of 40 coins needs about 40 API calls, but only 25 of this month's 25 (demo) are "
-                      "left (0 used; they start again on ", lines[0])
+        self.assertIn(
+            "backfill of 40 coins needs about 40 API calls, but only 25 of this month's 25 (demo) are "
+            "left (0 used; they start again on ",
+            lines[0],
+        )
         self.assertIn("pass --over-budget", lines[0])
         self.assertFalse(self.csv_path.exists())
 
     def test_a_run_over_what_is_left_exits_2_unless_over_budget(self) -> None:
         month = datetime.now(timezone.utc).strftime("%Y-%m")
         self.ledger_path.parent.mkdir(parents=True)
-        self.ledger_path.write_text(json.dumps({"version": 1, "months": {
-            month: {"/coins/markets eur": {"attempts": 9_998, "429": 0}}}, "warned": []}))
+        self.ledger_path.write_text(
+            json.dumps(
+                {"version": 1, "months": {month: {"/coins/markets eur": {"attempts": 9_998, "429": 0}}}, "warned": []}
+            )
+        )
         result = self.run_main("--top", "all")
         self.assertEqual(result.code, 2, result.stderr)
-        self.assertIn("this run needs about 68 API calls, but only 2 of this month's 10,000 (demo) are left "
-                      "(9,998 used;", result.stderr)
+        self.assertIn(
+            "this run needs about 68 API calls, but only 2 of this month's 10,000 (demo) are left (9,998 used;",
+            result.stderr,
+        )
         self.assertEqual(self.fake.requests, [])
         result = self.run_main("--top", "all", "--over-budget")
         self.assertEqual(result.code, 0, result.stderr)
@@ -231,8 +246,11 @@ class CreditLedgerCounts(PipelineTestCase):
         result = self.run_main("--top", "all", "--top-backfill", "--monthly-credits", "500")
         self.assertEqual(result.code, 2, result.stderr)
         self.assertIn("--top-backfill with --top all: about 16,900 more calls to heal", result.stderr)
-        self.assertIn("this run with --top-backfill needs about 16,968 API calls, but only 499 of this month's 500 "
-                      "(demo) are left (1 used;", result.stderr)
+        self.assertIn(
+            "this run with --top-backfill needs about 16,968 API calls, but only 499 of this month's 500 "
+            "(demo) are left (1 used;",
+            result.stderr,
+        )
         self.assertEqual(len(self.fake.requests), 1)  # the first run's one page; nothing after
 
     def test_bad_monthly_credits_are_one_line_and_exit_2(self) -> None:
@@ -276,8 +294,13 @@ class CreditLedgerCounts(PipelineTestCase):
             second.record("/coins/bitcoin/market_chart/range", {"vs_currency": "usd"}, 429)
         first.flush()
         second.flush()
-        self.assertEqual(self.month_lines(), {"/coins/markets eur": {"attempts": 3, "429": 0},
-                                              "/coins/{id}/market_chart/range usd": {"attempts": 4, "429": 4}})
+        self.assertEqual(
+            self.month_lines(),
+            {
+                "/coins/markets eur": {"attempts": 3, "429": 0},
+                "/coins/{id}/market_chart/range usd": {"attempts": 4, "429": 4},
+            },
+        )
 
     def test_the_daemon_warns_once_a_month_at_80_percent(self) -> None:
         from flows.budget import ledger_for, warn_once
@@ -292,16 +315,18 @@ class CreditLedgerCounts(PipelineTestCase):
         ledger.record("/coins/markets", {"vs_currency": "eur"}, 200)
         ledger.flush()
         line = warn_once(settings, lambda *a: sent.append(a))
-        self.assertEqual(line, "API calls this month: 8 of 10 (demo): 80% of the month's credits used; 2 left until "
-                               "the month ends (--monthly-credits sets the budget)")
+        self.assertEqual(
+            line,
+            "API calls this month: 8 of 10 (demo): 80% of the month's credits used; 2 left until "
+            "the month ends (--monthly-credits sets the budget)",
+        )
         self.assertIsNone(warn_once(settings, lambda *a: sent.append(a)))
         self.assertEqual(sent, [("API credits at 80 %", line)])
 
     def test_the_80_percent_warning_reaches_the_webhook(self) -> None:
-        from tests.test_notify import Receiver
-
         from flows.budget import ledger_for, warn_once
         from flows.notify import notice
+        from tests.test_notify import Receiver
 
         hook = Receiver()
         self.addCleanup(hook.stop)
@@ -320,8 +345,11 @@ class CreditLedgerCounts(PipelineTestCase):
         env = {k: v for k, v in self.env.items() if k != "PIPELINE_HEAL"}
         result = self.run_main("--top", "all", env=env)
         self.assertEqual(result.code, 2, result.stderr)
-        self.assertIn("this run (seeding the new history: 17,000 calls; --seed-days 0 skips it) needs about 17,068 API "
-                      "calls, but only 10,000 of this month's 10,000 (demo) are left", result.stderr)
+        self.assertIn(
+            "this run (seeding the new history: 17,000 calls; --seed-days 0 skips it) needs about 17,068 API "
+            "calls, but only 10,000 of this month's 10,000 (demo) are left",
+            result.stderr,
+        )
         self.assertEqual(self.fake.requests, [])
         result = self.run_main("--top", "all", "--seed-days", "0", env=env)
         self.assertEqual(result.code, 0, result.stderr)

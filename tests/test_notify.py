@@ -64,8 +64,9 @@ class Notifications(PipelineTestCase):
         super().setUp()
         self.hook = Receiver()
         self.addCleanup(self.hook.stop)
-        self.env.update({"PIPELINE_NOTIFY_URL": self.hook.url, "COINGECKO_API_KEY": SECRET,
-                         "PIPELINE_MAX_RETRY_WAIT": "0"})
+        self.env.update(
+            {"PIPELINE_NOTIFY_URL": self.hook.url, "COINGECKO_API_KEY": SECRET, "PIPELINE_MAX_RETRY_WAIT": "0"}
+        )
         self.fresh_coins()
 
     def fresh_coins(self) -> None:
@@ -126,8 +127,11 @@ class Notifications(PipelineTestCase):
         self.fail_next_run()
         result = self.run_main()
         self.assertEqual(result.code, 1)
-        self.assertIn("warning: could not send the failure notification to 127.0.0.1: it answered HTTP 500; "
-                      "the run's result stands", result.stderr)
+        self.assertIn(
+            "warning: could not send the failure notification to 127.0.0.1: it answered HTTP 500; "
+            "the run's result stands",
+            result.stderr,
+        )
         self.assertNotIn("/hooks/T000", result.stderr)  # a webhook's path is its secret
         self.fresh_coins()
         ok = self.run_main()

@@ -72,8 +72,9 @@ class SeveralCurrencies(PipelineTestCase):
         self.assertEqual(result.code, 0, result.stderr)
         layout = DataLayout(self.data_dir)
         eur = tuple(p.name for p in layout.charts_of("eur", primary="usd"))
-        self.assertEqual(eur, ("crypto_price_trend_eur.png", "crypto_market_cap_trend_eur.png",
-                               "crypto_performance_eur.png"))
+        self.assertEqual(
+            eur, ("crypto_price_trend_eur.png", "crypto_market_cap_trend_eur.png", "crypto_performance_eur.png")
+        )
         self.assertEqual(sorted(p.name for p in self.data_dir.glob("*.png")), sorted(CHARTS + eur))
         for name in CHARTS + eur:
             png_size((self.data_dir / name).read_bytes())

@@ -16,12 +16,11 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.fake_coingecko import FakeCoinGecko, Fault
-from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
-
 from lambdas.lambda_1_extract import Snapshot, extract
 from lambdas.lambda_2_transform import NON_NEGATIVE, SIGNED, TransformResult, chart_to_records, transform
 from lambdas.lambda_3_load import load
+from tests.fake_coingecko import FakeCoinGecko, Fault
+from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
 from utils.coingecko.client import CoinGeckoClient
 from utils.errors import PipelineError
 from utils.history.schema import COLUMNS, HEADER_LINE, Record, format_cell, rows_to_csv
@@ -39,17 +38,24 @@ FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.
 # -- strategies ----------------------------------------------------------------------------------
 
 texts = st.text(st.one_of(st.characters(), st.sampled_from(AWKWARD)), max_size=30)
-formula_texts = st.builds(lambda prefix, rest: prefix + rest, st.sampled_from(["=", "+", "-", "@", "\t=", "\r=",
-                                                                                " =", "\n@"]), texts)
+formula_texts = st.builds(
+    lambda prefix, rest: prefix + rest, st.sampled_from(["=", "+", "-", "@", "\t=", "\r=", " =", "\n@"]), texts
+)
 floats = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 1e-11, 0.1, 16951.52]),
 )
-integers = st.one_of(st.integers(), st.integers(min_value=-(10 ** 400), max_value=10 ** 400),
-                     st.sampled_from([0, 1, -1, 2 ** 53 + 1, 2 ** 63, 10 ** 308, 10 ** 309]))
+integers = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.sampled_from([0, 1, -1, 2**53 + 1, 2**63, 10**308, 10**309]),
+)
 scalars = st.one_of(st.none(), st.booleans(), integers, floats, texts, formula_texts)
-json_values = st.recursive(scalars, lambda children: st.one_of(
-    st.lists(children, max_size=4), st.dictionaries(texts, children, max_size=4)), max_leaves=12)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(texts, children, max_size=4)),
+    max_leaves=12,
+)
 
 offsets = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
 moments = st.builds(lambda naive, tz: naive.replace(tzinfo=tz), st.datetimes(), st.one_of(st.none(), offsets))
@@ -62,8 +68,9 @@ def iso(moment: datetime, style: int) -> str:
 
 
 timestamps = st.one_of(st.builds(iso, moments, st.integers(0, 3)), texts, json_values)
-good_numbers = st.one_of(st.floats(min_value=0, allow_nan=False, allow_infinity=False),
-                         st.integers(min_value=0, max_value=10 ** 20))
+good_numbers = st.one_of(
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False), st.integers(min_value=0, max_value=10**20)
+)
 
 
 def field_values(name: str) -> st.SearchStrategy:
@@ -95,11 +102,11 @@ KNOWN_BAD_ROWS = (
     [dict(GOOD, last_updated="0001-01-01T00:00:00+01:00")],  # OverflowError converting to UTC
     [dict(GOOD, last_updated="9999-12-31T23:59:59-01:00")],
     [dict(GOOD, last_updated="0999-06-01T00:00:00Z")],  # stored as '999-06-01T...': not fixed width
-    [dict(GOOD, market_cap_rank=10 ** 400)],  # OverflowError in float(value)
+    [dict(GOOD, market_cap_rank=10**400)],  # OverflowError in float(value)
 )
 KNOWN_BAD_RECORDS = (
-    [dict(GOOD, market_cap=10 ** 400)],  # stored as 401 digits, read back as inf
-    [dict(GOOD, total_volume=2 ** 1024)],
+    [dict(GOOD, market_cap=10**400)],  # stored as 401 digits, read back as inf
+    [dict(GOOD, total_volume=2**1024)],
     [dict(GOOD, name="Bit\ud800coin")],  # a lone surrogate (JSON "\\ud800") cannot be written as UTF-8
     [dict(GOOD, last_updated="0999-06-01T00:00:00Z")],
 )
@@ -107,10 +114,12 @@ KNOWN_BAD_RECORDS = (
 
 def with_examples(cases: tuple) -> Any:
     """Decorate a one-argument property with explicit examples."""
+
     def decorate(test: Any) -> Any:
         for case in reversed(cases):
             test = example(case)(test)
         return test
+
     return decorate
 
 
@@ -119,6 +128,7 @@ def snapshot(rows: list[Any], requested: tuple[str, ...] = IDS) -> Snapshot:
 
 
 # -- checks shared by the properties --------------------------------------------------------------
+
 
 def parse_cell(column: str, cell: str) -> Any:
     """A CSV cell back to the value it was written from."""
@@ -145,8 +155,10 @@ class RoundTrip(unittest.TestCase):
             self.assertRegex(record.last_updated, TIMESTAMP)
             for column in NUMBER_COLUMNS:
                 value = getattr(record, column)
-                self.assertTrue(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
-                                f"{column} = {value!r}")
+                self.assertTrue(
+                    value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+                    f"{column} = {value!r}",
+                )
         for rejected in result.rejected:
             self.assertIsInstance(rejected.reason, str)
             self.assertTrue(rejected.reason)
@@ -192,6 +204,7 @@ class RoundTrip(unittest.TestCase):
 
 # -- /coins/markets rows --------------------------------------------------------------------------
 
+
 class TransformProperties(RoundTrip):
     @SETTINGS
     @given(rows_lists)
@@ -203,7 +216,7 @@ class TransformProperties(RoundTrip):
         self.assertEqual(len({r.coin_id for r in result.records}), len(result.records))
         self.assertTrue(all(r.coin_id in IDS for r in result.records))
         self.assert_well_formed(result)
-        shot.missing  # the run names the missing coins from the same rows: that must not raise either
+        _ = shot.missing  # the run names the missing coins from the same rows: that must not raise either
 
     @SETTINGS
     @given(st.lists(mostly_good_rows, min_size=1, max_size=5))
@@ -232,8 +245,12 @@ class TransformProperties(RoundTrip):
         """One coin, one line, also for tools that split lines on Unicode's line breaks (NEL, LS, PS)."""
         for brk in ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"):
             with self.subTest(line_break=repr(brk)):
-                row = {"id": "bitcoin", "name": f"Bit{brk}coin", "symbol": f"b{brk}tc",
-                       "last_updated": "2024-05-01T11:59:00.000Z"}
+                row = {
+                    "id": "bitcoin",
+                    "name": f"Bit{brk}coin",
+                    "symbol": f"b{brk}tc",
+                    "last_updated": "2024-05-01T11:59:00.000Z",
+                }
                 result = transform(snapshot([row]))
                 for record in result.records:
                     self.assertEqual(record.name.splitlines(), [record.name])
@@ -247,10 +264,10 @@ class PipelinePages(RoundTrip):
     def setUpClass(cls) -> None:
         cls.fake = FakeCoinGecko().start()
         server = cls.fake._server  # no Nagle: each answer would otherwise wait ~40 ms for a delayed ACK
-        server.RequestHandlerClass = type("NoDelayHandler", (server.RequestHandlerClass,),
-                                          {"disable_nagle_algorithm": True})
-        cls.client = CoinGeckoClient(cls.fake.base_url, max_retry_wait=0, sleep=lambda s: None,
-                                     rate_limit=10000)
+        server.RequestHandlerClass = type(
+            "NoDelayHandler", (server.RequestHandlerClass,), {"disable_nagle_algorithm": True}
+        )
+        cls.client = CoinGeckoClient(cls.fake.base_url, max_retry_wait=0, sleep=lambda s: None, rate_limit=10000)
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -259,7 +276,7 @@ class PipelinePages(RoundTrip):
 
     @settings(SETTINGS, max_examples=60)
     @given(st.one_of(json_values, rows_lists))
-    @with_examples(KNOWN_BAD_ROWS[:1] + ({"not": "a list"}, None, "[]", 10 ** 400))
+    @with_examples(KNOWN_BAD_ROWS[:1] + ({"not": "a list"}, None, "[]", 10**400))
     def test_any_page_ends_in_records_or_a_pipeline_error(self, page: Any) -> None:
         self.fake.clear_faults()
         body = json.dumps(page, allow_nan=True).encode()
@@ -268,7 +285,7 @@ class PipelinePages(RoundTrip):
             shot = extract(IDS, "eur", self.client, clock=lambda: FETCHED)
         except PipelineError:
             return  # the pipeline's own error: one line for the user, nothing appended
-        shot.missing
+        _ = shot.missing
         result = transform(shot)
         self.assert_well_formed(result)
         self.assert_round_trip(result.records)
@@ -277,8 +294,11 @@ class PipelinePages(RoundTrip):
 # -- /coins/{id}/market_chart/range ----------------------------------------------------------------
 
 # The span comes from our own settings (complete UTC days the plan reaches), the chart from the network.
-day_spans = st.builds(lambda first, length: (first, first + timedelta(days=length)),
-                      st.dates(min_value=date(2009, 1, 3), max_value=date(2100, 1, 1)), st.integers(0, 20))
+day_spans = st.builds(
+    lambda first, length: (first, first + timedelta(days=length)),
+    st.dates(min_value=date(2009, 1, 3), max_value=date(2100, 1, 1)),
+    st.integers(0, 20),
+)
 
 
 @st.composite
@@ -289,18 +309,25 @@ def spans_and_charts(draw: Any) -> tuple[tuple[date, date], Any]:
     hi = int(datetime(last.year, last.month, last.day, tzinfo=timezone.utc).timestamp() * 1000) + 86_400_000
     ms = st.one_of(st.integers(lo - 86_400_000, hi + 86_400_000), st.floats(lo - 1e8, hi + 1e8), json_values)
     value = st.one_of(good_numbers, floats, integers, json_values)
-    point = st.one_of(st.lists(st.one_of(ms, value), min_size=2, max_size=2), st.tuples(ms, value).map(list),
-                      json_values)
+    point = st.one_of(
+        st.lists(st.one_of(ms, value), min_size=2, max_size=2), st.tuples(ms, value).map(list), json_values
+    )
     series = st.one_of(st.lists(point, max_size=8), json_values)
-    return span, draw(st.one_of(json_values, st.fixed_dictionaries(
-        {}, optional={"prices": series, "market_caps": series, "total_volumes": series, "extra": json_values})))
+    return span, draw(
+        st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {}, optional={"prices": series, "market_caps": series, "total_volumes": series, "extra": json_values}
+            ),
+        )
+    )
 
 
 DAY = (date(2024, 1, 1), date(2024, 1, 2))
 DAY_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 KNOWN_BAD_CHARTS = (
-    (DAY, {"prices": [[10 ** 400, 1.0]]}),  # OverflowError in math.isfinite(point[0])
-    (DAY, {"prices": [[DAY_MS, 10 ** 400]]}),  # a price of 401 digits, read back as inf
+    (DAY, {"prices": [[10**400, 1.0]]}),  # OverflowError in math.isfinite(point[0])
+    (DAY, {"prices": [[DAY_MS, 10**400]]}),  # a price of 401 digits, read back as inf
 )
 
 

@@ -10,23 +10,45 @@ from pathlib import Path
 
 from tests.fake_coingecko import markets_rows
 from tests.support import PipelineTestCase, make_stale
-
+from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
 from utils.history.quality import QUALITY_COLUMNS, QualityRules
 from utils.history.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp
-from utils.history.csv_store import HistoryStore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
 
-def rec(coin: str, when: datetime, price: float | None, *, cap: float | None = 1e9, high: float | None = None,
-        low: float | None = None, fetched: datetime | None = None, source: str = SOURCE_MARKETS) -> Record:
+def rec(
+    coin: str,
+    when: datetime,
+    price: float | None,
+    *,
+    cap: float | None = 1e9,
+    high: float | None = None,
+    low: float | None = None,
+    fetched: datetime | None = None,
+    source: str = SOURCE_MARKETS,
+) -> Record:
     """A row as the transform makes it; fetched a minute after the observation unless told."""
-    return Record(name=coin.title(), symbol=coin[:3], current_price=price, market_cap=cap,
-                  price_change_percentage_24h=None, circulating_supply=None, last_updated=format_timestamp(when),
-                  fetched_at=format_timestamp(fetched or when + timedelta(minutes=1)), coin_id=coin,
-                  vs_currency="eur", market_cap_rank=1, total_volume=None, high_24h=high, low_24h=low,
-                  total_supply=None, max_supply=None, source=source)
+    return Record(
+        name=coin.title(),
+        symbol=coin[:3],
+        current_price=price,
+        market_cap=cap,
+        price_change_percentage_24h=None,
+        circulating_supply=None,
+        last_updated=format_timestamp(when),
+        fetched_at=format_timestamp(fetched or when + timedelta(minutes=1)),
+        coin_id=coin,
+        vs_currency="eur",
+        market_cap_rank=1,
+        total_volume=None,
+        high_24h=high,
+        low_24h=low,
+        total_supply=None,
+        max_supply=None,
+        source=source,
+    )
 
 
 def day(n: int, hour: int = 12) -> datetime:
@@ -84,22 +106,24 @@ class Spike(StoreCase):
 
     def test_backfilled_days_woven_in_are_checked_against_stored_neighbours(self) -> None:
         self.load(rec("bitcoin", day(0, 0), 100.0), rec("bitcoin", day(2, 0), 102.0))
-        report = self.store.merge([rec("bitcoin", day(1, 0), 500.0, source=SOURCE_MARKET_CHART,
-                                       fetched=day(5))])
-        self.assertEqual([(f.last_updated, f.rule) for f in report.findings],
-                         [(format_timestamp(day(1, 0)), "spike")])
+        report = self.store.merge([rec("bitcoin", day(1, 0), 500.0, source=SOURCE_MARKET_CHART, fetched=day(5))])
+        self.assertEqual([(f.last_updated, f.rule) for f in report.findings], [(format_timestamp(day(1, 0)), "spike")])
 
 
 class ZeroPriceAndCap(StoreCase):
     def test_zero_or_missing_price(self) -> None:
         found = self.load(rec("bitcoin", day(0), 0.0), rec("ethereum", day(0), None), rec("tether", day(0), 1.0))
-        self.assertEqual(sorted(found), [("bitcoin", format_timestamp(day(0)), "zero_price"),
-                                         ("ethereum", format_timestamp(day(0)), "zero_price")])
+        self.assertEqual(
+            sorted(found),
+            [("bitcoin", format_timestamp(day(0)), "zero_price"), ("ethereum", format_timestamp(day(0)), "zero_price")],
+        )
 
     def test_zero_market_cap_after_a_real_one(self) -> None:
         self.load(rec("bitcoin", day(0), 100.0, cap=1e9))
-        self.assertEqual(self.load(rec("bitcoin", day(3), 100.0, cap=0.0)),
-                         [("bitcoin", format_timestamp(day(3)), "zero_market_cap")])
+        self.assertEqual(
+            self.load(rec("bitcoin", day(3), 100.0, cap=0.0)),
+            [("bitcoin", format_timestamp(day(3)), "zero_market_cap")],
+        )
         self.assertIn("it was 1e+09", self.quality_rows()[0]["detail"])
 
     def test_zero_market_cap_from_the_start_is_not_a_finding(self) -> None:
@@ -109,14 +133,20 @@ class ZeroPriceAndCap(StoreCase):
 
 class OutsideRange(StoreCase):
     def test_a_price_above_its_own_high_or_below_its_low_beyond_one_percent(self) -> None:
-        found = self.load(rec("bitcoin", day(0), 120.0, high=110.0, low=90.0),
-                          rec("ethereum", day(0), 80.0, high=110.0, low=90.0))
+        found = self.load(
+            rec("bitcoin", day(0), 120.0, high=110.0, low=90.0), rec("ethereum", day(0), 80.0, high=110.0, low=90.0)
+        )
         self.assertEqual(sorted(r for _, _, r in found), ["outside_24h_range", "outside_24h_range"])
 
     def test_within_one_percent_or_without_a_range_is_fine(self) -> None:
-        self.assertEqual(self.load(rec("bitcoin", day(0), 110.9, high=110.0, low=90.0),
-                                   rec("ethereum", day(0), 89.2, high=110.0, low=90.0),
-                                   rec("tether", day(0), 5.0)), [])
+        self.assertEqual(
+            self.load(
+                rec("bitcoin", day(0), 110.9, high=110.0, low=90.0),
+                rec("ethereum", day(0), 89.2, high=110.0, low=90.0),
+                rec("tether", day(0), 5.0),
+            ),
+            [],
+        )
 
 
 class Stale(StoreCase):
@@ -128,17 +158,27 @@ class Stale(StoreCase):
 
     def test_a_whole_answer_replayed_late_is_not_stale(self) -> None:
         """The answer's own newest last_updated is its time: a wrong clock here flags nothing."""
-        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(3)),
-                                   rec("ethereum", day(0), 10.0, fetched=day(3))), [])
+        self.assertEqual(
+            self.load(rec("bitcoin", day(0), 100.0, fetched=day(3)), rec("ethereum", day(0), 10.0, fetched=day(3))), []
+        )
 
     def test_a_coin_that_keeps_sending_its_old_key_is_found_once(self) -> None:
         self.load(rec("bitcoin", day(0), 100.0))  # fresh when first seen
         later = day(2, 13)
-        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=later),
-                                   rec("ethereum", later - timedelta(minutes=1), 10.0, fetched=later)),
-                         [("bitcoin", format_timestamp(day(0)), "stale")])
-        self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(3)),
-                                   rec("ethereum", day(3) - timedelta(minutes=1), 10.0, fetched=day(3))), [])
+        self.assertEqual(
+            self.load(
+                rec("bitcoin", day(0), 100.0, fetched=later),
+                rec("ethereum", later - timedelta(minutes=1), 10.0, fetched=later),
+            ),
+            [("bitcoin", format_timestamp(day(0)), "stale")],
+        )
+        self.assertEqual(
+            self.load(
+                rec("bitcoin", day(0), 100.0, fetched=day(3)),
+                rec("ethereum", day(3) - timedelta(minutes=1), 10.0, fetched=day(3)),
+            ),
+            [],
+        )
         self.assertEqual(len(self.quality_rows()), 1)
 
     def test_47_hours_and_backfilled_points_are_not_stale(self) -> None:
@@ -152,13 +192,16 @@ class MissingDay(StoreCase):
         self.load(rec("bitcoin", day(0), 100.0), rec("bitcoin", day(3), 100.0))
         gap = {(day(1).date()), day(2).date()}
         report = self.store.merge([], unavailable={("bitcoin", "eur"): gap})
-        self.assertEqual([(f.last_updated, f.rule) for f in report.findings],
-                         [(f"{d}T00:00:00.000Z", "missing_day") for d in sorted(gap)])
+        self.assertEqual(
+            [(f.last_updated, f.rule) for f in report.findings],
+            [(f"{d}T00:00:00.000Z", "missing_day") for d in sorted(gap)],
+        )
 
     def test_days_before_the_first_observation_are_not_missing(self) -> None:
         self.load(rec("bitcoin", day(0), 100.0))
-        report = self.store.merge([], unavailable={("bitcoin", "eur"): {day(-5).date()}, ("nocoin", "eur"):
-                                                   {date(2026, 1, 1)}})
+        report = self.store.merge(
+            [], unavailable={("bitcoin", "eur"): {day(-5).date()}, ("nocoin", "eur"): {date(2026, 1, 1)}}
+        )
         self.assertEqual(report.findings, ())
 
 
@@ -172,8 +215,10 @@ class QualityFile(StoreCase):
         after = self.layout.quality.read_bytes()
         self.assertTrue(after.startswith(before))
         rows = self.quality_rows()
-        self.assertEqual([(r["last_updated"], r["rule"]) for r in rows],
-                         [(format_timestamp(day(0)), "zero_price"), (format_timestamp(day(1)), "zero_price")])
+        self.assertEqual(
+            [(r["last_updated"], r["rule"]) for r in rows],
+            [(format_timestamp(day(0)), "zero_price"), (format_timestamp(day(1)), "zero_price")],
+        )
         self.assertTrue(all(r["found_at"].endswith("Z") for r in rows))
 
     def test_the_rows_land_whatever_the_findings(self) -> None:

@@ -25,13 +25,25 @@ def browser_dom(page: Path, screenshot: Path) -> str:
     """The page as headless Chromium renders it (the DOM after load), with a screenshot taken on the way."""
     binary = chromium()
     assert binary is not None
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-             "--disable-dev-shm-usage", f"--user-data-dir={screenshot.parent / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={screenshot.parent / 'profile'}",
+    ]
     url = page.resolve().as_uri()
-    subprocess.run([binary, *flags, "--window-size=1280,2000", f"--screenshot={screenshot}", url],
-                   capture_output=True, timeout=120, check=True)
-    dumped = subprocess.run([binary, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120,
-                            check=True)
+    subprocess.run(
+        [binary, *flags, "--window-size=1280,2000", f"--screenshot={screenshot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    dumped = subprocess.run(
+        [binary, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    )
     return dumped.stdout
 
 
@@ -88,7 +100,7 @@ class Report(PipelineTestCase):
         rows = markets_rows(1, start=start)
         self.fake.set_coins(rows)
         coin = rows[0]["id"]
-        for step in range(31):  # one observation a day, the price up 1% a day
+        for _step in range(31):  # one observation a day, the price up 1% a day
             self.run_main("--coins", coin)
             self.fake.advance(86400, price_factor=1.01)
         self.assertEqual(self.run_main("report").code, 0)
@@ -101,15 +113,19 @@ class Numbers(unittest.TestCase):
     def test_prices_caps_and_changes_read_well_across_ten_orders_of_magnitude(self) -> None:
         from utils.views.html_report import fmt_big, fmt_change, fmt_price
 
-        self.assertEqual([fmt_price(v) for v in (117999.0, 1.0, 0.5, 0.07204, 0.00000845, None)],
-                         ["117,999.00", "1.00", "0.50", "0.07204", "0.00000845", "–"])
-        self.assertEqual([fmt_big(v) for v in (1.2345e12, 873.25e6, 4.2e9, None)],
-                         ["1.23 T", "873.25 M", "4.20 B", "–"])
+        self.assertEqual(
+            [fmt_price(v) for v in (117999.0, 1.0, 0.5, 0.07204, 0.00000845, None)],
+            ["117,999.00", "1.00", "0.50", "0.07204", "0.00000845", "–"],
+        )
+        self.assertEqual(
+            [fmt_big(v) for v in (1.2345e12, 873.25e6, 4.2e9, None)], ["1.23 T", "873.25 M", "4.20 B", "–"]
+        )
         self.assertEqual([fmt_change(v) for v in (0.0123, -0.5, None)], ["+1.2%", "-50.0%", "–"])
 
 
-@unittest.skipUnless(os.environ.get("RUN_BROWSER") == "1", "set RUN_BROWSER=1 (CI does) to open the report in "
-                                                           "headless Chromium")
+@unittest.skipUnless(
+    os.environ.get("RUN_BROWSER") == "1", "set RUN_BROWSER=1 (CI does) to open the report in headless Chromium"
+)
 class InTheBrowser(PipelineTestCase):
     def setUp(self) -> None:
         super().setUp()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import unittest
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 from tests.fake_coingecko import Fault, load_fixture, markets_rows
 from tests.support import FIXTURE_IDS, PipelineTestCase
-
 from utils.history.schema import HEADER_LINE
 
 SECRET = "CG-s3cr3t-KEY-value-123"
@@ -24,12 +23,16 @@ class FirstAndSecondRun(PipelineTestCase):
         rows = self.rows()
         self.assertEqual([r["coin_id"] for r in rows], list(FIXTURE_IDS))
         bitcoin = rows[0]
-        self.assertEqual((bitcoin["current_price"], bitcoin["vs_currency"], bitcoin["source"]),
-                         ("16951.52", "eur", "coins_markets"))
+        self.assertEqual(
+            (bitcoin["current_price"], bitcoin["vs_currency"], bitcoin["source"]), ("16951.52", "eur", "coins_markets")
+        )
         self.assertEqual(bitcoin["last_updated"], "2023-01-08T16:49:40.132Z")
         # One line; the recorded answers are from 2023, but all of one time: none is stale against the others.
-        self.assertRegex(result.stderr, r"^run ok: 10 coins, 10 rows appended, 0 duplicates skipped, 0 rejected "
-                                        r"in \d+\.\d s -> .*crypto_data.csv\n$")
+        self.assertRegex(
+            result.stderr,
+            r"^run ok: 10 coins, 10 rows appended, 0 duplicates skipped, 0 rejected "
+            r"in \d+\.\d s -> .*crypto_data.csv\n$",
+        )
 
     def test_second_run_appends_nothing(self) -> None:
         self.run_main()
@@ -66,14 +69,16 @@ class FirstAndSecondRun(PipelineTestCase):
         payload = json.loads(gzip.decompress(archives[0].read_bytes()))
         self.assertEqual(payload["pages"][0], load_fixture("coins_markets_2023-01-08_real_10coins.json"))
         today = datetime.now(timezone.utc)
-        self.assertEqual(archives[0].parent.relative_to(self.data_dir / "raw").parts,
-                         (f"{today:%Y}", f"{today:%m}", f"{today:%d}"))
+        self.assertEqual(
+            archives[0].parent.relative_to(self.data_dir / "raw").parts, (f"{today:%Y}", f"{today:%m}", f"{today:%d}")
+        )
 
     def test_run_subcommand_and_flags_after_it(self) -> None:
         result = self.run_subprocess("run", "--coins", "bitcoin,ethereum", "--vs-currency", "USD", "--no-charts")
         self.assertEqual(result.code, 0, result.stderr)
-        self.assertEqual([(r["coin_id"], r["vs_currency"]) for r in self.rows()],
-                         [("bitcoin", "usd"), ("ethereum", "usd")])
+        self.assertEqual(
+            [(r["coin_id"], r["vs_currency"]) for r in self.rows()], [("bitcoin", "usd"), ("ethereum", "usd")]
+        )
 
 
 class MissingAndRejected(PipelineTestCase):
@@ -316,6 +321,7 @@ class Configuration(PipelineTestCase):
 
     def test_default_data_dir_is_beside_main_py(self) -> None:
         from utils.settings import PROJECT_DIR, build_settings
+
         self.assertEqual(build_settings("run", {}, {}).data_dir, PROJECT_DIR / "data")
 
 

@@ -16,12 +16,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from unittest import mock
 
-from tests.fake_coingecko import (DEFAULT_COINS_FIXTURE, FakeCoinGecko, Fault, load_fixture, make_daily_chart,
-                                  markets_rows)
+from tests.fake_coingecko import (
+    DEFAULT_COINS_FIXTURE,
+    FakeCoinGecko,
+    Fault,
+    load_fixture,
+    make_daily_chart,
+    markets_rows,
+)
 from tests.support import FIXTURE_IDS, CliResult, PipelineTestCase
-
-from utils.coingecko.client import PRO_URL, PUBLIC_URL, CoinGeckoClient
 from utils.clients import make_client
+from utils.coingecko.client import PRO_URL, PUBLIC_URL, CoinGeckoClient
 from utils.settings import build_settings
 
 SECRET = "CG-SECRETKEY-1234567890"
@@ -84,25 +89,37 @@ class KeyTestCase(PipelineTestCase):
 
     def assert_secret_nowhere(self, secret: str = SECRET) -> None:
         """Not on stdout or stderr of any command, in no file of the temp folder, in no request's URL."""
-        leaks = [f"{stream} of `{command}`" for command, result in self.outputs
-                 for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)) if secret in text]
-        leaks += [str(path.relative_to(self.tmp.name)) for path, data in file_texts(Path(self.tmp.name)).items()
-                  if secret.encode() in data]
+        leaks = [
+            f"{stream} of `{command}`"
+            for command, result in self.outputs
+            for stream, text in (("stdout", result.stdout), ("stderr", result.stderr))
+            if secret in text
+        ]
+        leaks += [
+            str(path.relative_to(self.tmp.name))
+            for path, data in file_texts(Path(self.tmp.name)).items()
+            if secret.encode() in data
+        ]
         leaks += [f"URL {r.raw_path}" for r in self.fake.requests if secret.lower() in r.raw_path.lower()]
         self.assertEqual(leaks, [], "the API key appears here")
 
 
 class KeyNeverAppears(KeyTestCase):
     def test_every_command_at_every_log_level(self) -> None:
-        self.fake.market_chart.update({coin: make_daily_chart(datetime.now(timezone.utc).date() - timedelta(days=9), 10,
-                                                              100.0 + i) for i, coin in enumerate(FIXTURE_IDS)})
+        self.fake.market_chart.update(
+            {
+                coin: make_daily_chart(datetime.now(timezone.utc).date() - timedelta(days=9), 10, 100.0 + i)
+                for i, coin in enumerate(FIXTURE_IDS)
+            }
+        )
         for level in ((), ("-q",), ("-v",), ("-vv",)):
             with self.subTest(level=level):
                 self.fake.advance(60)
                 run = self.run_logged("run", *level, "--log-file", str(self.log_file))
                 self.assertEqual(run.code, 0, run.stderr)
-                backfill = self.run_logged("backfill", *level, "--days", "3", "--coins", "bitcoin",
-                                           "--log-file", str(self.log_file))
+                backfill = self.run_logged(
+                    "backfill", *level, "--days", "3", "--coins", "bitcoin", "--log-file", str(self.log_file)
+                )
                 self.assertEqual(backfill.code, 0, backfill.stderr)
                 self.assertEqual(self.run_logged("status", *level).code, 0)
                 check = self.run_logged("check", *level)
@@ -130,9 +147,12 @@ class KeyNeverAppears(KeyTestCase):
     def exercise(self, faults: Callable[[], list[Fault]], env: dict[str, str] | None = None) -> None:
         """run, backfill and check each meet the faults first; status shows what was recorded."""
         env = env or self.env
-        commands = (("run", "-vv", "--log-file", str(self.log_file)),
-                    ("backfill", "-vv", "--days", "3", "--log-file", str(self.log_file)),
-                    ("status", "-vv"), ("check", "-vv"))
+        commands = (
+            ("run", "-vv", "--log-file", str(self.log_file)),
+            ("backfill", "-vv", "--days", "3", "--log-file", str(self.log_file)),
+            ("status", "-vv"),
+            ("check", "-vv"),
+        )
         for argv in commands:
             self.fake.clear_faults()
             for fault in faults():
@@ -163,12 +183,14 @@ class KeyNeverAppears(KeyTestCase):
         """A proxy or a changed API may quote the key in its error message: it must be blanked everywhere."""
         quoted = f"API key {SECRET} is not valid"
         answers: dict[str, Callable[[], list[Fault]]] = {
-            "401 quoting the key": lambda: [Fault.status(401, {"status": {"error_code": 10002,
-                                                                          "error_message": quoted}})],
+            "401 quoting the key": lambda: [
+                Fault.status(401, {"status": {"error_code": 10002, "error_message": quoted}})
+            ],
             "400 quoting the key": lambda: [Fault.status(400, {"error": quoted})],
             "503 storm quoting the key": lambda: [Fault.status(503, {"status": {"error_message": quoted}})] * 8,
-            "HTML page quoting the key": lambda: [Fault.status(403, f"<html><body>{quoted}</body></html>",
-                                                               {"content-type": "text/html"})],
+            "HTML page quoting the key": lambda: [
+                Fault.status(403, f"<html><body>{quoted}</body></html>", {"content-type": "text/html"})
+            ],
         }
         for name, faults in answers.items():
             with self.subTest(answer=name):
@@ -195,9 +217,29 @@ class SelfSignedServer:
 
     def __init__(self, folder: Path) -> None:
         self.cert, self.key = folder / "cert.pem", folder / "key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
-                        "-out", str(self.cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(self.key),
+                "-out",
+                str(self.cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         self.fake = FakeCoinGecko().start()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert, self.key)
@@ -212,15 +254,20 @@ class SelfSignedServer:
 class TlsVerification(PipelineTestCase):
     def test_the_environment_cannot_turn_verification_off(self) -> None:
         with mock.patch.dict(os.environ, CA_ACCIDENTS):
-            clients = [CoinGeckoClient(PUBLIC_URL), CoinGeckoClient(PRO_URL, plan="pro", api_key=SECRET),
-                       make_client(build_settings("run", {}, dict(CA_ACCIDENTS, COINGECKO_API_KEY=SECRET)))]
+            clients = [
+                CoinGeckoClient(PUBLIC_URL),
+                CoinGeckoClient(PRO_URL, plan="pro", api_key=SECRET),
+                make_client(build_settings("run", {}, dict(CA_ACCIDENTS, COINGECKO_API_KEY=SECRET))),
+            ]
             for client in clients:
                 with self.subTest(url=client.base_url, plan=client.plan):
                     self.assertIs(client.session.verify, True)
                     for url in (client.base_url + "/coins/markets", "https://api.coingecko.com/api/v3/ping"):
                         verify = client.session.merge_environment_settings(url, {}, None, None, None)["verify"]
-                        self.assertTrue(verify is True or (isinstance(verify, str) and os.path.exists(verify)),
-                                        f"verify became {verify!r}")
+                        self.assertTrue(
+                            verify is True or (isinstance(verify, str) and os.path.exists(verify)),
+                            f"verify became {verify!r}",
+                        )
                 client.close()
 
     @unittest.skipUnless(shutil.which("openssl"), "needs the openssl command to make a self-signed certificate")
@@ -291,8 +338,21 @@ class SpreadsheetFormulas(PipelineTestCase):
 class PathsStayInTheDataFolder(PipelineTestCase):
     """Crafted coin ids, from the user or the API, never name a file outside the data folder."""
 
-    CRAFTED = ("../../etc/passwd", "..", ".", "a/b", "%2e%2e", "..%2f..%2fx", "bitcoin/../../x", "/etc/passwd",
-               "\\..\\x", "bit\x00coin", "~root", ".hidden", "bitcoin,../x")
+    CRAFTED = (
+        "../../etc/passwd",
+        "..",
+        ".",
+        "a/b",
+        "%2e%2e",
+        "..%2f..%2fx",
+        "bitcoin/../../x",
+        "/etc/passwd",
+        "\\..\\x",
+        "bit\x00coin",
+        "~root",
+        ".hidden",
+        "bitcoin,../x",
+    )
 
     def setUp(self) -> None:
         super().setUp()

@@ -19,9 +19,12 @@ CHARTS = ("crypto_price_trend.png", "crypto_market_cap_trend.png", "crypto_perfo
 
 def make_env() -> dict[str, str]:
     """The environment without a calling make's flags or this suite's settings, as a user's shell has it."""
-    return {k: v for k, v in os.environ.items()
-            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV")
-            and not k.startswith(("PIPELINE_", "COINGECKO_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV")
+        and not k.startswith(("PIPELINE_", "COINGECKO_"))
+    }
 
 
 @unittest.skipUnless(shutil.which("make"), "make is not installed")
@@ -34,8 +37,13 @@ class MakeDecides(unittest.TestCase):
         self.venv = Path(tmp.name) / "venv"
 
     def plan(self, *goals: str) -> str:
-        proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), f"VENV={self.venv}", *goals], env=make_env(),
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["make", "-n", "--no-print-directory", "-C", str(REPO), f"VENV={self.venv}", *goals],
+            env=make_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         self.assertEqual(proc.returncode, 0, proc.stderr)
         return proc.stdout
 
@@ -70,8 +78,13 @@ class MakeDecides(unittest.TestCase):
         self.assertEqual(plan[-1], f"{self.venv}/bin/python -m unittest discover -s tests")
 
     def test_an_old_python_is_named_before_anything_is_created(self) -> None:
-        proc = subprocess.run(["make", "-C", str(REPO), f"VENV={self.venv}", "PYTHON=false", "run"],
-                              env=make_env(), capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["make", "-C", str(REPO), f"VENV={self.venv}", "PYTHON=false", "run"],
+            env=make_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         self.assertEqual(proc.returncode, 2)
         self.assertIn("make: Python 3.11 or newer is needed to create", proc.stderr)
         self.assertFalse(self.venv.exists())
@@ -97,8 +110,9 @@ class MakeRunInAFreshClone(PipelineTestCase):
 
     def test_make_run_in_a_fresh_clone_writes_the_csv_and_the_charts(self) -> None:
         clone = Path(self.tmp.name) / "clone"
-        cloned = subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], capture_output=True, text=True,
-                                timeout=120)
+        cloned = subprocess.run(
+            ["git", "clone", "--quiet", str(REPO), str(clone)], capture_output=True, text=True, timeout=120
+        )
         if cloned.returncode != 0:
             self.skipTest(f"cannot clone {REPO}: {cloned.stderr.strip()}")
         command = ["make", "-C", str(clone), "run", "ARGS=--coins bitcoin,ethereum,dogecoin"]
@@ -113,8 +127,10 @@ class MakeRunInAFreshClone(PipelineTestCase):
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertIn("run ok: 3 coins, 3 rows appended", proc.stderr)
         rows = read_rows(clone / "data" / "crypto_data.csv")
-        self.assertEqual([(r["coin_id"], r["vs_currency"]) for r in rows],
-                         [("bitcoin", "eur"), ("ethereum", "eur"), ("dogecoin", "eur")])
+        self.assertEqual(
+            [(r["coin_id"], r["vs_currency"]) for r in rows],
+            [("bitcoin", "eur"), ("ethereum", "eur"), ("dogecoin", "eur")],
+        )
         self.assertEqual(rows[0]["current_price"], "16951.52")
         for name in CHARTS:
             data = (clone / "data" / name).read_bytes()

@@ -11,8 +11,8 @@ import unittest
 import pyarrow.parquet as pq
 
 from tests.fake_coingecko import markets_rows
-from tests.test_backfill import charts_for
 from tests.support import FIXTURE_IDS, PipelineTestCase
+from tests.test_backfill import charts_for
 from utils.history.delta_table import CONVERSION_APP, DeltaHistory, csv_tables
 from utils.history.schema import COLUMNS, HEADER_LINE
 
@@ -86,7 +86,7 @@ class CommandsOnAStore(PipelineTestCase):
         package = json.loads((self.data_dir / "datapackage.json").read_text())
         history = package["resources"][0]
         self.assertEqual(history["format"], self.table_format)
-        self.assertEqual([f["name"] for f in history["schema"]["fields"]][:len(COLUMNS)], list(COLUMNS))
+        self.assertEqual([f["name"] for f in history["schema"]["fields"]][: len(COLUMNS)], list(COLUMNS))
 
     def test_export_parquet_and_day_filters(self) -> None:
         self.run_main()
@@ -147,7 +147,7 @@ class CommandsOnDelta(CommandsOnAStore):
         header, *lines = list(csv.reader(io.StringIO(csv_copy.decode())))
         exported = list(csv.reader(io.StringIO(out.read_text())))
         self.assertEqual(exported[0], header)
-        strip = lambda rows: sorted(r[:fetched] + r[fetched + 1:] for r in rows)  # noqa: E731
+        strip = lambda rows: sorted(r[:fetched] + r[fetched + 1 :] for r in rows)  # noqa: E731
         self.assertEqual(strip(exported[1:]), strip(lines))
 
     def test_a_csv_history_is_converted_once_and_kept(self) -> None:
@@ -212,8 +212,13 @@ class CommandsOnDelta(CommandsOnAStore):
         """A process once aborted at exit after to_pandas(): the exit code is the command's, every time."""
         self.assertEqual(self.run_subprocess().code, 0)
         for _ in range(3):
-            for argv, code in ((("status",), 0), (("top", "--date", "2023-01-08"), 0), (("top", "--date", "2020-01-01"), 1),
-                               (("export", "--out", "x.parquet"), 0), (("export", "--out", "/nonexistent/x.csv"), 2)):
+            for argv, code in (
+                (("status",), 0),
+                (("top", "--date", "2023-01-08"), 0),
+                (("top", "--date", "2020-01-01"), 1),
+                (("export", "--out", "x.parquet"), 0),
+                (("export", "--out", "/nonexistent/x.csv"), 2),
+            ):
                 result = self.run_subprocess(*argv)
                 self.assertEqual(result.code, code, (argv, result.stderr))
                 self.assertNotIn("terminate called", result.stderr)

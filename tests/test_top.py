@@ -7,12 +7,11 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
-from tests.support import FIXTURE_IDS, PipelineTestCase
-
 from flows.run import run_pipeline
 from flows.run_once import RunResult
 from flows.status import print_status
+from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
+from tests.support import FIXTURE_IDS, PipelineTestCase
 from utils.coingecko.client import CoinGeckoClient
 from utils.settings import build_settings
 
@@ -82,14 +81,16 @@ class SeveralCurrencies(PipelineTestCase):
     def test_a_bad_currency_code_is_a_usage_error(self) -> None:
         result = self.run_main("--vs-currency", "eur,u$d")
         self.assertEqual(result.code, 2)
-        self.assertTrue(result.stderr.startswith("config error: vs-currency: 'u$d' is not a currency code"),
-                        result.stderr)
+        self.assertTrue(
+            result.stderr.startswith("config error: vs-currency: 'u$d' is not a currency code"), result.stderr
+        )
 
     def test_check_names_a_currency_coingecko_refuses(self) -> None:
         result = self.run_main("check", "--vs-currency", "eur,xyz")
         self.assertEqual(result.code, 1, result.stdout)
-        self.assertIn("FAIL  currency 'xyz': CoinGecko /coins/markets answered HTTP 400: invalid vs_currency",
-                      result.stdout)
+        self.assertIn(
+            "FAIL  currency 'xyz': CoinGecko /coins/markets answered HTTP 400: invalid vs_currency", result.stdout
+        )
 
     def test_backfill_per_currency_and_a_failing_one(self) -> None:
         today = datetime.now(timezone.utc).date()
@@ -111,8 +112,10 @@ class TopN(PipelineTestCase):
         result = self.run_main("--top", "300", env={k: v for k, v in self.env.items() if k != "PIPELINE_COINS"})
         self.assertEqual(result.code, 0, result.stderr)
         calls = self.fake.requests_to("/coins/markets")
-        self.assertEqual([(c.query["page"], c.query["per_page"], c.query["order"]) for c in calls],
-                         [("1", "250", "market_cap_desc"), ("2", "250", "market_cap_desc")])
+        self.assertEqual(
+            [(c.query["page"], c.query["per_page"], c.query["order"]) for c in calls],
+            [("1", "250", "market_cap_desc"), ("2", "250", "market_cap_desc")],
+        )
         self.assertTrue(all("ids" not in c.query for c in calls))
         rows = self.rows()
         self.assertEqual([r["coin_id"] for r in rows], [f"coin-{i:04d}" for i in range(300)])
@@ -132,8 +135,13 @@ class TopN(PipelineTestCase):
 
     def test_request_count_for_top_1000_in_three_currencies(self) -> None:
         self.fake.set_coins(markets_rows(1100))
-        result = self.run_main("--top", "1000", "--vs-currency", "eur,usd,btc",
-                               env={k: v for k, v in self.env.items() if k != "PIPELINE_COINS"})
+        result = self.run_main(
+            "--top",
+            "1000",
+            "--vs-currency",
+            "eur,usd,btc",
+            env={k: v for k, v in self.env.items() if k != "PIPELINE_COINS"},
+        )
         self.assertEqual(result.code, 0, result.stderr)
         self.assertEqual(len(self.fake.requests), 3 * 4)
         self.assertEqual(len(self.rows()), 3000)
@@ -146,8 +154,10 @@ class TopN(PipelineTestCase):
         self.assertEqual(self.run_main("--top", "3", env=env).code, 0)
         result = self.run_main("backfill", "--top", "3", "--days", "2", env=env)
         self.assertEqual(result.code, 0, result.stderr)
-        self.assertEqual(sorted(r.path for r in self.fake.requests if r.path.endswith("/range")),
-                         [f"/coins/coin-{i:04d}/market_chart/range" for i in range(3)])
+        self.assertEqual(
+            sorted(r.path for r in self.fake.requests if r.path.endswith("/range")),
+            [f"/coins/coin-{i:04d}/market_chart/range" for i in range(3)],
+        )
 
     def test_top_out_of_range_is_a_usage_error(self) -> None:
         for value in ("0", "20001", "ten"):
@@ -169,8 +179,9 @@ class LeavingAndEntering(PipelineTestCase):
         self.env = {k: v for k, v in self.env.items() if k not in ("PIPELINE_COINS", "PIPELINE_HEAL")}
         self.env["PIPELINE_SEED_DAYS"] = "0"  # healing alone: the first day's run seeds nothing
 
-    def run_day(self, day: date, order: list[int], *, top_backfill: bool = False,
-                coins: str | None = None) -> RunResult:
+    def run_day(
+        self, day: date, order: list[int], *, top_backfill: bool = False, coins: str | None = None
+    ) -> RunResult:
         self.fake.set_coins(ranked_rows(day, order))
         flags = {"top": "3", "top_backfill": top_backfill or None, "coins": coins}
         settings = build_settings("run", flags, self.env)
@@ -190,14 +201,16 @@ class LeavingAndEntering(PipelineTestCase):
         self.assertEqual(self.days_of("coin-0003"), [str(d) for d in self.days[1:3]])
         self.assertEqual(self.fake.requests_to("/coins/coin-0003/market_chart/range"), [])
         members = json.loads((self.data_dir / ".state" / "top-members.json").read_text())["eur"]
-        self.assertEqual(members["coins"]["coin-0002"], [[str(self.days[0]), str(self.days[1])],
-                                                        [str(self.days[3]), None]])
+        self.assertEqual(
+            members["coins"]["coin-0002"], [[str(self.days[0]), str(self.days[1])], [str(self.days[3]), None]]
+        )
         self.assertEqual(members["coins"]["coin-0003"], [[str(self.days[1]), str(self.days[3])]])
         lines: list[str] = []
         print_status(build_settings("status", {}, self.env), out=lines.append, now=noon(self.days[3]))
         tracked = [line for line in lines if line.startswith("tracked:")]
-        self.assertEqual(tracked, ["tracked:      3 coins in eur: the top 3 (3 coins); "
-                                   "last 30 days: 2 entered, 2 left the top"])
+        self.assertEqual(
+            tracked, ["tracked:      3 coins in eur: the top 3 (3 coins); last 30 days: 2 entered, 2 left the top"]
+        )
 
     def test_a_coin_in_coins_is_fetched_after_it_leaves(self) -> None:
         for day, order in zip(self.days[:2], self.orders[:2]):
@@ -211,10 +224,15 @@ class LeavingAndEntering(PipelineTestCase):
             self.run_day(day, order, top_backfill=True)
             per_day.append([r.path for r in self.fake.requests[before:]])
         # exactly one page a day, plus one market_chart request per coin with days to heal
-        self.assertEqual(per_day, [["/coins/markets"],
-                                   ["/coins/markets", "/coins/coin-0003/market_chart/range"],
-                                   ["/coins/markets"],
-                                   ["/coins/markets", "/coins/coin-0002/market_chart/range"]])
+        self.assertEqual(
+            per_day,
+            [
+                ["/coins/markets"],
+                ["/coins/markets", "/coins/coin-0003/market_chart/range"],
+                ["/coins/markets"],
+                ["/coins/markets", "/coins/coin-0002/market_chart/range"],
+            ],
+        )
         # coin-0003 entered on day 2: healed back to day 1, the history's first day
         self.assertEqual(self.days_of("coin-0003"), [str(d) for d in self.days[:3]])
         # coin-0002 came back on day 4: its days outside (2 and 3) are healed too
@@ -235,10 +253,14 @@ class TopOnADay(PipelineTestCase):
         self.assertEqual(result.code, 0, result.stderr)
         self.assertEqual(len(self.fake.requests), requests)  # reads the history only
         lines = result.stdout.splitlines()
-        self.assertEqual(lines[0], f"top 3 by market cap in eur on {DAY1} (UTC), each coin's last observation that day:")
+        self.assertEqual(
+            lines[0], f"top 3 by market cap in eur on {DAY1} (UTC), each coin's last observation that day:"
+        )
         body = [line.split() for line in lines[2:]]
-        self.assertEqual([(b[0], b[1], b[2]) for b in body],
-                         [("1", "coin-0003", "C0003"), ("2", "coin-0002", "C0002"), ("3", "coin-0001", "C0001")])
+        self.assertEqual(
+            [(b[0], b[1], b[2]) for b in body],
+            [("1", "coin-0003", "C0003"), ("2", "coin-0002", "C0002"), ("3", "coin-0001", "C0001")],
+        )
         self.assertEqual(body[0][3], f"{10**12:,}")
 
     def test_a_day_without_observations_is_exit_1(self) -> None:
@@ -261,8 +283,10 @@ class RenamedAndStale(PipelineTestCase):
         result = self.run_main()
         self.assertEqual(result.code, 3, result.stderr)
         coins = ",".join("polygon-ecosystem-token" if c == "matic-network" else c for c in FIXTURE_IDS)
-        note = ("matic-network returned no data since 2023-01-08; CoinGecko now lists POL (ex-MATIC) (POL) as "
-                f"polygon-ecosystem-token: use `--coins {coins}`")
+        note = (
+            "matic-network returned no data since 2023-01-08; CoinGecko now lists POL (ex-MATIC) (POL) as "
+            f"polygon-ecosystem-token: use `--coins {coins}`"
+        )
         self.assertIn(f"warning: {note}\n", result.stderr)
         self.assertEqual(result.stderr.count("matic-network returned no data"), 1)
         self.assertEqual(len(self.fake.requests_to("/search")), 1)
@@ -283,8 +307,11 @@ class RenamedAndStale(PipelineTestCase):
         self.fake.set_coins([r for r in self.fake.coins if r["id"] != "shiba-inu"])
         result = self.run_main()
         self.assertEqual(result.code, 3)
-        self.assertIn("warning: shiba-inu returned no data since 2023-01-08; /search finds no other listing of "
-                      "Shiba Inu (SHIB): it may be delisted; drop it from --coins\n", result.stderr)
+        self.assertIn(
+            "warning: shiba-inu returned no data since 2023-01-08; /search finds no other listing of "
+            "Shiba Inu (SHIB): it may be delisted; drop it from --coins\n",
+            result.stderr,
+        )
 
     def test_a_failed_search_is_asked_again_next_run(self) -> None:
         self.assertEqual(self.run_main().code, 0)
@@ -314,8 +341,11 @@ class RenamedAndStale(PipelineTestCase):
         self.fake.set_coins(rows)
         result = self.run_main()
         self.assertEqual(result.code, 0, result.stderr)
-        self.assertIn("warning: stale: algorand (eur) last updated 2023-01-05T10:00Z, 79 h before the rest of the answer; "
-                      "stored, but CoinGecko may have stopped tracking it\n", result.stderr)
+        self.assertIn(
+            "warning: stale: algorand (eur) last updated 2023-01-05T10:00Z, 79 h before the rest of the answer; "
+            "stored, but CoinGecko may have stopped tracking it\n",
+            result.stderr,
+        )
         self.assertIn("1 stale", result.stderr.splitlines()[-1])
         self.assertIn("algorand", {r["coin_id"] for r in self.rows()})
         status = self.run_main("status")

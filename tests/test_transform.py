@@ -8,11 +8,10 @@ import io
 import unittest
 from datetime import datetime, timezone
 
-from tests.fake_coingecko import load_fixture
-from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
-
 from lambdas.lambda_1_extract import Snapshot
 from lambdas.lambda_2_transform import transform
+from tests.fake_coingecko import load_fixture
+from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
 from utils.history.schema import COLUMNS, HEADER_LINE, Record, rows_to_csv
 
 FETCHED = datetime(2023, 1, 8, 16, 50, 0, 123456, tzinfo=timezone.utc)
@@ -29,12 +28,28 @@ class TransformRealRows(unittest.TestCase):
         result = transform(snapshot(REAL))
         self.assertEqual(len(result.records), 10)
         self.assertEqual(result.rejected, [])
-        self.assertEqual(result.records[0], Record(
-            name="Bitcoin", symbol="btc", current_price=16951.52, market_cap=326407877229,
-            price_change_percentage_24h=0.14088, circulating_supply=19256218,
-            last_updated="2023-01-08T16:49:40.132Z", fetched_at="2023-01-08T16:50:00.123Z", coin_id="bitcoin",
-            vs_currency="usd", market_cap_rank=1, total_volume=10076421985, high_24h=16994.2, low_24h=16923.76,
-            total_supply=21000000, max_supply=21000000, source="coins_markets"))
+        self.assertEqual(
+            result.records[0],
+            Record(
+                name="Bitcoin",
+                symbol="btc",
+                current_price=16951.52,
+                market_cap=326407877229,
+                price_change_percentage_24h=0.14088,
+                circulating_supply=19256218,
+                last_updated="2023-01-08T16:49:40.132Z",
+                fetched_at="2023-01-08T16:50:00.123Z",
+                coin_id="bitcoin",
+                vs_currency="usd",
+                market_cap_rank=1,
+                total_volume=10076421985,
+                high_24h=16994.2,
+                low_24h=16923.76,
+                total_supply=21000000,
+                max_supply=21000000,
+                source="coins_markets",
+            ),
+        )
 
     def test_nulls_stay_empty_cells_never_zero(self) -> None:
         eth = transform(snapshot(REAL)).records[1]
@@ -75,8 +90,14 @@ class TransformRealRows(unittest.TestCase):
 
     def test_official_2026_example_row_with_extra_fields(self) -> None:
         rows = load_fixture("coins_markets_official_oas_example_2026.json")
-        result = transform(Snapshot(fetched_at=datetime(2026, 11, 1, tzinfo=timezone.utc), vs_currency="usd",
-                                    requested=tuple(r["id"] for r in rows), rows=rows))
+        result = transform(
+            Snapshot(
+                fetched_at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+                vs_currency="usd",
+                requested=tuple(r["id"] for r in rows),
+                rows=rows,
+            )
+        )
         self.assertEqual(len(result.records), len(rows))
 
 
@@ -99,7 +120,7 @@ class TransformRejects(unittest.TestCase):
         self.assertIn("not an ISO 8601 timestamp", self.bad(last_updated="yesterday"))
         self.assertIn("market_cap_rank", self.bad(market_cap_rank=1.5))
         self.assertIn("after the fetch", self.bad(last_updated="2999-01-01T00:00:00Z"))
-        self.assertIn("too large", self.bad(market_cap=10 ** 400))
+        self.assertIn("too large", self.bad(market_cap=10**400))
         self.assertIn("name is a list", self.bad(name=["x"]))
 
     def test_one_bad_row_does_not_stop_the_others(self) -> None:
@@ -125,7 +146,7 @@ class TransformRejects(unittest.TestCase):
 class FormulaNeutralising(unittest.TestCase):
     def test_names_and_symbols_that_a_spreadsheet_would_run_are_defused(self) -> None:
         rows = []
-        for i, text in enumerate(["=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)"]):
+        for i, text in enumerate(['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)"]):
             rows.append(dict(copy.deepcopy(REAL[0]), id=f"evil-{i}", name=text, symbol=text))
         records = transform(snapshot(rows)).records
         for record in records:

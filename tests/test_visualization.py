@@ -24,16 +24,31 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from lambdas.lambda_4_charts import charts
+from utils.charts.render import (
+    IMAGE_SIZE_PX,
+    ChartOptions,
+    NoHistory,
+    NothingToPlot,
+    chart_drawings,
+    coin_colour,
+    format_money,
+    render_charts,
+)
 from utils.errors import PipelineError
 from utils.history import csvio
-from utils.history.layout import CHART_NAMES, DataLayout, chart_names, primary_currency
+from utils.history.csv_store import HistoryStore
+from utils.history.layout import (
+    CHART_NAMES,
+    MARKET_CAP_CHART,
+    PERFORMANCE_CHART,
+    PRICE_CHART,
+    DataLayout,
+    chart_names,
+    primary_currency,
+)
+from utils.history.locations import LocalStorage
 from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, format_timestamp, parse_timestamp
 from utils.settings import DEFAULT_COINS
-from utils.history.locations import LocalStorage
-from utils.history.csv_store import HistoryStore
-from utils.charts.render import (IMAGE_SIZE_PX, MARKET_CAP_CHART, PERFORMANCE_CHART,
-                                 PRICE_CHART, ChartOptions, NoHistory, NothingToPlot,
-                                 chart_drawings, coin_colour, format_money, render_charts)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coins_markets_2023-01-08_real_10coins.json"
 NEWEST = datetime(2023, 1, 8, 16, 49, 40, 132000, tzinfo=timezone.utc)
@@ -46,13 +61,19 @@ def real_coins() -> dict[str, dict]:
     return {c["id"]: c for c in json.loads(FIXTURE.read_text())}
 
 
-def row(coin: dict, when: datetime, *, currency: str = "eur", factor: float = 1.0,
-        source: str = "coins_markets") -> dict[str, str]:
+def row(
+    coin: dict, when: datetime, *, currency: str = "eur", factor: float = 1.0, source: str = "coins_markets"
+) -> dict[str, str]:
     """One CSV row of a coin at a moment, its price and cap scaled by factor."""
-    cells = {"current_price": repr(coin["current_price"] * factor),
-             "market_cap": repr(float(coin["market_cap"]) * factor),
-             "last_updated": format_timestamp(when), "fetched_at": format_timestamp(when),
-             "coin_id": coin["id"], "vs_currency": currency, "source": source}
+    cells = {
+        "current_price": repr(coin["current_price"] * factor),
+        "market_cap": repr(float(coin["market_cap"]) * factor),
+        "last_updated": format_timestamp(when),
+        "fetched_at": format_timestamp(when),
+        "coin_id": coin["id"],
+        "vs_currency": currency,
+        "source": source,
+    }
     if source != "market_chart":  # backfilled rows carry only price, cap and volume
         cells.update(name=coin["name"], symbol=coin["symbol"], market_cap_rank="1")
     return cells
@@ -60,12 +81,14 @@ def row(coin: dict, when: datetime, *, currency: str = "eur", factor: float = 1.
 
 def daily_rows(coins: list[dict], days: int, **kwargs: object) -> list[dict[str, str]]:
     """One row per coin per day up to NEWEST, prices drifting 1 % a day."""
-    return [row(c, NEWEST - timedelta(days=d), factor=1.01 ** -d, **kwargs)
-            for d in range(days - 1, -1, -1) for c in coins]
+    return [
+        row(c, NEWEST - timedelta(days=d), factor=1.01**-d, **kwargs) for d in range(days - 1, -1, -1) for c in coins
+    ]
 
 
-def write_history(path: Path, rows: list[dict[str, str]], *, raw_lines: tuple[str, ...] = (),
-                  newline: str = "\n") -> Path:
+def write_history(
+    path: Path, rows: list[dict[str, str]], *, raw_lines: tuple[str, ...] = (), newline: str = "\n"
+) -> Path:
     """A history CSV with the schema's header, the rows, then raw_lines verbatim."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="", lineterminator=newline)
@@ -88,8 +111,13 @@ def synthetic_coin(coin_id: str, seed: int) -> dict:
     """A coin of the default list or a made-up one, its price anywhere from 1e-5 to 1e5."""
     rng = random.Random(seed)
     price = 10 ** rng.uniform(-5, 5)
-    return {"id": coin_id, "name": coin_id.replace("-", " ").title(), "symbol": coin_id[:3],
-            "current_price": price, "market_cap": price * 10 ** rng.uniform(6, 9)}
+    return {
+        "id": coin_id,
+        "name": coin_id.replace("-", " ").title(),
+        "symbol": coin_id[:3],
+        "current_price": price,
+        "market_cap": price * 10 ** rng.uniform(6, 9),
+    }
 
 
 def figures(csv_path: Path, options: ChartOptions) -> dict[str, Figure]:
@@ -138,13 +166,13 @@ class WrittenFilesTest(ChartTestCase):
     def test_three_complete_pngs_of_the_expected_size_and_nothing_else(self) -> None:
         write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum", "dogecoin"), 30))
         report = self.render()
-        self.assertEqual([p.name for p in report.paths],
-                         [PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART])
+        self.assertEqual([p.name for p in report.paths], [PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART])
         for path in report.paths:
             self.assertEqual(path.parent, self.out)
             self.assertEqual(png_size(path), IMAGE_SIZE_PX)
-        self.assertEqual(sorted(p.name for p in self.out.iterdir()),
-                         sorted([PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART]))
+        self.assertEqual(
+            sorted(p.name for p in self.out.iterdir()), sorted([PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART])
+        )
         self.assertEqual(report.coins, ("bitcoin", "ethereum", "dogecoin"))
         self.assertEqual(report.rows_used, 90)
         self.assertEqual(report.skipped_lines, 0)
@@ -208,8 +236,7 @@ class SelectionTest(ChartTestCase):
         write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum", "shiba-inu"), 3))
 
     def test_coins_by_id_symbol_or_name_in_any_case(self) -> None:
-        for wanted, expected in [(("BITCOIN",), ("bitcoin",)),
-                                 (("Shiba INU", "eth"), ("ethereum", "shiba-inu"))]:
+        for wanted, expected in [(("BITCOIN",), ("bitcoin",)), (("Shiba INU", "eth"), ("ethereum", "shiba-inu"))]:
             with self.subTest(wanted=wanted):
                 report = render_charts(self.csv, self.out, ChartOptions(coins=wanted), now=NOW)
                 self.assertEqual(report.coins, expected)
@@ -217,9 +244,11 @@ class SelectionTest(ChartTestCase):
     def test_a_selection_matching_nothing_lists_the_available_coins(self) -> None:
         with self.assertRaises(NothingToPlot) as caught:
             self.render(coins=("cardano",))
-        self.assertEqual(str(caught.exception),
-                         "no coin matches --plot-coins cardano in eur; available: bitcoin (BTC,"
-                         " Bitcoin), ethereum (ETH, Ethereum), shiba-inu (SHIB, Shiba Inu)")
+        self.assertEqual(
+            str(caught.exception),
+            "no coin matches --plot-coins cardano in eur; available: bitcoin (BTC,"
+            " Bitcoin), ethereum (ETH, Ethereum), shiba-inu (SHIB, Shiba Inu)",
+        )
         self.assertIsInstance(caught.exception, PipelineError)
         self.assertEqual(caught.exception.exit_code, 2)  # a usage error: --plot-coins names no coin
         self.assertFalse(self.out.exists())
@@ -235,9 +264,11 @@ class SelectionTest(ChartTestCase):
     def test_a_window_without_data_says_so(self) -> None:
         with self.assertRaises(NothingToPlot) as caught:
             self.render(since=date(2024, 1, 1), until=date(2024, 1, 31))
-        self.assertEqual(str(caught.exception),
-                         "no data between 2024-01-01 and 2024-01-31 in eur for bitcoin, ethereum,"
-                         " shiba-inu; their history runs from 2023-01-06 to 2023-01-08")
+        self.assertEqual(
+            str(caught.exception),
+            "no data between 2024-01-01 and 2024-01-31 in eur for bitcoin, ethereum,"
+            " shiba-inu; their history runs from 2023-01-06 to 2023-01-08",
+        )
 
 
 class CurrencyTest(ChartTestCase):
@@ -254,16 +285,14 @@ class CurrencyTest(ChartTestCase):
         write_history(self.csv, daily_rows(self.pick("bitcoin"), 2, currency="usd"))
         with self.assertRaises(NothingToPlot) as caught:
             self.render(vs_currency="gbp")
-        self.assertEqual(str(caught.exception),
-                         f"no data in gbp in {self.csv}; currencies in the history: usd")
+        self.assertEqual(str(caught.exception), f"no data in gbp in {self.csv}; currencies in the history: usd")
 
 
 class HistoryFileTest(ChartTestCase):
     def test_no_history_yet(self) -> None:
         with self.assertRaises(NoHistory) as caught:
             self.render()
-        self.assertEqual(str(caught.exception),
-                         f"no history yet at {self.csv}: run `python main.py` first")
+        self.assertEqual(str(caught.exception), f"no history yet at {self.csv}: run `python main.py` first")
         self.assertEqual(caught.exception.exit_code, 1)
 
     def test_a_header_without_rows_is_no_history(self) -> None:
@@ -281,8 +310,9 @@ class HistoryFileTest(ChartTestCase):
             line.replace(newest, "yesterday"),  # unreadable time
             line.replace(newest, "2023-02-30T10:00:00.000Z"),  # no such day
             # the newest dogecoin price of its day is garbage: the previous one is used instead
-            line.replace(newest, format_timestamp(NEWEST + timedelta(hours=2)))
-                .replace(good[-1]["current_price"], "12.5x"),
+            line.replace(newest, format_timestamp(NEWEST + timedelta(hours=2))).replace(
+                good[-1]["current_price"], "12.5x"
+            ),
             "",  # a blank line is not damage
             "garbage",
         )
@@ -293,18 +323,22 @@ class HistoryFileTest(ChartTestCase):
         self.assertEqual(report.coins, ("bitcoin", "dogecoin"))
 
     def test_quotes_crlf_bom_other_timestamps_and_backfilled_rows_read_like_csv(self) -> None:
-        coin = {"id": "odd-coin", "symbol": "odd", "name": 'Odd, "Quoted"\nCoin',
-                "current_price": 2.5, "market_cap": 2.5e9}
+        coin = {
+            "id": "odd-coin",
+            "symbol": "odd",
+            "name": 'Odd, "Quoted"\nCoin',
+            "current_price": 2.5,
+            "market_cap": 2.5e9,
+        }
         rows = daily_rows([coin, self.coins["bitcoin"]], 3)
-        rows.insert(0, row(self.coins["bitcoin"], NEWEST - timedelta(days=5),
-                           source="market_chart"))
+        rows.insert(0, row(self.coins["bitcoin"], NEWEST - timedelta(days=5), source="market_chart"))
         rows[1]["last_updated"] = "2023-01-06T16:49:40Z"  # no milliseconds
         rows[2]["last_updated"] = "2023-01-06 17:49:40+01:00"
         write_history(self.csv, rows, newline="\r\n")
         self.csv.write_bytes(b"\xef\xbb\xbf" + self.csv.read_bytes().rstrip(b"\r\n"))
 
         data = self.csv.read_bytes()
-        found, damaged = csvio.observations(data[csvio.header_length(data):])
+        found, damaged = csvio.observations(data[csvio.header_length(data) :])
         with open(self.csv, newline="", encoding="utf-8-sig") as fh:
             self.assertEqual(len(found), len(list(csv.DictReader(fh))))
         self.assertEqual(damaged, 0)
@@ -319,9 +353,15 @@ class GapTest(ChartTestCase):
 
     def history(self, missing: dict[str, set[int]], days: int = 30) -> None:
         """Daily rows of bitcoin and ethereum up to NEWEST, without the days (counted back) given per coin."""
-        write_history(self.csv, [row(c, NEWEST - timedelta(days=d), factor=1.01 ** -d)
-                                 for d in range(days - 1, -1, -1) for c in self.pick("bitcoin", "ethereum")
-                                 if d not in missing.get(c["id"], set())])
+        write_history(
+            self.csv,
+            [
+                row(c, NEWEST - timedelta(days=d), factor=1.01**-d)
+                for d in range(days - 1, -1, -1)
+                for c in self.pick("bitcoin", "ethereum")
+                if d not in missing.get(c["id"], set())
+            ],
+        )
 
     def broken_between(self, line: Line2D) -> list[tuple[date, date]]:
         """The (last day before, first day after) of every break in a line's data."""
@@ -336,15 +376,19 @@ class GapTest(ChartTestCase):
         for name in (PRICE_CHART, MARKET_CAP_CHART, PERFORMANCE_CHART):
             with self.subTest(chart=name):
                 bitcoin = line_of(drawn[name], "bitcoin")
-                self.assertEqual(self.broken_between(bitcoin),
-                                 [(day - timedelta(days=21), day - timedelta(days=17))])
+                self.assertEqual(self.broken_between(bitcoin), [(day - timedelta(days=21), day - timedelta(days=17))])
                 self.assertEqual(self.broken_between(line_of(drawn[name], "ethereum")), [])
                 # The gap is marked: a dotted connector from the point before to the point after.
-                (connectors,) = [c for c in axes_of(drawn[name]).collections
-                                 if isinstance(c, LineCollection) and c.get_linestyle()[0][1]]
+                (connectors,) = [
+                    c
+                    for c in axes_of(drawn[name]).collections
+                    if isinstance(c, LineCollection) and c.get_linestyle()[0][1]
+                ]
                 (segment,) = connectors.get_segments()
-                self.assertEqual([mdates.num2date(x).date() for x in segment[:, 0]],
-                                 [day - timedelta(days=21), day - timedelta(days=17)])
+                self.assertEqual(
+                    [mdates.num2date(x).date() for x in segment[:, 0]],
+                    [day - timedelta(days=21), day - timedelta(days=17)],
+                )
                 labels = [t.get_text() for t in axes_of(drawn[name]).get_legend().get_texts()]
                 self.assertIn("dotted: no data for over 2 days", labels)
                 self.assertNotIn("no data for any coin", labels)  # ethereum has data there
@@ -377,7 +421,7 @@ class GapTest(ChartTestCase):
         self.history({"bitcoin": {400, 401, 402}}, days=1826)
         fig = figures(self.csv, ChartOptions())[PRICE_CHART]
         self.assertIn("every 2 UTC days", fig.texts[1].get_text())
-        (before, after), = self.broken_between(line_of(fig, "bitcoin"))
+        ((before, after),) = self.broken_between(line_of(fig, "bitcoin"))
         day = NEWEST.date()
         self.assertLessEqual(before, day - timedelta(days=403))
         self.assertGreaterEqual(after, day - timedelta(days=399))
@@ -391,7 +435,7 @@ class ColourTest(ChartTestCase):
         colours = {}
         for selection in (DEFAULT_COINS, ("solana", "bitcoin", "dogecoin"), ("solana",)):
             drawn = figures(self.csv, ChartOptions(coins=selection))
-            for name, fig in drawn.items():
+            for _name, fig in drawn.items():
                 for coin_id in selection:
                     colours.setdefault(coin_id, set()).add(line_of(fig, coin_id).get_color())
         self.assertEqual({c: len(seen) for c, seen in colours.items()}, {c: 1 for c in DEFAULT_COINS})
@@ -399,8 +443,9 @@ class ColourTest(ChartTestCase):
 
     def test_colours_come_from_the_id_not_from_the_process(self) -> None:
         # CRC-32 of the id, not hash(), which changes with every interpreter (PYTHONHASHSEED).
-        self.assertEqual((coin_colour("bitcoin"), coin_colour("ethereum"), coin_colour("solana")),
-                         ("#de8f05", "#0173b2", "#cc78bc"))
+        self.assertEqual(
+            (coin_colour("bitcoin"), coin_colour("ethereum"), coin_colour("solana")), ("#de8f05", "#0173b2", "#cc78bc")
+        )
         self.assertEqual(len({coin_colour(c) for c in DEFAULT_COINS}), 9)  # the defaults never share one
         self.assertNotIn("#949494", {coin_colour(f"coin-{i}") for i in range(200)})  # grey means "other"
 
@@ -408,7 +453,7 @@ class ColourTest(ChartTestCase):
         shared = [c for c in (f"coin-{i:03d}" for i in range(100)) if coin_colour(c) == coin_colour("bitcoin")][:2]
         coins = [self.coins["bitcoin"]] + [synthetic_coin(c, 0) for c in shared]
         for i, coin in enumerate(coins):
-            coin["market_cap"] = 1e12 / 10 ** i  # bitcoin the largest
+            coin["market_cap"] = 1e12 / 10**i  # bitcoin the largest
         write_history(self.csv, daily_rows(coins, 5))
         fig = figures(self.csv, ChartOptions())[PRICE_CHART]
         # (offset, on-off pattern) as set; matplotlib has no public getter for it
@@ -436,19 +481,28 @@ class TickLabelTest(unittest.TestCase):
         ax = axes_of(fig)
         for axis, low, high in ((ax.xaxis, 0, 2), (ax.yaxis, 1, 3)):  # x0, x1 / y0, y1 of a Bbox
             view = sorted(axis.get_view_interval())
-            boxes = sorted((label.get_window_extent(renderer).extents
-                            for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
-                            if view[0] <= loc <= view[1] and label.get_text()), key=lambda e: e[low])
+            boxes = sorted(
+                (
+                    label.get_window_extent(renderer).extents
+                    for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+                    if view[0] <= loc <= view[1] and label.get_text()
+                ),
+                key=lambda e: e[low],
+            )
             self.assertGreaterEqual(len(boxes), 2, f"{name}: fewer than two {axis.axis_name} tick labels")
             for before, after in zip(boxes, boxes[1:]):
-                self.assertGreater(after[low] - before[high], 2.0,
-                                   f"{name}: {axis.axis_name} tick labels touch or overlap")
+                self.assertGreater(
+                    after[low] - before[high], 2.0, f"{name}: {axis.axis_name} tick labels touch or overlap"
+                )
 
     def test_labels_never_overlap(self) -> None:
-        windows = {"1 day": {"days": 1}, "30 days": {"days": 30},
-                   # matplotlib's locator alone put "29 Nov" against "01 Dec" here (issue 12)
-                   "35 days to 11 Dec": {"days": 35, "until": date(2022, 12, 11)},
-                   "5 years": {}}
+        windows = {
+            "1 day": {"days": 1},
+            "30 days": {"days": 30},
+            # matplotlib's locator alone put "29 Nov" against "01 Dec" here (issue 12)
+            "35 days to 11 Dec": {"days": 35, "until": date(2022, 12, 11)},
+            "5 years": {},
+        }
         for coins in (DEFAULT_COINS, ()):
             for window, bounds in windows.items():
                 for scale in ("log", "linear"):
@@ -463,29 +517,42 @@ class CurrenciesTest(ChartTestCase):
 
     def test_names(self) -> None:
         self.assertEqual(chart_names("eur", "eur"), CHART_NAMES)
-        self.assertEqual(chart_names("USD", "eur"), ("crypto_price_trend_usd.png", "crypto_market_cap_trend_usd.png",
-                                                     "crypto_performance_usd.png"))
+        self.assertEqual(
+            chart_names("USD", "eur"),
+            ("crypto_price_trend_usd.png", "crypto_market_cap_trend_usd.png", "crypto_performance_usd.png"),
+        )
         self.assertEqual(primary_currency("usd"), "usd")
         self.assertEqual(primary_currency(("gbp", "usd")), "gbp")  # --vs-currency as a list: the first one
 
     def test_a_run_draws_every_currency_and_the_first_keeps_the_plain_names(self) -> None:
-        write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
-                      + daily_rows(self.pick("bitcoin"), 6, currency="usd"))
+        write_history(
+            self.csv,
+            daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
+            + daily_rows(self.pick("bitcoin"), 6, currency="usd"),
+        )
         storage = LocalStorage(self.dir)
         _, reports = charts(storage, ChartOptions(vs_currency="eur"), every_currency=True)
-        self.assertEqual({r.currency: [p.name for p in r.paths] for r in reports},
-                         {"eur": list(CHART_NAMES), "usd": list(chart_names("usd", "eur"))})
+        self.assertEqual(
+            {r.currency: [p.name for p in r.paths] for r in reports},
+            {"eur": list(CHART_NAMES), "usd": list(chart_names("usd", "eur"))},
+        )
         self.assertEqual(reports[1].coins, ("bitcoin",))
         # The other way round: usd plain, eur suffixed, and no stale _usd charts left behind.
         _, reports = charts(storage, ChartOptions(vs_currency="usd"), every_currency=True)
-        self.assertEqual({r.currency: [p.name for p in r.paths] for r in reports},
-                         {"usd": list(CHART_NAMES), "eur": list(chart_names("eur", "usd"))})
-        self.assertEqual(sorted(p.name for p in self.dir.glob("*.png")),
-                         sorted(CHART_NAMES + chart_names("eur", "usd")))
+        self.assertEqual(
+            {r.currency: [p.name for p in r.paths] for r in reports},
+            {"usd": list(CHART_NAMES), "eur": list(chart_names("eur", "usd"))},
+        )
+        self.assertEqual(
+            sorted(p.name for p in self.dir.glob("*.png")), sorted(CHART_NAMES + chart_names("eur", "usd"))
+        )
 
     def test_a_currency_where_the_selection_matches_nothing_is_skipped(self) -> None:
-        write_history(self.csv, daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
-                      + daily_rows(self.pick("bitcoin"), 6, currency="usd"))
+        write_history(
+            self.csv,
+            daily_rows(self.pick("bitcoin", "ethereum"), 4, currency="eur")
+            + daily_rows(self.pick("bitcoin"), 6, currency="usd"),
+        )
         with self.assertLogs("utils.charts.render", "WARNING") as logs:
             _, reports = charts(LocalStorage(self.dir), ChartOptions(coins=("ethereum",)), every_currency=True)
         self.assertEqual([r.currency for r in reports], ["eur"])
@@ -531,7 +598,7 @@ class ReaderMatchesCsvModuleTest(unittest.TestCase):
 
     def fast(self, path: Path) -> list[tuple]:
         data = path.read_bytes()
-        found, _ = csvio.observations(data[csvio.header_length(data):])
+        found, _ = csvio.observations(data[csvio.header_length(data) :])
         return [(o.coin_id, o.vs_currency, o.ts_ms, o.price, o.market_cap) for o in found]
 
     def test_random_damaged_files(self) -> None:
@@ -547,22 +614,33 @@ class ReaderMatchesCsvModuleTest(unittest.TestCase):
                     cells = [rng.choice(texts) for _ in COLUMNS]
                     cells[k["coin_id"]] = rng.choice(["bitcoin", " dogecoin ", "", "  ", "Bitcoin"])
                     cells[k["vs_currency"]] = rng.choice(["eur", "USD", "", "eur "])
-                    cells[k["last_updated"]] = rng.choice([
-                        "2023-01-08T16:49:40.132Z", "2023-01-08T16:49:40Z", "nope", "",
-                        "2023-02-30T10:00:00.000Z", "2023-01-08 16:49:40+01:00"])
+                    cells[k["last_updated"]] = rng.choice(
+                        [
+                            "2023-01-08T16:49:40.132Z",
+                            "2023-01-08T16:49:40Z",
+                            "nope",
+                            "",
+                            "2023-02-30T10:00:00.000Z",
+                            "2023-01-08 16:49:40+01:00",
+                        ]
+                    )
                     cells[k["current_price"]] = rng.choice(["1.5", "", "abc", "8.45e-06", "1,5"])
                     cut = rng.random()
                     if cut < 0.1:
                         cells.append("extra")
                     elif cut < 0.2:
-                        cells = cells[:rng.randint(1, len(cells) - 1)]
+                        cells = cells[: rng.randint(1, len(cells) - 1)]
                     writer.writerow(cells)
                     if rng.random() < 0.05:
                         buf.write("\n")
                     if rng.random() < 0.05:  # a quote inside a cell is a literal character
                         cells[k["name"]] = "Bit"
-                        buf.write(",".join(c.replace(",", ";").replace("\n", " ").replace('"', "")
-                                           for c in cells).replace("Bit", 'Bit"coin', 1) + "\n")
+                        buf.write(
+                            ",".join(c.replace(",", ";").replace("\n", " ").replace('"', "") for c in cells).replace(
+                                "Bit", 'Bit"coin', 1
+                            )
+                            + "\n"
+                        )
                 text = buf.getvalue()
                 if rng.random() < 0.3:
                     text = text.rstrip("\r\n")

@@ -42,14 +42,17 @@ def api_key_from_aws(env: Mapping[str, str]) -> str | None:
             if value.lstrip().startswith("{"):
                 value = json.loads(value).get("api_key", "")
     except (BotoCoreError, ClientError, ValueError) as exc:
-        raise ConfigError(f"cannot read the CoinGecko key from {'SSM parameter' if parameter else 'secret'} "
-                          f"{source}: {type(exc).__name__}; check the name and the function's permissions") from None
+        raise ConfigError(
+            f"cannot read the CoinGecko key from {'SSM parameter' if parameter else 'secret'} "
+            f"{source}: {type(exc).__name__}; check the name and the function's permissions"
+        ) from None
     _key_cache[source] = value.strip()
     return _key_cache[source]
 
 
-def lambda_settings(event: Mapping[str, Any] | None, command: str = "run",
-                    env: Mapping[str, str] | None = None) -> Settings:
+def lambda_settings(
+    event: Mapping[str, Any] | None, command: str = "run", env: Mapping[str, str] | None = None
+) -> Settings:
     """Settings for a handler: the function's environment, overridden by the event's options."""
     env = dict(os.environ if env is None else env)
     key = api_key_from_aws(env)
@@ -66,13 +69,22 @@ def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
     if not type(exc).__module__.startswith("botocore"):
         return None
     name = type(exc).__name__
-    if name in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError", "ProfileNotFound",
-                "InvalidConfigError", "ConfigNotFound"):
-        return (f"AWS is not configured for the s3:// data folder ({name}: {exc}); set AWS credentials and a "
-                "region (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)"), EXIT_USAGE
+    if name in (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "NoRegionError",
+        "ProfileNotFound",
+        "InvalidConfigError",
+        "ConfigNotFound",
+    ):
+        return (
+            f"AWS is not configured for the s3:// data folder ({name}: {exc}); set AWS credentials and a "
+            "region (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)"
+        ), EXIT_USAGE
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
-        return (f"cannot reach S3 ({name}: {exc}); check the network, AWS_REGION and any AWS_ENDPOINT_URL, "
-                "then run again"), EXIT_FAILED
+        return (
+            f"cannot reach S3 ({name}: {exc}); check the network, AWS_REGION and any AWS_ENDPOINT_URL, then run again"
+        ), EXIT_FAILED
     return f"S3 failed ({name}: {exc}); run again with -v for details", EXIT_FAILED
 
 
@@ -100,8 +112,10 @@ def read_object(settings: Settings, rel: str) -> bytes | None:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
             return None
-        raise ConfigError(f"cannot read s3://{bucket}/{prefix}{rel}: {exc.response.get('Error', {}).get('Code')}; "
-                          "check the bucket and the function's permissions") from None
+        raise ConfigError(
+            f"cannot read s3://{bucket}/{prefix}{rel}: {exc.response.get('Error', {}).get('Code')}; "
+            "check the bucket and the function's permissions"
+        ) from None
 
 
 def write_object(settings: Settings, rel: str, data: bytes) -> None:

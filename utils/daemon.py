@@ -67,8 +67,9 @@ def next_daily_run(after: datetime, at: time, zone: ZoneInfo) -> datetime:
 class ClockedJob(schedule.Job):
     """A schedule Job that reads time from an injected clock and is due at an absolute UTC moment."""
 
-    def __init__(self, scheduler: schedule.Scheduler, clock: Clock, next_due: Callable[[datetime], datetime],
-                 name: str) -> None:
+    def __init__(
+        self, scheduler: schedule.Scheduler, clock: Clock, next_due: Callable[[datetime], datetime], name: str
+    ) -> None:
         super().__init__(1, scheduler)
         self.unit = "days"
         self._clock = clock
@@ -114,18 +115,31 @@ def _text(value: Any) -> bool:
 
 # What each field of status.json must be; a field that is not counts as missing (the file is rebuildable).
 STATUS_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "last_success": lambda v: parse_iso(v) is not None, "next_run": lambda v: parse_iso(v) is not None,
-    "next_retry": lambda v: parse_iso(v) is not None, "timezone": _text, "at": _text,
+    "last_success": lambda v: parse_iso(v) is not None,
+    "next_run": lambda v: parse_iso(v) is not None,
+    "next_retry": lambda v: parse_iso(v) is not None,
+    "timezone": _text,
+    "at": _text,
     "daemon_pid": lambda v: _count(v) and 0 < v < 2**22,  # Linux's PID_MAX_LIMIT
-    "tracked_coins": _count, "tracked_currencies": lambda v: isinstance(v, list) and all(map(_text, v)),
-    "last_backfill": lambda v: isinstance(v, dict) and parse_iso(v.get("finished_at")) is not None
-    and all(_count(v.get(k, 0)) for k in ("days", "added", "coins", "requests"))
-    and all(_text(v.get(k, "")) for k in ("result", "first_day", "last_day", "error")),
+    "tracked_coins": _count,
+    "tracked_currencies": lambda v: isinstance(v, list) and all(map(_text, v)),
+    "last_backfill": lambda v: (
+        isinstance(v, dict)
+        and parse_iso(v.get("finished_at")) is not None
+        and all(_count(v.get(k, 0)) for k in ("days", "added", "coins", "requests"))
+        and all(_text(v.get(k, "")) for k in ("result", "first_day", "last_day", "error"))
+    ),
 }
 LAST_RUN_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "started_at": lambda v: parse_iso(v) is not None, "finished_at": lambda v: parse_iso(v) is not None,
-    "result": _text, "trigger": _text, "error": _text, "exit_code": lambda v: _count(v) and v < 256,
-    "appended": _count, "duplicates": _count, "rejected": _count,
+    "started_at": lambda v: parse_iso(v) is not None,
+    "finished_at": lambda v: parse_iso(v) is not None,
+    "result": _text,
+    "trigger": _text,
+    "error": _text,
+    "exit_code": lambda v: _count(v) and v < 256,
+    "appended": _count,
+    "duplicates": _count,
+    "rejected": _count,
     "incomplete_coins": lambda v: isinstance(v, list) and all(map(_text, v)),
     "warnings": lambda v: isinstance(v, list) and all(map(_text, v)),
 }
@@ -157,8 +171,9 @@ class StatusFile:
 
     def update(self, **changes: Any) -> None:
         if self.path.parent.is_symlink() or self.path.is_symlink():
-            log.warning("not writing %s: it lies behind a symbolic link, which the pipeline never writes through",
-                        self.path)
+            log.warning(
+                "not writing %s: it lies behind a symbolic link, which the pipeline never writes through", self.path
+            )
             return
         data = self.read()
         data.update(changes)
@@ -169,10 +184,19 @@ class StatusFile:
             log.warning("could not write %s: %s", self.path, exc)
 
     def record_run(self, started: datetime, finished: datetime, outcome: Outcome, trigger: str) -> None:
-        last = {"started_at": iso(started), "finished_at": iso(finished), "result": outcome.result,
-                "exit_code": outcome.exit_code, "appended": outcome.appended, "duplicates": outcome.duplicates,
-                "rejected": outcome.rejected, "incomplete_coins": list(outcome.retry_coins),
-                "error": outcome.error, "trigger": trigger, "warnings": list(outcome.warnings)}
+        last = {
+            "started_at": iso(started),
+            "finished_at": iso(finished),
+            "result": outcome.result,
+            "exit_code": outcome.exit_code,
+            "appended": outcome.appended,
+            "duplicates": outcome.duplicates,
+            "rejected": outcome.rejected,
+            "incomplete_coins": list(outcome.retry_coins),
+            "error": outcome.error,
+            "trigger": trigger,
+            "warnings": list(outcome.warnings),
+        }
         changes: dict[str, Any] = {"last_run": last}
         if outcome.result in ("ok", "partial"):
             changes["last_success"] = iso(finished)
@@ -195,8 +219,10 @@ class DaemonLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"another daemon (PID {holder}) already runs on {self.path.parent.parent}; "
-                                  "stop it first or use another --data-dir") from None
+                raise ConfigError(
+                    f"another daemon (PID {holder}) already runs on {self.path.parent.parent}; "
+                    "stop it first or use another --data-dir"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -213,8 +239,17 @@ class DaemonLock:
 class Daemon:
     """Runs `job` daily at `at` in `zone`, with same-day retries, until asked to stop."""
 
-    def __init__(self, job: Job, *, at: time, zone: ZoneInfo, retry_delays: tuple[float, ...],
-                 status: StatusFile, clock: Clock = utc_now, initial_run: bool = True) -> None:
+    def __init__(
+        self,
+        job: Job,
+        *,
+        at: time,
+        zone: ZoneInfo,
+        retry_delays: tuple[float, ...],
+        status: StatusFile,
+        clock: Clock = utc_now,
+        initial_run: bool = True,
+    ) -> None:
         self.job = job
         self.at = at
         self.zone = zone
@@ -234,8 +269,9 @@ class Daemon:
 
     def start(self) -> None:
         """Register the daily job, decide on an initial run, and say when the next run is."""
-        self.daily = ClockedJob(self.scheduler, self.clock, lambda now: next_daily_run(now, self.at, self.zone),
-                                "daily run")
+        self.daily = ClockedJob(
+            self.scheduler, self.clock, lambda now: next_daily_run(now, self.at, self.zone), "daily run"
+        )
         self.daily.do(self._scheduled)
         now = self.clock()
         last_success = parse_iso(self.status.read().get("last_success"))
@@ -263,10 +299,20 @@ class Daemon:
         if (due, pending) != self.announced:  # an initial run leaves the plan as start-up announced it
             self.announced = (due, pending)
             local = due.astimezone(self.zone)
-            log.info("next scheduled run at %s %s (%s)%s", local.strftime("%Y-%m-%d %H:%M"), self.zone.key,
-                     iso(due), f"; a retry is due at {iso(pending)}" if pending else "")
-        self.status.update(next_run=iso(due), next_retry=iso(retry), timezone=self.zone.key,
-                           at=self.at.strftime("%H:%M"), daemon_pid=os.getpid())
+            log.info(
+                "next scheduled run at %s %s (%s)%s",
+                local.strftime("%Y-%m-%d %H:%M"),
+                self.zone.key,
+                iso(due),
+                f"; a retry is due at {iso(pending)}" if pending else "",
+            )
+        self.status.update(
+            next_run=iso(due),
+            next_retry=iso(retry),
+            timezone=self.zone.key,
+            at=self.at.strftime("%H:%M"),
+            daemon_pid=os.getpid(),
+        )
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -299,7 +345,8 @@ class Daemon:
         finished = self.clock()
         release_memory()
         (log.info if outcome.result == "ok" else log.error if outcome.result == "failed" else log.warning)(
-            "%s (%s)", outcome.summary or outcome.result, trigger)
+            "%s (%s)", outcome.summary or outcome.result, trigger
+        )
         self.status.record_run(started, finished, outcome, trigger)
         if self.stop_event.is_set():
             return

@@ -38,8 +38,14 @@ class ExtractError(PipelineError):
 class RetriableError(ExtractError):
     """A failure worth retrying: network error, 408, 429 or 5xx."""
 
-    def __init__(self, message: str, *, status: int | None = None, error_code: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, status=status, error_code=error_code)
         self.retry_after = retry_after
 

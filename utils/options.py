@@ -19,8 +19,17 @@ from utils.errors import ConfigError
 from utils.history.layout import TABLE_FORMATS, split_s3_url
 from utils.history.schema import COIN_ID_RE, CURRENCY_RE
 
-DEFAULT_COINS = ("bitcoin", "ethereum", "binancecoin", "cardano", "solana", "dogecoin", "polkadot",
-                 "litecoin", "avalanche-2")
+DEFAULT_COINS = (
+    "bitcoin",
+    "ethereum",
+    "binancecoin",
+    "cardano",
+    "solana",
+    "dogecoin",
+    "polkadot",
+    "litecoin",
+    "avalanche-2",
+)
 PLANS = ("public", "demo", "pro")
 SCALES = ("auto", "log", "linear")
 FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(2999, 12, 31)  # what --since/--until accept: date arithmetic stays safe
@@ -34,8 +43,10 @@ def _parse_coins(text: str) -> tuple[str, ...]:
         if not coin:
             continue
         if not COIN_ID_RE.match(coin):
-            raise ConfigError(f"coins: {part.strip()!r} is not a CoinGecko API id (ids look like 'bitcoin' "
-                              "or 'avalanche-2'); `python main.py check` suggests the right one")
+            raise ConfigError(
+                f"coins: {part.strip()!r} is not a CoinGecko API id (ids look like 'bitcoin' "
+                "or 'avalanche-2'); `python main.py check` suggests the right one"
+            )
         ids.setdefault(coin, None)
     if not ids:
         raise ConfigError("coins: the list is empty; give ids like --coins bitcoin,ethereum")
@@ -50,8 +61,10 @@ def _parse_currencies(text: Any) -> tuple[str, ...]:
         if not cur:
             continue
         if not CURRENCY_RE.match(cur):
-            raise ConfigError(f"vs-currency: {str(part).strip()!r} is not a currency code; use one like eur, usd "
-                              "or btc, or several: eur,usd")
+            raise ConfigError(
+                f"vs-currency: {str(part).strip()!r} is not a currency code; use one like eur, usd "
+                "or btc, or several: eur,usd"
+            )
         found.setdefault(cur, None)
     if not found:
         raise ConfigError("vs-currency: the list is empty; give one like eur, or several: eur,usd")
@@ -86,7 +99,9 @@ def _parse_url(text: str) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - reading it validates it
     except ValueError as exc:
-        raise ConfigError(f"api-url: {text!r} is not a valid URL ({exc}); use e.g. {default_base_url('public')}") from None
+        raise ConfigError(
+            f"api-url: {text!r} is not a valid URL ({exc}); use e.g. {default_base_url('public')}"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"api-url: {text!r} is not an http(s) URL; use e.g. {default_base_url('public')}")
     if parts.username or parts.password or parts.query:
@@ -103,6 +118,7 @@ def _seconds(name: str, low: float, high: float) -> Callable[[Any], float]:
         if not math.isfinite(value) or not low <= value <= high:
             raise ConfigError(f"{name}: {text!r} is out of range; use {low:g} to {high:g} seconds")
         return value
+
     return parse
 
 
@@ -116,6 +132,7 @@ def _parse_bool(name: str) -> Callable[[Any], bool]:
         if value in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError(f"{name}: {text!r} is not true or false")
+
     return parse
 
 
@@ -130,6 +147,7 @@ def _parse_date(name: str) -> Callable[[Any], date]:
         if not FIRST_DATE <= day <= LAST_DATE:
             raise ConfigError(f"{name}: {day} is out of range; use a date from {FIRST_DATE} to {LAST_DATE}")
         return day
+
     return parse
 
 
@@ -187,7 +205,9 @@ def _parse_seed_days(text: Any) -> int:
     try:
         value = int(str(text).strip())
     except ValueError:
-        raise ConfigError(f"seed-days: {text!r} is not a whole number of days; use 0 (off) to {MAX_SEED_DAYS}") from None
+        raise ConfigError(
+            f"seed-days: {text!r} is not a whole number of days; use 0 (off) to {MAX_SEED_DAYS}"
+        ) from None
     if not 0 <= value <= MAX_SEED_DAYS:
         raise ConfigError(f"seed-days: use 0 (off) to {MAX_SEED_DAYS} days")
     return value
@@ -208,15 +228,19 @@ def _parse_key(text: Any) -> str:
     if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
         raise ConfigError("COINGECKO_API_KEY holds spaces or control characters; paste the key alone")
     if not key.isascii():  # an HTTP header carries ASCII only; the message never quotes the key
-        raise ConfigError("COINGECKO_API_KEY holds non-ASCII characters (a typographic dash or quote?); "
-                          "paste the key as the CoinGecko dashboard shows it")
+        raise ConfigError(
+            "COINGECKO_API_KEY holds non-ASCII characters (a typographic dash or quote?); "
+            "paste the key as the CoinGecko dashboard shows it"
+        )
     return key
 
 
 def _path(name: str) -> Callable[[Any], Path]:
     """A local path option: ~ expanded, refused when it cannot name a file."""
+
     def parse(text: Any) -> Path:
         return local_path(name, str(text))
+
     return parse
 
 
@@ -227,7 +251,9 @@ def local_path(name: str, text: str) -> Path:
     try:
         return Path(text).expanduser()
     except RuntimeError:  # ~user of a user that does not exist, or no home folder at all
-        raise ConfigError(f"{name}: {text!r} starts with ~ but that home folder is unknown; write the path in full") from None
+        raise ConfigError(
+            f"{name}: {text!r} starts with ~ but that home folder is unknown; write the path in full"
+        ) from None
 
 
 def _parse_data_dir(text: Any) -> Path | str:
@@ -262,8 +288,9 @@ def _parse_credits(text: Any) -> int:
     try:
         value = int(str(text).strip().replace("_", "").replace(",", ""))
     except ValueError:
-        raise ConfigError(f"monthly-credits: {text!r} is not a whole number of API calls; use a positive number "
-                          "like 10000") from None
+        raise ConfigError(
+            f"monthly-credits: {text!r} is not a whole number of API calls; use a positive number like 10000"
+        ) from None
     if value <= 0:
         raise ConfigError(f"monthly-credits: {value} is not a positive number of API calls; use one like 10000")
     return value
@@ -355,101 +382,374 @@ API_HIDDEN = READERS  # the API options change nothing for the readers: accepted
 
 OPTION_TABLE: tuple[Option, ...] = (
     # data and API options
-    Option("coins", ("--coins",), "CoinGecko API ids", _parse_coins, "PIPELINE_COINS", "ID,ID,...",
-           commands=FETCHING, hidden=API_HIDDEN, default=", ".join(DEFAULT_COINS), event=True),
-    Option("vs_currency", ("--vs-currency",), "quote currencies; a run, backfill and healing fetch each, plot, top "
-           "and the charts use the first", _parse_currencies, "PIPELINE_VS_CURRENCY", "CUR,CUR,...", default="eur",
-           event=True),
-    Option("data_dir", ("--data-dir",), "folder for the CSV, charts and raw snapshots", _parse_data_dir,
-           "PIPELINE_DATA_DIR", "DIR", default_note="data/ beside main.py", anywhere=True),
-    Option("api_url", ("--api-url",), "API base URL", _parse_url, "COINGECKO_API_URL", "URL", commands=FETCHING,
-           hidden=API_HIDDEN, default_note="follows the plan"),
-    Option("api_key", ("--api-key",), "API key; prefer the COINGECKO_API_KEY variable, which stays out of shell "
-           "history", _parse_key, "COINGECKO_API_KEY", "KEY", commands=FETCHING, hidden=API_HIDDEN),
-    Option("api_plan", ("--api-plan",), "public (no key), demo or pro: picks host and key header", _parse_plan,
-           "COINGECKO_API_PLAN", choices=PLANS, commands=FETCHING, hidden=API_HIDDEN,
-           default_note="demo with a key, else public"),
-    Option("timeout", ("--timeout",), "deadline of each HTTP request: connecting, the headers and the whole body "
-           "must be done within it (a failed attempt is retried)", _seconds("timeout", 0.1, 600), "PIPELINE_TIMEOUT",
-           "SECONDS", commands=FETCHING, hidden=API_HIDDEN, default="30"),
-    Option("max_retry_wait", ("--max-retry-wait",), "most time to spend waiting between retries before giving up",
-           _seconds("max-retry-wait", 0, 86400), "PIPELINE_MAX_RETRY_WAIT", "SECONDS", commands=FETCHING,
-           hidden=API_HIDDEN, default="120"),
-    Option("table_format", ("--table-format",), "how the history is kept: csv (crypto_data.csv with its SQLite index) "
-           "or delta (a Delta Lake table, crypto_data/)", _parse_table_format, "PIPELINE_TABLE_FORMAT",
-           choices=TABLE_FORMATS, default_note="csv for a folder, delta for s3://", event=True),
-    Option("out", ("--out",), "the file to write (.parquet: Parquet; else CSV); required", _path("out"),
-           metavar="FILE", group="export", commands=("export",)),
-    Option("lock_timeout", ("--lock-timeout",), "how long to wait for another process writing the history",
-           _seconds("lock-timeout", 0, 86400), "PIPELINE_LOCK_TIMEOUT", "SECONDS", default="300"),
-    Option("rate_limit", ("--rate-limit",), "most API calls per minute this client makes", _parse_rate,
-           "PIPELINE_RATE_LIMIT", "N", commands=FETCHING, hidden=API_HIDDEN,
-           default_note="by plan: public 10, demo 30, pro 250"),
-    Option("max_response_mb", ("--max-response-mb",), "largest API answer accepted, counted after decompression; "
-           "a larger one fails the request", _parse_megabytes, "PIPELINE_MAX_RESPONSE_MB", "MB", default="64"),
-    Option("monthly_credits", ("--monthly-credits",), "API calls a UTC month may use; a run or backfill whose "
-           "estimate passes what is left stops before any request (exit 2)", _parse_credits,
-           "PIPELINE_MONTHLY_CREDITS", "N", commands=(*FETCHING, "status"),
-           default_note="demo 10000, pro 100000, public unlimited"),
-    Option("over_budget", ("--over-budget",), "run even when the estimated API calls pass what is left of the "
-           "month's --monthly-credits", _parse_bool("over-budget"), kind="on", group="switches",
-           commands=(*RUNS, "backfill")),
+    Option(
+        "coins",
+        ("--coins",),
+        "CoinGecko API ids",
+        _parse_coins,
+        "PIPELINE_COINS",
+        "ID,ID,...",
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+        default=", ".join(DEFAULT_COINS),
+        event=True,
+    ),
+    Option(
+        "vs_currency",
+        ("--vs-currency",),
+        "quote currencies; a run, backfill and healing fetch each, plot, top and the charts use the first",
+        _parse_currencies,
+        "PIPELINE_VS_CURRENCY",
+        "CUR,CUR,...",
+        default="eur",
+        event=True,
+    ),
+    Option(
+        "data_dir",
+        ("--data-dir",),
+        "folder for the CSV, charts and raw snapshots",
+        _parse_data_dir,
+        "PIPELINE_DATA_DIR",
+        "DIR",
+        default_note="data/ beside main.py",
+        anywhere=True,
+    ),
+    Option(
+        "api_url",
+        ("--api-url",),
+        "API base URL",
+        _parse_url,
+        "COINGECKO_API_URL",
+        "URL",
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+        default_note="follows the plan",
+    ),
+    Option(
+        "api_key",
+        ("--api-key",),
+        "API key; prefer the COINGECKO_API_KEY variable, which stays out of shell history",
+        _parse_key,
+        "COINGECKO_API_KEY",
+        "KEY",
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+    ),
+    Option(
+        "api_plan",
+        ("--api-plan",),
+        "public (no key), demo or pro: picks host and key header",
+        _parse_plan,
+        "COINGECKO_API_PLAN",
+        choices=PLANS,
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+        default_note="demo with a key, else public",
+    ),
+    Option(
+        "timeout",
+        ("--timeout",),
+        "deadline of each HTTP request: connecting, the headers and the whole body "
+        "must be done within it (a failed attempt is retried)",
+        _seconds("timeout", 0.1, 600),
+        "PIPELINE_TIMEOUT",
+        "SECONDS",
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+        default="30",
+    ),
+    Option(
+        "max_retry_wait",
+        ("--max-retry-wait",),
+        "most time to spend waiting between retries before giving up",
+        _seconds("max-retry-wait", 0, 86400),
+        "PIPELINE_MAX_RETRY_WAIT",
+        "SECONDS",
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+        default="120",
+    ),
+    Option(
+        "table_format",
+        ("--table-format",),
+        "how the history is kept: csv (crypto_data.csv with its SQLite index) "
+        "or delta (a Delta Lake table, crypto_data/)",
+        _parse_table_format,
+        "PIPELINE_TABLE_FORMAT",
+        choices=TABLE_FORMATS,
+        default_note="csv for a folder, delta for s3://",
+        event=True,
+    ),
+    Option(
+        "out",
+        ("--out",),
+        "the file to write (.parquet: Parquet; else CSV); required",
+        _path("out"),
+        metavar="FILE",
+        group="export",
+        commands=("export",),
+    ),
+    Option(
+        "lock_timeout",
+        ("--lock-timeout",),
+        "how long to wait for another process writing the history",
+        _seconds("lock-timeout", 0, 86400),
+        "PIPELINE_LOCK_TIMEOUT",
+        "SECONDS",
+        default="300",
+    ),
+    Option(
+        "rate_limit",
+        ("--rate-limit",),
+        "most API calls per minute this client makes",
+        _parse_rate,
+        "PIPELINE_RATE_LIMIT",
+        "N",
+        commands=FETCHING,
+        hidden=API_HIDDEN,
+        default_note="by plan: public 10, demo 30, pro 250",
+    ),
+    Option(
+        "max_response_mb",
+        ("--max-response-mb",),
+        "largest API answer accepted, counted after decompression; a larger one fails the request",
+        _parse_megabytes,
+        "PIPELINE_MAX_RESPONSE_MB",
+        "MB",
+        default="64",
+    ),
+    Option(
+        "monthly_credits",
+        ("--monthly-credits",),
+        "API calls a UTC month may use; a run or backfill whose "
+        "estimate passes what is left stops before any request (exit 2)",
+        _parse_credits,
+        "PIPELINE_MONTHLY_CREDITS",
+        "N",
+        commands=(*FETCHING, "status"),
+        default_note="demo 10000, pro 100000, public unlimited",
+    ),
+    Option(
+        "over_budget",
+        ("--over-budget",),
+        "run even when the estimated API calls pass what is left of the month's --monthly-credits",
+        _parse_bool("over-budget"),
+        kind="on",
+        group="switches",
+        commands=(*RUNS, "backfill"),
+    ),
     Option("config", ("--config",), "TOML file with the same keys", None, "PIPELINE_CONFIG", "FILE", anywhere=True),
     # output
-    Option("log_file", ("--log-file",), "also log to this file, with timestamps, rotated at 10 MB (5 kept)",
-           _path("log-file"), "PIPELINE_LOG_FILE", "PATH", group="output", anywhere=True),
+    Option(
+        "log_file",
+        ("--log-file",),
+        "also log to this file, with timestamps, rotated at 10 MB (5 kept)",
+        _path("log-file"),
+        "PIPELINE_LOG_FILE",
+        "PATH",
+        group="output",
+        anywhere=True,
+    ),
     Option("verbose", ("-v", "--verbose"), "more detail on stderr", kind="count", group="output", anywhere=True),
     Option("quiet", ("-q", "--quiet"), "only errors on stderr", kind="true", group="output", anywhere=True),
     # what a run does besides fetching
-    Option("charts", ("--no-charts",), "do not draw the charts (backfill redraws them only when it added rows)",
-           _parse_bool("charts"), "PIPELINE_CHARTS", kind="off", group="switches", commands=(*RUNS, "backfill")),
-    Option("heal", ("--no-heal",), "do not fill days missing from the history, nor seed an empty one",
-           _parse_bool("heal"), "PIPELINE_HEAL", kind="off", group="switches", commands=RUNS),
-    Option("seed_days", ("--seed-days",), "when the history is empty, also fill the last N days of each coin (one "
-           "request per coin, within the plan's reach); 0 turns it off", _parse_seed_days, "PIPELINE_SEED_DAYS", "N",
-           group="switches", commands=RUNS, default="30"),
-    Option("top", ("--top",), "the top N coins by market cap in each currency (1 to 20,000, or all: the whole "
-           "market): run and daemon track them, with --coins if given; backfill also fills those the last run "
-           "recorded; top prints them", _parse_top, "PIPELINE_TOP", "N", group="switches",
-           commands=(*RUNS, "backfill", "top"), command_defaults={"top": "100"}),
-    Option("top_backfill", ("--top-backfill",), "heal a coin that enters the top N back to the start of the history",
-           _parse_bool("top-backfill"), "PIPELINE_TOP_BACKFILL", kind="on", group="switches", commands=RUNS),
+    Option(
+        "charts",
+        ("--no-charts",),
+        "do not draw the charts (backfill redraws them only when it added rows)",
+        _parse_bool("charts"),
+        "PIPELINE_CHARTS",
+        kind="off",
+        group="switches",
+        commands=(*RUNS, "backfill"),
+    ),
+    Option(
+        "heal",
+        ("--no-heal",),
+        "do not fill days missing from the history, nor seed an empty one",
+        _parse_bool("heal"),
+        "PIPELINE_HEAL",
+        kind="off",
+        group="switches",
+        commands=RUNS,
+    ),
+    Option(
+        "seed_days",
+        ("--seed-days",),
+        "when the history is empty, also fill the last N days of each coin (one "
+        "request per coin, within the plan's reach); 0 turns it off",
+        _parse_seed_days,
+        "PIPELINE_SEED_DAYS",
+        "N",
+        group="switches",
+        commands=RUNS,
+        default="30",
+    ),
+    Option(
+        "top",
+        ("--top",),
+        "the top N coins by market cap in each currency (1 to 20,000, or all: the whole "
+        "market): run and daemon track them, with --coins if given; backfill also fills those the last run "
+        "recorded; top prints them",
+        _parse_top,
+        "PIPELINE_TOP",
+        "N",
+        group="switches",
+        commands=(*RUNS, "backfill", "top"),
+        command_defaults={"top": "100"},
+    ),
+    Option(
+        "top_backfill",
+        ("--top-backfill",),
+        "heal a coin that enters the top N back to the start of the history",
+        _parse_bool("top-backfill"),
+        "PIPELINE_TOP_BACKFILL",
+        kind="on",
+        group="switches",
+        commands=RUNS,
+    ),
     # which coins and days the charts show, a backfill fetches and quality lists
-    Option("plot_coins", ("--plot-coins",), "coins to chart: ids, symbols or names, any case",
-           lambda t: tuple(c.strip() for c in str(t).split(",") if c.strip()), "PIPELINE_PLOT_COINS",
-           "COIN,COIN,...", group="charts", commands=CHARTING, default_note="all"),
-    Option("scale", ("--scale",), "value axis: log when coins span more than two orders of magnitude (auto)",
-           _parse_scale, "PIPELINE_CHART_SCALE", choices=SCALES, group="charts", commands=CHARTING, default="auto"),
-    Option("since", ("--since",), "first day to chart or backfill (not with --days)", _parse_date("since"),
-           metavar="YYYY-MM-DD", group="days", commands=(*CHARTING, "backfill", "export"), event=True),
-    Option("until", ("--until",), "last day to chart or backfill (default the newest day; backfill: the newest "
-           "complete day)", _parse_date("until"), metavar="YYYY-MM-DD", group="days",
-           commands=(*CHARTING, "backfill", "export"), event=True),
-    Option("days", ("--days",), "the last N days, counted back from --until or the newest day (not with --since): "
-           "the days plot and report chart, backfill fetches and quality lists", _parse_days, metavar="N", group="days", commands=(*CHARTING, "backfill", "quality"),
-           command_defaults={"backfill": "365", "quality": "30"}, event=True),
-    Option("date", ("--date",), "the UTC day to show (default today)", _parse_date("date"), metavar="YYYY-MM-DD",
-           group="days", commands=("top",)),
+    Option(
+        "plot_coins",
+        ("--plot-coins",),
+        "coins to chart: ids, symbols or names, any case",
+        lambda t: tuple(c.strip() for c in str(t).split(",") if c.strip()),
+        "PIPELINE_PLOT_COINS",
+        "COIN,COIN,...",
+        group="charts",
+        commands=CHARTING,
+        default_note="all",
+    ),
+    Option(
+        "scale",
+        ("--scale",),
+        "value axis: log when coins span more than two orders of magnitude (auto)",
+        _parse_scale,
+        "PIPELINE_CHART_SCALE",
+        choices=SCALES,
+        group="charts",
+        commands=CHARTING,
+        default="auto",
+    ),
+    Option(
+        "since",
+        ("--since",),
+        "first day to chart or backfill (not with --days)",
+        _parse_date("since"),
+        metavar="YYYY-MM-DD",
+        group="days",
+        commands=(*CHARTING, "backfill", "export"),
+        event=True,
+    ),
+    Option(
+        "until",
+        ("--until",),
+        "last day to chart or backfill (default the newest day; backfill: the newest complete day)",
+        _parse_date("until"),
+        metavar="YYYY-MM-DD",
+        group="days",
+        commands=(*CHARTING, "backfill", "export"),
+        event=True,
+    ),
+    Option(
+        "days",
+        ("--days",),
+        "the last N days, counted back from --until or the newest day (not with --since): "
+        "the days plot and report chart, backfill fetches and quality lists",
+        _parse_days,
+        metavar="N",
+        group="days",
+        commands=(*CHARTING, "backfill", "quality"),
+        command_defaults={"backfill": "365", "quality": "30"},
+        event=True,
+    ),
+    Option(
+        "date",
+        ("--date",),
+        "the UTC day to show (default today)",
+        _parse_date("date"),
+        metavar="YYYY-MM-DD",
+        group="days",
+        commands=("top",),
+    ),
     # quality and notifications
-    Option("spike_threshold", ("--spike-threshold",), "a move beyond this against the previous day that reverses "
-           "within a day is a spike", _parse_threshold, "PIPELINE_SPIKE_THRESHOLD", "FRACTION", group="quality",
-           commands=(*RUNS, "backfill"), default="0.5"),
-    Option("notify_url", ("--notify-url",), "POST a small JSON document to this webhook (Slack, Discord, ntfy) after "
-           "a failed run, new quality findings, or recovery", _parse_notify_url, "PIPELINE_NOTIFY_URL", "URL",
-           group="quality", commands=RUNS),
-    Option("notify_on", ("--notify-on",), "when to notify, a comma list", _parse_notify_on, "PIPELINE_NOTIFY_ON",
-           "failure|findings|always", group="quality", commands=RUNS, default="failure,findings"),
+    Option(
+        "spike_threshold",
+        ("--spike-threshold",),
+        "a move beyond this against the previous day that reverses within a day is a spike",
+        _parse_threshold,
+        "PIPELINE_SPIKE_THRESHOLD",
+        "FRACTION",
+        group="quality",
+        commands=(*RUNS, "backfill"),
+        default="0.5",
+    ),
+    Option(
+        "notify_url",
+        ("--notify-url",),
+        "POST a small JSON document to this webhook (Slack, Discord, ntfy) after "
+        "a failed run, new quality findings, or recovery",
+        _parse_notify_url,
+        "PIPELINE_NOTIFY_URL",
+        "URL",
+        group="quality",
+        commands=RUNS,
+    ),
+    Option(
+        "notify_on",
+        ("--notify-on",),
+        "when to notify, a comma list",
+        _parse_notify_on,
+        "PIPELINE_NOTIFY_ON",
+        "failure|findings|always",
+        group="quality",
+        commands=RUNS,
+        default="failure,findings",
+    ),
     # the daemon's schedule
-    Option("at", ("--at",), "time of the daily run", _parse_at, "PIPELINE_AT", "HH:MM", group="schedule",
-           commands=("daemon",), default="00:00"),
-    Option("timezone", ("--timezone",), "time zone of --at", lambda t: str(t).strip() or None, "PIPELINE_TIMEZONE",
-           "AREA/CITY", group="schedule", commands=("daemon",), default_note="the machine's zone"),
-    Option("retry_delays", ("--retry-delays",), "minutes to wait before each retry of a failed run, the last "
-           "repeating until the next scheduled run", _parse_delays, "PIPELINE_RETRY_DELAYS", "MIN,MIN,...",
-           group="schedule", commands=("daemon",), default="5,15,60"),
-    Option("initial_run", ("--no-initial-run",), "do not run at start even when the last success is more than a day "
-           "old", _parse_bool("initial-run"), "PIPELINE_INITIAL_RUN", kind="off", group="schedule",
-           commands=("daemon",)),
+    Option(
+        "at",
+        ("--at",),
+        "time of the daily run",
+        _parse_at,
+        "PIPELINE_AT",
+        "HH:MM",
+        group="schedule",
+        commands=("daemon",),
+        default="00:00",
+    ),
+    Option(
+        "timezone",
+        ("--timezone",),
+        "time zone of --at",
+        lambda t: str(t).strip() or None,
+        "PIPELINE_TIMEZONE",
+        "AREA/CITY",
+        group="schedule",
+        commands=("daemon",),
+        default_note="the machine's zone",
+    ),
+    Option(
+        "retry_delays",
+        ("--retry-delays",),
+        "minutes to wait before each retry of a failed run, the last repeating until the next scheduled run",
+        _parse_delays,
+        "PIPELINE_RETRY_DELAYS",
+        "MIN,MIN,...",
+        group="schedule",
+        commands=("daemon",),
+        default="5,15,60",
+    ),
+    Option(
+        "initial_run",
+        ("--no-initial-run",),
+        "do not run at start even when the last success is more than a day old",
+        _parse_bool("initial-run"),
+        "PIPELINE_INITIAL_RUN",
+        kind="off",
+        group="schedule",
+        commands=("daemon",),
+    ),
 )
 OPTIONS = {option.name: option for option in OPTION_TABLE}
 SETTINGS_OPTIONS = tuple(o for o in OPTION_TABLE if o.config_keys)  # what flags, variables and config files set

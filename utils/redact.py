@@ -17,7 +17,9 @@ KEY_SHAPE = re.compile(r"(?<![A-Za-z0-9])CG-[A-Za-z0-9_-]{20,}")
 KEY_FIELD = re.compile(r"(?i)(x[-_]cg[-_](?:demo|pro)[-_]api[-_]key['\"]?\s*[:=]\s*['\"]?)[^\s&'\",;}]+")
 # Character ranges (for a regex class) that must never reach a terminal or a cell as they are:
 CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029"  # C0 and C1 (ESC starts every ANSI sequence), line separators
-BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # embeddings, overrides and isolates: they reorder what follows
+BIDI_CONTROLS = (
+    "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # embeddings, overrides and isolates: they reorder what follows
+)
 SURROGATES = "\ud800-\udfff"  # lone surrogates, which no encoder accepts
 UNSAFE = re.compile(f"[{CONTROLS}{BIDI_CONTROLS}{SURROGATES}]")
 UNSAFE_BUT_NEWLINE = re.compile(f"(?!\n)[{CONTROLS}{BIDI_CONTROLS}{SURROGATES}]")

@@ -12,11 +12,17 @@ from datetime import date, time
 from pathlib import Path
 from typing import Any
 
-from utils.errors import ConfigError
-from utils.options import (CONFIG_KEYS, DEFAULT_COINS, OPTIONS, PLANS, SCALES, SETTINGS_OPTIONS,  # noqa: F401 - the
-                           _parse_bool, local_path)  # constants are re-exported for the command line and the tests
-from utils.history.layout import TEMP_SUFFIX, DataLayout, split_s3_url
 from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, PLAN_CREDITS, default_base_url
+from utils.errors import ConfigError
+from utils.history.layout import TEMP_SUFFIX, DataLayout, split_s3_url
+from utils.options import (
+    CONFIG_KEYS,
+    DEFAULT_COINS,  # noqa: F401 - re-exported: tests and scripts name it from utils.settings
+    OPTIONS,
+    SETTINGS_OPTIONS,
+    _parse_bool,
+    local_path,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -103,8 +109,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     table = data.get("pipeline", data)
@@ -129,8 +137,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return normalized
 
 
-def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str],
-                   config_path: str | None = None, verbosity: int = 0) -> Settings:
+def build_settings(
+    command: str, flags: Mapping[str, Any], env: Mapping[str, str], config_path: str | None = None, verbosity: int = 0
+) -> Settings:
     """Resolve every option: flag > environment > config file > default. Raises ConfigError."""
     config_path = config_path or env.get("PIPELINE_CONFIG") or None
     file_values = load_config_file(local_path("config", config_path)) if config_path else {}
@@ -154,19 +163,25 @@ def build_settings(command: str, flags: Mapping[str, Any], env: Mapping[str, str
     if isinstance(values.get("data_dir"), str):
         bucket, prefix = split_s3_url(values["data_dir"])
         if importlib.util.find_spec("boto3") is None:
-            raise ConfigError(f"--data-dir {values['data_dir']} needs boto3, which the local set-up leaves out: "
-                              "install it with `pip install -r requirements-aws.txt`")
+            raise ConfigError(
+                f"--data-dir {values['data_dir']} needs boto3, which the local set-up leaves out: "
+                "install it with `pip install -r requirements-aws.txt`"
+            )
         values["data_url"] = values["data_dir"].rstrip("/")
         values["data_dir"] = Path(tempfile.gettempdir()) / "crypto-history" / bucket / prefix
         if command == "daemon":
-            raise ConfigError(f"`{command}` needs a local --data-dir; on AWS the EventBridge schedule runs "
-                              "the pipeline (see the README)")
+            raise ConfigError(
+                f"`{command}` needs a local --data-dir; on AWS the EventBridge schedule runs "
+                "the pipeline (see the README)"
+            )
     if "data_dir" in values and not values["data_dir"].is_absolute():
         values["data_dir"] = Path.cwd() / values["data_dir"]
     since, until = values.get("since"), values.get("until")
     if since and values.get("days"):
-        raise ConfigError(f"--since {since} and --days {values['days']} both set the first day; give one of them "
-                          "(--days counts back from --until, or from the newest day)")
+        raise ConfigError(
+            f"--since {since} and --days {values['days']} both set the first day; give one of them "
+            "(--days counts back from --until, or from the newest day)"
+        )
     if since and until and since > until:
         raise ConfigError(f"--since {since} is after --until {until}")
     if "vs_currency" in values:
@@ -189,10 +204,19 @@ def check_log_file(settings: Settings) -> None:
     managed = tuple(path.resolve() for path in layout.managed())
     log_file = settings.log_file if settings.log_file.is_absolute() else Path.cwd() / settings.log_file
     for candidate in {Path(os.path.normpath(log_file)), log_file.resolve()}:
-        if (candidate == data_dir or any(candidate == path or path in candidate.parents for path in managed)
-                or (candidate.parent == data_dir and (candidate.name.startswith(layout.csv_name)  # .bak and kin
-                                                      or (candidate.name.startswith(".")
-                                                          and candidate.name.endswith(TEMP_SUFFIX))))):
-            raise ConfigError(f"--log-file {settings.log_file} is a file the pipeline manages in "
-                              f"{settings.data_dir} (the CSV, .state/, raw/ or the charts), and log rotation "
-                              f"would rename it; choose another path, e.g. {settings.data_dir / 'pipeline.log'}")
+        if (
+            candidate == data_dir
+            or any(candidate == path or path in candidate.parents for path in managed)
+            or (
+                candidate.parent == data_dir
+                and (
+                    candidate.name.startswith(layout.csv_name)  # .bak and kin
+                    or (candidate.name.startswith(".") and candidate.name.endswith(TEMP_SUFFIX))
+                )
+            )
+        ):
+            raise ConfigError(
+                f"--log-file {settings.log_file} is a file the pipeline manages in "
+                f"{settings.data_dir} (the CSV, .state/, raw/ or the charts), and log rotation "
+                f"would rename it; choose another path, e.g. {settings.data_dir / 'pipeline.log'}"
+            )

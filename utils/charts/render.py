@@ -33,13 +33,17 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
-from utils.history import csvio
 from utils.errors import PipelineError
-from utils.history.schema import DRAWABLE_RANGE, drawable
+from utils.history import csvio
 from utils.history.index import DailyPoints, HistoryIndex
+from utils.history.layout import (
+    DataLayout,
+    chart_names,
+    primary_currency,
+    suffixed_chart_names,
+)
+from utils.history.schema import DRAWABLE_RANGE, drawable
 from utils.settings import Settings
-from utils.history.layout import (MARKET_CAP_CHART, PERFORMANCE_CHART, PRICE_CHART, DataLayout, chart_names,
-                          primary_currency, suffixed_chart_names)
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +153,12 @@ def _points(daily: DailyPoints) -> Points:
     def floats(values: list) -> np.ndarray:
         return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
-    return Points(np.array(daily.series, dtype=np.int32), np.array(daily.ts_ms, dtype=np.int64),
-                  floats(daily.price), floats(daily.cap))
-
-
+    return Points(
+        np.array(daily.series, dtype=np.int32),
+        np.array(daily.ts_ms, dtype=np.int64),
+        floats(daily.price),
+        floats(daily.cap),
+    )
 
 
 @dataclass(frozen=True)
@@ -198,12 +204,18 @@ def _coins_in(daily: DailyPoints, points: Points) -> list[_Coin]:
     known = np.isfinite(points.cap)
     for coin, cap in zip(points.coin[known].tolist(), points.cap[known].tolist()):
         latest_cap[coin] = cap  # points are in time order per coin: the last one wins
-    result = [_Coin(index=i, coin_id=coin_id, name=daily.name[i].strip(), symbol=daily.symbol[i].strip(),
-                    latest_cap=latest_cap.get(i, -1.0))
-              for i, coin_id in enumerate(daily.coin_id)]
+    result = [
+        _Coin(
+            index=i,
+            coin_id=coin_id,
+            name=daily.name[i].strip(),
+            symbol=daily.symbol[i].strip(),
+            latest_cap=latest_cap.get(i, -1.0),
+        )
+        for i, coin_id in enumerate(daily.coin_id)
+    ]
     result.sort(key=lambda c: (-c.latest_cap, c.coin_id))
     return result
-
 
 
 def _match_coins(wanted: Sequence[str], available: list[_Coin], currency: str) -> list[_Coin]:
@@ -224,11 +236,9 @@ def _match_coins(wanted: Sequence[str], available: list[_Coin], currency: str) -
     if not chosen:
         shown = ", ".join(c.describe() for c in available[:25])
         more = f", and {len(available) - 25} more" if len(available) > 25 else ""
-        raise NoCoinMatches(f"no coin matches --plot-coins {','.join(tokens)} in {currency};"
-                            f" available: {shown}{more}")
+        raise NoCoinMatches(f"no coin matches --plot-coins {','.join(tokens)} in {currency}; available: {shown}{more}")
     if unmatched:
-        logger.warning("no coin matches %s in %s; charting the others", ", ".join(unmatched),
-                       currency)
+        logger.warning("no coin matches %s in %s; charting the others", ", ".join(unmatched), currency)
     return [c for c in available if c.index in chosen]
 
 
@@ -250,8 +260,7 @@ def _midnight_ms(day: date) -> int:
     return int((day - date(1970, 1, 1)).days) * _DAY_MS
 
 
-def _series(points: Points, coins: list[_Coin], rows: np.ndarray, values: np.ndarray,
-            bucket_ms: int) -> list[_Series]:
+def _series(points: Points, coins: list[_Coin], rows: np.ndarray, values: np.ndarray, bucket_ms: int) -> list[_Series]:
     """One series per coin, in time order: its last point per bucket with a positive value (0 means unknown).
 
     Gaps are found at full daily resolution, before thinning, so a gap of 3 days inside a
@@ -433,10 +442,19 @@ def _choose_scale(requested: str, series: list[_Series]) -> str:
     return "log" if high / low > LOG_SPAN_THRESHOLD else "linear"
 
 
-def _draw(series: list[_Series], *, scale: str, text: _ChartText,
-          y_formatter: ticker.Formatter, value_label: Callable[[float], str],
-          empty_note: str, window_ms: tuple[int, int], bucket_days: int,
-          reference: float | None = None, short_note: str | None = None) -> Figure:
+def _draw(
+    series: list[_Series],
+    *,
+    scale: str,
+    text: _ChartText,
+    y_formatter: ticker.Formatter,
+    value_label: Callable[[float], str],
+    empty_note: str,
+    window_ms: tuple[int, int],
+    bucket_days: int,
+    reference: float | None = None,
+    short_note: str | None = None,
+) -> Figure:
     """One chart; series are ordered by latest value, the top ones coloured and in the legend."""
     import seaborn as sns  # only when drawing
 
@@ -461,13 +479,13 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
             variant = variants[s.coin.coin_id]
             # A coin drawn as a dot only has a dot in the legend too.
             style = _dot_style(variant) if len(s.values) == 1 else _line_style(variant)
-            handles.append(Line2D([], [], color=coin_colour(s.coin.coin_id), linewidth=_LINE_WIDTH,
-                                  markersize=6.5, **style))
+            handles.append(
+                Line2D([], [], color=coin_colour(s.coin.coin_id), linewidth=_LINE_WIDTH, markersize=6.5, **style)
+            )
             labels.append(f"{s.coin.label}  {value_label(float(s.values[-1]))}")
         if background:
             dots = all(len(s.values) == 1 for s in background)
-            handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2,
-                                  **(_dot_style(0) if dots else {})))
+            handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2, **(_dot_style(0) if dots else {})))
             labels.append(f"+{len(background)} more (grey)")
         handles_no_data, labels_no_data = _mark_missing(ax, highlighted, ranked, x_of, bucket_days)
         handles += handles_no_data
@@ -475,12 +493,23 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
         if reference is not None and series:
             ax.axhline(reference, color="#555555", linewidth=0.9, linestyle=":", zorder=2)
         if not series:
-            ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
-                    fontsize=13, color="#666666")
+            ax.text(
+                0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=13, color="#666666"
+            )
         elif short_note:  # a column of dots says nothing by itself: say why, and what fills it
-            ax.text(0.5, 0.97, short_note, transform=ax.transAxes, ha="center", va="top", fontsize=12,
-                    color="#333333", gid="short history", parse_math=False,
-                    bbox={"boxstyle": "round,pad=0.5", "facecolor": "#fff8dc", "edgecolor": "#d9c27a"})
+            ax.text(
+                0.5,
+                0.97,
+                short_note,
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=12,
+                color="#333333",
+                gid="short history",
+                parse_math=False,
+                bbox={"boxstyle": "round,pad=0.5", "facecolor": "#fff8dc", "edgecolor": "#d9c27a"},
+            )
         ax.autoscale_view()
 
         if scale == "log" and series:
@@ -492,8 +521,7 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
                 ax.yaxis.set_minor_locator(ticker.NullLocator())
             else:
                 ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0,
-                                                                            8.0, 9.0)))
+                ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.yaxis.set_major_formatter(y_formatter)
 
@@ -510,8 +538,16 @@ def _draw(series: list[_Series], *, scale: str, text: _ChartText,
         ax.set_axisbelow(True)
         sns.despine(ax=ax)
         if handles:
-            legend = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                               borderaxespad=0.0, frameon=False, fontsize=10, handlelength=2.6)
+            legend = ax.legend(
+                handles,
+                labels,
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.0),
+                borderaxespad=0.0,
+                frameon=False,
+                fontsize=10,
+                handlelength=2.6,
+            )
             for label in legend.get_texts():
                 label.set_parse_math(False)  # a coin named "$WIF" is not TeX
         fig.text(0.99, 0.015, text.stamp, ha="right", va="bottom", fontsize=9, color="#666666")
@@ -532,12 +568,12 @@ def _draw_background(ax: Axes, background: list[_Series], x_of: dict[int, np.nda
                 lone_y.append(s.values[part.start])
     ax.add_collection(LineCollection(segments, colors=_BACKGROUND_LINE, linewidths=0.8, zorder=1))
     if lone_x:
-        ax.plot(lone_x, lone_y, linestyle="none", marker="o", markersize=4, color=_BACKGROUND_LINE,
-                zorder=1)
+        ax.plot(lone_x, lone_y, linestyle="none", marker="o", markersize=4, color=_BACKGROUND_LINE, zorder=1)
 
 
-def _draw_lines(ax: Axes, highlighted: list[_Series], x_of: dict[int, np.ndarray],
-                variants: dict[str, int], min_run: float) -> None:
+def _draw_lines(
+    ax: Axes, highlighted: list[_Series], x_of: dict[int, np.ndarray], variants: dict[str, int], min_run: float
+) -> None:
     """The coins of the legend: one line each, NaN where it breaks, so nothing joins across a gap.
 
     Not seaborn's lineplot: with estimator=None it draws the same lines, but it keeps the last
@@ -546,18 +582,33 @@ def _draw_lines(ax: Axes, highlighted: list[_Series], x_of: dict[int, np.ndarray
     for s in highlighted:
         x, colour, variant = x_of[id(s)], coin_colour(s.coin.coin_id), variants[s.coin.coin_id]
         at_break = np.flatnonzero(s.breaks)
-        ax.plot(np.insert(x, at_break, np.nan), np.insert(s.values, at_break, np.nan), color=colour,
-                linewidth=_LINE_WIDTH, zorder=3, gid=s.coin.coin_id, **_line_style(variant))
+        ax.plot(
+            np.insert(x, at_break, np.nan),
+            np.insert(s.values, at_break, np.nan),
+            color=colour,
+            linewidth=_LINE_WIDTH,
+            zorder=3,
+            gid=s.coin.coin_id,
+            **_line_style(variant),
+        )
         # A point alone between gaps, or a run of days too short to see (3 days after a gap of
         # years): a dot at its end, where the line alone would be invisible.
         lone = [part.stop - 1 for part in s.segments() if x[part.stop - 1] - x[part.start] < min_run]
         if lone:
-            ax.plot(x[lone], s.values[lone], color=colour, markersize=6.5, zorder=3,
-                    gid=f"{s.coin.coin_id} alone", **_dot_style(variant))
+            ax.plot(
+                x[lone],
+                s.values[lone],
+                color=colour,
+                markersize=6.5,
+                zorder=3,
+                gid=f"{s.coin.coin_id} alone",
+                **_dot_style(variant),
+            )
 
 
-def _mark_missing(ax: Axes, highlighted: list[_Series], ranked: list[_Series], x_of: dict[int, np.ndarray],
-                  bucket_days: int) -> tuple[list[Artist], list[str]]:
+def _mark_missing(
+    ax: Axes, highlighted: list[_Series], ranked: list[_Series], x_of: dict[int, np.ndarray], bucket_days: int
+) -> tuple[list[Artist], list[str]]:
     """A dotted connector across each gap of a coin in the legend, a shaded span where no coin has data.
 
     The connector takes the coin's colour, thin and dotted, so the eye follows a coin across its
@@ -572,8 +623,9 @@ def _mark_missing(ax: Axes, highlighted: list[_Series], ranked: list[_Series], x
     handles: list[Artist] = []
     labels: list[str] = []
     if connectors:
-        ax.add_collection(LineCollection(connectors, colors=colours, linewidths=1.1,
-                                         linestyles=(0, (1.0, 2.0)), zorder=2))
+        ax.add_collection(
+            LineCollection(connectors, colors=colours, linewidths=1.1, linestyles=(0, (1.0, 2.0)), zorder=2)
+        )
         handles.append(Line2D([], [], color=_NO_DATA_LINE, linewidth=1.1, dashes=(1.0, 2.0)))
         labels.append(f"dotted: no data for over {GAP_DAYS} days")
     # Shaded where none of the coins drawn has a point for longer than a gap (or a thinned step).
@@ -596,10 +648,15 @@ def _fit_date_ticks(fig: Figure, ax: Axes) -> None:
         locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=min(3, maxticks), maxticks=maxticks)
         ax.xaxis.set_major_locator(locator)
         # Days as "13 Dec" rather than a bare "13"; the title carries the years of the window.
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
-            locator, tz=timezone.utc, show_offset=False,
-            formats=["%Y", "%b %Y", "%d %b", "%H:%M", "%H:%M", "%S.%f"],
-            zero_formats=["", "%b %Y", "%d %b", "%d %b", "%H:%M", "%H:%M"]))
+        ax.xaxis.set_major_formatter(
+            mdates.ConciseDateFormatter(
+                locator,
+                tz=timezone.utc,
+                show_offset=False,
+                formats=["%Y", "%b %Y", "%d %b", "%H:%M", "%H:%M", "%S.%f"],
+                zero_formats=["", "%b %Y", "%d %b", "%d %b", "%H:%M", "%H:%M"],
+            )
+        )
         if not overlapping_labels(ax.xaxis, renderer):
             return
 
@@ -609,12 +666,15 @@ def overlapping_labels(axis: Axis, renderer: RendererBase, gap_px: float = 8.0) 
     locations = axis.get_majorticklocs()
     axis.get_majorticklabels()  # places and formats the labels of the current locations
     low, high = sorted(axis.get_view_interval())
-    boxes = sorted(((tick.label1.get_window_extent(renderer), tick.label1.get_text())
-                    for location, tick in zip(locations, axis.get_major_ticks(len(locations)))
-                    if low <= location <= high and tick.label1.get_visible() and tick.label1.get_text()),
-                   key=lambda box: box[0].x0)
-    return [(a_text, b_text) for (a, a_text), (b, b_text) in zip(boxes, boxes[1:])
-            if b.x0 - a.x1 < gap_px]
+    boxes = sorted(
+        (
+            (tick.label1.get_window_extent(renderer), tick.label1.get_text())
+            for location, tick in zip(locations, axis.get_major_ticks(len(locations)))
+            if low <= location <= high and tick.label1.get_visible() and tick.label1.get_text()
+        ),
+        key=lambda box: box[0].x0,
+    )
+    return [(a_text, b_text) for (a, a_text), (b, b_text) in zip(boxes, boxes[1:]) if b.x0 - a.x1 < gap_px]
 
 
 def _date_numbers(times_ms: np.ndarray) -> np.ndarray:
@@ -629,8 +689,9 @@ def _save_to_temp(fig: Figure, final: Path) -> Path:
         with os.fdopen(fd, "wb") as fh:
             canvas = fig.canvas
             canvas.draw()
-            image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(),
-                                     "raw", "RGBA", 0, 1).convert("RGB")
+            image = Image.frombuffer(
+                "RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
+            ).convert("RGB")
             # A chart has few colours: a 256-colour PNG looks the same, is four times smaller
             # and encodes in half the time of matplotlib's RGBA one.
             image.quantize(256, method=Image.Quantize.FASTOCTREE).save(fh, format="png")
@@ -664,8 +725,7 @@ def _utc(ms: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(ms))
 
 
-def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
-                  now: datetime | None = None) -> ChartReport:
+def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *, now: datetime | None = None) -> ChartReport:
     """Draw the charts of the history at csv_path, read through its index (brought up to the CSV first)."""
     from utils.history.csv_store import HistoryStore  # the store brings sqlite and filelock: only when drawing
 
@@ -676,8 +736,14 @@ def render_charts(csv_path: Path, out_dir: Path, options: ChartOptions, *,
         return render_from_index(index, out_dir, options, now=now, source=str(csv_path))
 
 
-def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions, *,
-                      now: datetime | None = None, source: str = "the history") -> ChartReport:
+def render_from_index(
+    index: HistoryIndex,
+    out_dir: Path,
+    options: ChartOptions,
+    *,
+    now: datetime | None = None,
+    source: str = "the history",
+) -> ChartReport:
     """Draw the price, market-cap and performance charts from the index's daily points into out_dir.
 
     Raises NoHistory when there is nothing to chart yet, NothingToPlot when the currency, coins
@@ -692,13 +758,19 @@ def render_from_index(index: HistoryIndex, out_dir: Path, options: ChartOptions,
             (out_dir / name).unlink(missing_ok=True)
     if index.damaged:
         logger.warning("skipped %s damaged lines of %s", index.damaged, source)
-    logger.debug("charts: %s coins, %s daily points, %s to %s -> %s", len(report.coins),
-                 report.rows_used, *(f"{w:%Y-%m-%dT%H:%M:%SZ}" for w in report.window), out_dir)
+    logger.debug(
+        "charts: %s coins, %s daily points, %s to %s -> %s",
+        len(report.coins),
+        report.rows_used,
+        *(f"{w:%Y-%m-%dT%H:%M:%SZ}" for w in report.window),
+        out_dir,
+    )
     return replace(report, paths=paths)
 
 
-def chart_drawings(index: HistoryIndex, options: ChartOptions, *, now: datetime | None = None,
-                   source: str = "the history") -> tuple[list[tuple[str, Callable[[], Figure]]], ChartReport]:
+def chart_drawings(
+    index: HistoryIndex, options: ChartOptions, *, now: datetime | None = None, source: str = "the history"
+) -> tuple[list[tuple[str, Callable[[], Figure]]], ChartReport]:
     """The three charts as (file name, function drawing its Figure), and the report (without paths) of what they show."""
     if options.scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {options.scale!r}")
@@ -713,8 +785,12 @@ def chart_drawings(index: HistoryIndex, options: ChartOptions, *, now: datetime 
     points = _points(daily)
     left_out = _drop_undrawable(points)
     if left_out:
-        logger.warning("left out %s prices or market caps of %s outside what a chart can draw (%s)", left_out,
-                       source, DRAWABLE_RANGE)
+        logger.warning(
+            "left out %s prices or market caps of %s outside what a chart can draw (%s)",
+            left_out,
+            source,
+            DRAWABLE_RANGE,
+        )
     coins, rows = _select(points, _coins_in(daily, points), options, currency)
     first, last = int(points.time_ms[rows].min()), int(points.time_ms[rows].max())
     span_days = last // _DAY_MS - first // _DAY_MS + 1
@@ -723,45 +799,79 @@ def chart_drawings(index: HistoryIndex, options: ChartOptions, *, now: datetime 
     caps_by_coin = _series(points, coins, rows, points.cap, bucket_ms)
     if not prices_by_coin and not caps_by_coin:
         raise NothingToPlot(f"no prices or market caps in {currency} in {source} for this selection")
-    charted = [c for c in coins
-               if any(s.coin.index == c.index for s in prices_by_coin + caps_by_coin)]
+    charted = [c for c in coins if any(s.coin.index == c.index for s in prices_by_coin + caps_by_coin)]
     window = (_utc(first), _utc(last))
-    charts = _Charts(currency=currency, window=window, coins=charted, bucket_ms=bucket_ms,
-                     now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc),
-                     short_note=SHORT_HISTORY_NOTE if _under_two_days(prices_by_coin + caps_by_coin) else None)
+    charts = _Charts(
+        currency=currency,
+        window=window,
+        coins=charted,
+        bucket_ms=bucket_ms,
+        now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc),
+        short_note=SHORT_HISTORY_NOTE if _under_two_days(prices_by_coin + caps_by_coin) else None,
+    )
     price_scale = _choose_scale(options.scale, prices_by_coin)
     cap_scale = _choose_scale(options.scale, caps_by_coin)
-    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0, s.breaks)
-                   for s in prices_by_coin]
+    performance = [_Series(s.coin, s.times, s.values / s.values[0] * 100.0, s.breaks) for s in prices_by_coin]
     # Linear, so relative moves compare directly; but one coin up 10,000-fold would flatten
     # every other line, so "auto" turns to log beyond two orders of magnitude here as well.
-    performance_scale = _choose_scale("linear" if options.scale == "linear" else "auto",
-                                      performance)
+    performance_scale = _choose_scale("linear" if options.scale == "linear" else "auto", performance)
     price_name, cap_name, performance_name = chart_names(currency, options.primary or currency)
     drawings = [
-        (price_name, lambda: charts.draw(
-            prices_by_coin, price_scale, title="Price", what=f"Price per coin in {charts.code}",
-            empty_note="No prices in this window", y_formatter=_MoneyFormatter(currency),
-            value_label=lambda v: _price_text(v, currency))),
-        (cap_name, lambda: charts.draw(
-            caps_by_coin, cap_scale, title="Market capitalisation",
-            what=f"Market capitalisation in {charts.code}",
-            empty_note="No market caps in this window", y_formatter=_MoneyFormatter(currency),
-            value_label=lambda v: format_money(v, currency, 3))),
-        (performance_name, lambda: charts.draw(
-            performance, performance_scale, title="Performance",
-            what="Price index: each coin = 100 at its first point in the window",
-            empty_note="No prices in this window", y_formatter=_IndexFormatter(),
-            value_label=_change_text, reference=100.0)),
+        (
+            price_name,
+            lambda: charts.draw(
+                prices_by_coin,
+                price_scale,
+                title="Price",
+                what=f"Price per coin in {charts.code}",
+                empty_note="No prices in this window",
+                y_formatter=_MoneyFormatter(currency),
+                value_label=lambda v: _price_text(v, currency),
+            ),
+        ),
+        (
+            cap_name,
+            lambda: charts.draw(
+                caps_by_coin,
+                cap_scale,
+                title="Market capitalisation",
+                what=f"Market capitalisation in {charts.code}",
+                empty_note="No market caps in this window",
+                y_formatter=_MoneyFormatter(currency),
+                value_label=lambda v: format_money(v, currency, 3),
+            ),
+        ),
+        (
+            performance_name,
+            lambda: charts.draw(
+                performance,
+                performance_scale,
+                title="Performance",
+                what="Price index: each coin = 100 at its first point in the window",
+                empty_note="No prices in this window",
+                y_formatter=_IndexFormatter(),
+                value_label=_change_text,
+                reference=100.0,
+            ),
+        ),
     ]
-    report = ChartReport(currency=currency, paths=(), coins=tuple(c.coin_id for c in charted),
-                         rows_used=int(len(rows)), skipped_lines=index.damaged,
-                         price_scale=price_scale, market_cap_scale=cap_scale, window=window)
+    report = ChartReport(
+        currency=currency,
+        paths=(),
+        coins=tuple(c.coin_id for c in charted),
+        rows_used=int(len(rows)),
+        skipped_lines=index.damaged,
+        price_scale=price_scale,
+        market_cap_scale=cap_scale,
+        window=window,
+    )
     return drawings, report
 
 
-SHORT_HISTORY_NOTE = ("Fewer than two days of data for every coin: the lines grow day by day.\n"
-                      "`python main.py backfill --days 30` fills the last 30 days now.")
+SHORT_HISTORY_NOTE = (
+    "Fewer than two days of data for every coin: the lines grow day by day.\n"
+    "`python main.py backfill --days 30` fills the last 30 days now."
+)
 
 
 def _under_two_days(series: list[_Series]) -> bool:
@@ -769,8 +879,14 @@ def _under_two_days(series: list[_Series]) -> bool:
     return all(int(s.times.max() // _DAY_MS) == int(s.times.min() // _DAY_MS) for s in series)
 
 
-def render_every_currency(index: HistoryIndex, out_dir: Path, options: ChartOptions, *,
-                          now: datetime | None = None, source: str = "the history") -> tuple[ChartReport, ...]:
+def render_every_currency(
+    index: HistoryIndex,
+    out_dir: Path,
+    options: ChartOptions,
+    *,
+    now: datetime | None = None,
+    source: str = "the history",
+) -> tuple[ChartReport, ...]:
     """Draw options.vs_currency's charts (plain names), then those of every other currency in the history.
 
     The other currencies get the same coins and window; one where they select nothing is skipped
@@ -782,15 +898,17 @@ def render_every_currency(index: HistoryIndex, out_dir: Path, options: ChartOpti
         if currency == reports[0].currency:
             continue
         try:
-            reports.append(render_from_index(index, out_dir, replace(primary, vs_currency=currency),
-                                             now=now, source=source))
+            reports.append(
+                render_from_index(index, out_dir, replace(primary, vs_currency=currency), now=now, source=source)
+            )
         except NothingToPlot as exc:
             logger.warning("no charts in %s: %s", currency, exc)
     return tuple(reports)
 
 
-def _select(points: Points, available: list[_Coin], options: ChartOptions,
-            currency: str) -> tuple[list[_Coin], np.ndarray]:
+def _select(
+    points: Points, available: list[_Coin], options: ChartOptions, currency: str
+) -> tuple[list[_Coin], np.ndarray]:
     """The coins asked for and their points in the window, in coin then time order (never empty)."""
     coins = _match_coins(options.coins, available, currency)
     selected = np.zeros(len(available), dtype=bool)
@@ -807,7 +925,8 @@ def _select(points: Points, available: list[_Coin], options: ChartOptions,
         raise NothingToPlot(
             f"no data between {since} and {until} in {currency} for"
             f" {', '.join(c.coin_id for c in coins)}; their history runs from"
-            f" {_utc(int(times.min())):%Y-%m-%d} to {_utc(int(times.max())):%Y-%m-%d}")
+            f" {_utc(int(times.min())):%Y-%m-%d} to {_utc(int(times.max())):%Y-%m-%d}"
+        )
     return coins, in_window
 
 
@@ -826,32 +945,51 @@ class _Charts:
     def code(self) -> str:
         return self.currency.upper()
 
-    def draw(self, series: list[_Series], scale: str, *, title: str, what: str,
-             empty_note: str, y_formatter: ticker.Formatter,
-             value_label: Callable[[float], str], reference: float | None = None) -> Figure:
+    def draw(
+        self,
+        series: list[_Series],
+        scale: str,
+        *,
+        title: str,
+        what: str,
+        empty_note: str,
+        y_formatter: ticker.Formatter,
+        value_label: Callable[[float], str],
+        reference: float | None = None,
+    ) -> Figure:
         newest = self.window[1]
         stamp = f"Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
         if self.now - newest > timedelta(days=2):
             stamp = f"{stamp} · {(self.now - newest).days} days old when drawn"
         days = self.bucket_ms // _DAY_MS
-        per = ("last observation of each UTC day" if days == 1
-               else f"last observation of every {days} UTC days")
+        per = "last observation of each UTC day" if days == 1 else f"last observation of every {days} UTC days"
         count = f"{len(self.coins)} coin{'' if len(self.coins) == 1 else 's'}"
         log_note = ", log scale" if scale == "log" else ""
-        text = _ChartText(title=f"{title} in {self.code} · {_window_text(*self.window)}",
-                          subtitle=f"{what}{log_note} · {count} · {per}", stamp=stamp)
+        text = _ChartText(
+            title=f"{title} in {self.code} · {_window_text(*self.window)}",
+            subtitle=f"{what}{log_note} · {count} · {per}",
+            stamp=stamp,
+        )
         window_ms = (_epoch_ms(self.window[0]), _epoch_ms(self.window[1]))
-        return _draw(series, scale=scale, text=text, y_formatter=y_formatter,
-                     value_label=value_label, empty_note=empty_note, window_ms=window_ms,
-                     bucket_days=days, reference=reference, short_note=self.short_note)
+        return _draw(
+            series,
+            scale=scale,
+            text=text,
+            y_formatter=y_formatter,
+            value_label=value_label,
+            empty_note=empty_note,
+            window_ms=window_ms,
+            bucket_days=days,
+            reference=reference,
+            short_note=self.short_note,
+        )
 
 
 def _epoch_ms(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
 
 
-def _write_atomically(out_dir: Path,
-                      drawings: list[tuple[str, Callable[[], Figure]]]) -> tuple[Path, ...]:
+def _write_atomically(out_dir: Path, drawings: list[tuple[str, Callable[[], Figure]]]) -> tuple[Path, ...]:
     """Save every chart under a temporary name, then rename them all into place.
 
     A reader never sees half a PNG, and a failure while drawing leaves the previous charts.
@@ -873,5 +1011,12 @@ def _write_atomically(out_dir: Path,
 def chart_options(settings: Settings) -> ChartOptions:
     """Chart options from the settings."""
     primary = primary_currency(settings.vs_currency)
-    return ChartOptions(vs_currency=primary, coins=settings.plot_coins, since=settings.since,
-                        until=settings.until, days=settings.days, scale=settings.scale, primary=primary)
+    return ChartOptions(
+        vs_currency=primary,
+        coins=settings.plot_coins,
+        since=settings.since,
+        until=settings.until,
+        days=settings.days,
+        scale=settings.scale,
+        primary=primary,
+    )

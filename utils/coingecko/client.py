@@ -21,8 +21,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from utils.errors import AuthError, BadRequest, ExtractError, PipelineError, RateLimited, RetriableError, Stopped
 from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
+from utils.errors import AuthError, BadRequest, ExtractError, PipelineError, RateLimited, RetriableError, Stopped
 from utils.redact import redact, remember_secret
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,13 @@ WATCH_INTERVAL = 0.05  # seconds between the watchdog's looks at the deadline an
 # What CoinGecko's own error codes mean, in words that say what to do.
 ERROR_ADVICE = {
     10002: "the API key is missing or not sent the right way: set COINGECKO_API_KEY and --api-plan "
-           "(demo keys go in the x-cg-demo-api-key header to api.coingecko.com, paid keys in "
-           "x-cg-pro-api-key to pro-api.coingecko.com)",
+    "(demo keys go in the x-cg-demo-api-key header to api.coingecko.com, paid keys in "
+    "x-cg-pro-api-key to pro-api.coingecko.com)",
     10005: "this endpoint is not part of your CoinGecko plan",
     10010: "this is a paid (Pro) key used on the public host: use --api-plan pro "
-           "(host pro-api.coingecko.com, header x-cg-pro-api-key)",
+    "(host pro-api.coingecko.com, header x-cg-pro-api-key)",
     10011: "this is a Demo key used on the Pro host: use --api-plan demo "
-           "(host api.coingecko.com, header x-cg-demo-api-key)",
+    "(host api.coingecko.com, header x-cg-demo-api-key)",
     10012: "the free plans only reach the past 365 days of history; a paid plan reaches further",
     1020: "CoinGecko's firewall blocked this address; try later or from another network",
 }
@@ -59,8 +59,9 @@ RATE_WINDOW = 60.5  # seconds; a little over a minute so arrival jitter never cr
 class RateLimiter:
     """A sliding one-minute window: at most `per_minute` calls start in any RATE_WINDOW seconds."""
 
-    def __init__(self, per_minute: int, *, sleep: Sleep = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, per_minute: int, *, sleep: Sleep = time.sleep, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.per_minute = per_minute
         self.sleep = sleep
         self.monotonic = monotonic
@@ -99,8 +100,13 @@ class RateLimiter:
             self.starts.popleft()
 
 
-def make_limiter(plan: str, rate_limit: int | None = None, *, sleep: Sleep = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic) -> RateLimiter:
+def make_limiter(
+    plan: str,
+    rate_limit: int | None = None,
+    *,
+    sleep: Sleep = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> RateLimiter:
     """The limiter for a plan: --rate-limit when given, else the plan's default."""
     per_minute = rate_limit or DEFAULT_RATE_LIMITS.get(plan, DEFAULT_RATE_LIMITS["public"])
     return RateLimiter(per_minute, sleep=sleep, monotonic=monotonic)
@@ -261,11 +267,15 @@ class CoinGeckoClient:
             return retrying(self._get_once, path, dict(params or {}))
         except RetriableError as exc:
             stats = retrying.statistics
-            raise ExtractError(self._scrub(
-                f"{exc}; gave up after {stats.get('attempt_number', 1)} attempts and "
-                f"{stats.get('idle_for', 0.0):.0f} s of waiting (limit --max-retry-wait "
-                f"{self.max_retry_wait:g} s): check your connection or try again later"),
-                status=exc.status, error_code=exc.error_code) from exc
+            raise ExtractError(
+                self._scrub(
+                    f"{exc}; gave up after {stats.get('attempt_number', 1)} attempts and "
+                    f"{stats.get('idle_for', 0.0):.0f} s of waiting (limit --max-retry-wait "
+                    f"{self.max_retry_wait:g} s): check your connection or try again later"
+                ),
+                status=exc.status,
+                error_code=exc.error_code,
+            ) from exc
         except PipelineError as exc:
             exc.args = (self._scrub(str(exc)),)
             raise
@@ -283,8 +293,9 @@ class CoinGeckoClient:
         params: dict[str, Any] = {"vs_currency": vs_currency}
         if ids:
             params["ids"] = ",".join(ids)
-        params.update({"per_page": per_page, "page": page, "order": "market_cap_desc", "sparkline": "false",
-                       "precision": "full"})
+        params.update(
+            {"per_page": per_page, "page": page, "order": "market_cap_desc", "sparkline": "false", "precision": "full"}
+        )
         return self.get_json("/coins/markets", params)
 
     def search(self, query: str) -> Any:
@@ -312,8 +323,13 @@ class CoinGeckoClient:
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s; retrying in %.1f s (attempt %d of %d)", self._scrub(str(error)), wait,
-                    state.attempt_number + 1, self.max_attempts)
+        log.warning(
+            "%s; retrying in %.1f s (attempt %d of %d)",
+            self._scrub(str(error)),
+            wait,
+            state.attempt_number + 1,
+            self.max_attempts,
+        )
 
     # -- one request ----------------------------------------------------------------------
 
@@ -332,8 +348,9 @@ class CoinGeckoClient:
             if watchdog.reason == "stop":
                 raise Stopped("stopped during a request to CoinGecko; nothing was appended") from exc
             if watchdog.reason == "deadline" or isinstance(exc, requests.Timeout):
-                raise RetriableError(f"CoinGecko did not answer {path} within {self.timeout:g} s "
-                                     "(--timeout bounds the whole request)") from exc
+                raise RetriableError(
+                    f"CoinGecko did not answer {path} within {self.timeout:g} s (--timeout bounds the whole request)"
+                ) from exc
             raise self._network_error(path, exc) from exc
         except BaseException:
             self._record(path, params)
@@ -353,8 +370,7 @@ class CoinGeckoClient:
             self.recorder.record(path, params, self._answered or None)
         self._answered = None
 
-    def _exchange(self, path: str, params: dict[str, Any],
-                  watchdog: _Watchdog) -> tuple[int, Mapping[str, str], bytes]:
+    def _exchange(self, path: str, params: dict[str, Any], watchdog: _Watchdog) -> tuple[int, Mapping[str, str], bytes]:
         """GET the URL, following at most MAX_REDIRECTS redirects by hand; the key goes only to our origin."""
         url, query = self.base_url + path, params
         for _hop in range(MAX_REDIRECTS + 1):
@@ -364,8 +380,14 @@ class CoinGeckoClient:
             self.calls += 1
             ours = origin_of(url) == self.origin
             self._answered = SENT if ours else None
-            response = self.session.get(url, params=query, headers=self._key_for(url), stream=True,
-                                        allow_redirects=False, timeout=(remaining, remaining))
+            response = self.session.get(
+                url,
+                params=query,
+                headers=self._key_for(url),
+                stream=True,
+                allow_redirects=False,
+                timeout=(remaining, remaining),
+            )
             self._answered = response.status_code if ours else None
             with response:
                 location = response.headers.get("Location")
@@ -390,8 +412,10 @@ class CoinGeckoClient:
         if scheme not in ("http", "https"):
             raise ExtractError(f"refused a redirect to {_short(target, 160)}: not an http(s) URL; check --api-url")
         if urlsplit(source).scheme.lower() == "https" and scheme == "http":
-            raise ExtractError(f"refused a redirect from https to plain http ({_short(target, 160)}): the request "
-                               "would travel unencrypted; check --api-url and any proxy in between")
+            raise ExtractError(
+                f"refused a redirect from https to plain http ({_short(target, 160)}): the request "
+                "would travel unencrypted; check --api-url and any proxy in between"
+            )
 
     def _read_capped(self, path: str, response: requests.Response) -> bytes:
         """The body, decompressed, read in chunks and abandoned past --max-response-mb (a gzip bomb stops here)."""
@@ -400,16 +424,20 @@ class CoinGeckoClient:
         for chunk in response.iter_content(CHUNK_BYTES):
             body += chunk
             if len(body) > limit:
-                raise ExtractError(f"CoinGecko's answer to {path} is larger than {self.max_response_mb:g} MB once "
-                                   "decompressed; stopped reading it (raise --max-response-mb if that is expected)",
-                                   status=response.status_code)
+                raise ExtractError(
+                    f"CoinGecko's answer to {path} is larger than {self.max_response_mb:g} MB once "
+                    "decompressed; stopped reading it (raise --max-response-mb if that is expected)",
+                    status=response.status_code,
+                )
         return bytes(body)
 
     def _network_error(self, path: str, exc: BaseException) -> ExtractError:
         """The typed error for a failed exchange: TLS is fatal, the rest is worth retrying."""
         if isinstance(exc, requests.exceptions.SSLError):
-            return ExtractError(f"TLS to {self.base_url} failed ({_network_reason(exc)}): the certificate is not "
-                                "trusted; check the URL, the system clock and any proxy (REQUESTS_CA_BUNDLE)")
+            return ExtractError(
+                f"TLS to {self.base_url} failed ({_network_reason(exc)}): the certificate is not "
+                "trusted; check the URL, the system clock and any proxy (REQUESTS_CA_BUNDLE)"
+            )
         if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
             return RetriableError(f"CoinGecko's answer to {path} was cut short ({_network_reason(exc)})")
         if isinstance(exc, (requests.ConnectionError, OSError)):
@@ -438,12 +466,15 @@ class CoinGeckoClient:
                 raise ExtractError(
                     f"rate limited by CoinGecko ({where}), which asks to wait {wait:.0f} s, more than "
                     f"--max-retry-wait {self.max_retry_wait:g} s: run again later, or use an API key "
-                    "(COINGECKO_API_KEY) for a higher limit", status=status, error_code=429)
-            raise RateLimited(f"rate limited by CoinGecko ({where})", status=status, error_code=429,
-                              retry_after=wait)
+                    "(COINGECKO_API_KEY) for a higher limit",
+                    status=status,
+                    error_code=429,
+                )
+            raise RateLimited(f"rate limited by CoinGecko ({where})", status=status, error_code=429, retry_after=wait)
         if status in RETRIABLE_STATUSES:
-            detail = message or (_short(redact(content.decode("utf-8", "replace")), 80) if parse_error is None
-                                 else content_type)
+            detail = message or (
+                _short(redact(content.decode("utf-8", "replace")), 80) if parse_error is None else content_type
+            )
             raise RetriableError(f"{where} ({detail})", status=status, error_code=code)
         if status >= 400 or code is not None:
             text = message or (f"a {content_type} page" if parse_error else "no error message")
@@ -457,10 +488,15 @@ class CoinGeckoClient:
                 raise BadRequest(full, status=status, error_code=code)
             raise ExtractError(full, status=status, error_code=code)
         if parse_error is not None:
-            what = "an HTML page" if "html" in content_type or content.lstrip()[:1] == b"<" else \
-                f"malformed JSON ({_short(parse_error, 100)})"
-            raise ExtractError(f"{where} with {what} instead of JSON (content type {content_type}); "
-                               "CoinGecko may be down or blocking this address: try again later")
+            what = (
+                "an HTML page"
+                if "html" in content_type or content.lstrip()[:1] == b"<"
+                else f"malformed JSON ({_short(parse_error, 100)})"
+            )
+            raise ExtractError(
+                f"{where} with {what} instead of JSON (content type {content_type}); "
+                "CoinGecko may be down or blocking this address: try again later"
+            )
         return body
 
 
@@ -570,8 +606,15 @@ def _cut(connection: HTTPConnection | None) -> None:
 def _network_reason(exc: BaseException) -> str:
     """A short cause for a network error, without the URL (which is noise in a one-line error)."""
     text = str(exc).lower()
-    for marker in ("connection refused", "connection reset", "remote end closed", "name or service not known",
-                   "temporary failure in name resolution", "certificate verify failed", "timed out"):
+    for marker in (
+        "connection refused",
+        "connection reset",
+        "remote end closed",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "certificate verify failed",
+        "timed out",
+    ):
         if marker in text:
             return marker
     return type(exc).__name__
@@ -596,9 +639,17 @@ def post_json(url: str, document: Any, *, timeout: float = 30.0) -> int:
         for prefix in ("https://", "http://"):
             session.mount(prefix, _WatchedAdapter())
         try:
-            with watchdog, session.post(url, data=body, timeout=(timeout, timeout), allow_redirects=False,
-                                        stream=True, headers={"User-Agent": USER_AGENT,
-                                                              "Content-Type": "application/json"}) as response:
+            with (
+                watchdog,
+                session.post(
+                    url,
+                    data=body,
+                    timeout=(timeout, timeout),
+                    allow_redirects=False,
+                    stream=True,
+                    headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+                ) as response,
+            ):
                 read = 0
                 for chunk in response.iter_content(CHUNK_BYTES):
                     read += len(chunk)

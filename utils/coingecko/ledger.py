@@ -78,7 +78,7 @@ def _clean(data: Any) -> dict[str, Any]:
     """The ledger's valid part: anything corrupt or of the wrong type is dropped (counted again from zero)."""
     months: dict[str, Any] = {}
     raw = data.get("months") if isinstance(data, dict) else None
-    for month, entry in (raw.items() if isinstance(raw, dict) else ()):
+    for month, entry in raw.items() if isinstance(raw, dict) else ():
         if not (isinstance(month, str) and re.fullmatch(r"\d{4}-\d{2}", month) and isinstance(entry, dict)):
             continue
         lines = {}
@@ -94,8 +94,15 @@ def _clean(data: Any) -> dict[str, Any]:
 class CreditLedger:
     """Counts per UTC month, endpoint and currency: what the client sent, and what CoinGecko answered 429."""
 
-    def __init__(self, path: Path, lock_path: Path, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 lock_timeout: float = 30.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_path: Path,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        lock_timeout: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path, self.lock_path = path, lock_path
         self.clock, self.lock_timeout, self.monotonic = clock, lock_timeout, monotonic
         self.pending: dict[tuple[str, str], list[int]] = {}  # (month, "endpoint currency") -> [attempts, 429s]
@@ -105,8 +112,10 @@ class CreditLedger:
         """Refuse a ledger behind a symbolic link (exit 2), as every state file is refused."""
         for path in (self.path.parent, self.path):
             if path.is_symlink():
-                raise ConfigError(f"{path} is a symbolic link; the API credit ledger is never written through a link: "
-                                  "replace the link with the file it points to, or remove it to count afresh")
+                raise ConfigError(
+                    f"{path} is a symbolic link; the API credit ledger is never written through a link: "
+                    "replace the link with the file it points to, or remove it to count afresh"
+                )
 
     # -- the client's recorder ------------------------------------------------------------
     def record(self, path: str, params: Mapping[str, Any], status: int | None) -> None:
@@ -187,6 +196,8 @@ class CreditLedger:
 
 def over_budget_message(what: str, estimate: int, usage: Usage) -> str:
     """The one line of a command the month's credits cannot pay for."""
-    return (f"{what} needs about {estimate:,} API calls, but only {usage.left:,} of this month's {usage.credits:,} "
-            f"({usage.plan}) are left ({usage.calls:,} used; they start again on {next_month(usage.month)}): "
-            "pass --over-budget to run anyway, or raise --monthly-credits if your plan has more")
+    return (
+        f"{what} needs about {estimate:,} API calls, but only {usage.left:,} of this month's {usage.credits:,} "
+        f"({usage.plan}) are left ({usage.calls:,} used; they start again on {next_month(usage.month)}): "
+        "pass --over-budget to run anyway, or raise --monthly-credits if your plan has more"
+    )

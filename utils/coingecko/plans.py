@@ -12,6 +12,8 @@ DEFAULT_MAX_RESPONSE_MB = 64.0  # the largest answer accepted, after decompressi
 def default_base_url(plan: str) -> str:
     """The host that serves a plan."""
     return PRO_URL if plan == "pro" else PUBLIC_URL
+
+
 # Monthly API credits when --monthly-credits is not given: Demo's published 10,000; keyless access has no monthly
 # quota (only a per-minute one); paid keys: the smallest paid plan's (Basic, 100,000 a month).
 PLAN_CREDITS: dict[str, int | None] = {"public": None, "demo": 10_000, "pro": 100_000}

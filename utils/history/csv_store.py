@@ -24,15 +24,24 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.history import csvio
 from utils.history.datapackage import write_datapackage
-from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.history.files import atomic_write_bytes, describe_os_error, ensure_dir
 from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
-from utils.history.schema import COLUMNS, HEADER_LINE, LEGACY_COLUMNS, SOURCE_LEGACY, Record, format_cell, \
-    normalize_timestamp, rows_to_csv, safe_text
+from utils.history.schema import (
+    COLUMNS,
+    HEADER_LINE,
+    LEGACY_COLUMNS,
+    SOURCE_LEGACY,
+    Record,
+    format_cell,
+    normalize_timestamp,
+    rows_to_csv,
+    safe_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +50,24 @@ LOCK_POLL = 0.2  # seconds between looks at a stop request while another process
 LEGACY_CURRENCY = "eur"
 # The original script's nine coins, by the names and symbols CoinGecko gave them.
 LEGACY_IDS = {
-    "bitcoin": "bitcoin", "btc": "bitcoin",
-    "ethereum": "ethereum", "eth": "ethereum",
-    "bnb": "binancecoin", "binance coin": "binancecoin",
-    "cardano": "cardano", "ada": "cardano",
-    "solana": "solana", "sol": "solana",
-    "dogecoin": "dogecoin", "doge": "dogecoin",
-    "polkadot": "polkadot", "dot": "polkadot",
-    "litecoin": "litecoin", "ltc": "litecoin",
-    "avalanche": "avalanche-2", "avax": "avalanche-2",
+    "bitcoin": "bitcoin",
+    "btc": "bitcoin",
+    "ethereum": "ethereum",
+    "eth": "ethereum",
+    "bnb": "binancecoin",
+    "binance coin": "binancecoin",
+    "cardano": "cardano",
+    "ada": "cardano",
+    "solana": "solana",
+    "sol": "solana",
+    "dogecoin": "dogecoin",
+    "doge": "dogecoin",
+    "polkadot": "polkadot",
+    "dot": "polkadot",
+    "litecoin": "litecoin",
+    "ltc": "litecoin",
+    "avalanche": "avalanche-2",
+    "avax": "avalanche-2",
 }
 
 
@@ -115,8 +133,13 @@ class LegacyHistory(SchemaMismatch):
 class HistoryStore:
     """A local data folder's history: CSV, index, lock, quarantine."""
 
-    def __init__(self, layout: DataLayout, lock_timeout: float = 300.0, rules: QualityRules = QualityRules(),
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        layout: DataLayout,
+        lock_timeout: float = 300.0,
+        rules: QualityRules = QualityRules(),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.layout = layout
         self.lock_timeout = lock_timeout
         self.rules = rules
@@ -142,11 +165,14 @@ class HistoryStore:
                 break
             except Timeout:
                 if self.should_stop is not None and self.should_stop():
-                    raise Stopped(f"stopped while waiting for another process's lock on {self.csv_path}; "
-                                  "nothing was appended") from None
+                    raise Stopped(
+                        f"stopped while waiting for another process's lock on {self.csv_path}; nothing was appended"
+                    ) from None
                 if time.monotonic() >= deadline:
-                    raise LockTimeout(f"another process has held the lock on {self.csv_path} for "
-                                      f"{self.lock_timeout:g} s; wait for it to finish or raise --lock-timeout") from None
+                    raise LockTimeout(
+                        f"another process has held the lock on {self.csv_path} for "
+                        f"{self.lock_timeout:g} s; wait for it to finish or raise --lock-timeout"
+                    ) from None
             except OSError as exc:
                 raise LoadError(describe_os_error(exc, self.layout.state_dir, "lock the history in")) from None
         try:
@@ -220,8 +246,14 @@ class HistoryStore:
                 if fresh:
                     self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
             found = self._publish(findings)
-        return LoadReport(csv_path=self.csv_path, appended=len(fresh), skipped_duplicates=duplicates,
-                          quarantined_bytes=quarantined, migration=migration, findings=tuple(found))
+        return LoadReport(
+            csv_path=self.csv_path,
+            appended=len(fresh),
+            skipped_duplicates=duplicates,
+            quarantined_bytes=quarantined,
+            migration=migration,
+            findings=tuple(found),
+        )
 
     def _prepare_or_fail(self, nothing: str) -> tuple[int, MigrationReport | None]:
         """_prepare, with a file error turned into one line that says nothing was written."""
@@ -255,8 +287,9 @@ class HistoryStore:
         try:
             fd = os.open(self.csv_path, os.O_RDWR | os.O_APPEND)
         except OSError as exc:
-            raise LoadError(describe_os_error(exc, self.csv_path, "open for appending") + "; nothing was appended") \
-                from None
+            raise LoadError(
+                describe_os_error(exc, self.csv_path, "open for appending") + "; nothing was appended"
+            ) from None
         with os.fdopen(fd, "rb+", buffering=0) as fh:
             size = os.fstat(fd).st_size
             try:
@@ -269,12 +302,16 @@ class HistoryStore:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
                     os.fsync(fd)
-                raise LoadError(describe_os_error(exc, self.csv_path, "append to") + "; nothing was appended") \
-                    from None
+                raise LoadError(describe_os_error(exc, self.csv_path, "append to") + "; nothing was appended") from None
             self._record_keys(index, found, fh, "catches it up")
 
-    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
-              checked: datetime | None = None) -> MergeReport:
+    def merge(
+        self,
+        records: list[Record],
+        *,
+        unavailable: dict[tuple[str, str], set[date]] | None = None,
+        checked: datetime | None = None,
+    ) -> MergeReport:
         """Weave observations of any age into the history (temp file, fsync, rename), then index them.
 
         `unavailable`: days a well-formed answer had no data for; healing asks for them again only later.
@@ -291,15 +328,17 @@ class HistoryStore:
                         with open(self.csv_path, "rb") as fh:
                             content = fh.read()
                     except OSError as exc:
-                        raise LoadError(describe_os_error(exc, self.csv_path, "read") + "; nothing was merged") \
-                            from None
+                        raise LoadError(
+                            describe_os_error(exc, self.csv_path, "read") + "; nothing was merged"
+                        ) from None
                     start = csvio.header_length(content)
                     body = csvio.merged_body(content[start:], fresh)
                     try:
                         atomic_write_bytes(self.csv_path, content[:start] + body)
                     except OSError as exc:
-                        raise LoadError(describe_os_error(exc, self.csv_path, "rewrite") +
-                                        "; the history is unchanged") from None
+                        raise LoadError(
+                            describe_os_error(exc, self.csv_path, "rewrite") + "; the history is unchanged"
+                        ) from None
                     with open(self.csv_path, "rb") as fh:
                         self._record_keys(index, as_observations(fresh), fh, "rebuilds it")
                 if unavailable:
@@ -308,8 +347,9 @@ class HistoryStore:
                     findings += missing_day_findings(unavailable, index)
                 rows = index.rows
             found = self._publish(findings)
-        return MergeReport(csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows,
-                           findings=tuple(found))
+        return MergeReport(
+            csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows, findings=tuple(found)
+        )
 
     def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
         """The written rows' keys and the file's new length into the index; on failure the CSV stays right and
@@ -333,8 +373,10 @@ class HistoryStore:
                 yield empty
             return
         if kind == "legacy":
-            raise LegacyHistory(f"{self.csv_path} is in the original script's seven-column layout: run "
-                                "`python main.py` once to migrate it (the original is kept as a backup)")
+            raise LegacyHistory(
+                f"{self.csv_path} is in the original script's seven-column layout: run "
+                "`python main.py` once to migrate it (the original is kept as a backup)"
+            )
         try:
             with self.locked():
                 csvio.refuse_symlink(self.csv_path, "history CSV")
@@ -389,13 +431,21 @@ class HistoryStore:
                 if coin_id is None:
                     raise ValueError("not one of the nine original coins")
                 updated = normalize_timestamp(updated)
-                cells = {"name": safe_text(name), "symbol": safe_text(symbol), "current_price": _legacy_number(price),
-                         "market_cap": _legacy_number(cap), "price_change_percentage_24h": _legacy_number(change),
-                         "circulating_supply": _legacy_number(supply), "last_updated": updated,
-                         "coin_id": coin_id, "vs_currency": LEGACY_CURRENCY, "source": SOURCE_LEGACY}
+                cells = {
+                    "name": safe_text(name),
+                    "symbol": safe_text(symbol),
+                    "current_price": _legacy_number(price),
+                    "market_cap": _legacy_number(cap),
+                    "price_change_percentage_24h": _legacy_number(change),
+                    "circulating_supply": _legacy_number(supply),
+                    "last_updated": updated,
+                    "coin_id": coin_id,
+                    "vs_currency": LEGACY_CURRENCY,
+                    "source": SOURCE_LEGACY,
+                }
             except (ValueError, OverflowError):
                 unmapped += 1
-                unmapped_lines.write(content[unit.start:unit.end].rstrip(b"\n") + b"\n")
+                unmapped_lines.write(content[unit.start : unit.end].rstrip(b"\n") + b"\n")
                 continue
             key = (coin_id, csvio.timestamp_ms(updated))
             if key in seen_keys:
@@ -406,16 +456,28 @@ class HistoryStore:
             written += 1
         try:
             if unmapped:
-                csvio.quarantine(self.layout, f"legacy rows of {csv_path.name} that could not be mapped "
-                                              f"(also kept in {backup.name})", unmapped_lines.getvalue())
+                csvio.quarantine(
+                    self.layout,
+                    f"legacy rows of {csv_path.name} that could not be mapped (also kept in {backup.name})",
+                    unmapped_lines.getvalue(),
+                )
             atomic_write_bytes(csv_path, out.getvalue().encode("utf-8"))
         except OSError as exc:
             raise LoadError(describe_os_error(exc, csv_path, "migrate") + "; the original is unchanged") from None
         report = MigrationReport(rows_read, written, exact, conflicting, unmapped, backup)
-        log.warning("migrated %s from the original seven-column layout: %d rows read, %d written, %d exact "
-                    "duplicates dropped, %d conflicting duplicates dropped, %d unmapped rows kept in %s; "
-                    "the original is kept as %s", csv_path, report.rows_read, written, exact, conflicting,
-                    unmapped, self.layout.quarantine.name, backup)
+        log.warning(
+            "migrated %s from the original seven-column layout: %d rows read, %d written, %d exact "
+            "duplicates dropped, %d conflicting duplicates dropped, %d unmapped rows kept in %s; "
+            "the original is kept as %s",
+            csv_path,
+            report.rows_read,
+            written,
+            exact,
+            conflicting,
+            unmapped,
+            self.layout.quarantine.name,
+            backup,
+        )
         return report
 
 

@@ -37,8 +37,18 @@ HEAD_PROBE = 4096
 TEMP_MAX_AGE = 3600.0  # seconds: a temp file older than this was left by a killed process
 
 I_NAME, I_SYMBOL, I_PRICE, I_CAP, I_TS, I_ID, I_VS, I_RANK = (
-    COLUMNS.index(c) for c in ("name", "symbol", "current_price", "market_cap", "last_updated", "coin_id",
-                               "vs_currency", "market_cap_rank"))
+    COLUMNS.index(c)
+    for c in (
+        "name",
+        "symbol",
+        "current_price",
+        "market_cap",
+        "last_updated",
+        "coin_id",
+        "vs_currency",
+        "market_cap_rank",
+    )
+)
 DAY_MS = 86_400_000
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _EPOCH = date(1970, 1, 1)
@@ -92,8 +102,11 @@ def timestamp_ms(text: str) -> int:
                 _second_ms_cache[text[17:]] = second
             return minute + second
     moment = parse_timestamp(text)
-    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)).days * DAY_MS + \
-        (moment.hour * 3600 + moment.minute * 60 + moment.second) * 1000 + moment.microsecond // 1000
+    return (
+        (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)).days * DAY_MS
+        + (moment.hour * 3600 + moment.minute * 60 + moment.second) * 1000
+        + moment.microsecond // 1000
+    )
 
 
 class _Unreadable(ValueError):
@@ -142,8 +155,19 @@ def observation(cells: list[str]) -> Observation | None:
     if rank_text and not rank_text.isdigit():  # the transform's rule: a whole number, however large
         return None
     # tuple.__new__ skips the NamedTuple's Python-level __new__: a third of the cost of a row in the index build.
-    return _new_tuple(Observation, (coin_id, vs, ts, price, cap, int(rank_text) if rank_text and len(rank_text) < 10 else None,
-                                    cells[I_NAME], cells[I_SYMBOL]))
+    return _new_tuple(
+        Observation,
+        (
+            coin_id,
+            vs,
+            ts,
+            price,
+            cap,
+            int(rank_text) if rank_text and len(rank_text) < 10 else None,
+            cells[I_NAME],
+            cells[I_SYMBOL],
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +262,9 @@ def _observe(data: bytes, stop: int) -> tuple[list[Observation], int, int]:
     return found, damaged, len(data)
 
 
-def read_observations(fh: io.BufferedIOBase, start: int, end: int, chunk_bytes: int = 8 << 20
-                      ) -> Iterator[tuple[list[Observation], int]]:
+def read_observations(
+    fh: io.BufferedIOBase, start: int, end: int, chunk_bytes: int = 8 << 20
+) -> Iterator[tuple[list[Observation], int]]:
     """observations() of the file's bytes [start, end) (start at a line start), a chunk at a time.
 
     Exactly what one read of the whole span gives: a record is read only when the MAX_RECORD_LINES
@@ -271,6 +296,7 @@ def read_observations(fh: io.BufferedIOBase, start: int, end: int, chunk_bytes: 
 
 # -- the file: header, tail, temp files ------------------------------------------------------------
 
+
 def read_header(csv_path: Path) -> tuple[str, ...] | None:
     """The CSV's column names, or None if the file is missing or empty."""
     try:
@@ -283,17 +309,20 @@ def read_header(csv_path: Path) -> tuple[str, ...] | None:
     except OSError as exc:
         raise LoadError(describe_os_error(exc, csv_path, "read")) from None
     if blank_before_data:
-        raise SchemaMismatch(f"{csv_path} starts with a blank line, not its header: delete the blank lines at the "
-                             "top of the file; nothing was changed")
+        raise SchemaMismatch(
+            f"{csv_path} starts with a blank line, not its header: delete the blank lines at the "
+            "top of the file; nothing was changed"
+        )
     if first.startswith(BOM):
-        first = first[len(BOM):]
+        first = first[len(BOM) :]
     if not first.strip():
         return None
     try:
         return tuple(c.strip() for c in next(csv.reader([first.decode("utf-8").rstrip("\r\n")])))
     except (UnicodeDecodeError, StopIteration, csv.Error):
-        raise SchemaMismatch(f"{csv_path} does not start with a CSV header: move it away or point "
-                             "--data-dir elsewhere") from None
+        raise SchemaMismatch(
+            f"{csv_path} does not start with a CSV header: move it away or point --data-dir elsewhere"
+        ) from None
 
 
 def check_header(csv_path: Path | str, header: tuple[str, ...]) -> None:
@@ -309,8 +338,10 @@ def check_header(csv_path: Path | str, header: tuple[str, ...]) -> None:
         detail.append("extra " + ", ".join(extra))
     if not detail:
         detail.append("the columns are in another order")
-    raise SchemaMismatch(f"{csv_path} has columns this version does not write ({'; '.join(detail)}); "
-                         "nothing was changed: move the file away or use another --data-dir")
+    raise SchemaMismatch(
+        f"{csv_path} has columns this version does not write ({'; '.join(detail)}); "
+        "nothing was changed: move the file away or use another --data-dir"
+    )
 
 
 def header_kind(csv_path: Path) -> str:
@@ -388,8 +419,12 @@ def repair_torn_tail(layout: DataLayout) -> int:
         fh.truncate(cut)
         fh.flush()
         os.fsync(fh.fileno())
-    log.warning("the last line of %s was cut short by an interrupted write; moved its %d bytes to %s",
-                csv_path, len(torn), layout.quarantine)
+    log.warning(
+        "the last line of %s was cut short by an interrupted write; moved its %d bytes to %s",
+        csv_path,
+        len(torn),
+        layout.quarantine,
+    )
     return len(torn)
 
 
@@ -414,8 +449,10 @@ def refuse_symlink(path: Path, what: str) -> None:
     if path.is_symlink():
         from utils.errors import ConfigError
 
-        raise ConfigError(f"{path} is a symbolic link; the {what} is never written through a link: replace the "
-                          "link with the file it points to, or point --data-dir at the folder that holds it")
+        raise ConfigError(
+            f"{path} is a symbolic link; the {what} is never written through a link: replace the "
+            "link with the file it points to, or point --data-dir at the folder that holds it"
+        )
 
 
 def refuse_read_only(path: Path) -> None:
@@ -425,11 +462,14 @@ def refuse_read_only(path: Path) -> None:
     except FileNotFoundError:
         return
     if not mode & 0o222:
-        raise LoadError(describe_os_error(OSError(errno.EACCES, "read-only"), path, "write to") +
-                        " (the file is read-only; make it writable with chmod u+w to let the pipeline add to it)")
+        raise LoadError(
+            describe_os_error(OSError(errno.EACCES, "read-only"), path, "write to")
+            + " (the file is read-only; make it writable with chmod u+w to let the pipeline add to it)"
+        )
 
 
 # -- merges ---------------------------------------------------------------------------------------
+
 
 def merged_body(body: bytes, records: list[Record]) -> bytes:
     """Data lines with `records` merged in, every record in time order (a stable sort of parsed records).

@@ -12,17 +12,22 @@ from utils.history.schema import SOURCE_LEGACY, SOURCE_MARKET_CHART, SOURCE_MARK
 
 log = logging.getLogger(__name__)
 
-SURVIVORSHIP = ("One row per coin per observation; an observation is stored once. Survivorship-free: rows are never "
-                "removed, so a coin CoinGecko stops listing (delisted, dead) keeps its history up to the last day it "
-                "was seen, and a coin that comes back continues the same series under the same coin_id. With "
-                "`--top all` every listed coin is fetched each day; the top N of a past day is the coins observed "
-                "that day ranked by market_cap_rank, delisted ones included. The days a tracked coin was last seen "
-                "before delisting are kept in .state/top-members.json (gone).")
+SURVIVORSHIP = (
+    "One row per coin per observation; an observation is stored once. Survivorship-free: rows are never "
+    "removed, so a coin CoinGecko stops listing (delisted, dead) keeps its history up to the last day it "
+    "was seen, and a coin that comes back continues the same series under the same coin_id. With "
+    "`--top all` every listed coin is fetched each day; the top N of a past day is the coins observed "
+    "that day ranked by market_cap_rank, delisted ones included. The days a tracked coin was last seen "
+    "before delisting are kept in .state/top-members.json (gone)."
+)
 TIME = {"type": "datetime", "format": "any"}  # ISO 8601 UTC with milliseconds, e.g. 2023-01-08T16:49:40.132Z
 # Per column of crypto_data.csv: (frictionless type, unit, meaning).
 HISTORY_FIELDS: dict[str, tuple[dict, str, str]] = {
-    "name": ({"type": "string"}, "", "the coin's name as CoinGecko gives it (a leading ' keeps a spreadsheet "
-                                     "from running it as a formula)"),
+    "name": (
+        {"type": "string"},
+        "",
+        "the coin's name as CoinGecko gives it (a leading ' keeps a spreadsheet from running it as a formula)",
+    ),
     "symbol": ({"type": "string"}, "", "the coin's ticker symbol as CoinGecko gives it"),
     "current_price": ({"type": "number"}, "vs_currency per coin", "price of one coin"),
     "market_cap": ({"type": "number"}, "vs_currency", "market capitalisation"),
@@ -38,9 +43,12 @@ HISTORY_FIELDS: dict[str, tuple[dict, str, str]] = {
     "low_24h": ({"type": "number"}, "vs_currency per coin", "lowest price over the last 24 hours"),
     "total_supply": ({"type": "number"}, "coins", "coins in existence"),
     "max_supply": ({"type": "number"}, "coins", "most coins there will ever be"),
-    "source": ({"type": "string", "constraints": {"enum": [SOURCE_MARKETS, SOURCE_MARKET_CHART, SOURCE_LEGACY]}},
-               "", "coins_markets: a /coins/markets snapshot; market_chart: a backfilled daily point (00:00 UTC); "
-                   "legacy: migrated from the original script"),
+    "source": (
+        {"type": "string", "constraints": {"enum": [SOURCE_MARKETS, SOURCE_MARKET_CHART, SOURCE_LEGACY]}},
+        "",
+        "coins_markets: a /coins/markets snapshot; market_chart: a backfilled daily point (00:00 UTC); "
+        "legacy: migrated from the original script",
+    ),
 }
 QUALITY_FIELDS: dict[str, tuple[dict, str, str]] = {
     "coin_id": ({"type": "string"}, "", "CoinGecko API id of the observation's coin"),
@@ -67,18 +75,36 @@ def history_resource(layout: DataLayout, table_format: str = "csv") -> dict:
     csv_dialect = {"delimiter": ",", "quoteChar": '"', "doubleQuote": True, "header": True}
     schema = _schema(HISTORY_FIELDS, ["coin_id", "vs_currency", "last_updated"])
     if table_format != "delta":
-        return {"name": "crypto_data", "path": layout.csv.name, "format": "csv", "mediatype": "text/csv",
-                "encoding": "utf-8", "dialect": csv_dialect, "description": SURVIVORSHIP, "schema": schema}
-    schema["fields"].append({"name": "month", "type": "string", "description": "YYYY-MM (UTC) of last_updated: "
-                             "a partition column of the Delta table, not in the CSV export"})
-    return {"name": "crypto_data", "path": layout.table.name, "format": "delta",
-            "mediatype": "application/vnd.delta-lake",
-            "description": SURVIVORSHIP + " Stored as a Delta Lake table (a folder of Parquet files and its "
-                           "_delta_log/), partitioned by vs_currency and month. Frictionless tools do not read "
-                           "Delta tables: this schema describes its columns (timestamps are UTC timestamps, numbers "
-                           "float64, market_cap_rank a nullable int64; nulls are nulls). `python main.py export "
-                           "--out FILE` writes it as CSV in the CSV store's layout, or as Parquet.",
-            "schema": schema}
+        return {
+            "name": "crypto_data",
+            "path": layout.csv.name,
+            "format": "csv",
+            "mediatype": "text/csv",
+            "encoding": "utf-8",
+            "dialect": csv_dialect,
+            "description": SURVIVORSHIP,
+            "schema": schema,
+        }
+    schema["fields"].append(
+        {
+            "name": "month",
+            "type": "string",
+            "description": "YYYY-MM (UTC) of last_updated: "
+            "a partition column of the Delta table, not in the CSV export",
+        }
+    )
+    return {
+        "name": "crypto_data",
+        "path": layout.table.name,
+        "format": "delta",
+        "mediatype": "application/vnd.delta-lake",
+        "description": SURVIVORSHIP + " Stored as a Delta Lake table (a folder of Parquet files and its "
+        "_delta_log/), partitioned by vs_currency and month. Frictionless tools do not read "
+        "Delta tables: this schema describes its columns (timestamps are UTC timestamps, numbers "
+        "float64, market_cap_rank a nullable int64; nulls are nulls). `python main.py export "
+        "--out FILE` writes it as CSV in the CSV store's layout, or as Parquet.",
+        "schema": schema,
+    }
 
 
 def describe(layout: DataLayout, table_format: str = "csv") -> dict:
@@ -88,18 +114,29 @@ def describe(layout: DataLayout, table_format: str = "csv") -> dict:
         "name": "crypto-market-history",
         "title": "Crypto market history",
         "description": "A daily history of cryptocurrency prices, market caps, volumes and supply from the "
-                       "CoinGecko API, kept by this pipeline, and the quality findings about it. An empty cell is "
-                       "null (never 0). Times are UTC, ISO 8601.",
+        "CoinGecko API, kept by this pipeline, and the quality findings about it. An empty cell is "
+        "null (never 0). Times are UTC, ISO 8601.",
         "sources": [{"title": "CoinGecko API", "path": "https://www.coingecko.com/en/api"}],
-        "licenses": [{"name": "CoinGecko-API-Terms", "title": "Data provided by CoinGecko; use is subject to "
-                      "CoinGecko's API terms", "path": "https://www.coingecko.com/en/api_terms"}],
+        "licenses": [
+            {
+                "name": "CoinGecko-API-Terms",
+                "title": "Data provided by CoinGecko; use is subject to CoinGecko's API terms",
+                "path": "https://www.coingecko.com/en/api_terms",
+            }
+        ],
         "resources": [
             history_resource(layout, table_format),
-            {"name": "quality", "path": layout.quality.name, "format": "csv", "mediatype": "text/csv",
-             "encoding": "utf-8", "dialect": csv_dialect,
-             "description": "Quality findings: one row per observation and rule it broke; rows are never changed "
-                            "or dropped.",
-             "schema": _schema(QUALITY_FIELDS, ["coin_id", "vs_currency", "last_updated", "rule"])},
+            {
+                "name": "quality",
+                "path": layout.quality.name,
+                "format": "csv",
+                "mediatype": "text/csv",
+                "encoding": "utf-8",
+                "dialect": csv_dialect,
+                "description": "Quality findings: one row per observation and rule it broke; rows are never changed "
+                "or dropped.",
+                "schema": _schema(QUALITY_FIELDS, ["coin_id", "vs_currency", "last_updated", "rule"]),
+            },
         ],
     }
 

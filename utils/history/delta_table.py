@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.history.csvio import DAY_MS, Observation, timestamp_ms
 from utils.history.layout import TABLE_NAME
-from utils.history.schema import COLUMNS, COIN_ID_RE, CURRENCY_RE, Record, format_cell, format_timestamp
+from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, Record, format_cell, format_timestamp
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -90,7 +90,7 @@ def records_to_table(records: list[Record]) -> pa.Table:
 def number_cell(value: object) -> str:
     """A number as the CSV store writes it: whole numbers as CoinGecko's JSON gives them (no .0), others in the
     shortest form that reads back exactly (schema.format_cell)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 63:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return str(int(value))
     return format_cell(value)
 
@@ -112,14 +112,19 @@ def observations_of(table: Any) -> list[Observation]:
     import pyarrow.compute as pc
 
     ts = pc.divide(table.column("last_updated").cast("int64"), 1000).to_pylist()
-    cols = [table.column(c).to_pylist() for c in ("coin_id", "vs_currency", "current_price", "market_cap",
-                                                   "market_cap_rank", "name", "symbol")]
+    cols = [
+        table.column(c).to_pylist()
+        for c in ("coin_id", "vs_currency", "current_price", "market_cap", "market_cap_rank", "name", "symbol")
+    ]
     out = []
     for (coin_id, vs, price, cap, rank, name, symbol), t in zip(zip(*cols), ts):
         if coin_id is None or vs is None or t is None:
             continue
-        out.append(Observation(coin_id, vs, t, price, cap, rank if rank is None or rank < 10**9 else None,
-                               name or "", symbol or ""))
+        out.append(
+            Observation(
+                coin_id, vs, t, price, cap, rank if rank is None or rank < 10**9 else None, name or "", symbol or ""
+            )
+        )
     return out
 
 
@@ -132,8 +137,14 @@ class MergeOutcome:
 class DeltaHistory:
     """One Delta table of observations: create, check, merge (retried), catch an index up, scan, compact."""
 
-    def __init__(self, uri: str, storage_options: dict[str, str] | None = None, *,
-                 max_attempts: int = MAX_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, str] | None = None,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options or None
         self.max_attempts = max_attempts
@@ -161,23 +172,34 @@ class DeltaHistory:
             return None
         protocol = table.protocol()
         if protocol.min_writer_version > 7 or protocol.min_reader_version > 3:
-            raise SchemaMismatch(f"{self.uri} was written by a newer Delta writer (reader protocol "
-                                 f"{protocol.min_reader_version}, writer protocol {protocol.min_writer_version}); "
-                                 "upgrade this program (pip install -U deltalake) or choose another --data-dir")
+            raise SchemaMismatch(
+                f"{self.uri} was written by a newer Delta writer (reader protocol "
+                f"{protocol.min_reader_version}, writer protocol {protocol.min_writer_version}); "
+                "upgrade this program (pip install -U deltalake) or choose another --data-dir"
+            )
         found = {f.name: str(f.type) for f in _arrow(table.schema())}
         wanted = {f.name: str(f.type) for f in arrow_schema()}
         if found != wanted:
             missing = sorted(set(wanted) - set(found))
             extra = sorted(set(found) - set(wanted))
             typed = sorted(n for n in set(found) & set(wanted) if found[n] != wanted[n])
-            detail = "; ".join(part for part in (
-                f"missing {', '.join(missing)}" if missing else "", f"unknown {', '.join(extra)}" if extra else "",
-                f"other types for {', '.join(typed)}" if typed else "") if part)
-            raise SchemaMismatch(f"{self.uri} is a Delta table of another schema ({detail}); move it away or "
-                                 "choose another --data-dir")
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(extra)}" if extra else "",
+                    f"other types for {', '.join(typed)}" if typed else "",
+                )
+                if part
+            )
+            raise SchemaMismatch(
+                f"{self.uri} is a Delta table of another schema ({detail}); move it away or choose another --data-dir"
+            )
         if list(table.metadata().partition_columns) != list(PARTITIONS):
-            raise SchemaMismatch(f"{self.uri} is partitioned by {', '.join(table.metadata().partition_columns) or 'nothing'}, "
-                                 f"not {', '.join(PARTITIONS)}; move it away or choose another --data-dir")
+            raise SchemaMismatch(
+                f"{self.uri} is partitioned by {', '.join(table.metadata().partition_columns) or 'nothing'}, "
+                f"not {', '.join(PARTITIONS)}; move it away or choose another --data-dir"
+            )
         return table
 
     def create(self) -> Any:
@@ -188,10 +210,16 @@ class DeltaHistory:
         if table is not None:
             return table
         try:
-            DeltaTable.create(self.uri, arrow_schema(), partition_by=list(PARTITIONS), mode="ignore",
-                              name=TABLE_NAME, storage_options=self.storage_options,
-                              description="Daily history of CoinGecko market data, one row per observation; "
-                                          "key (coin_id, vs_currency, last_updated)")
+            DeltaTable.create(
+                self.uri,
+                arrow_schema(),
+                partition_by=list(PARTITIONS),
+                mode="ignore",
+                name=TABLE_NAME,
+                storage_options=self.storage_options,
+                description="Daily history of CoinGecko market data, one row per observation; "
+                "key (coin_id, vs_currency, last_updated)",
+            )
         except Exception as exc:  # noqa: BLE001
             raise self.describe_error(exc, "create") from None
         table = self.table()
@@ -208,19 +236,44 @@ class DeltaHistory:
         where = self.uri
         if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
             return ConfigError(f"the bucket of {where} does not exist: create it or fix --data-dir")
-        if any(w in low for w in ("invalidaccesskeyid", "signaturedoesnotmatch", "no credentials",
-                                  "credential", "accessdenied", "access denied", "forbidden")):
-            return ConfigError(f"S3 refused the credentials for {where}: set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key that may read and write it")
-        if any(w in low for w in ("connection refused", "dns error", "error trying to connect", "timed out",
-                                  "tcp connect", "failed to lookup address")):
+        if any(
+            w in low
+            for w in (
+                "invalidaccesskeyid",
+                "signaturedoesnotmatch",
+                "no credentials",
+                "credential",
+                "accessdenied",
+                "access denied",
+                "forbidden",
+            )
+        ):
+            return ConfigError(
+                f"S3 refused the credentials for {where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key that may read and write it"
+            )
+        if any(
+            w in low
+            for w in (
+                "connection refused",
+                "dns error",
+                "error trying to connect",
+                "timed out",
+                "tcp connect",
+                "failed to lookup address",
+            )
+        ):
             return ConfigError(f"cannot reach the S3 endpoint for {where}: check AWS_ENDPOINT_URL and the network")
         if "no space left" in low or "disk full" in low or "quota" in low:
-            return LoadError(f"the disk holding {where} is full; free some space and run again "
-                             "(nothing was written: the table is unchanged)")
+            return LoadError(
+                f"the disk holding {where} is full; free some space and run again "
+                "(nothing was written: the table is unchanged)"
+            )
         if "protocol" in low and ("unsupported" in low or "not supported" in low or "newer" in low):
-            return SchemaMismatch(f"{where} was written by a newer Delta writer ({text[:160]}); upgrade this "
-                                  "program (pip install -U deltalake) or choose another --data-dir")
+            return SchemaMismatch(
+                f"{where} was written by a newer Delta writer ({text[:160]}); upgrade this "
+                "program (pip install -U deltalake) or choose another --data-dir"
+            )
         if "permission denied" in low or "read-only" in low:
             return LoadError(f"cannot {action} the Delta table {where}: permission denied; nothing was written")
         return LoadError(f"cannot {action} the Delta table {where}: {text[:300]}; nothing was written")
@@ -257,23 +310,27 @@ class DeltaHistory:
                     write_deltalake(table, data, mode="append", commit_properties=props)
                     return MergeOutcome(0, attempt)
             try:
-                metrics = (table.merge(data, predicate, source_alias="s", target_alias="t",
-                                       commit_properties=props)
-                           .when_not_matched_insert_all().execute())
+                metrics = (
+                    table.merge(data, predicate, source_alias="s", target_alias="t", commit_properties=props)
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
                 return MergeOutcome(int(metrics.get("num_target_rows_inserted", 0)), attempt)
             except CommitFailedError as exc:
                 self.conflicts += 1
                 if attempt == self.max_attempts:
-                    raise LoadError(f"{self.uri} kept changing under {self.max_attempts} attempts (another writer "
-                                    f"committed each time: {' '.join(str(exc).split())[:120]}); nothing was "
-                                    "written: run again") from None
-                pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))
+                    raise LoadError(
+                        f"{self.uri} kept changing under {self.max_attempts} attempts (another writer "
+                        f"committed each time: {' '.join(str(exc).split())[:120]}); nothing was "
+                        "written: run again"
+                    ) from None
+                pause = random.uniform(0, min(2.0, 0.05 * 2**attempt))
                 log.info("another writer committed to %s first; retrying in %.2f s", self.uri, pause)
                 self.sleep(pause)
             except Exception as exc:  # noqa: BLE001
                 if "conflict" in str(exc).lower() and attempt < self.max_attempts:
                     self.conflicts += 1
-                    self.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+                    self.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
                     continue
                 raise self.describe_error(exc, "write to") from None
         raise LoadError(f"{self.uri}: nothing was written")  # not reached
@@ -291,8 +348,9 @@ class DeltaHistory:
 
             actions = pa.table(table.get_add_actions(flatten=True))
             counts: dict[tuple[str, str], int] = {}
-            for vs, month in zip(actions.column("partition.vs_currency").to_pylist(),
-                                 actions.column("partition.month").to_pylist()):
+            for vs, month in zip(
+                actions.column("partition.vs_currency").to_pylist(), actions.column("partition.month").to_pylist()
+            ):
                 counts[(vs, month)] = counts.get((vs, month), 0) + 1
             wanted = set(partitions)
             removed = 0
@@ -301,15 +359,25 @@ class DeltaHistory:
                     continue
                 if wanted and (vs, month) not in wanted and not every:
                     continue
-                result = table.optimize.compact(partition_filters=[("vs_currency", "=", vs), (MONTH, "=", month)],
-                                                target_size=TARGET_FILE_BYTES)
+                result = table.optimize.compact(
+                    partition_filters=[("vs_currency", "=", vs), (MONTH, "=", month)], target_size=TARGET_FILE_BYTES
+                )
                 removed += int(result.get("numFilesRemoved", 0))
-                log.info("compacted %s partition %s/%s: %s files into %s", self.uri, vs, month,
-                         result.get("numFilesRemoved"), result.get("numFilesAdded"))
+                log.info(
+                    "compacted %s partition %s/%s: %s files into %s",
+                    self.uri,
+                    vs,
+                    month,
+                    result.get("numFilesRemoved"),
+                    result.get("numFilesAdded"),
+                )
             return removed
         except Exception as exc:  # noqa: BLE001 - compaction is upkeep; a failure never fails the load
-            log.warning("could not compact %s (%s); the rows are stored, the next load tries again", self.uri,
-                        " ".join(str(exc).split())[:200])
+            log.warning(
+                "could not compact %s (%s); the rows are stored, the next load tries again",
+                self.uri,
+                " ".join(str(exc).split())[:200],
+            )
             return 0
 
     # -- reading ----------------------------------------------------------------------------------
@@ -340,8 +408,16 @@ class DeltaHistory:
         import pyarrow.dataset as pds
 
         subset = pds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
-        columns = ["coin_id", "vs_currency", "last_updated", "current_price", "market_cap", "market_cap_rank",
-                   "name", "symbol"]
+        columns = [
+            "coin_id",
+            "vs_currency",
+            "last_updated",
+            "current_price",
+            "market_cap",
+            "market_cap_rank",
+            "name",
+            "symbol",
+        ]
         added = 0
         found: list[Observation] = []
         for batch in subset.to_batches(columns=columns, batch_size=100_000):
@@ -355,8 +431,9 @@ class DeltaHistory:
             log.info("indexed %s: %d rows", self.uri, added)
         return added
 
-    def batches(self, vs_currency: tuple[str, ...] = (), since: date | None = None, until: date | None = None
-                ) -> Iterator[Any]:
+    def batches(
+        self, vs_currency: tuple[str, ...] = (), since: date | None = None, until: date | None = None
+    ) -> Iterator[Any]:
         """The rows as Arrow batches in the table's schema, partition by partition in time order (pushdown:
         only the currencies' and days' partitions are read), each partition sorted by time and coin."""
         import pyarrow as pa
@@ -367,8 +444,9 @@ class DeltaHistory:
         if table is None:
             return
         actions = pa.table(table.get_add_actions(flatten=True))
-        parts = sorted(set(zip(actions.column("partition.vs_currency").to_pylist(),
-                               actions.column("partition.month").to_pylist())))
+        parts = sorted(
+            set(zip(actions.column("partition.vs_currency").to_pylist(), actions.column("partition.month").to_pylist()))
+        )
         first = f"{since:%Y-%m}" if since else None
         last = f"{until:%Y-%m}" if until else None
         dataset = table.to_pyarrow_dataset()
@@ -379,8 +457,9 @@ class DeltaHistory:
             if since:
                 expr &= pds.field("last_updated") >= pa.scalar(_day_start(since), pa.timestamp("us", tz="UTC"))
             if until:
-                expr &= pds.field("last_updated") < pa.scalar(_day_start(until) + DAY_MS * 1000,
-                                                              pa.timestamp("us", tz="UTC"))
+                expr &= pds.field("last_updated") < pa.scalar(
+                    _day_start(until) + DAY_MS * 1000, pa.timestamp("us", tz="UTC")
+                )
             part = dataset.to_table(filter=expr)
             if part.num_rows:
                 part = part.take(pc.sort_indices(part, [("last_updated", "ascending"), ("coin_id", "ascending")]))
@@ -414,7 +493,7 @@ def _relative(path: str, uri: str) -> str:
     base = uri.split("://", 1)[-1].rstrip("/") + "/"
     path = path.split("://", 1)[-1]
     i = path.find(base)
-    rel = path[i + len(base):] if i >= 0 else path
+    rel = path[i + len(base) :] if i >= 0 else path
     return unquote(rel)
 
 
@@ -440,6 +519,7 @@ def _dedupe(data: pa.Table) -> pa.Table:
 
 # -- CSV in, for the conversion and for exporting the CSV store --------------------------------------
 
+
 @dataclass(frozen=True)
 class ConversionReport:
     rows: int
@@ -448,8 +528,9 @@ class ConversionReport:
     seconds: float
 
 
-def convert_csv(history: DeltaHistory, source: Path | str, *, opener: Callable[[], Any] | None = None,
-                chunk_rows: int = CHUNK_ROWS) -> ConversionReport:
+def convert_csv(
+    history: DeltaHistory, source: Path | str, *, opener: Callable[[], Any] | None = None, chunk_rows: int = CHUNK_ROWS
+) -> ConversionReport:
     """Store a history CSV's rows in the table, a chunk per commit; the CSV itself is only read.
 
     Each chunk's commit records how many CSV rows are read so far (a Delta application transaction), and
@@ -475,8 +556,9 @@ def convert_csv(history: DeltaHistory, source: Path | str, *, opener: Callable[[
     return ConversionReport(rows, damaged, number, time.monotonic() - started)
 
 
-def csv_tables(path: Path | str, chunk_rows: int = CHUNK_ROWS, *, opener: Callable[[], Any] | None = None
-               ) -> Iterator[tuple[pa.Table, int]]:
+def csv_tables(
+    path: Path | str, chunk_rows: int = CHUNK_ROWS, *, opener: Callable[[], Any] | None = None
+) -> Iterator[tuple[pa.Table, int]]:
     """The history CSV as typed Arrow tables of up to chunk_rows rows, and the damaged rows of each chunk
     (skipped: a row this program would not read as an observation). pandas' C parser, in bounded memory."""
     import pandas as pd
@@ -486,9 +568,17 @@ def csv_tables(path: Path | str, chunk_rows: int = CHUNK_ROWS, *, opener: Callab
         if opener:
             stack.callback(source.close)
         try:
-            reader = pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False, engine="c",
-                                 chunksize=chunk_rows, on_bad_lines="skip", encoding="utf-8",
-                                 encoding_errors="replace")
+            reader = pd.read_csv(
+                source,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                engine="c",
+                chunksize=chunk_rows,
+                on_bad_lines="skip",
+                encoding="utf-8",
+                encoding_errors="replace",
+            )
         except pd.errors.EmptyDataError:
             return
         with reader:
@@ -503,8 +593,10 @@ def frame_to_table(frame: Any) -> tuple[pa.Table, int]:
     import pyarrow as pa
 
     if list(frame.columns) != list(COLUMNS):
-        raise SchemaMismatch(f"the CSV's columns are not this version's ({', '.join(map(str, frame.columns[:5]))}, "
-                             "...): run the CSV store once to migrate it, or move it away")
+        raise SchemaMismatch(
+            f"the CSV's columns are not this version's ({', '.join(map(str, frame.columns[:5]))}, "
+            "...): run the CSV store once to migrate it, or move it away"
+        )
     ok = np.ones(len(frame), dtype=bool)
     out: dict[str, Any] = {}
     for name in COLUMNS:

@@ -219,8 +219,9 @@ class HistoryIndex:
         return row[0] if row else None
 
     def _set_meta(self, **values: object) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
-                            [(k, str(v)) for k, v in values.items()])
+        self.db.executemany(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
 
     def _drop_tables(self) -> None:
         with self._transaction():
@@ -238,8 +239,13 @@ class HistoryIndex:
 
     def mark(self) -> FileMark | None:
         try:
-            return FileMark(int(self._meta("size") or ""), self._meta("head") or "", self._meta("tail") or "",
-                            int(self._meta("inode") or ""), int(self._meta("mtime_ns") or ""))
+            return FileMark(
+                int(self._meta("size") or ""),
+                self._meta("head") or "",
+                self._meta("tail") or "",
+                int(self._meta("inode") or ""),
+                int(self._meta("mtime_ns") or ""),
+            )
         except ValueError:
             return None
 
@@ -256,8 +262,15 @@ class HistoryIndex:
     def _mark_file(self, fh, extra_rows: int, extra_damaged: int) -> None:
         st = os.fstat(fh.fileno())
         head, tail = csvio.probe_hashes(fh, st.st_size)
-        self._set_meta(size=st.st_size, head=head, tail=tail, inode=st.st_ino, mtime_ns=st.st_mtime_ns,
-                       rows=self.rows + extra_rows, damaged=self.damaged + extra_damaged)
+        self._set_meta(
+            size=st.st_size,
+            head=head,
+            tail=tail,
+            inode=st.st_ino,
+            mtime_ns=st.st_mtime_ns,
+            rows=self.rows + extra_rows,
+            damaged=self.damaged + extra_damaged,
+        )
 
     # -- keeping up with the CSV ------------------------------------------------------------------
 
@@ -285,8 +298,10 @@ class HistoryIndex:
         fh.readline()  # the header (csvio.header_length's line)
         start = fh.tell()
         # Days CoinGecko had no data for cannot be read back from the CSV: they outlive the rebuild.
-        asked = self.db.execute("SELECT s.coin_id, s.vs_currency, u.first_day, u.last_day, u.checked_ms "
-                                "FROM unavailable u JOIN series s ON s.id = u.series").fetchall()
+        asked = self.db.execute(
+            "SELECT s.coin_id, s.vs_currency, u.first_day, u.last_day, u.checked_ms "
+            "FROM unavailable u JOIN series s ON s.id = u.series"
+        ).fetchall()
         try:
             # One transaction: a reader in another process sees the old index or the new, never an empty one.
             with self._transaction():
@@ -342,8 +357,10 @@ class HistoryIndex:
         """The table's data files this index has read; a table with another id (made anew) starts it over,
         keeping the days CoinGecko had no data for."""
         if self._meta("table_id") != table_id:
-            asked = self.db.execute("SELECT s.coin_id, s.vs_currency, u.first_day, u.last_day, u.checked_ms "
-                                    "FROM unavailable u JOIN series s ON s.id = u.series").fetchall()
+            asked = self.db.execute(
+                "SELECT s.coin_id, s.vs_currency, u.first_day, u.last_day, u.checked_ms "
+                "FROM unavailable u JOIN series s ON s.id = u.series"
+            ).fetchall()
             try:
                 with self._transaction():
                     self._reset(inside=True)
@@ -403,14 +420,17 @@ class HistoryIndex:
             "INSERT INTO daily (day, series, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (day, series) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
             "rank = excluded.rank WHERE excluded.ts >= daily.ts",
-            [(day, sid, o.ts_ms, o.price, o.market_cap, o.rank) for (day, sid), o in sorted(batch.last_of_day.items())])
+            [(day, sid, o.ts_ms, o.price, o.market_cap, o.rank) for (day, sid), o in sorted(batch.last_of_day.items())],
+        )
         self.db.executemany(
             "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
             "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
-            [(n, lo, lo, hi, hi, sid) for sid, (n, lo, hi, _) in batch.stats.items()])
+            [(n, lo, lo, hi, hi, sid) for sid, (n, lo, hi, _) in batch.stats.items()],
+        )
         self.db.executemany(
             "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
-            [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in batch.stats.items() if o.name])
+            [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in batch.stats.items() if o.name],
+        )
         days_by_series: dict[int, set[int]] = defaultdict(set)
         for day, sid in batch.last_of_day:
             days_by_series[sid].add(day)
@@ -419,21 +439,29 @@ class HistoryIndex:
 
     def _cover(self, sid: int, days: set[int], *, replace: bool = False) -> None:
         """Fold days into the series' covered ranges, and take them out of its unavailable ranges."""
-        held = [] if replace else self.db.execute(
-            "SELECT first_day, last_day FROM covered WHERE series = ? ORDER BY first_day", (sid,)).fetchall()
+        held = (
+            []
+            if replace
+            else self.db.execute(
+                "SELECT first_day, last_day FROM covered WHERE series = ? ORDER BY first_day", (sid,)
+            ).fetchall()
+        )
         if held and all(any(a <= d <= b for a, b in held) for d in days):
             return
         merged = _union(held, to_ranges(days))
         self.db.execute("DELETE FROM covered WHERE series = ?", (sid,))
-        self.db.executemany("INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)",
-                            [(sid, a, b) for a, b in merged])
+        self.db.executemany(
+            "INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)", [(sid, a, b) for a, b in merged]
+        )
         if self.db.execute("SELECT 1 FROM unavailable WHERE series = ? LIMIT 1", (sid,)).fetchone():
             self._set_unavailable(sid, remove=days)
 
-    def _set_unavailable(self, sid: int, add: Iterable[int] = (), remove: Iterable[int] = (),
-                         checked_ms: int = 0) -> None:
-        rows = self.db.execute("SELECT first_day, last_day, checked_ms FROM unavailable WHERE series = ?",
-                               (sid,)).fetchall()
+    def _set_unavailable(
+        self, sid: int, add: Iterable[int] = (), remove: Iterable[int] = (), checked_ms: int = 0
+    ) -> None:
+        rows = self.db.execute(
+            "SELECT first_day, last_day, checked_ms FROM unavailable WHERE series = ?", (sid,)
+        ).fetchall()
         by_day = {d: c for a, b, c in rows for d in range(a, b + 1)}
         for d in add:
             by_day[d] = checked_ms
@@ -446,8 +474,10 @@ class HistoryIndex:
             else:
                 out.append((d, d, by_day[d]))
         self.db.execute("DELETE FROM unavailable WHERE series = ?", (sid,))
-        self.db.executemany("INSERT INTO unavailable (series, first_day, last_day, checked_ms) VALUES (?, ?, ?, ?)",
-                            [(sid, a, b, c) for a, b, c in out])
+        self.db.executemany(
+            "INSERT INTO unavailable (series, first_day, last_day, checked_ms) VALUES (?, ?, ?, ?)",
+            [(sid, a, b, c) for a, b, c in out],
+        )
 
     def mark_unavailable(self, days: dict[tuple[str, str], set[date]], checked_ms: int) -> None:
         """Remember days a well-formed answer had no data for, so healing asks again only after a while."""
@@ -456,8 +486,9 @@ class HistoryIndex:
         ids = self._series_ids(days)
         with self._transaction():
             for key, wanted in days.items():
-                covered = self.db.execute("SELECT first_day, last_day FROM covered WHERE series = ?",
-                                          (ids[key],)).fetchall()
+                covered = self.db.execute(
+                    "SELECT first_day, last_day FROM covered WHERE series = ?", (ids[key],)
+                ).fetchall()
                 numbers = [n for n in map(day_number, wanted) if not any(a <= n <= b for a, b in covered)]
                 if numbers:
                     self._set_unavailable(ids[key], add=numbers, checked_ms=checked_ms)
@@ -476,8 +507,9 @@ class HistoryIndex:
         covered = "SELECT series, first_day, last_day FROM covered"
         if coin_id is not None:  # one coin: read its ranges alone, so a loop over 1,000 coins stays linear
             covered += " WHERE series IN (SELECT id FROM series WHERE coin_id = ?)"
-        for sid, a, b in self.db.execute(covered + " ORDER BY series, first_day",
-                                         () if coin_id is None else (coin_id,)):
+        for sid, a, b in self.db.execute(
+            covered + " ORDER BY series, first_day", () if coin_id is None else (coin_id,)
+        ):
             ranges[sid].append((a, b))
         query = "SELECT id, coin_id, vs_currency, name, symbol, rows, first_ms, last_ms FROM series WHERE rows > 0"
         args: tuple = ()
@@ -487,8 +519,10 @@ class HistoryIndex:
         if coin_id is not None:
             query += " AND coin_id = ?"
             args += (coin_id,)
-        return [SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
-                for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)]
+        return [
+            SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
+            for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)
+        ]
 
     def currencies(self) -> list[str]:
         return [v for (v,) in self.db.execute("SELECT DISTINCT vs_currency FROM series WHERE rows > 0 ORDER BY 1")]
@@ -496,20 +530,28 @@ class HistoryIndex:
     def unavailable(self, coin_id: str, vs_currency: str, now_ms: int) -> list[Range]:
         """Days CoinGecko had no data for when asked within the last RETRY_UNAVAILABLE_DAYS days."""
         since = now_ms - RETRY_UNAVAILABLE_DAYS * DAY_MS
-        return [(a, b) for a, b in self.db.execute(
-            "SELECT u.first_day, u.last_day FROM unavailable u JOIN series s ON s.id = u.series "
-            "WHERE s.coin_id = ? AND s.vs_currency = ? AND u.checked_ms >= ? ORDER BY u.first_day",
-            (coin_id, vs_currency, since))]
+        return [
+            (a, b)
+            for a, b in self.db.execute(
+                "SELECT u.first_day, u.last_day FROM unavailable u JOIN series s ON s.id = u.series "
+                "WHERE s.coin_id = ? AND s.vs_currency = ? AND u.checked_ms >= ? ORDER BY u.first_day",
+                (coin_id, vs_currency, since),
+            )
+        ]
 
-    def gaps(self, coin_id: str, vs_currency: str, today: date, now_ms: int, since_day: int | None = None
-             ) -> list[Range]:
+    def gaps(
+        self, coin_id: str, vs_currency: str, today: date, now_ms: int, since_day: int | None = None
+    ) -> list[Range]:
         """Days to heal: missing since the first observation (or since_day), less those recently found unavailable."""
         info = next(iter(self.series(vs_currency, coin_id)), None)
         if info is None:
             return []
         holes = sorted(self.unavailable(coin_id, vs_currency, now_ms))
-        spans = info.missing(today) if since_day is None or since_day >= info.first_day else \
-            subtract((since_day, day_number(today) - 1), info.covered)
+        spans = (
+            info.missing(today)
+            if since_day is None or since_day >= info.first_day
+            else subtract((since_day, day_number(today) - 1), info.covered)
+        )
         out: list[Range] = []
         for span in spans:
             out.extend(subtract(span, holes))
@@ -517,8 +559,9 @@ class HistoryIndex:
 
     def first_day(self, vs_currency: str) -> int | None:
         """The first UTC day any coin was observed in this currency."""
-        row = self.db.execute("SELECT min(first_ms) FROM series WHERE vs_currency = ? AND rows > 0",
-                              (vs_currency,)).fetchone()
+        row = self.db.execute(
+            "SELECT min(first_ms) FROM series WHERE vs_currency = ? AND rows > 0", (vs_currency,)
+        ).fetchone()
         return row[0] // DAY_MS if row and row[0] is not None else None
 
     def top_of_day(self, vs_currency: str, day: int, limit: int) -> list[tuple[int | None, str, str, float | None]]:
@@ -533,25 +576,30 @@ class HistoryIndex:
             "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM series s CROSS JOIN daily d "
             "ON d.series = s.id AND d.day = ? WHERE s.vs_currency = ? "
             "ORDER BY d.rank IS NULL, d.rank, d.ts DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
-            (day, vs_currency, limit)).fetchall()
+            (day, vs_currency, limit),
+        ).fetchall()
 
-    def points(self, coin_id: str, vs_currency: str, first_day: int, last_day: int
-               ) -> list[tuple[int, float | None, float | None]]:
+    def points(
+        self, coin_id: str, vs_currency: str, first_day: int, last_day: int
+    ) -> list[tuple[int, float | None, float | None]]:
         """(ts_ms, price, market cap) of one coin's daily points from first_day to last_day."""
         return self.points_of([(coin_id, vs_currency)], first_day, last_day).get((coin_id, vs_currency), [])
 
-    def points_of(self, keys: Iterable[tuple[str, str]], first_day: int, last_day: int
-                  ) -> dict[tuple[str, str], list[tuple[int, float | None, float | None]]]:
+    def points_of(
+        self, keys: Iterable[tuple[str, str]], first_day: int, last_day: int
+    ) -> dict[tuple[str, str], list[tuple[int, float | None, float | None]]]:
         """The daily points of many coins from first_day to last_day: one indexed query (the quality checks)."""
         by_id = {sid: key for key in keys if (sid := self._series_id(*key)) is not None}
         out: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
         ids = list(by_id)
         for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for sid, ts, price, cap in self.db.execute(
-                    f"SELECT series, ts, price, cap FROM daily WHERE series IN ({marks}) AND day BETWEEN ? AND ? "  # noqa: S608
-                    "ORDER BY series, day", (*chunk, first_day, last_day)):
+                f"SELECT series, ts, price, cap FROM daily WHERE series IN ({marks}) AND day BETWEEN ? AND ? "  # noqa: S608
+                "ORDER BY series, day",
+                (*chunk, first_day, last_day),
+            ):
                 out[by_id[sid]].append((ts, price, cap))
         return out
 
@@ -560,8 +608,11 @@ class HistoryIndex:
         sid = self._series_id(coin_id, vs_currency)
         if sid is None:
             return None
-        return self.db.execute("SELECT ts, cap FROM daily WHERE series = ? AND day <= ? AND ts < ? AND cap IS NOT NULL "
-                               "ORDER BY day DESC LIMIT 1", (sid, ts_ms // DAY_MS, ts_ms)).fetchone()
+        return self.db.execute(
+            "SELECT ts, cap FROM daily WHERE series = ? AND day <= ? AND ts < ? AND cap IS NOT NULL "
+            "ORDER BY day DESC LIMIT 1",
+            (sid, ts_ms // DAY_MS, ts_ms),
+        ).fetchone()
 
     def latest(self, vs_currency: str) -> list[tuple[str, int, float | None, float | None, int | None]]:
         """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report).
@@ -573,7 +624,9 @@ class HistoryIndex:
             "WHERE r.day BETWEEN d.day - 30 AND d.day AND r.series = s.id AND r.rank IS NOT NULL "
             "ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
             "AND d.day = s.last_ms / 86400000 WHERE s.vs_currency = ? AND s.rows > 0 "  # one key lookup per coin
-            "ORDER BY s.coin_id", (vs_currency,)).fetchall()
+            "ORDER BY s.coin_id",
+            (vs_currency,),
+        ).fetchall()
 
     def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
         sid = self._ids.get((coin_id, vs_currency))
@@ -582,31 +635,42 @@ class HistoryIndex:
             self._ids.update(((c, v), i) for i, c, v in self.db.execute("SELECT id, coin_id, vs_currency FROM series"))
             sid = self._ids.get((coin_id, vs_currency))
         if sid is None:
-            row = self.db.execute("SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?",
-                                  (coin_id, vs_currency)).fetchone()
+            row = self.db.execute(
+                "SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?", (coin_id, vs_currency)
+            ).fetchone()
             if row is None:
                 return None
             sid = self._ids[(coin_id, vs_currency)] = row[0]
         return sid
 
-    def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None
-                     ) -> DailyPoints:
+    def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None) -> DailyPoints:
         """The last observation of each UTC day of every coin in one currency, within the days given."""
-        labels = self.db.execute("SELECT id, coin_id, name, symbol FROM series WHERE vs_currency = ? AND rows > 0 "
-                                 "ORDER BY coin_id", (vs_currency,)).fetchall()
+        labels = self.db.execute(
+            "SELECT id, coin_id, name, symbol FROM series WHERE vs_currency = ? AND rows > 0 ORDER BY coin_id",
+            (vs_currency,),
+        ).fetchall()
         position = {sid: i for i, (sid, _, _, _) in enumerate(labels)}
-        lo = first_day if first_day is not None else -10**9
+        lo = first_day if first_day is not None else -(10**9)
         hi = last_day if last_day is not None else 10**9
         # The table is keyed (day, series) so that appends stay at its end; a stable sort by series keeps each
         # series' days in order, and is cheaper than SQLite's ORDER BY through a temporary b-tree.
         rows = self.db.execute(
             "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
-            "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.day", (vs_currency, lo, hi)).fetchall()
+            "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.day",
+            (vs_currency, lo, hi),
+        ).fetchall()
         rows.sort(key=itemgetter(0))
         sids, ts, price, cap = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
         series = [position[sid] for sid in sids]
-        return DailyPoints([c for _, c, _, _ in labels], [n for _, _, n, _ in labels], [s for _, _, _, s in labels],
-                           series, ts, price, cap)
+        return DailyPoints(
+            [c for _, c, _, _ in labels],
+            [n for _, _, n, _ in labels],
+            [s for _, _, _, s in labels],
+            series,
+            ts,
+            price,
+            cap,
+        )
 
 
 def _union(a: list[Range], b: list[Range]) -> list[Range]:

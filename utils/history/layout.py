@@ -164,8 +164,17 @@ class DataLayout:
 
     def managed(self) -> tuple[Path, ...]:
         """Every file and folder the pipeline writes: nothing else may be pointed at them (a log file, say)."""
-        return (self.csv, self.quarantine, self.state_dir, self.raw_dir, *self.charts, self.quality, self.report,
-                self.datapackage, self.table)
+        return (
+            self.csv,
+            self.quarantine,
+            self.state_dir,
+            self.raw_dir,
+            *self.charts,
+            self.quality,
+            self.report,
+            self.datapackage,
+            self.table,
+        )
 
 
 def primary_currency(vs_currency: str | Sequence[str]) -> str:
@@ -181,8 +190,7 @@ def chart_names(currency: str, primary: str) -> tuple[str, ...]:
 
 def suffixed_chart_names(currency: str) -> tuple[str, ...]:
     """The names a currency's charts take when it is not the first configured one: crypto_price_trend_usd.png."""
-    return tuple(name.removesuffix(CHART_SUFFIX) + f"_{currency.strip().lower()}{CHART_SUFFIX}"
-                 for name in CHART_NAMES)
+    return tuple(name.removesuffix(CHART_SUFFIX) + f"_{currency.strip().lower()}{CHART_SUFFIX}" for name in CHART_NAMES)
 
 
 def display_path(path: Path | str) -> str:
@@ -209,8 +217,10 @@ def split_s3_url(url: str) -> tuple[str, str]:
     if parts.scheme != "s3" or not parts.netloc:
         raise ConfigError(f"data-dir: {url!r} is not an s3://bucket/prefix URL")
     if not BUCKET_RE.match(parts.netloc) or ".." in parts.netloc or parts.netloc.endswith("-s3alias"):
-        raise ConfigError(f"data-dir: {parts.netloc!r} is not an S3 bucket name (3-63 lower-case letters, digits, "
-                          "dots and hyphens, starting and ending with a letter or digit)")
+        raise ConfigError(
+            f"data-dir: {parts.netloc!r} is not an S3 bucket name (3-63 lower-case letters, digits, "
+            "dots and hyphens, starting and ending with a letter or digit)"
+        )
     prefix = parts.path.strip("/")
     if any(part in (".", "..") for part in prefix.split("/")) or "\0" in prefix:
         raise ConfigError(f"data-dir: {url!r} may not contain '.' or '..' folders or a NUL character")

@@ -19,18 +19,24 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from utils.history import csvio
 from utils.errors import ConfigError, LoadError, SchemaMismatch
-from utils.history.delta_table import CONVERSION_APP, CONVERSION_DONE, DeltaHistory, app_done, convert_csv, \
-    month_of, records_to_table
+from utils.history import csvio
+from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, new_records
+from utils.history.delta_table import (
+    CONVERSION_APP,
+    CONVERSION_DONE,
+    DeltaHistory,
+    app_done,
+    convert_csv,
+    month_of,
+    records_to_table,
+)
 from utils.history.files import archive_raw, atomic_write_bytes, describe_os_error, ensure_dir, raw_bytes, raw_name
 from utils.history.index import HistoryIndex
-from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, \
-    split_s3_url
+from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, split_s3_url
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 from utils.settings import Settings
-from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, as_observations, new_records
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,13 @@ class Storage:
         """Store the records whose key the history does not hold yet."""
         raise NotImplementedError
 
-    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
-              checked: datetime | None = None) -> MergeReport:
+    def merge(
+        self,
+        records: list[Record],
+        *,
+        unavailable: dict[tuple[str, str], set[date]] | None = None,
+        checked: datetime | None = None,
+    ) -> MergeReport:
         """Weave observations of any age into the history; remember days CoinGecko had no data for."""
         raise NotImplementedError
 
@@ -101,8 +112,13 @@ class Storage:
 class LocalStorage(Storage):
     """A folder on this machine: append under a file lock, fsync, bookmarks state."""
 
-    def __init__(self, data_dir: Path, lock_timeout: float = 300.0, rules: QualityRules = QualityRules(),
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        lock_timeout: float = 300.0,
+        rules: QualityRules = QualityRules(),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.layout = DataLayout(data_dir)
         self.location = str(data_dir)
@@ -133,8 +149,13 @@ class LocalStorage(Storage):
     def append(self, records: list[Record]) -> LoadReport:
         return self.store.append(records)
 
-    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
-              checked: datetime | None = None) -> MergeReport:
+    def merge(
+        self,
+        records: list[Record],
+        *,
+        unavailable: dict[tuple[str, str], set[date]] | None = None,
+        checked: datetime | None = None,
+    ) -> MergeReport:
         return self.store.merge(records, unavailable=unavailable, checked=checked)
 
     def index(self) -> contextlib.AbstractContextManager[HistoryIndex]:
@@ -163,8 +184,15 @@ class Conflict(Exception):
 class S3Storage(Storage):
     """s3://bucket/prefix: whole-object reads and conditional writes, retried on conflict."""
 
-    def __init__(self, url: str, *, client: Any = None, max_attempts: int = 8,
-                 sleep: Callable[[float], None] = time.sleep, scratch: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: Any = None,
+        max_attempts: int = 8,
+        sleep: Callable[[float], None] = time.sleep,
+        scratch: Path | None = None,
+    ) -> None:
         self.bucket, self.prefix = split_s3_url(url)
         self.location = url.rstrip("/")
         if client is None:
@@ -194,13 +222,19 @@ class S3Storage(Storage):
             raise LoadError(f"cannot read s3://{self.bucket}/{self.key(rel)}: {_s3_reason(exc)}") from None
         return answer["Body"].read(), answer["ETag"]
 
-    def put(self, rel: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
-            content_type: str = "application/octet-stream") -> str:
+    def put(
+        self,
+        rel: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        content_type: str = "application/octet-stream",
+    ) -> str:
         """Write an object, optionally only if it is unchanged (If-Match) or absent (If-None-Match)."""
         from botocore.exceptions import ClientError
 
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(rel), "Body": data,
-                                "ContentType": content_type}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(rel), "Body": data, "ContentType": content_type}
         if if_match:
             args["IfMatch"] = if_match
         elif if_none_match:
@@ -211,8 +245,9 @@ class S3Storage(Storage):
             code = exc.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 raise Conflict(code) from None
-            raise LoadError(f"cannot write s3://{self.bucket}/{self.key(rel)}: {_s3_reason(exc)}; "
-                            "nothing was appended") from None
+            raise LoadError(
+                f"cannot write s3://{self.bucket}/{self.key(rel)}: {_s3_reason(exc)}; nothing was appended"
+            ) from None
 
     def read(self, rel: str) -> bytes | None:
         return self.get(rel)[0]
@@ -250,8 +285,10 @@ class S3Storage(Storage):
         header, data = body[:start], body[start:]
         columns = tuple(c.strip() for c in header.decode("utf-8-sig", errors="replace").strip().split(","))
         if columns == LEGACY_COLUMNS:
-            raise SchemaMismatch(f"{self.csv_display} is in the original seven-column layout: migrate it "
-                                 "once with a local run (download, `python main.py`, upload)")
+            raise SchemaMismatch(
+                f"{self.csv_display} is in the original seven-column layout: migrate it "
+                "once with a local run (download, `python main.py`, upload)"
+            )
         csvio.check_header(self.csv_display, columns)
         if not header.endswith(b"\n"):
             header += b"\n"
@@ -269,7 +306,7 @@ class S3Storage(Storage):
 
     def _retry(self, attempt: int) -> None:
         self.conflicts += 1
-        pause = random.uniform(0, min(2.0, 0.05 * 2 ** attempt))
+        pause = random.uniform(0, min(2.0, 0.05 * 2**attempt))
         log.info("another writer changed %s; retrying in %.2f s", self.csv_display, pause)
         self.sleep(pause)
 
@@ -287,15 +324,21 @@ class S3Storage(Storage):
                 return len(fresh), duplicates, len(keys) + len(fresh)
             except Conflict:
                 self._retry(attempt)
-        raise LoadError(f"{self.csv_display} kept changing under {self.max_attempts} attempts; "
-                        "nothing was written: run again")
+        raise LoadError(
+            f"{self.csv_display} kept changing under {self.max_attempts} attempts; nothing was written: run again"
+        )
 
     def append(self, records: list[Record]) -> LoadReport:
         appended, duplicates, _ = self._write(records, weave=False)
         return LoadReport(csv_path=self.csv_display, appended=appended, skipped_duplicates=duplicates)
 
-    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
-              checked: datetime | None = None) -> MergeReport:
+    def merge(
+        self,
+        records: list[Record],
+        *,
+        unavailable: dict[tuple[str, str], set[date]] | None = None,
+        checked: datetime | None = None,
+    ) -> MergeReport:
         added, duplicates, rows = self._write(records, weave=True)
         if unavailable:
             with self.index() as index:
@@ -324,7 +367,7 @@ class S3Storage(Storage):
             # The object only grew: extend the copy, so its index catches up instead of rebuilding.
             if len(body) > len(held):
                 with open(path, "ab") as fh:
-                    fh.write(body[len(held):])
+                    fh.write(body[len(held) :])
         else:
             atomic_write_bytes(path, body)
         return path, self.scratch
@@ -352,18 +395,24 @@ class S3Storage(Storage):
             if not new:
                 return []
             try:
-                self.put(QUALITY_NAME, copy.read_bytes(), if_match=etag, if_none_match=etag is None,
-                         content_type="text/csv")
+                self.put(
+                    QUALITY_NAME, copy.read_bytes(), if_match=etag, if_none_match=etag is None, content_type="text/csv"
+                )
                 return new
             except Conflict:
                 self._retry(attempt)
-        log.warning("could not store the quality findings in %s/%s: it kept changing; they are found again "
-                    "by `python main.py quality`", self.location, QUALITY_NAME)
+        log.warning(
+            "could not store the quality findings in %s/%s: it kept changing; they are found again "
+            "by `python main.py quality`",
+            self.location,
+            QUALITY_NAME,
+        )
         return []
 
     def publish_file(self, path: Path) -> str:
         content_type = {".html": "text/html; charset=utf-8", ".json": "application/json", ".csv": "text/csv"}.get(
-            path.suffix, "application/octet-stream")
+            path.suffix, "application/octet-stream"
+        )
         self.put(path.name, path.read_bytes(), content_type=content_type)
         return f"{self.location}/{path.name}"
 
@@ -386,9 +435,16 @@ class DeltaStorage(Storage):
     the other files go through it. The index and the lock live in `scratch` (the data folder itself when local).
     """
 
-    def __init__(self, files: LocalStorage | S3Storage, history: DeltaHistory, scratch: Path, *,
-                 lock_timeout: float = 300.0, rules: QualityRules = QualityRules(),
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        files: LocalStorage | S3Storage,
+        history: DeltaHistory,
+        scratch: Path,
+        *,
+        lock_timeout: float = 300.0,
+        rules: QualityRules = QualityRules(),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.files = files
         self.history = history
         self.location = files.location
@@ -451,9 +507,11 @@ class DeltaStorage(Storage):
             if kind == "ours" and body.strip():
                 csvio.check_header(self.files.csv_display, columns)
         if kind == "legacy":
-            raise SchemaMismatch(f"{self.files.csv_display} is in the original seven-column layout: migrate it once "
-                                 "with --table-format csv (`python main.py --table-format csv`), then run with "
-                                 "delta to convert it")
+            raise SchemaMismatch(
+                f"{self.files.csv_display} is in the original seven-column layout: migrate it once "
+                "with --table-format csv (`python main.py --table-format csv`), then run with "
+                "delta to convert it"
+            )
 
     def _convert_if_needed(self) -> None:
         """Convert crypto_data.csv into the table once (under the lock): resumable, idempotent, the CSV kept."""
@@ -471,15 +529,25 @@ class DeltaStorage(Storage):
             opener = lambda: s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]  # noqa: E731
         report = convert_csv(self.history, source, opener=opener)
         self.converted = report.rows
-        log.warning("converted %s into the Delta table %s: %d rows stored%s in %.1f s; the CSV is kept unchanged as "
-                    "a backup (delete it once you no longer need it)", source, self.history.uri, report.rows,
-                    f", {report.damaged} damaged lines skipped" if report.damaged else "", report.seconds)
+        log.warning(
+            "converted %s into the Delta table %s: %d rows stored%s in %.1f s; the CSV is kept unchanged as "
+            "a backup (delete it once you no longer need it)",
+            source,
+            self.history.uri,
+            report.rows,
+            f", {report.damaged} damaged lines skipped" if report.damaged else "",
+            report.seconds,
+        )
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _write(self, records: list[Record], nothing: str,
-               unavailable: dict[tuple[str, str], set[date]] | None = None,
-               checked: datetime | None = None) -> tuple[int, int, int, list[Finding]]:
+    def _write(
+        self,
+        records: list[Record],
+        nothing: str,
+        unavailable: dict[tuple[str, str], set[date]] | None = None,
+        checked: datetime | None = None,
+    ) -> tuple[int, int, int, list[Finding]]:
         """(inserted, duplicates, rows, new findings): one key merge, the index caught up, findings published."""
         with self.guard.locked():
             try:
@@ -525,14 +593,21 @@ class DeltaStorage(Storage):
 
     def append(self, records: list[Record]) -> LoadReport:
         inserted, duplicates, _, found = self._write(records, "appended")
-        return LoadReport(csv_path=self.csv_display, appended=inserted, skipped_duplicates=duplicates,
-                          findings=tuple(found))
+        return LoadReport(
+            csv_path=self.csv_display, appended=inserted, skipped_duplicates=duplicates, findings=tuple(found)
+        )
 
-    def merge(self, records: list[Record], *, unavailable: dict[tuple[str, str], set[date]] | None = None,
-              checked: datetime | None = None) -> MergeReport:
+    def merge(
+        self,
+        records: list[Record],
+        *,
+        unavailable: dict[tuple[str, str], set[date]] | None = None,
+        checked: datetime | None = None,
+    ) -> MergeReport:
         inserted, duplicates, rows, found = self._write(records, "merged", unavailable, checked)
-        return MergeReport(csv_path=self.csv_display, added=inserted, skipped_duplicates=duplicates, rows=rows,
-                           findings=tuple(found))
+        return MergeReport(
+            csv_path=self.csv_display, added=inserted, skipped_duplicates=duplicates, rows=rows, findings=tuple(found)
+        )
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -567,8 +642,11 @@ class DeltaStorage(Storage):
         if self.history.table() is None:
             if self.files.has_history():
                 self._legacy_or_foreign()
-                log.info("%s is not converted yet: the next run converts it into %s", self.files.csv_display,
-                         self.history.uri)
+                log.info(
+                    "%s is not converted yet: the next run converts it into %s",
+                    self.files.csv_display,
+                    self.history.uri,
+                )
             with HistoryIndex(":memory:") as empty:
                 yield empty
             return
@@ -586,8 +664,9 @@ def refuse_foreign_folder(path: Path) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise SchemaMismatch(f"{path} is not a folder holding a Delta table; move it away or choose another --data-dir")
     if path.is_dir() and not (path / "_delta_log").is_dir() and any(path.iterdir()):
-        raise SchemaMismatch(f"{path} holds files but is not a Delta table (no _delta_log/); move it away or choose "
-                             "another --data-dir")
+        raise SchemaMismatch(
+            f"{path} holds files but is not a Delta table (no _delta_log/); move it away or choose another --data-dir"
+        )
 
 
 def check_bucket(files: S3Storage) -> None:
@@ -599,26 +678,32 @@ def check_bucket(files: S3Storage) -> None:
         files.client.head_bucket(Bucket=files.bucket)
         answer = files.client.list_objects_v2(Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/"), MaxKeys=5)
     except NoCredentialsError:
-        raise ConfigError(f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-                          "AWS_PROFILE") from None
+        raise ConfigError(
+            f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        ) from None
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise ConfigError(f"the bucket {files.bucket} does not exist: create it or fix --data-dir") from None
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise ConfigError(f"S3 refused the credentials for {where} ({code}): use a key that may read and "
-                              "write it") from None
+            raise ConfigError(
+                f"S3 refused the credentials for {where} ({code}): use a key that may read and write it"
+            ) from None
         raise ConfigError(f"cannot use {where}: {_s3_reason(exc)}") from None
     except BotoCoreError as exc:
-        raise ConfigError(f"cannot reach S3 for {where} ({type(exc).__name__}): check AWS_ENDPOINT_URL, "
-                          "AWS_REGION and the network") from None
+        raise ConfigError(
+            f"cannot reach S3 for {where} ({type(exc).__name__}): check AWS_ENDPOINT_URL, AWS_REGION and the network"
+        ) from None
     keys = [o["Key"] for o in answer.get("Contents", [])]
     if keys and not any("/_delta_log/" in k for k in keys):
-        probe = files.client.list_objects_v2(Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/_delta_log/"),
-                                             MaxKeys=1)
+        probe = files.client.list_objects_v2(
+            Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/_delta_log/"), MaxKeys=1
+        )
         if not probe.get("Contents"):
-            raise SchemaMismatch(f"{files.location}/{TABLE_NAME}/ holds objects but is not a Delta table (no "
-                                 "_delta_log/); move them away or choose another --data-dir")
+            raise SchemaMismatch(
+                f"{files.location}/{TABLE_NAME}/ holds objects but is not a Delta table (no "
+                "_delta_log/); move them away or choose another --data-dir"
+            )
 
 
 def s3_storage_options() -> dict[str, str]:
@@ -626,8 +711,15 @@ def s3_storage_options() -> dict[str, str]:
     import os
 
     options: dict[str, str] = {}
-    for name in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_PROFILE", "AWS_ALLOW_HTTP"):
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ALLOW_HTTP",
+    ):
         if os.environ.get(name):
             options[name] = os.environ[name]
     options.setdefault("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
@@ -655,8 +747,10 @@ def prepare_data_dir(data_dir: Path) -> None:
     if data_dir.parent.exists() and not data_dir.parent.is_dir():
         raise ConfigError(f"--data-dir {data_dir}: {data_dir.parent} is a file, not a folder")
     if not data_dir.parent.is_dir():
-        raise ConfigError(f"--data-dir {data_dir}: its parent folder {data_dir.parent} does not exist; "
-                          "create it or choose another --data-dir")
+        raise ConfigError(
+            f"--data-dir {data_dir}: its parent folder {data_dir.parent} does not exist; "
+            "create it or choose another --data-dir"
+        )
     try:
         data_dir.mkdir(exist_ok=True)  # another process may create it at the same moment
     except OSError as exc:
@@ -676,13 +770,18 @@ def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = Non
         if table_format_of(settings) == "csv":
             return s3
         history = DeltaHistory(f"{settings.data_url}/{TABLE_NAME}", s3_storage_options())
-        return DeltaStorage(s3, history, settings.data_dir, lock_timeout=settings.lock_timeout, rules=rules,
-                            should_stop=should_stop)
+        return DeltaStorage(
+            s3, history, settings.data_dir, lock_timeout=settings.lock_timeout, rules=rules, should_stop=should_stop
+        )
     prepare_data_dir(settings.data_dir)
     local = LocalStorage(settings.data_dir, settings.lock_timeout, rules, should_stop)
     if table_format_of(settings) == "csv":
         return local
-    return DeltaStorage(local, DeltaHistory(str(local.layout.table)), settings.data_dir,
-                        lock_timeout=settings.lock_timeout, rules=rules, should_stop=should_stop)
-
-
+    return DeltaStorage(
+        local,
+        DeltaHistory(str(local.layout.table)),
+        settings.data_dir,
+        lock_timeout=settings.lock_timeout,
+        rules=rules,
+        should_stop=should_stop,
+    )

@@ -33,8 +33,14 @@ STALE = "stale"
 MISSING_DAY = "missing_day"
 RULES = (SPIKE, ZERO_PRICE, ZERO_MARKET_CAP, OUTSIDE_RANGE, STALE, MISSING_DAY)
 # Words for a summary line: "quality: 2 findings (1 spike, 1 stale)".
-RULE_WORDS = {SPIKE: "spike", ZERO_PRICE: "zero price", ZERO_MARKET_CAP: "zero market cap",
-              OUTSIDE_RANGE: "outside 24h range", STALE: "stale", MISSING_DAY: "missing day"}
+RULE_WORDS = {
+    SPIKE: "spike",
+    ZERO_PRICE: "zero price",
+    ZERO_MARKET_CAP: "zero market cap",
+    OUTSIDE_RANGE: "outside 24h range",
+    STALE: "stale",
+    MISSING_DAY: "missing day",
+}
 QUALITY_COLUMNS = ("coin_id", "vs_currency", "last_updated", "rule", "detail", "found_at")
 QUALITY_HEADER = ",".join(QUALITY_COLUMNS) + "\n"
 DEFAULT_SPIKE_THRESHOLD = 0.5
@@ -80,6 +86,7 @@ def summary_line(findings: Iterable[Finding]) -> str:
 
 
 # -- the rules -------------------------------------------------------------------------------------
+
 
 def _pct(new: float, old: float) -> str:
     return f"{(new / old - 1) * 100:+.0f}%"
@@ -140,9 +147,16 @@ def stale_rows(records: list[Record]) -> list[tuple[Record, int]]:
 
 def stale_findings(records: list[Record]) -> list[Finding]:
     """A finding for each stale row (see stale_rows)."""
-    return [Finding(r.coin_id, r.vs_currency, r.last_updated, STALE,
-                    f"last updated {lag / DAY_MS:.1f} days before the rest of its answer ({r.fetched_at[:16]}Z)")
-            for r, lag in stale_rows(records)]
+    return [
+        Finding(
+            r.coin_id,
+            r.vs_currency,
+            r.last_updated,
+            STALE,
+            f"last updated {lag / DAY_MS:.1f} days before the rest of its answer ({r.fetched_at[:16]}Z)",
+        )
+        for r, lag in stale_rows(records)
+    ]
 
 
 @dataclass
@@ -156,8 +170,11 @@ class _Point:
 
     @property
     def last_updated(self) -> str:
-        return self.record.last_updated if self.record else format_timestamp(
-            datetime.fromtimestamp(self.ts / 1000, timezone.utc))
+        return (
+            self.record.last_updated
+            if self.record
+            else format_timestamp(datetime.fromtimestamp(self.ts / 1000, timezone.utc))
+        )
 
 
 def _clusters(days: set[int]) -> list[tuple[int, int]]:
@@ -181,8 +198,9 @@ def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRul
     # The days a spike test can touch: a candidate's previous day, and a reversal's candidate's previous day.
     # A run's rows share their days, so one query per cluster of days serves every coin.
     wanted: dict[tuple[int, int], set[tuple[str, str]]] = defaultdict(set)
-    days_of = {key: {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)}
-               for key, rows in by_series.items()}
+    days_of = {
+        key: {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)} for key, rows in by_series.items()
+    }
     for first, last in _clusters(set().union(*days_of.values()) if days_of else set()):
         wanted[(first, last)] = {key for key, days in days_of.items() if any(first <= d <= last for d in days)}
     stored: dict[tuple[str, str], list[_Point]] = defaultdict(list)
@@ -209,8 +227,9 @@ def _jump(point: _Point, last_of_day: dict[int, _Point], threshold: float) -> _P
     return base if abs(point.price / base.price - 1) > threshold else None
 
 
-def _spikes(coin_id: str, vs: str, timeline: list[_Point], last_of_day: dict[int, _Point],
-            threshold: float) -> list[Finding]:
+def _spikes(
+    coin_id: str, vs: str, timeline: list[_Point], last_of_day: dict[int, _Point], threshold: float
+) -> list[Finding]:
     out: list[Finding] = []
     for i in range(len(timeline) - 1):
         candidate, after = timeline[i], timeline[i + 1]
@@ -221,10 +240,17 @@ def _spikes(coin_id: str, vs: str, timeline: list[_Point], last_of_day: dict[int
         base = _jump(candidate, last_of_day, threshold)
         if base is None or abs(after.price / base.price - 1) > threshold:
             continue
-        out.append(Finding(coin_id, vs, candidate.last_updated, SPIKE,
-                           f"price {candidate.price:g} is {_pct(candidate.price, base.price)} against "
-                           f"{base.price:g} (the previous day's last, {_at(base.ts)}) and back to "
-                           f"{after.price:g} by {_at(after.ts)}"))
+        out.append(
+            Finding(
+                coin_id,
+                vs,
+                candidate.last_updated,
+                SPIKE,
+                f"price {candidate.price:g} is {_pct(candidate.price, base.price)} against "
+                f"{base.price:g} (the previous day's last, {_at(base.ts)}) and back to "
+                f"{after.price:g} by {_at(after.ts)}",
+            )
+        )
     return out
 
 
@@ -235,8 +261,15 @@ def _vanished_caps(coin_id: str, vs: str, timeline: list[_Point], index: History
         if point.record is not None and point.cap == 0:
             held = before if before is not None else index.last_cap_before(coin_id, vs, point.ts)
             if held is not None and held[1] > 0:
-                out.append(Finding(coin_id, vs, point.last_updated, ZERO_MARKET_CAP,
-                                   f"the market cap is 0; it was {held[1]:g} at {_at(held[0])}"))
+                out.append(
+                    Finding(
+                        coin_id,
+                        vs,
+                        point.last_updated,
+                        ZERO_MARKET_CAP,
+                        f"the market cap is 0; it was {held[1]:g} at {_at(held[0])}",
+                    )
+                )
         if point.cap is not None:
             before = (point.ts, point.cap)
     return out
@@ -254,8 +287,15 @@ def missing_day_findings(unavailable: dict[tuple[str, str], set[date]], index: H
             number = day_number(day)
             if number <= info.first_day or any(a <= number <= b for a, b in info.covered):
                 continue
-            out.append(Finding(coin_id, vs, f"{day.isoformat()}T00:00:00.000Z", MISSING_DAY,
-                               f"no observation on {day}: healing asked CoinGecko, which had no data for that day"))
+            out.append(
+                Finding(
+                    coin_id,
+                    vs,
+                    f"{day.isoformat()}T00:00:00.000Z",
+                    MISSING_DAY,
+                    f"no observation on {day}: healing asked CoinGecko, which had no data for that day",
+                )
+            )
     return out
 
 
@@ -270,6 +310,7 @@ def inspect(records: list[Record], fresh: list[Record], index: HistoryIndex, rul
 
 
 # -- data/quality.csv ------------------------------------------------------------------------------
+
 
 class QualityLog:
     """data/quality.csv: findings appended, each (key, rule) once; a row is never changed or dropped."""
@@ -327,6 +368,7 @@ def record_findings(path: Path, findings: list[Finding], now: datetime | None = 
     try:
         return QualityLog(path).add(findings, now or datetime.now(timezone.utc))
     except OSError as exc:
-        log.warning("could not write the quality findings to %s (%s); the rows landed all the same", path,
-                    exc.strerror or exc)
+        log.warning(
+            "could not write the quality findings to %s (%s); the rows landed all the same", path, exc.strerror or exc
+        )
         return []

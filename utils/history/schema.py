@@ -145,6 +145,7 @@ def normalize_timestamp(text: str) -> str:
 
 # -- what the extract hands to the transform ---------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Snapshot:
     """What CoinGecko answered for one run: raw rows plus when and what was asked."""
@@ -177,8 +178,12 @@ def snapshot_from_payload(payload: Any) -> Snapshot:
     """A Snapshot from an archived raw answer. Raises ExtractError when it is not one."""
     try:
         pages = payload["pages"]
-        return Snapshot(fetched_at=datetime.fromisoformat(payload["fetched_at"]), vs_currency=payload["vs_currency"],
-                        requested=tuple(payload["requested"]), rows=[row for page in pages for row in page],
-                        pages=pages)
+        return Snapshot(
+            fetched_at=datetime.fromisoformat(payload["fetched_at"]),
+            vs_currency=payload["vs_currency"],
+            requested=tuple(payload["requested"]),
+            rows=[row for page in pages for row in page],
+            pages=pages,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ExtractError(f"not an archived /coins/markets snapshot ({type(exc).__name__}: {exc})") from None

@@ -91,8 +91,15 @@ class TopMembers:
         inside = {c for c in entry.get("coins", {}) if any(left is None for _, left in self.spells(vs_currency, c))}
         return [c for c in order if c in inside] + sorted(inside - set(order))
 
-    def update(self, vs_currency: str, top_ids: list[str], today: date, size: int,
-               also: tuple[str, ...] = (), gone: list[str] | tuple[str, ...] = ()) -> Changes:
+    def update(
+        self,
+        vs_currency: str,
+        top_ids: list[str],
+        today: date,
+        size: int,
+        also: tuple[str, ...] = (),
+        gone: list[str] | tuple[str, ...] = (),
+    ) -> Changes:
         """Record this run's top N (best first): open a spell for each newcomer, close it for each leaver.
 
         `also`: the --coins tracked beside the top N, so `status` can count what the run tracked.
@@ -189,8 +196,9 @@ class SearchMemory:
     def __init__(self, path: Path) -> None:
         self.path = path
         data = read_json(path)
-        self.entries: dict[str, dict[str, Any]] = {k: v for k, v in data.items() if isinstance(v, dict)} \
-            if isinstance(data, dict) else {}
+        self.entries: dict[str, dict[str, Any]] = (
+            {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+        )
         self.changed = False
 
     def get(self, coin_id: str, today: date) -> list[dict[str, Any]] | None:
@@ -201,8 +209,11 @@ class SearchMemory:
         return [c for c in entry["found"] if isinstance(c, dict)]
 
     def put(self, coin_id: str, today: date, found: list[dict[str, Any]], since: date | None) -> None:
-        self.entries[coin_id] = {"day": today.isoformat(), "found": found,
-                                 "no_data_since": since.isoformat() if since else None}
+        self.entries[coin_id] = {
+            "day": today.isoformat(),
+            "found": found,
+            "no_data_since": since.isoformat() if since else None,
+        }
         self.changed = True
 
     def save(self) -> None:

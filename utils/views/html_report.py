@@ -99,7 +99,11 @@ def change_class(value: float | None) -> str:
 
 def render(data: ReportData) -> str:
     """The page as one HTML string."""
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(price=fmt_price, big=fmt_big, change=fmt_change, change_class=change_class)
     return env.get_template("report.html.j2").render(r=data)

@@ -54,28 +54,43 @@ def event_for(report: RunReport, failures_before: int, notify_on: Iterable[str])
     return "ok" if always else None
 
 
-def payload(report: RunReport, event: str, failures_before: int, *, location: str, url: str,
-            now: datetime) -> dict[str, Any]:
+def payload(
+    report: RunReport, event: str, failures_before: int, *, location: str, url: str, now: datetime
+) -> dict[str, Any]:
     """The JSON document: text (Slack), content (Discord), topic/title/message (ntfy) and the details."""
-    titles = {"failure": f"{report.command} failed", "recovery": f"ok again after {failures_before} failure"
-              f"{'s' if failures_before != 1 else ''}", "findings": "new quality findings", "ok": f"{report.command} ok"}
+    titles = {
+        "failure": f"{report.command} failed",
+        "recovery": f"ok again after {failures_before} failure{'s' if failures_before != 1 else ''}",
+        "findings": "new quality findings",
+        "ok": f"{report.command} ok",
+    }
     title = f"{APP}: {titles[event]}"
     lines = [redact(report.summary)]  # each line redacted: no key, no control character, whatever quoted it
     if report.findings:
         lines.append(summary_line(report.findings))
-        lines += [redact(f"- {f.coin_id} {f.vs_currency} {f.last_updated} {f.rule}: {f.detail}")
-                  for f in report.findings[:5]]
+        lines += [
+            redact(f"- {f.coin_id} {f.vs_currency} {f.last_updated} {f.rule}: {f.detail}") for f in report.findings[:5]
+        ]
         if len(report.findings) > 5:
             lines.append(f"- ... and {len(report.findings) - 5} more (python main.py quality)")
     text = f"{title}\n" + "\n".join(lines)
     if len(text) > MAX_TEXT:
-        text = text[:MAX_TEXT - 3] + "..."
+        text = text[: MAX_TEXT - 3] + "..."
     doc: dict[str, Any] = {
-        "text": text, "content": text, "title": title, "message": "\n".join(lines)[:MAX_TEXT],
+        "text": text,
+        "content": text,
+        "title": title,
+        "message": "\n".join(lines)[:MAX_TEXT],
         "tags": ["warning"] if event in ("failure", "findings") else ["white_check_mark"],
-        "event": event, "result": report.result, "exit_code": report.exit_code, "command": report.command,
-        "summary": lines[0], "error": redact(report.error) if report.error else None, "failures_before": failures_before,
-        "findings": dict(Counter(f.rule for f in report.findings)), "data": location,
+        "event": event,
+        "result": report.result,
+        "exit_code": report.exit_code,
+        "command": report.command,
+        "summary": lines[0],
+        "error": redact(report.error) if report.error else None,
+        "failures_before": failures_before,
+        "findings": dict(Counter(f.rule for f in report.findings)),
+        "data": location,
         "sent_at": now.astimezone(timezone.utc).isoformat(timespec="seconds"),
     }
     topic = urlsplit(url).fragment
@@ -87,9 +102,17 @@ def payload(report: RunReport, event: str, failures_before: int, *, location: st
 class Notifier:
     """Counts failed runs in .state/notify.json and POSTs at most one notification per run."""
 
-    def __init__(self, url: str | None, notify_on: Iterable[str], state_path: Path, *, location: str,
-                 timeout: float = 30.0, post: Poster = post_json,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        notify_on: Iterable[str],
+        state_path: Path,
+        *,
+        location: str,
+        timeout: float = 30.0,
+        post: Poster = post_json,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
         self.url = url
         self.notify_on = tuple(notify_on)
         self.state_path = state_path
@@ -114,8 +137,9 @@ class Notifier:
                 self.state_path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(self.state_path, {"consecutive_failures": after})
             except OSError as exc:
-                log.warning("could not write %s (%s); a recovery may go unannounced", self.state_path,
-                            exc.strerror or exc)
+                log.warning(
+                    "could not write %s (%s); a recovery may go unannounced", self.state_path, exc.strerror or exc
+                )
         event = event_for(report, before, self.notify_on)
         if event is None:
             return None
@@ -124,21 +148,29 @@ class Notifier:
         try:
             self.post(target, doc, timeout=self.timeout)
         except WebhookError as exc:
-            log.warning("could not send the %s notification to %s: %s; the run's result stands", event,
-                        _host(self.url), exc)
+            log.warning(
+                "could not send the %s notification to %s: %s; the run's result stands", event, _host(self.url), exc
+            )
             return None
         log.debug("sent the %s notification to %s", event, _host(self.url))
         return event
-
 
     def notice(self, event: str, title: str, line: str) -> bool:
         """Send one warning that is not about a run (the month's API credits at 80 %); True when it went out."""
         if not self.url:
             return False
         text = redact(f"{APP}: {title}\n{line}")[:MAX_TEXT]
-        doc: dict[str, Any] = {"text": text, "content": text, "title": f"{APP}: {title}", "message": redact(line),
-                               "tags": ["warning"], "event": event, "summary": redact(line), "data": self.location,
-                               "sent_at": self.clock().astimezone(timezone.utc).isoformat(timespec="seconds")}
+        doc: dict[str, Any] = {
+            "text": text,
+            "content": text,
+            "title": f"{APP}: {title}",
+            "message": redact(line),
+            "tags": ["warning"],
+            "event": event,
+            "summary": redact(line),
+            "data": self.location,
+            "sent_at": self.clock().astimezone(timezone.utc).isoformat(timespec="seconds"),
+        }
         topic = urlsplit(self.url).fragment
         if topic:
             doc["topic"] = topic
