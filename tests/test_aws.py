@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
@@ -44,6 +45,9 @@ class LambdaChain(PipelineTestCase):
         super().setUp()
         self.saved_env = dict(os.environ)
         self.addCleanup(self.restore_env)
+        # The S3 scratch copy lives in the temp folder: one of this test's own, not one another test run shares.
+        self.addCleanup(setattr, tempfile, "tempdir", tempfile.tempdir)
+        tempfile.tempdir = self.tmp.name
         os.environ.update(
             {
                 "AWS_ACCESS_KEY_ID": "testing",
@@ -150,6 +154,7 @@ class LambdaChain(PipelineTestCase):
     def test_every_currency_is_fetched_and_drawn_with_the_report_beside_the_history(self) -> None:
         os.environ["PIPELINE_VS_CURRENCY"] = "eur,usd"
         result = self.chain()
+        self.assertNotIn("chart_error", result)
         self.assertEqual((result["appended"], result["result"], result["failed"]), (20, "ok", []))
         self.assertEqual(len(result["raw_keys"]), 2)
         self.assertEqual(sorted({(r["vs_currency"]) for r in self.rows()}), ["eur", "usd"])
