@@ -9,7 +9,7 @@ from pathlib import Path
 from utils.errors import LoadError
 from utils.history.csv_store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
 from utils.history.layout import DataLayout
-from utils.history.locations import Conflict, S3Storage, Storage
+from utils.history.locations import Conflict, DeltaStorage, S3Storage, Storage
 from utils.history.schema import Record
 from utils.history.tracking import Changes, TopMembers, members_key, shared_members
 
@@ -45,27 +45,28 @@ def record_membership(
             vs: members.update(vs, top_ids, today, size, coins, gone=gone.get(vs, [])) for vs, top_ids in tops.items()
         }
 
-    if not isinstance(storage, S3Storage):
+    objects = storage.files if isinstance(storage, DeltaStorage) else storage  # the table's companions
+    if not isinstance(objects, S3Storage):
         members = TopMembers(layout.top_members)
         changes = apply(members)
         members.save()
         return changes
     key = members_key(layout)
-    for attempt in range(storage.max_attempts):
-        data, etag = storage.get(key)
+    for attempt in range(objects.max_attempts):
+        data, etag = objects.get(key)
         members = shared_members(lambda _: data, layout)
         changes = apply(members)
         try:
-            storage.put(
+            objects.put(
                 key, members.to_bytes(), if_match=etag, if_none_match=etag is None, content_type="application/json"
             )
         except Conflict:
-            storage.sleep(min(2.0, 0.05 * 2**attempt))
+            objects.sleep(min(2.0, 0.05 * 2**attempt))
             continue
         members.save()  # the scratch copy, for status and healing on this machine
         return changes
     raise LoadError(
-        f"{storage.location}/{key} kept changing under {storage.max_attempts} attempts; "
+        f"{objects.location}/{key} kept changing under {objects.max_attempts} attempts; "
         "the rows are stored, the top-N membership of this run is not"
     )
 

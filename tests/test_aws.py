@@ -23,10 +23,10 @@ except ImportError:  # pragma: no cover - the AWS extras are in requirements.txt
 from flows import serverless
 from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts  # noqa: F401
 from utils import aws
+from utils.history.layout import TABLE_NAME
 from utils.history.locations import S3Storage
 from utils.history.schema import HEADER_LINE, Record
 
-TABLE_FOLDER = "crypto_data"  # TODO: the Delta store's folder name
 
 BUCKET = "crypto-history-test"
 SECRET = "CG-AWS-SECRET-0123456789"
@@ -333,7 +333,7 @@ class TemplateWiring(unittest.TestCase):
         self.assertEqual(table_input["TableType"], "EXTERNAL_TABLE")
         location = table_input["StorageDescriptor"]["Location"]["Fn::Sub"]
         data_dir = self.template["Globals"]["Function"]["Environment"]["Variables"]["PIPELINE_DATA_DIR"]["Fn::Sub"]
-        self.assertEqual(location, f"{data_dir}/{TABLE_FOLDER}/")
+        self.assertEqual(location, f"{data_dir}/{TABLE_NAME}/")
 
     def test_the_functions_environment_is_read_by_the_settings(self) -> None:
         variables = dict(self.template["Globals"]["Function"]["Environment"]["Variables"])
