@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from utils.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, PipelineError
 from utils.help_text import EPILOG, SUBCOMMANDS, TOP_DESCRIPTION
+from utils.history.files import describe_os_error
 from utils.logs import setup_logging
 from utils.options import OPTION_TABLE, OPTIONS, READERS, RUNS, SETTINGS_OPTIONS
 from utils.redact import forget_secrets, redact, remember_secret
@@ -291,8 +292,6 @@ def silence_stdout() -> None:
 
 def describe_file_error(exc: OSError) -> str:
     """One line for a file error that no stage turned into a PipelineError."""
-    from utils.history.files import describe_os_error
-
     if exc.filename is None:
         return exc.strerror or type(exc).__name__
     return describe_os_error(exc, exc.filename, "open")
@@ -301,6 +300,7 @@ def describe_file_error(exc: OSError) -> str:
 def __getattr__(name: str) -> object:
     """`main.run_pipeline`, as scripts written before flows/run.py call it (imported on first use, to start fast)."""
     if name == "run_pipeline":
+        # start-up time: the flows load only when a command runs
         from flows.run import run_pipeline
 
         return run_pipeline

@@ -29,6 +29,7 @@ from utils.history.layout import display_path
 from utils.history.locations import Storage, storage_for
 from utils.history.quality import summary_line
 from utils.history.schema import Record
+from utils.history.tracking import TopMembers
 from utils.options import command_default
 from utils.settings import Settings
 from utils.words import count
@@ -216,6 +217,7 @@ class Progress:
         self.every = max(1, total // 10)
         self.bar = None
         if self.stream.isatty():
+            # start-up time: tqdm loads only when a progress bar is shown
             from tqdm import tqdm
 
             # tqdm's own estimate knows nothing of the pacing to come, so the postfix carries ours.
@@ -309,7 +311,6 @@ def backfill_coins(settings: Settings, vs_currency: str) -> tuple[str, ...]:
     """The coins to backfill in one currency: --coins, plus the top N members the last run recorded."""
     if not settings.top:
         return settings.coins
-    from utils.history.tracking import TopMembers
 
     members = TopMembers(settings.layout.top_members).members(vs_currency)[: settings.top]
     if not members:

@@ -8,13 +8,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from flows.budget import usage
 from flows.diagnose import LastSeen, id_hint, last_seen, stale_notes, successor_note
 from flows.wiring import Console
 from lambdas.lambda_2_transform import transform
+from utils.clients import make_client
 from utils.coingecko.client import KEY_HEADERS, CoinGeckoClient
 from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError, PipelineError
+from utils.history.locations import storage_for
 from utils.history.schema import Snapshot
-from utils.history.tracking import SearchMemory
+from utils.history.tracking import SearchMemory, TopMembers
 from utils.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,8 +28,6 @@ MAX_LISTED = 50  # further unknown ids named on the summary line
 
 def credit_line(settings: Settings) -> str:
     """The plan's monthly budget and this month's use, from the data folder's ledger."""
-    from flows.budget import usage
-
     budget = "no monthly limit" if settings.credits is None else f"{settings.credits:,} a month"
     source = "--monthly-credits" if settings.monthly_credits is not None else f"the {settings.api_plan} plan's default"
     return f"{usage(settings).line()}; budget {budget} ({source})"
@@ -36,8 +37,6 @@ def run_check(
     settings: Settings, *, sleep: Callable[[float], None] = time.sleep, out: Callable[[str], None] = print
 ) -> int:
     """Check everything and print one line per finding; 0 only when all is fine."""
-    from utils.clients import make_client
-
     ok = True
     out(f"ok    credits: {credit_line(settings)}")
     with make_client(settings, sleep=sleep) as client:
@@ -124,7 +123,6 @@ def check_coins(settings: Settings) -> tuple[str, ...]:
     """The ids to check: --coins, and with --top alone the top N members the last run recorded."""
     if settings.coins:
         return settings.coins
-    from utils.history.tracking import TopMembers
 
     return tuple(TopMembers(settings.layout.top_members).members(settings.vs_currency)) or ("bitcoin",)
 
@@ -133,7 +131,6 @@ def history_of(settings: Settings, coin_ids: Sequence[str]) -> dict[str, LastSee
     """What the history knows of these coins; nothing when there is no readable history."""
     if not coin_ids or not settings.csv_path.is_file() or settings.data_url:
         return {}
-    from utils.history.locations import storage_for
 
     try:
         with storage_for(settings).index() as index:

@@ -53,6 +53,7 @@ def history_batches(
     storage: Storage, currencies: tuple[str, ...], since: date | None, until: date | None
 ) -> Iterator[Any]:
     """The history's rows as Arrow batches in the Delta table's schema, filtered, in bounded memory."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow.compute as pc
 
     if isinstance(storage, DeltaStorage):
@@ -89,12 +90,14 @@ def history_batches(
 
 
 def _array(values: list[str]) -> Any:
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
 
     return pa.array(values, pa.string())
 
 
 def _timestamp(moment: datetime) -> Any:
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
 
     return pa.scalar(moment, pa.timestamp("us", tz="UTC"))
@@ -116,6 +119,7 @@ def write_csv(batches: Iterator[Any], fh: Any) -> int:
 
 def write_parquet(batches: Iterator[Any], fh: Any) -> int:
     """Parquet with the table's typed columns (without the month partition column)."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow.parquet as pq
 
     schema = arrow_schema()
@@ -130,6 +134,7 @@ def write_parquet(batches: Iterator[Any], fh: Any) -> int:
 
 
 def _table(batch: Any) -> Any:
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
 
     return pa.Table.from_batches([batch])

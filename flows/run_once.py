@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from flows.backfill import heal_gaps, seed
 from flows.budget import check_run
 from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from flows.views import draw_charts, publish_report
@@ -399,6 +400,7 @@ class PageProgress:
         self.bar = None
         self.shown = total > PROGRESS_PAGES
         if self.shown and self.stream.isatty():
+            # start-up time: tqdm loads only when a progress bar is shown
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="page", file=self.stream, desc=f"top {vs_currency}", leave=False)
@@ -432,8 +434,6 @@ def heal(
     A coin tracked only for its place in the top N is healed only on days it was inside (with
     --top-backfill: back to the start of the currency's history).
     """
-    from flows.backfill import heal_gaps
-
     added = 0
     findings: tuple[Finding, ...] = ()
     explicit = set(settings.coins)
@@ -468,8 +468,6 @@ def seed_history(
     settings: Settings, client: CoinGeckoClient, records: list[Record], clock: Clock
 ) -> tuple[int, tuple[Finding, ...]]:
     """A first run: the last --seed-days days of every coin that landed, per currency (a failure is a warning)."""
-    from flows.backfill import seed
-
     added = 0
     findings: tuple[Finding, ...] = ()
     for vs_currency in settings.vs_currencies:

@@ -42,6 +42,7 @@ def run_outcome(event: dict[str, Any], finished_at: datetime) -> dict[str, Any]:
 
 def views_handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: draw every currency's charts from the history and write report.html beside it."""
+    # Lambda handler: the AWS helpers load in the function, never for the command line
     from utils.aws import lambda_settings, setup_lambda_logging
 
     setup_lambda_logging()

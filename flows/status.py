@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from flows.budget import usage
@@ -17,6 +18,7 @@ from utils.history.csv_store import LegacyHistory
 from utils.history.index import HistoryIndex, Range, SeriesInfo, day_number, day_of, subtract
 from utils.history.layout import display_path
 from utils.history.locations import refuse_file_as_data_dir, storage_for
+from utils.history.quality import RULE_WORDS, QualityLog
 from utils.settings import Settings
 from utils.words import count
 
@@ -212,11 +214,6 @@ def _list_spans(missing: dict[str, list[Range]], out: Callable[[str], None]) -> 
 
 def quality_counts(settings: Settings, now: datetime) -> str:
     """The last 30 days' quality findings, counted by rule."""
-    from collections import Counter
-    from datetime import timedelta
-
-    from utils.history.quality import RULE_WORDS, QualityLog
-
     counts = Counter(f.rule for f in QualityLog(settings.layout.quality).since(now - timedelta(days=30)))
     if not counts:
         return "quality:      no findings in the last 30 days"

@@ -185,6 +185,7 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     Returns the raw answers' keys for the transform, and each currency's top N and delisted members for
     the load, which records them beside the table.
     """
+    # Lambda handler: the AWS helpers load in the function, never for the command line
     from utils.aws import lambda_settings, setup_lambda_logging
     from utils.clients import make_client
     from utils.errors import AuthError

@@ -261,6 +261,7 @@ def _day_text(day: int) -> str:
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """AWS Lambda: read each raw answer the extract stored, write its records for the load; return their keys."""
+    # Lambda handler: the AWS helpers load in the function, never for the command line
     from dataclasses import asdict
 
     from utils.aws import gunzip_json, gzip_json, lambda_settings, read_object, setup_lambda_logging, write_object

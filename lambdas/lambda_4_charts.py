@@ -33,6 +33,7 @@ def charts(
 
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: render the three PNGs of each currency from the CSV in the bucket and upload them."""
+    # Lambda handler: the AWS helpers load in the function, never for the command line
     from utils.aws import lambda_settings, setup_lambda_logging
     from utils.charts.render import chart_options
     from utils.history.locations import storage_for

@@ -15,6 +15,7 @@ from typing import Any
 from utils.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from utils.history.layout import split_s3_url
 from utils.options import EVENT_OPTIONS
+from utils.redact import RedactFilter
 from utils.settings import Settings, build_settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def api_key_from_aws(env: Mapping[str, str]) -> str | None:
         return None
     if source in _key_cache:
         return _key_cache[source]
+    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -90,8 +92,6 @@ def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
 
 def setup_lambda_logging() -> None:
     """One line per event at INFO, every line through the one redaction function (the runtime owns the handler)."""
-    from utils.redact import RedactFilter
-
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for handler in root.handlers:
@@ -103,6 +103,7 @@ def setup_lambda_logging() -> None:
 
 def read_object(settings: Settings, rel: str) -> bytes | None:
     """An object under the function's s3:// data location, or None when it does not exist."""
+    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     import boto3
     from botocore.exceptions import ClientError
 
@@ -120,6 +121,7 @@ def read_object(settings: Settings, rel: str) -> bytes | None:
 
 def write_object(settings: Settings, rel: str, data: bytes) -> None:
     """Store an object under the function's s3:// data location."""
+    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     import boto3
 
     bucket, prefix = split_s3_url(settings.location)

@@ -413,6 +413,7 @@ def release_memory() -> None:
 def resolve_zone(name: str | None) -> ZoneInfo:
     """An IANA zone by name, or the machine's own. Raises ConfigError."""
     if not name:
+        # start-up time: tzlocal loads only when no --timezone is given
         import tzlocal
 
         try:

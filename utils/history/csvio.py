@@ -22,7 +22,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.errors import LoadError, SchemaMismatch
+from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.history.files import describe_os_error
 from utils.history.layout import DataLayout
 from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, LEGACY_COLUMNS, Record, parse_timestamp, rows_to_csv
@@ -447,8 +447,6 @@ def remove_stale_temp_files(layout: DataLayout, now: float | None = None) -> int
 def refuse_symlink(path: Path, what: str) -> None:
     """One symlink policy for the files we rewrite: never write through a link (the data folder itself may be one)."""
     if path.is_symlink():
-        from utils.errors import ConfigError
-
         raise ConfigError(
             f"{path} is a symbolic link; the {what} is never written through a link: replace the "
             "link with the file it points to, or point --data-dir at the folder that holds it"

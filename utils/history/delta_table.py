@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.history.csvio import DAY_MS, Observation, timestamp_ms
@@ -50,6 +51,7 @@ CHUNK_ROWS = 200_000
 
 def arrow_schema() -> pa.Schema:
     """The table's columns: the CSV's, typed (UTC timestamps, float64 numbers, nullable int64 rank), then month."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
 
     def kind(name: str) -> pa.DataType:
@@ -71,6 +73,7 @@ def month_of(ts_ms: int) -> str:
 
 def records_to_table(records: list[Record]) -> pa.Table:
     """Records as an Arrow table in the table's schema."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
 
     schema = arrow_schema()
@@ -109,6 +112,7 @@ def rows_of(batch: Any) -> Iterator[list[str]]:
 
 def observations_of(table: Any) -> list[Observation]:
     """What the index keeps of an Arrow table's rows (the same rule as csvio.observation, on typed columns)."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow.compute as pc
 
     ts = pc.divide(table.column("last_updated").cast("int64"), 1000).to_pylist()
@@ -155,6 +159,7 @@ class DeltaHistory:
 
     def _table(self) -> Any | None:
         """The DeltaTable, or None when no table exists yet. Raises the errors of `describe_error`."""
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
@@ -204,6 +209,7 @@ class DeltaHistory:
 
     def create(self) -> Any:
         """The table, created empty when missing (two creators at once: the loser opens the winner's)."""
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         from deltalake import DeltaTable
 
         table = self.table()
@@ -286,6 +292,7 @@ class DeltaHistory:
         With app_version, the commit also records that the conversion has read the CSV's first `app_version`
         rows (a Delta application transaction), so a resumed or concurrent conversion skips what is committed.
         """
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         from deltalake import CommitProperties, Transaction
         from deltalake.exceptions import CommitFailedError
 
@@ -305,6 +312,7 @@ class DeltaHistory:
                 done = [Transaction(CONVERSION_DONE, 1)] if last else []
                 props = CommitProperties(app_transactions=[Transaction(CONVERSION_APP, app_version), *done])
                 if data.num_rows == 0:  # nothing to insert: the commit records the chunk alone
+                    # optional package: pyarrow and deltalake, needed by the Delta store only
                     from deltalake import write_deltalake
 
                     write_deltalake(table, data, mode="append", commit_properties=props)
@@ -344,6 +352,7 @@ class DeltaHistory:
         if table is None:
             return 0
         try:
+            # optional package: pyarrow and deltalake, needed by the Delta store only
             import pyarrow as pa
 
             actions = pa.table(table.get_add_actions(flatten=True))
@@ -393,6 +402,7 @@ class DeltaHistory:
         if table is None:
             index.table_files("")
             return 0
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         import pyarrow as pa
 
         seen = index.table_files(table.metadata().id)
@@ -405,6 +415,7 @@ class DeltaHistory:
         dataset = table.to_pyarrow_dataset()
         wanted = set(new)
         fragments = [f for f in dataset.get_fragments() if _relative(f.path, self.uri) in wanted]
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         import pyarrow.dataset as pds
 
         subset = pds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
@@ -436,6 +447,7 @@ class DeltaHistory:
     ) -> Iterator[Any]:
         """The rows as Arrow batches in the table's schema, partition by partition in time order (pushdown:
         only the currencies' and days' partitions are read), each partition sorted by time and coin."""
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.dataset as pds
@@ -469,6 +481,7 @@ class DeltaHistory:
         table = self.table()
         if table is None:
             return 0
+        # optional package: pyarrow and deltalake, needed by the Delta store only
         import pyarrow as pa
 
         return sum(pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist())
@@ -481,6 +494,7 @@ def app_done(table: Any, app_id: str) -> int:
 
 
 def _arrow(schema: Any) -> Any:
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
 
     return pa.schema(schema.to_arrow())
@@ -488,8 +502,6 @@ def _arrow(schema: Any) -> Any:
 
 def _relative(path: str, uri: str) -> str:
     """A fragment's path relative to the table's root (what the Delta log names)."""
-    from urllib.parse import unquote
-
     base = uri.split("://", 1)[-1].rstrip("/") + "/"
     path = path.split("://", 1)[-1]
     i = path.find(base)
@@ -507,6 +519,7 @@ def _day_start(day: date) -> int:
 
 def _dedupe(data: pa.Table) -> pa.Table:
     """The first row of each key (a source with a key twice would insert both)."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -561,6 +574,7 @@ def csv_tables(
 ) -> Iterator[tuple[pa.Table, int]]:
     """The history CSV as typed Arrow tables of up to chunk_rows rows, and the damaged rows of each chunk
     (skipped: a row this program would not read as an observation). pandas' C parser, in bounded memory."""
+    # start-up time: pandas and numpy load only when a table is built
     import pandas as pd
 
     with contextlib.ExitStack() as stack:
@@ -588,6 +602,7 @@ def csv_tables(
 
 def frame_to_table(frame: Any) -> tuple[pa.Table, int]:
     """A frame of CSV strings as a typed table; rows that do not hold a valid observation are dropped, counted."""
+    # start-up time: pandas and numpy load only when a table is built
     import numpy as np
     import pandas as pd
     import pyarrow as pa

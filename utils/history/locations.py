@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import sqlite3
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.history import csvio
 from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, new_records
+from utils.history.datapackage import package_bytes
 from utils.history.delta_table import (
     CONVERSION_APP,
     CONVERSION_DONE,
@@ -212,6 +214,7 @@ class S3Storage(Storage):
 
     def get(self, rel: str) -> tuple[bytes | None, str | None]:
         """The object's bytes and ETag, or (None, None) when it does not exist."""
+        # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
         from botocore.exceptions import ClientError
 
         try:
@@ -232,6 +235,7 @@ class S3Storage(Storage):
         content_type: str = "application/octet-stream",
     ) -> str:
         """Write an object, optionally only if it is unchanged (If-Match) or absent (If-None-Match)."""
+        # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
         from botocore.exceptions import ClientError
 
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(rel), "Body": data, "ContentType": content_type}
@@ -254,6 +258,7 @@ class S3Storage(Storage):
 
     def get_head(self, rel: str, size: int = 65536) -> bytes:
         """The first bytes of an object (its header line), or b"" when it does not exist."""
+        # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
         from botocore.exceptions import ClientError
 
         try:
@@ -576,7 +581,6 @@ class DeltaStorage(Storage):
         return inserted, len(records) - inserted, rows, found
 
     def _publish_package(self) -> None:
-        from utils.history.datapackage import package_bytes
 
         try:
             data = package_bytes(self.layout, "delta")
@@ -671,6 +675,7 @@ def refuse_foreign_folder(path: Path) -> None:
 
 def check_bucket(files: S3Storage) -> None:
     """The bucket, the credentials and the endpoint, tried once before any request to CoinGecko. Raises ConfigError."""
+    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     where = f"s3://{files.bucket}"
@@ -708,8 +713,6 @@ def check_bucket(files: S3Storage) -> None:
 
 def s3_storage_options() -> dict[str, str]:
     """delta-rs' S3 options from the same environment boto3 reads (a local S3 needs the endpoint and plain HTTP)."""
-    import os
-
     options: dict[str, str] = {}
     for name in (
         "AWS_ENDPOINT_URL",
