@@ -16,9 +16,14 @@ log = logging.getLogger("pipeline")
 def plot_command(settings: Settings, console: Console) -> int:
     """Draw the price, market-cap and performance charts; print where each went."""
     from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
-    from utils.charts.render import chart_options
+    from utils.charts.render import NoHistory, chart_options
 
-    published, (report,) = charts(storage_for(settings), chart_options(settings))
+    if settings.data_url is None and not settings.data_dir.exists():
+        raise NoHistory(f"no history at {display_path(settings.data_dir)}: the folder does not exist; check "
+                        f"--data-dir, or start a history there with `{settings.run_hint}`")
+    if settings.data_url is None and not settings.csv_path.exists():
+        raise NoHistory(f"no history yet at {display_path(settings.csv_path)}: run `{settings.run_hint}` first")
+    published, (report,) = charts(storage_for(settings, create=False), chart_options(settings))
     for where in published:
         console.out(display_path(where))
     log.info(

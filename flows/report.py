@@ -50,8 +50,9 @@ def report_command(settings: Settings, console: Console) -> int:
     storage = storage_for(settings)
     if not storage.has_history():
         log.error(
-            "report failed: no history yet at %s: run `python main.py` first",
+            "report failed: no history yet at %s: run `%s` first",
             display_path(storage.csv_display),
+            settings.run_hint,
             extra={"plain": True},
         )
         return EXIT_FAILED

@@ -54,7 +54,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print, now: da
     # A folder or an unreadable file in the CSV's place is an error, not "no history".
     has_csv = storage is not None and storage.has_history()
     if not status and not has_csv:
-        out(f"no history yet at {display_path(csv_path)}: run `python main.py` first")
+        out(f"no history yet at {display_path(csv_path)}: run `{settings.run_hint}` first")
         return EXIT_FAILED
     last = status.get("last_run") if isinstance(status.get("last_run"), dict) else None
     if last:

@@ -32,7 +32,7 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
     day = settings.date or datetime.now(timezone.utc).date()
     limit = settings.top or DEFAULT_TOP
     currency = settings.vs_currency
-    with storage_for(settings).index() as index:
+    with storage_for(settings, create=False).index() as index:
         rows = index.top_of_day(currency, day_number(day), limit)
     if not rows:
         out(

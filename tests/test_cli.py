@@ -14,7 +14,7 @@ from flows.backfill import Progress, backfill
 from tests.fake_coingecko import make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 from tests.test_backfill import SimClock
-from utils.coingecko.client import CoinGeckoClient, RateLimiter
+from utils.coingecko.client import RATE_WINDOW, CoinGeckoClient, RateLimiter
 from utils.settings import DEFAULT_COINS, build_settings
 
 CHARTS = ("crypto_price_trend.png", "crypto_market_cap_trend.png", "crypto_performance.png")
@@ -282,34 +282,44 @@ class BackfillTimeLeft(PipelineTestCase):
 
     def test_the_estimate_includes_the_pacing_wait(self) -> None:
         lines = self.backfill_100_coins()
-        self.assertIn("backfill: 10 of 100 coins, about 3 min left", lines)  # 3 one-minute waits to come
-        waits = [line for line in lines if "for the rate limit" in line]
-        self.assertEqual(
-            waits,
-            [
-                "backfill: 30 of 100 coins, waiting 60 s for the rate limit, about 3 min left",
-                "backfill: 60 of 100 coins, waiting 60 s for the rate limit, about 2 min left",
-                "backfill: 90 of 100 coins, waiting 60 s for the rate limit, about 60 s left",
-            ],
-        )
+        self.assertIn("backfill: 10 of 100 coins, about 3 min left", lines)  # 90 calls 2 s apart to come
+        self.assertIn("backfill: 50 of 100 coins, about 2 min left", lines)
+        # Calls 2 s apart: each pause too short to mention, none a minute long.
+        self.assertEqual([line for line in lines if "for the rate limit" in line], [])
         self.assertFalse([line for line in lines[:-1] if "about 0 s left" in line])
 
-    def test_the_progress_bar_shows_the_wait(self) -> None:
+    def test_the_progress_bar_shows_the_time_left(self) -> None:
         stream = TtyStream()
         self.backfill_100_coins(progress_stream=stream)
         text = stream.getvalue()
-        self.assertIn("waiting 60 s for the rate limit, about 3 min left", text)
+        self.assertIn("about 3 min left", text)
         self.assertIn("about 2 min left", text)
 
-    def test_time_for_counts_the_sliding_window(self) -> None:
+    def test_a_long_pause_is_said(self) -> None:
         clock = SimClock()
-        limiter = RateLimiter(2, sleep=clock.sleep, monotonic=clock.monotonic)
-        self.assertEqual(limiter.time_for(2), 0)
-        limiter.acquire()
-        clock.sleep(10)
-        limiter.acquire()
-        self.assertAlmostEqual(limiter.time_for(1), 60.5 - 10)
-        self.assertAlmostEqual(limiter.time_for(3), 60.5 + 60.5 - 10)
+        limiter = RateLimiter(6, sleep=clock.sleep, monotonic=clock.monotonic)
+        progress = Progress(3, stream=io.StringIO(), monotonic=clock.monotonic,
+                            pacing=lambda left: limiter.time_for(left))
+        limiter.on_wait = progress.waiting
+        with self.assertLogs("flows.backfill", logging.INFO) as logs:
+            for coin in ("a", "b", "c"):
+                limiter.acquire()
+                progress.step(coin)
+        self.assertIn("backfill: 1 of 3 coins, waiting 10 s for the rate limit, about 20 s left",
+                      [r.getMessage() for r in logs.records])
+
+    def test_rate_limit_6_paces_one_call_every_10_seconds(self) -> None:
+        clock = SimClock()
+        limiter = RateLimiter(6, sleep=clock.sleep, monotonic=clock.monotonic)
+        starts = []
+        for _ in range(12):
+            limiter.acquire()
+            starts.append(clock.monotonic())
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        self.assertTrue(all(abs(gap - RATE_WINDOW / 6) < 1e-9 for gap in gaps), gaps)  # no burst, no long wait
+        self.assertAlmostEqual(limiter.time_for(1), RATE_WINDOW / 6)
+        self.assertAlmostEqual(limiter.time_for(3), 3 * RATE_WINDOW / 6)
+        self.assertEqual(RateLimiter(6).time_for(1), 0)  # a first call goes at once
 
     def test_a_plain_progress_without_pacing_counts_by_pace(self) -> None:
         clock = SimClock()

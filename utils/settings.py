@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import tempfile
 import tomllib
 from collections.abc import Mapping
@@ -75,6 +76,12 @@ class Settings:
     def credits(self) -> int | None:
         """The month's API credits: --monthly-credits, else the plan's default (None: unlimited)."""
         return self.monthly_credits if self.monthly_credits is not None else PLAN_CREDITS.get(self.api_plan)
+
+    @property
+    def run_hint(self) -> str:
+        """The command that starts this history: `python main.py`, with --data-dir when it is not the default."""
+        where = self.data_url or (None if self.data_dir == PROJECT_DIR / "data" else str(self.data_dir))
+        return "python main.py" + (f" --data-dir {shlex.quote(where)}" if where else "")
 
     @property
     def location(self) -> str:

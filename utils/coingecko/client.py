@@ -57,47 +57,40 @@ RATE_WINDOW = 60.5  # seconds; a little over a minute so arrival jitter never cr
 
 
 class RateLimiter:
-    """A sliding one-minute window: at most `per_minute` calls start in any RATE_WINDOW seconds."""
+    """Calls spread evenly: one every RATE_WINDOW / per_minute seconds (6 a minute: one every 10 s), never a
+    burst followed by a long wait; so at most `per_minute` calls start in any minute."""
 
     def __init__(
         self, per_minute: int, *, sleep: Sleep = time.sleep, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self.per_minute = per_minute
+        self.interval = RATE_WINDOW / per_minute
         self.sleep = sleep
         self.monotonic = monotonic
-        self.starts: deque[float] = deque()
+        self.last: float | None = None  # when the last call started
         self.waited = 0.0
         self.on_wait: Sleep | None = None  # told each pause before it starts, so progress can say why it stalls
 
     def acquire(self) -> None:
-        """Wait until one more call fits in the window, then count it."""
+        """Wait until the interval since the last call has passed, then count this one."""
         now = self.monotonic()
-        self._forget(now)
-        if len(self.starts) >= self.per_minute:
-            pause = self.starts[0] + RATE_WINDOW - now
-            log.debug("pacing: %d calls in the last minute, waiting %.1f s", len(self.starts), pause)
+        if self.last is not None and now < self.last + self.interval:
+            pause = self.last + self.interval - now
+            log.debug("pacing: one call every %.1f s, waiting %.1f s", self.interval, pause)
             if self.on_wait is not None:
                 self.on_wait(pause)
             self.waited += pause
             self.sleep(pause)
             now = max(self.monotonic(), now + pause)  # an injected sleep may not move the clock
-            self._forget(now)
-        self.starts.append(now)
+        self.last = now
 
     def time_for(self, calls: int) -> float:
-        """Seconds of pacing before `calls` more calls could all have started (0 when they fit now)."""
+        """Seconds of pacing before `calls` more calls could all have started (0 when one call fits now)."""
+        if calls <= 0:
+            return 0.0
         now = self.monotonic()
-        starts = [start for start in self.starts if start > now - RATE_WINDOW]
-        last = now
-        for _ in range(calls):
-            if len(starts) >= self.per_minute:  # the call waits until the per_minute-th latest start leaves
-                last = max(last, starts[-self.per_minute] + RATE_WINDOW)
-            starts.append(last)
-        return last - now
-
-    def _forget(self, now: float) -> None:
-        while self.starts and self.starts[0] <= now - RATE_WINDOW:
-            self.starts.popleft()
+        first = now if self.last is None else max(now, self.last + self.interval)
+        return first - now + (calls - 1) * self.interval
 
 
 def make_limiter(

@@ -765,8 +765,12 @@ def table_format_of(settings: Settings) -> str:
     return settings.table_format or ("delta" if settings.data_url else "csv")
 
 
-def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = None) -> Storage:
-    """The storage behind --data-dir, checked before any request; should_stop ends a wait for the lock."""
+def storage_for(
+    settings: Settings, should_stop: Callable[[], bool] | None = None, *, create: bool = True
+) -> Storage:
+    """The storage behind --data-dir, checked before any request; should_stop ends a wait for the lock.
+
+    create=False for commands that only read: a mistyped --data-dir is left uncreated."""
     rules = QualityRules(settings.spike_threshold)
     if settings.data_url:
         s3 = S3Storage(settings.data_url, scratch=settings.data_dir)
@@ -776,7 +780,10 @@ def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = Non
         return DeltaStorage(
             s3, history, settings.data_dir, lock_timeout=settings.lock_timeout, rules=rules, should_stop=should_stop
         )
-    prepare_data_dir(settings.data_dir)
+    if create:
+        prepare_data_dir(settings.data_dir)
+    else:
+        refuse_file_as_data_dir(settings.data_dir)
     local = LocalStorage(settings.data_dir, settings.lock_timeout, rules, should_stop)
     if table_format_of(settings) == "csv":
         return local
