@@ -22,7 +22,7 @@ from flows.views import draw_charts, publish_report
 from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from lambdas.lambda_3_load import load, record_membership
-from utils.coingecko.client import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient, Offline
 from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
@@ -175,10 +175,9 @@ class RunOnce:
         for vs_currency in self.settings.vs_currencies:
             try:
                 snapshot = self._fetch(vs_currency)
-            except AuthError:
-                raise  # the key or plan is wrong for every currency alike
+            except (AuthError, Offline):
+                raise  # the key or plan is wrong, or the host unreachable, for every currency alike
             except ExtractError as exc:
-                log.warning("%s failed: %s", vs_currency, exc)
                 self.failed.append((vs_currency, str(exc)))
                 first_error = first_error or exc
                 continue
@@ -191,7 +190,7 @@ class RunOnce:
                     getattr(exc, "strerror", None) or exc,
                 )
             self.snapshots.append(snapshot)
-        if not self.snapshots:
+        if not self.snapshots:  # the error line says it all: no warning before it saying the same
             if len(self.failed) == 1 and first_error is not None:
                 raise first_error
             raise ExtractError(
@@ -199,7 +198,7 @@ class RunOnce:
                 + "; ".join(f"{vs}: {why}" for vs, why in self.failed)
                 + "; nothing was appended"
             )
-        return self.snapshots
+        return self.snapshots  # a currency that failed while others went on is named once, in the summary
 
     def _fetch(self, vs_currency: str) -> Snapshot:
         """One currency's /coins/markets answers by the rule Lambda shares: the top N plus the coins, or the coins."""

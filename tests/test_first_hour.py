@@ -347,3 +347,76 @@ class BackfillsAreVisible(FirstHourCase):
         self.assertEqual(failed.code, 1, failed.stderr)
         line = next(line for line in self.run_main("status").stdout.splitlines() if line.startswith("last backfill:"))
         self.assertIn(": failed; no coin could be backfilled", line)
+
+
+class Offline(PipelineTestCase):
+    """No network: a DNS failure or a refused connection is retried twice, then one line; check answers fast."""
+
+    def refused_url(self) -> str:
+        import socket
+
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return f"http://127.0.0.1:{port}/api/v3"
+
+    def test_a_refused_connection_is_tried_three_times_and_fails_with_one_line(self) -> None:
+        import time as real_time
+
+        env = dict(self.env, COINGECKO_API_URL=self.refused_url(), PIPELINE_VS_CURRENCY="eur,usd")
+        for command in ("run", "check"):
+            with self.subTest(command=command):
+                started = real_time.monotonic()
+                result = self.run_subprocess(command, env=env)
+                seconds = real_time.monotonic() - started
+                self.assertEqual(result.code, 1, result.stderr)
+                self.assertLess(seconds, 10)
+                text = (result.stdout + result.stderr).strip().splitlines()
+                self.assertEqual(len(text), 1, text)  # said once: no warning per currency, no line per retry
+                self.assertIn("cannot connect to ", text[0])
+                self.assertIn("(connection refused); gave up after 3 attempts", text[0])
+        self.assertTrue(result.stdout.startswith("FAIL  connectivity: cannot connect to "), result.stdout)
+
+    def test_a_name_that_does_not_resolve_is_tried_three_times(self) -> None:
+        env = dict(self.env, COINGECKO_API_URL="http://no-such-host.invalid/api/v3")
+        result = self.run_main("run", env=env)
+        self.assertEqual(result.code, 1, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("run failed: cannot connect to http://no-such-host.invalid/api/v3 ("),
+                        lines[0])
+        self.assertIn("gave up after 3 attempts", lines[0])
+        self.assertEqual(len([s for s in self.sleeps if s > 0.2]), 2)  # two waits between three attempts
+
+    def test_one_failing_currency_of_two_is_said_once(self) -> None:
+        result = self.run_main("run", "--vs-currency", "eur,zzz")
+        self.assertEqual(result.code, 3, result.stderr)
+        self.assertEqual(result.stderr.count("zzz failed"), 1, result.stderr)
+
+
+class WhereTheHistoryIs(PipelineTestCase):
+    def test_a_mistyped_data_dir_is_not_created_and_the_hint_works(self) -> None:
+        typo = self.data_dir.parent / "dta"
+        for command in ("plot", "top", "status", "report", "quality"):
+            with self.subTest(command=command):
+                self.run_main(command, "--data-dir", str(typo))
+                self.assertFalse(typo.exists(), command)
+        result = self.run_main("plot", "--data-dir", str(typo))
+        self.assertEqual(result.code, 1)
+        self.assertTrue(result.stderr.startswith(f"plot failed: no history at {typo}: the folder does not exist; "
+                                                 "check --data-dir, or start a history there with `python main.py "
+                                                 f"--data-dir {typo}`"), result.stderr)
+        hint = result.stderr.split("`")[1].split()[2:]
+        self.assertEqual(self.run_main(*hint).code, 0)  # the hint, run
+        self.assertEqual(self.run_main("plot", "--data-dir", str(typo)).code, 0)
+
+    def test_no_history_yet_names_the_data_dir_to_run_with(self) -> None:
+        for command in ("plot", "report", "status"):
+            with self.subTest(command=command):
+                result = self.run_main(command)
+                self.assertEqual(result.code, 1)
+                text = result.stdout + result.stderr
+                self.assertIn(f"run `python main.py --data-dir {self.data_dir}` first", text)
+        hint = text.split("`")[1].split()[2:]
+        self.assertEqual(self.run_main(*hint).code, 0)
+        self.assertEqual(self.run_main("plot").code, 0)

@@ -370,13 +370,14 @@ class DaemonStops(HostileTestCase):
     def test_retries_share_one_rate_limiter(self) -> None:
         """daemon retries under a 429 storm: <= --rate-limit calls a minute, then SIGTERM while pacing"""
         self.fake.add_fault(Fault.rate_limited(retry_after="0"), times=1000, path=MARKETS)
-        proc = self.start_daemon("--rate-limit", "10", "--max-retry-wait", "5", "--retry-delays", "0.01")
+        proc = self.start_daemon("--rate-limit", "60", "--max-retry-wait", "5", "--retry-delays", "0.01")
         self.wait_for(lambda: self.fake.requests_to(MARKETS))
         first = self.fake.requests_to(MARKETS)[0].time
         time.sleep(max(0.0, first + 8 - time.monotonic()))
         calls = len(self.fake.requests_to(MARKETS))
-        self.assertGreaterEqual(calls, 6, "the daemon made too few calls for the test to say anything")
-        self.assertLessEqual(calls, 10, f"{calls} calls in 8 s with --rate-limit 10")
+        self.assertGreaterEqual(calls, 5, "the daemon made too few calls for the test to say anything")
+        # 60 a minute is one call every 1.008 s: at most 8 calls start within 8 s, retries and reruns included.
+        self.assertLessEqual(calls, 8, f"{calls} calls in 8 s with --rate-limit 60")
         err = self.stop_within_2_seconds(proc)
         self.assertIn("run interrupted", err)
         self.assertEqual(self.csv_bytes(), b"")

@@ -20,7 +20,7 @@ class PlotCommand(PipelineTestCase):
         result = self.run_main("plot")
         self.assertEqual(result.code, 1)
         self.assertIn("no history yet", result.stderr)
-        self.assertIn("run `python main.py` first", result.stderr)
+        self.assertIn("run `python main.py --data-dir ", result.stderr)  # where the history belongs
         self.assertEqual(len(result.stderr.strip().splitlines()), 1)
 
     def test_plot_after_a_run_writes_three_pngs_and_names_them(self) -> None:

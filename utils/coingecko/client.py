@@ -8,7 +8,6 @@ import random
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -24,6 +23,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, PRO_URL, PUBLIC_URL, default_base_url  # noqa: F401 - re-exported
 from utils.errors import AuthError, BadRequest, ExtractError, PipelineError, RateLimited, RetriableError, Stopped
 from utils.redact import redact, remember_secret
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,19 @@ class RateLimiter:
         self.sleep = sleep
         self.monotonic = monotonic
         self.last: float | None = None  # when the last call started
+        self.previous: float | None = None  # the one before, should the last be refunded
+        self.slept_until = float("-inf")  # the end of a retry's backoff, which the interval may count
         self.waited = 0.0
         self.on_wait: Sleep | None = None  # told each pause before it starts, so progress can say why it stalls
 
+    def waited_elsewhere(self, started: float, seconds: float) -> None:
+        """A retry's backoff slept `seconds` from `started`: that time counts towards the interval (an injected
+        sleep may not move the clock)."""
+        self.slept_until = max(self.slept_until, started + seconds)
+
     def acquire(self) -> None:
         """Wait until the interval since the last call has passed, then count this one."""
-        now = self.monotonic()
+        now = max(self.monotonic(), self.slept_until)
         if self.last is not None and now < self.last + self.interval:
             pause = self.last + self.interval - now
             log.debug("pacing: one call every %.1f s, waiting %.1f s", self.interval, pause)
@@ -82,7 +89,11 @@ class RateLimiter:
             self.waited += pause
             self.sleep(pause)
             now = max(self.monotonic(), now + pause)  # an injected sleep may not move the clock
-        self.last = now
+        self.previous, self.last = self.last, now
+
+    def refund(self) -> None:
+        """Forget the last call (it never reached the server): the next one need not wait for it."""
+        self.last = self.previous
 
     def time_for(self, calls: int) -> float:
         """Seconds of pacing before `calls` more calls could all have started (0 when one call fits now)."""
@@ -252,7 +263,7 @@ class CoinGeckoClient:
             retry=retry_if_exception_type(RetriableError),
             wait=self._wait,
             stop=self._stop,
-            sleep=self.sleep,
+            sleep=self._backoff,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -260,9 +271,9 @@ class CoinGeckoClient:
             return retrying(self._get_once, path, dict(params or {}))
         except RetriableError as exc:
             stats = retrying.statistics
-            raise ExtractError(
+            raise (Offline if isinstance(exc, Unreachable) else ExtractError)(
                 self._scrub(
-                    f"{exc}; gave up after {stats.get('attempt_number', 1)} attempts and "
+                    f"{exc}; gave up after {count(stats.get('attempt_number', 1), 'attempt')} and "
                     f"{stats.get('idle_for', 0.0):.0f} s of waiting (limit --max-retry-wait "
                     f"{self.max_retry_wait:g} s): check your connection or try again later"
                 ),
@@ -272,6 +283,12 @@ class CoinGeckoClient:
         except PipelineError as exc:
             exc.args = (self._scrub(str(exc)),)
             raise
+
+    def _backoff(self, seconds: float) -> None:
+        """A retry's wait: slept, and counted towards the rate limit's interval before the next call."""
+        started = self.limiter.monotonic()
+        self.sleep(seconds)
+        self.limiter.waited_elsewhere(started, seconds)
 
     def _scrub(self, text: str) -> str:
         """One line without the key: every error this client raises passes the one redaction function."""
@@ -306,9 +323,15 @@ class CoinGeckoClient:
         base = min(60.0, 1.0 * 2 ** (state.attempt_number - 1))
         return random.uniform(base / 2, base)
 
+    def _attempts(self, error: BaseException | None) -> int:
+        """How many attempts this error is worth: a host that does not resolve or refuses fails fast."""
+        return min(self.max_attempts, UNREACHABLE_ATTEMPTS) if isinstance(error, Unreachable) else self.max_attempts
+
     def _stop(self, state: RetryCallState) -> bool:
-        """Stop after max_attempts, or when the next wait would exceed the total waiting budget."""
-        if state.attempt_number >= self.max_attempts:
+        """Stop after max_attempts (3 for a DNS failure or a refused connection), or when the next wait would
+        exceed the total waiting budget."""
+        error = state.outcome.exception() if state.outcome else None
+        if state.attempt_number >= self._attempts(error):
             return True
         upcoming = getattr(state, "upcoming_sleep", 0.0) or 0.0
         return state.idle_for + upcoming > self.max_retry_wait
@@ -316,12 +339,15 @@ class CoinGeckoClient:
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
+        # Offline, the final error says it all: the retries are detail (-v), not one more line each.
+        level = logging.DEBUG if isinstance(error, Unreachable) else logging.WARNING
+        log.log(
+            level,
             "%s; retrying in %.1f s (attempt %d of %d)",
             self._scrub(str(error)),
             wait,
             state.attempt_number + 1,
-            self.max_attempts,
+            self._attempts(error),
         )
 
     # -- one request ----------------------------------------------------------------------
@@ -344,7 +370,10 @@ class CoinGeckoClient:
                 raise RetriableError(
                     f"CoinGecko did not answer {path} within {self.timeout:g} s (--timeout bounds the whole request)"
                 ) from exc
-            raise self._network_error(path, exc) from exc
+            error = self._network_error(path, exc)
+            if isinstance(error, Unreachable):
+                self.limiter.refund()  # nothing reached CoinGecko: the retry need not wait for the rate limit
+            raise error from exc
         except BaseException:
             self._record(path, params)
             raise
@@ -434,7 +463,9 @@ class CoinGeckoClient:
         if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
             return RetriableError(f"CoinGecko's answer to {path} was cut short ({_network_reason(exc)})")
         if isinstance(exc, (requests.ConnectionError, OSError)):
-            return RetriableError(f"cannot connect to {self.base_url} ({_network_reason(exc)})")
+            reason = _network_reason(exc)
+            kind = Unreachable if reason in UNREACHABLE_REASONS else RetriableError
+            return kind(f"cannot connect to {self.base_url} ({reason})")
         return ExtractError(f"request to {path} failed: {_network_reason(exc)}")
 
     def _decode(self, path: str, status: int, headers: Mapping[str, str], content: bytes) -> Any:
@@ -594,6 +625,18 @@ def _cut(connection: HTTPConnection | None) -> None:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
         except OSError:
             pass
+
+
+UNREACHABLE_REASONS = ("connection refused", "name or service not known", "temporary failure in name resolution")
+UNREACHABLE_ATTEMPTS = 3  # a DNS failure or a refused connection: the first attempt and two retries
+
+
+class Unreachable(RetriableError):
+    """The host does not resolve or refuses the connection: retried twice, not six times."""
+
+
+class Offline(ExtractError):
+    """Unreachable after its retries: every later request of this run would fail the same way."""
 
 
 def _network_reason(exc: BaseException) -> str:
