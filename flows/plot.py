@@ -19,8 +19,10 @@ def plot_command(settings: Settings, console: Console) -> int:
     from utils.charts.render import NoHistory, chart_options
 
     if settings.data_url is None and not settings.data_dir.exists():
-        raise NoHistory(f"no history at {display_path(settings.data_dir)}: the folder does not exist; check "
-                        f"--data-dir, or start a history there with `{settings.run_hint}`")
+        raise NoHistory(
+            f"no history at {display_path(settings.data_dir)}: the folder does not exist; check "
+            f"--data-dir, or start a history there with `{settings.run_hint}`"
+        )
     if settings.data_url is None and not settings.csv_path.exists():
         raise NoHistory(f"no history yet at {display_path(settings.csv_path)}: run `{settings.run_hint}` first")
     published, (report,) = charts(storage_for(settings, create=False), chart_options(settings))

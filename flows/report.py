@@ -24,7 +24,7 @@ def print_quality(settings: Settings, out: Callable[[str], None] = print, now: d
     days = settings.days or FINDING_DAYS
     path = settings.layout.quality
     if settings.data_url:
-        storage_for(settings).pull(path.name)  # the findings beside an S3 history, read from a local copy
+        storage_for(settings, create=False).pull(path.name)  # the findings beside an S3 history, read from a local copy
     findings = QualityLog(path).since(now - timedelta(days=days))
     if not findings:
         out(f"quality: no findings in the last {days} days ({display_path(path)})")
@@ -47,7 +47,7 @@ def quality_command(settings: Settings, console: Console) -> int:
 
 def report_command(settings: Settings, console: Console) -> int:
     """`report`: write data/report.html from the history, its findings and the last run."""
-    storage = storage_for(settings)
+    storage = storage_for(settings, create=False)
     if not storage.has_history():
         log.error(
             "report failed: no history yet at %s: run `%s` first",

@@ -298,15 +298,18 @@ class BackfillTimeLeft(PipelineTestCase):
     def test_a_long_pause_is_said(self) -> None:
         clock = SimClock()
         limiter = RateLimiter(6, sleep=clock.sleep, monotonic=clock.monotonic)
-        progress = Progress(3, stream=io.StringIO(), monotonic=clock.monotonic,
-                            pacing=lambda left: limiter.time_for(left))
+        progress = Progress(
+            3, stream=io.StringIO(), monotonic=clock.monotonic, pacing=lambda left: limiter.time_for(left)
+        )
         limiter.on_wait = progress.waiting
         with self.assertLogs("flows.backfill", logging.INFO) as logs:
             for coin in ("a", "b", "c"):
                 limiter.acquire()
                 progress.step(coin)
-        self.assertIn("backfill: 1 of 3 coins, waiting 10 s for the rate limit, about 20 s left",
-                      [r.getMessage() for r in logs.records])
+        self.assertIn(
+            "backfill: 1 of 3 coins, waiting 10 s for the rate limit, about 20 s left",
+            [r.getMessage() for r in logs.records],
+        )
 
     def test_rate_limit_6_paces_one_call_every_10_seconds(self) -> None:
         clock = SimClock()

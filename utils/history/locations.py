@@ -765,9 +765,7 @@ def table_format_of(settings: Settings) -> str:
     return settings.table_format or ("delta" if settings.data_url else "csv")
 
 
-def storage_for(
-    settings: Settings, should_stop: Callable[[], bool] | None = None, *, create: bool = True
-) -> Storage:
+def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = None, *, create: bool = True) -> Storage:
     """The storage behind --data-dir, checked before any request; should_stop ends a wait for the lock.
 
     create=False for commands that only read: a mistyped --data-dir is left uncreated."""
