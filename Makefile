@@ -22,7 +22,8 @@ PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
 help:
 	@echo "make run [ARGS=\"--coins bitcoin\"]   run the pipeline once (creates .venv when needed)"
 	@echo "make test [ARGS=\"-k cli\"]           run the test suite (adds the test requirements)"
-	@echo "make lint                           cfn-lint template.yaml, lint-imports (.importlinter)"
+	@echo "make test-fast                      the suite without its three slowest modules (crash, hostile, fault matrix)"
+	@echo "make lint                           ruff (lint, format check), mypy, cfn-lint template.yaml, lint-imports"
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/python main.py $(ARGS)
@@ -30,7 +31,18 @@ run: $(RUNTIME_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m unittest discover -s tests $(ARGS)
 
+# The suite without its three slowest modules (crash concurrency, hostile servers, the fault matrix).
+SLOW_MODULES = tests.test_crash_concurrency tests.test_hostile tests.test_fault_matrix
+FAST_MODULES = $(filter-out $(SLOW_MODULES),$(subst /,.,$(basename $(sort $(wildcard tests/test_*.py)))))
+
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m unittest $(FAST_MODULES) $(ARGS)
+
+# Tool settings live in pyproject.toml (ruff, mypy) and .importlinter (the import contracts).
 lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/lint-imports
 
@@ -69,4 +81,4 @@ $(LAMBDA_TARGETS):
 	find "$(ARTIFACTS_DIR)" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
 	rm -f "$(ARTIFACTS_DIR)"/requirements-lambda-*.txt
 
-.PHONY: help run test lint $(LAMBDA_TARGETS)
+.PHONY: help run test test-fast lint $(LAMBDA_TARGETS)

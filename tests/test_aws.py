@@ -27,7 +27,6 @@ from utils.history.layout import TABLE_NAME
 from utils.history.locations import S3Storage
 from utils.history.schema import HEADER_LINE, Record
 
-
 BUCKET = "crypto-history-test"
 SECRET = "CG-AWS-SECRET-0123456789"
 

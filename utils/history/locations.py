@@ -526,6 +526,7 @@ class DeltaStorage(Storage):
         if not self.files.has_history():
             return
         self._legacy_or_foreign()
+        source: Path | str
         if isinstance(self.files, LocalStorage):
             source, opener = self.files.layout.csv, None
         else:
