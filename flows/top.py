@@ -40,7 +40,11 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
             "`python main.py status` shows the days the history covers"
         )
         return EXIT_FAILED
-    out(f"top {top_label(limit)} by market cap in {currency} on {day} (UTC), each coin's last observation that day:")
+    # The order is CoinGecko's market_cap_rank of that observation; a backfilled point has none and follows.
+    out(
+        f"top {top_label(limit)} by market-cap rank in {currency} on {day} (UTC), each coin's last observation "
+        "that day (unranked coins last, by market cap):"
+    )
     out(f"{'rank':>5}  {'id':<32} {'symbol':<10} {'market cap (' + currency + ')':>24}")
     for rank, coin_id, symbol, cap in rows:
         out(f"{rank if rank is not None else '-':>5}  {coin_id:<32} {symbol.upper():<10} {format_cap(cap):>24}")

@@ -427,3 +427,35 @@ class WhereTheHistoryIs(PipelineTestCase):
         hint = text.split("`")[1].split()[2:]
         self.assertEqual(self.run_main(*hint).code, 0)
         self.assertEqual(self.run_main("plot").code, 0)
+
+
+class ConfigFileFolder(PipelineTestCase):
+    def test_a_relative_data_dir_in_the_config_file_is_beside_the_file(self) -> None:
+        folder = Path(self.tmp.name) / "conf"
+        folder.mkdir()
+        (folder / "pipeline.toml").write_text('data_dir = "history"\ncoins = ["bitcoin"]\n')
+        env = {k: v for k, v in self.env.items() if k not in ("PIPELINE_DATA_DIR", "PIPELINE_COINS")}
+        elsewhere = Path(self.tmp.name) / "elsewhere"
+        elsewhere.mkdir()
+        proc = subprocess.run(
+            [sys.executable, str(MAIN), "run", "--config", str(folder / "pipeline.toml")],
+            env={**__import__("os").environ, **env},
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertTrue((folder / "history" / "crypto_data.csv").is_file())
+        self.assertFalse((elsewhere / "history").exists())
+        # The flag stays relative to the current folder.
+        proc = subprocess.run(
+            [sys.executable, str(MAIN), "status", "--config", str(folder / "pipeline.toml"), "--data-dir", "here"],
+            env={**__import__("os").environ, **env},
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f"run `python main.py --data-dir {elsewhere / 'here'}` first", proc.stdout)

@@ -254,7 +254,9 @@ class TopOnADay(PipelineTestCase):
         self.assertEqual(len(self.fake.requests), requests)  # reads the history only
         lines = result.stdout.splitlines()
         self.assertEqual(
-            lines[0], f"top 3 by market cap in eur on {DAY1} (UTC), each coin's last observation that day:"
+            lines[0],
+            f"top 3 by market-cap rank in eur on {DAY1} (UTC), each coin's last observation that day "
+            "(unranked coins last, by market cap):",
         )
         body = [line.split() for line in lines[2:]]
         self.assertEqual(

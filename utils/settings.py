@@ -151,6 +151,7 @@ def build_settings(
     config_path = config_path or env.get("PIPELINE_CONFIG") or None
     file_values = load_config_file(local_path("config", config_path)) if config_path else {}
     values: dict[str, Any] = {}
+    from_file: set[str] = set()
     for option in SETTINGS_OPTIONS:
         name, env_name = option.name, option.env
         raw: Any = flags.get(name)
@@ -158,6 +159,7 @@ def build_settings(
             raw = env[env_name]
         if raw is None and name in file_values:
             raw = file_values[name]
+            from_file.add(name)
         if raw is not None and option.parse is not None:
             values[name] = option.parse(raw)
     if "api_plan" not in values:
@@ -182,7 +184,9 @@ def build_settings(
                 "the pipeline (see the README)"
             )
     if "data_dir" in values and not values["data_dir"].is_absolute():
-        values["data_dir"] = Path.cwd() / values["data_dir"]
+        # A relative data_dir in the config file means beside the file, wherever the command runs from.
+        base = local_path("config", config_path).absolute().parent if "data_dir" in from_file else Path.cwd()
+        values["data_dir"] = base / values["data_dir"]
     since, until = values.get("since"), values.get("until")
     if since and values.get("days"):
         raise ConfigError(
