@@ -331,6 +331,7 @@ def fast_columns(data: bytes) -> Columns | None:
     written), so that the careful path reads this block instead and both give the same observations."""
     if not data or b'"' in data or b"\r" in data:
         return None
+    # start-up time: numpy and pyarrow load only when a block of the CSV is read (an index build or catch-up)
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc

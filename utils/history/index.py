@@ -199,14 +199,14 @@ class _Coverage:
             self.folded = self._fold()
 
     def add_pairs(self, pairs: Iterable[tuple[int, int]]) -> None:
-        import numpy as np
+        import numpy as np  # start-up time: only an index build needs numpy
 
         got = np.array(list(pairs), dtype=np.int64).reshape(-1, 2)
         self.add(got[:, 1], got[:, 0])
 
     def _fold(self) -> tuple:
         """Every pair so far, and the ranges folded before, as (series, first, last) arrays of merged ranges."""
-        import numpy as np
+        import numpy as np  # start-up time: only an index build needs numpy
 
         series = [s.astype(np.int64) for s in self.series]
         firsts = [d.astype(np.int64) for d in self.days]
@@ -493,7 +493,7 @@ class HistoryIndex:
         """Write a block of observations given column by column (inside a transaction), as _write writes a batch:
         every key, each (day, series)'s last observation (a later row wins a tie), the series' facts; the days go
         to `cover`."""
-        import numpy as np
+        import numpy as np  # start-up time: only an index build needs numpy
 
         ids = self._series_ids(cols.pairs)
         sid = np.array([ids[pair] for pair in cols.pairs], dtype=np.int64)[cols.pair]
