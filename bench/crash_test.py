@@ -669,8 +669,7 @@ class S3RunScenario(RunScenario):
         self.fake.set_coins(markets_rows(self.COINS, seed=self.rng.randrange(1 << 30)))
         tmp = self.root / f"{self.name}-tmp"  # the S3 scratch copy (index) of this scenario alone
         tmp.mkdir()
-        self.extra = {"PIPELINE_COINS": ",".join(r["id"] for r in self.fake.coins), "TMPDIR": str(tmp),
-                      **self.s3.env}
+        self.extra = {"PIPELINE_COINS": ",".join(r["id"] for r in self.fake.coins), "TMPDIR": str(tmp), **self.s3.env}
         self.expected: set[Key] = set()
         self.exports = 0
 
@@ -745,8 +744,12 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="crash_test_", dir=args.tmpdir))
-    classes = {"run": RunScenario, "backfill": BackfillScenario, "migration": MigrationScenario,
-               "s3-run": S3RunScenario}
+    classes = {
+        "run": RunScenario,
+        "backfill": BackfillScenario,
+        "migration": MigrationScenario,
+        "s3-run": S3RunScenario,
+    }
     all_stats: list[Stats] = []
     failure_lines: list[str] = []
     fakes: list[FakeCoinGecko] = []

@@ -37,22 +37,26 @@ class QueryExamples(PipelineTestCase):
         [athena] = blocks(readme_section(), "sql")
         [python] = blocks(readme_section(), "python")
         [polars_sql] = re.findall(r'query = """\n(.*?)"""', python, re.S)
-        self.assertEqual(normalized(athena).replace("FROM crypto_history.history", "FROM history"),
-                         normalized(polars_sql))
+        self.assertEqual(
+            normalized(athena).replace("FROM crypto_history.history", "FROM history"), normalized(polars_sql)
+        )
         self.assertIn("crypto_history", (REPO / "template.yaml").read_text())  # the Glue database it names
 
     @unittest.skipIf(polars is None, "polars is not installed (requirements-dev.txt)")
     def test_the_polars_block_answers_on_a_table_the_pipeline_wrote(self) -> None:
         now = datetime.now(timezone.utc)
         self.fake.set_coins(markets_rows(5, start=now - timedelta(hours=3)))
-        self.env.update({"PIPELINE_TABLE_FORMAT": "delta", "PIPELINE_COINS": ",".join(r["id"] for r in self.fake.coins)})
+        self.env.update(
+            {"PIPELINE_TABLE_FORMAT": "delta", "PIPELINE_COINS": ",".join(r["id"] for r in self.fake.coins)}
+        )
         for _ in range(3):
             self.fake.advance(600)
             result = self.run_main("run")
             self.assertEqual(result.code, 0, result.stderr)
         [python] = blocks(readme_section(), "python")
-        done = subprocess.run([sys.executable, "-c", python], cwd=self.data_dir, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", python], cwd=self.data_dir, capture_output=True, text=True, timeout=120
+        )
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("shape: (5, 6)", done.stdout)
         for row in self.fake.coins:

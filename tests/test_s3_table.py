@@ -29,8 +29,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import make_daily_chart, markets_rows
-from tests.support import MAIN, PipelineTestCase
 from tests.s3_server import LocalS3, child_env
+from tests.support import MAIN, PipelineTestCase
 
 SLOW = os.environ.get("RUN_SLOW") == "1"
 Key = tuple[str, str, str]
@@ -69,8 +69,15 @@ class S3TableCase(PipelineTestCase):
         self.scratch_tmp = Path(self.tmp.name) / "tmp"
         self.scratch_tmp.mkdir()
         self.env.update(self.s3.env)
-        self.env.update({"PIPELINE_DATA_DIR": self.url, "PIPELINE_RATE_LIMIT": "10000", "PIPELINE_HEAL": "0",
-                         "PIPELINE_CHARTS": "0", "TMPDIR": str(self.scratch_tmp)})
+        self.env.update(
+            {
+                "PIPELINE_DATA_DIR": self.url,
+                "PIPELINE_RATE_LIMIT": "10000",
+                "PIPELINE_HEAL": "0",
+                "PIPELINE_CHARTS": "0",
+                "TMPDIR": str(self.scratch_tmp),
+            }
+        )
         self.procs: list[subprocess.Popen] = []
         self.addCleanup(self.reap_all)
 
@@ -78,8 +85,14 @@ class S3TableCase(PipelineTestCase):
         full = child_env(self.s3, {**os.environ, **self.env, **env})
         for name in ("COINGECKO_API_KEY", "PIPELINE_CONFIG", "PIPELINE_TABLE_FORMAT"):
             full.pop(name, None)  # s3:// means the Delta table
-        proc = subprocess.Popen([sys.executable, str(MAIN), *argv], env=full, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=self.tmp.name)
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp.name,
+        )
         self.procs.append(proc)
         return proc
 
@@ -123,11 +136,23 @@ class LambdaChainOnDelta(S3TableCase):
         self.addCleanup(setattr, tempfile_module, "tempdir", tempfile_module.tempdir)
         tempfile_module.tempdir = str(self.scratch_tmp)
         os.environ.update(self.s3.env)
-        os.environ.update({"COINGECKO_API_URL": self.fake.base_url, "COINGECKO_API_PLAN": "public",
-                           "PIPELINE_DATA_DIR": self.url, "PIPELINE_HEAL": "0", "PIPELINE_VS_CURRENCY": "eur,usd",
-                           "PIPELINE_TOP": "4", "PIPELINE_COINS": "algorand"})
-        for name in ("COINGECKO_API_KEY", "COINGECKO_API_KEY_PARAMETER", "COINGECKO_API_KEY_SECRET_ID",
-                     "PIPELINE_TABLE_FORMAT"):
+        os.environ.update(
+            {
+                "COINGECKO_API_URL": self.fake.base_url,
+                "COINGECKO_API_PLAN": "public",
+                "PIPELINE_DATA_DIR": self.url,
+                "PIPELINE_HEAL": "0",
+                "PIPELINE_VS_CURRENCY": "eur,usd",
+                "PIPELINE_TOP": "4",
+                "PIPELINE_COINS": "algorand",
+            }
+        )
+        for name in (
+            "COINGECKO_API_KEY",
+            "COINGECKO_API_KEY_PARAMETER",
+            "COINGECKO_API_KEY_SECRET_ID",
+            "PIPELINE_TABLE_FORMAT",
+        ):
             os.environ.pop(name, None)
 
     def chain(self) -> dict:
@@ -141,8 +166,11 @@ class LambdaChainOnDelta(S3TableCase):
 
     def test_the_chain_keeps_every_currency_the_top_n_and_the_views_beside_the_table(self) -> None:
         first = self.chain()
-        self.assertEqual((first["appended"], first["result"], first["failed"]), (10, "ok", []),
-                         {k: first.get(k) for k in ("missing", "rejected", "failed")})
+        self.assertEqual(
+            (first["appended"], first["result"], first["failed"]),
+            (10, "ok", []),
+            {k: first.get(k) for k in ("missing", "rejected", "failed")},
+        )
         self.assertNotIn("chart_error", first)
         self.fake.move(self.fake.ranked_ids()[6], 0)  # a newcomer enters the top 4
         self.fake.advance(3600)
@@ -175,20 +203,22 @@ class EightRunsAndABackfillOnOneS3Table(S3TableCase):
         now = datetime.now(timezone.utc)
         self.fake.set_coins(markets_rows(self.WRITERS * self.PER_WRITER, start=now - timedelta(hours=3)))
         ids = [row["id"] for row in self.fake.coins]
-        slices = [ids[k * self.PER_WRITER:(k + 1) * self.PER_WRITER] for k in range(self.WRITERS)]
+        slices = [ids[k * self.PER_WRITER : (k + 1) * self.PER_WRITER] for k in range(self.WRITERS)]
         backfill_ids = [s[0] for s in slices[:4]] + ["backfill-only-0", "backfill-only-1"]
         chart_start = now.date() - timedelta(days=self.ROUNDS * self.DAYS + 10)
         for n, coin in enumerate(backfill_ids):
-            self.fake.market_chart[coin] = make_daily_chart(chart_start, (now.date() - chart_start).days + 1,
-                                                            1.5 ** n, seed=n)
+            self.fake.market_chart[coin] = make_daily_chart(
+                chart_start, (now.date() - chart_start).days + 1, 1.5**n, seed=n
+            )
         failed_keys: set[Key] = set()
         for round_no in range(self.ROUNDS):
             self.fake.advance(600)  # the fake's clock moves on: every round's observations are new
             served = {(r["id"], "eur", r["last_updated"]) for r in self.fake.coins}
             until = now.date() - timedelta(days=2 + round_no * self.DAYS)
             since = until - timedelta(days=self.DAYS - 1)
-            backfill = self.start("backfill", "--since", str(since), "--until", str(until),
-                                  "--coins", ",".join(backfill_ids))
+            backfill = self.start(
+                "backfill", "--since", str(since), "--until", str(until), "--coins", ",".join(backfill_ids)
+            )
             runs = [self.start("run", "--coins", ",".join(coins)) for coins in slices]
             outcomes = [self.finish(proc) for proc in runs]
             code, err = self.finish(backfill)
