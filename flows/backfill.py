@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
 from utils.daemon import StatusFile, iso
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.history.csv_store import MergeReport
-from utils.history.files import ensure_dir, read_json, write_json_atomic
+from utils.history.files import ensure_dir, failure_text, read_json, write_json_atomic
 from utils.history.index import day_number, day_of
 from utils.history.layout import display_path
 from utils.history.locations import Storage, storage_for
@@ -172,10 +173,16 @@ class BackfillResult:
     failed_currencies: list[tuple[str, str]] = field(default_factory=list)
     currencies: tuple[str, ...] = ()
     span: DayRange | None = None  # the days asked for
+    unwritten: list[str] = field(default_factory=list)  # side outputs not written (raw answers, findings, ...)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.missing or self.rejected or self.failed_currencies else EXIT_OK
+        unwritten = self.unwritten or (self.merge.unwritten if self.merge else ())
+        return EXIT_PARTIAL if self.missing or self.rejected or self.failed_currencies or unwritten else EXIT_OK
+
+    def not_written(self) -> list[str]:
+        """Every side output this backfill could not write."""
+        return [*self.unwritten, *(self.merge.unwritten if self.merge else ())]
 
     def summary(self, csv_name: str) -> str:
         word = "ok" if self.exit_code == EXIT_OK else "partial"
@@ -192,7 +199,10 @@ class BackfillResult:
             line += f", {len(unknown)} unknown ({', '.join(unknown[:10])})"
         for currency, why in self.failed_currencies:
             line += f", {currency} failed: {why}"
-        return line + f" -> {csv_name}"
+        line += f" -> {csv_name}"
+        if self.not_written():
+            line += "; not written: " + "; ".join(self.not_written())
+        return line
 
 
 class Progress:
@@ -312,12 +322,16 @@ def backfill_coins(settings: Settings, vs_currency: str) -> tuple[str, ...]:
     if not settings.top:
         return settings.coins
 
-    members = TopMembers(settings.layout.top_members).members(vs_currency)[: settings.top]
+    path = settings.layout.top_members
+    members = TopMembers(path).members(vs_currency)[: settings.top]
     if not members:
+        state = "does not exist" if not os.path.lexists(path) else "holds no top N for it"
         log.warning(
-            "no top %d recorded in %s yet: run `python main.py run --top %d` first",
+            "no top %d recorded in %s yet (%s %s): run `python main.py run --top %d` first",
             settings.top,
             vs_currency,
+            display_path(path),
+            state,
             settings.top,
         )
     return tuple(dict.fromkeys([*members, *settings.coins]))
@@ -337,6 +351,8 @@ def backfill(
     started = time.monotonic()
     now = clock()
     span = plan_range(settings, now)
+    storage = storage_for(settings)
+    storage.preflight(settings.vs_currencies)  # the one file policy (top-members.json too), before any request
     plan = {vs: backfill_coins(settings, vs) for vs in settings.vs_currencies}
     total = sum(map(len, plan.values()))
     log.info(
@@ -347,7 +363,6 @@ def backfill(
         span.last,
         span.days,
     )
-    storage = storage_for(settings)
     storage.check()  # a CSV that `run` would refuse is refused here too, before any request
     manifests = {vs: Manifest(settings, vs, span, coins, storage) for vs, coins in plan.items()}
     resumed = sum(len(m.done) for m in manifests.values())
@@ -392,12 +407,10 @@ def backfill(
                             chart_payload(coin_id, vs_currency, span, answers),
                         )
                         manifest.mark(coin_id, archive)
-                    except OSError as exc:
-                        log.warning(
-                            "could not archive the raw answer for %s (%s); the backfill goes on",
-                            coin_id,
-                            exc.strerror or exc,
-                        )
+                    except (OSError, PipelineError) as exc:
+                        why = failure_text(exc, f"{storage.location}/raw")
+                        log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id, why)
+                        result.unwritten.append(f"raw answer for {coin_id} ({why})")
                 coin_records, coin_rejected = records_from(coin_id, vs_currency, answers, span)
                 records.extend(coin_records)
                 result.rejected.extend(coin_rejected)
@@ -432,13 +445,13 @@ def heal_gaps(
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     within: dict[str, list[tuple[int, int]]] | None = None,
     from_start: set[str] | frozenset[str] = frozenset(),
-) -> tuple[int, int, tuple]:
+) -> tuple[int, int, tuple, tuple[str, ...]]:
     """Fill complete UTC days since each coin's first observation that have none, within the plan's reach.
 
     One request per coin with gaps; the gaps come from the index. `within` limits a coin to the day
     ranges given (a top-N coin: its days inside the top N); a coin in `from_start` is healed back to
     the currency's first observed day (--top-backfill). Returns (days filled, coins asked, new quality
-    findings).
+    findings, side outputs not written).
     """
     vs_currency = vs_currency or settings.vs_currency
     within = within or {}
@@ -464,15 +477,15 @@ def heal_gaps(
             if days:
                 wanted[coin_id] = days
     if not wanted:
-        return 0, 0, ()
+        return 0, 0, (), ()
     log.info(
         "healing %s of %s%s",
         count(sum(map(len, wanted.values())), "missing day"),
         count(len(wanted), "coin"),
         f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "",
     )
-    added, findings = fill_days(settings, client, storage, vs_currency, wanted, clock=clock, purpose="heal")
-    return added, len(wanted), findings
+    added, findings, unwritten = fill_days(settings, client, storage, vs_currency, wanted, clock=clock, purpose="heal")
+    return added, len(wanted), findings, unwritten
 
 
 def fill_days(
@@ -485,10 +498,11 @@ def fill_days(
     clock: Callable[[], datetime],
     purpose: str,
     progress: Progress | None = None,
-) -> tuple[int, tuple]:
+) -> tuple[int, tuple, tuple[str, ...]]:
     """Fetch each coin's wanted days (one request per coin and window), archive the answers, merge them once.
 
-    A coin that fails is a warning (its days are asked for again next run). Returns (rows added, new findings).
+    A coin that fails is a warning (its days are asked for again next run). Returns (rows added, new findings,
+    side outputs not written).
     """
     now = clock()
     # What fills a coin's days after a failure: the next run heals gaps, but a seed's days lie before the
@@ -498,6 +512,7 @@ def fill_days(
     again = "its days are asked for again next run" if heal else backfill_hint
     records: list[Record] = []
     unavailable: dict[tuple[str, str], set[date]] = {}
+    unwritten: list[str] = []
     for coin_id, days in wanted.items():
         span = DayRange(min(days), max(days))
         try:
@@ -512,12 +527,9 @@ def fill_days(
                 clock(), f"market_chart_{coin_id}_{vs_currency}", chart_payload(coin_id, vs_currency, span, answers)
             )
         except (OSError, PipelineError) as exc:
-            log.warning(
-                "could not archive the raw answer for %s (%s); the %s goes on",
-                coin_id,
-                getattr(exc, "strerror", None) or exc,
-                purpose,
-            )
+            why = failure_text(exc, f"{storage.location}/raw")
+            log.warning("could not archive the raw answer for %s (%s); the %s goes on", coin_id, why, purpose)
+            unwritten.append(f"raw answer for {coin_id} ({why})")
         coin_records, _ = records_from(coin_id, vs_currency, answers, span)
         wanted_days = set(days)
         coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in wanted_days]
@@ -532,7 +544,7 @@ def fill_days(
         if progress is not None:
             progress.step(coin_id)
     report = storage.merge(records, unavailable=unavailable, checked=now)
-    return report.added, report.findings
+    return report.added, report.findings, (*unwritten, *report.unwritten)
 
 
 def seed_days(settings: Settings, now: datetime) -> list[date]:
@@ -553,14 +565,14 @@ def seed(
     vs_currency: str,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     progress_stream: Any = None,
-) -> tuple[int, tuple]:
+) -> tuple[int, tuple, tuple[str, ...]]:
     """A first run's history: the last --seed-days days of each coin, one request per coin, paced, with progress.
 
-    Returns (rows added, new quality findings).
+    Returns (rows added, new quality findings, side outputs not written).
     """
     days = seed_days(settings, clock()) if settings.seed_days else []
     if not days or not coins:
-        return 0, ()
+        return 0, (), ()
     log.info(
         "a new history: filling the last %s of %s%s (--seed-days %d; 0 turns it off)",
         count(len(days), "day"),
@@ -603,10 +615,12 @@ def intersect(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> 
     return sorted(out)
 
 
-def record_backfill(settings: Settings, result: BackfillResult | None, *, error: str = "") -> None:
-    """The last backfill in status.json (when, which days, rows added, outcome), for `status` and the report."""
+def record_backfill(settings: Settings, result: BackfillResult | None, *, error: str = "") -> str | None:
+    """The last backfill in status.json (when, which days, rows added, outcome), for `status` and the report.
+
+    Returns None, or what was not written and why."""
     if settings.data_url is not None or not settings.data_dir.is_dir():
-        return
+        return None
     span = result.span if result else None
     entry = {
         "finished_at": iso(datetime.now(timezone.utc)),
@@ -619,7 +633,7 @@ def record_backfill(settings: Settings, result: BackfillResult | None, *, error:
         "requests": result.requests if result else 0,
         "error": error,
     }
-    StatusFile(settings.layout.status).update(last_backfill=entry)
+    return StatusFile(settings.layout.status).update(last_backfill=entry)
 
 
 def backfill_command(settings: Settings, console: Console) -> int:
@@ -633,14 +647,19 @@ def backfill_command(settings: Settings, console: Console) -> int:
     except KeyboardInterrupt:
         record_backfill(settings, None, error="interrupted; run the same backfill again and it resumes")
         raise
-    record_backfill(settings, result)
-    summary = result.summary(display_path(result.merge.csv_path if result.merge else settings.csv_path))
+    where = display_path(result.merge.csv_path if result.merge else settings.csv_path)
+    chart_error = None
     if settings.charts and result.merge and result.merge.added:
         _, chart_error = draw_charts(settings, storage_for(settings))
-        if chart_error:
-            summary += f"; charts failed: {chart_error}"
-        else:
-            publish_report(settings, outcome={"result": "ok", "summary": summary, "trigger": "backfill"})
+        if not chart_error:
+            outcome = {"result": "ok", "summary": result.summary(where), "trigger": "backfill"}
+            not_written = publish_report(settings, outcome=outcome)
+            if not_written:  # the rows landed: the backfill is partial, and says what is missing
+                result.unwritten.append(not_written)
+    not_written = record_backfill(settings, result)
+    if not_written:
+        result.unwritten.append(not_written)
+    summary = result.summary(where) + (f"; charts failed: {chart_error}" if chart_error else "")
     log.info("%s", summary)
     findings = result.merge.findings if result.merge else ()
     if findings:

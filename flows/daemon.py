@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -67,13 +68,22 @@ def daily_job(settings: Settings, limiter: RateLimiter, sleep: Callable[[float],
         try:
             with make_client(settings, sleep=sleep, limiter=limiter, should_stop=should_stop) as client:
                 result = run_pipeline(settings, client, coins=coins, should_stop=should_stop)
-        except PipelineError as exc:
-            if not isinstance(exc, Stopped):
-                after_failure(settings, "daemon run", exc)
+        except Stopped:
             raise
-        after_result(settings, result)
-        warn_once(settings, lambda title, line: notice(settings, title, line))  # the month's credits at 80 %
-        return result.outcome()
+        except PipelineError as exc:  # the webhook is told after the daemon logs the run's line (Outcome.then)
+            return Outcome(
+                "failed",
+                exc.exit_code,
+                error=str(exc),
+                summary=f"run failed: {exc}",
+                then=lambda exc=exc: after_failure(settings, "daemon run", exc, should_stop),
+            )
+
+        def tell() -> None:  # after the summary line; SIGTERM cuts a POST under way
+            after_result(settings, result, should_stop)
+            warn_once(settings, lambda title, line: notice(settings, title, line, should_stop))  # credits at 80 %
+
+        return dataclasses.replace(result.outcome(), then=tell)
 
     return job
 

@@ -14,7 +14,7 @@ from flows.wiring import Console
 from utils.clients import make_client
 from utils.coingecko.client import CoinGeckoClient
 from utils.daemon import Outcome, StatusFile
-from utils.errors import PipelineError
+from utils.errors import ConfigError, PipelineError
 from utils.settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -35,23 +35,25 @@ def run_pipeline(
     run.load(transformed)  # Records -> the history: appended when their key is new
     run.heal()  # days missed while the pipeline was down, from market_chart
     run.charts()  # the index's daily points -> PNG charts
-    result = run.result()
-    run.write_report(result)  # data/report.html, rewritten when the charts were
+    result = run.write_report(run.result())  # data/report.html, rewritten when the charts were
     if coins is None:  # a whole run (not a retry of a few coins): what `status` counts
-        record_tracked(settings, result)
+        result = record_tracked(settings, result)
     return result
 
 
-def record_tracked(settings: Settings, result: RunResult) -> None:
+def record_tracked(settings: Settings, result: RunResult) -> RunResult:
     """Note in status.json how many coins a whole run tracked, so `status` counts them from what ran."""
     if settings.data_url is None:
-        StatusFile(settings.layout.status).update(
+        not_written = StatusFile(settings.layout.status).update(
             tracked_coins=len(result.requested), tracked_currencies=list(settings.vs_currencies)
         )
+        if not_written:
+            return dataclasses.replace(result, unwritten=(*result.unwritten, not_written))
+    return result
 
 
 def run_command(settings: Settings, console: Console) -> int:
-    """`run`: one pass of the pipeline, one summary line, and the status file updated."""
+    """`run`: one pass of the pipeline, one summary line, the status file updated, then the notification."""
     status = StatusFile(settings.layout.status)
     started = utc_now()
     try:
@@ -60,10 +62,16 @@ def run_command(settings: Settings, console: Console) -> int:
     except PipelineError as exc:
         if settings.data_dir.is_dir():
             status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
+        # The line first: a webhook that is slow to answer never holds it back.
+        log.error(
+            "%s: %s", "config error" if isinstance(exc, ConfigError) else "run failed", exc, extra={"plain": True}
+        )
         after_failure(settings, "run", exc)
-        raise
+        return exc.exit_code
     result = dataclasses.replace(result, seconds=time.monotonic() - console.started)
-    status.record_run(started, utc_now(), result.outcome(), "run")
+    not_written = status.record_run(started, utc_now(), result.outcome(), "run")
+    if not_written:  # the rows landed: a status file that could not be written makes the run partial, not failed
+        result = dataclasses.replace(result, unwritten=(*result.unwritten, not_written))
     log.info("%s", result.summary())
     if result.findings:
         log.info("%s", result.quality_line())

@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,13 +20,14 @@ from flows.budget import check_run
 from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from flows.views import draw_charts, publish_report
 from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
-from lambdas.lambda_2_transform import Rejected, TransformResult, incomplete, rejection_lines, transform
+from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from lambdas.lambda_3_load import load, record_membership
 from utils.coingecko.client import CoinGeckoClient, Offline
 from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
 from utils.history.csv_store import LoadReport
+from utils.history.files import failure_text
 from utils.history.layout import display_path
 from utils.history.locations import storage_for
 from utils.history.quality import Finding, summary_line
@@ -62,11 +63,13 @@ class RunResult:
     stale: tuple[str, ...] = ()  # "coin (currency) last updated ..." for each stale observation
     renamed: tuple[str, ...] = ()  # one note per requested id that stopped returning data
     findings: tuple[Finding, ...] = ()  # new quality findings of the load and the healing
+    unwritten: tuple[str, ...] = ()  # side outputs that could not be written: "quality.csv (why)", ...
 
     @property
     def exit_code(self) -> int:
-        # junk beside every requested coin is not partial; a currency that failed is
-        return EXIT_PARTIAL if self.incomplete_coins or self.failed_currencies else EXIT_OK
+        # junk beside every requested coin is not partial; a currency that failed is, and so is a side output
+        # (raw answer, findings, data package, report, status file) that could not be written after rows landed
+        return EXIT_PARTIAL if self.incomplete_coins or self.failed_currencies or self.unwritten else EXIT_OK
 
     @property
     def incomplete_coins(self) -> tuple[str, ...]:
@@ -121,6 +124,8 @@ class RunResult:
         line = f"run {word}: " + ", ".join(parts) + f" in {self.seconds:.1f} s -> {display_path(self.load.csv_path)}"
         if self.chart_error:
             line += f"; charts failed: {self.chart_error}"
+        if self.unwritten:
+            line += "; not written: " + "; ".join(self.unwritten)
         return line
 
 
@@ -142,6 +147,7 @@ class RunOnce:
         self.started = time.monotonic()
         self.storage = storage_for(settings, should_stop)
         self.storage.check()  # a history this version cannot write is refused before any request
+        self.storage.preflight(settings.vs_currencies)  # and so is a managed file that is a link, folder, hard link
         self.members = (
             (
                 shared_members(self.storage.read, settings.layout)
@@ -168,6 +174,7 @@ class RunOnce:
         self.findings: tuple[Finding, ...] = ()
         self.chart_paths: tuple[str, ...] = ()
         self.chart_error: str | None = None
+        self.unwritten: list[str] = []  # side outputs that could not be written (the run is then partial)
 
     def extract(self) -> list[Snapshot]:
         """lambda_1_extract for each currency, raw answers archived; a currency that fails is noted, the rest go on."""
@@ -184,11 +191,11 @@ class RunOnce:
             try:
                 archive_snapshot(snapshot, self.storage)
             except (OSError, PipelineError) as exc:
+                why = failure_text(exc, f"{self.storage.location}/raw")
                 log.warning(
-                    "could not archive the raw answer under %s/raw (%s); the run goes on",
-                    self.storage.location,
-                    getattr(exc, "strerror", None) or exc,
+                    "could not archive the raw answer under %s/raw (%s); the run goes on", self.storage.location, why
                 )
+                self.unwritten.append(f"raw answer for {vs_currency} ({why})")
             self.snapshots.append(snapshot)
         if not self.snapshots:  # the error line says it all: no warning before it saying the same
             if len(self.failed) == 1 and first_error is not None:
@@ -234,7 +241,8 @@ class RunOnce:
         rejected: list[Rejected] = []
         for snapshot in snapshots:
             result = transform(snapshot)
-            self.incomplete_rejected.extend(incomplete(snapshot, result))  # the rule the transform Lambda uses
+            stored = {record.coin_id for record in result.records}  # a coin that landed is complete in this currency
+            self.incomplete_rejected.extend(r for r in result.rejected if r.coin_id not in stored)
             self.stale.extend(stale_notes(result.records))
             records.extend(result.records)
             rejected.extend(result.rejected)
@@ -321,6 +329,7 @@ class RunOnce:
                     )
             self.members = TopMembers(self.settings.layout.top_members)  # as recorded, for healing
         self.findings += self.report.findings
+        self.unwritten += self.report.unwritten
         return self.report
 
     def _seeding(self) -> bool:
@@ -337,12 +346,15 @@ class RunOnce:
         if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
             # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
             if self.empty_before:
-                self.seeded, found = seed_history(self.settings, self.client, self.transformed.records, self.clock)
+                self.seeded, found, unwritten = seed_history(
+                    self.settings, self.client, self.transformed.records, self.clock
+                )
             else:
-                self.healed, found = heal(
+                self.healed, found, unwritten = heal(
                     self.settings, self.client, self.transformed.records, self.members, self.clock
                 )
             self.findings += found
+            self.unwritten += unwritten
         return self.healed + self.seeded
 
     def charts(self) -> tuple[str, ...]:
@@ -370,13 +382,15 @@ class RunOnce:
             stale=tuple(self.stale),
             renamed=tuple(self.renamed),
             findings=self.findings,
+            unwritten=tuple(self.unwritten),
         )
 
-    def write_report(self, result: RunResult) -> None:
-        """report.html after a run that drew the charts, beside the history (a failure is only a warning)."""
+    def write_report(self, result: RunResult) -> RunResult:
+        """report.html after a run that drew the charts, beside the history; a report that could not be written
+        makes the run partial and is named, never failed (the rows landed)."""
         if self.chart_paths:
             outcome = result.outcome()
-            publish_report(
+            not_written = publish_report(
                 self.settings,
                 outcome={
                     "result": outcome.result,
@@ -386,6 +400,9 @@ class RunOnce:
                     "finished_at": self.clock(),
                 },
             )
+            if not_written:
+                return replace(result, unwritten=(*result.unwritten, not_written))
+        return result
 
 
 class PageProgress:
@@ -426,7 +443,7 @@ def _in(settings: Settings, vs_currency: str) -> str:
 
 def heal(
     settings: Settings, client: CoinGeckoClient, records: list[Record], members: TopMembers | None, clock: Clock
-) -> tuple[int, tuple[Finding, ...]]:
+) -> tuple[int, tuple[Finding, ...], tuple[str, ...]]:
     """Fill days missing since each coin's first observation, per currency; a failure here never fails the run.
 
     A coin tracked only for its place in the top N is healed only on days it was inside (with
@@ -434,6 +451,7 @@ def heal(
     """
     added = 0
     findings: tuple[Finding, ...] = ()
+    unwritten: tuple[str, ...] = ()
     explicit = set(settings.coins)
     for vs_currency in settings.vs_currencies:
         landed = tuple(dict.fromkeys(r.coin_id for r in records if r.vs_currency == vs_currency))
@@ -451,7 +469,7 @@ def heal(
                 else:
                     within[coin_id] = spell_ranges(members.spells(vs_currency, coin_id), today)
         try:
-            filled, _, found = heal_gaps(
+            filled, _, found, missed = heal_gaps(
                 settings, client, landed, vs_currency=vs_currency, clock=clock, within=within, from_start=from_start
             )
         except PipelineError as exc:
@@ -459,19 +477,21 @@ def heal(
             continue
         added += filled
         findings += found
-    return added, findings
+        unwritten += missed
+    return added, findings, unwritten
 
 
 def seed_history(
     settings: Settings, client: CoinGeckoClient, records: list[Record], clock: Clock
-) -> tuple[int, tuple[Finding, ...]]:
+) -> tuple[int, tuple[Finding, ...], tuple[str, ...]]:
     """A first run: the last --seed-days days of every coin that landed, per currency (a failure is a warning)."""
     added = 0
     findings: tuple[Finding, ...] = ()
+    unwritten: tuple[str, ...] = ()
     for vs_currency in settings.vs_currencies:
         landed = tuple(dict.fromkeys(r.coin_id for r in records if r.vs_currency == vs_currency))
         try:
-            filled, found = seed(settings, client, landed, vs_currency=vs_currency, clock=clock)
+            filled, found, missed = seed(settings, client, landed, vs_currency=vs_currency, clock=clock)
         except PipelineError as exc:
             log.warning(
                 "could not fill the new history's first days%s: %s; `python main.py backfill --days %d` fills them",
@@ -482,4 +502,5 @@ def seed_history(
             continue
         added += filled
         findings += found
-    return added, findings
+        unwritten += missed
+    return added, findings, unwritten

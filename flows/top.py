@@ -32,12 +32,11 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
     day = settings.date or datetime.now(timezone.utc).date()
     limit = settings.top or DEFAULT_TOP
     currency = settings.vs_currency
-    storage = storage_for(settings, create=False)
-    with storage.index() as index:
+    with storage_for(settings, create=False).index() as index:
         rows = index.top_of_day(currency, day_number(day), limit)
     if not rows:
         out(
-            f"no observations in {currency} on {day} in {display_path(storage.csv_display)}: "
+            f"no observations in {currency} on {day} in {display_path(settings.csv_path)}: "
             "`python main.py status` shows the days the history covers"
         )
         return EXIT_FAILED

@@ -22,6 +22,7 @@ def charts(
     """
     from utils.charts.render import render_every_currency, render_from_index  # matplotlib only when drawing
 
+    storage.preflight((options.vs_currency,))  # the one file policy: no chart written through a link
     _, out_dir = storage.local_csv()
     with storage.index() as index:
         if every_currency:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from typing import Any
 
 CREDENTIALS = {
@@ -21,13 +20,10 @@ CREDENTIALS = {
 
 
 class LocalS3:
-    """moto's ThreadedMotoServer on 127.0.0.1:<free port>, with one bucket of its own.
-
-    moto keeps every server's buckets in one in-process store that outlives a stopped server, so each
-    LocalS3 names a new bucket: a test never finds the objects an earlier test left in "its" bucket."""
+    """moto's ThreadedMotoServer on 127.0.0.1:<free port>, with one bucket."""
 
     def __init__(self, bucket: str = "crypto-history-test") -> None:
-        self.bucket = f"{bucket}-{uuid.uuid4().hex[:12]}"
+        self.bucket = bucket
         self.server: Any = None
         self.endpoint = ""
 

@@ -204,12 +204,19 @@ class AwkwardLines(PipelineTestCase):
         return self.csv_bytes()
 
     def assert_survived(self, stray_expected: bool = True) -> None:
+        # Issue 21, finding 11: lines that break standard readers leave the CSV for the quarantine file,
+        # with their line number and why; the CSV then opens in the csv module and pandas.
         data = self.csv_bytes()
         self.assertTrue(data.startswith(HEADER_LINE.encode()))
-        self.assertIn(b"my notes, not data\n", data)
-        self.assertIn(b'\n"\n', data)
+        self.assertNotIn(b"my notes, not data\n", data)
+        self.assertNotIn(b'\n"\n', data)
+        quarantine = (self.data_dir / "crypto_data.csv.quarantine").read_bytes()
+        self.assertIn(b"my notes, not data\n", quarantine)
+        self.assertIn(b'"\n', quarantine)
+        self.assertIn(b"line 7 of crypto_data.csv: an unbalanced quote\n", quarantine)
+        self.assertIn(b"line 8 of crypto_data.csv: 2 cells where the header has 17\n", quarantine)
         found, damaged = csvio.observations(data[csvio.header_length(data) :])
-        self.assertEqual(damaged, 2)
+        self.assertEqual(damaged, 0)
         names = {o.name for o in found if o.coin_id == self.rows()[0]["coin_id"]}
         self.assertIn(MULTILINE_NAME, names)
         keys = [(o.coin_id, o.ts_ms) for o in found]
@@ -227,7 +234,7 @@ class AwkwardLines(PipelineTestCase):
         self.assert_survived()
         status = self.run_main("status")
         self.assertEqual(status.code, 0, status.stderr)
-        self.assertIn("2 damaged lines skipped", status.stdout)
+        self.assertNotIn("damaged", status.stdout)
         self.assertIn("22 rows", status.stdout)
         plot = self.run_main("plot")
         self.assertEqual(plot.code, 0, plot.stderr)
@@ -235,8 +242,9 @@ class AwkwardLines(PipelineTestCase):
         # pandas, the tool a user opens the file with, reads the multi-line name as one cell
         import pandas as pd
 
-        frame = pd.read_csv(self.csv_path, on_bad_lines="skip", engine="python")
+        frame = pd.read_csv(self.csv_path)  # the default reader, no "skip bad lines"
         self.assertIn(MULTILINE_NAME, set(frame["name"].dropna()))
+        self.assertEqual(len(frame), 22)
 
 
 class StatusOnAnyFile(PipelineTestCase):
@@ -443,8 +451,13 @@ class OddFilesAtTheStore(unittest.TestCase):
         with open(self.store.csv_path, "ab") as fh:
             fh.write(b'note,"' + b"x" * 200_000 + b'"\n')
         self.assertEqual(self.store.append([_record(ts="2024-01-02T00:00:00.000Z")]).appended, 1)
-        with self.store.index() as index:
-            self.assertEqual((index.rows, index.damaged), (2, 1))
+        with self.store.index() as index:  # the line breaks the csv module: it went to the quarantine file
+            self.assertEqual((index.rows, index.damaged), (2, 0))
+        self.assertIn(b"x" * 200_000, self.store.layout.quarantine.read_bytes())
+        import csv
+
+        with open(self.store.csv_path, newline="", encoding="utf-8") as fh:
+            self.assertEqual(len(list(csv.reader(fh))), 3)
 
     def test_days_coingecko_had_no_data_for_outlive_a_rebuild(self) -> None:
         import os

@@ -294,18 +294,27 @@ class TornTailTest(LoadTestCase):
         self.assertIn("0 rows appended", self.run_ok())
         self.assertEqual(self.quarantine.read_bytes(), quarantined)
 
-    def test_a_whole_row_missing_only_its_newline_is_quarantined_and_fetched_again(self) -> None:
+    def test_a_whole_row_missing_only_its_newline_is_completed_not_quarantined(self) -> None:
+        # Issue 21, finding 9: a complete, valid last row without its newline was quarantined as "torn".
         self.run_ok()
         self.fake.advance(60)
         self.run_ok()
         data = self.csv_bytes()
         self.csv_path.write_bytes(data[:-1])  # the last row lost its newline
-        last_line = data[:-1].rsplit(b"\n", 1)[1]
         stderr = self.run_ok()
-        self.assertIn(last_line, self.quarantine.read_bytes())
-        self.assertIn("1 row appended", stderr)
+        self.assertFalse(self.quarantine.exists())
+        self.assertIn("0 rows appended", stderr)  # the observation stayed: nothing to fetch again
+        self.assertEqual(self.csv_bytes(), data)
         rows = self.assert_clean_history()
         self.assertEqual(len(rows), 20)
+
+    def test_a_last_row_cut_inside_its_last_cell_is_still_torn(self) -> None:
+        self.run_ok()
+        data = self.csv_bytes()
+        self.csv_path.write_bytes(data[:-5])  # "coins_markets" cut to "coins_mar": a valid-looking but torn row
+        self.run_ok()
+        self.assertIn(data[:-5].rsplit(b"\n", 1)[1], self.quarantine.read_bytes())
+        self.assertEqual(len(self.assert_clean_history()), 10)
 
     def test_torn_tail_right_after_the_header(self) -> None:
         self.csv_path.write_bytes(HEADER_LINE.encode() + b"Bitcoin,btc,169")

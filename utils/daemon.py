@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo
 import schedule
 
 from utils.errors import EXIT_OK, ConfigError, PipelineError, Stopped
-from utils.history.files import ensure_dir, read_json, write_json_atomic
+from utils.history.files import check_folder, describe_os_error, ensure_dir, read_json, refuse_unsafe, write_json_atomic
+from utils.history.layout import DataLayout
 from utils.redact import redact_tree
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Outcome:
     error: str | None = None
     summary: str = ""
     warnings: tuple[str, ...] = ()  # stale observations and ids that stopped returning data, for `status`
+    then: Callable[[], None] | None = field(default=None, compare=False, repr=False)  # after the summary: notify
 
 
 Job = Callable[[tuple[str, ...] | None, Callable[[], bool]], Outcome]
@@ -169,21 +171,21 @@ class StatusFile:
                 del data["last_run"]
         return data
 
-    def update(self, **changes: Any) -> None:
-        if self.path.parent.is_symlink() or self.path.is_symlink():
-            log.warning(
-                "not writing %s: it lies behind a symbolic link, which the pipeline never writes through", self.path
-            )
-            return
+    def update(self, **changes: Any) -> str | None:
+        """Write the changes; returns None, or what was not written and why (a warning, never fatal)."""
         data = self.read()
         data.update(changes)
         try:
+            check_folder(self.path.parent, "state folder")
             ensure_dir(self.path.parent)
-            write_json_atomic(self.path, redact_tree(data))
+            write_json_atomic(self.path, redact_tree(data), "status file")
         except (OSError, PipelineError) as exc:
-            log.warning("could not write %s: %s", self.path, exc)
+            why = describe_os_error(exc, self.path, "write") if isinstance(exc, OSError) else str(exc)
+            log.warning("could not write %s: %s", self.path, why)
+            return f"{self.path.name} ({why})"
+        return None
 
-    def record_run(self, started: datetime, finished: datetime, outcome: Outcome, trigger: str) -> None:
+    def record_run(self, started: datetime, finished: datetime, outcome: Outcome, trigger: str) -> str | None:
         last = {
             "started_at": iso(started),
             "finished_at": iso(finished),
@@ -200,7 +202,7 @@ class StatusFile:
         changes: dict[str, Any] = {"last_run": last}
         if outcome.result in ("ok", "partial"):
             changes["last_success"] = iso(finished)
-        self.update(**changes)
+        return self.update(**changes)
 
 
 class DaemonLock:
@@ -211,8 +213,10 @@ class DaemonLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        check_folder(self.path.parent, "state folder")
         ensure_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        refuse_unsafe(self.path, "daemon PID file", DataLayout(self.path.parent.parent))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -348,6 +352,12 @@ class Daemon:
             "%s (%s)", outcome.summary or outcome.result, trigger
         )
         self.status.record_run(started, finished, outcome, trigger)
+        if outcome.then is not None:  # the notification, after the summary; SIGTERM cuts it off
+            try:
+                outcome.then()
+            except Exception as exc:  # noqa: BLE001 - a notification never changes a run's outcome
+                log.debug("notification failure", exc_info=True)
+                log.warning("could not notify: %s", exc)
         if self.stop_event.is_set():
             return
         if outcome.result in ("failed", "partial"):

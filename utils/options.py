@@ -6,7 +6,9 @@ read this table.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -184,7 +186,10 @@ def _parse_delays(text: Any) -> tuple[float, ...]:
     except (ValueError, OverflowError):
         raise ConfigError(f"retry-delays: {text!r} is not a list of minutes like 5,15,60") from None
     if not delays or any(not math.isfinite(d) or d <= 0 or d > 1440 for d in delays):
-        raise ConfigError("retry-delays: give minutes between 0 and 1440, like 5,15,60")
+        raise ConfigError(
+            "retry-delays: give minutes greater than 0 and at most 1440 (a day), like 5,15,60; "
+            "0 is not allowed: a failed run is retried after a pause"
+        )
     return delays
 
 
@@ -275,13 +280,38 @@ def _parse_threshold(text: Any) -> float:
 
 
 def _parse_notify_url(text: Any) -> str | None:
+    """A webhook URL that parses whole (scheme, host, port), so a bad one is a config error before any command."""
     url = str(text).strip()
     if not url:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError("notify-url: not an http(s) URL; use a webhook URL like https://ntfy.sh/your-topic")
+    advice = "use a webhook URL like https://ntfy.sh/your-topic"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # reading it validates it: "http://h:abc/x" raises here
+        host = parts.hostname
+    except ValueError as exc:  # "http://[::1/x": an unclosed IPv6 bracket; a port that is not a number
+        raise ConfigError(f"notify-url: not a valid URL ({exc}); {advice}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"notify-url: the scheme must be http or https, not {parts.scheme or 'none'!r}; {advice}")
+    if not host or not (_HOST_RE.match(host.rstrip(".")) or _is_ip(host)):
+        raise ConfigError(f"notify-url: {host or 'no host'!r} is not a host name; {advice}")
+    if port == 0:
+        raise ConfigError(f"notify-url: port 0 is not a port; {advice}")
     return url
+
+
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\Z"
+)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_credits(text: Any) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shlex
 import tempfile
 import tomllib
@@ -15,7 +14,7 @@ from typing import Any
 
 from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, PLAN_CREDITS, default_base_url
 from utils.errors import ConfigError
-from utils.history.layout import TEMP_SUFFIX, DataLayout, split_s3_url
+from utils.history.layout import DataLayout, log_file_conflict, split_s3_url
 from utils.options import (
     CONFIG_KEYS,
     DEFAULT_COINS,  # noqa: F401 - re-exported: tests and scripts name it from utils.settings
@@ -207,27 +206,13 @@ def build_settings(
 
 
 def check_log_file(settings: Settings) -> None:
-    """Refuse a --log-file that is, or lies inside, something the pipeline manages: rotation would rename it."""
+    """Refuse a --log-file that is, lies inside, or is the same file as something the pipeline manages, or a link."""
     if settings.log_file is None:
         return
-    layout = settings.layout
-    data_dir = layout.data_dir.resolve()
-    managed = tuple(path.resolve() for path in layout.managed())
-    log_file = settings.log_file if settings.log_file.is_absolute() else Path.cwd() / settings.log_file
-    for candidate in {Path(os.path.normpath(log_file)), log_file.resolve()}:
-        if (
-            candidate == data_dir
-            or any(candidate == path or path in candidate.parents for path in managed)
-            or (
-                candidate.parent == data_dir
-                and (
-                    candidate.name.startswith(layout.csv_name)  # .bak and kin
-                    or (candidate.name.startswith(".") and candidate.name.endswith(TEMP_SUFFIX))
-                )
-            )
-        ):
-            raise ConfigError(
-                f"--log-file {settings.log_file} is a file the pipeline manages in "
-                f"{settings.data_dir} (the CSV, .state/, raw/ or the charts), and log rotation "
-                f"would rename it; choose another path, e.g. {settings.data_dir / 'pipeline.log'}"
-            )
+    why = log_file_conflict(settings.log_file, settings.layout)
+    if why:
+        raise ConfigError(
+            f"--log-file {settings.log_file} {why} in {settings.data_dir} (the CSV, .state/, raw/, "
+            f"the charts, quality.csv, the report...); the log never writes into them: choose another "
+            f"path, e.g. {settings.data_dir / 'pipeline.log'}"
+        )

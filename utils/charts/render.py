@@ -35,6 +35,7 @@ from PIL import Image
 
 from utils.errors import PipelineError
 from utils.history import csvio
+from utils.history.files import refuse_read_only_file, refuse_unsafe
 from utils.history.index import DailyPoints, HistoryIndex
 from utils.history.layout import (
     DataLayout,
@@ -755,7 +756,9 @@ def render_from_index(
     if report.currency == (options.primary or report.currency):
         # Charts of this currency from a run where it was not the first configured one would be stale.
         for name in suffixed_chart_names(report.currency):
-            (out_dir / name).unlink(missing_ok=True)
+            stale = out_dir / name
+            if not stale.is_symlink() and not stale.is_dir():  # a link or folder there is the user's: left alone
+                stale.unlink(missing_ok=True)
     if index.damaged:
         logger.warning("skipped %s damaged lines of %s", index.damaged, source)
     logger.debug(
@@ -781,17 +784,7 @@ def chart_drawings(
         raise NoHistory(f"no history yet at {source}: run `python main.py` first{detail}")
     if currency not in currencies:
         raise NothingToPlot(f"no data in {currency} in {source}; currencies in the history: {', '.join(currencies)}")
-    held = index.coin_count(currency)
-    picked = ""
-    if not options.coins and held > LARGE_HISTORY_COINS:  # a chart of 17,000 lines says nothing: the leaders
-        top, movers = index.leaders(currency, CHART_TOP, CHART_MOVERS)
-        daily = index.daily_points(currency, coins=top + movers)
-        picked = f"; the {len(top)} largest of {held:,} coins by market cap" + (
-            f" and the day's {len(movers)} biggest movers" if movers else ""
-        )
-        logger.info("charts of %s: %s", currency, picked[2:])
-    else:
-        daily = index.daily_points(currency)
+    daily = index.daily_points(currency)
     points = _points(daily)
     left_out = _drop_undrawable(points)
     if left_out:
@@ -833,7 +826,7 @@ def chart_drawings(
                 prices_by_coin,
                 price_scale,
                 title="Price",
-                what=f"Price per coin in {charts.code}{picked}",
+                what=f"Price per coin in {charts.code}",
                 empty_note="No prices in this window",
                 y_formatter=_MoneyFormatter(currency),
                 value_label=lambda v: _price_text(v, currency),
@@ -845,7 +838,7 @@ def chart_drawings(
                 caps_by_coin,
                 cap_scale,
                 title="Market capitalisation",
-                what=f"Market capitalisation in {charts.code}{picked}",
+                what=f"Market capitalisation in {charts.code}",
                 empty_note="No market caps in this window",
                 y_formatter=_MoneyFormatter(currency),
                 value_label=lambda v: format_money(v, currency, 3),
@@ -857,7 +850,7 @@ def chart_drawings(
                 performance,
                 performance_scale,
                 title="Performance",
-                what="Price index: each coin = 100 at its first point in the window" + picked,
+                what="Price index: each coin = 100 at its first point in the window",
                 empty_note="No prices in this window",
                 y_formatter=_IndexFormatter(),
                 value_label=_change_text,
@@ -877,10 +870,6 @@ def chart_drawings(
     )
     return drawings, report
 
-
-LARGE_HISTORY_COINS = 50  # past this many coins in a currency, charts without --plot-coins show the leaders
-CHART_TOP = 10  # ... the largest coins by the newest market cap
-CHART_MOVERS = 5  # ... and the day's biggest movers outside them
 
 SHORT_HISTORY_NOTE = (
     "Fewer than two days of data for every coin: the lines grow day by day.\n"
@@ -1013,8 +1002,10 @@ def _write_atomically(out_dir: Path, drawings: list[tuple[str, Callable[[], Figu
     try:
         for name, draw in drawings:
             final = out_dir / name
+            refuse_read_only_file(refuse_unsafe(final, "chart"), final, "chart")  # the one policy, before drawing
             written.append((_save_to_temp(draw(), final), final))
         for tmp, final in written:
+            refuse_read_only_file(refuse_unsafe(final, "chart"), final, "chart")
             os.replace(tmp, final)
     finally:
         for tmp, _ in written:

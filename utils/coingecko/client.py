@@ -366,6 +366,8 @@ class CoinGeckoClient:
             self._record(path, params)
             if watchdog.reason == "stop":
                 raise Stopped("stopped during a request to CoinGecko; nothing was appended") from exc
+            if watchdog.reason == "stop":
+                raise WebhookError("cut off: the program is stopping") from None
             if watchdog.reason == "deadline" or isinstance(exc, requests.Timeout):
                 raise RetriableError(
                     f"CoinGecko did not answer {path} within {self.timeout:g} s (--timeout bounds the whole request)"
@@ -664,12 +666,18 @@ class WebhookError(PipelineError):
     """A notification could not be delivered (the run itself is not affected)."""
 
 
-def post_json(url: str, document: Any, *, timeout: float = 30.0) -> int:
-    """POST a JSON document to a webhook within the API's bounds; returns the HTTP status. Raises WebhookError."""
+def post_json(
+    url: str, document: Any, *, timeout: float = 30.0, should_stop: Callable[[], bool] = lambda: False
+) -> int:
+    """POST a JSON document to a webhook within the API's bounds; returns the HTTP status. Raises WebhookError.
+
+    The same watchdog as an API request: the deadline, or a stop (the daemon's SIGTERM), cuts the connection."""
     # The same bounds as the API: one deadline for the whole request (the same watchdog), no redirect followed
     # (a POST is not replayed elsewhere), the answer capped; a fresh session, so no key header can ride along.
     body = json.dumps(document, ensure_ascii=False).encode("utf-8")
-    watchdog = _Watchdog(time.monotonic() + timeout, lambda: False)
+    if should_stop():
+        raise WebhookError("not sent: the program is stopping")
+    watchdog = _Watchdog(time.monotonic() + timeout, should_stop)
     with requests.Session() as session:
         session.trust_env = False  # no proxy or netrc credentials from the environment reach the webhook
         for prefix in ("https://", "http://"):
@@ -693,6 +701,8 @@ def post_json(url: str, document: Any, *, timeout: float = 30.0) -> int:
                         break  # the status is all we need
                 status, location = response.status_code, response.headers.get("Location")
         except (requests.RequestException, OSError, ValueError) as exc:
+            if watchdog.reason == "stop":
+                raise WebhookError("cut off: the program is stopping") from None
             if watchdog.reason == "deadline" or isinstance(exc, requests.Timeout):
                 raise WebhookError(f"no answer within {timeout:g} s (--timeout bounds the whole request)") from None
             raise WebhookError(f"cannot reach it ({_network_reason(exc)})") from None

@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.history import csvio
 from utils.history.datapackage import write_datapackage
-from utils.history.files import atomic_write_bytes, describe_os_error, ensure_dir
+from utils.history.files import atomic_write_bytes, check_folder, describe_os_error, ensure_dir, refuse_unsafe
 from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
@@ -93,6 +93,7 @@ class LoadReport:
     quarantined_bytes: int = 0
     migration: MigrationReport | None = None
     findings: tuple[Finding, ...] = ()  # new quality findings (data/quality.csv)
+    unwritten: tuple[str, ...] = ()  # side outputs (quality.csv, datapackage.json) that could not be written
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class MergeReport:
     skipped_duplicates: int
     rows: int
     findings: tuple[Finding, ...] = ()  # new quality findings (data/quality.csv)
+    unwritten: tuple[str, ...] = ()  # side outputs (quality.csv, datapackage.json) that could not be written
 
 
 def new_records(records: list[Record], has: object) -> tuple[list[Record], int]:
@@ -154,8 +156,10 @@ class HistoryStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the cross-process lock that every writer of the history takes."""
+        check_folder(self.layout.state_dir, "state folder")
         ensure_dir(self.layout.state_dir)
-        csvio.refuse_symlink(self.layout.state_dir, "state folder")
+        check_folder(self.layout.state_dir, "state folder")
+        refuse_unsafe(self.layout.lock, "history lock", self.layout)
         lock = FileLock(str(self.layout.lock), timeout=self.lock_timeout)
         deadline = time.monotonic() + self.lock_timeout
         while True:
@@ -183,7 +187,7 @@ class HistoryStore:
     def _prepare(self) -> tuple[int, MigrationReport | None]:
         """Make the CSV ready to write (under the lock): header, legacy migration, torn tail, stale temp files."""
         csv_path = self.csv_path
-        csvio.refuse_symlink(csv_path, "history CSV")
+        refuse_unsafe(csv_path, "history CSV", self.layout)
         csvio.remove_stale_temp_files(self.layout)
         with contextlib.suppress(OSError):
             self.layout.old_state.unlink()  # the JSON state of earlier versions; the index replaces it
@@ -203,9 +207,10 @@ class HistoryStore:
         """The index file brought up to the CSV (under the lock). When it cannot be used (a full disk, a
         read-only folder), an index in memory built from the CSV stands in: slower, never wrong."""
         try:
-            csvio.refuse_symlink(self.layout.index, "history index")
+            for what, path in self.layout.managed_files()[2:5]:  # the index and its journals
+                refuse_unsafe(path, what, self.layout)
             try:
-                index = HistoryIndex(self.layout.index)
+                index = HistoryIndex(self.layout.index, self.lock_timeout)
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.OperationalError):
                     raise
@@ -214,7 +219,7 @@ class HistoryStore:
                 for suffix in ("", "-wal", "-shm"):
                     with contextlib.suppress(OSError):
                         Path(str(self.layout.index) + suffix).unlink()
-                index = HistoryIndex(self.layout.index)
+                index = HistoryIndex(self.layout.index, self.lock_timeout)
             return self._synced(index)
         except sqlite3.Error as exc:
             log.warning("cannot use the index %s (%s); reading the CSV instead", self.layout.index, exc)
@@ -241,11 +246,12 @@ class HistoryStore:
         with self.locked():
             quarantined, migration = self._prepare_or_fail("appended")
             with self._synced_index() as index:
+                quarantined += self._readable_or_fail(index, "appended")
                 fresh, duplicates = new_records(records, index.has)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
-            found = self._publish(findings)
+            found, unwritten = self._publish(findings)
         return LoadReport(
             csv_path=self.csv_path,
             appended=len(fresh),
@@ -253,6 +259,7 @@ class HistoryStore:
             quarantined_bytes=quarantined,
             migration=migration,
             findings=tuple(found),
+            unwritten=unwritten,
         )
 
     def _prepare_or_fail(self, nothing: str) -> tuple[int, MigrationReport | None]:
@@ -262,11 +269,71 @@ class HistoryStore:
         except OSError as exc:
             raise LoadError(describe_os_error(exc, self.csv_path, "prepare") + f"; nothing was {nothing}") from None
 
-    def _publish(self, findings: list[Finding]) -> list[Finding]:
-        """After a write: the new findings into quality.csv, and datapackage.json describing the folder."""
-        found = record_findings(self.layout.quality, findings)
-        write_datapackage(self.layout)
-        return found
+    def _readable_or_fail(self, index: HistoryIndex, nothing: str) -> int:
+        """_make_readable, with a file error turned into one line that says nothing was written."""
+        try:
+            return self._make_readable(index)
+        except OSError as exc:
+            raise LoadError(describe_os_error(exc, self.csv_path, "clean up") + f"; nothing was {nothing}") from None
+
+    def _make_readable(self, index: HistoryIndex) -> int:
+        """Move every line a standard reader (csv module, pandas) would choke on, or read as a row of another width,
+        to the quarantine file with its line number and why; then the CSV opens anywhere. Under the lock, after
+        the index is synced. Only bytes not checked before are read: a run costs O(new bytes). Returns bytes moved."""
+        with open(self.csv_path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            start = max(index.readable_upto, csvio.header_length(fh.read(1 << 16)))
+            if start >= size:
+                if index.readable_upto != size:
+                    index.set_readable(size)
+                return 0
+            fh.seek(start)
+            problems = csvio.reader_problems(fh.read(size - start), start)
+            if not problems:
+                index.set_readable(size)
+                return 0
+            fh.seek(0)
+            content = fh.read()
+        kept = bytearray()
+        moved = bytearray()
+        notes = []
+        pos = 0
+        line = 1
+        counted = 0
+        for begin, end, reason in problems:
+            line += content.count(b"\n", counted, begin)
+            counted = begin
+            kept += content[pos:begin]
+            notes.append(f"line {line}: {reason}")
+            span = content[begin:end]
+            moved += f"# line {line} of {self.csv_path.name}: {reason}\n".encode() + span
+            pos = end
+        kept += content[pos:]
+        csvio.quarantine(
+            self.layout,
+            f"{len(problems)} lines of {self.csv_path.name} that standard CSV readers "
+            "cannot read as rows of its header",
+            bytes(moved),
+        )
+        atomic_write_bytes(self.csv_path, bytes(kept), "history CSV")
+        log.warning(
+            "moved %d lines of %s that break standard CSV readers to %s (%s)",
+            len(problems),
+            self.csv_path,
+            self.layout.quarantine,
+            "; ".join(notes[:5]) + (", ..." if len(notes) > 5 else ""),
+        )
+        self._sync(index)
+        index.set_readable(self.csv_path.stat().st_size)
+        return len(moved)
+
+    def _publish(self, findings: list[Finding]) -> tuple[list[Finding], tuple[str, ...]]:
+        """After a write: the new findings into quality.csv, and datapackage.json describing the folder.
+
+        Never fatal (the rows landed): what could not be written is named, and the run is partial."""
+        found, quality_note = record_findings(self.layout, findings)
+        package_note = write_datapackage(self.layout)
+        return found, tuple(note for note in (quality_note, package_note) if note)
 
     def _inspect(self, records: list[Record], fresh: list[Record], index: HistoryIndex) -> list[Finding]:
         """The quality findings of a load, against the index before it records the new rows; never fatal."""
@@ -284,8 +351,9 @@ class HistoryStore:
 
     def _append_bytes(self, data: bytes, index: HistoryIndex, found: list[csvio.Observation]) -> None:
         """Append in one write, fsync, record the keys; on a failed write cut the file back to its old length."""
+        refuse_unsafe(self.csv_path, "history CSV", self.layout)
         try:
-            fd = os.open(self.csv_path, os.O_RDWR | os.O_APPEND)
+            fd = os.open(self.csv_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
         except OSError as exc:
             raise LoadError(
                 describe_os_error(exc, self.csv_path, "open for appending") + "; nothing was appended"
@@ -321,6 +389,7 @@ class HistoryStore:
         with self.locked():
             self._prepare_or_fail("merged")
             with self._synced_index() as index:
+                self._readable_or_fail(index, "merged")
                 fresh, duplicates = new_records(records, index.has)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
@@ -334,7 +403,7 @@ class HistoryStore:
                     start = csvio.header_length(content)
                     body = csvio.merged_body(content[start:], fresh)
                     try:
-                        atomic_write_bytes(self.csv_path, content[:start] + body)
+                        atomic_write_bytes(self.csv_path, content[:start] + body, "history CSV")
                     except OSError as exc:
                         raise LoadError(
                             describe_os_error(exc, self.csv_path, "rewrite") + "; the history is unchanged"
@@ -346,9 +415,14 @@ class HistoryStore:
                     index.mark_unavailable(unavailable, int(moment.timestamp() * 1000))
                     findings += missing_day_findings(unavailable, index)
                 rows = index.rows
-            found = self._publish(findings)
+            found, unwritten = self._publish(findings)
         return MergeReport(
-            csv_path=self.csv_path, added=len(fresh), skipped_duplicates=duplicates, rows=rows, findings=tuple(found)
+            csv_path=self.csv_path,
+            added=len(fresh),
+            skipped_duplicates=duplicates,
+            rows=rows,
+            findings=tuple(found),
+            unwritten=unwritten,
         )
 
     def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
@@ -379,7 +453,7 @@ class HistoryStore:
             )
         try:
             with self.locked():
-                csvio.refuse_symlink(self.csv_path, "history CSV")
+                refuse_unsafe(self.csv_path, "history CSV", self.layout)
                 index = self._synced_index()
         except (LoadError, OSError) as exc:
             if isinstance(exc, (LockTimeout, SchemaMismatch)):

@@ -20,12 +20,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from utils.errors import ConfigError, LoadError, SchemaMismatch
-from utils.history.files import describe_os_error
+from utils.errors import LoadError, SchemaMismatch
+from utils.history.files import append_bytes, describe_os_error, refuse_unsafe
 from utils.history.layout import DataLayout
-from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, LEGACY_COLUMNS, Record, parse_timestamp, rows_to_csv
+from utils.history.schema import (
+    COIN_ID_RE,
+    COLUMNS,
+    CURRENCY_RE,
+    LEGACY_COLUMNS,
+    SOURCE_LEGACY,
+    SOURCE_MARKET_CHART,
+    SOURCE_MARKETS,
+    Record,
+    parse_timestamp,
+    rows_to_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ I_NAME, I_SYMBOL, I_PRICE, I_CAP, I_TS, I_ID, I_VS, I_RANK = (
 DAY_MS = 86_400_000
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _EPOCH = date(1970, 1, 1)
+SOURCES = (SOURCE_MARKETS, SOURCE_MARKET_CHART, SOURCE_LEGACY)
 
 
 class Observation(NamedTuple):
@@ -294,191 +306,54 @@ def read_observations(
         yield found, damaged
 
 
-@dataclass(frozen=True)
-class Columns:
-    """The observations of a block of plain rows, column by column (the fast path of read_columns)."""
+# -- what a standard reader (the csv module, pandas) cannot read ----------------------------------------
 
-    pairs: list[tuple[str, str]]  # the (coin_id, vs_currency) pairs of the block
-    pair: Any  # numpy int64: each row's index into pairs
-    ts_ms: Any  # numpy int64
-    price: Any  # numpy float64, NaN for an empty cell
-    cap: Any
-    rank: Any  # numpy int64, -1 for none
-    name: Any  # pyarrow string arrays
-    symbol: Any
-
-    def __len__(self) -> int:
-        return len(self.pair)
+FIELD_LIMIT = 131072  # the csv module's default field size limit
 
 
-_FAST_COLUMNS = (
-    "name",
-    "symbol",
-    "current_price",
-    "market_cap",
-    "last_updated",
-    "coin_id",
-    "vs_currency",
-    "market_cap_rank",
-)
-_TS_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22)
-_TS_MARKS = {4: b"-", 7: b"-", 10: b"T", 13: b":", 16: b":", 19: b".", 23: b"Z"}
-
-
-def fast_columns(data: bytes) -> Columns | None:
-    """The observations of whole lines of plain rows, parsed by pyarrow's C reader; None when any line needs the
-    careful path (a quote, a carriage return, a width, id, time or number the one definition would not take as
-    written), so that the careful path reads this block instead and both give the same observations."""
-    if not data or b'"' in data or b"\r" in data:
-        return None
-    # start-up time: numpy and pyarrow load only when a block of the CSV is read (an index build or catch-up)
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
+def reader_problem(raw: bytes, cells: list[str] | None) -> str | None:
+    """Why a record (or damaged line) of the file would break a standard reader or not read as a row of the
+    header's width, or None when it reads as one. `raw` is its bytes, with its newline."""
     try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=max(1 << 20, len(data) + 1)),
-            parse_options=pacsv.ParseOptions(
-                quote_char=False,
-                double_quote=False,
-                escape_char=False,
-                newlines_in_values=False,
-                ignore_empty_lines=True,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in _FAST_COLUMNS},
-                include_columns=list(_FAST_COLUMNS),
-                strings_can_be_null=False,
-            ),
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes that are not UTF-8 text"
+    if "\x00" in text:
+        return "a NUL byte"
+    body = text[:-1] if text.endswith("\n") else text
+    body = body[:-1] if body.endswith("\r") else body
+    if cells is not None and len(cells) == WIDTH:
+        if '"' not in body and ("\r" in body):
+            return "a carriage return inside the line"
+        if any(len(cell) > FIELD_LIMIT for cell in cells):
+            return "a cell over the csv module's 128 KB limit"
+        return None
+    if not body.strip():
+        return "a blank line"
+    if body.count('"') % 2:
+        return "an unbalanced quote"
+    try:
+        rows = list(csv.reader(io.StringIO(body, newline=""), strict=True))
+    except csv.Error as exc:
+        return (
+            "a cell over the csv module's 128 KB limit"
+            if "field larger" in str(exc)
+            else f"a line the csv module refuses ({exc})"
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
-        return None  # a line of another width, or bytes that are not UTF-8
-    if table.num_rows == 0:
-        return None
-    coin_id, vs = table.column("coin_id").combine_chunks(), table.column("vs_currency").combine_chunks()
-    encoded = pc.binary_join_element_wise(coin_id, vs, "\x1f").dictionary_encode()
-    pairs: list[tuple[str, str]] = []
-    for text in encoded.dictionary.to_pylist():
-        pair = tuple(text.split("\x1f"))
-        if len(pair) != 2:
-            return None
-        if pair not in _valid_series:
-            if not COIN_ID_RE.match(pair[0]) or not CURRENCY_RE.match(pair[1]):
-                return None
-            if len(_valid_series) < _CACHE_MAX:
-                _valid_series.add(pair)  # type: ignore[arg-type]
-        pairs.append(pair)  # type: ignore[arg-type]
-    ts = _fast_times(table.column("last_updated").combine_chunks(), np, pc)
-    price, cap = (_fast_numbers(table.column(c).combine_chunks(), np, pa, pc) for c in ("current_price", "market_cap"))
-    rank_text = table.column("market_cap_rank").combine_chunks()
-    if (
-        ts is None
-        or price is None
-        or cap is None
-        or not pc.all(pc.match_substring_regex(rank_text, r"^[0-9]*$")).as_py()
-    ):
-        return None
-    length = pc.utf8_length(rank_text)
-    kept = pc.if_else(pc.and_(pc.greater(length, 0), pc.less(length, 10)), rank_text, pa.scalar(None, pa.string()))
-    rank = pc.fill_null(pc.cast(kept, pa.int64()), -1).to_numpy()
-    return Columns(
-        pairs,
-        encoded.indices.to_numpy().astype(np.int64),
-        ts,
-        price,
-        cap,
-        rank,
-        table.column("name").combine_chunks(),
-        table.column("symbol").combine_chunks(),
-    )
+    if len(rows) != 1:
+        return "a line that is not one record"
+    return f"{len(rows[0])} cells where the header has {WIDTH}"
 
 
-def _fast_times(column: Any, np: Any, pc: Any) -> Any:
-    """Milliseconds of canonical timestamps (2023-01-08T16:49:40.132Z) as int64, or None when any is not one."""
-    if column.null_count or pc.min_max(pc.utf8_length(column)).as_py() != {"min": 24, "max": 24}:
-        return None
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
-    raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 24)
-    for position, mark in _TS_MARKS.items():
-        if not (raw[:, position] == mark[0]).all():
-            return None
-    digits = raw[:, _TS_DIGITS].astype(np.int64) - 48
-    if ((digits < 0) | (digits > 9)).any() or (digits[:, :4].sum(axis=1) == 0).any():
-        return None  # not digits, or the year 0000 that Python's dates do not have
-    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
-    month, day = digits[:, 4] * 10 + digits[:, 5], digits[:, 6] * 10 + digits[:, 7]
-    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
-    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (
-        leap & (month == 2)
-    )
-    if ((month < 1) | (month > 12) | (day < 1) | (day > month_days)).any():
-        return None  # 2023-02-30 and the like: the careful path says what it is
-    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil, vectorised).
-    y = year - (month <= 2)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
-    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-    hours, minutes, seconds = (digits[:, i] * 10 + digits[:, i + 1] for i in (8, 10, 12))
-    millis = digits[:, 14] * 100 + digits[:, 15] * 10 + digits[:, 16]
-    if (hours > 23).any() or (minutes > 59).any() or (seconds > 59).any():
-        return None
-    return days * DAY_MS + ((hours * 60 + minutes) * 60 + seconds) * 1000 + millis
-
-
-def _fast_numbers(column: Any, np: Any, pa: Any, pc: Any) -> Any:
-    """Empty or finite numbers as float64 (NaN for empty), or None when a cell holds anything else."""
-    empty = pc.equal(column, "")
-    try:
-        values = pc.cast(pc.if_else(empty, pa.scalar(None, pa.string()), column), pa.float64())
-    except (pa.ArrowInvalid, ValueError):
-        return None
-    out = values.to_numpy(zero_copy_only=False)
-    if not np.isfinite(out[~np.asarray(empty.to_numpy(zero_copy_only=False), dtype=bool)]).all():
-        return None  # nan, inf written out: not a number of the history
-    return out
-
-
-def read_columns(
-    fh: io.BufferedIOBase, start: int, end: int, chunk_bytes: int = 4 << 20
-) -> Iterator[Columns | tuple[list[Observation], int]]:
-    """read_observations() with a fast path: a block of plain rows (no quote anywhere) comes back as Columns
-    parsed at C speed; any other block goes the careful way, as (observations, damaged lines)."""
-    fh.seek(start)
-    pos = start
-    carry = b""
-    while pos < end or carry:
-        block = fh.read(min(chunk_bytes, end - pos)) if pos < end else b""
-        pos += len(block)
-        data = carry + block if carry else block
-        last = len(data) if pos >= end or not block else data.rfind(b"\n") + 1
-        if last <= 0:
-            carry = data  # no whole line yet: read on
-            continue
-        if b'"' not in data:  # no quoted cell can span the cut: every line is one record
-            columns = fast_columns(data[:last])
-            if columns is not None:
-                carry = data[last:]
-                yield columns
-                continue
-        if pos >= end or not block:
-            found, damaged, _ = _observe(data, len(data) + 1)
-            yield found, damaged
-            return
-        safe = len(data)
-        for _ in range(MAX_RECORD_LINES + 1):
-            safe = data.rfind(b"\n", 0, safe)
-            if safe < 0:
-                break
-        if safe < 0:
-            carry = data
-            continue
-        found, damaged, taken = _observe(data, safe + 1)
-        carry = data[taken:]
-        yield found, damaged
+def reader_problems(data: bytes, base: int = 0) -> list[tuple[int, int, str]]:
+    """(start, end, reason) of each record of CSV data lines (from a line start) that a standard reader
+    would choke on or read as a row of another width; offsets are base + position."""
+    found = []
+    for unit in scan(data, base):
+        reason = reader_problem(data[unit.start - base : unit.end - base], unit.cells)
+        if reason is not None:
+            found.append((unit.start, unit.end, reason))
+    return found
 
 
 # -- the file: header, tail, temp files ------------------------------------------------------------
@@ -563,10 +438,12 @@ def probe_hashes(fh: io.BufferedReader, size: int) -> tuple[str, str]:
 def quarantine(layout: DataLayout, what: str, data: bytes) -> None:
     """Keep bytes the history cannot hold in the quarantine file, with a line that says where they came from."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(layout.quarantine, "ab") as q:
-        q.write(f"# {stamp} {what}:\n".encode() + data + (b"" if data.endswith(b"\n") else b"\n"))
-        q.flush()
-        os.fsync(q.fileno())
+    append_bytes(
+        layout.quarantine,
+        f"# {stamp} {what}:\n".encode() + data + (b"" if data.endswith(b"\n") else b"\n"),
+        "quarantine file",
+        layout,
+    )
 
 
 def repair_torn_tail(layout: DataLayout) -> int:
@@ -602,6 +479,12 @@ def repair_torn_tail(layout: DataLayout) -> int:
             raise SchemaMismatch(f"{csv_path} holds no complete line, not even a header: move it away")
         fh.seek(cut)
         torn = fh.read()
+        if complete_row(torn):
+            fh.write(b"\n")  # a complete, valid row that only lacks its newline: completed, not torn
+            fh.flush()
+            os.fsync(fh.fileno())
+            log.info("completed the last line of %s with its newline", csv_path)
+            return 0
         quarantine(layout, f"torn last line of {csv_path.name} at byte {cut}", torn)
         fh.truncate(cut)
         fh.flush()
@@ -613,6 +496,23 @@ def repair_torn_tail(layout: DataLayout) -> int:
         layout.quarantine,
     )
     return len(torn)
+
+
+def complete_row(line: bytes) -> bool:
+    """A last line without its newline that is a whole valid row: our width, a valid observation, a known source."""
+    try:
+        text = line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        return False
+    if "\n" in text or "\x00" in text:
+        return False
+    cells = text.split(",") if '"' not in text else _split(text)
+    return (
+        cells is not None
+        and observation(cells) is not None
+        and cells[-1] in SOURCES
+        and reader_problem(line + b"\n", cells) is None
+    )
 
 
 def remove_stale_temp_files(layout: DataLayout, now: float | None = None) -> int:
@@ -632,12 +532,8 @@ def remove_stale_temp_files(layout: DataLayout, now: float | None = None) -> int
 
 
 def refuse_symlink(path: Path, what: str) -> None:
-    """One symlink policy for the files we rewrite: never write through a link (the data folder itself may be one)."""
-    if path.is_symlink():
-        raise ConfigError(
-            f"{path} is a symbolic link; the {what} is never written through a link: replace the "
-            "link with the file it points to, or point --data-dir at the folder that holds it"
-        )
+    """The one policy for the files we write (utils.history.files.refuse_unsafe): never through a link."""
+    refuse_unsafe(path, what)
 
 
 def refuse_read_only(path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
-from utils.history.files import atomic_write_bytes
+from utils.errors import PipelineError
+from utils.history.files import atomic_write_bytes, describe_os_error, read_bounded
 from utils.history.layout import DataLayout
 from utils.history.quality import QUALITY_HEADER, RULES
 from utils.history.schema import SOURCE_LEGACY, SOURCE_MARKET_CHART, SOURCE_MARKETS
@@ -146,13 +148,18 @@ def package_bytes(layout: DataLayout, table_format: str = "csv") -> bytes:
     return (json.dumps(describe(layout, table_format), indent=2) + "\n").encode("utf-8")
 
 
-def write_datapackage(layout: DataLayout, table_format: str = "csv") -> None:
-    """Write datapackage.json (and an empty quality.csv it names) when missing or out of date; never fatal."""
+def write_datapackage(layout: DataLayout, table_format: str = "csv") -> str | None:
+    """Write datapackage.json (and an empty quality.csv it names) when missing or out of date; never fatal.
+
+    Returns None, or what was not written and why (the caller's run is then partial)."""
     data = package_bytes(layout, table_format)
     try:
-        if not layout.quality.exists():
-            atomic_write_bytes(layout.quality, QUALITY_HEADER.encode("utf-8"))
-        if not layout.datapackage.is_file() or layout.datapackage.read_bytes() != data:
-            atomic_write_bytes(layout.datapackage, data)
-    except OSError as exc:
-        log.warning("could not write %s (%s)", layout.datapackage, exc.strerror or exc)
+        if not os.path.lexists(layout.quality):
+            atomic_write_bytes(layout.quality, QUALITY_HEADER.encode("utf-8"), "quality findings")
+        if read_bounded(layout.datapackage, len(data) + 1, "data package") != data:
+            atomic_write_bytes(layout.datapackage, data, "data package")
+    except (OSError, PipelineError) as exc:
+        why = describe_os_error(exc, layout.datapackage, "write") if isinstance(exc, OSError) else str(exc)
+        log.warning("could not write %s: %s", layout.datapackage.name, why)
+        return f"{layout.datapackage.name} ({why})"
+    return None

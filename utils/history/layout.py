@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,29 +155,83 @@ class DataLayout:
         """The name prefix of a temporary file that becomes `final` once renamed."""
         return f".{final.name}."
 
+    @property
+    def pending_findings(self) -> Path:
+        """Quality findings that could not be written to quality.csv yet: the next run writes them."""
+        return self.state_dir / "pending-findings.json"
+
     def temp_files(self) -> list[Path]:
-        """Temporary files this program writes in the data folder and its state folder."""
+        """Temporary files this program writes in the data folder, its state folder and raw/YYYY/MM/DD/."""
         found: list[Path] = []
-        for folder in (self.data_dir, self.state_dir):
+        folders = [self.data_dir, self.state_dir]
+        with contextlib.suppress(OSError):
+            if self.raw_dir.is_dir() and not self.raw_dir.is_symlink():
+                folders += [
+                    p
+                    for p in self.raw_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]")
+                    if p.is_dir() and not any(q.is_symlink() for q in (p, p.parent, p.parent.parent))
+                ]
+        for folder in folders:
             try:
                 found.extend(p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file() and not p.is_symlink())
             except OSError:
                 continue
         return found
 
+    def chart_files(self, currencies: Sequence[str] = ()) -> tuple[Path, ...]:
+        """Every chart of the folder: the plain names, each currency's `_<cur>` names, and any on disk."""
+        names = list(CHART_NAMES)
+        for currency in currencies:
+            names += suffixed_chart_names(currency)
+        with contextlib.suppress(OSError):
+            names += sorted(p.name for p in self.data_dir.iterdir() if is_chart_name(p.name))
+        return tuple(self.chart(name) for name in dict.fromkeys(names))
+
+    def managed_files(self, currencies: Sequence[str] = ()) -> tuple[tuple[str, Path], ...]:
+        """(what, path) of every file the pipeline writes in this folder (besides raw/ and the backfill progress)."""
+        index = str(self.index)
+        return (
+            ("history CSV", self.csv),
+            ("quarantine file", self.quarantine),
+            ("history index", self.index),
+            ("index journal", Path(index + "-wal")),
+            ("index journal", Path(index + "-shm")),
+            ("history lock", self.lock),
+            ("status file", self.status),
+            ("daemon PID file", self.daemon_pid),
+            ("top-N membership file", self.top_members),
+            ("coin search memory", self.coin_searches),
+            ("notification state", self.notify_state),
+            ("pending findings", self.pending_findings),
+            ("quality findings", self.quality),
+            ("report", self.report),
+            ("data package", self.datapackage),
+            *(("chart", path) for path in self.chart_files(currencies)),
+        )
+
     def managed(self) -> tuple[Path, ...]:
         """Every file and folder the pipeline writes: nothing else may be pointed at them (a log file, say)."""
+        return (self.state_dir, self.raw_dir, self.table, *(path for _, path in self.managed_files()))
+
+    def is_managed_name(self, name: str) -> bool:
+        """A file name in the data folder that the pipeline writes or may write (charts of any currency included)."""
         return (
-            self.csv,
-            self.quarantine,
-            self.state_dir,
-            self.raw_dir,
-            *self.charts,
-            self.quality,
-            self.report,
-            self.datapackage,
-            self.table,
+            name in {p.name for _, p in self.managed_files()} or is_chart_name(name) or name.startswith(self.csv_name)
         )
+
+
+CHART_NAME_RE = re.compile(
+    "^("
+    + "|".join(re.escape(n.removesuffix(CHART_SUFFIX)) for n in CHART_NAMES)
+    + r")(_[a-z0-9][a-z0-9_-]*)?"
+    + re.escape(CHART_SUFFIX)
+    + r"\Z"
+)
+
+
+def is_chart_name(name: str) -> bool:
+    """crypto_price_trend.png, crypto_price_trend_usd.png and kin: a chart of some currency."""
+    return bool(CHART_NAME_RE.match(name))
 
 
 def primary_currency(vs_currency: str | Sequence[str]) -> str:
@@ -225,3 +282,64 @@ def split_s3_url(url: str) -> tuple[str, str]:
     if any(part in (".", "..") for part in prefix.split("/")) or "\0" in prefix:
         raise ConfigError(f"data-dir: {url!r} may not contain '.' or '..' folders or a NUL character")
     return parts.netloc, (prefix + "/" if prefix else "")
+
+
+def same_file_as(st: os.stat_result, path: Path | None, layout: DataLayout) -> Path | None:
+    """The managed file (or file in the data folder) that is the same file as `st`, other than `path` itself."""
+    for _, other in layout.managed_files():
+        if path is not None and other == path:
+            continue
+        try:
+            ost = os.lstat(other)
+        except OSError:
+            continue
+        if (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino):
+            return other
+    for folder in (layout.state_dir, layout.raw_dir):
+        for root, _, names in os.walk(folder):
+            for name in names:
+                other = Path(root) / name
+                if path is not None and other == path:
+                    continue
+                with contextlib.suppress(OSError):
+                    ost = os.lstat(other)
+                    if (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino):
+                        return other
+    return None
+
+
+def log_file_conflict(log_file: Path, layout: DataLayout) -> str | None:
+    """Why a --log-file may not be used (it is, lies in, or is the same file as something the pipeline manages,
+    or is a link), or None. Compared by name, by where links lead, and by device and inode."""
+    data_dir = layout.data_dir.resolve()
+    managed = tuple(path.resolve() for path in layout.managed())
+    log_file = log_file if log_file.is_absolute() else Path.cwd() / log_file
+    for candidate in {Path(os.path.normpath(log_file)), log_file.resolve()}:
+        if candidate == data_dir or any(candidate == path or path in candidate.parents for path in managed):
+            return "is a file the pipeline manages"
+        if candidate.parent == data_dir and (
+            layout.is_managed_name(candidate.name)
+            or (candidate.name.startswith(".") and candidate.name.endswith(".tmp"))
+        ):
+            return "is a file the pipeline manages"
+    try:
+        st = os.lstat(log_file)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link, and a log is never written through a link"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder"
+    if st.st_nlink > 1:
+        other = same_file_as(st, None, layout)
+        if other is None:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(layout.data_dir):
+                    if entry.is_file(follow_symlinks=False):
+                        est = entry.stat(follow_symlinks=False)
+                        if (est.st_dev, est.st_ino) == (st.st_dev, st.st_ino):
+                            other = Path(entry.path)
+                            break
+        if other is not None:
+            return f"is the same file as {other} (a hard link)"
+    return None

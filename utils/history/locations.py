@@ -33,7 +33,15 @@ from utils.history.delta_table import (
     month_of,
     records_to_table,
 )
-from utils.history.files import archive_raw, atomic_write_bytes, describe_os_error, ensure_dir, raw_bytes, raw_name
+from utils.history.files import (
+    archive_raw,
+    atomic_write_bytes,
+    check_layout,
+    describe_os_error,
+    ensure_dir,
+    raw_bytes,
+    raw_name,
+)
 from utils.history.index import HistoryIndex
 from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, split_s3_url
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
@@ -88,6 +96,10 @@ class Storage:
     def check(self) -> None:
         """Refuse a history this version cannot write (foreign columns), with the same words as a load."""
 
+    def preflight(self, currencies: tuple[str, ...] = ()) -> None:
+        """Before a command writes anything: every managed file and folder passes the one file policy (no link,
+        no folder where a file belongs, no hard link onto another managed file). Raises UnsafeTarget (exit 2)."""
+
     def local_csv(self) -> tuple[Path, Path]:
         """A local copy of the CSV to draw from, and the folder to draw into (then `publish_charts`)."""
         raise NotImplementedError
@@ -133,6 +145,9 @@ class LocalStorage(Storage):
     def check(self) -> None:
         csvio.header_kind(self.layout.csv)
 
+    def preflight(self, currencies: tuple[str, ...] = ()) -> None:
+        check_layout(self.layout, currencies)
+
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
         path = archive_raw(self.layout.raw_dir, fetched_at, name, payload)
         return str(path.relative_to(self.data_dir))
@@ -173,7 +188,7 @@ class LocalStorage(Storage):
         return self.layout.csv.exists()
 
     def publish_findings(self, findings: list[Finding]) -> list[Finding]:
-        return record_findings(self.layout.quality, findings)
+        return record_findings(self.layout, findings)[0]
 
     def publish_file(self, path: Path) -> str:
         return str(path)
@@ -198,7 +213,6 @@ class S3Storage(Storage):
         self.bucket, self.prefix = split_s3_url(url)
         self.location = url.rstrip("/")
         if client is None:
-            # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
             import boto3  # only for s3:// locations
 
             client = boto3.client("s3")
@@ -397,7 +411,7 @@ class S3Storage(Storage):
         for attempt in range(self.max_attempts):
             body, etag = self.get(QUALITY_NAME)
             atomic_write_bytes(copy, body or b"")
-            new = record_findings(copy, findings)
+            new, _ = record_findings(DataLayout(self.scratch), findings)
             if not new:
                 return []
             try:
@@ -459,29 +473,20 @@ class DeltaStorage(Storage):
         # The CSV store's lock: one writer of the index (and, locally, of the table) at a time on this machine.
         self.guard = HistoryStore(self.layout, lock_timeout, rules, should_stop)
         self.converted: int | None = None  # rows converted from crypto_data.csv by this process, if any
-        self.checked = False
 
     @property
     def csv_display(self) -> str:
         return self.history.uri
 
     def check(self) -> None:
-        self._reachable()
-        if self.history.table() is None and self.files.has_history():
-            self._legacy_or_foreign()
-
-    def _reachable(self) -> None:
-        """The bucket, credentials and endpoint (S3), and the table's folder, checked once: one clear line each."""
-        if self.checked:
-            return
         if isinstance(self.files, S3Storage):
             check_bucket(self.files)
         else:
-            refuse_foreign_folder(self.files.layout.table)
-        self.checked = True
+            refuse_foreign_folder(self.layout.table)
+        if self.history.table() is None and self.files.has_history():
+            self._legacy_or_foreign()
 
     def has_history(self) -> bool:
-        self._reachable()
         return self.history.table() is not None or self.files.has_history()
 
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
@@ -542,10 +547,7 @@ class DeltaStorage(Storage):
         else:
             s3 = self.files
             source = s3.csv_display
-
-            def opener() -> Any:
-                return s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]
-
+            opener = lambda: s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]  # noqa: E731
         report = convert_csv(self.history, source, opener=opener)
         self.converted = report.rows
         log.warning(
@@ -568,9 +570,11 @@ class DeltaStorage(Storage):
         checked: datetime | None = None,
     ) -> tuple[int, int, int, list[Finding]]:
         """(inserted, duplicates, rows, new findings): one key merge, the index caught up, findings published."""
-        self._reachable()
         with self.guard.locked():
-            self._convert_if_needed()
+            try:
+                self._convert_if_needed()
+            except (LoadError, ConfigError):
+                raise
             with self._synced_index() as index:
                 fresh, _ = new_records(records, index.has)
                 try:
@@ -593,6 +597,7 @@ class DeltaStorage(Storage):
         return inserted, len(records) - inserted, rows, found
 
     def _publish_package(self) -> None:
+
         try:
             data = package_bytes(self.layout, "delta")
             if isinstance(self.files, LocalStorage):
@@ -654,7 +659,6 @@ class DeltaStorage(Storage):
 
     @contextlib.contextmanager
     def index(self) -> Iterator[HistoryIndex]:
-        self._reachable()
         if self.history.table() is None:
             if self.files.has_history():
                 self._legacy_or_foreign()

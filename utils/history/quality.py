@@ -7,6 +7,7 @@ A finding names the observation (coin_id, vs_currency, last_updated) and the rul
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+from utils.errors import PipelineError
 from utils.history import csvio
 from utils.history.csvio import DAY_MS
+from utils.history.files import append_bytes, describe_os_error, read_bounded, read_json, write_json_atomic
 from utils.history.index import HistoryIndex, day_number
+from utils.history.layout import DataLayout
 from utils.history.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
 
 log = logging.getLogger(__name__)
@@ -311,22 +315,29 @@ def inspect(records: list[Record], fresh: list[Record], index: HistoryIndex, rul
 
 # -- data/quality.csv ------------------------------------------------------------------------------
 
+MAX_QUALITY_BYTES = 1 << 30  # quality.csv is read whole; a file past this is not one this program wrote
+
 
 class QualityLog:
-    """data/quality.csv: findings appended, each (key, rule) once; a row is never changed or dropped."""
+    """data/quality.csv: findings appended, each (key, rule) once; a row is never changed or dropped.
 
-    def __init__(self, path: Path) -> None:
+    Read with the history's own record splitter (csvio.scan): a damaged line, an over-long cell or binary
+    junk is skipped, never an error."""
+
+    def __init__(self, path: Path, layout: DataLayout | None = None) -> None:
         self.path = path
+        self.layout = layout
 
     def read(self) -> list[Finding]:
         """Every finding on file, oldest first (a line that is not a finding is skipped)."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
+        data = read_bounded(self.path, MAX_QUALITY_BYTES, "quality findings")
+        if not data:
             return []
         out: list[Finding] = []
-        for row in csv.reader(io.StringIO(text)):
-            if len(row) == len(QUALITY_COLUMNS) and row[3] in RULES:
+        width = len(QUALITY_COLUMNS)
+        for unit in csvio.scan(data, width=width):
+            row = unit.cells
+            if row is not None and len(row) == width and row[3] in RULES:
                 out.append(Finding(*row))
         return out
 
@@ -340,19 +351,18 @@ class QualityLog:
         for f in findings:
             if f.key not in held:
                 held.add(f.key)
-                new.append(Finding(f.coin_id, f.vs_currency, f.last_updated, f.rule, f.detail, stamp))
+                new.append(Finding(f.coin_id, f.vs_currency, f.last_updated, f.rule, f.detail, f.found_at or stamp))
         if not new:
             return []
         buf = io.StringIO()
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        try:
+            empty = os.lstat(self.path).st_size == 0
+        except FileNotFoundError:
+            empty = True
+        if empty:
             buf.write(QUALITY_HEADER)
         csv.writer(buf, lineterminator="\n").writerows(f.row() for f in new)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, buf.getvalue().encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_bytes(self.path, buf.getvalue().encode("utf-8"), "quality findings", self.layout)
         return new
 
     def since(self, moment: datetime) -> list[Finding]:
@@ -361,14 +371,46 @@ class QualityLog:
         return [f for f in self.read() if f.found_at >= cutoff]
 
 
-def record_findings(path: Path, findings: list[Finding], now: datetime | None = None) -> list[Finding]:
-    """Append findings to quality.csv; a failure to write is a warning, never a failed load."""
-    if not findings:
-        return []
+def record_findings(
+    layout: DataLayout, findings: list[Finding], now: datetime | None = None
+) -> tuple[list[Finding], str | None]:
+    """Append findings (and any an earlier run could not write) to quality.csv. Call under the history's lock.
+
+    A failure is never a failed load: the findings are kept in .state/pending-findings.json for the next
+    run, and the second value names what was not written (the run is partial)."""
+    pending = load_pending(layout)
+    if not findings and not pending:
+        return [], None
+    stamp = format_timestamp(now or datetime.now(timezone.utc))
+    stamped = [f if f.found_at else Finding(*f.row()[:5], stamp) for f in findings]
     try:
-        return QualityLog(path).add(findings, now or datetime.now(timezone.utc))
-    except OSError as exc:
-        log.warning(
-            "could not write the quality findings to %s (%s); the rows landed all the same", path, exc.strerror or exc
-        )
+        added = QualityLog(layout.quality, layout).add(pending + stamped, now or datetime.now(timezone.utc))
+    except (OSError, PipelineError) as exc:
+        why = describe_os_error(exc, layout.quality, "write to") if isinstance(exc, OSError) else str(exc)
+        keep = list({f.key: f for f in pending + stamped}.values())
+        try:
+            write_json_atomic(layout.pending_findings, [f.row() for f in keep], "pending findings")
+            later = "kept for the next run"
+        except (OSError, PipelineError) as again:
+            later = f"and could not be kept for the next run either ({getattr(again, 'strerror', None) or again})"
+        log.warning("could not write the quality findings (%d): %s; %s", len(keep), why, later)
+        return stamped, f"{layout.quality.name} ({len(keep)} findings {later}: {why})"
+    if pending:
+        with contextlib.suppress(OSError):
+            layout.pending_findings.unlink()
+        log.info("wrote %d quality findings an earlier run could not write", len(pending))
+    written = {f.key for f in added}
+    return [f for f in stamped if f.key in written], None
+
+
+def load_pending(layout: DataLayout) -> list[Finding]:
+    """Findings an earlier run could not write to quality.csv."""
+    data = read_json(layout.pending_findings)
+    if not isinstance(data, list):
         return []
+    width = len(QUALITY_COLUMNS)
+    return [
+        Finding(*row)
+        for row in data
+        if isinstance(row, list) and len(row) == width and all(isinstance(c, str) for c in row) and row[3] in RULES
+    ]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import PipelineError
-from utils.history.files import atomic_write_bytes, ensure_dir, read_json, write_json_atomic
+from utils.history.files import atomic_write_bytes, check_folder, ensure_dir, read_json, write_json_atomic
 from utils.history.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,8 @@ def _day(text: Any) -> date | None:
 
 def _save(path: Path, value: Any) -> None:
     """Write a state file; a failure is a warning, since the run's data already landed."""
-    if path.parent.is_symlink() or path.is_symlink():
-        log.warning("not writing %s: it lies behind a symbolic link", path)
-        return
     try:
+        check_folder(path.parent, "state folder")
         ensure_dir(path.parent)
         write_json_atomic(path, value)
     except (OSError, PipelineError) as exc:

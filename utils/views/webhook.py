@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from utils.coingecko.client import WebhookError, post_json
-from utils.history.files import read_json, write_json_atomic
+from utils.errors import PipelineError
+from utils.history.files import check_folder, read_json, write_json_atomic
 from utils.history.quality import Finding, summary_line
 from utils.redact import redact
 
@@ -112,6 +113,7 @@ class Notifier:
         timeout: float = 30.0,
         post: Poster = post_json,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.url = url
         self.notify_on = tuple(notify_on)
@@ -120,6 +122,7 @@ class Notifier:
         self.timeout = timeout
         self.post = post
         self.clock = clock
+        self.should_stop = should_stop  # SIGTERM: the POST is cut off at once, like an API request
 
     def _failures(self) -> int:
         state = read_json(self.state_path)
@@ -132,13 +135,16 @@ class Notifier:
             return None  # the count serves only the notifications
         before = self._failures()
         after = before + 1 if report.result == "failed" else 0
-        if after != before and not (self.state_path.parent.is_symlink() or self.state_path.is_symlink()):
+        if after != before:
             try:
+                check_folder(self.state_path.parent, "state folder")
                 self.state_path.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(self.state_path, {"consecutive_failures": after})
-            except OSError as exc:
+                write_json_atomic(self.state_path, {"consecutive_failures": after}, "notification state")
+            except (OSError, PipelineError) as exc:
                 log.warning(
-                    "could not write %s (%s); a recovery may go unannounced", self.state_path, exc.strerror or exc
+                    "could not write %s (%s); a recovery may go unannounced",
+                    self.state_path,
+                    getattr(exc, "strerror", None) or exc,
                 )
         event = event_for(report, before, self.notify_on)
         if event is None:
@@ -146,7 +152,7 @@ class Notifier:
         doc = payload(report, event, before, location=self.location, url=self.url, now=self.clock())
         target = urlunsplit(urlsplit(self.url)._replace(fragment=""))
         try:
-            self.post(target, doc, timeout=self.timeout)
+            self.post(target, doc, timeout=self.timeout, should_stop=self.should_stop)
         except WebhookError as exc:
             log.warning(
                 "could not send the %s notification to %s: %s; the run's result stands", event, _host(self.url), exc
@@ -175,7 +181,12 @@ class Notifier:
         if topic:
             doc["topic"] = topic
         try:
-            self.post(urlunsplit(urlsplit(self.url)._replace(fragment="")), doc, timeout=self.timeout)
+            self.post(
+                urlunsplit(urlsplit(self.url)._replace(fragment="")),
+                doc,
+                timeout=self.timeout,
+                should_stop=self.should_stop,
+            )
         except WebhookError as exc:
             log.warning("could not send the %s notification to %s: %s", event, _host(self.url), exc)
             return False
