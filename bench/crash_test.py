@@ -5,6 +5,8 @@ Three scenarios, each against an in-process fake CoinGecko (tests/fake_coingecko
 - run        a 2,000-coin snapshot appended to one growing history; the fake's data advances every trial
 - backfill   20 new coins x 60 days per trial, merged into one growing history
 - migration  a legacy seven-column CSV (the nine original coins, every row three times) migrated by a run
+- s3-run     a 500-coin snapshot merged into one Delta table on a local S3 (moto server on loopback), read
+             back with `export` (not in the default --only: `--only s3-run --trials 40`)
 
 Each trial starts the command, SIGKILLs it at a moment drawn uniformly over the command's typical duration
 (measured first with un-killed runs), runs the same command again to completion, and checks:
@@ -648,12 +650,65 @@ class MigrationScenario(Scenario):
         self.stats.temp_files_left += len(leftover_temp_files(data_dir))
 
 
+class S3RunScenario(RunScenario):
+    """`run` into one Delta table on a local S3 (moto in server mode on loopback), growing every trial.
+
+    A kill can land while Parquet files are uploaded, before or after the commit's log entry is written:
+    a Delta commit is the one conditional PUT of _delta_log/NNN.json, so the table holds a run's rows
+    entirely or not at all, and the rerun stores exactly what is missing. The table is read back with
+    `python main.py export`, in the CSV store's format, and checked like the CSV."""
+
+    name = "s3-run"
+    COINS = 500
+
+    def setup(self) -> None:
+        from tests.s3_server import LocalS3
+
+        self.s3 = LocalS3().start()
+        self.data_dir = self.s3.url(self.name)  # type: ignore[assignment]
+        self.fake.set_coins(markets_rows(self.COINS, seed=self.rng.randrange(1 << 30)))
+        tmp = self.root / f"{self.name}-tmp"  # the S3 scratch copy (index) of this scenario alone
+        tmp.mkdir()
+        self.extra = {"PIPELINE_COINS": ",".join(r["id"] for r in self.fake.coins), "TMPDIR": str(tmp), **self.s3.env}
+        self.expected: set[Key] = set()
+        self.exports = 0
+
+    def read(self) -> History:
+        self.exports += 1
+        out = self.root / f"{self.name}-export-{self.exports}.csv"
+        done = self.runner.run(["export", "--out", str(out)], self.data_dir, self.extra)
+        if done.code != 0:
+            return History(problems=[f"export exited {done.code}: {done.stderr.strip()[-300:]!r}"])
+        found = read_history(out)
+        out.unlink()
+        return found
+
+    def check(self, t: int, data_dir: Path) -> None:
+        problems, missing = check_keys(self.read(), self.expected)
+        self.stats.lost |= missing
+        for p in problems:
+            self.fail(t, p)
+
+    def finish(self) -> None:
+        try:
+            found = self.read()
+            problems, missing = check_keys(found, self.expected)
+            self.stats.lost |= missing
+            for p in problems:
+                self.fail(self.stats.trials, p)
+            objects = self.s3.keys(f"{self.name}/crypto_data/")
+            logs = [k for k in objects if "/_delta_log/" in k and k.endswith(".json")]
+            self.stats.notes.append(f"table {len(found.keys)} rows, {len(logs)} commits, {len(objects)} objects")
+        finally:
+            self.s3.stop()
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
 def split_trials(total: int, names: list[str]) -> dict[str, int]:
     """Split a total over the scenarios: 40% run, 30% backfill, 30% migration (of those chosen)."""
-    weights = {"run": 4, "backfill": 3, "migration": 3}
+    weights = {"run": 4, "backfill": 3, "migration": 3, "s3-run": 4}
     chosen = {n: weights[n] for n in names}
     counts = {n: total * w // sum(chosen.values()) for n, w in chosen.items()}
     counts[names[0]] += total - sum(counts.values())
@@ -676,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per trial")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = set(names) - {"run", "backfill", "migration"}
+    unknown = set(names) - {"run", "backfill", "migration", "s3-run"}
     if unknown or not names:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown)) or '(none)'}")
     seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000_000
@@ -689,7 +744,12 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="crash_test_", dir=args.tmpdir))
-    classes = {"run": RunScenario, "backfill": BackfillScenario, "migration": MigrationScenario}
+    classes = {
+        "run": RunScenario,
+        "backfill": BackfillScenario,
+        "migration": MigrationScenario,
+        "s3-run": S3RunScenario,
+    }
     all_stats: list[Stats] = []
     failure_lines: list[str] = []
     fakes: list[FakeCoinGecko] = []
@@ -730,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  note: ... {len(stats.notes) - 10} more")
 
     # Scenarios are independent (own folder, own fake): run up to --jobs at once; the longest first.
-    order = sorted(names, key=["backfill", "migration", "run"].index)
+    order = sorted(names, key=["s3-run", "backfill", "migration", "run"].index)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for future in [pool.submit(play, name) for name in order]:
             future.result()

@@ -129,11 +129,14 @@ def check_coins(settings: Settings) -> tuple[str, ...]:
 
 def history_of(settings: Settings, coin_ids: Sequence[str]) -> dict[str, LastSeen]:
     """What the history knows of these coins; nothing when there is no readable history."""
-    if not coin_ids or not settings.csv_path.is_file() or settings.data_url:
+    if not coin_ids or settings.data_url or not settings.data_dir.is_dir():
         return {}
 
     try:
-        with storage_for(settings).index() as index:
+        storage = storage_for(settings, create=False)
+        if not storage.has_history():
+            return {}
+        with storage.index() as index:
             return last_seen(index, coin_ids)
     except PipelineError as exc:
         log.debug("no history to compare with: %s", exc)

@@ -23,9 +23,10 @@ def plot_command(settings: Settings, console: Console) -> int:
             f"no history at {display_path(settings.data_dir)}: the folder does not exist; check "
             f"--data-dir, or start a history there with `{settings.run_hint}`"
         )
-    if settings.data_url is None and not settings.csv_path.exists():
-        raise NoHistory(f"no history yet at {display_path(settings.csv_path)}: run `{settings.run_hint}` first")
-    published, (report,) = charts(storage_for(settings, create=False), chart_options(settings))
+    storage = storage_for(settings, create=False)
+    if settings.data_url is None and not storage.has_history():
+        raise NoHistory(f"no history yet at {display_path(storage.csv_display)}: run `{settings.run_hint}` first")
+    published, (report,) = charts(storage, chart_options(settings))
     for where in published:
         console.out(display_path(where))
     log.info(

@@ -32,11 +32,12 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
     day = settings.date or datetime.now(timezone.utc).date()
     limit = settings.top or DEFAULT_TOP
     currency = settings.vs_currency
-    with storage_for(settings, create=False).index() as index:
+    storage = storage_for(settings, create=False)
+    with storage.index() as index:
         rows = index.top_of_day(currency, day_number(day), limit)
     if not rows:
         out(
-            f"no observations in {currency} on {day} in {display_path(settings.csv_path)}: "
+            f"no observations in {currency} on {day} in {display_path(storage.csv_display)}: "
             "`python main.py status` shows the days the history covers"
         )
         return EXIT_FAILED

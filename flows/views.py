@@ -45,16 +45,32 @@ def _utc(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def coin_rows(index: HistoryIndex, vs_currency: str, today: datetime, findings: Counter) -> list[CoinRow]:
-    """Each coin's newest daily point with its 1/7/30-day changes and coverage, by market-cap rank."""
-    series = {s.coin_id: s for s in index.series(vs_currency)}
+REPORT_TOP = 100  # a large history's table: the largest coins by the newest market cap ...
+REPORT_MOVERS = 5  # ... and the day's biggest movers outside them
+LARGE_HISTORY_COINS = 200  # past this many coins, the table shows those only
+
+
+def coin_rows(
+    index: HistoryIndex, vs_currency: str, today: datetime, findings: Counter, coins: list[str] | None = None
+) -> list[CoinRow]:
+    """Each coin's (or each of `coins`') newest daily point with its 1/7/30-day changes and coverage, by rank."""
+    wanted = set(coins) if coins is not None else None
+    series = {s.coin_id: s for s in index.series(vs_currency) if wanted is None or s.coin_id in wanted}
     out: list[CoinRow] = []
-    for coin_id, ts, price, cap, rank in index.latest(vs_currency):
+    latest = index.latest(vs_currency, coins)
+    days = [ts // DAY_MS for _, ts, _, _, _ in latest]
+    # One query for the 30 days before every coin's newest point, not one per coin (each reads those days whole).
+    history = (
+        index.points_of([(row[0], vs_currency) for row in latest], min(days) - 30, max(days) - 1) if latest else {}
+    )
+    for coin_id, ts, price, cap, rank in latest:
         info = series.get(coin_id)
         if info is None:
             continue
         day = ts // DAY_MS
-        earlier = {t // DAY_MS: p for t, p, _ in index.points(coin_id, vs_currency, day - 30, day - 1)}
+        earlier = {
+            t // DAY_MS: p for t, p, _ in history.get((coin_id, vs_currency), ()) if day - 30 <= t // DAY_MS < day
+        }
 
         def change(days: int) -> float | None:
             then = earlier.get(day - days)
@@ -120,7 +136,12 @@ def build_report(
         currencies = index.currencies()
         vs = settings.vs_currency if settings.vs_currency in currencies or not currencies else currencies[0]
         in_currency = [f for f in findings if f.vs_currency == vs]
-        coins = coin_rows(index, vs, now, Counter(f.coin_id for f in in_currency))
+        held = index.coin_count(vs)
+        shown = None
+        if held > LARGE_HISTORY_COINS:
+            top, movers = index.leaders(vs, REPORT_TOP, REPORT_MOVERS)
+            shown = top + movers
+        coins = coin_rows(index, vs, now, Counter(f.coin_id for f in in_currency), shown)
         rows = index.rows
     charts = [Chart(CHART_TITLES[path.name], png_data_uri(path)) for path in layout.charts if path.is_file()]
     notes = []
@@ -128,6 +149,12 @@ def build_report(
         notes.append(
             f"The history also holds {', '.join(c for c in currencies if c != vs)}; this page shows {vs} "
             "(choose with --vs-currency)."
+        )
+    if shown is not None:
+        notes.append(
+            f"The history holds {held:,} coins in {vs}; the table shows the {len(top)} largest by the newest "
+            f"market cap and the day's {len(movers)} biggest movers (`python main.py top --date` lists "
+            "any day's whole ranking)."
         )
     counts = Counter(f.rule for f in in_currency)
     return ReportData(

@@ -259,6 +259,16 @@ def _day_text(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, tz=timezone.utc).date().isoformat()
 
 
+def incomplete(snapshot: Snapshot, result: TransformResult) -> list[Rejected]:
+    """The rejections that leave a requested coin without a record, as a run counts them.
+
+    An archived top-N answer holds whole ranking pages: the rows past the top N are not requested, and
+    turning them away is no loss; nor is junk beside a coin that landed."""
+    requested = set(snapshot.requested)
+    landed = {record.coin_id for record in result.records}
+    return [r for r in result.rejected if r.coin_id in requested and r.coin_id not in landed]
+
+
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """AWS Lambda: read each raw answer the extract stored, write its records for the load; return their keys."""
     # Lambda handler: the AWS helpers load in the function, never for the command line
@@ -277,11 +287,12 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     for raw_key in raw_keys:
         if not raw_key.startswith(f"{RAW}/") or ".." in raw_key:
             raise ValueError(f"raw_key {raw_key!r} is not under {RAW}/")
-        result = transform(snapshot_from_payload(gunzip_json(read_object(settings, raw_key))))
+        snapshot = snapshot_from_payload(gunzip_json(read_object(settings, raw_key)))
+        result = transform(snapshot)
         records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1 :].replace(".json.gz", ".records.json.gz")
         write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
         records_keys.append(records_key)
-        rejected.extend(result.rejected)
+        rejected.extend(incomplete(snapshot, result))
         stored += len(result.records)
     for line in rejection_lines(rejected):
         logging.getLogger(__name__).warning("%s", line)

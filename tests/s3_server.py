@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from typing import Any
 
 CREDENTIALS = {
@@ -20,10 +21,13 @@ CREDENTIALS = {
 
 
 class LocalS3:
-    """moto's ThreadedMotoServer on 127.0.0.1:<free port>, with one bucket."""
+    """moto's ThreadedMotoServer on 127.0.0.1:<free port>, with one bucket of its own.
+
+    moto keeps every server's buckets in one in-process store that outlives a stopped server, so each
+    LocalS3 names a new bucket: a test never finds the objects an earlier test left in "its" bucket."""
 
     def __init__(self, bucket: str = "crypto-history-test") -> None:
-        self.bucket = bucket
+        self.bucket = f"{bucket}-{uuid.uuid4().hex[:12]}"
         self.server: Any = None
         self.endpoint = ""
 

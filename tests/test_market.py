@@ -354,3 +354,59 @@ class CreditLedgerCounts(PipelineTestCase):
         result = self.run_main("--top", "all", "--seed-days", "0", env=env)
         self.assertEqual(result.code, 0, result.stderr)
         self.assertEqual(len(self.fake.requests), 5)
+
+
+def write_history(path, coins: int, days: int, day0: date, jumper: int) -> None:
+    """A history of `coins` coins x `days` daily rows in the project's CSV (coin-0000 largest; coin number `jumper`
+    triples on the last day)."""
+    from utils.history.schema import COLUMNS, HEADER_LINE
+
+    lines = [HEADER_LINE]
+    for d in range(days):
+        for i in range(coins):
+            cells = dict.fromkeys(COLUMNS, "")
+            price = 100.0 / (i + 1) * (3.0 if (i == jumper and d == days - 1) else 1.0 + d / 100)
+            cells.update(
+                name=f"Coin {i:04d}",
+                symbol=f"c{i:04d}",
+                current_price=repr(price),
+                market_cap=str(10**12 // (i + 1)),
+                coin_id=f"coin-{i:04d}",
+                vs_currency="usd",
+                market_cap_rank=str(i + 1),
+                source="coins_markets",
+                last_updated=f"{day0 + timedelta(days=d)}T12:00:{i % 60:02d}.{i % 1000:03d}Z",
+            )
+            lines.append(",".join(cells[c] for c in COLUMNS) + "\n")
+    path.write_text("".join(lines))
+
+
+class LargeHistoryViews(PipelineTestCase):
+    """Charts and the report of a history with many coins show the leaders and the day's movers, and say so."""
+
+    def test_charts_show_the_ten_largest_and_the_days_movers(self) -> None:
+        from utils.charts.render import ChartOptions, chart_drawings
+        from utils.history.locations import storage_for
+
+        write_history(self.csv_path, 80, 5, DAY1, jumper=50)
+        settings = build_settings("plot", {"vs_currency": "usd"}, self.env)
+        with storage_for(settings).index() as index:
+            _, report = chart_drawings(index, ChartOptions(vs_currency="usd"))
+        self.assertEqual(report.coins[:10], tuple(f"coin-{i:04d}" for i in range(10)))
+        self.assertEqual(len(report.coins), 15)  # and the day's five biggest movers, coin-0050 first among them
+        self.assertIn("coin-0050", report.coins[10:])
+        result = self.run_main("plot", "--vs-currency", "usd")
+        self.assertEqual(result.code, 0, result.stderr)
+
+    def test_the_report_table_shows_the_hundred_largest_and_says_how_many_coins_there_are(self) -> None:
+        from flows.views import build_report
+
+        write_history(self.csv_path, 260, 3, DAY1, jumper=150)
+        data = build_report(build_settings("report", {"vs_currency": "usd"}, self.env))
+        self.assertEqual(len(data.coins), 105)
+        self.assertEqual([c.coin_id for c in data.coins][:3], ["coin-0000", "coin-0001", "coin-0002"])
+        self.assertIn("coin-0150", [c.coin_id for c in data.coins])
+        self.assertTrue(
+            any("The history holds 260 coins in usd; the table shows the 100 largest" in n for n in data.notes),
+            data.notes,
+        )

@@ -147,7 +147,10 @@ class CommandsOnDelta(CommandsOnAStore):
         header, *lines = list(csv.reader(io.StringIO(csv_copy.decode())))
         exported = list(csv.reader(io.StringIO(out.read_text())))
         self.assertEqual(exported[0], header)
-        strip = lambda rows: sorted(r[:fetched] + r[fetched + 1 :] for r in rows)  # noqa: E731
+
+        def strip(rows: list[list[str]]) -> list[list[str]]:
+            return sorted(r[:fetched] + r[fetched + 1 :] for r in rows)
+
         self.assertEqual(strip(exported[1:]), strip(lines))
 
     def test_a_csv_history_is_converted_once_and_kept(self) -> None:

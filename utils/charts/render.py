@@ -784,7 +784,17 @@ def chart_drawings(
         raise NoHistory(f"no history yet at {source}: run `python main.py` first{detail}")
     if currency not in currencies:
         raise NothingToPlot(f"no data in {currency} in {source}; currencies in the history: {', '.join(currencies)}")
-    daily = index.daily_points(currency)
+    held = index.coin_count(currency)
+    picked = ""
+    if not options.coins and held > LARGE_HISTORY_COINS:  # a chart of 17,000 lines says nothing: the leaders
+        top, movers = index.leaders(currency, CHART_TOP, CHART_MOVERS)
+        daily = index.daily_points(currency, coins=top + movers)
+        picked = f"; the {len(top)} largest of {held:,} coins by market cap" + (
+            f" and the day's {len(movers)} biggest movers" if movers else ""
+        )
+        logger.info("charts of %s: %s", currency, picked[2:])
+    else:
+        daily = index.daily_points(currency)
     points = _points(daily)
     left_out = _drop_undrawable(points)
     if left_out:
@@ -826,7 +836,7 @@ def chart_drawings(
                 prices_by_coin,
                 price_scale,
                 title="Price",
-                what=f"Price per coin in {charts.code}",
+                what=f"Price per coin in {charts.code}{picked}",
                 empty_note="No prices in this window",
                 y_formatter=_MoneyFormatter(currency),
                 value_label=lambda v: _price_text(v, currency),
@@ -838,7 +848,7 @@ def chart_drawings(
                 caps_by_coin,
                 cap_scale,
                 title="Market capitalisation",
-                what=f"Market capitalisation in {charts.code}",
+                what=f"Market capitalisation in {charts.code}{picked}",
                 empty_note="No market caps in this window",
                 y_formatter=_MoneyFormatter(currency),
                 value_label=lambda v: format_money(v, currency, 3),
@@ -850,7 +860,7 @@ def chart_drawings(
                 performance,
                 performance_scale,
                 title="Performance",
-                what="Price index: each coin = 100 at its first point in the window",
+                what="Price index: each coin = 100 at its first point in the window" + picked,
                 empty_note="No prices in this window",
                 y_formatter=_IndexFormatter(),
                 value_label=_change_text,
@@ -870,6 +880,10 @@ def chart_drawings(
     )
     return drawings, report
 
+
+LARGE_HISTORY_COINS = 50  # past this many coins in a currency, charts without --plot-coins show the leaders
+CHART_TOP = 10  # ... the largest coins by the newest market cap
+CHART_MOVERS = 5  # ... and the day's biggest movers outside them
 
 SHORT_HISTORY_NOTE = (
     "Fewer than two days of data for every coin: the lines grow day by day.\n"

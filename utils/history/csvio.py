@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from utils.errors import LoadError, SchemaMismatch
 from utils.history.files import append_bytes, describe_os_error, refuse_unsafe
@@ -300,6 +300,193 @@ def read_observations(
                 break
         if safe < 0:
             carry = data  # too few lines yet: read on
+            continue
+        found, damaged, taken = _observe(data, safe + 1)
+        carry = data[taken:]
+        yield found, damaged
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The observations of a block of plain rows, column by column (the fast path of read_columns)."""
+
+    pairs: list[tuple[str, str]]  # the (coin_id, vs_currency) pairs of the block
+    pair: Any  # numpy int64: each row's index into pairs
+    ts_ms: Any  # numpy int64
+    price: Any  # numpy float64, NaN for an empty cell
+    cap: Any
+    rank: Any  # numpy int64, -1 for none
+    name: Any  # pyarrow string arrays
+    symbol: Any
+
+    def __len__(self) -> int:
+        return len(self.pair)
+
+
+_FAST_COLUMNS = (
+    "name",
+    "symbol",
+    "current_price",
+    "market_cap",
+    "last_updated",
+    "coin_id",
+    "vs_currency",
+    "market_cap_rank",
+)
+_TS_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22)
+_TS_MARKS = {4: b"-", 7: b"-", 10: b"T", 13: b":", 16: b":", 19: b".", 23: b"Z"}
+
+
+def fast_columns(data: bytes) -> Columns | None:
+    """The observations of whole lines of plain rows, parsed by pyarrow's C reader; None when any line needs the
+    careful path (a quote, a carriage return, a width, id, time or number the one definition would not take as
+    written), so that the careful path reads this block instead and both give the same observations."""
+    if not data or b'"' in data or b"\r" in data:
+        return None
+    # start-up time: numpy and pyarrow load only when a block of the CSV is read (an index build or catch-up)
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=max(1 << 20, len(data) + 1)),
+            parse_options=pacsv.ParseOptions(
+                quote_char=False,
+                double_quote=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=True,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in _FAST_COLUMNS},
+                include_columns=list(_FAST_COLUMNS),
+                strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
+        return None  # a line of another width, or bytes that are not UTF-8
+    if table.num_rows == 0:
+        return None
+    coin_id, vs = table.column("coin_id").combine_chunks(), table.column("vs_currency").combine_chunks()
+    encoded = pc.binary_join_element_wise(coin_id, vs, "\x1f").dictionary_encode()
+    pairs: list[tuple[str, str]] = []
+    for text in encoded.dictionary.to_pylist():
+        pair = tuple(text.split("\x1f"))
+        if len(pair) != 2:
+            return None
+        if pair not in _valid_series:
+            if not COIN_ID_RE.match(pair[0]) or not CURRENCY_RE.match(pair[1]):
+                return None
+            if len(_valid_series) < _CACHE_MAX:
+                _valid_series.add(pair)  # type: ignore[arg-type]
+        pairs.append(pair)  # type: ignore[arg-type]
+    ts = _fast_times(table.column("last_updated").combine_chunks(), np, pc)
+    price, cap = (_fast_numbers(table.column(c).combine_chunks(), np, pa, pc) for c in ("current_price", "market_cap"))
+    rank_text = table.column("market_cap_rank").combine_chunks()
+    if (
+        ts is None
+        or price is None
+        or cap is None
+        or not pc.all(pc.match_substring_regex(rank_text, r"^[0-9]*$")).as_py()
+    ):
+        return None
+    length = pc.utf8_length(rank_text)
+    kept = pc.if_else(pc.and_(pc.greater(length, 0), pc.less(length, 10)), rank_text, pa.scalar(None, pa.string()))
+    rank = pc.fill_null(pc.cast(kept, pa.int64()), -1).to_numpy()
+    return Columns(
+        pairs,
+        encoded.indices.to_numpy().astype(np.int64),
+        ts,
+        price,
+        cap,
+        rank,
+        table.column("name").combine_chunks(),
+        table.column("symbol").combine_chunks(),
+    )
+
+
+def _fast_times(column: Any, np: Any, pc: Any) -> Any:
+    """Milliseconds of canonical timestamps (2023-01-08T16:49:40.132Z) as int64, or None when any is not one."""
+    if column.null_count or pc.min_max(pc.utf8_length(column)).as_py() != {"min": 24, "max": 24}:
+        return None
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 24)
+    for position, mark in _TS_MARKS.items():
+        if not (raw[:, position] == mark[0]).all():
+            return None
+    digits = raw[:, _TS_DIGITS].astype(np.int64) - 48
+    if ((digits < 0) | (digits > 9)).any() or (digits[:, :4].sum(axis=1) == 0).any():
+        return None  # not digits, or the year 0000 that Python's dates do not have
+    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
+    month, day = digits[:, 4] * 10 + digits[:, 5], digits[:, 6] * 10 + digits[:, 7]
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (
+        leap & (month == 2)
+    )
+    if ((month < 1) | (month > 12) | (day < 1) | (day > month_days)).any():
+        return None  # 2023-02-30 and the like: the careful path says what it is
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil, vectorised).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    hours, minutes, seconds = (digits[:, i] * 10 + digits[:, i + 1] for i in (8, 10, 12))
+    millis = digits[:, 14] * 100 + digits[:, 15] * 10 + digits[:, 16]
+    if (hours > 23).any() or (minutes > 59).any() or (seconds > 59).any():
+        return None
+    return days * DAY_MS + ((hours * 60 + minutes) * 60 + seconds) * 1000 + millis
+
+
+def _fast_numbers(column: Any, np: Any, pa: Any, pc: Any) -> Any:
+    """Empty or finite numbers as float64 (NaN for empty), or None when a cell holds anything else."""
+    empty = pc.equal(column, "")
+    try:
+        values = pc.cast(pc.if_else(empty, pa.scalar(None, pa.string()), column), pa.float64())
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    out = values.to_numpy(zero_copy_only=False)
+    if not np.isfinite(out[~np.asarray(empty.to_numpy(zero_copy_only=False), dtype=bool)]).all():
+        return None  # nan, inf written out: not a number of the history
+    return out
+
+
+def read_columns(
+    fh: io.BufferedIOBase, start: int, end: int, chunk_bytes: int = 4 << 20
+) -> Iterator[Columns | tuple[list[Observation], int]]:
+    """read_observations() with a fast path: a block of plain rows (no quote anywhere) comes back as Columns
+    parsed at C speed; any other block goes the careful way, as (observations, damaged lines)."""
+    fh.seek(start)
+    pos = start
+    carry = b""
+    while pos < end or carry:
+        block = fh.read(min(chunk_bytes, end - pos)) if pos < end else b""
+        pos += len(block)
+        data = carry + block if carry else block
+        last = len(data) if pos >= end or not block else data.rfind(b"\n") + 1
+        if last <= 0:
+            carry = data  # no whole line yet: read on
+            continue
+        if b'"' not in data:  # no quoted cell can span the cut: every line is one record
+            columns = fast_columns(data[:last])
+            if columns is not None:
+                carry = data[last:]
+                yield columns
+                continue
+        if pos >= end or not block:
+            found, damaged, _ = _observe(data, len(data) + 1)
+            yield found, damaged
+            return
+        safe = len(data)
+        for _ in range(MAX_RECORD_LINES + 1):
+            safe = data.rfind(b"\n", 0, safe)
+            if safe < 0:
+                break
+        if safe < 0:
+            carry = data
             continue
         found, damaged, taken = _observe(data, safe + 1)
         carry = data[taken:]

@@ -87,7 +87,7 @@ def records_to_table(records: list[Record]) -> pa.Table:
                 value = value or None
             columns[name].append(value)
         columns[MONTH].append(month_of(columns["last_updated"][-1] // 1000))
-    return pa.table(columns, schema=schema)
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def number_cell(value: object) -> str:
@@ -154,6 +154,7 @@ class DeltaHistory:
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.conflicts = 0
+        self._opened: Any | None = None  # the DeltaTable once read, brought up to date on each use
 
     # -- opening and checking ---------------------------------------------------------------------
 
@@ -164,10 +165,16 @@ class DeltaHistory:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            return DeltaTable(self.uri, storage_options=self.storage_options)
+            if self._opened is not None:
+                self._opened.update_incremental()  # the log entries since it was read: one listing, not a reload
+            else:
+                self._opened = DeltaTable(self.uri, storage_options=self.storage_options)
+            return self._opened
         except TableNotFoundError:
+            self._opened = None
             return None
-        except Exception as exc:  # noqa: BLE001 - delta-rs raises several kinds; each becomes one line
+        except Exception as exc:
+            self._opened = None
             raise self.describe_error(exc, "open") from None
 
     def table(self) -> Any | None:
@@ -226,7 +233,7 @@ class DeltaHistory:
                 description="Daily history of CoinGecko market data, one row per observation; "
                 "key (coin_id, vs_currency, last_updated)",
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self.describe_error(exc, "create") from None
         table = self.table()
         if table is None:
@@ -241,7 +248,8 @@ class DeltaHistory:
             return exc
         where = self.uri
         if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
-            return ConfigError(f"the bucket of {where} does not exist: create it or fix --data-dir")
+            bucket = where.split("://", 1)[-1].split("/", 1)[0]
+            return ConfigError(f"the bucket {bucket} does not exist: create it or fix --data-dir")
         if any(
             w in low
             for w in (
@@ -335,7 +343,7 @@ class DeltaHistory:
                 pause = random.uniform(0, min(2.0, 0.05 * 2**attempt))
                 log.info("another writer committed to %s first; retrying in %.2f s", self.uri, pause)
                 self.sleep(pause)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "conflict" in str(exc).lower() and attempt < self.max_attempts:
                     self.conflicts += 1
                     self.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
@@ -352,10 +360,7 @@ class DeltaHistory:
         if table is None:
             return 0
         try:
-            # optional package: pyarrow and deltalake, needed by the Delta store only
-            import pyarrow as pa
-
-            actions = pa.table(table.get_add_actions(flatten=True))
+            actions = _actions(table)
             counts: dict[tuple[str, str], int] = {}
             for vs, month in zip(
                 actions.column("partition.vs_currency").to_pylist(), actions.column("partition.month").to_pylist()
@@ -381,7 +386,7 @@ class DeltaHistory:
                     result.get("numFilesAdded"),
                 )
             return removed
-        except Exception as exc:  # noqa: BLE001 - compaction is upkeep; a failure never fails the load
+        except Exception as exc:
             log.warning(
                 "could not compact %s (%s); the rows are stored, the next load tries again",
                 self.uri,
@@ -406,7 +411,7 @@ class DeltaHistory:
         import pyarrow as pa
 
         seen = index.table_files(table.metadata().id)
-        paths = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
+        paths = _actions(table).column("path").to_pylist()
         new = [p for p in paths if p not in seen]
         if not new:
             if len(seen) != len(paths):
@@ -455,7 +460,7 @@ class DeltaHistory:
         table = self.table()
         if table is None:
             return
-        actions = pa.table(table.get_add_actions(flatten=True))
+        actions = _actions(table)
         parts = sorted(
             set(zip(actions.column("partition.vs_currency").to_pylist(), actions.column("partition.month").to_pylist()))
         )
@@ -481,16 +486,22 @@ class DeltaHistory:
         table = self.table()
         if table is None:
             return 0
-        # optional package: pyarrow and deltalake, needed by the Delta store only
-        import pyarrow as pa
 
-        return sum(pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist())
+        return sum(_actions(table).column("num_records").to_pylist())
 
 
 def app_done(table: Any, app_id: str) -> int:
     """The version a Delta application transaction recorded, -1 when none did."""
     version = table.transaction_version(app_id)
     return -1 if version is None else int(version)
+
+
+def _actions(table: Any) -> Any:
+    """The table's add actions (one row per data file) as a pyarrow Table; pa.table() would import pandas."""
+    # optional package: pyarrow and deltalake, needed by the Delta store only
+    import pyarrow as pa
+
+    return pa.RecordBatchReader.from_stream(table.get_add_actions(flatten=True)).read_all()
 
 
 def _arrow(schema: Any) -> Any:
@@ -523,7 +534,7 @@ def _dedupe(data: pa.Table) -> pa.Table:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    keys = pa.table({"i": pa.array(range(data.num_rows), pa.int64()), **{k: data.column(k) for k in KEY}})
+    keys = pa.Table.from_pydict({"i": pa.array(range(data.num_rows), pa.int64()), **{k: data.column(k) for k in KEY}})
     first = keys.group_by(list(KEY), use_threads=False).aggregate([("i", "min")]).column("i_min")
     if len(first) == data.num_rows:
         return data

@@ -176,6 +176,74 @@ class _Batch:
                     s[3] = o
 
 
+def _nullable(values: object) -> list[float | None]:
+    """A float array's values with NaN as None (SQL NULL)."""
+    return [None if v != v else v for v in values.tolist()]  # type: ignore[attr-defined]
+
+
+class _Coverage:
+    """The (series, day) pairs of an index build, gathered block by block as arrays and folded into ranges once."""
+
+    COMPACT_AT = 1 << 21  # pairs held before they are folded into ranges (a 10M-row build holds a few MB)
+
+    def __init__(self) -> None:
+        self.series: list = []
+        self.days: list = []
+        self.held = 0
+        self.folded: tuple = ()  # (series, first day, last day) arrays of the pairs folded so far
+
+    def add(self, series: object, days: object) -> None:
+        self.series.append(series)
+        self.days.append(days)
+        self.held += len(series)  # type: ignore[arg-type]
+        if self.held >= self.COMPACT_AT:
+            self.folded = self._fold()
+
+    def add_pairs(self, pairs: Iterable[tuple[int, int]]) -> None:
+        import numpy as np  # start-up time: only an index build needs numpy
+
+        got = np.array(list(pairs), dtype=np.int64).reshape(-1, 2)
+        self.add(got[:, 1], got[:, 0])
+
+    def _fold(self) -> tuple:
+        """Every pair so far, and the ranges folded before, as (series, first, last) arrays of merged ranges."""
+        import numpy as np  # start-up time: only an index build needs numpy
+
+        series = [s.astype(np.int64) for s in self.series]
+        firsts = [d.astype(np.int64) for d in self.days]
+        lasts = list(firsts)
+        if self.folded:
+            series.append(self.folded[0])
+            firsts.append(self.folded[1])
+            lasts.append(self.folded[2])
+        self.series, self.days, self.held = [], [], 0
+        if not series:
+            return ()
+        s, first, last = np.concatenate(series), np.concatenate(firsts), np.concatenate(lasts)
+        if not len(s):
+            return ()
+        order = np.lexsort((first, s))
+        s, first, last = s[order], first[order], last[order]
+        # Within a series (sorted by first day), a range starts a new run when it begins after every earlier one
+        # has ended (plus one day: adjacent ranges join). Offsetting by series keeps the running maximum per series.
+        offset = (s - s.min()) * (1 << 40)
+        reach = np.maximum.accumulate(last + offset) - offset
+        new = np.insert((s[1:] != s[:-1]) | (first[1:] > reach[:-1] + 1), 0, True)
+        start = np.flatnonzero(new)
+        end = np.append(start[1:], len(s)) - 1
+        return s[start], first[start], reach[end]
+
+    def ranges(self) -> dict[int, list[Range]]:
+        """Each series' days as (first, last) ranges of consecutive days."""
+        folded = self._fold() if self.series else self.folded
+        self.folded = ()
+        out: dict[int, list[Range]] = defaultdict(list)
+        if folded:
+            for sid, first, last in zip(*(column.tolist() for column in folded)):
+                out[sid].append((first, last))
+        return out
+
+
 BUSY_NOTICE = 2.0  # seconds of waiting for a held index before a line says so
 
 
@@ -359,13 +427,21 @@ class HistoryIndex:
         The chunks keep a million-row build to a few tens of MB: only keys, daily points and per-series facts
         are held, never the rows.
         """
-        batch = _Batch()
         rows = damaged = 0
-        for found, bad in csvio.read_observations(fh, start, end):
+        cover = _Coverage()
+        for block in csvio.read_columns(fh, start, end):
+            if isinstance(block, csvio.Columns):  # plain rows, parsed at C speed
+                self._write_columns(block, cover)
+                rows += len(block)
+                continue
+            found, bad = block
+            batch = _Batch()
             batch.add(found, self._series_ids({(o.coin_id, o.vs_currency) for o in found}))
+            self._write(batch, cover=cover)
             rows += len(found)
             damaged += bad
-        self._write(batch, bulk=bulk)
+        for sid, ranges in cover.ranges().items():
+            self._cover(sid, ranges, replace=bulk)
         self._mark_file(fh, rows, damaged)
         return rows
 
@@ -468,8 +544,59 @@ class HistoryIndex:
             batch.add(found, self._series_ids((o.coin_id, o.vs_currency) for o in found))
             self._write(batch)
 
-    def _write(self, batch: _Batch, *, bulk: bool = False) -> None:
-        """Write a batch (inside a transaction); bulk: into an index just reset, so nothing is held yet."""
+    def _write_columns(self, cols: csvio.Columns, cover: _Coverage) -> None:
+        """Write a block of observations given column by column (inside a transaction), as _write writes a batch:
+        every key, each (day, series)'s last observation (a later row wins a tie), the series' facts; the days go
+        to `cover`."""
+        import numpy as np  # start-up time: only an index build needs numpy
+
+        ids = self._series_ids(cols.pairs)
+        sid = np.array([ids[pair] for pair in cols.pairs], dtype=np.int64)[cols.pair]
+        ts = cols.ts_ms
+        self.db.executemany("INSERT OR IGNORE INTO obs (ts, series) VALUES (?, ?)", zip(ts.tolist(), sid.tolist()))
+        day = ts // DAY_MS
+        position = np.arange(len(ts))
+        order = np.lexsort((position, ts, sid, day))  # by day, series, time, then place in the file
+        d, s = day[order], sid[order]
+        last = order[np.flatnonzero(np.append((d[1:] != d[:-1]) | (s[1:] != s[:-1]), True))]
+        self.db.executemany(
+            "INSERT INTO daily (day, series, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (day, series) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
+            "rank = excluded.rank WHERE excluded.ts >= daily.ts",
+            zip(
+                day[last].tolist(),
+                sid[last].tolist(),
+                ts[last].tolist(),
+                _nullable(cols.price[last]),
+                _nullable(cols.cap[last]),
+                [None if r < 0 else r for r in cols.rank[last].tolist()],
+            ),
+        )
+        cover.add(sid[last], day[last])
+        by_series = np.lexsort((position, ts, sid))
+        s = sid[by_series]
+        starts = np.flatnonzero(np.insert(s[1:] != s[:-1], 0, True))
+        ends = np.append(starts[1:], len(s)) - 1
+        counts, lows, highs = ends - starts + 1, ts[by_series[starts]], ts[by_series[ends]]
+        self.db.executemany(
+            "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
+            "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
+            zip(counts.tolist(), lows.tolist(), lows.tolist(), highs.tolist(), highs.tolist(), s[starts].tolist()),
+        )
+        named = np.flatnonzero(np.asarray(cols.name.to_numpy(zero_copy_only=False), dtype=object) != "")
+        if len(named):
+            order = named[np.lexsort((named, ts[named], sid[named]))]
+            s = sid[order]
+            label = order[np.flatnonzero(np.append(s[1:] != s[:-1], True))]
+            names, symbols = cols.name.take(label).to_pylist(), cols.symbol.take(label).to_pylist()
+            self.db.executemany(
+                "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
+                [(n, y, t, i, t, n) for n, y, t, i in zip(names, symbols, ts[label].tolist(), sid[label].tolist())],
+            )
+
+    def _write(self, batch: _Batch, *, bulk: bool = False, cover: _Coverage | None = None) -> None:
+        """Write a batch (inside a transaction); bulk: into an index just reset, so nothing is held yet; with
+        `cover`, its days are gathered there for the caller to fold in once."""
         self.db.executemany("INSERT OR IGNORE INTO obs (ts, series) VALUES (?, ?)", zip(batch.times, batch.series))
         self.db.executemany(
             "INSERT INTO daily (day, series, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
@@ -486,14 +613,17 @@ class HistoryIndex:
             "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
             [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in batch.stats.items() if o.name],
         )
+        if cover is not None:
+            cover.add_pairs(batch.last_of_day)
+            return
         days_by_series: dict[int, set[int]] = defaultdict(set)
         for day, sid in batch.last_of_day:
             days_by_series[sid].add(day)
         for sid, days in days_by_series.items():
-            self._cover(sid, days, replace=bulk)
+            self._cover(sid, to_ranges(days), replace=bulk)
 
-    def _cover(self, sid: int, days: set[int], *, replace: bool = False) -> None:
-        """Fold days into the series' covered ranges, and take them out of its unavailable ranges."""
+    def _cover(self, sid: int, ranges: list[Range], *, replace: bool = False) -> None:
+        """Fold days (as ranges) into the series' covered ranges, and take them out of its unavailable ranges."""
         held = (
             []
             if replace
@@ -501,15 +631,15 @@ class HistoryIndex:
                 "SELECT first_day, last_day FROM covered WHERE series = ? ORDER BY first_day", (sid,)
             ).fetchall()
         )
-        if held and all(any(a <= d <= b for a, b in held) for d in days):
+        if held and all(any(a <= first and last <= b for a, b in held) for first, last in ranges):
             return
-        merged = _union(held, to_ranges(days))
+        merged = _union(held, ranges)
         self.db.execute("DELETE FROM covered WHERE series = ?", (sid,))
         self.db.executemany(
             "INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)", [(sid, a, b) for a, b in merged]
         )
         if self.db.execute("SELECT 1 FROM unavailable WHERE series = ? LIMIT 1", (sid,)).fetchone():
-            self._set_unavailable(sid, remove=days)
+            self._set_unavailable(sid, remove=[d for a, b in ranges for d in range(a, b + 1)])
 
     def _set_unavailable(
         self, sid: int, add: Iterable[int] = (), remove: Iterable[int] = (), checked_ms: int = 0
@@ -669,7 +799,9 @@ class HistoryIndex:
             (sid, ts_ms // DAY_MS, ts_ms),
         ).fetchone()
 
-    def latest(self, vs_currency: str) -> list[tuple[str, int, float | None, float | None, int | None]]:
+    def latest(
+        self, vs_currency: str, coins: Sequence[str] | None = None
+    ) -> list[tuple[str, int, float | None, float | None, int | None]]:
         """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report).
 
         A backfilled point has no rank: the newest rank of the 30 days before stands in (a bounded range of
@@ -679,8 +811,9 @@ class HistoryIndex:
             "WHERE r.day BETWEEN d.day - 30 AND d.day AND r.series = s.id AND r.rank IS NOT NULL "
             "ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
             "AND d.day = s.last_ms / 86400000 WHERE s.vs_currency = ? AND s.rows > 0 "  # one key lookup per coin
-            "ORDER BY s.coin_id",
-            (vs_currency,),
+            + (f"AND s.coin_id IN ({','.join('?' * len(coins))}) " if coins is not None else "")
+            + "ORDER BY s.coin_id",
+            (vs_currency, *(coins or ())),
         ).fetchall()
 
     def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
@@ -698,22 +831,87 @@ class HistoryIndex:
             sid = self._ids[(coin_id, vs_currency)] = row[0]
         return sid
 
-    def daily_points(self, vs_currency: str, first_day: int | None = None, last_day: int | None = None) -> DailyPoints:
-        """The last observation of each UTC day of every coin in one currency, within the days given."""
+    def coin_count(self, vs_currency: str) -> int:
+        """How many coins the history holds in one currency."""
+        return self.db.execute(
+            "SELECT count(*) FROM series WHERE vs_currency = ? AND rows > 0", (vs_currency,)
+        ).fetchone()[0]
+
+    def leaders(self, vs_currency: str, top: int, movers: int = 0) -> tuple[list[str], list[str]]:
+        """The `top` coins by market cap on the currency's newest day, and the `movers` coins outside them whose
+        price moved most (either way) from the day before: what a chart or table of a large history shows.
+
+        Reads the newest day's points and the day before's (two ranges of the (day, series) key), not the history."""
+        newest = self.db.execute("SELECT max(last_ms) FROM series WHERE vs_currency = ?", (vs_currency,)).fetchone()[0]
+        if newest is None:
+            return [], []
+        day = newest // DAY_MS
+        rows = self.db.execute(
+            "SELECT s.coin_id, d.cap, d.price, (SELECT p.price FROM daily p WHERE p.day = d.day - 1 "
+            "AND p.series = d.series) FROM daily d JOIN series s ON s.id = d.series "
+            "WHERE d.day = ? AND s.vs_currency = ?",
+            (day, vs_currency),
+        ).fetchall()
+        by_cap = sorted(rows, key=lambda r: (r[1] is None, -(r[1] or 0.0), r[0]))
+        chosen = [r[0] for r in by_cap[:top]]
+        taken = set(chosen)
+        moves = sorted(
+            (
+                (abs(price / before - 1), coin_id)
+                for coin_id, _, price, before in rows
+                if coin_id not in taken and price is not None and before
+            ),
+            reverse=True,
+        )
+        return chosen, [coin_id for _, coin_id in moves[:movers]]
+
+    def daily_points(
+        self,
+        vs_currency: str,
+        first_day: int | None = None,
+        last_day: int | None = None,
+        coins: Sequence[str] | None = None,
+    ) -> DailyPoints:
+        """The last observation of each UTC day of every coin in one currency (or of `coins`), within the days given.
+
+        For a few coins of a large history, one key lookup per coin and day instead of a pass over every day."""
         labels = self.db.execute(
             "SELECT id, coin_id, name, symbol FROM series WHERE vs_currency = ? AND rows > 0 ORDER BY coin_id",
             (vs_currency,),
         ).fetchall()
+        if coins is not None:
+            wanted = set(coins)
+            labels = [label for label in labels if label[1] in wanted]
         position = {sid: i for i, (sid, _, _, _) in enumerate(labels)}
         lo = first_day if first_day is not None else -(10**9)
         hi = last_day if last_day is not None else 10**9
         # The table is keyed (day, series) so that appends stay at its end; a stable sort by series keeps each
         # series' days in order, and is cheaper than SQLite's ORDER BY through a temporary b-tree.
-        rows = self.db.execute(
-            "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
-            "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.day",
-            (vs_currency, lo, hi),
-        ).fetchall()
+        if coins is not None:
+            span = (
+                self.db.execute(
+                    f"SELECT min(first_ms), max(last_ms) FROM series WHERE id IN ({','.join('?' * len(position))})",
+                    list(position),
+                ).fetchone()
+                if position
+                else (None, None)
+            )
+            if span[0] is None:
+                rows = []
+            else:
+                lo, hi = max(lo, span[0] // DAY_MS), min(hi, span[1] // DAY_MS)
+                rows = self.db.execute(
+                    "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day + 1 FROM days WHERE day < ?) "
+                    "SELECT d.series, d.ts, d.price, d.cap FROM days JOIN daily d ON d.day = days.day "
+                    f"AND d.series IN ({','.join('?' * len(position))}) ORDER BY d.day",
+                    (lo, hi, *position),
+                ).fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
+                "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.day",
+                (vs_currency, lo, hi),
+            ).fetchall()
         rows.sort(key=itemgetter(0))
         sids, ts, price, cap = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
         series = [position[sid] for sid in sids]

@@ -213,6 +213,7 @@ class S3Storage(Storage):
         self.bucket, self.prefix = split_s3_url(url)
         self.location = url.rstrip("/")
         if client is None:
+            # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
             import boto3  # only for s3:// locations
 
             client = boto3.client("s3")
@@ -473,20 +474,29 @@ class DeltaStorage(Storage):
         # The CSV store's lock: one writer of the index (and, locally, of the table) at a time on this machine.
         self.guard = HistoryStore(self.layout, lock_timeout, rules, should_stop)
         self.converted: int | None = None  # rows converted from crypto_data.csv by this process, if any
+        self.checked = False
 
     @property
     def csv_display(self) -> str:
         return self.history.uri
 
     def check(self) -> None:
-        if isinstance(self.files, S3Storage):
-            check_bucket(self.files)
-        else:
-            refuse_foreign_folder(self.layout.table)
+        self._reachable()
         if self.history.table() is None and self.files.has_history():
             self._legacy_or_foreign()
 
+    def _reachable(self) -> None:
+        """The bucket, credentials and endpoint (S3), and the table's folder, checked once: one clear line each."""
+        if self.checked:
+            return
+        if isinstance(self.files, S3Storage):
+            check_bucket(self.files)
+        else:
+            refuse_foreign_folder(self.files.layout.table)
+        self.checked = True
+
     def has_history(self) -> bool:
+        self._reachable()
         return self.history.table() is not None or self.files.has_history()
 
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
@@ -547,7 +557,10 @@ class DeltaStorage(Storage):
         else:
             s3 = self.files
             source = s3.csv_display
-            opener = lambda: s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]  # noqa: E731
+
+            def opener() -> Any:
+                return s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]
+
         report = convert_csv(self.history, source, opener=opener)
         self.converted = report.rows
         log.warning(
@@ -570,11 +583,9 @@ class DeltaStorage(Storage):
         checked: datetime | None = None,
     ) -> tuple[int, int, int, list[Finding]]:
         """(inserted, duplicates, rows, new findings): one key merge, the index caught up, findings published."""
+        self._reachable()
         with self.guard.locked():
-            try:
-                self._convert_if_needed()
-            except (LoadError, ConfigError):
-                raise
+            self._convert_if_needed()
             with self._synced_index() as index:
                 fresh, _ = new_records(records, index.has)
                 try:
@@ -597,7 +608,6 @@ class DeltaStorage(Storage):
         return inserted, len(records) - inserted, rows, found
 
     def _publish_package(self) -> None:
-
         try:
             data = package_bytes(self.layout, "delta")
             if isinstance(self.files, LocalStorage):
@@ -659,6 +669,7 @@ class DeltaStorage(Storage):
 
     @contextlib.contextmanager
     def index(self) -> Iterator[HistoryIndex]:
+        self._reachable()
         if self.history.table() is None:
             if self.files.has_history():
                 self._legacy_or_foreign()
