@@ -81,9 +81,9 @@ def check_run(
     settings: Settings, coins: tuple[str, ...] | None = None, seeding: Callable[[], bool] = lambda: False
 ) -> None:
     """Before a run's first request: its estimate against the month's credits; --top-backfill's cost said."""
-    if settings.credits is None:
-        return
-    calls, backfill, seed = run_estimate(settings, coins, seeding())
+    if settings.credits is None and not (settings.top_backfill and settings.top):
+        return  # no monthly limit, and no --top-backfill whose cost is worth saying
+    calls, backfill, seed = run_estimate(settings, coins, seeding() if settings.credits is not None else False)
     if backfill:
         log.warning(
             "--top-backfill with --top %s: about %s more calls to heal the coins entering the top back to "

@@ -410,3 +410,12 @@ class LargeHistoryViews(PipelineTestCase):
             any("The history holds 260 coins in usd; the table shows the 100 largest" in n for n in data.notes),
             data.notes,
         )
+
+
+class TopBackfillCostOnThePublicPlan(PipelineTestCase):
+    def test_the_cost_is_said_even_without_a_monthly_limit(self) -> None:
+        self.fake.universe(300)
+        env = {k: v for k, v in self.env.items() if k != "PIPELINE_COINS"}
+        self.assertEqual(self.run_main("--top", "10", env=env).code, 0)
+        result = self.run_main("--top", "all", "--top-backfill", env=env)
+        self.assertIn("--top-backfill with --top all: about 16,990 more calls to heal", result.stderr)
