@@ -419,3 +419,13 @@ class TopBackfillCostOnThePublicPlan(PipelineTestCase):
         self.assertEqual(self.run_main("--top", "10", env=env).code, 0)
         result = self.run_main("--top", "all", "--top-backfill", env=env)
         self.assertIn("--top-backfill with --top all: about 16,990 more calls to heal", result.stderr)
+
+    def test_a_run_of_more_than_ten_pages_shows_its_progress(self) -> None:
+        self.fake.universe(2600)
+        env = {k: v for k, v in self.env.items() if k != "PIPELINE_COINS"}
+        result = self.run_main("--top", "all", env=env)
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(self.fake.market_pages(), list(range(1, 12)))
+        self.assertIn("top in eur: page 10 of at most 80", result.stderr)
+        quiet = self.run_main("--top", "500", env=env)  # two pages: nothing to show
+        self.assertNotIn("page ", quiet.stderr)
