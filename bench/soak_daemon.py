@@ -46,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from flows.run import run_pipeline  # noqa: E402
+from lambdas.wiring import make_client  # noqa: E402
 from tests.fake_coingecko import (  # noqa: E402
     DEFAULT_COINS_FIXTURE,
     FakeCoinGecko,
@@ -57,7 +58,6 @@ from tests.fake_coingecko import (  # noqa: E402
     parse_iso,
 )
 from tests.test_daemon import FakeClock  # noqa: E402  (the same clock the daemon's tests use)
-from utils.clients import make_client  # noqa: E402
 from utils.daemon import Daemon, DaemonLock, StatusFile, resolve_zone  # noqa: E402
 from utils.history.locations import prepare_data_dir  # noqa: E402
 from utils.settings import build_settings  # noqa: E402

@@ -18,7 +18,7 @@ from flows.budget import enforce
 from flows.views import draw_charts, publish_report
 from flows.wiring import Console
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
-from utils.clients import make_client
+from lambdas.wiring import make_client, storage_for
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
 from utils.daemon import StatusFile, iso
@@ -27,7 +27,7 @@ from utils.history.csv_store import MergeReport
 from utils.history.files import ensure_dir, failure_text, read_json, write_json_atomic
 from utils.history.index import day_number, day_of
 from utils.history.layout import display_path
-from utils.history.locations import Storage, storage_for
+from utils.history.locations import Storage
 from utils.history.quality import summary_line
 from utils.history.schema import Record
 from utils.history.tracking import TopMembers

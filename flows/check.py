@@ -12,10 +12,9 @@ from flows.budget import usage
 from flows.diagnose import LastSeen, id_hint, last_seen, stale_notes, successor_note
 from flows.wiring import Console
 from lambdas.lambda_2_transform import transform
-from utils.clients import make_client
+from lambdas.wiring import make_client, storage_for
 from utils.coingecko.client import KEY_HEADERS, CoinGeckoClient
 from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError, PipelineError
-from utils.history.locations import storage_for
 from utils.history.schema import Snapshot
 from utils.history.tracking import SearchMemory, TopMembers
 from utils.settings import Settings

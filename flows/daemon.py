@@ -11,7 +11,7 @@ from flows.budget import warn_once
 from flows.notify import after_failure, after_result, notice
 from flows.run import run_pipeline
 from flows.wiring import Console
-from utils.clients import make_client
+from lambdas.wiring import make_client
 from utils.coingecko.client import RateLimiter, make_limiter
 from utils.coingecko.plans import top_label
 from utils.daemon import Daemon, DaemonLock, Job, Outcome, StatusFile, resolve_zone

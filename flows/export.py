@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from flows.wiring import Console
+from lambdas.wiring import storage_for
 from utils.errors import EXIT_OK, ConfigError, LoadError
 from utils.history.delta_table import MONTH, arrow_schema, csv_tables, rows_of
 from utils.history.files import describe_os_error, fsync_dir
 from utils.history.layout import CSV_NAME, display_path
-from utils.history.locations import DeltaStorage, LocalStorage, S3Storage, Storage, storage_for
+from utils.history.locations import DeltaStorage, LocalStorage, S3Storage, Storage
 from utils.history.schema import HEADER_LINE
 from utils.settings import Settings
 from utils.words import count

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from flows.wiring import Console
+from lambdas.wiring import storage_for
 from utils.errors import EXIT_OK
 from utils.history.layout import display_path
-from utils.history.locations import storage_for
 from utils.settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -16,7 +16,8 @@ log = logging.getLogger("pipeline")
 def plot_command(settings: Settings, console: Console) -> int:
     """Draw the price, market-cap and performance charts; print where each went."""
     from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
-    from utils.charts.render import NoHistory, chart_options
+    from lambdas.wiring import chart_options
+    from utils.charts.render import NoHistory
 
     if settings.data_url is None and not settings.data_dir.exists():
         raise NoHistory(

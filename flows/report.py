@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 
 from flows.views import FINDING_DAYS, write_report
 from flows.wiring import Console
+from lambdas.wiring import storage_for
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.layout import display_path
-from utils.history.locations import storage_for
 from utils.history.quality import RULE_WORDS, QualityLog
 from utils.settings import Settings
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from flows.notify import after_failure, after_result
 from flows.run_once import RunOnce, RunResult, utc_now
 from flows.wiring import Console
-from utils.clients import make_client
+from lambdas.wiring import make_client
 from utils.coingecko.client import CoinGeckoClient
 from utils.daemon import Outcome, StatusFile
 from utils.errors import ConfigError, PipelineError

@@ -22,6 +22,7 @@ from flows.views import draw_charts, publish_report
 from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, incomplete, rejection_lines, transform
 from lambdas.lambda_3_load import load, record_membership
+from lambdas.wiring import storage_for
 from utils.coingecko.client import CoinGeckoClient, Offline
 from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
@@ -29,7 +30,6 @@ from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, Pipelin
 from utils.history.csv_store import LoadReport
 from utils.history.files import failure_text
 from utils.history.layout import display_path
-from utils.history.locations import storage_for
 from utils.history.quality import Finding, summary_line
 from utils.history.schema import Record, Snapshot
 from utils.history.tracking import SearchMemory, TopMembers, shared_members, spell_ranges

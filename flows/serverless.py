@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flows.views import draw_charts, write_report
-from utils.history.locations import storage_for
+from lambdas.wiring import storage_for
 from utils.words import count
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def run_outcome(event: dict[str, Any], finished_at: datetime) -> dict[str, Any]:
 def views_handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: draw every currency's charts from the history and write report.html beside it."""
     # Lambda handler: the AWS helpers load in the function, never for the command line
-    from utils.aws import lambda_settings, setup_lambda_logging
+    from utils.aws import setup_lambda_logging
+    from utils.settings import lambda_settings
 
     setup_lambda_logging()
     event = dict(event or {})

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from flows.wiring import Console
+from lambdas.wiring import storage_for
 from utils.coingecko.plans import UNIVERSE_CAP, top_label
 from utils.daemon import StatusFile
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.index import day_number
 from utils.history.layout import display_path
-from utils.history.locations import storage_for
 from utils.history.tracking import TopMembers
 from utils.options import command_default
 from utils.settings import Settings

@@ -10,13 +10,14 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from lambdas.wiring import storage_for
 from utils.daemon import StatusFile
 from utils.errors import LoadError
 from utils.history.csvio import DAY_MS
 from utils.history.files import atomic_write_bytes, describe_os_error
 from utils.history.index import HistoryIndex, day_of
 from utils.history.layout import CHART_NAMES, display_path
-from utils.history.locations import Storage, storage_for
+from utils.history.locations import Storage
 from utils.history.quality import RULE_WORDS, QualityLog
 from utils.options import command_default
 from utils.settings import Settings
@@ -29,7 +30,7 @@ def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], 
     """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
         from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
-        from utils.charts.render import chart_options
+        from lambdas.wiring import chart_options
 
         return charts(storage, chart_options(settings), every_currency=True)[0], None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them

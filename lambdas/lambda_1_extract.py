@@ -186,11 +186,11 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     the load, which records them beside the table.
     """
     # Lambda handler: the AWS helpers load in the function, never for the command line
-    from utils.aws import lambda_settings, setup_lambda_logging
-    from utils.clients import make_client
+    from lambdas.wiring import make_client, storage_for
+    from utils.aws import setup_lambda_logging
     from utils.errors import AuthError
-    from utils.history.locations import storage_for
     from utils.history.tracking import shared_members
+    from utils.settings import lambda_settings
 
     setup_lambda_logging()
     settings = lambda_settings(event)

@@ -274,9 +274,10 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     # Lambda handler: the AWS helpers load in the function, never for the command line
     from dataclasses import asdict
 
-    from utils.aws import gunzip_json, gzip_json, lambda_settings, read_object, setup_lambda_logging, write_object
+    from utils.aws import gunzip_json, gzip_json, read_object, setup_lambda_logging, write_object
     from utils.history.layout import RAW, RECORDS
     from utils.history.schema import snapshot_from_payload
+    from utils.settings import lambda_settings
 
     setup_lambda_logging()
     settings = lambda_settings(event)
@@ -287,10 +288,10 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     for raw_key in raw_keys:
         if not raw_key.startswith(f"{RAW}/") or ".." in raw_key:
             raise ValueError(f"raw_key {raw_key!r} is not under {RAW}/")
-        snapshot = snapshot_from_payload(gunzip_json(read_object(settings, raw_key)))
+        snapshot = snapshot_from_payload(gunzip_json(read_object(settings.location, raw_key)))
         result = transform(snapshot)
         records_key = f"{RECORDS}/" + raw_key[len(RAW) + 1 :].replace(".json.gz", ".records.json.gz")
-        write_object(settings, records_key, gzip_json([asdict(r) for r in result.records]))
+        write_object(settings.location, records_key, gzip_json([asdict(r) for r in result.records]))
         records_keys.append(records_key)
         rejected.extend(incomplete(snapshot, result))
         stored += len(result.records)

@@ -74,10 +74,11 @@ def record_membership(
 def handler(event: dict, context: object) -> dict:
     """AWS Lambda: merge the records the transform stored into the history; record each currency's top N."""
     # Lambda handler: the AWS helpers load in the function, never for the command line
-    from utils.aws import gunzip_json, lambda_settings, setup_lambda_logging
+    from lambdas.wiring import storage_for
+    from utils.aws import gunzip_json, setup_lambda_logging
     from utils.errors import ExtractError
     from utils.history.layout import RECORDS
-    from utils.history.locations import storage_for
+    from utils.settings import lambda_settings
 
     setup_lambda_logging()
     settings = lambda_settings(event)

@@ -35,9 +35,9 @@ def charts(
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: render the three PNGs of each currency from the CSV in the bucket and upload them."""
     # Lambda handler: the AWS helpers load in the function, never for the command line
-    from utils.aws import lambda_settings, setup_lambda_logging
-    from utils.charts.render import chart_options
-    from utils.history.locations import storage_for
+    from lambdas.wiring import chart_options, storage_for
+    from utils.aws import setup_lambda_logging
+    from utils.settings import lambda_settings
 
     setup_lambda_logging()
     settings = lambda_settings(event)

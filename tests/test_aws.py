@@ -26,6 +26,7 @@ from utils import aws
 from utils.history.layout import TABLE_NAME
 from utils.history.locations import S3Storage
 from utils.history.schema import HEADER_LINE, Record
+from utils.settings import lambda_settings
 
 BUCKET = "crypto-history-test"
 SECRET = "CG-AWS-SECRET-0123456789"
@@ -346,7 +347,7 @@ class TemplateWiring(unittest.TestCase):
         }
         self.assertLessEqual(set(env), set(variables))
         env["COINGECKO_API_KEY"] = "CG-from-ssm"  # what lambda_settings puts there from the SSM parameter
-        settings = aws.lambda_settings({}, env=env)
+        settings = lambda_settings({}, env=env)
         self.assertEqual(settings.data_url, "s3://bucket/history")
         self.assertEqual(settings.coins, tuple(self.parameter_default("Coins").split(",")))
         self.assertEqual(settings.vs_currencies, ("eur", "usd"))

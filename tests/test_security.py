@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from unittest import mock
 
+from lambdas.wiring import make_client
 from tests.fake_coingecko import (
     DEFAULT_COINS_FIXTURE,
     FakeCoinGecko,
@@ -25,7 +26,6 @@ from tests.fake_coingecko import (
     markets_rows,
 )
 from tests.support import FIXTURE_IDS, CliResult, PipelineTestCase
-from utils.clients import make_client
 from utils.coingecko.client import PRO_URL, PUBLIC_URL, CoinGeckoClient
 from utils.settings import build_settings
 

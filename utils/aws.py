@@ -1,4 +1,4 @@
-"""What the Lambda handlers share: settings from the environment and the event, the API key from SSM or Secrets Manager.
+"""What the Lambda handlers share: the API key from SSM or Secrets Manager, S3 objects, AWS errors in one line.
 
 boto3 is imported inside the functions: the local command line never needs it.
 """
@@ -8,15 +8,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from utils.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from utils.history.layout import split_s3_url
-from utils.options import EVENT_OPTIONS
 from utils.redact import RedactFilter
-from utils.settings import Settings, build_settings
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +47,6 @@ def api_key_from_aws(env: Mapping[str, str]) -> str | None:
         ) from None
     _key_cache[source] = value.strip()
     return _key_cache[source]
-
-
-def lambda_settings(
-    event: Mapping[str, Any] | None, command: str = "run", env: Mapping[str, str] | None = None
-) -> Settings:
-    """Settings for a handler: the function's environment, overridden by the event's options."""
-    env = dict(os.environ if env is None else env)
-    key = api_key_from_aws(env)
-    if key:
-        env["COINGECKO_API_KEY"] = key
-    flags = {name: (event or {}).get(name) for name in EVENT_OPTIONS}
-    if isinstance(flags["coins"], list):
-        flags["coins"] = ",".join(map(str, flags["coins"]))
-    return build_settings(command, flags, env)
 
 
 def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
@@ -101,13 +84,13 @@ def setup_lambda_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def read_object(settings: Settings, rel: str) -> bytes | None:
+def read_object(location: str, rel: str) -> bytes | None:
     """An object under the function's s3:// data location, or None when it does not exist."""
     # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     import boto3
     from botocore.exceptions import ClientError
 
-    bucket, prefix = split_s3_url(settings.location)
+    bucket, prefix = split_s3_url(location)
     try:
         return boto3.client("s3").get_object(Bucket=bucket, Key=prefix + rel)["Body"].read()
     except ClientError as exc:
@@ -119,12 +102,12 @@ def read_object(settings: Settings, rel: str) -> bytes | None:
         ) from None
 
 
-def write_object(settings: Settings, rel: str, data: bytes) -> None:
+def write_object(location: str, rel: str, data: bytes) -> None:
     """Store an object under the function's s3:// data location."""
     # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     import boto3
 
-    bucket, prefix = split_s3_url(settings.location)
+    bucket, prefix = split_s3_url(location)
     boto3.client("s3").put_object(Bucket=bucket, Key=prefix + rel, Body=data)
 
 

@@ -1,6 +1,6 @@
 """The one table of options: each declared once, with its flag, parser, default, environment variable, config-file
 key, the commands that take it and its help. The command line (main.py), the config file and the environment
-(utils/settings.py), the Lambda events (utils/aws.py) and the README's option table (tests/test_readme.py) all
+(utils/settings.py), the Lambda events (lambda_settings in utils/settings.py) and the README's option table (tests/test_readme.py) all
 read this table.
 """
 

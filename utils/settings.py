@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shlex
 import tempfile
 import tomllib
@@ -12,12 +13,14 @@ from datetime import date, time
 from pathlib import Path
 from typing import Any
 
+from utils.aws import api_key_from_aws
 from utils.coingecko.plans import DEFAULT_MAX_RESPONSE_MB, PLAN_CREDITS, default_base_url
 from utils.errors import ConfigError
 from utils.history.layout import DataLayout, log_file_conflict, split_s3_url
 from utils.options import (
     CONFIG_KEYS,
     DEFAULT_COINS,  # noqa: F401 - re-exported: tests and scripts name it from utils.settings
+    EVENT_OPTIONS,
     OPTIONS,
     SETTINGS_OPTIONS,
     _parse_bool,
@@ -216,3 +219,17 @@ def check_log_file(settings: Settings) -> None:
             f"the charts, quality.csv, the report...); the log never writes into them: choose another "
             f"path, e.g. {settings.data_dir / 'pipeline.log'}"
         )
+
+
+def lambda_settings(
+    event: Mapping[str, Any] | None, command: str = "run", env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings for a handler: the function's environment, overridden by the event's options."""
+    env = dict(os.environ if env is None else env)
+    key = api_key_from_aws(env)
+    if key:
+        env["COINGECKO_API_KEY"] = key
+    flags = {name: (event or {}).get(name) for name in EVENT_OPTIONS}
+    if isinstance(flags["coins"], list):
+        flags["coins"] = ",".join(map(str, flags["coins"]))
+    return build_settings(command, flags, env)

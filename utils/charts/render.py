@@ -40,11 +40,9 @@ from utils.history.index import DailyPoints, HistoryIndex
 from utils.history.layout import (
     DataLayout,
     chart_names,
-    primary_currency,
     suffixed_chart_names,
 )
 from utils.history.schema import DRAWABLE_RANGE, drawable
-from utils.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -1025,17 +1023,3 @@ def _write_atomically(out_dir: Path, drawings: list[tuple[str, Callable[[], Figu
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
     return tuple(final for _, final in written)
-
-
-def chart_options(settings: Settings) -> ChartOptions:
-    """Chart options from the settings."""
-    primary = primary_currency(settings.vs_currency)
-    return ChartOptions(
-        vs_currency=primary,
-        coins=settings.plot_coins,
-        since=settings.since,
-        until=settings.until,
-        days=settings.days,
-        scale=settings.scale,
-        primary=primary,
-    )

@@ -46,7 +46,6 @@ from utils.history.index import HistoryIndex
 from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, split_s3_url
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
-from utils.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -785,38 +784,3 @@ def prepare_data_dir(data_dir: Path) -> None:
         data_dir.mkdir(exist_ok=True)  # another process may create it at the same moment
     except OSError as exc:
         raise ConfigError(describe_os_error(exc, data_dir, "create the data folder")) from None
-
-
-def table_format_of(settings: Settings) -> str:
-    """--table-format, or its default: delta for an s3:// location, csv for a local folder."""
-    return settings.table_format or ("delta" if settings.data_url else "csv")
-
-
-def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = None, *, create: bool = True) -> Storage:
-    """The storage behind --data-dir, checked before any request; should_stop ends a wait for the lock.
-
-    create=False for commands that only read: a mistyped --data-dir is left uncreated."""
-    rules = QualityRules(settings.spike_threshold)
-    if settings.data_url:
-        s3 = S3Storage(settings.data_url, scratch=settings.data_dir)
-        if table_format_of(settings) == "csv":
-            return s3
-        history = DeltaHistory(f"{settings.data_url}/{TABLE_NAME}", s3_storage_options())
-        return DeltaStorage(
-            s3, history, settings.data_dir, lock_timeout=settings.lock_timeout, rules=rules, should_stop=should_stop
-        )
-    if create:
-        prepare_data_dir(settings.data_dir)
-    else:
-        refuse_file_as_data_dir(settings.data_dir)
-    local = LocalStorage(settings.data_dir, settings.lock_timeout, rules, should_stop)
-    if table_format_of(settings) == "csv":
-        return local
-    return DeltaStorage(
-        local,
-        DeltaHistory(str(local.layout.table)),
-        settings.data_dir,
-        lock_timeout=settings.lock_timeout,
-        rules=rules,
-        should_stop=should_stop,
-    )
