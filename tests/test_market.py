@@ -385,8 +385,8 @@ class LargeHistoryViews(PipelineTestCase):
     """Charts and the report of a history with many coins show the leaders and the day's movers, and say so."""
 
     def test_charts_show_the_ten_largest_and_the_days_movers(self) -> None:
+        from lambdas.wiring import storage_for
         from utils.charts.render import ChartOptions, chart_drawings
-        from utils.history.locations import storage_for
 
         write_history(self.csv_path, 80, 5, DAY1, jumper=50)
         settings = build_settings("plot", {"vs_currency": "usd"}, self.env)
