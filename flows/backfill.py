@@ -574,10 +574,11 @@ def seed(
     if not days or not coins:
         return 0, (), ()
     log.info(
-        "a new history: filling the last %s of %s%s (--seed-days %d; 0 turns it off)",
+        "a new history: filling the last %s of %s%s, about %s at the rate limit (--seed-days %d; 0 turns it off)",
         count(len(days), "day"),
         count(len(coins), "coin"),
         f" in {vs_currency}" if len(settings.vs_currencies) > 1 else "",
+        _duration(client.limiter.time_for(len(coins))),
         settings.seed_days,
     )
     progress = Progress(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from flows.views import view_options
 from flows.wiring import Console
 from lambdas.wiring import storage_for
 from utils.errors import EXIT_OK
@@ -16,7 +17,6 @@ log = logging.getLogger("pipeline")
 def plot_command(settings: Settings, console: Console) -> int:
     """Draw the price, market-cap and performance charts; print where each went."""
     from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
-    from lambdas.wiring import chart_options
     from utils.charts.render import NoHistory
 
     if settings.data_url is None and not settings.data_dir.exists():
@@ -27,7 +27,8 @@ def plot_command(settings: Settings, console: Console) -> int:
     storage = storage_for(settings, create=False)
     if settings.data_url is None and not storage.has_history():
         raise NoHistory(f"no history yet at {display_path(storage.csv_display)}: run `{settings.run_hint}` first")
-    published, (report,) = charts(storage, chart_options(settings))
+    # The currency's own file names (the last run's first currency keeps the plain ones), the coins tracked now.
+    published, (report,) = charts(storage, view_options(settings))
     for where in published:
         console.out(display_path(where))
     log.info(

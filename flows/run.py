@@ -45,7 +45,11 @@ def record_tracked(settings: Settings, result: RunResult) -> RunResult:
     """Note in status.json how many coins a whole run tracked, so `status` counts them from what ran."""
     if settings.data_url is None:
         not_written = StatusFile(settings.layout.status).update(
-            tracked_coins=len(result.requested), tracked_currencies=list(settings.vs_currencies)
+            tracked_coins=len(result.requested),
+            tracked_currencies=list(settings.vs_currencies),
+            # The selection itself, so the charts, the report and `status` follow what the user asked for last.
+            tracked_ids=list(settings.coins),
+            tracked_top=settings.top or 0,
         )
         if not_written:
             return dataclasses.replace(result, unwritten=(*result.unwritten, not_written))

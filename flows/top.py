@@ -55,13 +55,12 @@ def print_top(settings: Settings, out: Callable[[str], None] = print) -> int:
 def describe_tracking(settings: Settings, now: datetime, out: Callable[[str], None]) -> None:
     """How many coins a run tracks, and for the top N of each currency how many entered or left in 30 days."""
     members = TopMembers(settings.layout.top_members)
-    if not members.currencies:
-        status = StatusFile(
-            settings.layout.status
-        ).read()  # what the last whole run fetched, not this command's --coins
+    status = StatusFile(settings.layout.status).read()  # what the last whole run fetched, not this command's --coins
+    # The most recent run decides: after a one-off --top, a run without it tracks its --coins again.
+    if not members.currencies or status.get("tracked_top") == 0:
         if status.get("tracked_coins"):
             currencies = status.get("tracked_currencies") or [settings.vs_currency]
-            out(f"tracked:      {status['tracked_coins']} coins in {', '.join(currencies)}")
+            out(f"tracked:      {count(status['tracked_coins'], 'coin')} in {', '.join(currencies)}")
         return
     for currency in sorted(members.currencies):
         inside = members.members(currency)

@@ -7,32 +7,65 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lambdas.wiring import storage_for
 from utils.daemon import StatusFile
 from utils.errors import LoadError
 from utils.history.csvio import DAY_MS
 from utils.history.files import atomic_write_bytes, describe_os_error
-from utils.history.index import HistoryIndex, day_of
+from utils.history.index import HistoryIndex, day_number, day_of
 from utils.history.layout import CHART_NAMES, display_path
 from utils.history.locations import Storage
 from utils.history.quality import RULE_WORDS, QualityLog
+from utils.history.tracking import TopMembers
 from utils.options import command_default
 from utils.settings import Settings
 from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
 
+if TYPE_CHECKING:  # matplotlib loads only when charts are drawn
+    from utils.charts.render import ChartOptions
+
 log = logging.getLogger(__name__)
+
+
+def tracked_selection(settings: Settings) -> tuple[tuple[str, ...], frozenset[str] | None]:
+    """The currencies and coins the most recent run or daemon tracked (status.json), for the views.
+
+    (currencies, coins): the first currency keeps the plain chart names; coins None when no run recorded its
+    selection (every coin of the history is shown then). A top-N run's coins are its members now, plus --coins.
+    """
+    status = StatusFile(settings.layout.status).read() if settings.data_url is None else {}
+    currencies = tuple(status.get("tracked_currencies") or ()) or settings.vs_currencies
+    if "tracked_ids" not in status:
+        return currencies, None
+    coins = set(status["tracked_ids"])
+    top = status.get("tracked_top") or 0
+    if top:
+        members = TopMembers(settings.layout.top_members)
+        for currency in currencies:
+            coins.update(members.members(currency)[:top])
+    return currencies, frozenset(coins)
+
+
+def view_options(settings: Settings) -> ChartOptions:
+    """Chart options from the settings and the last run's selection: a currency's charts keep their names
+    whatever command draws them, and the coins drawn are the ones tracked now (unless --plot-coins)."""
+    from lambdas.wiring import chart_options
+
+    currencies, coins = tracked_selection(settings)
+    options = chart_options(settings)
+    return replace(options, primary=currencies[0], tracked=coins)
 
 
 def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
     """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
         from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
-        from lambdas.wiring import chart_options
 
-        return charts(storage, chart_options(settings), every_currency=True)[0], None
+        return charts(storage, view_options(settings), every_currency=True)[0], None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
         log.debug("chart failure", exc_info=True)
         return (), str(exc) or type(exc).__name__
@@ -78,7 +111,8 @@ def coin_rows(
             return price / then - 1 if price is not None and then else None
 
         missing = info.missing_count(today.date())
-        present = sum(b - a + 1 for a, b in info.covered)
+        yesterday = day_number(today.date()) - 1  # "to yesterday": today's 00:00 point is not counted
+        present = sum(min(b, yesterday) - a + 1 for a, b in info.covered if a <= yesterday)
         out.append(
             CoinRow(
                 coin_id,
@@ -144,8 +178,21 @@ def build_report(
             shown = top + movers
         coins = coin_rows(index, vs, now, Counter(f.coin_id for f in in_currency), shown)
         rows = index.rows
-    charts = [Chart(CHART_TITLES[path.name], png_data_uri(path)) for path in layout.charts if path.is_file()]
+    tracked_currencies, tracked = tracked_selection(settings)
+    every = len(coins)
+    if tracked is not None and any(c.coin_id in tracked for c in coins):  # the tables follow the charts' rule
+        coins = [c for c in coins if c.coin_id in tracked]
+    charts = [
+        Chart(CHART_TITLES[name], png_data_uri(path))
+        for name, path in zip(CHART_NAMES, layout.charts_of(vs, tracked_currencies[0]))
+        if path.is_file()
+    ]
     notes = []
+    if every > len(coins):
+        notes.append(
+            f"This page shows the {len(coins)} coins the last run tracked; the history holds {every - len(coins)} "
+            "more from earlier runs (kept in the CSV; `python main.py plot --plot-coins ID,ID` charts any of them)."
+        )
     if len(currencies) > 1:
         notes.append(
             f"The history also holds {', '.join(c for c in currencies if c != vs)}; this page shows {vs} "

@@ -460,3 +460,101 @@ class ConfigFileFolder(PipelineTestCase):
         )
         self.assertEqual(proc.returncode, 1)
         self.assertIn(f"run `python main.py --data-dir {elsewhere / 'here'}` first", proc.stdout)
+
+
+class ChartsPerCurrency(FirstHourCase):
+    """A currency's charts keep their names whatever draws them; plot never deletes another currency's."""
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.data_dir.glob("*.png")}
+
+    def test_plot_in_the_second_currency_keeps_both_sets(self) -> None:
+        env = dict(self.env, PIPELINE_CHARTS="1")
+        self.assertEqual(self.run_main("run", "--vs-currency", "eur,usd", "--seed-days", "0", env=env).code, 0)
+        both = {
+            "crypto_price_trend.png",
+            "crypto_market_cap_trend.png",
+            "crypto_performance.png",
+            "crypto_price_trend_usd.png",
+            "crypto_market_cap_trend_usd.png",
+            "crypto_performance_usd.png",
+        }
+        self.assertEqual(self.names(), both)
+        eur = (self.data_dir / "crypto_price_trend.png").read_bytes()
+        result = self.run_main("plot", "--vs-currency", "usd", env=env)
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(
+            result.stdout.split(),
+            [
+                str(self.data_dir / n)
+                for n in ("crypto_price_trend_usd.png", "crypto_market_cap_trend_usd.png", "crypto_performance_usd.png")
+            ],
+        )
+        self.assertEqual(self.names(), both)  # nothing deleted
+        self.assertEqual((self.data_dir / "crypto_price_trend.png").read_bytes(), eur)  # eur's untouched
+        self.assertEqual(self.run_main("plot", env=env).code, 0)  # a later plot (eur) leaves usd's
+        self.assertEqual(self.names(), both)
+
+
+class TrackedIsTheLastSelection(PipelineTestCase):
+    """After a one-off --top 5, a run of 2 coins is what status, the charts and the report call tracked."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake.set_coins(current(self.fake.coins))
+        self.env = dict(self.env, PIPELINE_CHARTS="1", PIPELINE_COINS="bitcoin,ethereum")
+
+    def test_status_charts_and_report_follow_the_last_run(self) -> None:
+        first = self.run_main("run", "--top", "5", env={k: v for k, v in self.env.items() if k != "PIPELINE_COINS"})
+        self.assertEqual(first.code, 0, first.stderr)
+        status = self.run_main("status")
+        self.assertIn("tracked:      5 coins in eur: the top 5", status.stdout)
+        self.fake.advance(120)
+        again = self.run_main("run")
+        self.assertEqual(again.code, 0, again.stderr)
+        status = self.run_main("status")
+        tracked = [line for line in status.stdout.splitlines() if line.startswith("tracked:")]
+        self.assertEqual(tracked, ["tracked:      2 coins in eur"])
+        self.assertIn("history:", status.stdout)
+        # The charts draw the 2 tracked coins, and say the history holds 3 more.
+        options = __import__("flows.views", fromlist=["view_options"]).view_options(
+            build_settings("plot", {"data_dir": str(self.data_dir)}, {})
+        )
+        with HistoryStore(DataLayout(self.data_dir)).index() as index:
+            drawings, report = chart_drawings(index, options)
+        self.assertEqual(set(report.coins), {"bitcoin", "ethereum"})
+        fig = dict(drawings)["crypto_price_trend.png"]()
+        subtitle = [t.get_text() for t in fig.texts if "coins tracked now" in t.get_text()]
+        self.assertTrue(subtitle and "(3 more in the history: --plot-coins draws them)" in subtitle[0], subtitle)
+        # --plot-coins still reaches every coin of the history.
+        result = self.run_main("plot", "--plot-coins", "tether")
+        self.assertEqual(result.code, 0, result.stderr)
+        # The report's tables follow the same rule, and say so.
+        self.assertEqual(self.run_main("report").code, 0)
+        html = (self.data_dir / "report.html").read_text()
+        latest = html[html.index('id="latest"') : html.index("</table>", html.index('id="latest"'))]
+        self.assertEqual(latest.count("<tr data-coin="), 2)
+        self.assertIn("This page shows the 2 coins the last run tracked; the history holds 3 more", html)
+
+
+class CoverageToYesterday(FirstHourCase):
+    def test_the_reports_coverage_does_not_count_todays_midnight_point(self) -> None:
+        import re
+
+        self.assertEqual(self.run_main("run", "--coins", "bitcoin").code, 0)
+        stored = sorted({r["last_updated"][:10] for r in self.rows_of("bitcoin")})
+        today = str(NOW.date())
+        self.assertEqual(stored[-1], today)  # today's 00:00 point and today's observation
+        before_today = len([d for d in stored if d < today])
+        self.assertEqual(self.run_main("report").code, 0)
+        html = (self.data_dir / "report.html").read_text()
+        row = re.search(
+            r'<span class="sym">bitcoin</span></td><td class="text">([0-9-]+)</td>\s*<td>(\d+)</td>'
+            r'<td class="[a-z]+">(\d+)</td>',
+            html,
+        )
+        self.assertIsNotNone(row, "coverage row")
+        first_day, present, missing = row.group(1), int(row.group(2)), int(row.group(3))
+        self.assertEqual(present, before_today)  # first day to yesterday, today's points left out
+        self.assertEqual(missing, 0)
+        self.assertEqual(first_day, stored[0])

@@ -124,6 +124,8 @@ STATUS_FIELDS: dict[str, Callable[[Any], bool]] = {
     "at": _text,
     "daemon_pid": lambda v: _count(v) and 0 < v < 2**22,  # Linux's PID_MAX_LIMIT
     "tracked_coins": _count,
+    "tracked_ids": lambda v: isinstance(v, list) and all(map(_text, v)),
+    "tracked_top": _count,
     "tracked_currencies": lambda v: isinstance(v, list) and all(map(_text, v)),
     "last_backfill": lambda v: (
         isinstance(v, dict)

@@ -104,6 +104,9 @@ class ChartOptions:
     scale: str = "auto"
     # The first configured currency: its charts keep the plain file names (None: vs_currency's do).
     primary: str | None = None
+    # The coins the most recent run or daemon tracked: without --plot-coins, the charts draw these (None: all),
+    # so coins of an earlier one-off --top stay in the history without crowding the charts.
+    tracked: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -802,7 +805,9 @@ def chart_drawings(
             source,
             DRAWABLE_RANGE,
         )
-    coins, rows = _select(points, _coins_in(daily, points), options, currency)
+    every = _coins_in(daily, points)
+    coins, rows = _select(points, _tracked_only(every, options), options, currency)
+    untracked = len(every) - len(_tracked_only(every, options)) if not options.coins else 0
     first, last = int(points.time_ms[rows].min()), int(points.time_ms[rows].max())
     span_days = last // _DAY_MS - first // _DAY_MS + 1
     bucket_ms = _DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
@@ -819,6 +824,7 @@ def chart_drawings(
         bucket_ms=bucket_ms,
         now=(now or datetime.now(timezone.utc)).astimezone(timezone.utc),
         short_note=SHORT_HISTORY_NOTE if _under_two_days(prices_by_coin + caps_by_coin) else None,
+        untracked=untracked,
     )
     price_scale = _choose_scale(options.scale, prices_by_coin)
     cap_scale = _choose_scale(options.scale, caps_by_coin)
@@ -902,12 +908,13 @@ def render_every_currency(
     now: datetime | None = None,
     source: str = "the history",
 ) -> tuple[ChartReport, ...]:
-    """Draw options.vs_currency's charts (plain names), then those of every other currency in the history.
+    """Draw options.vs_currency's charts, then those of every other currency in the history; options.primary's
+    (by default options.vs_currency's) keep the plain names, every other currency's end in _<cur>.
 
     The other currencies get the same coins and window; one where they select nothing is skipped
     with a warning, since the run asked for the first currency, not for them.
     """
-    primary = replace(options, primary=options.vs_currency)
+    primary = replace(options, primary=options.primary or options.vs_currency)
     reports = [render_from_index(index, out_dir, primary, now=now, source=source)]
     for currency in index.currencies():
         if currency == reports[0].currency:
@@ -921,12 +928,22 @@ def render_every_currency(
     return tuple(reports)
 
 
+def _tracked_only(available: list[_Coin], options: ChartOptions) -> list[_Coin]:
+    """The coins the last run tracked, when known and when any of them is in the history; else every coin."""
+    if options.coins or options.tracked is None:
+        return available
+    mine = [c for c in available if c.coin_id in options.tracked]
+    return mine or available
+
+
 def _select(
     points: Points, available: list[_Coin], options: ChartOptions, currency: str
 ) -> tuple[list[_Coin], np.ndarray]:
     """The coins asked for and their points in the window, in coin then time order (never empty)."""
     coins = _match_coins(options.coins, available, currency)
-    selected = np.zeros(len(available), dtype=bool)
+    # Indexed by coin number in the points, which `available` (the tracked coins) may not all cover.
+    size = max([len(available), *(c.index + 1 for c in available), int(points.coin.max(initial=-1)) + 1])
+    selected = np.zeros(size, dtype=bool)
     selected[[c.index for c in coins]] = True
     rows = np.flatnonzero(selected[points.coin])
     if len(rows) == 0:
@@ -955,6 +972,7 @@ class _Charts:
     bucket_ms: int
     now: datetime
     short_note: str | None = None  # said in every chart when no coin has two days yet
+    untracked: int = 0  # coins of the history the last run did not track, left out
 
     @property
     def code(self) -> str:
@@ -979,6 +997,8 @@ class _Charts:
         days = self.bucket_ms // _DAY_MS
         per = "last observation of each UTC day" if days == 1 else f"last observation of every {days} UTC days"
         count = f"{len(self.coins)} coin{'' if len(self.coins) == 1 else 's'}"
+        if self.untracked:
+            count += f" tracked now ({self.untracked} more in the history: --plot-coins draws them)"
         log_note = ", log scale" if scale == "log" else ""
         text = _ChartText(
             title=f"{title} in {self.code} · {_window_text(*self.window)}",
