@@ -37,12 +37,14 @@ def tracked_selection(settings: Settings) -> tuple[tuple[str, ...], frozenset[st
     (currencies, coins): the first currency keeps the plain chart names; coins None when no run recorded its
     selection (every coin of the history is shown then). A top-N run's coins are its members now, plus --coins.
     """
-    status = StatusFile(settings.layout.status).read() if settings.data_url is None else {}
-    currencies = tuple(status.get("tracked_currencies") or ()) or settings.vs_currencies
-    if "tracked_ids" not in status:
-        return currencies, None
-    coins = set(status["tracked_ids"])
-    top = status.get("tracked_top") or 0
+    if settings.command in ("run", "daemon"):  # the run drawing the charts is the most recent one
+        currencies, coins, top = settings.vs_currencies, set(settings.coins), settings.top or 0
+    else:
+        status = StatusFile(settings.layout.status).read() if settings.data_url is None else {}
+        currencies = tuple(status.get("tracked_currencies") or ()) or settings.vs_currencies
+        if "tracked_ids" not in status:
+            return currencies, None
+        coins, top = set(status["tracked_ids"]), status.get("tracked_top") or 0
     if top:
         members = TopMembers(settings.layout.top_members)
         for currency in currencies:
