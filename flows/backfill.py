@@ -253,7 +253,9 @@ class Progress:
             self.bar.update(1)
             return
         if self.done % self.every == 0 or self.done == self.total:
-            log.info("%s: %d of %d coins, about %s left", self.label, self.done, self.total, _duration(self.left()))
+            log.info(
+                "%s: %d of %s, about %s left", self.label, self.done, count(self.total, "coin"), _duration(self.left())
+            )
 
     def waiting(self, seconds: float) -> None:
         """Say why nothing moves while the rate limit holds the next request back (short pauses pass unsaid)."""
@@ -265,10 +267,10 @@ class Progress:
             )
             return
         log.info(
-            "%s: %d of %d coins, waiting %s for the rate limit, about %s left",
+            "%s: %d of %s, waiting %s for the rate limit, about %s left",
             self.label,
             self.done,
-            self.total,
+            count(self.total, "coin"),
             _duration(seconds),
             _duration(self.left()),
         )
@@ -356,18 +358,18 @@ def backfill(
     plan = {vs: backfill_coins(settings, vs) for vs in settings.vs_currencies}
     total = sum(map(len, plan.values()))
     log.info(
-        "backfill: %d coins in %s, %s to %s (%d days)",
-        len(set().union(*plan.values())),
+        "backfill: %s in %s, %s to %s (%s)",
+        count(len(set().union(*plan.values())), "coin"),
         ", ".join(settings.vs_currencies),
         span.first,
         span.last,
-        span.days,
+        count(span.days, "day"),
     )
     storage.check()  # a CSV that `run` would refuse is refused here too, before any request
     manifests = {vs: Manifest(settings, vs, span, coins, storage) for vs, coins in plan.items()}
     resumed = sum(len(m.done) for m in manifests.values())
     if resumed:
-        log.info("backfill: resuming, %d of %d coins already fetched", resumed, total)
+        log.info("backfill: resuming, %d of %s already fetched", resumed, count(total, "coin"))
     per_coin = len(windows(span, settings.api_plan))
     enforce(settings, f"backfill of {total - resumed} coins", (total - resumed) * per_coin)
     result = BackfillResult(currencies=settings.vs_currencies, span=span)

@@ -18,6 +18,7 @@ from utils.daemon import Daemon, DaemonLock, Job, Outcome, StatusFile, resolve_z
 from utils.errors import PipelineError, Stopped
 from utils.history.locations import prepare_data_dir
 from utils.settings import Settings
+from utils.words import count
 
 log = logging.getLogger("pipeline")
 
@@ -91,5 +92,7 @@ def daily_job(settings: Settings, limiter: RateLimiter, sleep: Callable[[float],
 def tracked(settings: Settings) -> str:
     """What the daemon fetches: '9 coins', 'the top 100', or 'the top 100 and 3 coins'."""
     if not settings.top:
-        return f"{len(settings.coins)} coins"
-    return f"the top {top_label(settings.top)}" + (f" and {len(settings.coins)} coins" if settings.coins else "")
+        return count(len(settings.coins), "coin")
+    return f"the top {top_label(settings.top)}" + (
+        f" and {count(len(settings.coins), 'coin')}" if settings.coins else ""
+    )

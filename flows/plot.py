@@ -10,6 +10,7 @@ from lambdas.wiring import storage_for
 from utils.errors import EXIT_OK
 from utils.history.layout import display_path
 from utils.settings import Settings
+from utils.words import count
 
 log = logging.getLogger("pipeline")
 
@@ -32,10 +33,10 @@ def plot_command(settings: Settings, console: Console) -> int:
     for where in published:
         console.out(display_path(where))
     log.info(
-        "plot ok: %d coins, %d rows, %s scale, %d damaged lines skipped",
-        len(report.coins),
-        report.rows_used,
+        "plot ok: %s, %s, %s scale, %s skipped",
+        count(len(report.coins), "coin"),
+        count(report.rows_used, "row"),
         report.price_scale,
-        report.skipped_lines,
+        count(report.skipped_lines, "damaged line"),
     )
     return EXIT_OK

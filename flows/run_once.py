@@ -255,8 +255,8 @@ class RunOnce:
                 note
                 if note and not rows
                 else (
-                    f"CoinGecko returned {rows} rows for {len(self.requested())} "
-                    "requested coins and none could be stored"
+                    f"CoinGecko returned {count(rows, 'row')} for {count(len(self.requested()), 'requested coin')} "
+                    "and none could be stored"
                 )
             )
             raise ExtractError(f"no usable rows: {why}; nothing was appended")

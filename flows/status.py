@@ -97,7 +97,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print, now: da
             series = index.series()
             rows, damaged = index.rows, index.damaged
             out(
-                f"history:      {display_path(csv_path)}: {rows} rows, {len({s.coin_id for s in series})} coins"
+                f"history:      {display_path(csv_path)}: {count(rows, 'row')}, {count(len({s.coin_id for s in series}), 'coin')}"
                 + (f" in {', '.join(currencies)}" if currencies else "")
                 + (f"; {damaged} damaged lines skipped (not valid rows)" if damaged else "")
             )
@@ -136,7 +136,7 @@ def describe_currency(currency: str, series: list[SeriesInfo], now: datetime, ou
     first = datetime.fromtimestamp(min(s.first_ms for s in series) / 1000, timezone.utc)
     last = datetime.fromtimestamp(max(s.last_ms for s in series) / 1000, timezone.utc)
     coins = sorted(s.coin_id for s in series)
-    out(f"{currency}:          {rows} rows in {currency}, {len(coins)} coins")
+    out(f"{currency}:          {count(rows, 'row')} in {currency}, {count(len(coins), 'coin')}")
     out(f"observations: first {first:%Y-%m-%d %H:%M} UTC, last {last:%Y-%m-%d %H:%M} UTC")
     out(f"coins:        {', '.join(coins[:30])}{' ...' if len(coins) > 30 else ''}")
 

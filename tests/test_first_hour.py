@@ -558,3 +558,32 @@ class CoverageToYesterday(FirstHourCase):
         self.assertEqual(present, before_today)  # first day to yesterday, today's points left out
         self.assertEqual(missing, 0)
         self.assertEqual(first_day, stored[0])
+
+
+class OneOfEach(FirstHourCase):
+    def test_one_coin_one_day_reads_right(self) -> None:
+        import re
+
+        outputs = []
+        for argv in (
+            ["run", "--coins", "bitcoin", "--seed-days", "1"],
+            ["status"],
+            ["plot"],
+            ["backfill", "--days", "1", "--coins", "bitcoin"],
+        ):
+            result = self.run_main(*argv)
+            self.assertIn(result.code, (0, 3), result.stderr)
+            outputs.append(result.stdout + result.stderr)
+        offline = self.run_main(
+            "run",
+            "--coins",
+            "bitcoin",
+            "--max-retry-wait",
+            "0",
+            env=dict(self.env, COINGECKO_API_URL="http://no-such-host.invalid/api/v3"),
+        )
+        outputs.append(offline.stderr)
+        text = "\n".join(outputs)
+        self.assertIn("gave up after 1 attempt and", text)
+        slips = re.findall(r"(?<![\d.,])1 (?:coins|rows|requests|attempts|days|calls|duplicates)\b", text)
+        self.assertEqual(slips, [], text)
