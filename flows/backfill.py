@@ -19,13 +19,13 @@ from flows.views import draw_charts, publish_report
 from flows.wiring import Console
 from lambdas.lambda_2_transform import Rejected, chart_to_records, rejection_lines
 from lambdas.wiring import make_client, storage_for
+from utils.clock import day_number, day_of, midnight_seconds
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
 from utils.daemon import StatusFile, iso
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
 from utils.history.csv_store import MergeReport
 from utils.history.files import ensure_dir, failure_text, read_json, write_json_atomic
-from utils.history.index import day_number, day_of
 from utils.history.layout import display_path
 from utils.history.locations import Storage
 from utils.history.quality import summary_line
@@ -45,10 +45,6 @@ DEFAULT_DAYS = command_default("days", "backfill")  # 365: how far back a backfi
 def newest_complete_day(now: datetime) -> date:
     """The newest day whose 00:00 UTC point is final."""
     return (now.astimezone(timezone.utc) - SETTLE).date()
-
-
-def midnight_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp())
 
 
 @dataclass(frozen=True)
@@ -108,8 +104,8 @@ def fetch_coin(client: CoinGeckoClient, coin_id: str, vs_currency: str, span: Da
                 f"/coins/{coin_id}/market_chart/range",
                 {
                     "vs_currency": vs_currency,
-                    "from": midnight_ms(window.first),
-                    "to": midnight_ms(window.last) + 3600,
+                    "from": midnight_seconds(window.first),
+                    "to": midnight_seconds(window.last) + 3600,
                     "precision": "full",
                 },
             )

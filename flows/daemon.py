@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 
 from flows.budget import warn_once
 from flows.notify import after_failure, after_result, notice
@@ -77,7 +78,7 @@ def daily_job(settings: Settings, limiter: RateLimiter, sleep: Callable[[float],
                 exc.exit_code,
                 error=str(exc),
                 summary=f"run failed: {exc}",
-                then=lambda exc=exc: after_failure(settings, "daemon run", exc, should_stop),
+                then=partial(after_failure, settings, "daemon run", exc, should_stop),
             )
 
         def tell() -> None:  # after the summary line; SIGTERM cuts a POST under way

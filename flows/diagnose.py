@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from utils.clock import DAY_MS, day_of
 from utils.coingecko.client import CoinGeckoClient
 from utils.errors import ExtractError
-from utils.history.csvio import DAY_MS
-from utils.history.index import HistoryIndex, day_of
+from utils.history.index import HistoryIndex
 from utils.history.quality import stale_rows
 from utils.history.schema import Record
 from utils.history.tracking import SearchMemory

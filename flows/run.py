@@ -9,9 +9,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from flows.notify import after_failure, after_result
-from flows.run_once import RunOnce, RunResult, utc_now
+from flows.run_once import RunOnce, RunResult
 from flows.wiring import Console
 from lambdas.wiring import make_client
+from utils.clock import utc_now
 from utils.coingecko.client import CoinGeckoClient
 from utils.daemon import Outcome, StatusFile
 from utils.errors import ConfigError, PipelineError

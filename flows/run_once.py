@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from flows.backfill import heal_gaps, seed
@@ -23,6 +23,7 @@ from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
 from lambdas.lambda_2_transform import Rejected, TransformResult, incomplete, rejection_lines, transform
 from lambdas.lambda_3_load import load, record_membership
 from lambdas.wiring import storage_for
+from utils.clock import utc_now
 from utils.coingecko.client import CoinGeckoClient, Offline
 from utils.coingecko.plans import top_label
 from utils.daemon import Outcome
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 PROGRESS_PAGES = 10  # a top N of more pages than this shows its progress
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from flows.budget import usage
 from flows.top import describe_tracking
 from flows.wiring import Console
 from lambdas.wiring import storage_for
+from utils.clock import day_number, day_of
 from utils.coingecko.plans import FREE_REACH_DAYS, PAID_REACH, earliest_reachable_day
 from utils.daemon import StatusFile, parse_iso
 from utils.errors import EXIT_FAILED, EXIT_OK
 from utils.history.csv_store import LegacyHistory
-from utils.history.index import HistoryIndex, Range, SeriesInfo, day_number, day_of, subtract
+from utils.history.index import HistoryIndex, Range, SeriesInfo, subtract
 from utils.history.layout import display_path
 from utils.history.locations import refuse_file_as_data_dir
 from utils.history.quality import RULE_WORDS, QualityLog

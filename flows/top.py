@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 
 from flows.wiring import Console
 from lambdas.wiring import storage_for
+from utils.clock import day_number
 from utils.coingecko.plans import UNIVERSE_CAP, top_label
 from utils.daemon import StatusFile
 from utils.errors import EXIT_FAILED, EXIT_OK
-from utils.history.index import day_number
 from utils.history.layout import display_path
 from utils.history.tracking import TopMembers
 from utils.options import command_default

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from lambdas.wiring import storage_for
+from utils.clock import DAY_MS, day_number, day_of
 from utils.daemon import StatusFile
 from utils.errors import LoadError
-from utils.history.csvio import DAY_MS
 from utils.history.files import atomic_write_bytes, describe_os_error
-from utils.history.index import HistoryIndex, day_number, day_of
+from utils.history.index import HistoryIndex
 from utils.history.layout import CHART_NAMES, display_path
 from utils.history.locations import Storage
 from utils.history.quality import RULE_WORDS, QualityLog

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from utils.clock import DAY_MS
 from utils.history.schema import (
     COIN_ID_RE,
     SOURCE_MARKET_CHART,
@@ -179,7 +180,6 @@ def transform(snapshot: Snapshot) -> TransformResult:
 # -- /coins/{id}/market_chart/range -> daily records (backfill) ------------------------------------
 
 CHART_SERIES = {"prices": "current_price", "market_caps": "market_cap", "total_volumes": "total_volume"}
-DAY_MS = 86_400_000
 
 
 def chart_to_records(coin_id: str, vs_currency: str, chart: Any, *, first_day: date, last_day: date) -> TransformResult:

@@ -13,8 +13,9 @@ from flows.backfill import backfill
 from lambdas.lambda_3_load import load
 from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
 from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
+from utils.clock import day_of
 from utils.coingecko.client import RATE_WINDOW, CoinGeckoClient
-from utils.history.index import HistoryIndex, day_of
+from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
 from utils.history.schema import Record
 from utils.settings import build_settings

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
+from utils.clock import utc_now
 from utils.errors import EXIT_OK, ConfigError, PipelineError, Stopped
 from utils.history.files import check_folder, describe_os_error, ensure_dir, read_json, refuse_unsafe, write_json_atomic
 from utils.history.layout import DataLayout
@@ -27,10 +28,6 @@ from utils.redact import redact_tree
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -76,10 +76,6 @@ class Stopped(PipelineError):
     """A stop (SIGTERM, Ctrl-C in the daemon) ended a request or a wait: nothing was appended."""
 
 
-class TransformError(PipelineError):
-    """A response that cannot be turned into records at all."""
-
-
 class LoadError(PipelineError):
     """The history could not be written; nothing was appended."""
 

@@ -33,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
+from utils.clock import DAY_MS, midnight_ms
 from utils.errors import PipelineError
 from utils.history import csvio
 from utils.history.files import refuse_read_only_file, refuse_unsafe
@@ -61,9 +62,8 @@ LOG_SPAN_THRESHOLD = 100.0  # "auto" picks a log axis beyond two orders of magni
 GAP_DAYS = 2
 
 CURRENCY_SYMBOLS = {"eur": "€", "usd": "$", "gbp": "£", "jpy": "¥"}
-SCALES = ("auto", "log", "linear")
+SCALES = ("auto", "log", "linear")  # as utils.options.SCALES; the charts import no command-line module
 
-_DAY_MS = 86_400_000
 _NEEDED = ("coin_id", "vs_currency", "last_updated", "current_price", "market_cap")
 _LABEL_COLUMNS = ("name", "symbol")
 _CHUNK_BYTES = 1 << 21
@@ -248,18 +248,14 @@ def _window(options: ChartOptions, times: np.ndarray) -> tuple[int, int]:
     """The [start, end] of the window in ms, inclusive."""
     end = int(times.max())
     if options.until is not None:
-        end = _midnight_ms(options.until + timedelta(days=1)) - 1
+        end = midnight_ms(options.until + timedelta(days=1)) - 1
     start = np.iinfo(np.int64).min
     if options.since is not None:
-        start = _midnight_ms(options.since)
+        start = midnight_ms(options.since)
     if options.days is not None:
-        first_day = end // _DAY_MS - (max(options.days, 1) - 1)
-        start = max(start, first_day * _DAY_MS)
+        first_day = end // DAY_MS - (max(options.days, 1) - 1)
+        start = max(start, first_day * DAY_MS)
     return int(start), end
-
-
-def _midnight_ms(day: date) -> int:
-    return int((day - date(1970, 1, 1)).days) * _DAY_MS
 
 
 def _series(points: Points, coins: list[_Coin], rows: np.ndarray, values: np.ndarray, bucket_ms: int) -> list[_Series]:
@@ -273,13 +269,13 @@ def _series(points: Points, coins: list[_Coin], rows: np.ndarray, values: np.nda
         return []
     times = points.time_ms[rows]
     coin_of_row = points.coin[rows]
-    days = times // _DAY_MS
+    days = times // DAY_MS
     # A gap precedes a point when the previous point of the same coin is more than GAP_DAYS days earlier.
     gap_before = np.zeros(len(rows), dtype=bool)
     gap_before[1:] = (coin_of_row[1:] == coin_of_row[:-1]) & (np.diff(days) > GAP_DAYS)
     gaps_so_far = np.cumsum(gap_before)
     kept = np.arange(len(rows))
-    if bucket_ms != _DAY_MS:
+    if bucket_ms != DAY_MS:
         key = coin_of_row.astype(np.int64) << 32
         key |= (times // bucket_ms) - (times.min() // bucket_ms)
         kept = kept[~pd.Series(key).duplicated(keep="last").to_numpy()]
@@ -631,11 +627,11 @@ def _mark_missing(
         handles.append(Line2D([], [], color=_NO_DATA_LINE, linewidth=1.1, dashes=(1.0, 2.0)))
         labels.append(f"dotted: no data for over {GAP_DAYS} days")
     # Shaded where none of the coins drawn has a point for longer than a gap (or a thinned step).
-    days = np.unique(np.concatenate([s.times // _DAY_MS for s in ranked])) if ranked else np.array([])
+    days = np.unique(np.concatenate([s.times // DAY_MS for s in ranked])) if ranked else np.array([])
     wide = np.flatnonzero(np.diff(days) > max(GAP_DAYS, bucket_days))
     for k in wide:
         # From the day after the last point to the day of the next one: the days without any data.
-        start, end = _date_numbers(np.array([(days[k] + 1) * _DAY_MS, days[k + 1] * _DAY_MS]))
+        start, end = _date_numbers(np.array([(days[k] + 1) * DAY_MS, days[k + 1] * DAY_MS]))
         ax.axvspan(start, end, color=_NO_DATA_SPAN, zorder=0.7, linewidth=0)  # over the grid: nothing to read there
     if len(wide):
         handles.append(Patch(color=_NO_DATA_SPAN))
@@ -809,8 +805,8 @@ def chart_drawings(
     coins, rows = _select(points, _tracked_only(every, options), options, currency)
     untracked = len(every) - len(_tracked_only(every, options)) if not options.coins else 0
     first, last = int(points.time_ms[rows].min()), int(points.time_ms[rows].max())
-    span_days = last // _DAY_MS - first // _DAY_MS + 1
-    bucket_ms = _DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
+    span_days = last // DAY_MS - first // DAY_MS + 1
+    bucket_ms = DAY_MS * max(1, math.ceil(span_days / MAX_POINTS_PER_LINE))
     prices_by_coin = _series(points, coins, rows, points.price, bucket_ms)
     caps_by_coin = _series(points, coins, rows, points.cap, bucket_ms)
     if not prices_by_coin and not caps_by_coin:
@@ -897,7 +893,7 @@ SHORT_HISTORY_NOTE = (
 
 def _under_two_days(series: list[_Series]) -> bool:
     """Whether no coin has points on two different UTC days (a chart of dots in one column)."""
-    return all(int(s.times.max() // _DAY_MS) == int(s.times.min() // _DAY_MS) for s in series)
+    return all(int(s.times.max() // DAY_MS) == int(s.times.min() // DAY_MS) for s in series)
 
 
 def render_every_currency(
@@ -994,7 +990,7 @@ class _Charts:
         stamp = f"Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
         if self.now - newest > timedelta(days=2):
             stamp = f"{stamp} · {(self.now - newest).days} days old when drawn"
-        days = self.bucket_ms // _DAY_MS
+        days = self.bucket_ms // DAY_MS
         per = "last observation of each UTC day" if days == 1 else f"last observation of every {days} UTC days"
         count = f"{len(self.coins)} coin{'' if len(self.coins) == 1 else 's'}"
         if self.untracked:

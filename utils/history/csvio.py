@@ -22,6 +22,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from utils.clock import DAY_MS
 from utils.errors import LoadError, SchemaMismatch
 from utils.history.files import append_bytes, describe_os_error, refuse_unsafe
 from utils.history.layout import DataLayout
@@ -60,7 +61,6 @@ I_NAME, I_SYMBOL, I_PRICE, I_CAP, I_TS, I_ID, I_VS, I_RANK = (
         "market_cap_rank",
     )
 )
-DAY_MS = 86_400_000
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _EPOCH = date(1970, 1, 1)
 SOURCES = (SOURCE_MARKETS, SOURCE_MARKET_CHART, SOURCE_LEGACY)

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from utils.clock import DAY_MS
 from utils.errors import ConfigError, LoadError, SchemaMismatch
-from utils.history.csvio import DAY_MS, Observation, timestamp_ms
+from utils.history.csvio import Observation, timestamp_ms
 from utils.history.layout import TABLE_NAME
 from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, Record, format_cell, format_timestamp
 

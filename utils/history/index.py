@@ -17,19 +17,19 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from operator import itemgetter
 from pathlib import Path
 
+from utils.clock import DAY_MS, day_number
 from utils.history import csvio
-from utils.history.csvio import DAY_MS, Observation
+from utils.history.csvio import Observation
 from utils.history.schema import COLUMNS
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "2"  # 2: obs and daily keyed time first, so an append writes a few pages, not one per series
 RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask again after this long
-_EPOCH = date(1970, 1, 1)
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
@@ -52,14 +52,6 @@ CREATE TABLE IF NOT EXISTS table_files (path TEXT PRIMARY KEY) WITHOUT ROWID;
 _DATA_TABLES = ("series", "obs", "daily", "covered", "unavailable", "table_files")
 
 Range = tuple[int, int]  # first and last day number (days since 1970-01-01), inclusive
-
-
-def day_number(day: date) -> int:
-    return (day - _EPOCH).days
-
-
-def day_of(number: int) -> date:
-    return _EPOCH + timedelta(days=number)
 
 
 def to_ranges(days: Iterable[int]) -> list[Range]:

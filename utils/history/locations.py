@@ -50,10 +50,6 @@ from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_cs
 log = logging.getLogger(__name__)
 
 
-def is_s3(location: str | Path) -> bool:
-    return str(location).startswith("s3://")
-
-
 class Storage:
     """The history and its companions (raw answers, charts) at one location."""
 

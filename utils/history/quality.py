@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+from utils.clock import DAY_MS, day_number
 from utils.errors import PipelineError
 from utils.history import csvio
-from utils.history.csvio import DAY_MS
 from utils.history.files import append_bytes, describe_os_error, read_bounded, read_json, write_json_atomic
-from utils.history.index import HistoryIndex, day_number
+from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
 from utils.history.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
 
@@ -382,7 +382,7 @@ def record_findings(
     if not findings and not pending:
         return [], None
     stamp = format_timestamp(now or datetime.now(timezone.utc))
-    stamped = [f if f.found_at else Finding(*f.row()[:5], stamp) for f in findings]
+    stamped = [f if f.found_at else Finding(*f.row()[:5], stamp) for f in findings]  # type: ignore[call-arg]
     try:
         added = QualityLog(layout.quality, layout).add(pending + stamped, now or datetime.now(timezone.utc))
     except (OSError, PipelineError) as exc:
