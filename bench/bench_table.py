@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.bench_load import N_COINS, RECENT_DAYS, Schedule, write_history  # noqa: E402
 from tests.fake_coingecko import FakeCoinGecko, markets_rows  # noqa: E402
 from tests.s3_server import LocalS3, child_env  # noqa: E402
+from utils.history.layout import CSV_NAME, TABLE_NAME  # noqa: E402
 
 MAIN = REPO_ROOT / "main.py"
-CSV_NAME = "crypto_data.csv"
 RUN_RATIO_TARGET = 1.3
 RSS_EXTRA_MB_TARGET = 100.0
 READ_S_TARGET = 1.5
@@ -62,6 +62,7 @@ class Child:
 
     seconds: float
     rss_mb: float
+    cpu: float  # user + system seconds of the child: what it cost, whatever else the machine was doing
     code: int
     stdout: str
     stderr: str
@@ -98,10 +99,16 @@ def run_measured(argv: list[str], env: dict[str, str], cwd: Path, timeout: float
         return Child(
             seconds,
             usage.ru_maxrss / 1024,
+            usage.ru_utime + usage.ru_stime,
             proc.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
         )
+
+
+def cpu(children: list[Child]) -> float:
+    """The median CPU seconds of some runs."""
+    return statistics.median(c.cpu for c in children)
 
 
 def check(child: Child, what: str) -> Child:
@@ -143,28 +150,21 @@ class Bench:
         return child_env(self.s3, base) if self.s3 is not None and place.data_dir.startswith("s3://") else base
 
     def report(self, label: str, figure: str, target: str, ok: bool | None) -> None:
-        line = f"{label:<44} {figure:<40} {target:<22} {'' if ok is None else verdict(ok)}"
+        line = f"{label:<48} {figure:<62} {target:<10} {'' if ok is None else verdict(ok)}"
         print(line, flush=True)
         self.lines.append(line)
         if ok is False:
             self.ok = False
 
     def place(self, where: str, name: str) -> Place:
+        """A history's place; its table's bytes are those of every file under crypto_data/ (Parquet and log)."""
         if where == "local":
             folder = self.root / where / name
             folder.mkdir(parents=True, exist_ok=True)
-            return Place(where, str(folder), lambda: folder_bytes(folder) - _csv_size(folder))
+            return Place(where, str(folder), lambda: folder_bytes(folder / TABLE_NAME))
         assert self.s3 is not None
-        prefix = f"{name}"
-        return Place(
-            where,
-            self.s3.url(prefix),
-            lambda: sum(
-                size
-                for key, size in self.s3.keys(prefix + "/").items()  # type: ignore[union-attr]
-                if not key.endswith(f"/{CSV_NAME}") and "/raw/" not in key
-            ),
-        )
+        s3 = self.s3
+        return Place(where, s3.url(name), lambda: sum(s3.keys(f"{name}/{TABLE_NAME}/").values()))
 
     def put_csv(self, place: Place) -> None:
         if place.data_dir.startswith("s3://"):
@@ -186,7 +186,7 @@ class Bench:
         first = self.run_once(big)
         self.report(
             f"{where}: convert {self.args.rows:,}-row CSV (+ first run)",
-            f"{first.seconds:.1f} s, peak RSS {first.rss_mb:.0f} MB",
+            f"{first.seconds:.1f} s ({first.cpu:.1f} s CPU), peak RSS {first.rss_mb:.0f} MB",
             f"<= {CONVERT_S_TARGET:.0f} s",
             first.seconds <= CONVERT_S_TARGET,
         )
@@ -206,7 +206,7 @@ class Bench:
         rss_empty = statistics.median(c.rss_mb for c in on_empty)
         self.report(
             f"{where}: run 250 coins, {self.args.rows:,} rows vs empty",
-            f"{t_big:.2f} s vs {t_empty:.2f} s = {t_big / t_empty:.2f}x",
+            f"{t_big:.2f} s vs {t_empty:.2f} s = {t_big / t_empty:.2f}x (CPU {cpu(on_big):.2f} vs {cpu(on_empty):.2f} s)",
             f"<= {RUN_RATIO_TARGET}x",
             t_big <= RUN_RATIO_TARGET * t_empty,
         )
@@ -229,7 +229,7 @@ class Bench:
             seconds = statistics.median(c.seconds for c in runs)
             self.report(
                 f"{where}: {label} on {self.args.rows:,} rows",
-                f"{seconds:.2f} s, peak RSS {statistics.median(c.rss_mb for c in runs):.0f} MB",
+                f"{seconds:.2f} s ({cpu(runs):.2f} s CPU), peak RSS {statistics.median(c.rss_mb for c in runs):.0f} MB",
                 f"<= {READ_S_TARGET} s",
                 seconds <= READ_S_TARGET,
             )
@@ -243,18 +243,10 @@ class Bench:
         seconds = statistics.median(c.seconds for c in plots)
         self.report(
             f"{where}: plot 10 coins, 5 years",
-            f"{seconds:.2f} s, peak RSS {statistics.median(c.rss_mb for c in plots):.0f} MB",
+            f"{seconds:.2f} s ({cpu(plots):.2f} s CPU), peak RSS {statistics.median(c.rss_mb for c in plots):.0f} MB",
             f"<= {PLOT_S_TARGET} s",
             seconds <= PLOT_S_TARGET,
         )
-
-
-def _csv_size(folder: Path) -> int:
-    """The CSV the conversion keeps as a backup, and the raw answers: not part of the table."""
-    raw = folder / "raw"
-    return sum(p.stat().st_size for p in folder.glob(f"{CSV_NAME}*") if p.is_file()) + (
-        folder_bytes(raw) if raw.is_dir() else 0
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""A local S3: moto in server mode on a loopback port (a real HTTP server), for tests and benchmarks.
+"""A local S3: moto in server mode on a loopback port (a real HTTP server in its own process), for tests and benches.
 
 Child processes reach it through the standard AWS variables (AWS_ENDPOINT_URL, which boto3 and
 delta-rs both read, and AWS_ALLOW_HTTP for delta-rs), so the code under test takes its ordinary
@@ -7,8 +7,11 @@ HTTP path, conditional writes included. Nothing is patched in the process under 
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from typing import Any
 
@@ -21,31 +24,49 @@ CREDENTIALS = {
 
 
 class LocalS3:
-    """moto's ThreadedMotoServer on 127.0.0.1:<free port>, with one bucket of its own.
+    """moto's S3 server in a process of its own, on 127.0.0.1:<free port>, with one bucket of its own.
 
-    moto keeps every server's buckets in one in-process store that outlives a stopped server, so each
-    LocalS3 names a new bucket: a test never finds the objects an earlier test left in "its" bucket."""
+    A process, not a thread of the caller: a benchmark measures the peak RSS of the commands it starts
+    (ru_maxrss survives fork and exec, so a caller holding the server's objects would inflate it), and a
+    killed or stopped server leaves no state behind in the caller. The bucket's name is new each time."""
 
     def __init__(self, bucket: str = "crypto-history-test") -> None:
         self.bucket = f"{bucket}-{uuid.uuid4().hex[:12]}"
-        self.server: Any = None
+        self.proc: subprocess.Popen | None = None
         self.endpoint = ""
 
     def start(self) -> LocalS3:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
-        self.client().create_bucket(Bucket=self.bucket)
-        return self
+        for _ in range(5):  # a free port may be taken between asking for it and the server binding it
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.endpoint = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            if self.proc.poll() is None:
+                self.client().create_bucket(Bucket=self.bucket)
+                return self
+        raise RuntimeError("could not start moto's S3 server")
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
 
     def __enter__(self) -> LocalS3:
         return self.start()
