@@ -23,6 +23,15 @@ CREDENTIALS = {
 }
 
 
+def _die_with_parent() -> None:
+    """In the server's process: end it when the test or bench that started it dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class LocalS3:
     """moto's S3 server in a process of its own, on 127.0.0.1:<free port>, with one bucket of its own.
 
@@ -44,6 +53,7 @@ class LocalS3:
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
             self.endpoint = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 30
