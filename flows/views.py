@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from lambdas.wiring import storage_for
+from lambdas.wiring import chart_options, storage_for
 from utils.clock import DAY_MS, day_number, day_of
 from utils.daemon import StatusFile
 from utils.errors import LoadError
@@ -55,8 +55,6 @@ def tracked_selection(settings: Settings) -> tuple[tuple[str, ...], frozenset[st
 def view_options(settings: Settings) -> ChartOptions:
     """Chart options from the settings and the last run's selection: a currency's charts keep their names
     whatever command draws them, and the coins drawn are the ones tracked now (unless --plot-coins)."""
-    from lambdas.wiring import chart_options
-
     currencies, coins = tracked_selection(settings)
     options = chart_options(settings)
     return replace(options, primary=currencies[0], tracked=coins)
