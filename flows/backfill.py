@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -29,7 +29,7 @@ from utils.history.files import ensure_dir, failure_text, read_json, write_json_
 from utils.history.layout import display_path
 from utils.history.locations import Storage
 from utils.history.quality import summary_line
-from utils.history.schema import Record
+from utils.history.schema import Record, format_timestamp
 from utils.history.tracking import TopMembers
 from utils.options import command_default
 from utils.settings import Settings
@@ -135,6 +135,25 @@ def records_from(
         records.extend(result.records)
         rejected.extend(result.rejected)
     return records, rejected
+
+
+def complete_rows(records: list[Record], storage: Storage, fetched: datetime) -> list[Record]:
+    """Daily points with the name and symbol the history knows for their coin (from its own snapshots, this
+    run's included) and the fetch time as fetched_at, so every row groups by symbol and says when it came."""
+    if not records:
+        return records
+    with storage.index() as index:
+        labels = {s.coin_id: (s.name, s.symbol) for s in index.series() if s.name or s.symbol}
+    stamp = format_timestamp(fetched)
+    out = []
+    for record in records:
+        name, symbol = labels.get(record.coin_id, ("", ""))
+        out.append(
+            replace(
+                record, name=record.name or name, symbol=record.symbol or symbol, fetched_at=record.fetched_at or stamp
+            )
+        )
+    return out
 
 
 def well_formed(answers: list[Any]) -> bool:
@@ -427,6 +446,7 @@ def backfill(
     if not result.coins_done:
         why = "; ".join(f"{vs}: {reason}" for vs, reason in result.failed_currencies)
         raise ExtractError("no coin could be backfilled" + (f" ({why})" if why else "") + "; nothing was merged")
+    records = complete_rows(records, storage, clock())
     result.merge = storage.merge(records, unavailable=unavailable, checked=clock())
     for manifest in manifests.values():
         manifest.finish()
@@ -541,7 +561,7 @@ def fill_days(
         unavailable[(coin_id, vs_currency)] = lacking(wanted_days, coin_records, answers)
         if progress is not None:
             progress.step(coin_id)
-    report = storage.merge(records, unavailable=unavailable, checked=now)
+    report = storage.merge(complete_rows(records, storage, now), unavailable=unavailable, checked=now)
     return report.added, report.findings, (*unwritten, *report.unwritten)
 
 

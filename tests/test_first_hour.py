@@ -587,3 +587,26 @@ class OneOfEach(FirstHourCase):
         self.assertIn("gave up after 1 attempt and", text)
         slips = re.findall(r"(?<![\d.,])1 (?:coins|rows|requests|attempts|days|calls|duplicates)\b", text)
         self.assertEqual(slips, [], text)
+
+
+class CompleteRows(FirstHourCase):
+    def test_seeded_and_backfilled_rows_carry_name_symbol_and_fetch_time(self) -> None:
+        import pandas as pd
+
+        self.assertEqual(self.run_main("run", "--coins", "bitcoin,ethereum").code, 0)
+        done = self.run_main("backfill", "--days", "60", "--coins", "bitcoin,ethereum")
+        self.assertEqual(done.code, 0, done.stderr)
+        rows = self.rows()
+        chart_rows = [r for r in rows if r["source"] != "coins_markets"]
+        self.assertGreaterEqual(len(chart_rows), 2 * 59)
+        for row in chart_rows:
+            self.assertEqual(
+                (row["name"], row["symbol"]),
+                {"bitcoin": ("Bitcoin", "btc"), "ethereum": ("Ethereum", "eth")}[row["coin_id"]],
+            )
+            self.assertRegex(row["fetched_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+            self.assertGreater(row["fetched_at"], row["last_updated"])
+        frame = pd.read_csv(self.csv_path)
+        self.assertEqual(int(frame.groupby("symbol").size().sum()), len(rows))  # no row dropped by groupby
+        self.assertEqual(self.run_main("quality").code, 0)
+        self.assertNotIn("stale", self.run_main("quality").stdout)  # backfilled rows are old by design
