@@ -244,6 +244,16 @@ def _match_coins(wanted: Sequence[str], available: list[_Coin], currency: str) -
     return [c for c in available if c.index in chosen]
 
 
+def _named_ids(index: HistoryIndex, currency: str, wanted: Sequence[str]) -> list[str]:
+    """The coin ids --plot-coins names, by _match_coins' rule (an id match wins over a symbol or name match)."""
+    labels = [(s.coin_id, s.coin_id.lower(), s.symbol.lower(), s.name.lower()) for s in index.series(currency)]
+    named: set[str] = set()
+    for token in (t.strip().lower() for t in wanted if t.strip()):
+        hits = [coin for coin, lower, _, _ in labels if lower == token]
+        named.update(hits or [coin for coin, _, symbol, name in labels if token in (symbol, name)])
+    return sorted(named)
+
+
 def _window(options: ChartOptions, times: np.ndarray) -> tuple[int, int]:
     """The [start, end] of the window in ms, inclusive."""
     end = int(times.max())
@@ -790,6 +800,8 @@ def chart_drawings(
             f" and the day's {len(movers)} biggest movers" if movers else ""
         )
         logger.info("charts of %s: %s", currency, picked[2:])
+    elif options.coins and (named := _named_ids(index, currency, options.coins)):
+        daily = index.daily_points(currency, coins=named)  # --plot-coins: read those coins' days alone
     else:
         daily = index.daily_points(currency)
     points = _points(daily)
