@@ -31,6 +31,7 @@ from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, Pipelin
 from utils.history.csv_store import LoadReport
 from utils.history.files import failure_text
 from utils.history.layout import display_path
+from utils.history.locations import S3Storage
 from utils.history.quality import Finding, summary_line
 from utils.history.schema import Record, Snapshot
 from utils.history.tracking import SearchMemory, TopMembers, shared_members, spell_ranges
@@ -145,6 +146,9 @@ class RunOnce:
         self.storage = storage_for(settings, should_stop)
         self.storage.check()  # a history this version cannot write is refused before any request
         self.storage.preflight(settings.vs_currencies)  # and so is a managed file that is a link, folder, hard link
+        # Healing and seeding merge past days: local histories and the Delta table on S3, not a CSV object on S3
+        # (rewritten whole on every merge).
+        self.merges = not isinstance(self.storage, S3Storage)
         self.members = (
             (
                 shared_members(self.storage.read, settings.layout)
@@ -330,7 +334,7 @@ class RunOnce:
 
     def _seeding(self) -> bool:
         """Whether this run may seed an empty history (healing on, --seed-days above 0, a local history)."""
-        return bool(self.settings.heal and self.settings.seed_days and self.settings.data_url is None)
+        return bool(self.settings.heal and self.settings.seed_days and self.merges)
 
     def _history_empty(self) -> bool:
         with self.storage.index() as index:
@@ -339,7 +343,7 @@ class RunOnce:
     def heal(self) -> int:
         """Fill days missed while the pipeline was down, or seed a new history with its last --seed-days days
         (not after a stop is asked; a failure is a warning)."""
-        if self.settings.heal and self.settings.data_url is None and not self.should_stop() and self.transformed:
+        if self.settings.heal and self.merges and not self.should_stop() and self.transformed:
             # Only coins that landed now: a missing coin is retried, and healing it too would add a second row that day.
             if self.empty_before:
                 self.seeded, found, unwritten = seed_history(

@@ -21,6 +21,7 @@ def charts(
     each other currency of the history under names ending in _<cur>.
     """
     from utils.charts.render import render_every_currency, render_from_index  # matplotlib only when drawing
+    from utils.history.layout import suffixed_chart_names
 
     storage.preflight((options.vs_currency,))  # the one file policy: no chart written through a link
     _, out_dir = storage.local_csv()
@@ -29,7 +30,16 @@ def charts(
             reports = render_every_currency(index, out_dir, options, source=storage.csv_display)
         else:
             reports = (render_from_index(index, out_dir, options, source=storage.csv_display),)
-    return storage.publish_charts(tuple(path for report in reports for path in report.paths)), reports
+    published = storage.publish_charts(tuple(path for report in reports for path in report.paths))
+    # The currency drawn under the plain names: its _<cur> charts of a run where it was not first are stale
+    # (render_from_index deletes them in out_dir; an S3 location deletes its objects too).
+    primary = options.vs_currency if every_currency else options.primary
+    storage.remove_charts(
+        tuple(
+            name for r in reports if r.currency == (primary or r.currency) for name in suffixed_chart_names(r.currency)
+        )
+    )
+    return published, reports
 
 
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:

@@ -109,6 +109,17 @@ class DeltaOnS3(unittest.TestCase):
         again = self.main("backfill", "--coins", "bitcoin", "--days", "5", "--no-charts")
         self.assertIn("0 rows added", again.stderr)
 
+    def test_healing_seeds_the_table_and_stale_charts_go(self) -> None:
+        self.fake.market_chart.update(charts_for(FIXTURE_IDS))
+        self.s3.put(f"{PREFIX}/crypto_price_trend_eur.png", b"a chart of eur from when it was not the first currency")
+        result = self.main(env=dict(self.env, PIPELINE_HEAL="1", PIPELINE_SEED_DAYS="5"))
+        self.assertEqual(result.code, 0, result.stderr)
+        rows = self.exported()
+        self.assertGreater(sum(r[COLUMNS.index("source")] == "market_chart" for r in rows), 10)
+        keys = self.keys()
+        self.assertIn("crypto_price_trend.png", keys)
+        self.assertNotIn("crypto_price_trend_eur.png", keys)
+
     def test_a_csv_object_is_converted_once_and_kept(self) -> None:
         csv_env = dict(self.env, PIPELINE_TABLE_FORMAT="csv")
         self.assertEqual(self.main(env=csv_env).code, 0)

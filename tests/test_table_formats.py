@@ -5,14 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import unittest
 
 import pyarrow.parquet as pq
 
 from tests.fake_coingecko import markets_rows
-from tests.support import FIXTURE_IDS, PipelineTestCase
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
 from tests.test_backfill import charts_for
+from tests.test_crash_concurrency import limit_file_size
+from utils.errors import LoadError
 from utils.history.delta_table import CONVERSION_APP, DeltaHistory, csv_tables
 from utils.history.schema import COLUMNS, HEADER_LINE
 
@@ -210,6 +215,84 @@ class CommandsOnDelta(CommandsOnAStore):
         self.assertEqual(result.code, 2, result.stderr)
         self.assertIn("another schema", result.stderr)
         self.assertEqual(self.fake.requests_to("/coins/markets"), [])
+
+    def test_a_table_of_a_newer_writer_is_refused(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        log = self.data_dir / "crypto_data" / "_delta_log"
+        before = self.export_rows()
+        for protocol in (
+            {"minReaderVersion": 1, "minWriterVersion": 8},
+            {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": [], "writerFeatures": ["futureFeatureX"]},
+        ):
+            with self.subTest(protocol=protocol):
+                version = len(list(log.glob("*.json")))
+                (log / f"{version:020d}.json").write_text(json.dumps({"protocol": protocol}) + "\n")
+                self.fake.advance(60)
+                for argv in ((), ("status",)):
+                    result = self.run_main(*argv)
+                    self.assertEqual(result.code, 2, result.stderr)
+                    self.assertIn("was written by a newer Delta writer", result.stderr)
+                    self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+                (log / f"{version:020d}.json").unlink()
+                self.assertEqual(self.export_rows(), before)
+
+    def test_a_commit_conflict_that_never_resolves_writes_nothing(self) -> None:
+        """A writer whose table version is always stale: delta-rs refuses each commit; after the retries, one
+        line and nothing written."""
+        from deltalake import DeltaTable
+
+        from utils.history.delta_table import records_to_table
+        from utils.history.schema import Record
+
+        self.assertEqual(self.run_main().code, 0)
+        uri = str(self.data_dir / "crypto_data")
+        stale_version = DeltaTable(uri).version()
+        self.fake.advance(60)
+        self.assertEqual(self.run_main().code, 0)  # another writer commits into the same partition
+
+        class StaleWriter(DeltaHistory):
+            def create(self) -> DeltaTable:
+                return DeltaTable(uri, version=stale_version)
+
+        sleeps: list[float] = []
+        writer = StaleWriter(uri, max_attempts=3, sleep=sleeps.append)
+        # An observation the other writer stored: to the stale writer it looks new. Were the conflict missed, the
+        # key would be stored twice.
+        newest = self.export_rows()[-1]
+        cells = dict(zip(COLUMNS, newest))
+        kept = ("name", "symbol", "coin_id", "vs_currency", "source", "fetched_at", "last_updated")
+        record = Record(**{c: cells[c] if c in kept else None for c in COLUMNS})
+        before = DeltaTable(uri).version()
+        with self.assertRaises(LoadError) as caught:
+            writer.merge(records_to_table([record]))
+        self.assertRegex(str(caught.exception), r"kept changing under 3 attempts .*nothing was written: run again")
+        self.assertEqual(len(sleeps), 2)
+        self.assertEqual(DeltaTable(uri).version(), before)
+        self.assertEqual(len(self.export_rows()), 20)
+
+    def test_a_full_disk_during_the_write_leaves_the_table_unchanged(self) -> None:
+        self.assertEqual(self.run_subprocess().code, 0)
+        before = self.export_rows()
+        self.fake.advance(60)
+        env = dict(os.environ, **self.env)
+        done = subprocess.run(
+            [sys.executable, str(MAIN)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.tmp.name,
+            preexec_fn=limit_file_size(2000),  # Parquet files stop growing at 2,000 bytes: EFBIG, as on a full disk
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertIn(
+            "is full; free some space and run again (nothing was written: the table is unchanged)", done.stderr
+        )
+        self.assertNotIn("Traceback", done.stderr)
+        self.assertEqual(self.export_rows(), before)
+        again = self.run_subprocess()
+        self.assertEqual(again.code, 0, again.stderr)
+        self.assertEqual(len(self.export_rows()), 20)
 
     def test_exit_codes_survive_interpreter_teardown(self) -> None:
         """A process once aborted at exit after to_pandas(): the exit code is the command's, every time."""

@@ -48,6 +48,32 @@ MAX_ATTEMPTS = 8  # commits tried before a load gives up (another writer kept wi
 CONVERSION_APP = "crypto-history-csv-conversion"  # Delta application id whose version counts the CSV rows converted
 CONVERSION_DONE = "crypto-history-csv-conversion-done"  # set (version 1) by the commit of the conversion's last chunk
 CHUNK_ROWS = 200_000
+# Table features of the Delta protocol (reader 3 / writer 7) that delta-rs 1.x knows; any other is a newer writer's.
+KNOWN_FEATURES = frozenset(
+    (
+        "appendOnly",
+        "invariants",
+        "checkConstraints",
+        "changeDataFeed",
+        "generatedColumns",
+        "columnMapping",
+        "identityColumns",
+        "deletionVectors",
+        "rowTracking",
+        "timestampNtz",
+        "domainMetadata",
+        "v2Checkpoint",
+        "icebergCompatV1",
+        "icebergCompatV2",
+        "vacuumProtocolCheck",
+        "inCommitTimestamp",
+        "typeWidening",
+        "typeWidening-preview",
+        "variantType",
+        "variantType-preview",
+        "clustering",
+    )
+)
 
 
 def arrow_schema() -> pa.Schema:
@@ -191,10 +217,12 @@ class DeltaHistory:
         if table is None:
             return None
         protocol = table.protocol()
-        if protocol.min_writer_version > 7 or protocol.min_reader_version > 3:
+        unknown = sorted(set(protocol.writer_features or ()) - KNOWN_FEATURES)
+        if protocol.min_writer_version > 7 or protocol.min_reader_version > 3 or unknown:
+            features = f", features {', '.join(unknown)}" if unknown else ""
             raise SchemaMismatch(
                 f"{self.uri} was written by a newer Delta writer (reader protocol "
-                f"{protocol.min_reader_version}, writer protocol {protocol.min_writer_version}); "
+                f"{protocol.min_reader_version}, writer protocol {protocol.min_writer_version}{features}); "
                 "upgrade this program (pip install -U deltalake) or choose another --data-dir"
             )
         # Delta's own type names, not Arrow's: a reader (status, top) need not import pyarrow (about 0.5 s).
@@ -287,7 +315,7 @@ class DeltaHistory:
             )
         ):
             return ConfigError(f"cannot reach the S3 endpoint for {where}: check AWS_ENDPOINT_URL and the network")
-        if "no space left" in low or "disk full" in low or "quota" in low:
+        if "no space left" in low or "disk full" in low or "quota" in low or "file too large" in low:
             return LoadError(
                 f"the disk holding {where} is full; free some space and run again "
                 "(nothing was written: the table is unchanged)"
@@ -320,6 +348,14 @@ class DeltaHistory:
         for column in PARTITIONS:  # literal partition values, so the merge reads only these partitions
             values = sorted(set(data.column(column).to_pylist()))
             predicate += f" AND t.{column} IN ({', '.join(_quote(v) for v in values)})"
+        if data.num_rows:
+            # The source's time span as literals too: within a partition, only files whose min/max statistics
+            # overlap it are read, and a concurrent commit conflicts only when its files could hold these keys.
+            import pyarrow.compute as pc  # optional package: pyarrow and deltalake, needed by the Delta store only
+
+            span = pc.min_max(data.column("last_updated"))
+            earliest, latest = (span[k].as_py() for k in ("min", "max"))
+            predicate += f" AND t.last_updated >= {_timestamp_literal(earliest)} AND t.last_updated <= {_timestamp_literal(latest)}"
         for attempt in range(1, self.max_attempts + 1):
             table = self.create()
             if app_version is not None and app_done(table, CONVERSION_APP) >= app_version:
@@ -342,6 +378,11 @@ class DeltaHistory:
                 )
                 return MergeOutcome(int(metrics.get("num_target_rows_inserted", 0)), attempt)
             except CommitFailedError as exc:
+                if "unsupported" in str(exc).lower():  # a table feature this delta-rs cannot write
+                    raise SchemaMismatch(
+                        f"{self.uri} was written by a newer Delta writer ({' '.join(str(exc).split())[:160]}); "
+                        "upgrade this program (pip install -U deltalake) or choose another --data-dir"
+                    ) from None
                 self.conflicts += 1
                 if attempt == self.max_attempts:
                     raise LoadError(
@@ -420,6 +461,7 @@ class DeltaHistory:
         import pyarrow as pa
 
         seen = index.table_files(table.metadata().id)
+        unseen = not seen and index.rows == 0  # a new index: each key is in one file, none needs looking up
         paths = _actions(table).column("path").to_pylist()
         new = [p for p in paths if p not in seen]
         if not new:
@@ -448,9 +490,9 @@ class DeltaHistory:
         for batch in subset.to_batches(columns=columns, batch_size=100_000):
             found.extend(observations_of(pa.Table.from_batches([batch])))
             if len(found) >= 200_000:
-                added += index.add_observations(found)
+                added += index.add_observations(found, unseen=unseen)
                 found = []
-        added += index.add_observations(found)
+        added += index.add_observations(found, unseen=unseen)
         index.record_table_files(new, set(paths))
         if added > 100_000:
             log.info("indexed %s: %d rows", self.uri, added)
@@ -520,6 +562,11 @@ def _relative(path: str, uri: str) -> str:
     i = path.find(base)
     rel = path[i + len(base) :] if i >= 0 else path
     return unquote(rel)
+
+
+def _timestamp_literal(moment: datetime) -> str:
+    """A UTC timestamp as a SQL literal of microsecond precision."""
+    return f"TIMESTAMP '{moment.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}'"
 
 
 def _quote(value: str) -> str:

@@ -495,8 +495,11 @@ class HistoryIndex:
             return set()
         return {p for (p,) in self.db.execute("SELECT path FROM table_files")}
 
-    def add_observations(self, found: list[Observation]) -> int:
-        """Record the observations whose key the index lacks (one transaction); returns how many were new."""
+    def add_observations(self, found: list[Observation], *, unseen: bool = False) -> int:
+        """Record the observations whose key the index lacks (one transaction); returns how many were new.
+
+        unseen: the caller knows no key is held yet (an index built from a table's files, each key in one file),
+        so none is looked up."""
         if not found:
             return 0
         with self._transaction():
@@ -504,7 +507,9 @@ class HistoryIndex:
             fresh, seen = [], set()
             for o in found:
                 key = (o.ts_ms, ids[(o.coin_id, o.vs_currency)])
-                if key in seen or self.db.execute("SELECT 1 FROM obs WHERE ts = ? AND series = ?", key).fetchone():
+                if key in seen or (
+                    not unseen and self.db.execute("SELECT 1 FROM obs WHERE ts = ? AND series = ?", key).fetchone()
+                ):
                     continue
                 seen.add(key)
                 fresh.append(o)

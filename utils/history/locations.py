@@ -117,6 +117,9 @@ class Storage:
     def pull(self, name: str) -> None:
         """Bring a file kept beside the history (quality.csv) into the local folder, for reading."""
 
+    def remove_charts(self, names: tuple[str, ...]) -> None:
+        """Delete stale chart files beside the history (a local folder's are deleted where they are drawn)."""
+
 
 class LocalStorage(Storage):
     """A folder on this machine: append under a file lock, fsync, bookmarks state."""
@@ -438,10 +441,15 @@ class S3Storage(Storage):
             self.scratch.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.scratch / name, body)
 
-    def remove(self, names: list[str]) -> None:
-        """Delete objects beside the history (stale charts)."""
+    def remove_charts(self, names: tuple[str, ...]) -> None:
+        """Delete stale chart objects beside the history; a failure is a warning (the new charts are stored)."""
+        from botocore.exceptions import BotoCoreError, ClientError  # optional package: boto3 and botocore, s3:// only
+
         for name in names:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+            except (BotoCoreError, ClientError) as exc:
+                log.warning("could not delete the stale chart %s/%s (%s)", self.location, name, exc)
 
 
 class DeltaStorage(Storage):
@@ -518,6 +526,13 @@ class DeltaStorage(Storage):
 
     def pull(self, name: str) -> None:
         self.files.pull(name)
+
+    def preflight(self, currencies: tuple[str, ...] = ()) -> None:
+        self.files.preflight(currencies)
+        csvio.refuse_symlink(self.layout.table_index, "table index")
+
+    def remove_charts(self, names: tuple[str, ...]) -> None:
+        self.files.remove_charts(names)
 
     # -- the CSV a folder held before -----------------------------------------------------------
 
