@@ -230,7 +230,10 @@ class RunsAndBackfillTogether(PipelineTestCase):
         threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(self.WRITERS)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # the writers are under way when the backfill starts
+        deadline = time.monotonic() + 60  # the writers are under way (CoinGecko asked) when the backfill starts
+        while len(self.fake.requests_to("/coins/markets")) < self.WRITERS and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertGreaterEqual(len(self.fake.requests_to("/coins/markets")), self.WRITERS, "the writers never started")
         code, err = self.wait(self.start(*self.backfill_argv()))
         backfill_done.set()
         for thread in threads:

@@ -190,8 +190,15 @@ class Faults(PipelineTestCase):
 
     def test_single_5xx_is_retried(self) -> None:
         self.fake.add_fault(Fault.server_error(503, text=True))
+        asked = len(self.fake.requests_to("/coins/markets"))
         result = self.run_main()
         self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(result.stderr.count("retrying in"), 1, result.stderr)  # the 503, then one retry
+        self.assertIn("HTTP 503", result.stderr)
+        self.assertEqual(len(self.fake.requests_to("/coins/markets")) - asked, 2)
+        self.assertTrue(self.csv_bytes().startswith(self.before))  # appended after the history, nothing rewritten
+        self.assertEqual([r["coin_id"] for r in self.rows()][-10:], list(FIXTURE_IDS))  # every coin once more
+        self.assertEqual(len(self.rows()), 2 * len(FIXTURE_IDS))
 
     def test_cloudflare_html_names_status_and_content_type(self) -> None:
         self.fake.add_fault(Fault.html(403))
@@ -211,8 +218,14 @@ class Faults(PipelineTestCase):
 
     def test_truncated_body_is_retried(self) -> None:
         self.fake.add_fault(Fault.truncated_json())
+        asked = len(self.fake.requests_to("/coins/markets"))
         result = self.run_main()
         self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(result.stderr.count("retrying in"), 1, result.stderr)  # the cut answer, then one retry
+        self.assertEqual(len(self.fake.requests_to("/coins/markets")) - asked, 2)
+        self.assertTrue(self.csv_bytes().startswith(self.before))  # appended after the history, none torn
+        self.assertEqual([r["coin_id"] for r in self.rows()][-10:], list(FIXTURE_IDS))
+        self.assertEqual(len(self.rows()), 2 * len(FIXTURE_IDS))
 
     def test_object_where_a_list_belongs(self) -> None:
         self.fake.add_fault(Fault.wrong_shape())
@@ -264,6 +277,12 @@ class ApiKey(PipelineTestCase):
         env = dict(self.env, COINGECKO_API_KEY=SECRET, COINGECKO_API_PLAN="pro")
         result = self.run_main(env=env)
         self.assertEqual(result.code, 0, result.stderr)
+        [request] = self.fake.requests_to("/coins/markets")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.assertEqual(headers.get("x-cg-pro-api-key"), SECRET)
+        self.assertNotIn("x-cg-demo-api-key", headers)
+        self.assertNotIn(SECRET, request.raw_path)  # the key goes in the header, never the URL
+        self.assertEqual(len(self.rows()), len(FIXTURE_IDS))
 
     def test_pro_key_on_the_public_host_is_explained(self) -> None:
         self.fake.required_key = ("x-cg-demo-api-key", SECRET)
