@@ -335,6 +335,14 @@ class TemplateWiring(unittest.TestCase):
         data_dir = self.template["Globals"]["Function"]["Environment"]["Variables"]["PIPELINE_DATA_DIR"]["Fn::Sub"]
         self.assertEqual(location, f"{data_dir}/{TABLE_NAME}/")
 
+    def test_each_memory_setting_is_the_measured_one_in_the_readme(self) -> None:
+        readme = (REPO / "README.md").read_text()
+        table = readme[readme.index("| step | peak RSS, empty table |") :]
+        for stage, row in zip(self.STAGES, ("| Extract |", "| Transform |", "| Load |", "| Charts (views) |")):
+            memory = self.resources[f"{stage}Function"]["Properties"]["MemorySize"]
+            line = table[table.index(row) :].splitlines()[0]
+            self.assertEqual(line.rstrip(" |").split("|")[-1].strip().split(":")[0], str(memory), line)
+
     def test_the_functions_environment_is_read_by_the_settings(self) -> None:
         variables = dict(self.template["Globals"]["Function"]["Environment"]["Variables"])
         env = {
