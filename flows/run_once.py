@@ -144,8 +144,9 @@ class RunOnce:
         self.coins = coins or settings.coins
         self.started = time.monotonic()
         self.storage = storage_for(settings, should_stop)
+        # a managed file that is a link, or a hard link onto another, is refused before any request (exit 2)
+        self.storage.preflight(settings.vs_currencies)
         self.storage.check()  # a history this version cannot write is refused before any request
-        self.storage.preflight(settings.vs_currencies)  # and so is a managed file that is a link, folder, hard link
         # Healing and seeding merge past days: local histories and the Delta table on S3, not a CSV object on S3
         # (rewritten whole on every merge).
         self.merges = not isinstance(self.storage, S3Storage)

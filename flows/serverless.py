@@ -14,6 +14,7 @@ from typing import Any
 
 from flows.views import draw_charts, write_report
 from lambdas.wiring import storage_for
+from utils.redact import redacted_errors
 from utils.words import count
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def run_outcome(event: dict[str, Any], finished_at: datetime) -> dict[str, Any]:
     }
 
 
+@redacted_errors
 def views_handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: draw every currency's charts from the history and write report.html beside it."""
     # Lambda handler: the AWS helpers load in the function, never for the command line

@@ -12,6 +12,7 @@ from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import UNIVERSE_CAP
 from utils.errors import ExtractError
 from utils.history.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
+from utils.redact import redacted_errors
 
 if TYPE_CHECKING:
     from utils.history.locations import Storage
@@ -178,6 +179,7 @@ def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
     return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
 
 
+@redacted_errors
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: fetch every configured currency (the top N and the coins) and archive each raw answer.
 

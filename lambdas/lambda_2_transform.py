@@ -21,6 +21,7 @@ from utils.history.schema import (
     number_problem,
     safe_text,
 )
+from utils.redact import redacted_errors
 
 EARLIEST = "2009-01-03T00:00:00.000Z"  # the first Bitcoin block; nothing older is market data
 FUTURE_SKEW_MINUTES = 10  # a small clock skew between CoinGecko and us is fine; a day ahead is not
@@ -269,6 +270,7 @@ def incomplete(snapshot: Snapshot, result: TransformResult) -> list[Rejected]:
     return [r for r in result.rejected if r.coin_id in requested and r.coin_id not in landed]
 
 
+@redacted_errors
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """AWS Lambda: read each raw answer the extract stored, write its records for the load; return their keys."""
     # Lambda handler: the AWS helpers load in the function, never for the command line

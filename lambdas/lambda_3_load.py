@@ -12,6 +12,7 @@ from utils.history.layout import DataLayout
 from utils.history.locations import Conflict, DeltaStorage, S3Storage, Storage
 from utils.history.schema import Record
 from utils.history.tracking import Changes, TopMembers, members_key, shared_members
+from utils.redact import redacted_errors
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def record_membership(
     )
 
 
+@redacted_errors
 def handler(event: dict, context: object) -> dict:
     """AWS Lambda: merge the records the transform stored into the history; record each currency's top N."""
     # Lambda handler: the AWS helpers load in the function, never for the command line

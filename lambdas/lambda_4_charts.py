@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from utils.redact import redacted_errors
+
 if TYPE_CHECKING:
     from utils.charts.render import ChartOptions, ChartReport
     from utils.history.locations import Storage
@@ -42,6 +44,7 @@ def charts(
     return published, reports
 
 
+@redacted_errors
 def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
     """AWS Lambda: render the three PNGs of each currency from the CSV in the bucket and upload them."""
     # Lambda handler: the AWS helpers load in the function, never for the command line

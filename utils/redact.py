@@ -7,8 +7,11 @@ CoinGecko key, so a server that echoes a key, or a key pasted into the wrong opt
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 MASK = "***"
 # CoinGecko keys are "CG-" and about two dozen letters and digits; test and older keys also carry - or _.
@@ -80,3 +83,23 @@ class RedactFilter(logging.Filter):
                 record.exc_text = redact(logging.Formatter().formatException(record.exc_info), multiline=True)
             record._redacted = True  # type: ignore[attr-defined]
         return True
+
+
+_REDACTED_TYPES: dict[str, type[Exception]] = {}
+
+
+def redacted_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """A Lambda handler whose every exception reaches the runtime with its text through `redact` (the runtime
+    logs errorMessage and the traceback itself). The error's class name is kept, so Step Functions' retry rules
+    (ErrorEquals: ExtractError, LoadError) still match; the original traceback is not passed on."""
+
+    @functools.wraps(handler)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every exception: its text is what leaks
+            name = type(exc).__name__
+            kind = _REDACTED_TYPES.setdefault(name, type(name, (Exception,), {"__module__": "lambda"}))
+            raise kind(redact(f"{exc}")) from None
+
+    return wrapped

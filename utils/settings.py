@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from utils.options import (
     _parse_bool,
     local_path,
 )
+from utils.scratch import private_scratch
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -179,7 +179,7 @@ def build_settings(
                 "install it with `pip install -r requirements-aws.txt`"
             )
         values["data_url"] = values["data_dir"].rstrip("/")
-        values["data_dir"] = Path(tempfile.gettempdir()) / "crypto-history" / bucket / prefix
+        values["data_dir"] = private_scratch(env) / bucket / prefix  # per user, 0700, checked: never a shared name
         if command == "daemon":
             raise ConfigError(
                 f"`{command}` needs a local --data-dir; on AWS the EventBridge schedule runs "

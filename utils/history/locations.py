@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timezone
@@ -46,6 +45,7 @@ from utils.history.index import HistoryIndex
 from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, split_s3_url
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
+from utils.scratch import private_scratch
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class S3Storage(Storage):
         self.client = client
         self.max_attempts = max_attempts
         self.sleep = sleep
-        self.scratch = scratch or Path(tempfile.gettempdir()) / "crypto-history" / self.bucket / self.prefix
+        self.scratch = scratch or private_scratch(os.environ) / self.bucket / self.prefix
         self.conflicts = 0
 
     def key(self, rel: str) -> str:
