@@ -274,7 +274,7 @@ class Progress:
 
     def waiting(self, seconds: float) -> None:
         """Say why nothing moves while the rate limit holds the next request back (short pauses pass unsaid)."""
-        if seconds < 5:
+        if seconds < 10:  # the plan's own pace (6 s a call on the public plan) goes unsaid
             return
         if self.bar is not None:
             self.bar.set_postfix_str(
