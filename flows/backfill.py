@@ -23,7 +23,7 @@ from utils.clock import day_number, day_of, midnight_seconds
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import FREE_REACH_DAYS, earliest_reachable_day
 from utils.daemon import StatusFile, iso
-from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError
+from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError, SchemaMismatch
 from utils.history.csv_store import MergeReport
 from utils.history.files import ensure_dir, failure_text, read_json, write_json_atomic
 from utils.history.layout import display_path
@@ -142,8 +142,11 @@ def complete_rows(records: list[Record], storage: Storage, fetched: datetime) ->
     run's included) and the fetch time as fetched_at, so every row groups by symbol and says when it came."""
     if not records:
         return records
-    with storage.index() as index:
-        labels = {s.coin_id: (s.name, s.symbol) for s in index.series() if s.name or s.symbol}
+    try:
+        with storage.index() as index:
+            labels = {s.coin_id: (s.name, s.symbol) for s in index.series() if s.name or s.symbol}
+    except SchemaMismatch:  # a seven-column file: the merge migrates it first; its names come next time
+        labels = {}
     stamp = format_timestamp(fetched)
     out = []
     for record in records:
