@@ -16,6 +16,7 @@ from utils.clock import utc_now
 from utils.coingecko.client import CoinGeckoClient
 from utils.daemon import Outcome, StatusFile
 from utils.errors import ConfigError, PipelineError
+from utils.history.files import UnsafeTarget
 from utils.settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -65,7 +66,7 @@ def run_command(settings: Settings, console: Console) -> int:
         with make_client(settings, sleep=console.sleep) as client:
             result = run_pipeline(settings, client)
     except PipelineError as exc:
-        if settings.data_dir.is_dir():
+        if settings.data_dir.is_dir() and not isinstance(exc, UnsafeTarget):  # a linked status file stays untouched
             status.record_run(started, utc_now(), Outcome("failed", exc.exit_code, error=str(exc)), "run")
         # The line first: a webhook that is slow to answer never holds it back.
         log.error(

@@ -19,6 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from utils.history import csvio
 from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
 from utils.history.schema import HEADER_LINE, Record, rows_to_csv
@@ -57,6 +58,7 @@ DAMAGE = st.one_of(
     ),
     st.binary(min_size=1, max_size=60).map(lambda b: b.replace(b"\n", b"")).filter(bool),
     st.just(b"my notes, not data"),
+    st.builds(lambda n: b"," * 8 + b"z" * n + b"," * 8, st.integers(131_073, 133_000)),  # our width, a huge plain cell
 )
 
 
@@ -107,6 +109,17 @@ class StandardReaders(unittest.TestCase):
 
             data = layout.csv.read_bytes()
             self.assertTrue(data.startswith(HEADER_LINE.encode()))
+            # The chunked check (fast path for plain lines) finds exactly what one pass over the bytes finds.
+            damaged = b"".join(lines)
+            with open(layout.csv, "wb") as fh:
+                fh.write(damaged)
+            with open(layout.csv, "rb") as fh:
+                start = len(HEADER_LINE)
+                self.assertEqual(
+                    csvio.reader_problems_in(fh, start, len(damaged), chunk_bytes=4096),
+                    csvio.reader_problems(damaged[start:], start),
+                )
+            layout.csv.write_bytes(data)
             rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
             self.assertTrue(all(len(r) == len(rows[0]) for r in rows), "a row of another width")
             self.assertTrue(stored <= observations_in(data), stored - observations_in(data))

@@ -287,8 +287,7 @@ class HistoryStore:
                 if index.readable_upto != size:
                     index.set_readable(size)
                 return 0
-            fh.seek(start)
-            problems = csvio.reader_problems(fh.read(size - start), start)
+            problems = csvio.reader_problems_in(fh, start, size)
             if not problems:
                 index.set_readable(size)
                 return 0

@@ -12,6 +12,7 @@ import csv
 import errno
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -541,6 +542,70 @@ def reader_problems(data: bytes, base: int = 0) -> list[tuple[int, int, str]]:
         if reason is not None:
             found.append((unit.start, unit.end, reason))
     return found
+
+
+# Whole lines of WIDTH plain cells (no quote, NUL or carriage return): what every line we write looks like.
+FIELD_LIMIT_BYTES = 131072 // 4  # a cell this long in bytes is within the csv module's limit in any encoding
+
+
+def _plain_lines(data: bytes) -> bool:
+    """Whole lines of WIDTH plain cells (no quote, NUL or carriage return, valid UTF-8, no line near the csv
+    module's cell limit): what every line this program writes looks like. C-speed checks only."""
+    if not data.endswith(b"\n") or b'"' in data or b"\x00" in data or b"\r" in data or not _utf8(data):
+        return False
+    lines = data.split(b"\n")
+    lines.pop()
+    return set(map(bytes.count, lines, itertools.repeat(b","))) == {WIDTH - 1} and max(map(len, lines)) <= (
+        FIELD_LIMIT_BYTES
+    )
+
+
+def reader_problems_in(
+    fh: io.BufferedIOBase, start: int, end: int, chunk_bytes: int = 8 << 20
+) -> list[tuple[int, int, str]]:
+    """reader_problems() of the file's bytes [start, end) (start at a line start), a chunk at a time: memory stays
+    near chunk_bytes however long the span, and a chunk of plain UTF-8 lines of our width is passed at C speed."""
+    fh.seek(start)
+    found: list[tuple[int, int, str]] = []
+    carry = b""
+    base = pos = start
+    while True:
+        block = fh.read(min(chunk_bytes, end - pos)) if pos < end else b""
+        pos += len(block)
+        data = carry + block if carry else block
+        last = pos >= end or not block
+        cut = len(data)
+        if not last:  # the start of the line MAX_RECORD_LINES complete lines from the end: whole records before it
+            for _ in range(MAX_RECORD_LINES + 1):
+                cut = data.rfind(b"\n", 0, cut)
+                if cut < 0:
+                    break
+            if cut < 0:
+                carry = data  # too few lines yet: read on
+                continue
+            cut += 1
+        taken = cut
+        if not (cut and _plain_lines(data[:cut])):
+            taken = len(data)
+            for unit in scan(data, base):
+                if unit.start - base >= cut and not last:
+                    taken = unit.start - base
+                    break
+                reason = reader_problem(data[unit.start - base : unit.end - base], unit.cells)
+                if reason is not None:
+                    found.append((unit.start, unit.end, reason))
+        if last:
+            return found
+        carry = data[taken:]
+        base += taken
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # -- the file: header, tail, temp files ------------------------------------------------------------
