@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from utils.coingecko.plans import UNIVERSE_CAP, default_base_url
 from utils.errors import ConfigError
-from utils.history.layout import TABLE_FORMATS, split_s3_url
+from utils.history.layout import TABLE_FORMATS, is_s3, split_s3_url
 from utils.history.schema import COIN_ID_RE, CURRENCY_RE
 
 DEFAULT_COINS = (
@@ -263,7 +263,7 @@ def local_path(name: str, text: str) -> Path:
 
 def _parse_data_dir(text: Any) -> Path | str:
     text = str(text)
-    if text.startswith("s3://"):
+    if is_s3(text):
         split_s3_url(text.strip())  # bucket and prefix checked before anything is created
         return text.strip()
     return local_path("data-dir", text)

@@ -250,9 +250,14 @@ def suffixed_chart_names(currency: str) -> tuple[str, ...]:
     return tuple(name.removesuffix(CHART_SUFFIX) + f"_{currency.strip().lower()}{CHART_SUFFIX}" for name in CHART_NAMES)
 
 
+def is_s3(location: Path | str) -> bool:
+    """The one rule for "is it S3?": an s3:// URL (every local folder is a Path or a plain path)."""
+    return str(location).startswith("s3://")
+
+
 def display_path(path: Path | str) -> str:
     """A path relative to the current folder when it lies inside it; s3:// locations as they are."""
-    if str(path).startswith("s3://"):
+    if is_s3(path):
         return str(path)
     path = Path(path)
     try:

@@ -42,7 +42,15 @@ from utils.history.files import (
     raw_name,
 )
 from utils.history.index import HistoryIndex
-from utils.history.layout import CSV_NAME, DATAPACKAGE_NAME, QUALITY_NAME, RAW, TABLE_NAME, DataLayout, split_s3_url
+from utils.history.layout import (
+    CSV_NAME,
+    DATAPACKAGE_NAME,
+    QUALITY_NAME,
+    RAW,
+    TABLE_NAME,
+    DataLayout,
+    split_s3_url,
+)
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
 from utils.scratch import private_scratch
