@@ -294,6 +294,17 @@ class CommandsOnDelta(CommandsOnAStore):
         self.assertEqual(again.code, 0, again.stderr)
         self.assertEqual(len(self.export_rows()), 20)
 
+    def test_a_damaged_data_file_is_one_line_not_a_crash(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        shutil.rmtree(self.data_dir / ".state")  # the index is rebuilt from the table's files
+        (part,) = (self.data_dir / "crypto_data").glob("vs_currency=eur/month=2023-01/*.parquet")
+        part.write_bytes(b"PAR1 not a parquet file")
+        result = self.run_main("status")
+        self.assertEqual(result.code, 1, result.stderr)
+        self.assertIn("cannot read the Delta table", result.stderr)
+        self.assertNotIn("unexpected", result.stderr)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+
     def test_exit_codes_survive_interpreter_teardown(self) -> None:
         """A process once aborted at exit after to_pandas(): the exit code is the command's, every time."""
         self.assertEqual(self.run_subprocess().code, 0)

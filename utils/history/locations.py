@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from utils.errors import ConfigError, LoadError, SchemaMismatch
+from utils.errors import ConfigError, LoadError, PipelineError, SchemaMismatch
 from utils.history import csvio
 from utils.history.csv_store import HistoryStore, LoadReport, MergeReport, new_records
 from utils.history.datapackage import package_bytes
@@ -664,6 +664,10 @@ class DeltaStorage(Storage):
             self.history.sync_index(index)
         except sqlite3.Error as exc:
             raise LoadError(f"cannot update the index {self.layout.table_index}: {exc}") from None
+        except PipelineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyarrow and delta-rs raise many kinds; each becomes one line
+            raise self.history.describe_error(exc, "read") from None
 
     @contextlib.contextmanager
     def _synced_index(self) -> Iterator[HistoryIndex]:
