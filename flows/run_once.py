@@ -20,7 +20,7 @@ from flows.budget import check_run
 from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from flows.views import draw_charts, publish_report
 from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
-from lambdas.lambda_2_transform import Rejected, TransformResult, incomplete, rejection_lines, transform
+from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from lambdas.lambda_3_load import load, record_membership
 from lambdas.wiring import storage_for
 from utils.clock import utc_now
@@ -243,7 +243,8 @@ class RunOnce:
         rejected: list[Rejected] = []
         for snapshot in snapshots:
             result = transform(snapshot)
-            self.incomplete_rejected.extend(incomplete(snapshot, result))  # the rule the transform Lambda uses
+            stored = {record.coin_id for record in result.records}  # a coin that landed is complete in this currency
+            self.incomplete_rejected.extend(r for r in result.rejected if r.coin_id not in stored)
             self.stale.extend(stale_notes(result.records))
             records.extend(result.records)
             rejected.extend(result.rejected)

@@ -152,6 +152,9 @@ def to_record(row: Any, vs_currency: str, fetched_at: str, latest: str = "9999")
     )
 
 
+NOT_REQUESTED = "not one of the requested coins"
+
+
 def transform(snapshot: Snapshot) -> TransformResult:
     """Every row either becomes a Record or is rejected with a reason; one bad row never stops the rest."""
     fetched_at = format_timestamp(snapshot.fetched_at)
@@ -169,7 +172,7 @@ def transform(snapshot: Snapshot) -> TransformResult:
             rejected.append(Rejected(label[:100], str(exc)))
             continue
         if record.coin_id not in requested:
-            rejected.append(Rejected(record.coin_id, "not one of the requested coins"))
+            rejected.append(Rejected(record.coin_id, NOT_REQUESTED))
         elif record.coin_id in seen:
             rejected.append(Rejected(record.coin_id, "the same id appeared twice in one answer"))
         else:
@@ -261,13 +264,13 @@ def _day_text(day: int) -> str:
 
 
 def incomplete(snapshot: Snapshot, result: TransformResult) -> list[Rejected]:
-    """The rejections that leave a requested coin without a record, as a run counts them.
-
-    An archived top-N answer holds whole ranking pages: the rows past the top N are not requested, and
-    turning them away is no loss; nor is junk beside a coin that landed."""
-    requested = set(snapshot.requested)
+    """The rejections a run counts: rows of coins that did not land, as `run` counts them, except the rows an
+    archived top-N answer holds past the top N (whole ranking pages, not requested: turning them away is no loss)."""
     landed = {record.coin_id for record in result.records}
-    return [r for r in result.rejected if r.coin_id in requested and r.coin_id not in landed]
+    requested = set(snapshot.requested)
+    return [
+        r for r in result.rejected if r.coin_id not in landed and (r.coin_id in requested or r.reason != NOT_REQUESTED)
+    ]
 
 
 @redacted_errors

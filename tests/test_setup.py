@@ -89,11 +89,12 @@ class MakeDecides(unittest.TestCase):
         self.assertIn("make: Python 3.11 or newer is needed to create", proc.stderr)
         self.assertFalse(self.venv.exists())
 
-    def test_the_lambda_build_packages_the_runtime_requirements_only(self) -> None:
-        plan = self.plan("build-LoadFunction", "ARTIFACTS_DIR=/tmp/artifacts")
-        self.assertIn("cp requirements.txt", plan)
+    def test_the_lambda_build_packages_the_function_requirements_only(self) -> None:
+        plan = self.plan("build-ExtractFunction", "ARTIFACTS_DIR=/tmp/artifacts")
+        self.assertIn("requirements-lambda-fetch.txt", plan)
         self.assertNotIn("requirements-dev", plan)
         self.assertNotIn("requirements-aws", plan)
+        self.assertNotIn("cp requirements.txt", plan)
 
     def test_the_runtime_requirements_hold_no_test_or_aws_package(self) -> None:
         runtime = (REPO / "requirements.txt").read_text().lower()
