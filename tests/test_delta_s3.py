@@ -170,14 +170,14 @@ class DeltaOnS3(unittest.TestCase):
             }
         )
         wrong_endpoint = dict(self.env, AWS_ENDPOINT_URL="http://127.0.0.1:9")
-        for env, words in (
-            (no_bucket, "the bucket no-such-bucket-here does not exist"),
-            (no_credentials, "no AWS credentials"),
-            (wrong_endpoint, "cannot reach S3"),
+        for env, words, code in (
+            (no_bucket, "the bucket no-such-bucket-here does not exist", 2),
+            (no_credentials, "AWS is not configured for the s3:// data folder", 2),
+            (wrong_endpoint, "cannot reach S3", 1),
         ):
             for argv in ((), ("status",)):
                 result = self.main(*argv, env=env)
-                self.assertEqual(result.code, 2, (argv, result.stderr))
+                self.assertEqual(result.code, code, (argv, result.stderr))
                 self.assertIn(words, result.stderr)
                 self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertEqual(self.fake.requests_to("/coins/markets"), [])

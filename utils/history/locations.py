@@ -725,16 +725,14 @@ def refuse_foreign_folder(path: Path) -> None:
 def check_bucket(files: S3Storage) -> None:
     """The bucket, the credentials and the endpoint, tried once before any request to CoinGecko. Raises ConfigError."""
     # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError
+
+    # No credentials and an unreachable endpoint reach main's explain_aws_error, as on the CSV store (exit 2, exit 1).
 
     where = f"s3://{files.bucket}"
     try:
         files.client.head_bucket(Bucket=files.bucket)
         answer = files.client.list_objects_v2(Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/"), MaxKeys=5)
-    except NoCredentialsError:
-        raise ConfigError(
-            f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-        ) from None
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):
@@ -744,10 +742,6 @@ def check_bucket(files: S3Storage) -> None:
                 f"S3 refused the credentials for {where} ({code}): use a key that may read and write it"
             ) from None
         raise ConfigError(f"cannot use {where}: {_s3_reason(exc)}") from None
-    except BotoCoreError as exc:
-        raise ConfigError(
-            f"cannot reach S3 for {where} ({type(exc).__name__}): check AWS_ENDPOINT_URL, AWS_REGION and the network"
-        ) from None
     keys = [o["Key"] for o in answer.get("Contents", [])]
     if keys and not any("/_delta_log/" in k for k in keys):
         probe = files.client.list_objects_v2(
