@@ -113,7 +113,8 @@ def build_history(path: Path, coins: int, snapshots: int, seed: int = 7) -> None
 def measure_render(csv_path: Path, out_dir: Path) -> dict[str, object]:
     """Import, build the index (one-time), render, in this process; times and peak RSS of each part."""
     t0 = time.perf_counter()
-    from utils.charts.render import ChartOptions, render_charts
+    from utils.charts.data import ChartOptions
+    from utils.charts.render import render_charts
     from utils.history.csv_store import HistoryStore
     from utils.history.layout import DataLayout
 

@@ -18,7 +18,7 @@ log = logging.getLogger("pipeline")
 def plot_command(settings: Settings, console: Console) -> int:
     """Draw the price, market-cap and performance charts; print where each went."""
     from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
-    from utils.charts.render import NoHistory
+    from utils.charts.data import NoHistory
 
     if settings.data_url is None and not settings.data_dir.exists():
         raise NoHistory(

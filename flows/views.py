@@ -26,7 +26,7 @@ from utils.settings import Settings
 from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
 
 if TYPE_CHECKING:  # matplotlib loads only when charts are drawn
-    from utils.charts.render import ChartOptions
+    from utils.charts.data import ChartOptions
 
 log = logging.getLogger(__name__)
 

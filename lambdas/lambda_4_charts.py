@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from utils.redact import redacted_errors
 
 if TYPE_CHECKING:
-    from utils.charts.render import ChartOptions, ChartReport
+    from utils.charts.data import ChartOptions, ChartReport
     from utils.history.locations import Storage
 
 log = logging.getLogger(__name__)

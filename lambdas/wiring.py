@@ -29,7 +29,7 @@ from utils.history.locations import (
 from utils.settings import Settings
 
 if TYPE_CHECKING:
-    from utils.charts.render import ChartOptions
+    from utils.charts.data import ChartOptions
 
 
 def table_format_of(settings: Settings) -> str:
@@ -70,7 +70,7 @@ def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = Non
 def chart_options(settings: Settings) -> ChartOptions:
     """Chart options from the settings."""
     # optional package: matplotlib and pandas, which the Extract and Transform zips leave out
-    from utils.charts.render import ChartOptions
+    from utils.charts.data import ChartOptions
 
     primary = primary_currency(settings.vs_currency)
     return ChartOptions(

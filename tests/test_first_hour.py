@@ -14,7 +14,8 @@ from matplotlib import dates as mdates
 from lambdas.wiring import chart_options
 from tests.fake_coingecko import format_iso_ms, make_daily_chart
 from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
-from utils.charts.render import SHORT_HISTORY_NOTE, chart_drawings
+from utils.charts.format import SHORT_HISTORY_NOTE
+from utils.charts.render import chart_drawings
 from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
 from utils.settings import build_settings

@@ -386,7 +386,8 @@ class LargeHistoryViews(PipelineTestCase):
 
     def test_charts_show_the_ten_largest_and_the_days_movers(self) -> None:
         from lambdas.wiring import storage_for
-        from utils.charts.render import ChartOptions, chart_drawings
+        from utils.charts.data import ChartOptions
+        from utils.charts.render import chart_drawings
 
         write_history(self.csv_path, 80, 5, DAY1, jumper=50)
         settings = build_settings("plot", {"vs_currency": "usd"}, self.env)

@@ -24,16 +24,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from lambdas.lambda_4_charts import charts
-from utils.charts.render import (
-    IMAGE_SIZE_PX,
-    ChartOptions,
-    NoHistory,
-    NothingToPlot,
-    chart_drawings,
-    coin_colour,
-    format_money,
-    render_charts,
-)
+from utils.charts.data import ChartOptions, NoHistory, NothingToPlot
+from utils.charts.draw import IMAGE_SIZE_PX, coin_colour
+from utils.charts.format import format_money
+from utils.charts.render import chart_drawings, render_charts
 from utils.errors import PipelineError
 from utils.history import csvio
 from utils.history.csv_store import HistoryStore
