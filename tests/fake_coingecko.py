@@ -450,6 +450,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(answer.body[index : index + 1])
             self.wfile.flush()
+            self.server.fake.trickled_bytes += 1
 
     def reset_connection(self) -> None:
         """Abort the TCP connection with RST."""
@@ -480,6 +481,8 @@ class FakeCoinGecko:
         self.history_limit_days: int | None = None
         self.endless_pages = False  # every unfiltered /coins/markets page is full, however far one pages
         self.page_hooks: dict[int, list[Callable[[], None]]] = {}  # run right after that page is served
+        self.stalls_begun = 0  # stall faults under way or done: the client is waiting inside the request
+        self.trickled_bytes = 0  # body bytes that trickle faults have sent so far
         self.base_url = ""
         self._lock = threading.Lock()
         self._faults: deque[tuple[Fault, str | None]] = deque()
@@ -681,6 +684,8 @@ class FakeCoinGecko:
             handler.reset_connection()
             return
         if fault is not None and fault.kind == "stall":
+            with self._lock:
+                self.stalls_begun += 1
             if self._stopping.wait(fault.delay):
                 handler.close_connection = True
                 return

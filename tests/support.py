@@ -10,9 +10,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tests.fake_coingecko import FakeCoinGecko
 
@@ -55,6 +58,48 @@ def drop_file_capabilities() -> None:
     for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             os._exit(97)
+
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.02) -> T:
+    """Poll predicate until it returns something true, and return that; fail naming `what` after timeout seconds.
+
+    For waiting on another process or thread: a condition, never a fixed sleep that is too short on a busy
+    machine and too long on an idle one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def process_is_idle(pid: int, quiet: float = 0.2) -> bool:
+    """True when every thread of the process sleeps and it spends no CPU for `quiet` seconds (Linux /proc).
+
+    That is a process blocked where a test wants it: waiting for a lock, a socket or its schedule. A process
+    that is merely not scheduled on a busy machine is runnable (state R), so it never looks idle."""
+
+    def sample() -> tuple[bool, int]:
+        try:
+            tasks = Path(f"/proc/{pid}/task").iterdir()
+            states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # exited, or a thread ended while listed: look again
+            return False, -1
+        return all(state == "S" for state in states), int(fields[11]) + int(fields[12])  # utime + stime
+
+    asleep, before = sample()
+    for _ in range(4):
+        if not asleep:
+            return False
+        time.sleep(quiet / 4)
+        asleep, now = sample()
+    return asleep and 0 <= now - before <= 1  # at most one clock tick: a lock's or a timer's polling
 
 
 def summary_line(stderr: str) -> str:

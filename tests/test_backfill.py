@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time as real_time
 from datetime import datetime, timedelta, timezone
 
 from flows.backfill import backfill
 from lambdas.lambda_3_load import load
 from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
-from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, wait_until
 from utils.clock import day_of
 from utils.coingecko.client import RATE_WINDOW, CoinGeckoClient
 from utils.history.index import HistoryIndex
@@ -170,10 +169,7 @@ class Resume(PipelineTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        deadline = real_time.monotonic() + 30
-        while not self.fake.requests_to(f"/coins/{ids[6]}/market_chart/range"):
-            self.assertLess(real_time.monotonic(), deadline, "the backfill never reached the stalled coin")
-            real_time.sleep(0.05)
+        wait_until(lambda: self.fake.requests_to(f"/coins/{ids[6]}/market_chart/range"), "the stalled coin's request")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         self.assertFalse(self.csv_path.exists() and len(self.rows()))  # nothing merged yet

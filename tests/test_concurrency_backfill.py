@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
-from tests.support import MAIN, PipelineTestCase
+from tests.support import MAIN, PipelineTestCase, wait_until
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 RUN_SUMMARY = re.compile(
@@ -230,10 +230,8 @@ class RunsAndBackfillTogether(PipelineTestCase):
         threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(self.WRITERS)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 60  # the writers are under way (CoinGecko asked) when the backfill starts
-        while len(self.fake.requests_to("/coins/markets")) < self.WRITERS and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.assertGreaterEqual(len(self.fake.requests_to("/coins/markets")), self.WRITERS, "the writers never started")
+        # The writers are under way (CoinGecko asked) when the backfill starts.
+        wait_until(lambda: len(self.fake.requests_to("/coins/markets")) >= self.WRITERS, "every writer's request", 60)
         code, err = self.wait(self.start(*self.backfill_argv()))
         backfill_done.set()
         for thread in threads:

@@ -330,7 +330,7 @@ class SigkillTest(ProcessTestCase):
                 return True
             if proc.poll() is not None:
                 return False
-            time.sleep(0.001)
+            time.sleep(0.001)  # a fine poll: the kill moments that follow are measured from here
         self.fail("the run neither archived its snapshot nor exited")
 
     def test_sigkill_at_random_moments_never_loses_or_repeats_a_row(self) -> None:
@@ -357,14 +357,14 @@ class SigkillTest(ProcessTestCase):
             if trial % 2 == 0:
                 # Stratified delays: together these trials cover the whole run, start-up to the final fsync.
                 delay = duration * 1.1 * (trial // 2 + self.rng.random()) / (self.TRIALS // 2)
-                time.sleep(delay)
+                time.sleep(delay)  # the kill's moment is the test: not a wait for anything
                 moment = f"{delay:.2f} s after start"
             else:
                 # Aim at transform, append and state save: after the snapshot is archived, within a window
                 # that narrows as trials show where the append starts (killed before it) and ends (exit 0).
                 self.wait_for_snapshot(proc, before)
                 delay = self.rng.uniform(*window)
-                time.sleep(delay)
+                time.sleep(delay)  # the kill's moment is the test
                 moment = f"{delay * 1000:.0f} ms after the snapshot"
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)

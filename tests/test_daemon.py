@@ -14,7 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from tests.fake_coingecko import Fault
-from tests.support import MAIN, REPO, PipelineTestCase  # noqa: F401
+from tests.support import MAIN, REPO, PipelineTestCase, process_is_idle, wait_until  # noqa: F401
 from utils.daemon import Daemon, Outcome, StatusFile, iso, next_daily_run
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -206,13 +206,6 @@ class DaemonProcessTests(PipelineTestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         return proc
 
-    def wait_for(self, predicate, timeout: float = 20) -> None:
-        deadline = real_time.monotonic() + timeout
-        while not predicate():
-            if real_time.monotonic() > deadline:
-                self.fail("timed out waiting")
-            real_time.sleep(0.05)
-
     def status(self) -> dict:
         path = self.data_dir / ".state" / "status.json"
         try:
@@ -222,8 +215,8 @@ class DaemonProcessTests(PipelineTestCase):
 
     def test_sigterm_when_idle_exits_0_within_2_seconds(self) -> None:
         proc = self.start_daemon()
-        self.wait_for(lambda: self.status().get("last_run") and self.status().get("next_run"))
-        real_time.sleep(0.3)
+        wait_until(lambda: self.status().get("last_run") and self.status().get("next_run"), "the initial run")
+        wait_until(lambda: process_is_idle(proc.pid), "the daemon to wait for its next run")
         started = real_time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
@@ -237,7 +230,7 @@ class DaemonProcessTests(PipelineTestCase):
         # A request under way is abandoned at once (tests/test_hostile.py covers stalls and trickles in full).
         self.fake.add_fault(Fault.stall(20.0))
         proc = self.start_daemon("--timeout", "30")
-        self.wait_for(lambda: len(self.fake.requests_to("/coins/markets")) == 1)
+        wait_until(lambda: len(self.fake.requests_to("/coins/markets")) == 1, "the daemon's request")
         started = real_time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -259,8 +252,9 @@ class DaemonProcessTests(PipelineTestCase):
         held.acquire()  # a backfill, say, merging for minutes
         self.addCleanup(held.release)
         proc = self.start_daemon()
-        self.wait_for(lambda: len(self.fake.requests_to("/coins/markets")) == 1)
-        real_time.sleep(0.5)  # fetched and transformed: now waiting for the lock
+        wait_until(lambda: len(self.fake.requests_to("/coins/markets")) == 1, "the daemon's request")
+        # Fetched and transformed: now asleep between polls of the lock.
+        wait_until(lambda: process_is_idle(proc.pid), "the daemon to wait for the history's lock")
         started = real_time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -271,7 +265,7 @@ class DaemonProcessTests(PipelineTestCase):
 
     def test_a_second_daemon_on_the_same_folder_exits_2_naming_the_pid(self) -> None:
         proc = self.start_daemon("--no-initial-run")
-        self.wait_for(lambda: self.status().get("daemon_pid"))
+        wait_until(lambda: self.status().get("daemon_pid"), "the daemon's PID in status.json")
         second = self.run_subprocess("daemon", "--no-initial-run", timeout=20)
         self.assertEqual(second.code, 2)
         self.assertIn(f"another daemon (PID {proc.pid}) already runs", second.stderr)

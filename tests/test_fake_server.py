@@ -455,9 +455,10 @@ class ShutdownTest(unittest.TestCase):
 
         worker = threading.Thread(target=call, daemon=True)
         worker.start()
-        deadline = time.monotonic() + 2
-        while not fake.requests and time.monotonic() < deadline:
+        deadline = time.monotonic() + 2  # this module tests the fake alone: no tests.support here
+        while not fake.stalls_begun and time.monotonic() < deadline:
             time.sleep(0.01)
+        self.assertTrue(fake.stalls_begun, "the stall never began")
         started = time.monotonic()
         fake.stop()
         worker.join(timeout=3)

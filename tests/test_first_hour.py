@@ -13,7 +13,7 @@ from matplotlib import dates as mdates
 
 from lambdas.wiring import chart_options
 from tests.fake_coingecko import format_iso_ms, make_daily_chart
-from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, wait_until
 from utils.charts.format import SHORT_HISTORY_NOTE
 from utils.charts.render import chart_drawings
 from utils.history.csv_store import HistoryStore
@@ -212,7 +212,6 @@ class CtrlCDuringBackfill(PipelineTestCase):
     def test_ctrl_c_exits_130_says_rerunning_resumes_and_it_does(self) -> None:
         import os
         import signal
-        import time as real_time
 
         from tests.fake_coingecko import Fault, markets_rows
 
@@ -229,10 +228,7 @@ class CtrlCDuringBackfill(PipelineTestCase):
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = real_time.monotonic() + 30
-        while not self.fake.requests_to(f"/coins/{ids[4]}/market_chart/range"):
-            self.assertLess(real_time.monotonic(), deadline, "the backfill never reached the stalled coin")
-            real_time.sleep(0.05)
+        wait_until(lambda: self.fake.requests_to(f"/coins/{ids[4]}/market_chart/range"), "the stalled coin's request")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
         self.assertEqual(proc.returncode, 130, err)

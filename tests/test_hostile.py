@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fake_coingecko import FakeCoinGecko, Fault
-from tests.support import FIXTURE_IDS, MAIN, CliResult, PipelineTestCase
+from tests.support import FIXTURE_IDS, MAIN, CliResult, PipelineTestCase, wait_until
 from tests.test_fault_matrix import Tally
 from tests.test_security import DEMO_HEADER, SECRET, SelfSignedServer, file_texts, last_line
 
@@ -288,7 +288,7 @@ class Bounds(HostileTestCase):
                     peak_kb = max(peak_kb, int(fields.get("VmHWM", "0 kB").split()[0]))
                 except (OSError, ValueError):  # exiting: /proc is going away
                     pass
-                time.sleep(0.01)
+                time.sleep(0.01)  # a sampling period while the command runs, not a wait for it
         stderr = err_path.read_text(encoding="utf-8")
         err_path.unlink()
         self.assertGreater(peak_kb, 0, "VmHWM was never read")
@@ -315,13 +315,6 @@ class DaemonStops(HostileTestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         return proc
 
-    def wait_for(self, predicate: Any, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail("timed out waiting")
-            time.sleep(0.05)
-
     def stop_within_2_seconds(self, proc: subprocess.Popen) -> str:
         """SIGTERM; the daemon must exit 0 within 2 s; returns its stderr."""
         started = time.monotonic()
@@ -346,8 +339,7 @@ class DaemonStops(HostileTestCase):
         """SIGTERM while the server sends nothing: exit 0 < 2 s, nothing appended"""
         self.fake.add_fault(Fault.stall(120), path=MARKETS)
         proc = self.start_daemon("--timeout", "60")
-        self.wait_for(lambda: self.fake.requests_to(MARKETS))
-        time.sleep(0.5)  # well inside the request
+        wait_until(lambda: self.fake.stalls_begun, "the server to begin stalling the request")
         err = self.stop_within_2_seconds(proc)
         self.assertIn("run interrupted: stopped during a request to CoinGecko; nothing was appended", err)
         self.assertEqual(self.csv_bytes(), b"")
@@ -359,8 +351,7 @@ class DaemonStops(HostileTestCase):
         """SIGTERM mid-body (trickle): exit 0 < 2 s, nothing appended"""
         self.fake.add_fault(Fault.trickle(0.5), path=MARKETS)
         proc = self.start_daemon("--timeout", "60")
-        self.wait_for(lambda: self.fake.requests_to(MARKETS))
-        time.sleep(1.2)  # two bytes in
+        wait_until(lambda: self.fake.trickled_bytes >= 2, "two bytes of the body")
         err = self.stop_within_2_seconds(proc)
         self.assertIn("run interrupted: stopped during a request to CoinGecko", err)
         self.assertEqual(self.csv_bytes(), b"")
@@ -371,9 +362,9 @@ class DaemonStops(HostileTestCase):
         """daemon retries under a 429 storm: <= --rate-limit calls a minute, then SIGTERM while pacing"""
         self.fake.add_fault(Fault.rate_limited(retry_after="0"), times=1000, path=MARKETS)
         proc = self.start_daemon("--rate-limit", "60", "--max-retry-wait", "5", "--retry-delays", "0.01")
-        self.wait_for(lambda: self.fake.requests_to(MARKETS))
+        wait_until(lambda: self.fake.requests_to(MARKETS), "the daemon's first request")
         first = self.fake.requests_to(MARKETS)[0].time
-        time.sleep(max(0.0, first + 8 - time.monotonic()))
+        time.sleep(max(0.0, first + 8 - time.monotonic()))  # not a wait for anything: 8 s of pacing is the test
         calls = len(self.fake.requests_to(MARKETS))
         self.assertGreaterEqual(calls, 5, "the daemon made too few calls for the test to say anything")
         # 60 a minute is one call every 1.008 s: at most 8 calls start within 8 s, retries and reruns included.

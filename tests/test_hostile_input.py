@@ -13,11 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.fake_coingecko import DEFAULT_COINS_FIXTURE, Fault, load_fixture
-from tests.support import MAIN, CliResult, PipelineTestCase, drop_file_capabilities, summary_line
+from tests.support import MAIN, CliResult, PipelineTestCase, drop_file_capabilities, summary_line, wait_until
 
 SECRET = "CG-h0st1leKEYh0st1leKEY1234"  # the shape of a real Demo key: CG- and 24 letters and digits
 OTHER_KEY = "CG-someOneElsesKeyAbCdEf9876"  # key-shaped, but not the configured key
@@ -382,21 +381,20 @@ class CorruptStatusFile(HostileCase):
                     cwd=self.tmp.name,
                 )
                 try:
-                    deadline = time.monotonic() + 30
-                    status: object = None
-                    while time.monotonic() < deadline and proc.poll() is None:
+
+                    def recorded_run() -> dict | None:
+                        """The daemon's status once it holds this daemon's first run; None before (or exited)."""
+                        if proc.poll() is not None:
+                            return {"exited": proc.returncode}
                         try:
                             status = json.loads((self.data_dir / ".state" / "status.json").read_text())
                         except (ValueError, RecursionError):  # our corruption, not yet replaced
-                            status = None
-                        if (
-                            isinstance(status, dict)
-                            and status.get("daemon_pid") == proc.pid
-                            and isinstance(status.get("last_run"), dict)
-                            and "result" in status["last_run"]
-                        ):
-                            break
-                        time.sleep(0.1)
+                            return None
+                        last = status.get("last_run") if isinstance(status, dict) else None
+                        mine = isinstance(status, dict) and status.get("daemon_pid") == proc.pid
+                        return status if mine and isinstance(last, dict) and "result" in last else None
+
+                    status = wait_until(recorded_run, "the daemon's initial run in status.json")
                     self.assertIsNone(proc.poll(), "the daemon exited at start")
                     self.assertEqual(status["last_run"]["result"], "ok")  # the initial run happened
                 finally:

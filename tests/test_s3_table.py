@@ -262,7 +262,7 @@ class SigkillOnS3(S3TableCase):
             self.fake.advance(60)
             expected |= {(r["id"], "eur", r["last_updated"]) for r in self.fake.coins}
             proc = self.start("run", "--coins", coins)
-            time.sleep(rng.uniform(0.3, max(durations)))
+            time.sleep(rng.uniform(0.3, max(durations)))  # the behaviour under test: a kill at a random moment
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 killed += 1
