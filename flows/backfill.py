@@ -26,6 +26,7 @@ from utils.daemon import StatusFile, iso
 from utils.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, ExtractError, PipelineError, SchemaMismatch
 from utils.history.csv_store import MergeReport
 from utils.history.files import ensure_dir, failure_text, read_json, write_json_atomic
+from utils.history.labels import coin_labels
 from utils.history.layout import display_path
 from utils.history.locations import Storage
 from utils.history.quality import summary_line
@@ -144,7 +145,7 @@ def complete_rows(records: list[Record], storage: Storage, fetched: datetime) ->
         return records
     try:
         with storage.index() as index:
-            labels = {s.coin_id: (s.name, s.symbol) for s in index.series() if s.name or s.symbol}
+            labels = coin_labels(index)
     except SchemaMismatch:  # a seven-column file: the merge migrates it first; its names come next time
         labels = {}
     stamp = format_timestamp(fetched)

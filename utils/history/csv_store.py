@@ -24,11 +24,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
+from utils.errors import LoadError, LockTimeout, PipelineError, SchemaMismatch, Stopped
 from utils.history import csvio
 from utils.history.datapackage import write_datapackage
 from utils.history.files import atomic_write_bytes, check_folder, describe_os_error, ensure_dir, refuse_unsafe
 from utils.history.index import HistoryIndex
+from utils.history.labels import LabelMarker, coin_labels, unlabelled
 from utils.history.layout import DataLayout
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import (
@@ -42,6 +43,7 @@ from utils.history.schema import (
     rows_to_csv,
     safe_text,
 )
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +253,7 @@ class HistoryStore:
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
+                self._fill_labels(index, fresh)
             found, unwritten = self._publish(findings)
         return LoadReport(
             csv_path=self.csv_path,
@@ -310,14 +313,14 @@ class HistoryStore:
         kept += content[pos:]
         csvio.quarantine(
             self.layout,
-            f"{len(problems)} lines of {self.csv_path.name} that standard CSV readers "
+            f"{count(len(problems), 'line')} of {self.csv_path.name} that standard CSV readers "
             "cannot read as rows of its header",
             bytes(moved),
         )
         atomic_write_bytes(self.csv_path, bytes(kept), "history CSV")
         log.warning(
-            "moved %d lines of %s that break standard CSV readers to %s (%s)",
-            len(problems),
+            "moved %s of %s that break standard CSV readers to %s (%s)",
+            count(len(problems), "line"),
             self.csv_path,
             self.layout.quarantine,
             "; ".join(notes[:5]) + (", ..." if len(notes) > 5 else ""),
@@ -413,6 +416,7 @@ class HistoryStore:
                     moment = checked or datetime.now(timezone.utc)
                     index.mark_unavailable(unavailable, int(moment.timestamp() * 1000))
                     findings += missing_day_findings(unavailable, index)
+                self._fill_labels(index, fresh)
                 rows = index.rows
             found, unwritten = self._publish(findings)
         return MergeReport(
@@ -423,6 +427,41 @@ class HistoryStore:
             findings=tuple(found),
             unwritten=unwritten,
         )
+
+    def _fill_labels(self, index: HistoryIndex, fresh: list[Record]) -> int:
+        """Give rows stored without a name and symbol those of their coin's own snapshots (utils/history/labels.py):
+        one scan per history, a temp file, fsync, rename, then the index rebuilt. Returns the rows filled.
+
+        Never fatal: the rows of this load are stored; a failure is a warning and the next write tries again."""
+        try:
+            marker = LabelMarker(self.layout.labels_marker)
+            waiting = unlabelled(fresh)
+            if marker.idle(waiting):  # the usual write: scanned before, no coin waits for a name
+                return 0
+            labels = coin_labels(index)
+            if not marker.due(labels, waiting):
+                marker.wait_for(waiting)
+                return 0
+            with open(self.csv_path, "rb") as fh:
+                content = fh.read()
+            start = csvio.header_length(content)
+            body, filled, left = csvio.labelled_body(content[start:], labels)
+            if filled:
+                atomic_write_bytes(self.csv_path, content[:start] + body, "history CSV")
+                self._sync(index)
+                log.info(
+                    "gave %s stored without a name and symbol those of their coin's own snapshots (once; "
+                    "market_cap_rank stays empty: today's rank is not a past day's)",
+                    count(filled, "row"),
+                )
+            marker.record(left)
+            return filled
+        except (OSError, PipelineError, sqlite3.Error) as exc:
+            log.warning(
+                "could not give rows stored without a name their coin's name (%s); the next write tries again",
+                describe_os_error(exc, self.csv_path, "rewrite") if isinstance(exc, OSError) else exc,
+            )
+            return 0
 
     def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
         """The written rows' keys and the file's new length into the index; on failure the CSV stays right and

@@ -838,3 +838,37 @@ def merged_body(body: bytes, records: list[Record]) -> bytes:
         else:
             out.write(new[i - existing])
     return out.getvalue()
+
+
+def labelled_body(body: bytes, labels: dict[str, tuple[str, str]]) -> tuple[bytes, int, set[str]]:
+    """Data lines with empty name and symbol cells filled from `labels` (coin id -> (name, symbol)).
+
+    Only the rows filled are written anew; every other line keeps its bytes, and nothing moves. Returns (the
+    body, rows filled, coins that still have a row without a name or symbol and no label at all). Pure: no I/O.
+    """
+    out = io.BytesIO()
+    pos = filled = 0
+    left: set[str] = set()
+    for unit in scan(body):
+        cells = unit.cells
+        if cells is None or len(cells) != WIDTH or (cells[I_NAME] and cells[I_SYMBOL]) or observation(cells) is None:
+            continue
+        label = labels.get(cells[I_ID])
+        if label is None:
+            left.add(cells[I_ID])
+            continue
+        row = list(cells)
+        row[I_NAME] = row[I_NAME] or label[0]
+        row[I_SYMBOL] = row[I_SYMBOL] or label[1]
+        if row == cells:
+            continue
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(row)
+        out.write(body[pos : unit.start])
+        out.write(buf.getvalue().encode("utf-8"))
+        pos = unit.end
+        filled += 1
+    if not filled:
+        return body, 0, left
+    out.write(body[pos:])
+    return out.getvalue(), filled, left

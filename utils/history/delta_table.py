@@ -444,6 +444,59 @@ class DeltaHistory:
             )
             return 0
 
+    def fill_labels(self, labels: dict[str, tuple[str, str]]) -> tuple[int, set[str]]:
+        """Rows without a name or symbol get their coin's (`labels`: coin id -> (name, symbol)): one
+        `MERGE ... WHEN MATCHED UPDATE` of those two columns where they are empty, whose predicate names the
+        (currency, month) partitions holding such rows, so only their files are rewritten. Returns (rows
+        updated, coins that have such rows and no label)."""
+        # optional package: pyarrow and deltalake, needed by the Delta store only
+        import pyarrow as pa
+        import pyarrow.dataset as pds
+        from deltalake.exceptions import CommitFailedError
+
+        table = self.table()
+        if table is None:
+            return 0, set()
+
+        def empty(column: str) -> Any:
+            return pds.field(column).is_null() | (pds.field(column) == "")
+
+        found = table.to_pyarrow_dataset().to_table(
+            columns=["coin_id", "vs_currency", MONTH], filter=empty("name") | empty("symbol")
+        )
+        rows = list(zip(*(found.column(c).to_pylist() for c in ("coin_id", "vs_currency", MONTH))))
+        coins = {coin for coin, _, _ in rows}
+        named = sorted(coins & labels.keys())
+        if not named:
+            return 0, coins
+        parts = sorted({(vs, month) for coin, vs, month in rows if coin in labels})
+        source = pa.table(
+            {
+                "coin_id": pa.array(named, pa.string()),
+                "name": pa.array([labels[c][0] or None for c in named], pa.string()),
+                "symbol": pa.array([labels[c][1] or None for c in named], pa.string()),
+            }
+        )
+        where = " OR ".join(f"(t.vs_currency = {_quote(vs)} AND t.{MONTH} = {_quote(month)})" for vs, month in parts)
+        blank = " OR ".join(f"t.{c} IS NULL OR t.{c} = ''" for c in ("name", "symbol"))
+        predicate = f"t.coin_id = s.coin_id AND ({where}) AND ({blank})"
+        updates = {c: f"CASE WHEN t.{c} IS NULL OR t.{c} = '' THEN s.{c} ELSE t.{c} END" for c in ("name", "symbol")}
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                metrics = (
+                    table.merge(source, predicate, source_alias="s", target_alias="t")
+                    .when_matched_update(updates)
+                    .execute()
+                )
+                return int(metrics.get("num_target_rows_updated", 0)), coins - labels.keys()
+            except CommitFailedError:
+                self.conflicts += 1
+                self.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+                table = self.create()
+            except Exception as exc:
+                raise self.describe_error(exc, "update") from None
+        raise LoadError(f"{self.uri} kept changing under {self.max_attempts} attempts; no name was filled")
+
     # -- reading ----------------------------------------------------------------------------------
 
     def sync_index(self, index: HistoryIndex) -> int:

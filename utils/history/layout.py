@@ -71,6 +71,16 @@ class DataLayout:
         return self.state_dir / f"{TABLE_NAME}.delta.index.sqlite"
 
     @property
+    def labels_marker(self) -> Path:
+        """That rows without a name got their coin's name once, and which coins still wait for a snapshot."""
+        return self.state_dir / f"{self.csv_name}.labels.json"
+
+    @property
+    def table_labels_marker(self) -> Path:
+        """The same for the Delta table (--table-format delta)."""
+        return self.state_dir / f"{TABLE_NAME}.delta.labels.json"
+
+    @property
     def old_state(self) -> Path:
         """The JSON state of versions before the index; removed when found."""
         return self.state_dir / f"{self.csv_name}.state.json"
@@ -203,6 +213,7 @@ class DataLayout:
             ("coin search memory", self.coin_searches),
             ("notification state", self.notify_state),
             ("pending findings", self.pending_findings),
+            ("label marker", self.labels_marker),
             ("quality findings", self.quality),
             ("report", self.report),
             ("data package", self.datapackage),
