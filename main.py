@@ -256,7 +256,7 @@ def report_error(exc: BaseException, command: str) -> int:
         log.debug("file error", exc_info=exc)
         log.error("%s failed: %s", command, describe_file_error(exc), extra={"plain": True})
         return EXIT_FAILED
-    from utils.aws import explain_aws_error  # start-up time: only on an unexpected error
+    from utils.s3 import explain_aws_error  # start-up time: only on an unexpected error
 
     log.debug("unexpected error", exc_info=exc)
     known = explain_aws_error(exc)

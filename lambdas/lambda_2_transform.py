@@ -279,9 +279,10 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     # Lambda handler: the AWS helpers load in the function, never for the command line
     from dataclasses import asdict
 
-    from utils.aws import gunzip_json, gzip_json, read_object, setup_lambda_logging, write_object
+    from utils.aws import gunzip_json, gzip_json, setup_lambda_logging
     from utils.history.layout import RAW, RECORDS
     from utils.history.schema import snapshot_from_payload
+    from utils.s3 import read_object, write_object
     from utils.settings import lambda_settings
 
     setup_lambda_logging()

@@ -9,10 +9,11 @@ from pathlib import Path
 from utils.errors import LoadError
 from utils.history.csv_store import HistoryStore, LoadReport, MergeReport  # noqa: F401 - the stage's report types
 from utils.history.layout import DataLayout
-from utils.history.locations import Conflict, DeltaStorage, S3Storage, Storage
+from utils.history.locations import DeltaStorage, S3Storage, Storage
 from utils.history.schema import Record
 from utils.history.tracking import Changes, TopMembers, members_key, shared_members
 from utils.redact import redacted_errors
+from utils.s3 import Conflict
 
 log = logging.getLogger(__name__)
 

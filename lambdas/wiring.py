@@ -8,6 +8,7 @@ contract); the flows import it from here. It is no stage: it imports none of the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -24,8 +25,8 @@ from utils.history.locations import (
     Storage,
     prepare_data_dir,
     refuse_file_as_data_dir,
-    s3_storage_options,
 )
+from utils.s3 import storage_options
 from utils.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ def storage_for(settings: Settings, should_stop: Callable[[], bool] | None = Non
         s3 = S3Storage(settings.data_url, scratch=settings.data_dir)
         if table_format_of(settings) == "csv":
             return s3
-        history = DeltaHistory(f"{settings.data_url}/{TABLE_NAME}", s3_storage_options())
+        # delta-rs is told where S3 is from the environment boto3 reads: the library itself reads none
+        history = DeltaHistory(f"{settings.data_url}/{TABLE_NAME}", storage_options(os.environ))
         return DeltaStorage(
             s3, history, settings.data_dir, lock_timeout=settings.lock_timeout, rules=rules, should_stop=should_stop
         )

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from pathlib import Path
 
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 
@@ -125,8 +126,12 @@ class LambdaChain(PipelineTestCase):
     def test_two_overlapping_loads_lose_nothing(self) -> None:
         first = lambda_2_transform.handler(lambda_1_extract.handler({"coins": ["bitcoin", "ethereum"]}, None), None)
         second = lambda_2_transform.handler(lambda_1_extract.handler({"coins": ["tether", "ripple"]}, None), None)
-        storage_a = S3Storage(f"s3://{BUCKET}/history", client=boto3.client("s3"), sleep=lambda s: None)
-        storage_b = S3Storage(f"s3://{BUCKET}/history", client=boto3.client("s3"), sleep=lambda s: None)
+        storage_a = S3Storage(
+            f"s3://{BUCKET}/history", scratch=Path(self.tmp.name, "a"), client=boto3.client("s3"), sleep=lambda s: None
+        )
+        storage_b = S3Storage(
+            f"s3://{BUCKET}/history", scratch=Path(self.tmp.name, "b"), client=boto3.client("s3"), sleep=lambda s: None
+        )
 
         def load(storage: S3Storage, event: dict) -> int:
             data = gzip.decompress(self.object(event["records_keys"][0]))

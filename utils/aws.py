@@ -1,4 +1,4 @@
-"""What the Lambda handlers share: the API key from SSM or Secrets Manager, S3 objects, AWS errors in one line.
+"""What the Lambda handlers share: the API key from SSM or Secrets Manager, their logging, gzip JSON (S3 objects: utils/s3.py).
 
 boto3 is imported inside the functions: the local command line never needs it.
 """
@@ -11,8 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from utils.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
-from utils.history.layout import split_s3_url
+from utils.errors import ConfigError
 from utils.redact import RedactFilter
 
 log = logging.getLogger(__name__)
@@ -49,30 +48,6 @@ def api_key_from_aws(env: Mapping[str, str]) -> str | None:
     return _key_cache[source]
 
 
-def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
-    """One line and an exit code for a botocore error that reached the command line, else None."""
-    if not type(exc).__module__.startswith("botocore"):
-        return None
-    name = type(exc).__name__
-    if name in (
-        "NoCredentialsError",
-        "PartialCredentialsError",
-        "NoRegionError",
-        "ProfileNotFound",
-        "InvalidConfigError",
-        "ConfigNotFound",
-    ):
-        return (
-            f"AWS is not configured for the s3:// data folder ({name}: {exc}); set AWS credentials and a "
-            "region (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)"
-        ), EXIT_USAGE
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
-        return (
-            f"cannot reach S3 ({name}: {exc}); check the network, AWS_REGION and any AWS_ENDPOINT_URL, then run again"
-        ), EXIT_FAILED
-    return f"S3 failed ({name}: {exc}); run again with -v for details", EXIT_FAILED
-
-
 def setup_lambda_logging() -> None:
     """One line per event at INFO, every line through the one redaction function (the runtime owns the handler)."""
     root = logging.getLogger()
@@ -82,33 +57,6 @@ def setup_lambda_logging() -> None:
             handler.addFilter(RedactFilter())
     for name in ("urllib3", "botocore", "boto3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def read_object(location: str, rel: str) -> bytes | None:
-    """An object under the function's s3:// data location, or None when it does not exist."""
-    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-    import boto3
-    from botocore.exceptions import ClientError
-
-    bucket, prefix = split_s3_url(location)
-    try:
-        return boto3.client("s3").get_object(Bucket=bucket, Key=prefix + rel)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise ConfigError(
-            f"cannot read s3://{bucket}/{prefix}{rel}: {exc.response.get('Error', {}).get('Code')}; "
-            "check the bucket and the function's permissions"
-        ) from None
-
-
-def write_object(location: str, rel: str, data: bytes) -> None:
-    """Store an object under the function's s3:// data location."""
-    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-    import boto3
-
-    bucket, prefix = split_s3_url(location)
-    boto3.client("s3").put_object(Bucket=bucket, Key=prefix + rel, Body=data)
 
 
 def gzip_json(value: Any) -> bytes:

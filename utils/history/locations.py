@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import sqlite3
 import time
@@ -50,11 +49,10 @@ from utils.history.layout import (
     RAW,
     TABLE_NAME,
     DataLayout,
-    split_s3_url,
 )
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
-from utils.scratch import private_scratch
+from utils.s3 import Conflict, S3Objects
 from utils.words import count
 
 log = logging.getLogger(__name__)
@@ -202,52 +200,36 @@ class LocalStorage(Storage):
         return str(path)
 
 
-class Conflict(Exception):
-    """Another writer changed the object since it was read."""
-
-
 class S3Storage(Storage):
-    """s3://bucket/prefix: whole-object reads and conditional writes, retried on conflict."""
+    """s3://bucket/prefix: whole-object reads and conditional writes (utils/s3.py), retried on conflict.
+
+    `scratch` is the local folder for the copies the index and the charts read (the caller's private one)."""
 
     def __init__(
         self,
         url: str,
         *,
+        scratch: Path,
         client: Any = None,
         max_attempts: int = 8,
         sleep: Callable[[float], None] = time.sleep,
-        scratch: Path | None = None,
     ) -> None:
-        self.bucket, self.prefix = split_s3_url(url)
-        self.location = url.rstrip("/")
-        if client is None:
-            # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-            import boto3  # only for s3:// locations
-
-            client = boto3.client("s3")
-        self.client = client
+        self.objects = S3Objects(url, client)
+        self.bucket, self.prefix, self.location = self.objects.bucket, self.objects.prefix, self.objects.location
+        self.client = self.objects.client
         self.max_attempts = max_attempts
         self.sleep = sleep
-        self.scratch = scratch or private_scratch(os.environ) / self.bucket / self.prefix
+        self.scratch = scratch
         self.conflicts = 0
 
     def key(self, rel: str) -> str:
-        return self.prefix + rel
+        return self.objects.key(rel)
 
     # -- objects -----------------------------------------------------------------------------
 
     def get(self, rel: str) -> tuple[bytes | None, str | None]:
         """The object's bytes and ETag, or (None, None) when it does not exist."""
-        # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return None, None
-            raise LoadError(f"cannot read s3://{self.bucket}/{self.key(rel)}: {_s3_reason(exc)}") from None
-        return answer["Body"].read(), answer["ETag"]
+        return self.objects.get(rel)
 
     def put(
         self,
@@ -259,37 +241,21 @@ class S3Storage(Storage):
         content_type: str = "application/octet-stream",
     ) -> str:
         """Write an object, optionally only if it is unchanged (If-Match) or absent (If-None-Match)."""
-        # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-        from botocore.exceptions import ClientError
-
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(rel), "Body": data, "ContentType": content_type}
-        if if_match:
-            args["IfMatch"] = if_match
-        elif if_none_match:
-            args["IfNoneMatch"] = "*"
-        try:
-            return self.client.put_object(**args)["ETag"]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                raise Conflict(code) from None
-            raise LoadError(
-                f"cannot write s3://{self.bucket}/{self.key(rel)}: {_s3_reason(exc)}; nothing was appended"
-            ) from None
+        return self.objects.put(
+            rel,
+            data,
+            if_match=if_match,
+            if_none_match=if_none_match,
+            content_type=content_type,
+            consequence="; nothing was appended",
+        )
 
     def read(self, rel: str) -> bytes | None:
-        return self.get(rel)[0]
+        return self.objects.read(rel)
 
     def get_head(self, rel: str, size: int = 65536) -> bytes:
         """The first bytes of an object (its header line), or b"" when it does not exist."""
-        # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self.key(rel), Range=f"bytes=0-{size - 1}")
-        except ClientError:
-            return b""
-        return answer["Body"].read()
+        return self.objects.head(rel, size)
 
     def write(self, rel: str, data: bytes) -> None:
         self.put(rel, data)
@@ -453,12 +419,10 @@ class S3Storage(Storage):
 
     def remove_charts(self, names: tuple[str, ...]) -> None:
         """Delete stale chart objects beside the history; a failure is a warning (the new charts are stored)."""
-        from botocore.exceptions import BotoCoreError, ClientError  # optional package: boto3 and botocore, s3:// only
-
         for name in names:
             try:
-                self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
-            except (BotoCoreError, ClientError) as exc:
+                self.objects.delete(name)
+            except PipelineError as exc:
                 log.warning("could not delete the stale chart %s/%s (%s)", self.location, name, exc)
 
 
@@ -579,7 +543,7 @@ class DeltaStorage(Storage):
             source = s3.csv_display
 
             def opener() -> Any:
-                return s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]
+                return s3.objects.stream(CSV_NAME)
 
         report = convert_csv(self.history, source, opener=opener)
         self.converted = report.rows
@@ -754,60 +718,17 @@ def refuse_foreign_folder(path: Path) -> None:
 
 
 def check_bucket(files: S3Storage) -> None:
-    """The bucket, the credentials and the endpoint, tried once before any request to CoinGecko. Raises ConfigError."""
-    # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
-    from botocore.exceptions import ClientError
+    """The bucket, the credentials and the endpoint, tried once before any request to CoinGecko. Raises ConfigError.
 
-    # No credentials and an unreachable endpoint reach main's explain_aws_error, as on the CSV store (exit 2, exit 1).
-
-    where = f"s3://{files.bucket}"
-    try:
-        files.client.head_bucket(Bucket=files.bucket)
-        answer = files.client.list_objects_v2(Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/"), MaxKeys=5)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise ConfigError(f"the bucket {files.bucket} does not exist: create it or fix --data-dir") from None
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise ConfigError(
-                f"S3 refused the credentials for {where} ({code}): use a key that may read and write it"
-            ) from None
-        raise ConfigError(f"cannot use {where}: {_s3_reason(exc)}") from None
-    keys = [o["Key"] for o in answer.get("Contents", [])]
+    No credentials and an unreachable endpoint reach main's explain_aws_error, as on the CSV store (exit 2, exit 1)."""
+    files.objects.check_bucket()
+    keys = files.objects.list(TABLE_NAME + "/", limit=5)
     if keys and not any("/_delta_log/" in k for k in keys):
-        probe = files.client.list_objects_v2(
-            Bucket=files.bucket, Prefix=files.key(TABLE_NAME + "/_delta_log/"), MaxKeys=1
-        )
-        if not probe.get("Contents"):
+        if not files.objects.list(TABLE_NAME + "/_delta_log/", limit=1):
             raise SchemaMismatch(
                 f"{files.location}/{TABLE_NAME}/ holds objects but is not a Delta table (no "
                 "_delta_log/); move them away or choose another --data-dir"
             )
-
-
-def s3_storage_options() -> dict[str, str]:
-    """delta-rs' S3 options from the same environment boto3 reads (a local S3 needs the endpoint and plain HTTP)."""
-    options: dict[str, str] = {}
-    for name in (
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_ALLOW_HTTP",
-    ):
-        if os.environ.get(name):
-            options[name] = os.environ[name]
-    options.setdefault("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
-    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
-        options.setdefault("AWS_ALLOW_HTTP", "true")
-    return options
-
-
-def _s3_reason(exc: Exception) -> str:
-    error = getattr(exc, "response", {}).get("Error", {})
-    return f"{error.get('Code', type(exc).__name__)} {error.get('Message', '')}".strip()
 
 
 def refuse_file_as_data_dir(data_dir: Path) -> None:
