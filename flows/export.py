@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import os
 import tempfile
@@ -17,7 +15,8 @@ from typing import Any
 from flows.wiring import Console
 from lambdas.wiring import storage_for
 from utils.errors import EXIT_OK, ConfigError, LoadError
-from utils.history.delta_table import MONTH, arrow_schema, csv_tables, rows_of
+from utils.history.arrow_csv import csv_lines
+from utils.history.delta_table import MONTH, arrow_schema, csv_tables
 from utils.history.files import describe_os_error, fsync_dir
 from utils.history.layout import CSV_NAME, display_path
 from utils.history.locations import DeltaStorage, LocalStorage, S3Storage, Storage
@@ -68,9 +67,7 @@ def history_batches(
         if not storage.has_history():
             return
         s3 = storage
-        tables = csv_tables(
-            s3.csv_display, opener=lambda: s3.client.get_object(Bucket=s3.bucket, Key=s3.key(CSV_NAME))["Body"]
-        )
+        tables = csv_tables(s3.csv_display, opener=lambda: s3.objects.stream(CSV_NAME))
     else:
         raise ConfigError("export knows no such store")
     for table, _ in tables:
@@ -105,16 +102,12 @@ def _timestamp(moment: datetime) -> Any:
 
 
 def write_csv(batches: Iterator[Any], fh: Any) -> int:
-    """The CSV store's header and rows (schema.format_cell for every cell); returns the rows written."""
+    """The CSV store's header and rows, byte for byte (arrow_csv formats a batch a column at a time); returns the rows."""
     fh.write(HEADER_LINE.encode("utf-8"))
     rows = 0
     for batch in batches:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        for cells in rows_of(batch):
-            writer.writerow(cells)
-            rows += 1
-        fh.write(buf.getvalue().encode("utf-8"))
+        fh.write(csv_lines(batch))
+        rows += batch.num_rows
     return rows
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import unittest
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -18,8 +20,9 @@ from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
 from tests.test_backfill import charts_for
 from tests.test_crash_concurrency import limit_file_size
 from utils.errors import LoadError
-from utils.history.delta_table import CONVERSION_APP, DeltaHistory, csv_tables
-from utils.history.schema import COLUMNS, HEADER_LINE
+from utils.history.delta_table import CONVERSION_APP, DeltaHistory, csv_tables, records_to_table
+from utils.history.locations import LocalStorage
+from utils.history.schema import COLUMNS, HEADER_LINE, Record
 
 
 class CommandsOnAStore(PipelineTestCase):
@@ -157,6 +160,64 @@ class CommandsOnDelta(CommandsOnAStore):
             return sorted(r[:fetched] + r[fetched + 1 :] for r in rows)
 
         self.assertEqual(strip(exported[1:]), strip(lines))
+
+    def test_export_of_tricky_values_is_the_csv_stores_bytes(self) -> None:
+        """Nulls, NaN, big integers, tiny floats, names with commas, quotes and a line break, millisecond times:
+        the export of the table and of the CSV store are both the CSV store's own bytes."""
+
+        def record(coin: str, ts: str, name: str, **numbers: float | int | None) -> Record:
+            cells: dict[str, Any] = dict.fromkeys(COLUMNS[2:6] + COLUMNS[10:16])
+            cells.update(numbers)
+            return Record(
+                name=name,
+                symbol=coin[:3],
+                last_updated=ts,
+                fetched_at="2023-01-08T12:00:01.000Z",
+                coin_id=coin,
+                vs_currency="usd",
+                source="coins_markets",
+                **cells,
+            )
+
+        records = [  # in the export's order (time, then coin id), so both files are in one order
+            record(
+                "alpha",
+                "2023-01-08T00:00:00.001Z",
+                'Alpha, "the first"',
+                current_price=5e-324,
+                market_cap=2**60,
+                price_change_percentage_24h=-1.5e-07,
+                circulating_supply=math.nan,
+                market_cap_rank=1,
+                total_volume=1e22,
+                high_24h=0.1,
+                low_24h=1 / 3,
+                total_supply=2**53,
+                max_supply=0,
+            ),
+            record("beta", "2023-01-08T00:00:00.001Z", "line\nbreak", current_price=123456.789, market_cap=10**16),
+            record("gamma", "2023-01-08T23:59:59.999Z", "Ünïcode ₿,", current_price=1e-05, market_cap_rank=20000),
+            record(
+                "delta", "2023-01-09T00:00:00.000Z", '"', current_price=-2.5e-300, total_volume=1.7976931348623157e308
+            ),
+        ]
+        csv_dir = self.data_dir.parent / "csv-store"
+        csv_dir.mkdir()
+        LocalStorage(csv_dir).append(records)
+        expected = (csv_dir / "crypto_data.csv").read_bytes()
+        self.assertIn(b'"Alpha, ""the first""",alp,5e-324,1152921504606846976,-1.5e-07,,', expected)
+        DeltaHistory(str(self.data_dir / "crypto_data")).merge(records_to_table(records))
+        out = self.data_dir.parent / "export.csv"
+        result = self.run_main("export", "--out", str(out))
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(out.read_bytes(), expected)
+        # An integer past 2**53 (a supply in the JSON) is stored as the nearest float64, not refused.
+        big = records_to_table([record("epsilon", "2023-01-09T00:00:00.000Z", "Big", total_supply=2**60 + 1)])
+        self.assertEqual(big.column("total_supply").to_pylist(), [float(2**60)])
+        self.env["PIPELINE_TABLE_FORMAT"] = "csv"
+        result = self.run_main("export", "--out", str(out), "--data-dir", str(csv_dir))
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(out.read_bytes(), expected)
 
     def test_a_csv_history_is_converted_once_and_kept(self) -> None:
         self.env["PIPELINE_TABLE_FORMAT"] = "csv"

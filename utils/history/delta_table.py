@@ -26,7 +26,7 @@ from utils.clock import DAY_MS
 from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.history.csvio import Observation, timestamp_ms
 from utils.history.layout import TABLE_NAME
-from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, Record, format_cell, format_timestamp
+from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, Record
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -119,29 +119,11 @@ def records_to_table(records: list[Record]) -> pa.Table:
                 value = timestamp_ms(value) * 1000 if value else None
             elif name in TEXT:
                 value = value or None
+            elif name in NUMBERS and value is not None:
+                value = float(value)  # an integer past 2**53 from the JSON is stored as the nearest float64
             columns[name].append(value)
         columns[MONTH].append(month_of(columns["last_updated"][-1] // 1000))
     return pa.Table.from_pydict(columns, schema=schema)
-
-
-def number_cell(value: object) -> str:
-    """A number as the CSV store writes it: whole numbers as CoinGecko's JSON gives them (no .0), others in the
-    shortest form that reads back exactly (schema.format_cell)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return str(int(value))
-    return format_cell(value)
-
-
-def rows_of(batch: Any) -> Iterator[list[str]]:
-    """CSV cells of an Arrow batch in the table's schema: what the CSV store writes for the same rows."""
-    columns = [batch.column(batch.schema.get_field_index(c)).to_pylist() for c in COLUMNS]
-    times = [COLUMNS.index(c) for c in TIMES]
-    for values in zip(*columns):
-        cells = [number_cell(v) for v in values]
-        for i in times:
-            if values[i] is not None:
-                cells[i] = format_timestamp(values[i])
-        yield cells
 
 
 def observations_of(table: Any) -> list[Observation]:
