@@ -20,6 +20,8 @@ from tests.fake_coingecko import FakeCoinGecko
 from tests.s3_server import LocalS3, child_env
 from tests.support import FIXTURE_IDS, MAIN, CliResult
 from tests.test_backfill import charts_for
+from tests.test_table_formats import aged_tombstones, compacted_partition
+from utils.history.delta_table import COMPACT_FILES, DeltaHistory
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 PREFIX = "history"
@@ -181,6 +183,26 @@ class DeltaOnS3(unittest.TestCase):
                 self.assertIn(words, result.stderr)
                 self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertEqual(self.fake.requests_to("/coins/markets"), [])
+
+    def test_vacuum_on_s3_deletes_what_compaction_left_7_days_ago_and_spares_readers(self) -> None:
+        self.assertEqual(self.main().code, 0)
+        history = DeltaHistory(self.s3.url(f"{PREFIX}/crypto_data"), self.s3.storage_options())
+        reader, rows, removed = compacted_partition(history, self.s3.storage_options())
+        self.assertEqual(len(removed), COMPACT_FILES + 1)
+        self.assertEqual(history.vacuum(), 0)
+        self.assertTrue(removed <= {k.removeprefix("crypto_data/") for k in self.keys()})
+        self.assertEqual(reader.to_pyarrow_table().num_rows, rows)
+        for key in self.s3.keys(f"{PREFIX}/crypto_data/_delta_log/"):
+            if key.endswith(".json"):
+                self.s3.put(key, aged_tombstones(self.s3.get(key).decode()).encode())
+        kept = {k for k in self.keys() if k.endswith(".parquet")} - {f"crypto_data/{p}" for p in removed}
+        self.fake.advance(60)
+        result = self.main()
+        self.assertEqual(result.code, 0, result.stderr)
+        keys = set(self.keys())
+        self.assertFalse({f"crypto_data/{p}" for p in removed} & keys)
+        self.assertTrue(kept <= keys)
+        self.assertEqual(len(self.exported()), rows + 10)
 
     def test_a_prefix_holding_no_delta_table_is_refused(self) -> None:
         self.s3.put(f"{PREFIX}/crypto_data/part-0.parquet", b"not ours")

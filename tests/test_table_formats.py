@@ -20,9 +20,55 @@ from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
 from tests.test_backfill import charts_for
 from tests.test_crash_concurrency import limit_file_size
 from utils.errors import LoadError
-from utils.history.delta_table import CONVERSION_APP, DeltaHistory, csv_tables, records_to_table
+from utils.history.delta_table import COMPACT_FILES, CONVERSION_APP, DeltaHistory, csv_tables, records_to_table
 from utils.history.locations import LocalStorage
 from utils.history.schema import COLUMNS, HEADER_LINE, Record
+
+
+def synthetic_record(coin: str, ts: str, name: str = "Coin", vs: str = "usd", **numbers: float | int | None) -> Record:
+    """A record with the given numbers (the others null), as a load would store it."""
+    cells: dict[str, Any] = dict.fromkeys(COLUMNS[2:6] + COLUMNS[10:16])
+    cells.update(numbers)
+    return Record(
+        name=name,
+        symbol=coin[:3],
+        last_updated=ts,
+        fetched_at="2023-01-08T12:00:01.000Z",
+        coin_id=coin,
+        vs_currency=vs,
+        source="coins_markets",
+        **cells,
+    )
+
+
+def compacted_partition(
+    history: DeltaHistory, storage_options: dict[str, str] | None = None
+) -> tuple[Any, int, set[str]]:
+    """17 one-row loads into gbp/2022-06, then compacted: (a reader opened before the compaction, the table's
+    rows then, the paths the compaction removed)."""
+    from deltalake import DeltaTable
+
+    for minute in range(COMPACT_FILES + 1):
+        history.merge(records_to_table([synthetic_record("alpha", f"2022-06-01T00:{minute:02d}:00.000Z", vs="gbp")]))
+    reader = DeltaTable(history.uri, storage_options=storage_options)
+    before = set(reader.file_uris())
+    rows = reader.to_pyarrow_table().num_rows
+    history.compact([("gbp", "2022-06")])
+    after = set(DeltaTable(history.uri, storage_options=storage_options).file_uris())
+    removed = {uri.removeprefix(history.uri.rstrip("/") + "/") for uri in before - after}
+    return reader, rows, removed
+
+
+def aged_tombstones(log_text: str, days: float = 8) -> str:
+    """A Delta commit whose remove actions say they happened `days` earlier (the clock moved on that far)."""
+    lines = []
+    for line in log_text.splitlines():
+        action = json.loads(line) if line.strip() else None
+        if action and "remove" in action:
+            action["remove"]["deletionTimestamp"] -= int(days * 86_400_000)
+            line = json.dumps(action)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 class CommandsOnAStore(PipelineTestCase):
@@ -165,20 +211,7 @@ class CommandsOnDelta(CommandsOnAStore):
         """Nulls, NaN, big integers, tiny floats, names with commas, quotes and a line break, millisecond times:
         the export of the table and of the CSV store are both the CSV store's own bytes."""
 
-        def record(coin: str, ts: str, name: str, **numbers: float | int | None) -> Record:
-            cells: dict[str, Any] = dict.fromkeys(COLUMNS[2:6] + COLUMNS[10:16])
-            cells.update(numbers)
-            return Record(
-                name=name,
-                symbol=coin[:3],
-                last_updated=ts,
-                fetched_at="2023-01-08T12:00:01.000Z",
-                coin_id=coin,
-                vs_currency="usd",
-                source="coins_markets",
-                **cells,
-            )
-
+        record = synthetic_record
         records = [  # in the export's order (time, then coin id), so both files are in one order
             record(
                 "alpha",
@@ -218,6 +251,28 @@ class CommandsOnDelta(CommandsOnAStore):
         result = self.run_main("export", "--out", str(out), "--data-dir", str(csv_dir))
         self.assertEqual(result.code, 0, result.stderr)
         self.assertEqual(out.read_bytes(), expected)
+
+    def test_vacuum_deletes_what_compaction_left_7_days_ago_and_spares_readers(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        table = self.data_dir / "crypto_data"
+        history = DeltaHistory(str(table))
+        reader, rows, removed = compacted_partition(history)
+        self.assertEqual(len(removed), COMPACT_FILES + 1)
+        # Just compacted: nothing is old enough; a reader that opened the table before still reads every row.
+        self.assertEqual(history.vacuum(), 0)
+        self.assertTrue(all((table / path).is_file() for path in removed))
+        self.assertEqual(reader.to_pyarrow_table().num_rows, rows)
+        # Eight days on, the next load deletes the compaction's inputs, and nothing else.
+        for commit in (table / "_delta_log").glob("*.json"):
+            commit.write_text(aged_tombstones(commit.read_text()))
+        kept = {p for p in table.rglob("*.parquet")} - {table / path for path in removed}
+        self.fake.advance(60)
+        result = self.run_main()
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertFalse(any((table / path).exists() for path in removed))
+        self.assertTrue(all(p.is_file() for p in kept))
+        self.assertEqual(len(self.export_rows()), rows + 10)
+        self.assertEqual(self.run_main("status").code, 0)
 
     def test_a_csv_history_is_converted_once_and_kept(self) -> None:
         self.env["PIPELINE_TABLE_FORMAT"] = "csv"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ MAX_ATTEMPTS = 8  # commits tried before a load gives up (another writer kept wi
 CONVERSION_APP = "crypto-history-csv-conversion"  # Delta application id whose version counts the CSV rows converted
 CONVERSION_DONE = "crypto-history-csv-conversion-done"  # set (version 1) by the commit of the conversion's last chunk
 CHUNK_ROWS = 200_000
+RETENTION_HOURS = 7 * 24  # Delta's default delta.deletedFileRetentionDuration; vacuum never keeps files for less
 # Table features of the Delta protocol (reader 3 / writer 7) that delta-rs 1.x knows; any other is a newer writer's.
 KNOWN_FEATURES = frozenset(
     (
@@ -479,6 +481,33 @@ class DeltaHistory:
                 raise self.describe_error(exc, "update") from None
         raise LoadError(f"{self.uri} kept changing under {self.max_attempts} attempts; no name was filled")
 
+    def vacuum(self) -> int:
+        """Delete the files the table stopped referencing (a compaction's inputs) more than the retention ago.
+
+        The retention is the table's delta.deletedFileRetentionDuration, never less than 7 days (Delta's
+        default): a reader or writer that opened an older version within it still finds its files, and time
+        travel to any version of the last 7 days works. Only files a commit removed are deleted (delta-rs'
+        "lite" vacuum, never a listing): a concurrent writer's files that no commit names yet are never touched.
+        With nothing old enough it is a check of the log already read, and commits nothing.
+        Returns the files deleted; a failure is a warning (the rows are stored; the next load tries again).
+        """
+        table = self._table()
+        if table is None:
+            return 0
+        try:
+            hours = max(RETENTION_HOURS, _interval_hours(table.metadata().configuration.get(RETENTION_KEY)))
+            deleted = table.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=True)
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises many kinds; the rows are stored either way
+            log.warning(
+                "could not vacuum %s (%s); the rows are stored, the next load tries again",
+                self.uri,
+                " ".join(str(exc).split())[:200],
+            )
+            return 0
+        if deleted:
+            log.info("vacuumed %s: %d files unreferenced for more than %d hours deleted", self.uri, len(deleted), hours)
+        return len(deleted)
+
     # -- reading ----------------------------------------------------------------------------------
 
     def sync_index(self, index: HistoryIndex) -> int:
@@ -574,6 +603,16 @@ class DeltaHistory:
             return 0
 
         return sum(_actions(table).column("num_records").to_pylist())
+
+
+RETENTION_KEY = "delta.deletedFileRetentionDuration"
+_UNIT_HOURS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1, "day": 24, "week": 168}
+
+
+def _interval_hours(value: str | None) -> int:
+    """The hours of a Delta interval such as "interval 30 days" (0 when absent or not understood)."""
+    match = re.fullmatch(r"\s*interval\s+(\d+)\s+(second|minute|hour|day|week)s?\s*", (value or "").lower())
+    return int(int(match.group(1)) * _UNIT_HOURS[match.group(2)]) if match else 0
 
 
 def app_done(table: Any, app_id: str) -> int:

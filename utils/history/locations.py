@@ -583,6 +583,7 @@ class DeltaStorage(Storage):
                     self._sync(index)
                     months = {(r.vs_currency, month_of(csvio.timestamp_ms(r.last_updated))) for r in fresh}
                     self.history.compact(months)
+                    self.history.vacuum()  # the files compactions left more than 7 days ago
                 if unavailable:
                     index.mark_unavailable(unavailable, int((checked or datetime.now(timezone.utc)).timestamp() * 1000))
                     findings += missing_day_findings(unavailable, index)
