@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from utils.coingecko.client import CoinGeckoClient, RateLimiter
-from utils.coingecko.ledger import CreditLedger
 from utils.history.layout import TABLE_NAME, primary_currency
 from utils.history.locations import (
     DeltaHistory,
@@ -31,6 +29,7 @@ from utils.settings import Settings
 
 if TYPE_CHECKING:
     from utils.charts.data import ChartOptions
+    from utils.coingecko.client import CoinGeckoClient, RateLimiter
 
 
 def table_format_of(settings: Settings) -> str:
@@ -94,6 +93,10 @@ def make_client(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> CoinGeckoClient:
     """The CoinGecko client the settings describe; a limiter passed in is shared (the daemon's, for its life)."""
+    # start-up time: requests, tenacity and filelock load only for the commands that call the API, not plot or status
+    from utils.coingecko.client import CoinGeckoClient
+    from utils.coingecko.ledger import CreditLedger
+
     recorder = CreditLedger(
         settings.layout.api_credits, settings.layout.api_credits_lock, lock_timeout=settings.lock_timeout
     )

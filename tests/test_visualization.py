@@ -414,7 +414,7 @@ class GapTest(ChartTestCase):
         # the gap is found among the daily points.
         self.history({"bitcoin": {400, 401, 402}}, days=1826)
         fig = figures(self.csv, ChartOptions())[PRICE_CHART]
-        self.assertIn("every 2 UTC days", fig.texts[1].get_text())
+        self.assertIn("Last observation of every 2 UTC days", fig.texts[-1].get_text())  # the stamp
         ((before, after),) = self.broken_between(line_of(fig, "bitcoin"))
         day = NEWEST.date()
         self.assertLessEqual(before, day - timedelta(days=403))

@@ -16,7 +16,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from utils.charts.format import picked_text
 from utils.clock import DAY_MS, midnight_ms
@@ -244,9 +243,10 @@ def _series(points: Points, coins: list[Coin], rows: np.ndarray, values: np.ndar
     gaps_so_far = np.cumsum(gap_before)
     kept = np.arange(len(rows))
     if bucket_ms != DAY_MS:
+        # Rows are in coin then time order, so the points of one coin in one bucket are neighbours: keep the last.
         key = coin_of_row.astype(np.int64) << 32
         key |= (times // bucket_ms) - (times.min() // bucket_ms)
-        kept = kept[~pd.Series(key).duplicated(keep="last").to_numpy()]
+        kept = kept[np.append(key[1:] != key[:-1], True)]
     result = []
     for coin in coins:
         lo, hi = np.searchsorted(coin_of_row[kept], [coin.index, coin.index + 1])
@@ -330,7 +330,7 @@ class ChartData:
     price_scale: str
     cap_scale: str
     performance_scale: str
-    picked: str  # "; the 10 largest of 17,000 coins ..." when a large history is cut to its leaders, else ""
+    picked: str  # "the 10 largest of 17,000 coins ..." when a large history is cut to its leaders, else ""
     short: bool  # no coin has points on two UTC days yet
     untracked: int  # coins of the history the last run did not track, left out
 
@@ -356,7 +356,7 @@ def chart_data(index: HistoryIndex, options: ChartOptions, *, max_points: int, s
         top, movers = index.leaders(currency, CHART_TOP, CHART_MOVERS)
         daily = index.daily_points(currency, coins=top + movers)
         picked = picked_text(len(top), held, len(movers))
-        logger.info("charts of %s: %s", currency, picked[2:])
+        logger.info("charts of %s: %s", currency, picked)
     elif options.coins and (named := _named_ids(index, currency, options.coins)):
         daily = index.daily_points(currency, coins=named)  # --plot-coins: read those coins' days alone
     else:

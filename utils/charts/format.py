@@ -99,9 +99,9 @@ def window_text(start: datetime, end: datetime) -> str:
 
 
 def picked_text(top: int, held: int, movers: int) -> str:
-    """What a chart of a large history shows, appended to its subtitle."""
-    return f"; the {top} largest of {held:,} coins by market cap" + (
-        f" and the day's {movers} biggest movers" if movers else ""
+    """Which coins a chart of a large history shows, in place of its coin count."""
+    return f"the {top} largest of {held:,} coins by market cap" + (
+        f" + the day's {movers} biggest movers" if movers else ""
     )
 
 
@@ -123,22 +123,26 @@ def chart_text(
     bucket_days: int,
     scale: str,
     now: datetime,
+    picked: str = "",
 ) -> ChartText:
-    """Title (what, where, when), subtitle (what the axis shows, how many coins, which points) and stamp (source, age)."""
+    """Title (what, where, when), subtitle (what the axis shows, which coins) and stamp (which points, source, age).
+
+    picked, when a large history is cut to its leaders, says which coins in place of their count.
+    """
     newest = window[1]
-    stamp = f"Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
+    per = (
+        "Last observation of each UTC day" if bucket_days == 1 else f"Last observation of every {bucket_days} UTC days"
+    )
+    stamp = f"{per} · Newest data: {newest:%Y-%m-%d %H:%M} UTC · Data: CoinGecko"
     if now - newest > timedelta(days=2):
         stamp = f"{stamp} · {(now - newest).days} days old when drawn"
-    per = (
-        "last observation of each UTC day" if bucket_days == 1 else f"last observation of every {bucket_days} UTC days"
-    )
-    count = f"{coins} coin{'' if coins == 1 else 's'}"
+    count = picked or f"{coins} coin{'' if coins == 1 else 's'}"
     if untracked:
         count += f" tracked now ({untracked} more in the history: --plot-coins draws them)"
     log_note = ", log scale" if scale == "log" else ""
     return ChartText(
         title=f"{title} in {currency.upper()} · {window_text(*window)}",
-        subtitle=f"{what}{log_note} · {count} · {per}",
+        subtitle=f"{what}{log_note} · {count}",
         stamp=stamp,
     )
 

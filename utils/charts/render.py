@@ -92,7 +92,7 @@ def chart_drawings(
     """The three charts as (file name, function drawing its Figure), and the report (without paths) of what they show."""
     data = chart_data(index, options, max_points=draw.MAX_POINTS_PER_LINE, source=source)
     when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    currency, code, picked = data.currency, data.currency.upper(), data.picked
+    currency, code = data.currency, data.currency.upper()
 
     price_name, cap_name, performance_name = chart_names(currency, options.primary or currency)
     drawings: list[tuple[str, Callable[[], Figure]]] = [
@@ -105,7 +105,7 @@ def chart_drawings(
                 data.prices,
                 data.price_scale,
                 title="Price",
-                what=f"Price per coin in {code}{picked}",
+                what=f"Price per coin in {code}",
                 empty_note="No prices in this window",
                 y_formatter=partial(draw.MoneyFormatter, currency),
                 value_label=lambda v: price_text(v, currency),
@@ -120,7 +120,7 @@ def chart_drawings(
                 data.caps,
                 data.cap_scale,
                 title="Market capitalisation",
-                what=f"Market capitalisation in {code}{picked}",
+                what=f"Market capitalisation in {code}",
                 empty_note="No market caps in this window",
                 y_formatter=partial(draw.MoneyFormatter, currency),
                 value_label=lambda v: format_money(v, currency, 3),
@@ -135,7 +135,7 @@ def chart_drawings(
                 data.performance,
                 data.performance_scale,
                 title="Performance",
-                what="Price index: each coin = 100 at its first point in the window" + picked,
+                what="Price index, 100 at each coin's first point in the window",
                 empty_note="No prices in this window",
                 y_formatter=draw.IndexFormatter,
                 value_label=change_text,
@@ -181,6 +181,7 @@ def _draw(
         bucket_days=bucket_days,
         scale=scale,
         now=now,
+        picked=data.picked,
     )
     return draw.draw_chart(
         series,
@@ -250,11 +251,8 @@ def _save_to_temp(fig: Figure, final: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".png.tmp", dir=final.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            canvas = fig.canvas
-            canvas.draw()
-            image = Image.frombuffer(
-                "RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
-            ).convert("RGB")
+            pixels, size = draw.rasterize(fig)
+            image = Image.frombuffer("RGBA", size, pixels, "raw", "RGBA", 0, 1).convert("RGB")
             # A chart has few colours: a 256-colour PNG looks the same, is four times smaller
             # and encodes in half the time of matplotlib's RGBA one.
             image.quantize(256, method=Image.Quantize.FASTOCTREE).save(fh, format="png")
