@@ -338,6 +338,79 @@ class Manifest:
         self.path.unlink(missing_ok=True)
 
 
+@dataclass
+class Fetched:
+    """What fetch_days gathered: rows, rejections, the days answered without data, what was not written."""
+
+    records: list[Record] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    unavailable: dict[tuple[str, str], set[date]] = field(default_factory=dict)
+    unwritten: list[str] = field(default_factory=list)  # raw answers that could not be archived
+    done: list[str] = field(default_factory=list)  # coins whose answers came
+
+
+def fetch_days(
+    client: CoinGeckoClient,
+    storage: Storage,
+    vs_currency: str,
+    wanted: dict[str, set[date]],
+    into: Fetched,
+    *,
+    plan: str,
+    clock: Callable[[], datetime],
+    purpose: str,
+    failed: Callable[[str, ExtractError], bool],
+    progress: Progress | None = None,
+    manifest: Manifest | None = None,
+    malformed: str | None = None,
+) -> Fetched:
+    """The one fetch loop of backfill, heal and seed: each coin's market_chart answers for its wanted days
+    (one request per window, paced by the client's limiter; an interrupted backfill's stored answers reused),
+    archived under raw/, turned into rows of the wanted days, with progress.
+
+    `failed(coin, error)` decides about a coin CoinGecko refused: False skips the coin, True stops the loop
+    (a currency refused), raising aborts. `malformed`, when given, is said after a malformed or empty answer.
+    """
+    for coin_id, days in wanted.items():
+        span = DayRange(min(days), max(days))
+        answers = manifest.answers(coin_id) if manifest else None
+        if answers is None:
+            try:
+                answers = fetch_coin(client, coin_id, vs_currency, span, plan)
+            except ExtractError as exc:
+                if failed(coin_id, exc):
+                    break
+                if progress is not None:
+                    progress.step(coin_id)
+                continue
+            try:
+                archive = storage.archive(
+                    clock(), f"market_chart_{coin_id}_{vs_currency}", chart_payload(coin_id, vs_currency, span, answers)
+                )
+                if manifest is not None:
+                    manifest.mark(coin_id, archive)
+            except (OSError, PipelineError) as exc:
+                why = failure_text(exc, f"{storage.location}/raw")
+                log.warning("could not archive the raw answer for %s (%s); the %s goes on", coin_id, why, purpose)
+                into.unwritten.append(f"raw answer for {coin_id} ({why})")
+        coin_records, coin_rejected = records_from(coin_id, vs_currency, answers, span)
+        coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in days]
+        into.records.extend(coin_records)
+        into.rejected.extend(coin_rejected)
+        into.done.append(coin_id)
+        if malformed is not None and not well_formed(answers):
+            log.warning("CoinGecko's answer for %s's missing days was malformed or empty; %s", coin_id, malformed)
+        into.unavailable[(coin_id, vs_currency)] = lacking(days, coin_records, answers)
+        if progress is not None:
+            progress.step(coin_id)
+    return into
+
+
+def store_rows(storage: Storage, fetched: Fetched, now: datetime) -> MergeReport:
+    """Fetched rows, completed with name, symbol and fetch time, merged into the history in one write."""
+    return storage.merge(complete_rows(fetched.records, storage, now), unavailable=fetched.unavailable, checked=now)
+
+
 def backfill_coins(settings: Settings, vs_currency: str) -> tuple[str, ...]:
     """The coins to backfill in one currency: --coins, plus the top N members the last run recorded."""
     if not settings.top:
@@ -392,8 +465,6 @@ def backfill(
     per_coin = len(windows(span, settings.api_plan))
     enforce(settings, f"backfill of {total - resumed} coins", (total - resumed) * per_coin)
     result = BackfillResult(currencies=settings.vs_currencies, span=span)
-    records: list[Record] = []
-    unavailable: dict[tuple[str, str], set[date]] = {}
     progress = Progress(
         total,
         stream=progress_stream,
@@ -402,56 +473,50 @@ def backfill(
     )
     client.limiter.on_wait = progress.waiting
     calls_before = client.calls
+    every_day = {span.first + timedelta(days=i) for i in range(span.days)}
+    fetched = Fetched()
     try:
         for vs_currency, coins in plan.items():
-            manifest = manifests[vs_currency]
-            for coin_id in coins:
-                answers = manifest.answers(coin_id)
-                if answers is None:
-                    try:
-                        answers = fetch_coin(client, coin_id, vs_currency, span, settings.api_plan)
-                    except ExtractError as exc:
-                        if exc.status == 404:
-                            log.warning("CoinGecko does not know %s (%s); skipped", coin_id, exc)
-                            result.missing.append(coin_id)
-                            progress.step(coin_id)
-                            continue
-                        if exc.status == 400 and len(settings.vs_currencies) > 1:
-                            log.warning("%s failed: %s", vs_currency, exc)
-                            result.failed_currencies.append((vs_currency, str(exc)))
-                            break
-                        raise
-                    try:
-                        archive = storage.archive(
-                            clock(),
-                            f"market_chart_{coin_id}_{vs_currency}",
-                            chart_payload(coin_id, vs_currency, span, answers),
-                        )
-                        manifest.mark(coin_id, archive)
-                    except (OSError, PipelineError) as exc:
-                        why = failure_text(exc, f"{storage.location}/raw")
-                        log.warning("could not archive the raw answer for %s (%s); the backfill goes on", coin_id, why)
-                        result.unwritten.append(f"raw answer for {coin_id} ({why})")
-                coin_records, coin_rejected = records_from(coin_id, vs_currency, answers, span)
-                records.extend(coin_records)
-                result.rejected.extend(coin_rejected)
-                result.coins_done.append(coin_id)
-                unavailable[(coin_id, vs_currency)] = lacking(
-                    {span.first + timedelta(days=i) for i in range(span.days)}, coin_records, answers
-                )
-                progress.step(coin_id)
+
+            def failed(coin_id: str, exc: ExtractError, vs_currency: str = vs_currency) -> bool:
+                """An unknown coin is skipped; a currency CoinGecko refuses stops that currency (of several)."""
+                if exc.status == 404:
+                    log.warning("CoinGecko does not know %s (%s); skipped", coin_id, exc)
+                    result.missing.append(coin_id)
+                    return False
+                if exc.status == 400 and len(settings.vs_currencies) > 1:
+                    log.warning("%s failed: %s", vs_currency, exc)
+                    result.failed_currencies.append((vs_currency, str(exc)))
+                    return True
+                raise exc
+
+            fetch_days(
+                client,
+                storage,
+                vs_currency,
+                dict.fromkeys(coins, every_day),
+                fetched,
+                plan=settings.api_plan,
+                clock=clock,
+                purpose="backfill",
+                failed=failed,
+                progress=progress,
+                manifest=manifests[vs_currency],
+            )
     finally:
         client.limiter.on_wait = None
         progress.close()
         result.requests = client.calls - calls_before
         result.paced_seconds = client.limiter.waited
+        result.rejected.extend(fetched.rejected)
+        result.coins_done.extend(fetched.done)
+        result.unwritten.extend(fetched.unwritten)
     for line in rejection_lines(result.rejected):
         log.warning("%s", line)
     if not result.coins_done:
         why = "; ".join(f"{vs}: {reason}" for vs, reason in result.failed_currencies)
         raise ExtractError("no coin could be backfilled" + (f" ({why})" if why else "") + "; nothing was merged")
-    records = complete_rows(records, storage, clock())
-    result.merge = storage.merge(records, unavailable=unavailable, checked=clock())
+    result.merge = store_rows(storage, fetched, clock())
     for manifest in manifests.values():
         manifest.finish()
     result.seconds = time.monotonic() - started
@@ -532,41 +597,26 @@ def fill_days(
     heal = purpose == "heal"
     backfill_hint = f"`python main.py backfill --days {settings.seed_days}` fills them"
     again = "its days are asked for again next run" if heal else backfill_hint
-    records: list[Record] = []
-    unavailable: dict[tuple[str, str], set[date]] = {}
-    unwritten: list[str] = []
-    for coin_id, days in wanted.items():
-        span = DayRange(min(days), max(days))
-        try:
-            answers = fetch_coin(client, coin_id, vs_currency, span, settings.api_plan)
-        except ExtractError as exc:
-            log.warning("could not %s %s: %s; %s", purpose, coin_id, exc, again)
-            if progress is not None:
-                progress.step(coin_id)
-            continue
-        try:
-            storage.archive(
-                clock(), f"market_chart_{coin_id}_{vs_currency}", chart_payload(coin_id, vs_currency, span, answers)
-            )
-        except (OSError, PipelineError) as exc:
-            why = failure_text(exc, f"{storage.location}/raw")
-            log.warning("could not archive the raw answer for %s (%s); the %s goes on", coin_id, why, purpose)
-            unwritten.append(f"raw answer for {coin_id} ({why})")
-        coin_records, _ = records_from(coin_id, vs_currency, answers, span)
-        wanted_days = set(days)
-        coin_records = [r for r in coin_records if date.fromisoformat(r.last_updated[:10]) in wanted_days]
-        records.extend(coin_records)
-        if not well_formed(answers):
-            log.warning(
-                "CoinGecko's answer for %s's missing days was malformed or empty; %s",
-                coin_id,
-                "they are asked for again next run" if heal else backfill_hint,
-            )
-        unavailable[(coin_id, vs_currency)] = lacking(wanted_days, coin_records, answers)
-        if progress is not None:
-            progress.step(coin_id)
-    report = storage.merge(complete_rows(records, storage, now), unavailable=unavailable, checked=now)
-    return report.added, report.findings, (*unwritten, *report.unwritten)
+
+    def failed(coin_id: str, exc: ExtractError) -> bool:
+        log.warning("could not %s %s: %s; %s", purpose, coin_id, exc, again)
+        return False
+
+    fetched = fetch_days(
+        client,
+        storage,
+        vs_currency,
+        {coin_id: set(days) for coin_id, days in wanted.items()},
+        Fetched(),
+        plan=settings.api_plan,
+        clock=clock,
+        purpose=purpose,
+        failed=failed,
+        progress=progress,
+        malformed="they are asked for again next run" if heal else backfill_hint,
+    )
+    report = store_rows(storage, fetched, now)
+    return report.added, report.findings, (*fetched.unwritten, *report.unwritten)
 
 
 def seed_days(settings: Settings, now: datetime) -> list[date]:
