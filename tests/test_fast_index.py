@@ -94,8 +94,8 @@ def dump(db: sqlite3.Connection) -> dict[str, list]:
             "SELECT s.coin_id, s.vs_currency, o.ts FROM obs o JOIN series s ON s.id = o.series ORDER BY 1, 2, 3"
         ).fetchall(),
         "daily": db.execute(
-            "SELECT s.coin_id, s.vs_currency, d.day, d.ts, d.price, d.cap, d.rank FROM daily d "
-            "JOIN series s ON s.id = d.series ORDER BY 1, 2, 3"
+            "SELECT s.coin_id, s.vs_currency, d.k >> 20, (d.k >> 20) * 86400000 + d.at, d.price, d.cap, d.rank "
+            "FROM daily d JOIN series s ON s.id = d.k & 1048575 ORDER BY 1, 2, 3"
         ).fetchall(),
         "covered": db.execute(
             "SELECT s.coin_id, s.vs_currency, c.first_day, c.last_day FROM covered c "
@@ -172,6 +172,110 @@ class FastPathTest(unittest.TestCase):
                     careful._add(found)
                     self.assertEqual(built, dump(careful.db), f"odd every {odd_every}")
                 self.assertEqual(damaged, bad)
+
+
+class StoredOnceTest(unittest.TestCase):
+    """Every key is stored once (a day's last observation in daily, the others in extra), whatever the order of the
+    rows, the block a day's rows fall in, or how often a row is repeated."""
+
+    @staticmethod
+    def expected(found: list[csvio.Observation]) -> tuple[list, list]:
+        keys = sorted({(o.coin_id, o.vs_currency, o.ts_ms) for o in found})
+        last: dict[tuple[str, str, int], csvio.Observation] = {}
+        for o in found:
+            slot = (o.coin_id, o.vs_currency, o.ts_ms // 86_400_000)
+            if slot not in last or o.ts_ms >= last[slot].ts_ms:
+                last[slot] = o
+        daily = sorted((*slot, o.ts_ms, o.price, o.market_cap, o.rank) for slot, o in last.items())
+        return keys, daily
+
+    def test_shuffled_repeated_rows_in_small_blocks_and_in_batches(self) -> None:
+        rng = random.Random(5)
+        lines = body(11, 4000, 0).decode().splitlines(keepends=True)
+        lines += rng.sample(lines, 400)  # the same rows again (a key stored twice by hand)
+        rng.shuffle(lines)
+        data = "".join(lines).encode()
+        found, _ = csvio.observations(data)
+        keys, daily = self.expected(found)
+        with tempfile.TemporaryDirectory() as tmp:
+            csv_path = Path(tmp) / "crypto_data.csv"
+            csv_path.write_bytes(HEADER_LINE.encode() + data)
+            for chunk in (2048, 50_000, 4 << 20):
+                with self.subTest(chunk=chunk), HistoryIndex(Path(tmp) / f"index-{chunk}.sqlite") as index:
+                    index.CHUNK_BYTES = chunk
+                    self.assertEqual(index.sync(csv_path), "rebuilt")
+                    got = dump(index.db)
+                    self.assertEqual(got["obs"], keys)  # each key once, none twice
+                    self.assertEqual(got["daily"], daily)
+                    self.assertEqual(index.rows, len(found))
+            with HistoryIndex(":memory:") as batches:
+                for start in range(0, len(found), 700):  # as runs append them
+                    batches._add(found[start : start + 700])
+                got = dump(batches.db)
+                self.assertEqual((got["obs"], got["daily"]), (keys, daily))
+                held = set(keys)
+                for o in rng.sample(found, 50):
+                    self.assertTrue(batches.has(o.coin_id, o.vs_currency, o.ts_ms))
+                    later = (o.coin_id, o.vs_currency, o.ts_ms + 1)
+                    self.assertEqual(batches.has(*later), later in held)
+
+    def test_readers_by_lookup_and_by_pass_agree(self) -> None:
+        """A few coins' points are read by key lookups, many coins' by a pass over the days: the same points."""
+        found, _ = csvio.observations(body(13, 6000, 0))
+        _, daily = self.expected(found)
+        with HistoryIndex(":memory:") as index:
+            index._add(found)
+            keys = sorted({(o.coin_id, o.vs_currency) for o in found})
+            days = [d for _, _, d, *_ in daily]
+            first, last = min(days), max(days)
+            every = index.points_of(keys, first, last)
+            for key in keys:
+                want = [(ts, price, cap) for c, v, d, ts, price, cap, _ in daily if (c, v) == key]
+                self.assertEqual(every[key], want)
+                self.assertEqual(index.points(*key, first, last), want)  # one coin: lookups
+                self.assertEqual(
+                    index.points(*key, first + 3, first + 9),
+                    [p for p in want if first + 3 <= p[0] // 86_400_000 <= first + 9],
+                )
+                for ts in (want[len(want) // 2][0], want[-1][0] + 1, want[0][0]):
+                    before = [(t, cap) for t, _, cap in want if t < ts and cap is not None]
+                    self.assertEqual(index.last_cap_before(*key, ts), before[-1] if before else None)
+            for vs in ("eur", "usd"):
+                whole = index.daily_points(vs)
+                some = index.daily_points(vs, coins=["coin-3", "coin-7"])
+                pick = [i for i, s in enumerate(whole.series) if whole.coin_id[s] in ("coin-3", "coin-7")]
+                self.assertEqual(some.ts_ms, [whole.ts_ms[i] for i in pick])
+                self.assertEqual(some.price, [whole.price[i] for i in pick])
+
+    def test_a_build_records_the_bytes_standard_readers_take(self) -> None:
+        """The build checks the plain blocks it reads for standard readers (so the first run need not read the
+        whole file again), up to the first block that needs a closer look."""
+        data = body(17, 3000, 0)
+        lines = data.splitlines(keepends=True)
+        for name, bad in (("a NUL", b"\x00"), ("bytes that are not UTF-8", b"\xff"), ("a blank line", b"\n")):
+            with self.subTest(name), tempfile.TemporaryDirectory() as tmp:
+                cut = sum(map(len, lines[:2000]))
+                cells = lines[2000].split(b",")
+                cells[COLUMNS.index("source")] = b"coins" + bad  # a cell the build does not read
+                odd = b",".join(cells) if bad != b"\n" else b"\n" + lines[2000]
+                csv_path = Path(tmp) / "crypto_data.csv"
+                csv_path.write_bytes(HEADER_LINE.encode() + data[:cut] + odd + data[cut + len(lines[2000]) :])
+                with HistoryIndex(Path(tmp) / "index.sqlite") as index:
+                    index.CHUNK_BYTES = 20_000
+                    index.sync(csv_path)
+                    self.assertGreater(index.readable_upto, len(HEADER_LINE) + 50_000)
+                    self.assertLessEqual(index.readable_upto, len(HEADER_LINE) + cut)
+        with tempfile.TemporaryDirectory() as tmp:
+            csv_path = Path(tmp) / "crypto_data.csv"
+            csv_path.write_bytes(HEADER_LINE.encode() + data)
+            with HistoryIndex(Path(tmp) / "index.sqlite") as index:
+                index.CHUNK_BYTES = 20_000
+                index.sync(csv_path)
+                self.assertEqual(index.readable_upto, csv_path.stat().st_size)
+                with open(csv_path, "ab") as fh:  # rows appended by hand: the catch-up checks them too
+                    fh.write(b"".join(lines[:100]))
+                self.assertEqual(index.sync(csv_path), "caught up")
+                self.assertEqual(index.readable_upto, csv_path.stat().st_size)
 
 
 if __name__ == "__main__":

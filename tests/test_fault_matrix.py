@@ -874,7 +874,8 @@ class LoadStage(MatrixTestCase):
 
         def forget_keys(p: Path) -> None:
             with sqlite3.connect(p) as db:
-                db.execute("DELETE FROM obs")
+                db.execute("DELETE FROM daily")
+                db.execute("DELETE FROM extra")
 
         damage = {
             "index file corrupt": lambda p: (

@@ -163,7 +163,7 @@ class IndexFileTest(LoadTestCase):
             (series,) = db.execute(
                 "SELECT id FROM series WHERE coin_id = ? AND vs_currency = 'eur'", (coin_id,)
             ).fetchone()
-            db.execute("INSERT INTO obs (series, ts) VALUES (?, ?)", (series, timestamp_ms(last_updated)))
+            db.execute("INSERT INTO extra (series, ts) VALUES (?, ?)", (series, timestamp_ms(last_updated)))
 
     def advanced(self, coin_id: str) -> str:
         return next(r for r in self.fake.coins if r["id"] == coin_id)["last_updated"]
@@ -221,6 +221,39 @@ class IndexFileTest(LoadTestCase):
         self.csv_path = self.data_dir / "crypto_data.csv"
         self.env["PIPELINE_DATA_DIR"] = str(self.data_dir)
 
+    def test_an_index_in_the_earlier_layout_is_rebuilt_once_and_says_so(self) -> None:
+        """Schema 2 kept every key in obs and each day's last point again in daily; schema 3 keeps each key once.
+        An index of version 2 is dropped and rebuilt from the CSV, with one line, and its space given back."""
+        self.run_ok()
+        with sqlite3.connect(self.index_file) as db:
+            meta = dict(db.execute("SELECT k, v FROM meta"))
+        self.index_file.unlink()
+        with sqlite3.connect(self.index_file) as db:  # the layout version 2 wrote, its tables full of old keys
+            db.executescript(
+                "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;"
+                "CREATE TABLE series (id INTEGER PRIMARY KEY, coin_id TEXT NOT NULL, vs_currency TEXT NOT NULL);"
+                "CREATE TABLE obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (ts, series)) WITHOUT ROWID;"
+                "CREATE TABLE daily (series INTEGER NOT NULL, day INTEGER NOT NULL, ts INTEGER NOT NULL, price REAL, "
+                "cap REAL, rank INTEGER, PRIMARY KEY (day, series)) WITHOUT ROWID;"
+            )
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [*{**meta, "version": "2"}.items()])
+            db.executemany("INSERT INTO obs VALUES (?, ?)", ((i % 7, i) for i in range(600_000)))
+        before = self.index_file.stat().st_size
+        stderr = self.run_ok("status")
+        said = [line for line in stderr.splitlines() if "another version" in line]
+        self.assertEqual(len(said), 1, stderr)
+        self.assertIn("rebuilding it from the history", said[0])
+        with sqlite3.connect(self.index_file) as db:
+            self.assertEqual(db.execute("SELECT v FROM meta WHERE k = 'version'").fetchone()[0], "3")
+            self.assertEqual(db.execute("SELECT type FROM sqlite_master WHERE name = 'obs'").fetchone()[0], "view")
+            stored = {
+                (c, ts) for c, ts in db.execute("SELECT s.coin_id, o.ts FROM obs o JOIN series s ON s.id = o.series")
+            }
+        self.assertEqual(stored, {(c, timestamp_ms(ts)) for c, ts in NEWEST.items()})
+        self.assertLess(self.index_file.stat().st_size, before / 2)  # the old keys' pages were given back
+        self.assertNotIn("another version", self.run_ok("status"))
+        self.assertIn("0 rows appended, 10 duplicates skipped", self.run_ok())
+
     def test_missing_or_corrupt_index_is_rebuilt_without_duplicates(self) -> None:
         def execute(sql: str) -> Callable[[Path], None]:
             def spoil(path: Path) -> None:
@@ -249,7 +282,8 @@ class IndexFileTest(LoadTestCase):
             "hash of another file": execute("UPDATE meta SET v = 'ab' WHERE k = 'tail'"),
             "no bookkeeping at all": execute("DELETE FROM meta"),
             "keys and bookkeeping gone": lambda path: (
-                execute("DELETE FROM obs")(path),
+                execute("DELETE FROM daily")(path),
+                execute("DELETE FROM extra")(path),
                 execute("DELETE FROM meta")(path),
             ),
         }

@@ -9,6 +9,7 @@ sorted physical lines.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import hashlib
 import io
@@ -319,9 +320,21 @@ class Columns:
     rank: Any  # numpy int64, -1 for none
     name: Any  # pyarrow string arrays
     symbol: Any
+    readable_end: int = -1  # the file offset where the block ends when a standard reader takes it all, else -1
 
     def __len__(self) -> int:
         return len(self.pair)
+
+
+def readable_lines(data: bytes) -> bool:
+    """Whether whole lines that pyarrow's reader took as rows of the header's width, with no quote or carriage
+    return (fast_columns' block), also pass the standard-reader check (_plain_lines): no blank line, no NUL, valid
+    UTF-8, no line near the csv module's cell limit. C-speed checks only; a line of 16-32 KB may be refused here
+    and is then checked by reader_problems_in as before."""
+    if not data.endswith(b"\n") or data.startswith(b"\n") or b"\n\n" in data or b"\x00" in data or not _utf8(data):
+        return False
+    window = FIELD_LIMIT_BYTES // 2  # a line longer than FIELD_LIMIT_BYTES holds a whole window without a newline
+    return all(data.find(b"\n", at, at + window) >= 0 for at in range(0, len(data) - window, window))
 
 
 _FAST_COLUMNS = (
@@ -353,7 +366,11 @@ def fast_columns(data: bytes) -> Columns | None:
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=max(1 << 20, len(data) + 1)),
+            read_options=pacsv.ReadOptions(
+                column_names=list(COLUMNS),
+                block_size=max(1 << 20, len(data) + 1),
+                use_threads=False,  # one block at a time: a thread pool only adds CPU time (2x on a busy machine)
+            ),
             parse_options=pacsv.ParseOptions(
                 quote_char=False,
                 double_quote=False,
@@ -371,19 +388,23 @@ def fast_columns(data: bytes) -> Columns | None:
         return None  # a line of another width, or bytes that are not UTF-8
     if table.num_rows == 0:
         return None
-    coin_id, vs = table.column("coin_id").combine_chunks(), table.column("vs_currency").combine_chunks()
-    encoded = pc.binary_join_element_wise(coin_id, vs, "\x1f").dictionary_encode()
+    # Each row's (coin, currency) pair as an index into the block's distinct pairs: the two columns are
+    # dictionary-encoded apart (cheaper than encoding joined strings) and their codes combined.
+    coins = table.column("coin_id").combine_chunks().dictionary_encode()
+    currencies = table.column("vs_currency").combine_chunks().dictionary_encode()
+    width = len(currencies.dictionary)
+    combined = coins.indices.to_numpy().astype(np.int64) * width + currencies.indices.to_numpy()
+    distinct, pair_index = np.unique(combined, return_inverse=True)
+    coin_names, currency_names = coins.dictionary.to_pylist(), currencies.dictionary.to_pylist()
     pairs: list[tuple[str, str]] = []
-    for text in encoded.dictionary.to_pylist():
-        pair = tuple(text.split("\x1f"))
-        if len(pair) != 2:
-            return None
+    for code in distinct.tolist():
+        pair = (coin_names[code // width], currency_names[code % width])
         if pair not in _valid_series:
             if not COIN_ID_RE.match(pair[0]) or not CURRENCY_RE.match(pair[1]):
                 return None
             if len(_valid_series) < _CACHE_MAX:
-                _valid_series.add(pair)  # type: ignore[arg-type]
-        pairs.append(pair)  # type: ignore[arg-type]
+                _valid_series.add(pair)
+        pairs.append(pair)
     ts = _fast_times(table.column("last_updated").combine_chunks(), np, pc)
     price, cap = (_fast_numbers(table.column(c).combine_chunks(), np, pa, pc) for c in ("current_price", "market_cap"))
     rank_text = table.column("market_cap_rank").combine_chunks()
@@ -399,7 +420,7 @@ def fast_columns(data: bytes) -> Columns | None:
     rank = pc.fill_null(pc.cast(kept, pa.int64()), -1).to_numpy()
     return Columns(
         pairs,
-        encoded.indices.to_numpy().astype(np.int64),
+        pair_index.astype(np.int64).reshape(-1),
         ts,
         price,
         cap,
@@ -475,6 +496,8 @@ def read_columns(
             columns = fast_columns(data[:last])
             if columns is not None:
                 carry = data[last:]
+                if readable_lines(data[:last]):
+                    columns = dataclasses.replace(columns, readable_end=pos - len(carry))
                 yield columns
                 continue
         if pos >= end or not block:

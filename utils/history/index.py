@@ -13,13 +13,13 @@ import logging
 import os
 import sqlite3
 import time
-from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 from utils.clock import DAY_MS, day_number
 from utils.history import csvio
@@ -28,19 +28,25 @@ from utils.history.schema import COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"  # 2: obs and daily keyed time first, so an append writes a few pages, not one per series
+# 2: obs and daily keyed time first, so an append writes a few pages, not one per series
+# 3: a key is stored once: each day's last observation in `daily` (keyed day << 20 | series, its time as ms into the
+#    day), the other observations' keys in `extra`; a once-a-day history no longer keeps the same rows twice
+SCHEMA_VERSION = "3"
 RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask again after this long
+SERIES_BITS = 20  # a daily point's key is day << SERIES_BITS | series
+SERIES_LIMIT = 1 << SERIES_BITS  # (coin, currency) pairs one index can hold: 17,000 coins in 61 currencies
+MASK = SERIES_LIMIT - 1
 
-_TABLES = """
+_TABLES = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, coin_id TEXT NOT NULL, vs_currency TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
     symbol TEXT NOT NULL DEFAULT '', label_ms INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0,
     first_ms INTEGER, last_ms INTEGER, UNIQUE (coin_id, vs_currency));
-CREATE TABLE IF NOT EXISTS obs (series INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (ts, series)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS daily (
-    series INTEGER NOT NULL, day INTEGER NOT NULL, ts INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER,
-    PRIMARY KEY (day, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daily (k INTEGER PRIMARY KEY, at INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER);
+CREATE TABLE IF NOT EXISTS extra (ts INTEGER NOT NULL, series INTEGER NOT NULL, PRIMARY KEY (ts, series)) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS obs (series, ts) AS
+    SELECT k & {MASK}, (k >> {SERIES_BITS}) * {DAY_MS} + at FROM daily UNION ALL SELECT series, ts FROM extra;
 CREATE TABLE IF NOT EXISTS covered (
     series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL,
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
@@ -49,7 +55,16 @@ CREATE TABLE IF NOT EXISTS unavailable (
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS table_files (path TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-_DATA_TABLES = ("series", "obs", "daily", "covered", "unavailable", "table_files")
+# daily: the last observation of each UTC day per series, the charts' points: k = day << 20 | series (a rowid, so
+#   appends in key order fill pages whole), at = its time in ms since the day began. extra: the key of every other
+#   observation (a series observed more than once a day). Together they hold every key once; the view obs reads both.
+_DATA_TABLES = ("series", "daily", "extra", "covered", "unavailable", "table_files")
+
+
+def slot(day: int, sid: int) -> int:
+    """The daily table's key of one series' day."""
+    return day * SERIES_LIMIT + sid
+
 
 Range = tuple[int, int]  # first and last day number (days since 1970-01-01), inclusive
 
@@ -134,43 +149,86 @@ class DailyPoints:
     cap: list[float | None]
 
 
-class _Batch:
-    """What a set of observations adds to the index: their keys, each day's last one, each series' facts."""
+class _SeriesFacts:
+    """Each series' rows, first and last time and newest name over a whole read (block after block, in file order),
+    written to `series` once at the end instead of once per block."""
 
     def __init__(self) -> None:
-        # Keys in arrival order: the CSV is (nearly) in time order, and so is the (ts, series) key.
-        self.times: array[int] = array("q")
-        self.series: array[int] = array("q")
-        self.last_of_day: dict[tuple[int, int], Observation] = {}
-        self.stats: dict[int, list] = {}  # rows, first ms, last ms, the observation whose name labels the series
+        import numpy as np  # start-up time: only writing to the index needs numpy
 
-    def add(self, found: list[Observation], ids: dict[tuple[str, str], int]) -> None:
-        times, series, last_of_day, stats = self.times, self.series, self.last_of_day, self.stats
-        for o in found:
-            sid = ids[(o.coin_id, o.vs_currency)]
-            ts = o.ts_ms
-            times.append(ts)
-            series.append(sid)
-            slot = (ts // DAY_MS, sid)
-            held = last_of_day.get(slot)
-            if held is None or ts >= held.ts_ms:
-                last_of_day[slot] = o
-            s = stats.get(sid)
-            if s is None:
-                stats[sid] = [1, ts, ts, o]
-            else:
-                s[0] += 1
-                if ts < s[1]:
-                    s[1] = ts
-                if ts > s[2]:
-                    s[2] = ts
-                if o.name and ts >= s[3].ts_ms or not s[3].name:
-                    s[3] = o
+        self.np = np
+        self.rows = np.zeros(0, np.int64)
+        self.first = np.zeros(0, np.int64)
+        self.last = np.zeros(0, np.int64)
+        self.label_ms = np.zeros(0, np.int64)
+        self.labels: dict[int, tuple[str, str]] = {}  # series -> (name, symbol) of its newest named observation
+
+    def _grow(self, size: int) -> None:
+        np = self.np
+        if size <= len(self.rows):
+            return
+        more = size - len(self.rows)
+        self.rows = np.append(self.rows, np.zeros(more, np.int64))
+        self.first = np.append(self.first, np.full(more, np.iinfo(np.int64).max))
+        self.last = np.append(self.last, np.full(more, np.iinfo(np.int64).min))
+        self.label_ms = np.append(self.label_ms, np.full(more, np.iinfo(np.int64).min))
+
+    def add(self, sid: Any, ts: Any, names: Any, symbols: Any) -> None:
+        """A block's rows: series and times as int64 arrays, names and symbols as pyarrow arrays or lists."""
+        np = self.np
+        self._grow(int(sid.max()) + 1)
+        self.rows += np.bincount(sid, minlength=len(self.rows))
+        by_series = np.lexsort((ts, sid))
+        s = sid[by_series]
+        starts = np.flatnonzero(np.insert(s[1:] != s[:-1], 0, True))
+        ends = np.append(starts[1:], len(s)) - 1
+        ids = s[starts]
+        self.first[ids] = np.minimum(self.first[ids], ts[by_series[starts]])
+        self.last[ids] = np.maximum(self.last[ids], ts[by_series[ends]])
+        if isinstance(names, list):
+            named = np.flatnonzero(np.array([bool(n) for n in names], dtype=bool))
+        else:
+            import pyarrow.compute as pc
+
+            named = np.flatnonzero(pc.not_equal(names, "").to_numpy(zero_copy_only=False))
+        if not len(named):
+            return
+        order = named[np.lexsort((named, ts[named], sid[named]))]  # a later row wins a tie in time
+        s = sid[order]
+        label = order[np.flatnonzero(np.append(s[1:] != s[:-1], True))]
+        label = label[ts[label] >= self.label_ms[sid[label]]]
+        if not len(label):
+            return
+        self.label_ms[sid[label]] = ts[label]
+        if isinstance(names, list):
+            picked = [(names[i], symbols[i]) for i in label.tolist()]
+        else:
+            picked = list(zip(names.take(label).to_pylist(), symbols.take(label).to_pylist()))
+        self.labels.update(zip(sid[label].tolist(), picked))
+
+    def write(self, db: sqlite3.Connection) -> None:
+        """Fold the facts into the series table (inside the caller's transaction)."""
+        np = self.np
+        seen = np.flatnonzero(self.rows)
+        lows, highs = self.first[seen].tolist(), self.last[seen].tolist()
+        db.executemany(
+            "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
+            "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
+            zip(self.rows[seen].tolist(), lows, lows, highs, highs, seen.tolist()),
+        )
+        db.executemany(
+            "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms",
+            [(n, y, int(self.label_ms[i]), i, int(self.label_ms[i])) for i, (n, y) in self.labels.items()],
+        )
 
 
-def _nullable(values: object) -> list[float | None]:
-    """A float array's values with NaN as None (SQL NULL)."""
-    return [None if v != v else v for v in values.tolist()]  # type: ignore[attr-defined]
+def _nullable(values: Any, missing: Any) -> list:
+    """An array's values as a list, None (SQL NULL) where `missing` (a boolean array) is true."""
+    if not missing.any():
+        return values.tolist()
+    out = values.astype(object)
+    out[missing] = None
+    return out.tolist()
 
 
 class _Coverage:
@@ -190,12 +248,6 @@ class _Coverage:
         self.held += len(series)  # type: ignore[arg-type]
         if self.held >= self.COMPACT_AT:
             self.folded = self._fold()
-
-    def add_pairs(self, pairs: Iterable[tuple[int, int]]) -> None:
-        import numpy as np  # start-up time: only an index build needs numpy
-
-        got = np.array(list(pairs), dtype=np.int64).reshape(-1, 2)
-        self.add(got[:, 1], got[:, 0])
 
     def _fold(self) -> tuple:
         """Every pair so far, and the ranges folded before, as (series, first, last) arrays of merged ranges."""
@@ -242,6 +294,8 @@ BUSY_NOTICE = 2.0  # seconds of waiting for a held index before a line says so
 class HistoryIndex:
     """The SQLite index of one CSV history (WAL mode; ':memory:' for a read-only data folder)."""
 
+    CHUNK_BYTES = 4 << 20  # the CSV is read this much at a time
+
     def __init__(self, path: Path | str, busy_timeout: float = 300.0) -> None:
         self.path = str(path)
         self.busy_timeout = busy_timeout  # --lock-timeout: how long to wait for another program holding the file
@@ -259,6 +313,7 @@ class HistoryIndex:
             raise
         if self._meta("version") != SCHEMA_VERSION or self._meta("columns") != ",".join(COLUMNS):
             if self._meta("version") not in (None, SCHEMA_VERSION):
+                log.info("the index %s is from another version of this program: rebuilding it from the history", path)
                 self._drop_tables()  # another layout: CREATE TABLE IF NOT EXISTS would keep the old one
             self._reset()
 
@@ -323,9 +378,12 @@ class HistoryIndex:
         )
 
     def _drop_tables(self) -> None:
+        """Drop every table and view (an earlier version's layout), then create today's."""
         with self._transaction():
-            for table in _DATA_TABLES + ("meta",):
-                self.db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
+            for kind, name in self.db.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+            ).fetchall():
+                self.db.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')  # names from the file's own schema
         self.db.executescript(_TABLES)
 
     def _reset(self, *, inside: bool = False) -> None:
@@ -412,29 +470,49 @@ class HistoryIndex:
             raise
         level = logging.INFO if rows > 100_000 else logging.DEBUG
         log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, rows, self.damaged)
+        pages, free = (self.db.execute(f"PRAGMA {what}").fetchone()[0] for what in ("page_count", "freelist_count"))
+        if self.path != ":memory:" and free > max(256, pages // 4):  # an earlier, larger index: give the space back
+            with contextlib.suppress(sqlite3.OperationalError):  # another reader holds it: the space is reused later
+                self.db.execute("VACUUM")
 
     def _ingest(self, fh, start: int, end: int, *, bulk: bool = False) -> int:
         """Index the CSV's bytes [start, end) read in chunks (inside a transaction), then mark the file. Returns rows.
 
-        The chunks keep a million-row build to a few tens of MB: only keys, daily points and per-series facts
-        are held, never the rows.
-        """
+        The chunks keep a ten-million-row build to a few hundred MB: only each block's rows, the coverage and
+        per-series facts are held. bulk: the index was just emptied."""
+        import numpy as np  # start-up time: only writing to the index needs numpy
+
         rows = damaged = 0
-        cover = _Coverage()
-        for block in csvio.read_columns(fh, start, end):
+        cover, facts = _Coverage(), _SeriesFacts()
+        top = self._top_slot()
+        # The bytes checked for standard readers grow while the blocks read here pass that check too, so that the
+        # first run after a build does not read the whole file again.
+        readable = start if bulk or self.readable_upto >= start else -1
+        checking = readable >= 0
+        for block in csvio.read_columns(fh, start, end, self.CHUNK_BYTES):
             if isinstance(block, csvio.Columns):  # plain rows, parsed at C speed
-                self._write_columns(block, cover)
+                if checking and block.readable_end > readable:
+                    readable = block.readable_end
+                else:
+                    checking = False
+                ids = self._series_ids(block.pairs)
+                sid = np.array([ids[pair] for pair in block.pairs], dtype=np.int64)[block.pair]
+                top = self._write_rows(sid, block.ts_ms, block.price, block.cap, block.rank, top, cover)
+                facts.add(sid, block.ts_ms, block.name, block.symbol)
                 rows += len(block)
                 continue
             found, bad = block
-            batch = _Batch()
-            batch.add(found, self._series_ids({(o.coin_id, o.vs_currency) for o in found}))
-            self._write(batch, cover=cover)
-            rows += len(found)
             damaged += bad
+            checking = False
+            if found:
+                top = self._write_observations(found, top, cover, facts)
+                rows += len(found)
+        facts.write(self.db)
         for sid, ranges in cover.ranges().items():
             self._cover(sid, ranges, replace=bulk)
         self._mark_file(fh, rows, damaged)
+        if readable > max(start, self.readable_upto):
+            self._set_meta(readable=readable)
         return rows
 
     def _restore_unavailable(self, asked: list[tuple[str, str, int, int, int]]) -> None:
@@ -507,9 +585,7 @@ class HistoryIndex:
             fresh, seen = [], set()
             for o in found:
                 key = (o.ts_ms, ids[(o.coin_id, o.vs_currency)])
-                if key in seen or (
-                    not unseen and self.db.execute("SELECT 1 FROM obs WHERE ts = ? AND series = ?", key).fetchone()
-                ):
+                if key in seen or (not unseen and self._holds(key[1], key[0])):
                     continue
                 seen.add(key)
                 fresh.append(o)
@@ -535,89 +611,100 @@ class HistoryIndex:
         return self._ids
 
     def _add(self, found: list[Observation]) -> None:
-        """Record observations (inside a transaction): keys, daily points, series stats, covered days."""
+        """Record observations (inside a transaction): keys, daily points, series facts, covered days."""
         if found:
-            batch = _Batch()
-            batch.add(found, self._series_ids((o.coin_id, o.vs_currency) for o in found))
-            self._write(batch)
+            facts = _SeriesFacts()
+            self._write_observations(found, self._top_slot(), None, facts)
+            facts.write(self.db)
 
-    def _write_columns(self, cols: csvio.Columns, cover: _Coverage) -> None:
-        """Write a block of observations given column by column (inside a transaction), as _write writes a batch:
-        every key, each (day, series)'s last observation (a later row wins a tie), the series' facts; the days go
-        to `cover`."""
-        import numpy as np  # start-up time: only an index build needs numpy
+    def _top_slot(self) -> int:
+        """The largest key of the daily table (-1 << 62 when empty): a key above it cannot be held yet."""
+        top = self.db.execute("SELECT max(k) FROM daily").fetchone()[0]
+        return -(1 << 62) if top is None else top
 
-        ids = self._series_ids(cols.pairs)
-        sid = np.array([ids[pair] for pair in cols.pairs], dtype=np.int64)[cols.pair]
-        ts = cols.ts_ms
-        self.db.executemany("INSERT OR IGNORE INTO obs (ts, series) VALUES (?, ?)", zip(ts.tolist(), sid.tolist()))
+    def _write_observations(
+        self, found: list[Observation], top: int, cover: _Coverage | None, facts: _SeriesFacts
+    ) -> int:
+        """_write_rows of observations (the careful path's, a run's, a Delta table's). Returns the new top slot."""
+        import numpy as np  # start-up time: only writing to the index needs numpy
+
+        ids = self._series_ids({(o.coin_id, o.vs_currency) for o in found})
+        n = len(found)
+        sid = np.fromiter((ids[(o.coin_id, o.vs_currency)] for o in found), np.int64, n)
+        ts = np.fromiter((o.ts_ms for o in found), np.int64, n)
+        nan = float("nan")
+        price = np.fromiter((nan if o.price is None else o.price for o in found), np.float64, n)
+        cap = np.fromiter((nan if o.market_cap is None else o.market_cap for o in found), np.float64, n)
+        rank = np.fromiter((-1 if o.rank is None else o.rank for o in found), np.int64, n)
+        top = self._write_rows(sid, ts, price, cap, rank, top, cover)
+        facts.add(sid, ts, [o.name for o in found], [o.symbol for o in found])
+        return top
+
+    def _write_rows(self, sid: Any, ts: Any, price: Any, cap: Any, rank: Any, top: int, cover: _Coverage | None) -> int:
+        """Write observations given as arrays in file order (inside a transaction): each (series, day)'s last one
+        into daily (a later row wins a tie in time), the key of every other one into extra. `top` is the daily
+        table's largest key: a day above it is new, and is appended without a lookup. The days go to `cover`, or
+        into the series' covered ranges here. Returns the new top."""
+        import numpy as np  # start-up time: only writing to the index needs numpy
+
+        if len(sid) and int(sid.max()) >= SERIES_LIMIT:
+            raise sqlite3.OperationalError(f"the index holds at most {SERIES_LIMIT:,} (coin, currency) pairs")
         day = ts // DAY_MS
-        position = np.arange(len(ts))
-        order = np.lexsort((position, ts, sid, day))  # by day, series, time, then place in the file
-        d, s = day[order], sid[order]
-        last = order[np.flatnonzero(np.append((d[1:] != d[:-1]) | (s[1:] != s[:-1]), True))]
-        self.db.executemany(
-            "INSERT INTO daily (day, series, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (day, series) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
-            "rank = excluded.rank WHERE excluded.ts >= daily.ts",
-            zip(
-                day[last].tolist(),
-                sid[last].tolist(),
-                ts[last].tolist(),
-                _nullable(cols.price[last]),
-                _nullable(cols.cap[last]),
-                [None if r < 0 else r for r in cols.rank[last].tolist()],
-            ),
-        )
-        cover.add(sid[last], day[last])
-        by_series = np.lexsort((position, ts, sid))
-        s = sid[by_series]
-        starts = np.flatnonzero(np.insert(s[1:] != s[:-1], 0, True))
-        ends = np.append(starts[1:], len(s)) - 1
-        counts, lows, highs = ends - starts + 1, ts[by_series[starts]], ts[by_series[ends]]
-        self.db.executemany(
-            "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
-            "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
-            zip(counts.tolist(), lows.tolist(), lows.tolist(), highs.tolist(), highs.tolist(), s[starts].tolist()),
-        )
-        named = np.flatnonzero(np.asarray(cols.name.to_numpy(zero_copy_only=False), dtype=object) != "")
-        if len(named):
-            order = named[np.lexsort((named, ts[named], sid[named]))]
-            s = sid[order]
-            label = order[np.flatnonzero(np.append(s[1:] != s[:-1], True))]
-            names, symbols = cols.name.take(label).to_pylist(), cols.symbol.take(label).to_pylist()
+        key = day * SERIES_LIMIT + sid
+        order = np.lexsort((np.arange(len(ts)), ts, key))  # by slot, then time, then place in the file
+        k, t = key[order], ts[order]
+        end = np.append(k[1:] != k[:-1], True)
+        last = order[end]
+        # Every other key of a slot goes to extra, unless it is the last one's (the same row stored twice).
+        beaten = ~end & (t != ts[last][np.cumsum(end) - end])
+        if beaten.any():
             self.db.executemany(
-                "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
-                [(n, y, t, i, t, n) for n, y, t, i in zip(names, symbols, ts[label].tolist(), sid[label].tolist())],
+                "INSERT OR IGNORE INTO extra (ts, series) VALUES (?, ?)",
+                zip(t[beaten].tolist(), sid[order][beaten].tolist()),
+            )
+        k, d, s = key[last], day[last], sid[last]
+        at = ts[last] - d * DAY_MS
+        p, c, r = price[last], cap[last], rank[last]
+        held = np.flatnonzero(k <= top)
+        fresh = slice(None) if not len(held) else np.flatnonzero(k > top)
+
+        def rows(pick: Any) -> Iterator[tuple]:
+            return zip(
+                k[pick].tolist(),
+                at[pick].tolist(),
+                _nullable(p[pick], np.isnan(p[pick])),
+                _nullable(c[pick], np.isnan(c[pick])),
+                _nullable(r[pick], r[pick] < 0),
             )
 
-    def _write(self, batch: _Batch, *, bulk: bool = False, cover: _Coverage | None = None) -> None:
-        """Write a batch (inside a transaction); bulk: into an index just reset, so nothing is held yet; with
-        `cover`, its days are gathered there for the caller to fold in once."""
-        self.db.executemany("INSERT OR IGNORE INTO obs (ts, series) VALUES (?, ?)", zip(batch.times, batch.series))
-        self.db.executemany(
-            "INSERT INTO daily (day, series, ts, price, cap, rank) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (day, series) DO UPDATE SET ts = excluded.ts, price = excluded.price, cap = excluded.cap, "
-            "rank = excluded.rank WHERE excluded.ts >= daily.ts",
-            [(day, sid, o.ts_ms, o.price, o.market_cap, o.rank) for (day, sid), o in sorted(batch.last_of_day.items())],
-        )
-        self.db.executemany(
-            "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
-            "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
-            [(n, lo, lo, hi, hi, sid) for sid, (n, lo, hi, _) in batch.stats.items()],
-        )
-        self.db.executemany(
-            "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms AND ? != ''",
-            [(o.name, o.symbol, o.ts_ms, sid, o.ts_ms, o.name) for sid, (_, _, _, o) in batch.stats.items() if o.name],
-        )
+        if len(held):
+            # A slot held already: the earlier of its two times goes to extra, the later one is the day's point.
+            self.db.executemany(
+                "INSERT OR IGNORE INTO extra (ts, series) SELECT ? + min(at, ?), ? FROM daily WHERE k = ? AND at != ?",
+                zip(
+                    (d[held] * DAY_MS).tolist(),
+                    at[held].tolist(),
+                    s[held].tolist(),
+                    k[held].tolist(),
+                    at[held].tolist(),
+                ),
+            )
+            self.db.executemany(
+                "INSERT INTO daily (k, at, price, cap, rank) VALUES (?, ?, ?, ?, ?) ON CONFLICT (k) DO UPDATE SET "
+                "at = excluded.at, price = excluded.price, cap = excluded.cap, rank = excluded.rank "
+                "WHERE excluded.at >= daily.at",
+                rows(held),
+            )
+        self.db.executemany("INSERT INTO daily (k, at, price, cap, rank) VALUES (?, ?, ?, ?, ?)", rows(fresh))
         if cover is not None:
-            cover.add_pairs(batch.last_of_day)
-            return
-        days_by_series: dict[int, set[int]] = defaultdict(set)
-        for day, sid in batch.last_of_day:
-            days_by_series[sid].add(day)
-        for sid, days in days_by_series.items():
-            self._cover(sid, to_ranges(days), replace=bulk)
+            cover.add(s, d)
+        else:
+            days_by_series: dict[int, list[int]] = defaultdict(list)
+            for sid_, day_ in zip(s.tolist(), d.tolist()):
+                days_by_series[sid_].append(day_)
+            for sid_, days in days_by_series.items():
+                self._cover(sid_, to_ranges(days))
+        return max(top, int(k[-1])) if len(k) else top
 
     def _cover(self, sid: int, ranges: list[Range], *, replace: bool = False) -> None:
         """Fold days (as ranges) into the series' covered ranges, and take them out of its unavailable ranges."""
@@ -679,9 +766,18 @@ class HistoryIndex:
 
     def has(self, coin_id: str, vs_currency: str, ts_ms: int) -> bool:
         sid = self._series_id(coin_id, vs_currency)
-        if sid is None:
-            return False
-        return self.db.execute("SELECT 1 FROM obs WHERE ts = ? AND series = ?", (ts_ms, sid)).fetchone() is not None
+        return sid is not None and self._holds(sid, ts_ms)
+
+    def _holds(self, sid: int, ts_ms: int) -> bool:
+        """Whether the key (series, time) is stored: its day's point, or one of the day's other observations."""
+        day = ts_ms // DAY_MS
+        return (
+            self.db.execute(
+                "SELECT 1 FROM daily WHERE k = ? AND at = ? UNION ALL SELECT 1 FROM extra WHERE ts = ? AND series = ?",
+                (slot(day, sid), ts_ms - day * DAY_MS, ts_ms, sid),
+            ).fetchone()
+            is not None
+        )
 
     def series(self, vs_currency: str | None = None, coin_id: str | None = None) -> list[SeriesInfo]:
         """Every (coin, currency) with its rows, first and last observation and covered day ranges."""
@@ -756,9 +852,9 @@ class HistoryIndex:
         return self.db.execute(
             # CROSS JOIN keeps series as the outer loop, so each coin costs one lookup of (series, day).
             "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM series s CROSS JOIN daily d "
-            "ON d.series = s.id AND d.day = ? WHERE s.vs_currency = ? "
-            "ORDER BY d.rank IS NULL, d.rank, d.ts DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
-            (day, vs_currency, limit),
+            "ON d.k = ? + s.id WHERE s.vs_currency = ? "
+            "ORDER BY d.rank IS NULL, d.rank, d.at DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
+            (slot(day, 0), vs_currency, limit),
         ).fetchall()
 
     def points(
@@ -770,31 +866,67 @@ class HistoryIndex:
     def points_of(
         self, keys: Iterable[tuple[str, str]], first_day: int, last_day: int
     ) -> dict[tuple[str, str], list[tuple[int, float | None, float | None]]]:
-        """The daily points of many coins from first_day to last_day: one indexed query (the quality checks)."""
+        """The daily points of many coins from first_day to last_day (the quality checks, the report's changes):
+        one key lookup per coin and day, or for many coins one pass over those days' points."""
         by_id = {sid: key for key in keys if (sid := self._series_id(*key)) is not None}
         out: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
-        ids = list(by_id)
-        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for sid, ts, price, cap in self.db.execute(
-                f"SELECT series, ts, price, cap FROM daily WHERE series IN ({marks}) AND day BETWEEN ? AND ? "  # noqa: S608
-                "ORDER BY series, day",
-                (*chunk, first_day, last_day),
-            ):
-                out[by_id[sid]].append((ts, price, cap))
+        if not by_id or last_day < first_day:
+            return out
+        if 3 * len(by_id) < self._series_count():  # a few of the coins: a point lookup each costs less than a pass
+            rows = self._lookup(list(by_id), first_day, last_day)
+        else:  # most of the coins: read those days whole
+            rows = self.db.execute(
+                f"SELECT k & {MASK}, (k >> {SERIES_BITS}) * {DAY_MS} + at, price, cap FROM daily "
+                "WHERE k BETWEEN ? AND ?",
+                (slot(first_day, 0), slot(last_day, MASK)),
+            ).fetchall()
+        rows.sort(key=itemgetter(0))  # stable: each series' days stay in order
+        for sid, ts, price, cap in rows:
+            key = by_id.get(sid)
+            if key is not None:
+                out[key].append((ts, price, cap))
         return out
+
+    def _series_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM series").fetchone()[0]
+
+    def _lookup(
+        self, sids: list[int], first_day: int, last_day: int
+    ) -> list[tuple[int, int, float | None, float | None]]:
+        """(series, ts, price, cap) of these series' daily points from first_day to last_day, in day order: one key
+        lookup per series and day."""
+        rows: list = []
+        for start in range(0, len(sids), 500):  # SQLite's limit on bound parameters
+            chunk = sids[start : start + 500]
+            rows += self.db.execute(
+                "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day + 1 FROM days WHERE day < ?), "
+                f"wanted(id) AS (VALUES {','.join(['(?)'] * len(chunk))}) "
+                f"SELECT wanted.id, days.day * {DAY_MS} + d.at, d.price, d.cap FROM days CROSS JOIN wanted "
+                f"JOIN daily d ON d.k = days.day * {SERIES_LIMIT} + wanted.id ORDER BY days.day",
+                (first_day, last_day, *chunk),
+            ).fetchall()
+        return rows
 
     def last_cap_before(self, coin_id: str, vs_currency: str, ts_ms: int) -> tuple[int, float] | None:
         """(ts_ms, market cap) of the latest daily point before ts_ms that has a market cap."""
         sid = self._series_id(coin_id, vs_currency)
         if sid is None:
             return None
-        return self.db.execute(
-            "SELECT ts, cap FROM daily WHERE series = ? AND day <= ? AND ts < ? AND cap IS NOT NULL "
-            "ORDER BY day DESC LIMIT 1",
-            (sid, ts_ms // DAY_MS, ts_ms),
-        ).fetchone()
+        info = self.db.execute("SELECT first_ms FROM series WHERE id = ?", (sid,)).fetchone()
+        if info is None or info[0] is None:
+            return None
+        day, first = ts_ms // DAY_MS, info[0] // DAY_MS
+        while day >= first:  # a month of days per query, newest first, back to the series' first day
+            found = self.db.execute(
+                "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day - 1 FROM days WHERE day > ?) "
+                f"SELECT days.day * {DAY_MS} + d.at, d.cap FROM days JOIN daily d ON d.k = days.day * {SERIES_LIMIT} + ? "
+                f"WHERE d.cap IS NOT NULL AND days.day * {DAY_MS} + d.at < ? ORDER BY days.day DESC LIMIT 1",
+                (day, max(first, day - 31), sid, ts_ms),
+            ).fetchone()
+            if found is not None:
+                return found
+            day -= 32
+        return None
 
     def latest(
         self, vs_currency: str, coins: Sequence[str] | None = None
@@ -804,10 +936,11 @@ class HistoryIndex:
         A backfilled point has no rank: the newest rank of the 30 days before stands in (a bounded range of
         the (day, series) key, so a coin that never had a rank costs 31 lookups, not a scan of the history)."""
         return self.db.execute(
-            "SELECT s.coin_id, d.ts, d.price, d.cap, coalesce(d.rank, (SELECT r.rank FROM daily r "
-            "WHERE r.day BETWEEN d.day - 30 AND d.day AND r.series = s.id AND r.rank IS NOT NULL "
-            "ORDER BY r.day DESC LIMIT 1)) FROM series s JOIN daily d ON d.series = s.id "
-            "AND d.day = s.last_ms / 86400000 WHERE s.vs_currency = ? AND s.rows > 0 "  # one key lookup per coin
+            "WITH RECURSIVE back(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM back WHERE n < 30) "
+            f"SELECT s.coin_id, (d.k >> {SERIES_BITS}) * {DAY_MS} + d.at, d.price, d.cap, coalesce(d.rank, "
+            f"(SELECT r.rank FROM back JOIN daily r ON r.k = d.k - back.n * {SERIES_LIMIT} WHERE r.rank IS NOT NULL "
+            "ORDER BY back.n LIMIT 1)) FROM series s JOIN daily d "
+            f"ON d.k = (s.last_ms / {DAY_MS}) * {SERIES_LIMIT} + s.id WHERE s.vs_currency = ? AND s.rows > 0 "
             + (f"AND s.coin_id IN ({','.join('?' * len(coins))}) " if coins is not None else "")
             + "ORDER BY s.coin_id",
             (vs_currency, *(coins or ())),
@@ -844,10 +977,9 @@ class HistoryIndex:
             return [], []
         day = newest // DAY_MS
         rows = self.db.execute(
-            "SELECT s.coin_id, d.cap, d.price, (SELECT p.price FROM daily p WHERE p.day = d.day - 1 "
-            "AND p.series = d.series) FROM daily d JOIN series s ON s.id = d.series "
-            "WHERE d.day = ? AND s.vs_currency = ?",
-            (day, vs_currency),
+            f"SELECT s.coin_id, d.cap, d.price, (SELECT p.price FROM daily p WHERE p.k = d.k - {SERIES_LIMIT}) "
+            f"FROM daily d JOIN series s ON s.id = d.k & {MASK} WHERE d.k BETWEEN ? AND ? AND s.vs_currency = ?",
+            (slot(day, 0), slot(day, MASK), vs_currency),
         ).fetchall()
         by_cap = sorted(rows, key=lambda r: (r[1] is None, -(r[1] or 0.0), r[0]))
         chosen = [r[0] for r in by_cap[:top]]
@@ -897,17 +1029,13 @@ class HistoryIndex:
                 rows = []
             else:
                 lo, hi = max(lo, span[0] // DAY_MS), min(hi, span[1] // DAY_MS)
-                rows = self.db.execute(
-                    "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day + 1 FROM days WHERE day < ?) "
-                    "SELECT d.series, d.ts, d.price, d.cap FROM days JOIN daily d ON d.day = days.day "
-                    f"AND d.series IN ({','.join('?' * len(position))}) ORDER BY d.day",
-                    (lo, hi, *position),
-                ).fetchall()
+                rows = self._lookup(list(position), lo, hi)
         else:
+            lo, hi = max(lo, -(1 << 40)), min(hi, 1 << 40)
             rows = self.db.execute(
-                "SELECT d.series, d.ts, d.price, d.cap FROM daily d JOIN series s ON s.id = d.series "
-                "WHERE s.vs_currency = ? AND d.day BETWEEN ? AND ? ORDER BY d.day",
-                (vs_currency, lo, hi),
+                f"SELECT d.k & {MASK}, (d.k >> {SERIES_BITS}) * {DAY_MS} + d.at, d.price, d.cap FROM daily d "
+                f"JOIN series s ON s.id = d.k & {MASK} WHERE s.vs_currency = ? AND d.k BETWEEN ? AND ?",
+                (vs_currency, slot(lo, 0), slot(hi, MASK)),
             ).fetchall()
         rows.sort(key=itemgetter(0))
         sids, ts, price, cap = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
