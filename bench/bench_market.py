@@ -1,6 +1,6 @@
 """The whole market at ten million rows: every command against a 17,000-coin x 600-day history (issue 18).
 
-    nice python bench/bench_market.py [--coins 17000] [--days 600] [--only build,status,...]
+    nice python bench/bench_market.py [--coins 17000] [--days 600] [--only build,status,...] [--work DIR]
 
 Builds (once, cached under /tmp/bench-market/) a 10,200,000-row history in the project's CSV: 17,000
 coins x 600 daily observations in one currency, ending yesterday, generated with numpy and written
@@ -16,6 +16,11 @@ RSS (from wait4), and prints one table with PASS/FAIL against the issue's target
 | run --top all (17,000 coins, fake API)   | <= 3 s CPU, <= 1.5x an empty history |
 | .state/ size                             | <= 15 % of the CSV                   |
 | peak RSS of every command                | <= 600 MB                            |
+
+The history is copied into --work DIR/data (default /tmp/bench-market/work) and indexed by the first
+`status` (the `build` step). A later run with --only (without build) reuses that copy and its index, so
+`--only plot` measures the plot alone; give each person or experiment its own --work folder, or a
+`build` elsewhere deletes the copy being measured.
 
 The fake CoinGecko (tests/fake_coingecko.py) serves 17,000 coins from this process on 127.0.0.1.
 Run it with `nice`, once or twice: it writes about 3 GB and keeps both cores busy for minutes.
@@ -139,10 +144,16 @@ def main() -> int:
     parser.add_argument("--coins", type=int, default=17_000)
     parser.add_argument("--days", type=int, default=600)
     parser.add_argument("--only", default="", help="comma list of steps: build,status,top,quality,plot,report,run")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=CACHE / "work",
+        help="folder of the history's copy and its index (kept between runs)",
+    )
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     source = cached_history(args.coins, args.days)
-    work = CACHE / "work"
+    work = args.work
     data = work / "data"
     results: list[tuple[str, str, str, bool]] = []
     env = {
