@@ -392,10 +392,18 @@ class LargeHistoryViews(PipelineTestCase):
         write_history(self.csv_path, 80, 5, DAY1, jumper=50)
         settings = build_settings("plot", {"vs_currency": "usd"}, self.env)
         with storage_for(settings).index() as index:
-            _, report = chart_drawings(index, ChartOptions(vs_currency="usd"))
+            drawings, report = chart_drawings(index, ChartOptions(vs_currency="usd"))
         self.assertEqual(report.coins[:10], tuple(f"coin-{i:04d}" for i in range(10)))
         self.assertEqual(len(report.coins), 15)  # and the day's five biggest movers, coin-0050 first among them
         self.assertIn("coin-0050", report.coins[10:])
+        # The legend says which coins are the movers, and the subtitle why there are 15 of 80.
+        fig = drawings[0][1]()
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        movers = [text for text in legend if "*  " in text]
+        self.assertEqual(len(movers), 5, legend)
+        self.assertTrue(any(m.startswith("Coin 0050 (C0050)*  $") for m in movers), movers)
+        self.assertIn("* one of the day's 5 biggest movers", legend)
+        self.assertIn("the 10 largest of 80 coins by market cap + the day's 5 biggest movers", fig.texts[1].get_text())
         result = self.run_main("plot", "--vs-currency", "usd")
         self.assertEqual(result.code, 0, result.stderr)
 

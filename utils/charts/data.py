@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -127,6 +127,7 @@ class Coin:
     name: str
     symbol: str
     latest_cap: float
+    mover: bool = False  # one of the day's biggest movers a large history's charts add to its leaders
 
     @property
     def label(self) -> str:
@@ -351,11 +352,11 @@ def chart_data(index: HistoryIndex, options: ChartOptions, *, max_points: int, s
     if currency not in currencies:
         raise NothingToPlot(f"no data in {currency} in {source}; currencies in the history: {', '.join(currencies)}")
     held = index.coin_count(currency)
-    picked = ""
+    picked, mover_ids = "", set()
     if not options.coins and held > LARGE_HISTORY_COINS:  # a chart of 17,000 lines says nothing: the leaders
         top, movers = index.leaders(currency, CHART_TOP, CHART_MOVERS)
         daily = index.daily_points(currency, coins=top + movers)
-        picked = picked_text(len(top), held, len(movers))
+        picked, mover_ids = picked_text(len(top), held, len(movers)), set(movers)
         logger.info("charts of %s: %s", currency, picked)
     elif options.coins and (named := _named_ids(index, currency, options.coins)):
         daily = index.daily_points(currency, coins=named)  # --plot-coins: read those coins' days alone
@@ -370,7 +371,7 @@ def chart_data(index: HistoryIndex, options: ChartOptions, *, max_points: int, s
             source,
             DRAWABLE_RANGE,
         )
-    every = _coins_in(daily, points)
+    every = [replace(c, mover=True) if c.coin_id in mover_ids else c for c in _coins_in(daily, points)]
     coins, rows = _select(points, _tracked_only(every, options), options, currency)
     untracked = len(every) - len(_tracked_only(every, options)) if not options.coins else 0
     first, last = int(points.time_ms[rows].min()), int(points.time_ms[rows].max())

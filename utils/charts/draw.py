@@ -32,6 +32,7 @@ from utils.charts.format import (
     index_text,
     legend_label,
     more_label,
+    movers_label,
     tick_digits,
 )
 from utils.clock import DAY_MS
@@ -140,11 +141,14 @@ def draw_chart(
             handles.append(
                 Line2D([], [], color=coin_colour(s.coin.coin_id), linewidth=_LINE_WIDTH, markersize=6.5, **style)
             )
-            labels.append(legend_label(s.coin.label, value_label(float(s.values[-1]))))
+            labels.append(legend_label(s.coin.label, value_label(float(s.values[-1])), mover=s.coin.mover))
         if background:
             dots = all(len(s.values) == 1 for s in background)
             handles.append(Line2D([], [], color=_BACKGROUND_LINE, linewidth=2, **(_dot_style(0) if dots else {})))
             labels.append(more_label(len(background)))
+        if movers := sum(s.coin.mover for s in highlighted):
+            handles.append(Line2D([], [], linestyle="none"))  # a note in the legend, no line
+            labels.append(movers_label(movers))
         handles_no_data, labels_no_data = _mark_missing(ax, highlighted, ranked, x_of, bucket_days)
         handles += handles_no_data
         labels += labels_no_data

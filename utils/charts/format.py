@@ -147,9 +147,21 @@ def chart_text(
     )
 
 
-def legend_label(coin_label: str, value: str) -> str:
-    """A legend entry: the coin, then its latest value."""
-    return f"{coin_label}  {value}"
+def legend_label(coin_label: str, value: str, *, mover: bool = False) -> str:
+    """A legend entry: the coin, then its latest value; a star marks one of the day's biggest movers."""
+    return f"{coin_label}{MOVER_MARK if mover else ''}  {value}"
+
+
+MOVER_MARK = "*"
+
+
+def movers_label(count: int) -> str:
+    """The legend's note under the coins when some are there as the day's biggest movers."""
+    return (
+        f"{MOVER_MARK} one of the day's {count} biggest movers"
+        if count > 1
+        else f"{MOVER_MARK} the day's biggest mover"
+    )
 
 
 def more_label(count: int) -> str:

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -99,6 +97,9 @@ def change_class(value: float | None) -> str:
 
 def render(data: ReportData) -> str:
     """The page as one HTML string."""
+    # start-up time: jinja2 loads when a page is rendered, not for plot or status (which import the report's types)
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES)),
         autoescape=select_autoescape(["html", "j2"]),
