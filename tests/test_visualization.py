@@ -644,6 +644,23 @@ class ReaderMatchesCsvModuleTest(unittest.TestCase):
                     self.assertEqual(self.fast(path), self.reference(path))
 
 
+class IndexLabelsTest(ChartTestCase):
+    def test_a_coin_up_a_hundred_million_fold_keeps_every_index_label_on_the_image(self) -> None:
+        # One coin's index reaches 10,000,000,000: written out in full, its tick label ran off the left edge.
+        bitcoin, ethereum = self.pick("bitcoin", "ethereum")
+        rows = [row(bitcoin, NEWEST - timedelta(days=d), factor=10.0 ** (8 - d)) for d in range(8, -1, -1)]
+        rows += daily_rows([ethereum], 9)
+        write_history(self.csv, rows)
+        fig = figures(self.csv, ChartOptions())[PERFORMANCE_CHART]
+        renderer = fig.canvas.get_renderer()
+        labels = [label for label in axes_of(fig).yaxis.get_majorticklabels() if label.get_text()]
+        shown = [label.get_text() for label in labels if label.get_window_extent(renderer).y0 >= 0]
+        for label in labels:
+            self.assertGreaterEqual(label.get_window_extent(renderer).x0, 0.0, label.get_text())
+        self.assertIn("10B", shown)
+        self.assertIn("100", shown)
+
+
 class MoneyFormatTest(unittest.TestCase):
     def test_amounts_read_like_a_human_writes_them(self) -> None:
         self.assertEqual(format_money(1.2e12, "eur"), "€1.2T")

@@ -73,7 +73,10 @@ def tick_digits(locs: Sequence[float]) -> int:
 
 
 def index_text(x: float) -> str:
-    """Plain index numbers (97.5, 100, 1,250,000): no offset, no scientific notation."""
+    """Plain index numbers (97.5, 100, 250,000), no offset, no scientific notation; from a million on 1.25M, 10B:
+    a tick label of 14 digits would run off the chart's left edge."""
+    if abs(x) >= 1e6:
+        return ("-" if x < 0 else "") + _human_number(abs(x), 3)
     return f"{x:,.6f}".rstrip("0").rstrip(".")
 
 

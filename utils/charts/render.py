@@ -120,7 +120,7 @@ def chart_drawings(
                 data.caps,
                 data.cap_scale,
                 title="Market capitalisation",
-                what=f"Market capitalisation in {code}",
+                what=f"Each coin's price × circulating supply, in {code}",
                 empty_note="No market caps in this window",
                 y_formatter=partial(draw.MoneyFormatter, currency),
                 value_label=lambda v: format_money(v, currency, 3),
