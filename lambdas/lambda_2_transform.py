@@ -12,6 +12,8 @@ from typing import Any
 from utils.clock import DAY_MS
 from utils.history.schema import (
     COIN_ID_RE,
+    MAX_MAGNITUDE,
+    MIN_MAGNITUDE,
     SOURCE_MARKET_CHART,
     SOURCE_MARKETS,
     Record,
@@ -85,6 +87,11 @@ def number(row: dict[str, Any], field_name: str, *, signed: bool = False) -> flo
     value = row.get(field_name)
     if value is None:
         return None
+    kind = type(value)
+    if kind is float or kind is int:  # the common case, decided without building a message (17,000 rows a run)
+        size = value if value >= 0 else -value
+        if (MIN_MAGNITUDE <= size <= MAX_MAGNITUDE or value == 0) and (signed or value >= 0):
+            return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RowError(f"{field_name} is {_describe(value)}, not a number")
     problem = number_problem(value)

@@ -40,7 +40,6 @@ from utils.history.schema import (
     Record,
     format_cell,
     normalize_timestamp,
-    rows_to_csv,
     safe_text,
 )
 from utils.words import count
@@ -127,7 +126,16 @@ def new_records(records: list[Record], has: object) -> tuple[list[Record], int]:
 
 def as_observations(records: list[Record]) -> list[csvio.Observation]:
     """What the index keeps of records about to be stored (the same rule as reading them back)."""
-    return [o for o in (csvio.observation(r.to_row()) for r in records) if o is not None]
+    return csv_and_observations(records)[1]
+
+
+def csv_and_observations(records: list[Record]) -> tuple[bytes, list[csvio.Observation]]:
+    """The CSV lines of records (as rows_to_csv writes them) and what the index keeps of them, each row's cells
+    formatted once."""
+    cells = [r.to_row() for r in records]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(cells)
+    return buf.getvalue().encode("utf-8"), [o for o in map(csvio.observation, cells) if o is not None]
 
 
 class LegacyHistory(SchemaMismatch):
@@ -252,7 +260,8 @@ class HistoryStore:
                 fresh, duplicates = new_records(records, index.has)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
-                    self._append_bytes(rows_to_csv(fresh).encode("utf-8"), index, as_observations(fresh))
+                    body, observed = csv_and_observations(fresh)
+                    self._append_bytes(body, index, observed)
                 self._fill_labels(index, fresh)
             found, unwritten = self._publish(findings)
         return LoadReport(

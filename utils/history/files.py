@@ -202,8 +202,12 @@ def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
 
 
 def write_json_atomic(path: Path, value: Any, what: str = "state file") -> None:
-    """Atomically replace a JSON file."""
-    atomic_write_bytes(path, json.dumps(value, indent=1, sort_keys=True).encode() + b"\n", what)
+    """Atomically replace a JSON file: indented for a person when small; a large one (the membership of 17,000
+    coins) on one line, since only then does json use its C encoder (30x faster)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if len(text) < 1 << 16:
+        text = json.dumps(value, indent=1, sort_keys=True)
+    atomic_write_bytes(path, text.encode() + b"\n", what)
 
 
 def read_json(path: Path) -> Any | None:

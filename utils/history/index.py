@@ -318,6 +318,7 @@ class HistoryIndex:
             self._reset()
 
         self._ids: dict[tuple[str, str], int] = {}
+        self._top: int | None = None  # the daily table's largest key, read once between writes (has)
 
     def close(self) -> None:
         self.db.close()
@@ -361,11 +362,14 @@ class HistoryIndex:
     def _transaction(self) -> Iterator[None]:
         """One write transaction: all of it lands, or none."""
         self._patiently(lambda: self.db.execute("BEGIN IMMEDIATE"))
+        self._top = None
         try:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._top = None  # the largest daily key may have moved: has() reads it again
         self.db.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
@@ -508,8 +512,7 @@ class HistoryIndex:
                 top = self._write_observations(found, top, cover, facts)
                 rows += len(found)
         facts.write(self.db)
-        for sid, ranges in cover.ranges().items():
-            self._cover(sid, ranges, replace=bulk)
+        self._cover_many(cover.ranges(), replace=bulk)
         self._mark_file(fh, rows, damaged)
         if readable > max(start, self.readable_upto):
             self._set_meta(readable=readable)
@@ -702,28 +705,41 @@ class HistoryIndex:
             days_by_series: dict[int, list[int]] = defaultdict(list)
             for sid_, day_ in zip(s.tolist(), d.tolist()):
                 days_by_series[sid_].append(day_)
-            for sid_, days in days_by_series.items():
-                self._cover(sid_, to_ranges(days))
+            self._cover_many({sid_: to_ranges(days) for sid_, days in days_by_series.items()})
         return max(top, int(k[-1])) if len(k) else top
 
-    def _cover(self, sid: int, ranges: list[Range], *, replace: bool = False) -> None:
-        """Fold days (as ranges) into the series' covered ranges, and take them out of its unavailable ranges."""
-        held = (
-            []
-            if replace
-            else self.db.execute(
-                "SELECT first_day, last_day FROM covered WHERE series = ? ORDER BY first_day", (sid,)
-            ).fetchall()
-        )
-        if held and all(any(a <= first and last <= b for a, b in held) for first, last in ranges):
+    def _cover_many(self, new: dict[int, list[Range]], *, replace: bool = False) -> None:
+        """Fold days (as ranges, per series) into the series' covered ranges, and take them out of their unavailable
+        ranges: a few statements for any number of series (a run of 17,000 coins adds a day to each).
+        replace: the covered table holds nothing of these series yet (a build into an emptied index)."""
+        if not new:
             return
-        merged = _union(held, ranges)
-        self.db.execute("DELETE FROM covered WHERE series = ?", (sid,))
+        held: dict[int, list[Range]] = defaultdict(list)
+        if not replace:
+            wanted = list(new)
+            chunks = [wanted[i : i + 500] for i in range(0, len(wanted), 500)] if len(wanted) <= 2000 else [None]
+            for chunk in chunks:  # a few series: their ranges; many: the whole table, one pass
+                query = "SELECT series, first_day, last_day FROM covered"
+                if chunk is not None:
+                    query += f" WHERE series IN ({','.join('?' * len(chunk))})"
+                for sid, first, last in self.db.execute(query + " ORDER BY series, first_day", chunk or ()):
+                    if sid in new:
+                        held[sid].append((first, last))
+        changed: dict[int, list[Range]] = {}
+        for sid, ranges in new.items():
+            had = held.get(sid, [])
+            if had and all(any(a <= first and last <= b for a, b in had) for first, last in ranges):
+                continue
+            changed[sid] = _union(had, ranges)
+        if not replace:
+            self.db.executemany("DELETE FROM covered WHERE series = ?", [(sid,) for sid in changed])
         self.db.executemany(
-            "INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)", [(sid, a, b) for a, b in merged]
+            "INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)",
+            [(sid, a, b) for sid, merged in changed.items() for a, b in merged],
         )
-        if self.db.execute("SELECT 1 FROM unavailable WHERE series = ? LIMIT 1", (sid,)).fetchone():
-            self._set_unavailable(sid, remove=[d for a, b in ranges for d in range(a, b + 1)])
+        asked = {sid for (sid,) in self.db.execute("SELECT DISTINCT series FROM unavailable")}
+        for sid in sorted(asked & changed.keys()):
+            self._set_unavailable(sid, remove=[d for a, b in new[sid] for d in range(a, b + 1)])
 
     def _set_unavailable(
         self, sid: int, add: Iterable[int] = (), remove: Iterable[int] = (), checked_ms: int = 0
@@ -769,8 +785,13 @@ class HistoryIndex:
         return sid is not None and self._holds(sid, ts_ms)
 
     def _holds(self, sid: int, ts_ms: int) -> bool:
-        """Whether the key (series, time) is stored: its day's point, or one of the day's other observations."""
+        """Whether the key (series, time) is stored: its day's point, or one of the day's other observations.
+        A key of a day after the newest point held is not stored (a run's new rows): no lookup."""
         day = ts_ms // DAY_MS
+        if self._top is None:
+            self._top = self._top_slot()
+        if slot(day, sid) > self._top:
+            return False
         return (
             self.db.execute(
                 "SELECT 1 FROM daily WHERE k = ? AND at = ? UNION ALL SELECT 1 FROM extra WHERE ts = ? AND series = ?",

@@ -104,6 +104,8 @@ def number_problem(value: int | float) -> str | None:
 
 def format_cell(value: object) -> str:
     """Render one value for the CSV; repr() of a float is the shortest string that round-trips."""
+    if type(value) is str:
+        return value  # type: ignore[return-value]
     if value is None:
         return ""
     if isinstance(value, float):
