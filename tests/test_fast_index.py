@@ -277,6 +277,51 @@ class StoredOnceTest(unittest.TestCase):
                 self.assertEqual(index.sync(csv_path), "caught up")
                 self.assertEqual(index.readable_upto, csv_path.stat().st_size)
 
+    def test_a_delta_tables_rows_indexed_by_column_equal_those_indexed_one_by_one(self) -> None:
+        """A new index caught up with a Delta table's files reads them column by column (add_table): the same
+        index as add_observations of the same rows."""
+        import pyarrow as pa
+
+        from utils.history.delta_table import observations_of
+
+        rng = random.Random(23)
+        rows = []
+        for i in range(3000):
+            rows.append(
+                {
+                    "coin_id": None if i % 97 == 0 else f"coin-{i % 13}",
+                    "vs_currency": "usd" if i % 3 else "eur",
+                    "last_updated": None
+                    if i % 101 == 0
+                    else 1_704_067_200_000_000 + rng.randrange(90 * 86_400_000_000),
+                    "current_price": None if i % 7 == 0 else rng.uniform(0.001, 1000),
+                    "market_cap": None if i % 11 == 0 else float(rng.randint(0, 10**12)),
+                    "market_cap_rank": None if i % 5 == 0 else (10**9 + i if i % 17 == 0 else 1 + i % 400),
+                    "name": None if i % 9 == 0 else ("" if i % 10 == 0 else f"Coin {i % 13}"),
+                    "symbol": None if i % 9 == 0 else f"c{i % 13}",
+                }
+            )
+        table = pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [
+                    ("coin_id", pa.string()),
+                    ("vs_currency", pa.string()),
+                    ("last_updated", pa.timestamp("us", tz="UTC")),
+                    ("current_price", pa.float64()),
+                    ("market_cap", pa.float64()),
+                    ("market_cap_rank", pa.int64()),
+                    ("name", pa.string()),
+                    ("symbol", pa.string()),
+                ]
+            ),
+        )
+        with HistoryIndex(":memory:") as by_column, HistoryIndex(":memory:") as by_row:
+            self.assertEqual(by_column.add_tables([table.slice(0, 1700), table.slice(1700)]), 2940)
+            self.assertEqual(by_row.add_observations(observations_of(table), unseen=True), 2940)
+            self.assertEqual(dump(by_column.db), dump(by_row.db))
+            self.assertEqual(by_column.rows, by_row.rows)
+
 
 if __name__ == "__main__":
     unittest.main()
