@@ -95,6 +95,8 @@ def explain_aws_error(exc: BaseException) -> tuple[str, int] | None:
 def storage_options(env: Mapping[str, str]) -> dict[str, str]:
     """delta-rs' S3 options from the environment given (the one boto3 reads), so both find the same S3."""
     options = {name: env[name] for name in STORAGE_VARIABLES if env.get(name)}
+    if env.get("AWS_ENDPOINT_URL_S3"):  # boto3's S3-only endpoint comes before AWS_ENDPOINT_URL: the same here
+        options["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL_S3"]
     options.setdefault("AWS_REGION", env.get("AWS_DEFAULT_REGION") or "us-east-1")
     if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
         options.setdefault("AWS_ALLOW_HTTP", "true")
@@ -114,7 +116,15 @@ class S3Objects:
     def __init__(self, url: str, client: Any = None) -> None:
         self.bucket, self.prefix = split_s3_url(url)
         self.location = url.rstrip("/")
-        self.client = client if client is not None else new_client()
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """boto3's S3 client, made on first use: importing boto3 and loading its models costs about 0.7 s of CPU,
+        which a reader of the Delta table (status, top, plot), whose table opens through delta-rs, never pays."""
+        if self._client is None:
+            self._client = new_client()
+        return self._client
 
     def key(self, rel: str) -> str:
         return self.prefix + rel

@@ -216,11 +216,14 @@ class S3Storage(Storage):
     ) -> None:
         self.objects = S3Objects(url, client)
         self.bucket, self.prefix, self.location = self.objects.bucket, self.objects.prefix, self.objects.location
-        self.client = self.objects.client
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.scratch = scratch
         self.conflicts = 0
+
+    @property
+    def client(self) -> Any:
+        return self.objects.client
 
     def key(self, rel: str) -> str:
         return self.objects.key(rel)
@@ -467,10 +470,25 @@ class DeltaStorage(Storage):
         if self.checked:
             return
         if isinstance(self.files, S3Storage):
+            if self._table_opens():
+                self.checked = True  # the table opened: the bucket, the key and the endpoint are all fine
+                return
             check_bucket(self.files)
         else:
             refuse_foreign_folder(self.files.layout.table)
         self.checked = True
+
+    def _table_opens(self) -> bool:
+        """Whether the S3 table opens through delta-rs with the key it was given (no boto3 needed: about 0.7 s
+        of CPU saved for every reader). Without a key in its options (a profile, a role), and on any failure,
+        the boto3 checks run instead: they name a missing bucket, a refused key or a wrong endpoint in one
+        line, which delta-rs' errors do not."""
+        if not (self.history.storage_options or {}).get("AWS_ACCESS_KEY_ID"):
+            return False
+        try:
+            return self.history.table() is not None
+        except PipelineError:
+            return False
 
     def has_history(self) -> bool:
         self._reachable()
