@@ -13,6 +13,8 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import pandas
+
 from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
 
 try:
@@ -152,6 +154,27 @@ class LambdaChain(PipelineTestCase):
         self.assertEqual(storage_a.conflicts, 1)
         rows = list(csv.DictReader(io.StringIO(self.object("crypto_data.csv").decode())))
         self.assertEqual(sorted(r["coin_id"] for r in rows), ["bitcoin", "ethereum", "ripple", "tether"])
+
+    def test_lines_standard_readers_cannot_read_are_moved_to_the_quarantine_object(self) -> None:
+        self.chain()
+        good = self.object("crypto_data.csv")
+        damaged = good + b"bitcoin,\x00,broken\n" + b'"unbalanced,quote\n'
+        self.s3.put_object(Bucket=BUCKET, Key="history/crypto_data.csv", Body=damaged)
+        self.fake.advance(60)
+        result = self.chain()
+        self.assertEqual(result["appended"], 10)
+        stored = self.object("crypto_data.csv")
+        self.assertTrue(stored.startswith(good))
+        self.assertNotIn(b"\x00", stored)
+        frame = pandas.read_csv(io.BytesIO(stored))
+        self.assertEqual(len(frame), 20)
+        self.assertEqual(len(self.rows()), 20)
+        moved = self.object("crypto_data.csv.quarantine")
+        self.assertIn(b"# line 12 of crypto_data.csv: a NUL byte\nbitcoin,\x00,broken\n", moved)
+        self.assertIn(b"bitcoin,\x00,broken\n", moved)
+        self.assertIn(b'"unbalanced,quote', moved)
+        self.assertEqual(self.chain()["appended"], 0)  # nothing new: the quarantine is not written twice
+        self.assertEqual(self.object("crypto_data.csv.quarantine"), moved)
 
     def rows(self) -> list[dict[str, str]]:
         return list(csv.DictReader(io.StringIO(self.object("crypto_data.csv").decode())))

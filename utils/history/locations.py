@@ -9,6 +9,7 @@ boto3 is imported only when an s3:// location is used: the local run needs no AW
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import random
 import sqlite3
@@ -312,18 +313,65 @@ class S3Storage(Storage):
         """Read, add the new records (appended, or woven in by time), write conditionally; redo on conflict."""
         for attempt in range(self.max_attempts):
             header, data, etag = self._read_history()
+            data, moved, notes = self._readable(data)
             keys = self._keys(data)
             fresh, duplicates = new_records(records, lambda c, v, t: (c, v, t) in keys)
             if not fresh:
                 return 0, duplicates, len(keys)
             body = csvio.merged_body(data, fresh) if weave else data + rows_to_csv(fresh).encode("utf-8")
             try:
+                if moved:
+                    self._quarantine(moved, notes)  # first: a commit that then fails leaves them in both, never in none
                 self._commit(header, body, etag)
                 return len(fresh), duplicates, len(keys) + len(fresh)
             except Conflict:
                 self._retry(attempt)
         raise LoadError(
             f"{self.csv_display} kept changing under {self.max_attempts} attempts; nothing was written: run again"
+        )
+
+    @staticmethod
+    def _readable(data: bytes) -> tuple[bytes, bytes, list[str]]:
+        """(the data lines a standard reader (csv module, pandas) reads as rows of the header, the other lines
+        each after a note of its line number and why, the notes): the same check as the local CSV store's."""
+        problems = csvio.reader_problems_in(io.BytesIO(data), 0, len(data))
+        if not problems:
+            return data, b"", []
+        kept, moved, notes = bytearray(), bytearray(), []
+        pos, line, counted = 0, 2, 0  # the data start on line 2, after the header
+        for begin, end, reason in problems:
+            line += data.count(b"\n", counted, begin)
+            counted = begin
+            kept += data[pos:begin]
+            notes.append(f"line {line}: {reason}")
+            moved += f"# line {line} of {CSV_NAME}: {reason}\n".encode() + data[begin:end]
+            pos = end
+        kept += data[pos:]
+        return bytes(kept), bytes(moved), notes
+
+    def _quarantine(self, moved: bytes, notes: list[str]) -> None:
+        """Add lines to crypto_data.csv.quarantine beside the object (read, append, conditional write; retried)."""
+        name = DataLayout(self.scratch).quarantine.name
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        what = f"# {stamp} {count(len(notes), 'line')} of {CSV_NAME} that standard CSV readers cannot read as rows of its header:\n"
+        for attempt in range(self.max_attempts):
+            body, etag = self.get(name)
+            try:
+                self.put(name, (body or b"") + what.encode() + moved, if_match=etag, if_none_match=etag is None)
+                break
+            except Conflict:
+                self._retry(attempt)
+        else:
+            raise LoadError(
+                f"{self.location}/{name} kept changing under {self.max_attempts} attempts; nothing was written: run again"
+            )
+        log.warning(
+            "moved %s of %s that break standard CSV readers to %s/%s (%s)",
+            count(len(notes), "line"),
+            self.csv_display,
+            self.location,
+            name,
+            "; ".join(notes[:5]) + (", ..." if len(notes) > 5 else ""),
         )
 
     def append(self, records: list[Record]) -> LoadReport:
