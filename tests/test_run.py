@@ -38,9 +38,10 @@ class FirstAndSecondRun(PipelineTestCase):
         self.run_main()
         before = self.csv_bytes()
         result = self.run_main()
-        self.assertEqual(result.code, 0)
+        self.assertEqual(result.code, 0, result.stderr)
         self.assertEqual(self.csv_bytes(), before)
         self.assertIn("0 rows appended, 10 duplicates skipped", result.stderr)
+        self.assertEqual(len(self.fake.requests_to("/coins/markets")), 2)  # the second run asked again
 
     def test_advancing_data_appends_one_row_per_coin_per_change(self) -> None:
         self.run_main()
@@ -118,11 +119,21 @@ class Faults(PipelineTestCase):
         self.before = self.csv_bytes()
         self.fake.advance(60)
         self.sleeps.clear()
+        self.asked = len(self.fake.requests_to("/coins/markets"))
 
     def run_main(self, *argv: str, env: dict[str, str] | None = None):
         result = super().run_main(*argv, env=env)
         self.sleeps[:] = [s for s in self.sleeps if s > 0.1]
         return result
+
+    def assert_recovered(self, result, requests: int) -> None:
+        """Exit 0 after `requests` asks of /coins/markets; every coin appended once more after the history."""
+        self.assertEqual(result.code, 0, result.stderr)
+        self.assertEqual(len(self.fake.requests_to("/coins/markets")) - self.asked, requests, result.stderr)
+        self.assertTrue(self.csv_bytes().startswith(self.before))  # appended after the history, nothing rewritten
+        self.assertEqual([r["coin_id"] for r in self.rows()][-10:], list(FIXTURE_IDS))
+        self.assertEqual(len(self.rows()), 2 * len(FIXTURE_IDS))
+        self.assertTrue(result.stderr.strip().splitlines()[-1].startswith("run ok: "), result.stderr)
 
     def assert_failed_untouched(self, result, *fragments: str) -> None:
         self.assertEqual(result.code, 1, result.stderr)
@@ -136,7 +147,7 @@ class Faults(PipelineTestCase):
     def test_429_with_retry_after_is_honoured(self) -> None:
         self.fake.add_fault(Fault.rate_limited("7"), times=2)
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=3)
         self.assertEqual(len(self.sleeps), 2)
         self.assertTrue(all(7 <= s <= 8 for s in self.sleeps), self.sleeps)
         self.assertIn("10 rows appended", result.stderr)
@@ -145,13 +156,13 @@ class Faults(PipelineTestCase):
         when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
         self.fake.add_fault(Fault.rate_limited(when))
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=2)
         self.assertTrue(25 <= self.sleeps[0] <= 32, self.sleeps)
 
     def test_429_without_retry_after_backs_off_exponentially(self) -> None:
         self.fake.add_fault(Fault.rate_limited(None), times=3)
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=4)
         self.assertEqual(len(self.sleeps), 3)
         self.assertLess(self.sleeps[0], self.sleeps[2] + 1e-9 + 2)  # jittered, growing envelope
         self.assertTrue(all(0 < s <= 60 for s in self.sleeps))
@@ -160,13 +171,13 @@ class Faults(PipelineTestCase):
         reset = (datetime.now(timezone.utc) + timedelta(seconds=20)).strftime("%Y-%m-%d %H:%M:%S +0000")
         self.fake.add_fault(Fault.rate_limited_reset(reset))
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=2)
         self.assertTrue(15 <= self.sleeps[0] <= 22, self.sleeps)
 
     def test_429_inside_a_200_is_a_rate_limit(self) -> None:
         self.fake.add_fault(Fault.rate_limit_in_200())
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=2)
         self.assertEqual(len(self.sleeps), 1)
         self.assertIn("rate limited", result.stderr)
 
@@ -190,15 +201,10 @@ class Faults(PipelineTestCase):
 
     def test_single_5xx_is_retried(self) -> None:
         self.fake.add_fault(Fault.server_error(503, text=True))
-        asked = len(self.fake.requests_to("/coins/markets"))
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
-        self.assertEqual(result.stderr.count("retrying in"), 1, result.stderr)  # the 503, then one retry
+        self.assert_recovered(result, requests=2)  # the 503, then one retry
+        self.assertEqual(result.stderr.count("retrying in"), 1, result.stderr)
         self.assertIn("HTTP 503", result.stderr)
-        self.assertEqual(len(self.fake.requests_to("/coins/markets")) - asked, 2)
-        self.assertTrue(self.csv_bytes().startswith(self.before))  # appended after the history, nothing rewritten
-        self.assertEqual([r["coin_id"] for r in self.rows()][-10:], list(FIXTURE_IDS))  # every coin once more
-        self.assertEqual(len(self.rows()), 2 * len(FIXTURE_IDS))
 
     def test_cloudflare_html_names_status_and_content_type(self) -> None:
         self.fake.add_fault(Fault.html(403))
@@ -218,14 +224,9 @@ class Faults(PipelineTestCase):
 
     def test_truncated_body_is_retried(self) -> None:
         self.fake.add_fault(Fault.truncated_json())
-        asked = len(self.fake.requests_to("/coins/markets"))
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
-        self.assertEqual(result.stderr.count("retrying in"), 1, result.stderr)  # the cut answer, then one retry
-        self.assertEqual(len(self.fake.requests_to("/coins/markets")) - asked, 2)
-        self.assertTrue(self.csv_bytes().startswith(self.before))  # appended after the history, none torn
-        self.assertEqual([r["coin_id"] for r in self.rows()][-10:], list(FIXTURE_IDS))
-        self.assertEqual(len(self.rows()), 2 * len(FIXTURE_IDS))
+        self.assert_recovered(result, requests=2)  # the cut answer, then one retry; none torn
+        self.assertEqual(result.stderr.count("retrying in"), 1, result.stderr)
 
     def test_object_where_a_list_belongs(self) -> None:
         self.fake.add_fault(Fault.wrong_shape())
@@ -235,13 +236,13 @@ class Faults(PipelineTestCase):
     def test_connection_reset_then_success(self) -> None:
         self.fake.add_fault(Fault.reset())
         result = self.run_main()
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=2)
         self.assertEqual(len(self.sleeps), 1)
 
     def test_stalled_server_times_out_and_retries(self) -> None:
         self.fake.add_fault(Fault.stall(3))
         result = self.run_main("--timeout", "0.5")
-        self.assertEqual(result.code, 0, result.stderr)
+        self.assert_recovered(result, requests=2)
         self.assertIn("did not answer /coins/markets within 0.5 s", result.stderr)
 
     def test_server_down(self) -> None:
@@ -297,12 +298,17 @@ class ApiKey(PipelineTestCase):
         result = self.run_main()
         self.assertEqual(result.code, 2)
         self.assertIn("COINGECKO_API_KEY", result.stderr)
+        [request] = self.fake.requests_to("/coins/markets")  # asked once, without a key: no retry of a 401
+        self.assertNotIn("x-cg-demo-api-key", request.headers)
+        self.assertFalse(self.csv_path.exists())
 
     def test_key_error_text_never_echoes_the_key(self) -> None:
         env = dict(self.env, COINGECKO_API_KEY="bad key with spaces")
         result = self.run_main(env=env)
         self.assertEqual(result.code, 2)
         self.assertNotIn("bad key with spaces", result.stderr)
+        self.assertEqual(self.fake.requests, [])  # refused before any request could carry it
+        self.assertFalse(self.csv_path.exists())
 
 
 class Configuration(PipelineTestCase):
@@ -333,6 +339,8 @@ class Configuration(PipelineTestCase):
             self.assertEqual(result.code, 2, argv)
             self.assertIn(fragment, result.stderr)
             self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertEqual(self.fake.requests, [])  # a bad value stops the command before CoinGecko is asked
+        self.assertFalse(self.csv_path.exists())
 
     def test_unknown_config_key(self) -> None:
         config = self.data_dir.parent / "bad.toml"
@@ -340,11 +348,15 @@ class Configuration(PipelineTestCase):
         result = self.run_main("--config", str(config))
         self.assertEqual(result.code, 2)
         self.assertIn("unknown keys colour", result.stderr)
+        self.assertEqual(self.fake.requests, [])
+        self.assertFalse(self.csv_path.exists())
 
     def test_plan_without_key(self) -> None:
         result = self.run_main("--api-plan", "demo")
         self.assertEqual(result.code, 2)
         self.assertIn("needs a key", result.stderr)
+        self.assertEqual(self.fake.requests, [])
+        self.assertFalse(self.csv_path.exists())
 
     def test_default_data_dir_is_beside_main_py(self) -> None:
         from utils.settings import PROJECT_DIR, build_settings
