@@ -7,6 +7,7 @@ HTTP path, conditional writes included. Nothing is patched in the process under 
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -77,6 +78,13 @@ class LocalS3:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+    def new_bucket(self, name: str = "crypto-history-test") -> LocalS3:
+        """This server with a bucket of its own, new: tests that share one server stay apart."""
+        other = copy.copy(self)
+        other.bucket = f"{name}-{uuid.uuid4().hex[:12]}"
+        other.client().create_bucket(Bucket=other.bucket)
+        return other
 
     def __enter__(self) -> LocalS3:
         return self.start()

@@ -7,6 +7,8 @@ import csv
 import ctypes
 import io
 import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,10 +16,12 @@ import time
 import unittest
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from tests.fake_coingecko import FakeCoinGecko
+from tests.fake_coingecko import FakeCoinGecko, make_daily_chart
+from tests.s3_server import LocalS3
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "main.py"
@@ -25,6 +29,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import main as cli  # noqa: E402
+from utils.history.schema import COLUMNS, Record  # noqa: E402
+
+# A shell's background job (nohup make test &, a CI script) starts the tests with SIGINT ignored, and an
+# ignored signal stays ignored across exec: the Ctrl-C test's `python main.py` would never see its SIGINT.
+# A handled signal is reset to the default in a child, where Python turns it into KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
@@ -144,13 +155,15 @@ class PipelineTestCase(unittest.TestCase):
             code = cli.main(list(argv), env=self.env if env is None else env, sleep=self.sleeps.append)
         return CliResult(code, out.getvalue(), err.getvalue())
 
+    def child_env(self, env: dict[str, str] | None = None, **changes: str) -> dict[str, str]:
+        """What a `python main.py` child gets: os.environ, then this test's variables (or env), then changes."""
+        return {**os.environ, **(self.env if env is None else env), **changes}
+
     def run_subprocess(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
         """python main.py ... in a real child process."""
-        full_env = dict(os.environ)
-        full_env.update(self.env if env is None else env)
         proc = subprocess.run(
             [sys.executable, str(MAIN), *argv],
-            env=full_env,
+            env=self.child_env(env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -158,11 +171,145 @@ class PipelineTestCase(unittest.TestCase):
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
+    def start(
+        self,
+        *argv: str,
+        env: dict[str, str] | None = None,
+        stdout: int = subprocess.PIPE,
+        stderr: int = subprocess.PIPE,
+        **changes: str,
+    ) -> subprocess.Popen:
+        """`python main.py argv` in the background, in the test's folder; killed (if still running) and reaped
+        at clean-up. Many at once are the concurrency tests' writers; one is a daemon or a run to signal."""
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), *argv],
+            env=self.child_env(env, **changes),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            cwd=self.tmp.name,
+        )
+        self.addCleanup(reap, proc)
+        return proc
+
+    @staticmethod
+    def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+        """Wait for a started command: its exit code and its stderr."""
+        _, err = proc.communicate(timeout=timeout)
+        return proc.returncode, err
+
     def csv_bytes(self) -> bytes:
         return self.csv_path.read_bytes() if self.csv_path.exists() else b""
 
     def rows(self) -> list[dict[str, str]]:
         return read_rows(self.csv_path)
+
+
+NOW = datetime.now(timezone.utc)  # one "now" for a test module's histories and the fake's answers
+TODAY = NOW.date()
+
+
+class SimClock:
+    """Monotonic time that only sleeping moves; shared by the client's pacing and the fake server's limit."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.slept = 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        self.slept += seconds
+
+
+def charts_for(ids, days: int = 420) -> dict:
+    """/market_chart answers for ids: `days` daily points up to today, then the partial point of now."""
+    start = TODAY - timedelta(days=days - 1)
+    return {coin: make_daily_chart(start, days, 100.0 + i, partial_point_at=NOW, seed=i) for i, coin in enumerate(ids)}
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """A preexec_fn: files the child writes cannot grow beyond limit bytes (writes fail with EFBIG, a full disk)."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kill a child that still runs, and collect it (no zombie, no open pipes)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+def record(coin: str, last_updated: str, **columns: Any) -> Record:
+    """One stored observation of coin at last_updated, as tests build histories by hand: name Coin, symbol
+    coi, price 1, market cap 10, in eur, from /coins/markets, every other cell empty; columns override any."""
+    values: dict[str, Any] = dict.fromkeys(COLUMNS)
+    values.update(
+        name=coin.title(),
+        symbol=coin[:3],
+        current_price=1.0,
+        market_cap=10.0,
+        last_updated=last_updated,
+        fetched_at="",
+        coin_id=coin,
+        vs_currency="eur",
+        source="coins_markets",
+    )
+    values.update(columns)
+    return Record(**values)
+
+
+class S3TestCase(PipelineTestCase):
+    """A PipelineTestCase whose data folder is s3://<bucket>/<PREFIX> on a moto S3 server on loopback.
+
+    One server (tests/s3_server.py) for the class, a new bucket for each test. Children reach it through the
+    standard AWS variables, never a real AWS profile; the S3 scratch copy (index, charts) is in the test's folder.
+    """
+
+    PREFIX = "history"
+    server: LocalS3
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.server = LocalS3().start()
+        cls.addClassCleanup(cls.server.stop)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.s3 = self.server.new_bucket()
+        self.url = self.s3.url(self.PREFIX)
+        self.scratch_tmp = Path(self.tmp.name) / "tmp"
+        self.scratch_tmp.mkdir()
+        self.env.update(self.s3.env)
+        self.env.update(PIPELINE_DATA_DIR=self.url, TMPDIR=str(self.scratch_tmp))
+
+    def child_env(self, env: dict[str, str] | None = None, **changes: str) -> dict[str, str]:
+        """As for any child, without a real AWS profile, key or config file to fall back on; s3:// means Delta."""
+        own = {k: v for k, v in os.environ.items() if k not in NOT_FROM_OUTSIDE}
+        return {**own, **(self.env if env is None else env), **changes}
+
+
+# Variables a child of an S3 test never takes from the environment the tests run in.
+NOT_FROM_OUTSIDE = frozenset(
+    (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "COINGECKO_API_KEY",
+        "PIPELINE_CONFIG",
+        "PIPELINE_TABLE_FORMAT",
+    )
+)
 
 
 def make_stale(fake, coin_id: str = "bitcoin", last_updated: str = "2023-01-05T16:49:40.132Z") -> None:

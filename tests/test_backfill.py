@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 from flows.backfill import backfill
 from lambdas.lambda_3_load import load
 from tests.fake_coingecko import Fault, make_daily_chart, markets_rows
-from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, wait_until
+from tests.support import FIXTURE_IDS, NOW, TODAY, PipelineTestCase, SimClock, charts_for, record, wait_until
 from utils.clock import day_of
 from utils.coingecko.client import RATE_WINDOW, CoinGeckoClient
 from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
-from utils.history.schema import Record
 from utils.settings import build_settings
-
-NOW = datetime.now(timezone.utc)
-TODAY = NOW.date()
-
-
-class SimClock:
-    """Monotonic time that only sleeping moves; shared by the client's pacing and the fake server's limit."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.slept = 0.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        self.slept += seconds
-
-
-def charts_for(ids, days: int = 420) -> dict:
-    start = TODAY - timedelta(days=days - 1)
-    return {coin: make_daily_chart(start, days, 100.0 + i, partial_point_at=NOW, seed=i) for i, coin in enumerate(ids)}
 
 
 class BackfillCommand(PipelineTestCase):
@@ -162,13 +135,7 @@ class Resume(PipelineTestCase):
         ids = [r["id"] for r in self.fake.coins]
         self.fake.market_chart.update(charts_for(ids, days=40))
         self.fake.add_fault(Fault.stall(60), path=f"/coins/{ids[6]}/market_chart/range")
-        env = dict(os.environ, **self.env)
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), "backfill", "--days", "30", "--rate-limit", "1000", "--coins", ",".join(ids)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = self.start("backfill", "--days", "30", "--rate-limit", "1000", "--coins", ",".join(ids))
         wait_until(lambda: self.fake.requests_to(f"/coins/{ids[6]}/market_chart/range"), "the stalled coin's request")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
@@ -190,32 +157,8 @@ class GapHealing(PipelineTestCase):
         self.ids = [r["id"] for r in self.fake.coins]
         self.fake.market_chart.update(charts_for(self.ids, days=30))
         # a history with one observation a day until four days ago: a 3-day outage since
-        records = []
-        for back in range(10, 3, -1):
-            day = TODAY - timedelta(days=back)
-            for coin in self.ids:
-                records.append(
-                    Record(
-                        name=coin,
-                        symbol=coin[:3],
-                        current_price=1.0,
-                        market_cap=10.0,
-                        price_change_percentage_24h=None,
-                        circulating_supply=None,
-                        last_updated=f"{day.isoformat()}T12:00:00.000Z",
-                        fetched_at="",
-                        coin_id=coin,
-                        vs_currency="eur",
-                        market_cap_rank=None,
-                        total_volume=None,
-                        high_24h=None,
-                        low_24h=None,
-                        total_supply=None,
-                        max_supply=None,
-                        source="coins_markets",
-                    )
-                )
-        load(records, self.csv_path)
+        days = [TODAY - timedelta(days=back) for back in range(10, 3, -1)]
+        load([record(coin, f"{day}T12:00:00.000Z", name=coin) for day in days for coin in self.ids], self.csv_path)
 
     def test_a_3_day_outage_is_healed_in_the_next_run(self) -> None:
         result = self.run_main("--coins", ",".join(self.ids))

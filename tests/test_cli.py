@@ -12,8 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from flows.backfill import Progress, backfill
 from tests.fake_coingecko import make_daily_chart, markets_rows
-from tests.support import FIXTURE_IDS, REPO, PipelineTestCase
-from tests.test_backfill import SimClock
+from tests.support import FIXTURE_IDS, REPO, PipelineTestCase, SimClock
 from utils.coingecko.client import RATE_WINDOW, CoinGeckoClient, RateLimiter
 from utils.settings import DEFAULT_COINS, build_settings
 

@@ -9,14 +9,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import unittest
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
-from tests.support import MAIN, PipelineTestCase, wait_until
+from tests.support import PipelineTestCase, wait_until
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 RUN_SUMMARY = re.compile(
@@ -80,8 +79,6 @@ class RunsAndBackfillTogether(PipelineTestCase):
                 chart_start, (now.date() - chart_start).days + 1, 1.5**n, partial_point_at=now, seed=n
             )
         self.coins_lock = threading.Lock()
-        self.procs: list[subprocess.Popen] = []
-        self.addCleanup(self.reap_all)
 
     # -- helpers ------------------------------------------------------------------------------------
     def slice_ids(self, k: int) -> list[str]:
@@ -102,32 +99,10 @@ class RunsAndBackfillTogether(PipelineTestCase):
             ",".join(self.backfill_ids),
         ]
 
-    def start(self, *argv: str, coins: list[str] | None = None) -> subprocess.Popen:
-        env = dict(os.environ)
-        env.update(self.env)
-        if coins is not None:
-            env["PIPELINE_COINS"] = ",".join(coins)
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), *argv],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.tmp.name,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def reap_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-
-    @staticmethod
-    def wait(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
-        _, err = proc.communicate(timeout=timeout)
-        return proc.returncode, err
+    def writer(self, *argv: str, coins: list[str] | None = None) -> subprocess.Popen:
+        """`python main.py argv` in the background, for the given coins (default: the test's)."""
+        changes = {} if coins is None else {"PIPELINE_COINS": ",".join(coins)}
+        return self.start(*argv, stdout=subprocess.DEVNULL, **changes)
 
     def served_slice(self, k: int) -> list[dict]:
         """The /coins/markets rows writer k is served now (only writer k's thread changes them)."""
@@ -159,12 +134,12 @@ class RunsAndBackfillTogether(PipelineTestCase):
     def assert_nothing_more(self, expected: set[Key]) -> None:
         """A following run of every coin appends nothing; the same backfill again adds nothing."""
         before = self.csv_path.read_bytes()
-        code, err = self.wait(self.start("run", coins=self.ids))
+        code, err = self.finish(self.writer("run", coins=self.ids))
         self.assertEqual(code, 0, err)
         [(_, coins, appended, skipped)] = RUN_SUMMARY.findall(err)
         self.assertEqual((int(coins), int(appended), int(skipped)), (len(self.ids), 0, len(self.ids)), err)
         self.assertEqual(self.csv_path.read_bytes(), before)
-        code, err = self.wait(self.start(*self.backfill_argv()))
+        code, err = self.finish(self.writer(*self.backfill_argv()))
         self.assertEqual(code, 0, err)
         [(_, coins, added, skipped)] = BACKFILL_SUMMARY.findall(err)
         self.assertEqual(
@@ -176,20 +151,21 @@ class RunsAndBackfillTogether(PipelineTestCase):
 
     # -- tests --------------------------------------------------------------------------------------
     def test_eight_runs_and_one_backfill_at_once(self) -> None:
-        backfill = self.start(*self.backfill_argv())
+        backfill = self.writer(*self.backfill_argv())
         # Writer 0 also asks for a coin CoinGecko does not know: a partial run, exit 3, the rest stored.
         runs = [
-            self.start("run", coins=self.slice_ids(k) + ([self.UNKNOWN] if k == 0 else [])) for k in range(self.WRITERS)
+            self.writer("run", coins=self.slice_ids(k) + ([self.UNKNOWN] if k == 0 else []))
+            for k in range(self.WRITERS)
         ]
         appended = 0
         for k, proc in enumerate(runs):
-            code, err = self.wait(proc)
+            code, err = self.finish(proc)
             self.assertEqual(code, 3 if k == 0 else 0, err)
             [(word, coins, added, skipped)] = RUN_SUMMARY.findall(err)
             self.assertEqual(word, "partial" if k == 0 else "ok", err)
             self.assertEqual((int(coins), int(added), int(skipped)), (self.PER_WRITER, self.PER_WRITER, 0), err)
             appended += int(added)
-        code, err = self.wait(backfill)
+        code, err = self.finish(backfill)
         self.assertEqual(code, 0, err)
         [(_, coins, added, skipped)] = BACKFILL_SUMMARY.findall(err)
         self.assertEqual((int(coins), int(added), int(skipped)), (len(self.backfill_ids), len(self.backfill_keys()), 0))
@@ -205,18 +181,18 @@ class RunsAndBackfillTogether(PipelineTestCase):
         runs_done = Counter()
         backfill_done = threading.Event()
         results_lock = threading.Lock()
-        loop_until = time.monotonic() + 3.0
         ended_before_merge = Counter()
 
         def writer(k: int) -> None:
-            # Loop for a few seconds and until the backfill is done, then once more: an append after the merge.
+            # Loop until the backfill is done, then once more: appends before, during and after its merge.
+            # (No time floor: on a busy machine a floor only spends CPU; the backfill sets the pace.)
             started_after_merge = False
-            while time.monotonic() < loop_until or not started_after_merge:
+            while not started_after_merge:
                 if runs_done[k]:
                     self.advance_slice(k)  # new observations for every run, so each appends its whole slice
                 served = self.served_slice(k)
                 started_after_merge = backfill_done.is_set()
-                code, err = self.wait(self.start("run", coins=self.slice_ids(k)))
+                code, err = self.finish(self.writer("run", coins=self.slice_ids(k)))
                 found = RUN_SUMMARY.findall(err)
                 with results_lock:
                     expected.update(snapshot_keys(served))
@@ -232,7 +208,7 @@ class RunsAndBackfillTogether(PipelineTestCase):
             thread.start()
         # The writers are under way (CoinGecko asked) when the backfill starts.
         wait_until(lambda: len(self.fake.requests_to("/coins/markets")) >= self.WRITERS, "every writer's request", 60)
-        code, err = self.wait(self.start(*self.backfill_argv()))
+        code, err = self.finish(self.writer(*self.backfill_argv()))
         backfill_done.set()
         for thread in threads:
             thread.join(timeout=120)

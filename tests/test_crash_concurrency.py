@@ -8,19 +8,17 @@ import multiprocessing
 import os
 import random
 import re
-import resource
 import signal
 import subprocess
 import sys
 import time
 import unittest
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import markets_rows
-from tests.support import MAIN, PipelineTestCase
+from tests.support import MAIN, PipelineTestCase, limit_file_size
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 SUMMARY = re.compile(r"^run ok: (\d+) coins, (\d+) rows appended, (\d+) duplicates skipped", re.MULTILINE)
@@ -59,15 +57,6 @@ def snapshot_keys(rows: list[dict], vs_currency: str = "eur") -> set[Key]:
     return {(row["id"], vs_currency, row["last_updated"]) for row in rows}
 
 
-def limit_file_size(limit: int) -> Callable[[], None]:
-    """A preexec_fn: files this process writes cannot grow beyond limit bytes (writes fail with EFBIG)."""
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def load_in_process(csv_path: str, first: int, count: int, minutes: int, barrier, results) -> None:
     """Worker for the multiprocessing test: transform generated rows and load() them into csv_path."""
     from lambdas.lambda_1_extract import Snapshot
@@ -97,36 +86,8 @@ class ProcessTestCase(PipelineTestCase):
         # Large runs page through /coins/markets; the client's own pacing would otherwise wait a minute.
         self.env["PIPELINE_RATE_LIMIT"] = "10000"
 
-    def child_env(self, **changes: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.env)
-        env.update(changes)
-        return env
-
-    def start(self, *argv: str, **env_changes: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), *argv],
-            env=self.child_env(**env_changes),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.tmp.name,
-        )
-        self.addCleanup(self.reap, proc)
-        return proc
-
-    @staticmethod
-    def reap(proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
     def finish_all(self, procs: list[subprocess.Popen], timeout: float = 90) -> list[tuple[int, str]]:
-        done = []
-        for proc in procs:
-            _, err = proc.communicate(timeout=timeout)
-            done.append((proc.returncode, err))
-        return done
+        return [self.finish(proc, timeout) for proc in procs]
 
 
 class DiskFullTest(ProcessTestCase):

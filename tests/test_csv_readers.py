@@ -19,6 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import record as observation
 from utils.history import csvio
 from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
@@ -27,24 +28,8 @@ from utils.history.schema import HEADER_LINE, Record, rows_to_csv
 
 def record(coin: str, day: int, hour: int = 0) -> Record:
     ts = f"2024-01-{day:02d}T{hour:02d}:00:00.000Z"
-    return Record(
-        name=coin.title(),
-        symbol=coin[:3],
-        current_price=100.0 + day,
-        market_cap=1e9,
-        price_change_percentage_24h=None,
-        circulating_supply=None,
-        last_updated=ts,
-        fetched_at=ts,
-        coin_id=coin,
-        vs_currency="usd",
-        market_cap_rank=1,
-        total_volume=None,
-        high_24h=None,
-        low_24h=None,
-        total_supply=None,
-        max_supply=None,
-        source="coins_markets",
+    return observation(
+        coin, ts, current_price=100.0 + day, market_cap=1e9, fetched_at=ts, vs_currency="usd", market_cap_rank=1
     )
 
 

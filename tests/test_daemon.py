@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import tempfile
 import time as real_time
 import unittest
@@ -193,18 +192,7 @@ class DaemonClockTests(unittest.TestCase):
 
 class DaemonProcessTests(PipelineTestCase):
     def start_daemon(self, *extra: str) -> subprocess.Popen:
-        import os
-
-        env = dict(os.environ, **self.env)
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC", *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-        return proc
+        return self.start("daemon", "--at", "03:00", "--timezone", "UTC", *extra)
 
     def status(self) -> dict:
         path = self.data_dir / ".state" / "status.json"

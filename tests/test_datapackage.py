@@ -6,8 +6,7 @@ import json
 import unittest
 
 from tests.fake_coingecko import load_fixture
-from tests.support import PipelineTestCase
-from tests.test_backfill import charts_for
+from tests.support import PipelineTestCase, charts_for
 from utils.history.datapackage import HISTORY_FIELDS, QUALITY_FIELDS
 from utils.history.quality import QUALITY_COLUMNS
 from utils.history.schema import COLUMNS

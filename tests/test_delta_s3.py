@@ -9,17 +9,10 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import unittest
-import uuid
 from pathlib import Path
 
-from tests.fake_coingecko import FakeCoinGecko
-from tests.s3_server import LocalS3, child_env
-from tests.support import FIXTURE_IDS, MAIN, CliResult
-from tests.test_backfill import charts_for
+from tests.support import FIXTURE_IDS, CliResult, S3TestCase, charts_for
 from tests.test_table_formats import aged_tombstones, compacted_partition
 from utils.history.delta_table import COMPACT_FILES, DeltaHistory
 from utils.history.schema import COLUMNS, HEADER_LINE
@@ -28,36 +21,15 @@ PREFIX = "history"
 
 
 @unittest.skipUnless(os.environ.get("RUN_SLOW") == "1", "slow (a moto server and a process per command): RUN_SLOW=1")
-class DeltaOnS3(unittest.TestCase):
+class DeltaOnS3(S3TestCase):
+    PREFIX = PREFIX
+
     def setUp(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(self.tmp.cleanup)
-        self.s3 = LocalS3(f"delta-{uuid.uuid4().hex[:12]}").start()  # moto keeps buckets across servers
-        self.addCleanup(self.s3.stop)
-        self.fake = FakeCoinGecko(None).start()
-        self.addCleanup(self.fake.stop)
-        self.env = child_env(self.s3)
-        self.env.update(
-            {
-                "COINGECKO_API_URL": self.fake.base_url,
-                "PIPELINE_DATA_DIR": self.s3.url(PREFIX),
-                "PIPELINE_COINS": ",".join(FIXTURE_IDS),
-                "PIPELINE_HEAL": "0",
-                "TMPDIR": self.tmp.name,
-            }
-        )  # the scratch folder (index, charts) inside the test's folder
-        self.env.pop("PIPELINE_TABLE_FORMAT", None)
+        super().setUp()
+        del self.env["PIPELINE_CHARTS"]  # charts and report are part of every command here
 
     def main(self, *argv: str, env: dict[str, str] | None = None) -> CliResult:
-        done = subprocess.run(
-            [sys.executable, str(MAIN), *argv],
-            env=env or self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=self.tmp.name,
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
+        return self.run_subprocess(*argv, env=env, timeout=300)
 
     def keys(self) -> list[str]:
         return sorted(k.removeprefix(PREFIX + "/") for k in self.s3.keys(PREFIX + "/"))
@@ -136,23 +108,9 @@ class DeltaOnS3(unittest.TestCase):
         self.assertNotIn("converted", self.main().stderr)
 
     def test_concurrent_runs_store_each_observation_once(self) -> None:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, str(MAIN)],
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=self.tmp.name,
-            )
-            for _ in range(4)
-        ]
-        codes = [p.wait(timeout=300) for p in procs]
-        errors = [p.stderr.read() for p in procs]
-        for p in procs:
-            p.stdout.close()
-            p.stderr.close()
-        self.assertEqual(codes, [0, 0, 0, 0], errors)
+        procs = [self.start() for _ in range(4)]
+        codes, errors = zip(*(self.finish(p, timeout=300) for p in procs))
+        self.assertEqual(codes, (0, 0, 0, 0), errors)
         rows = self.exported()
         keys = [
             (r[COLUMNS.index("coin_id")], r[COLUMNS.index("vs_currency")], r[COLUMNS.index("last_updated")])

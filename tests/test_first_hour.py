@@ -13,7 +13,7 @@ from matplotlib import dates as mdates
 
 from lambdas.wiring import chart_options
 from tests.fake_coingecko import format_iso_ms, make_daily_chart
-from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, wait_until
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, record, wait_until
 from utils.charts.format import SHORT_HISTORY_NOTE
 from utils.charts.render import chart_drawings
 from utils.history.csv_store import HistoryStore
@@ -210,7 +210,6 @@ class SmallThings(PipelineTestCase):
 
 class CtrlCDuringBackfill(PipelineTestCase):
     def test_ctrl_c_exits_130_says_rerunning_resumes_and_it_does(self) -> None:
-        import os
         import signal
 
         from tests.fake_coingecko import Fault, markets_rows
@@ -221,13 +220,7 @@ class CtrlCDuringBackfill(PipelineTestCase):
         self.fake.market_chart.update({c: make_daily_chart(start, 40, 10.0 + i, seed=i) for i, c in enumerate(ids)})
         self.fake.add_fault(Fault.stall(60), path=f"/coins/{ids[4]}/market_chart/range")
         argv = ["backfill", "--days", "30", "--rate-limit", "1000", "--coins", ",".join(ids)]
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), *argv],
-            env=dict(os.environ, **self.env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = self.start(*argv)
         wait_until(lambda: self.fake.requests_to(f"/coins/{ids[4]}/market_chart/range"), "the stalled coin's request")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
@@ -247,27 +240,7 @@ class CtrlCDuringBackfill(PipelineTestCase):
 
 
 def observation(coin: str, day, vs: str = "eur"):
-    from utils.history.schema import Record
-
-    return Record(
-        name=coin.title(),
-        symbol=coin[:3],
-        current_price=1.0,
-        market_cap=10.0,
-        price_change_percentage_24h=None,
-        circulating_supply=None,
-        last_updated=f"{day.isoformat()}T12:00:00.000Z",
-        fetched_at="",
-        coin_id=coin,
-        vs_currency=vs,
-        market_cap_rank=None,
-        total_volume=None,
-        high_24h=None,
-        low_24h=None,
-        total_supply=None,
-        max_supply=None,
-        source="coins_markets",
-    )
+    return record(coin, f"{day.isoformat()}T12:00:00.000Z", vs_currency=vs)
 
 
 class StatusHints(PipelineTestCase):

@@ -11,12 +11,11 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.support import MAIN, PipelineTestCase, make_stale, wait_until
+from tests.support import PipelineTestCase, make_stale, wait_until
 from utils.history.layout import DataLayout
 
 BIG = "x" * 200_000
@@ -95,17 +94,13 @@ class Shutdown(PipelineTestCase):
     def test_sigterm_mid_notification_stops_the_daemon_within_two_seconds(self) -> None:
         hook = NeverAnswers()
         self.addCleanup(hook.close)
-        env = dict(
-            os.environ,
-            **self.env,
+        proc = self.start(
+            "daemon",
+            stdout=subprocess.DEVNULL,
             PIPELINE_NOTIFY_URL=f"http://127.0.0.1:{hook.port}/hook",
             PIPELINE_NOTIFY_ON="always",
             PIPELINE_TIMEOUT="120",
         )
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), "daemon"], env=env, stderr=subprocess.PIPE, text=True, cwd=self.tmp.name
-        )
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
         reader.start()
@@ -125,15 +120,12 @@ class Shutdown(PipelineTestCase):
     def test_run_prints_its_summary_before_a_webhook_that_never_answers_times_out(self) -> None:
         hook = NeverAnswers()
         self.addCleanup(hook.close)
-        env = dict(
-            os.environ,
-            **self.env,
+        proc = self.start(
+            "run",
+            stdout=subprocess.DEVNULL,
             PIPELINE_NOTIFY_URL=f"http://127.0.0.1:{hook.port}/hook",
             PIPELINE_NOTIFY_ON="always",
             PIPELINE_TIMEOUT="3",
-        )
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), "run"], env=env, stderr=subprocess.PIPE, text=True, cwd=self.tmp.name
         )
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)

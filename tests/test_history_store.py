@@ -7,7 +7,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import unittest
 from collections import Counter
@@ -15,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows
-from tests.support import MAIN, PipelineTestCase
+from tests.support import PipelineTestCase, record
 from utils.history import csvio
 from utils.history.schema import COLUMNS, HEADER_LINE, normalize_timestamp
 
@@ -109,17 +108,6 @@ class ConcurrentCommands(PipelineTestCase):
         for n, coin in enumerate(self.ids[:6]):
             self.fake.market_chart[coin] = make_daily_chart(self.since - timedelta(days=3), 20, 2.0**n, seed=n)
 
-    def start(self, *argv: str) -> subprocess.Popen:
-        env = dict(os.environ, **self.env)
-        return subprocess.Popen(
-            [sys.executable, str(MAIN), *argv],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.tmp.name,
-        )
-
     def test_every_key_in_raw_is_in_the_csv_exactly_once(self) -> None:
         rng = random.Random(10)
         stop = threading.Event()
@@ -138,22 +126,15 @@ class ConcurrentCommands(PipelineTestCase):
         self.addCleanup(stop.set)
         outcomes = []
         for _ in range(self.ROUNDS):
-            procs = [self.start("run") for _ in range(self.WRITERS)]
-            procs.append(
-                self.start(
-                    "backfill",
-                    "--since",
-                    self.since.isoformat(),
-                    "--until",
-                    self.until.isoformat(),
-                    "--coins",
-                    ",".join(self.ids[:6]),
-                )
-            )
-            procs.append(self.start("plot"))
+            quiet = {"stdout": subprocess.DEVNULL}
+            procs = [self.start("run", **quiet) for _ in range(self.WRITERS)]
+            since, until = self.since.isoformat(), self.until.isoformat()
+            coins = ",".join(self.ids[:6])
+            procs.append(self.start("backfill", "--since", since, "--until", until, "--coins", coins, **quiet))
+            procs.append(self.start("plot", **quiet))
             for proc in procs:
-                _, err = proc.communicate(timeout=180)
-                outcomes.append((proc.args[2] if len(proc.args) > 2 else "run", proc.returncode, err))
+                code, err = self.finish(proc, timeout=180)
+                outcomes.append((proc.args[2] if len(proc.args) > 2 else "run", code, err))
         stop.set()
         ticker.join()
         failed = [
@@ -400,26 +381,8 @@ class FilesNotOurs(PipelineTestCase):
 
 
 def _record(coin: str = "bitcoin", ts: str = "2024-01-01T00:00:00.000Z", rank: int | None = 1):
-    from utils.history.schema import Record
-
-    return Record(
-        name=coin.title(),
-        symbol=coin[:3],
-        current_price=100.0,
-        market_cap=1000.0,
-        price_change_percentage_24h=None,
-        circulating_supply=None,
-        last_updated=ts,
-        fetched_at=ts,
-        coin_id=coin,
-        vs_currency="usd",
-        market_cap_rank=rank,
-        total_volume=None,
-        high_24h=None,
-        low_24h=None,
-        total_supply=None,
-        max_supply=None,
-        source="coins_markets",
+    return record(
+        coin, ts, current_price=100.0, market_cap=1000.0, fetched_at=ts, vs_currency="usd", market_cap_rank=rank
     )
 
 
@@ -460,7 +423,6 @@ class OddFilesAtTheStore(unittest.TestCase):
             self.assertEqual(len(list(csv.reader(fh))), 3)
 
     def test_days_coingecko_had_no_data_for_outlive_a_rebuild(self) -> None:
-        import os
 
         now = datetime(2024, 1, 20, tzinfo=timezone.utc)
         now_ms = int(now.timestamp() * 1000)

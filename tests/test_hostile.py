@@ -304,16 +304,7 @@ class DaemonStops(HostileTestCase):
     )
 
     def start_daemon(self, *extra: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC", *extra],
-            env=dict(os.environ, **self.env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.tmp.name,
-        )
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-        return proc
+        return self.start("daemon", "--at", "03:00", "--timezone", "UTC", *extra)
 
     def stop_within_2_seconds(self, proc: subprocess.Popen) -> str:
         """SIGTERM; the daemon must exit 0 within 2 s; returns its stderr."""

@@ -372,14 +372,7 @@ class CorruptStatusFile(HostileCase):
         for name, value in self.CORRUPTIONS.items():
             with self.subTest(name):
                 self.corrupt(value)
-                proc = subprocess.Popen(
-                    [sys.executable, str(MAIN), "daemon", "--at", "03:00", "--timezone", "UTC"],
-                    env=dict(os.environ, **self.env),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    cwd=self.tmp.name,
-                )
+                proc = self.start("daemon", "--at", "03:00", "--timezone", "UTC", stdout=subprocess.DEVNULL)
                 try:
 
                     def recorded_run() -> dict | None:

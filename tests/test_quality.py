@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import markets_rows
-from tests.support import PipelineTestCase, make_stale
+from tests.support import PipelineTestCase, make_stale, record
 from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
 from utils.history.quality import QUALITY_COLUMNS, QualityRules
@@ -30,23 +30,15 @@ def rec(
     source: str = SOURCE_MARKETS,
 ) -> Record:
     """A row as the transform makes it; fetched a minute after the observation unless told."""
-    return Record(
-        name=coin.title(),
-        symbol=coin[:3],
+    return record(
+        coin,
+        format_timestamp(when),
         current_price=price,
         market_cap=cap,
-        price_change_percentage_24h=None,
-        circulating_supply=None,
-        last_updated=format_timestamp(when),
         fetched_at=format_timestamp(fetched or when + timedelta(minutes=1)),
-        coin_id=coin,
-        vs_currency="eur",
         market_cap_rank=1,
-        total_volume=None,
         high_24h=high,
         low_24h=low,
-        total_supply=None,
-        max_supply=None,
         source=source,
     )
 

@@ -21,7 +21,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 import unittest
 from collections import Counter
@@ -29,8 +28,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import make_daily_chart, markets_rows
-from tests.s3_server import LocalS3, child_env
-from tests.support import MAIN, PipelineTestCase
+from tests.s3_server import LocalS3
+from tests.support import S3TestCase
 
 SLOW = os.environ.get("RUN_SLOW") == "1"
 Key = tuple[str, str, str]
@@ -55,56 +54,16 @@ def raw_keys(s3: LocalS3, prefix: str) -> dict[str, set[Key]]:
     return out
 
 
-class S3TableCase(PipelineTestCase):
-    """A moto S3 server for the test, and `python main.py` children pointed at it."""
-
-    PREFIX = "history"
+class S3TableCase(S3TestCase):
+    """A moto S3 server (one per class, a bucket per test), and `python main.py` children pointed at it."""
 
     def setUp(self) -> None:
         super().setUp()
-        self.s3 = LocalS3().start()
-        self.addCleanup(self.s3.stop)
-        self.url = self.s3.url(self.PREFIX)
-        # Each test's S3 scratch copy (index, charts) in its own temp folder.
-        self.scratch_tmp = Path(self.tmp.name) / "tmp"
-        self.scratch_tmp.mkdir()
-        self.env.update(self.s3.env)
-        self.env.update(
-            {
-                "PIPELINE_DATA_DIR": self.url,
-                "PIPELINE_RATE_LIMIT": "10000",
-                "PIPELINE_HEAL": "0",
-                "PIPELINE_CHARTS": "0",
-                "TMPDIR": str(self.scratch_tmp),
-            }
-        )
-        self.procs: list[subprocess.Popen] = []
-        self.addCleanup(self.reap_all)
+        self.env.update(PIPELINE_RATE_LIMIT="10000", PIPELINE_HEAL="0", PIPELINE_CHARTS="0")
 
-    def start(self, *argv: str, **env: str) -> subprocess.Popen:
-        full = child_env(self.s3, {**os.environ, **self.env, **env})
-        for name in ("COINGECKO_API_KEY", "PIPELINE_CONFIG", "PIPELINE_TABLE_FORMAT"):
-            full.pop(name, None)  # s3:// means the Delta table
-        proc = subprocess.Popen(
-            [sys.executable, str(MAIN), *argv],
-            env=full,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.tmp.name,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def reap_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-
-    def finish(self, proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-        _, err = proc.communicate(timeout=timeout)
-        return proc.returncode, err
+    @staticmethod
+    def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+        return S3TestCase.finish(proc, timeout)
 
     def table_keys(self) -> list[Key]:
         """Every stored observation, through `export` (the CSV store's format): duplicates would show twice."""

@@ -16,9 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tests.fake_coingecko import markets_rows
-from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase
-from tests.test_backfill import charts_for
-from tests.test_crash_concurrency import limit_file_size
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, charts_for, limit_file_size
 from utils.errors import LoadError
 from utils.history.delta_table import COMPACT_FILES, CONVERSION_APP, DeltaHistory, csv_tables, records_to_table
 from utils.history.locations import LocalStorage
