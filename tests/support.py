@@ -239,6 +239,30 @@ def limit_file_size(limit: int) -> Callable[[], None]:
     return apply
 
 
+class FailureWatch:
+    """Stands in for a test result and passes everything on, noting whether the test failed: for tests that
+    tally their own outcomes, whatever runner's result object they get (unittest's, or pytest's)."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.failed = False
+
+    def addFailure(self, test: Any, err: Any) -> None:  # noqa: N802 - unittest's names
+        self.failed = True
+        self.result.addFailure(test, err)
+
+    def addError(self, test: Any, err: Any) -> None:  # noqa: N802
+        self.failed = True
+        self.result.addError(test, err)
+
+    def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
+        self.failed = self.failed or err is not None
+        self.result.addSubTest(test, subtest, err)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.result, name)
+
+
 def reap(proc: subprocess.Popen) -> None:
     """Kill a child that still runs, and collect it (no zombie, no open pipes)."""
     if proc.poll() is None:
