@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flows.views import view_options
 from flows.wiring import Console
@@ -15,8 +18,30 @@ from utils.words import count
 log = logging.getLogger("pipeline")
 
 
+@contextmanager
+def cycle_collector_off() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for one short drawing command, then as it was.
+
+    Importing pandas, matplotlib and seaborn and drawing three charts makes a few hundred thousand
+    objects that live until the process ends; the collector's passes over them cost about 0.15 s of
+    a plot's CPU and free nothing (peak RSS is the same: each figure is cleared once saved).
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def plot_command(settings: Settings, console: Console) -> int:
     """Draw the price, market-cap and performance charts; print where each went."""
+    with cycle_collector_off():
+        return _plot(settings, console)
+
+
+def _plot(settings: Settings, console: Console) -> int:
     from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
     from utils.charts.data import NoHistory
 
