@@ -87,7 +87,7 @@ def as_observations(block: csvio.Columns | tuple) -> list[csvio.Observation]:
 def dump(db: sqlite3.Connection) -> dict[str, list]:
     return {
         "series": db.execute(
-            "SELECT coin_id, vs_currency, name, symbol, rows, first_ms, last_ms FROM series "
+            "SELECT coin_id, vs_currency, name, symbol, rows, first_ms, last_ms, unnamed FROM series "
             "ORDER BY coin_id, vs_currency"
         ).fetchall(),
         "obs": db.execute(

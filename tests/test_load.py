@@ -15,6 +15,7 @@ from pathlib import Path
 from tests.fake_coingecko import load_fixture
 from tests.support import MAIN, PipelineTestCase, drop_file_capabilities, read_rows
 from utils.history.csvio import timestamp_ms
+from utils.history.index import SCHEMA_VERSION
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 FIXTURE = load_fixture("coins_markets_2023-01-08_real_10coins.json")
@@ -244,7 +245,7 @@ class IndexFileTest(LoadTestCase):
         self.assertEqual(len(said), 1, stderr)
         self.assertIn("rebuilding it from the history", said[0])
         with sqlite3.connect(self.index_file) as db:
-            self.assertEqual(db.execute("SELECT v FROM meta WHERE k = 'version'").fetchone()[0], "3")
+            self.assertEqual(db.execute("SELECT v FROM meta WHERE k = 'version'").fetchone()[0], SCHEMA_VERSION)
             self.assertEqual(db.execute("SELECT type FROM sqlite_master WHERE name = 'obs'").fetchone()[0], "view")
             stored = {
                 (c, ts) for c, ts in db.execute("SELECT s.coin_id, o.ts FROM obs o JOIN series s ON s.id = o.series")

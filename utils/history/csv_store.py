@@ -448,6 +448,10 @@ class HistoryStore:
             if marker.idle(waiting):  # the usual write: scanned before, no coin waits for a name
                 return 0
             labels = coin_labels(index)
+            needing = index.unnamed_coins()  # the index counts each coin's rows without a name or symbol
+            if not needing & labels.keys():  # none of them can be named: no need to read the history
+                marker.record(needing)
+                return 0
             if not marker.due(labels, waiting):
                 marker.wait_for(waiting)
                 return 0

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # 2: obs and daily keyed time first, so an append writes a few pages, not one per series
 # 3: a key is stored once: each day's last observation in `daily` (keyed day << 20 | series, its time as ms into the
 #    day), the other observations' keys in `extra`; a once-a-day history no longer keeps the same rows twice
-SCHEMA_VERSION = "3"
+# 4: series.unnamed, the rows stored without a name or symbol (the label fill scans the CSV only when one can be named)
+SCHEMA_VERSION = "4"
 RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask again after this long
 SERIES_BITS = 20  # a daily point's key is day << SERIES_BITS | series
 SERIES_LIMIT = 1 << SERIES_BITS  # (coin, currency) pairs one index can hold: 17,000 coins in 61 currencies
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, coin_id TEXT NOT NULL, vs_currency TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
     symbol TEXT NOT NULL DEFAULT '', label_ms INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0,
-    first_ms INTEGER, last_ms INTEGER, UNIQUE (coin_id, vs_currency));
+    first_ms INTEGER, last_ms INTEGER, unnamed INTEGER NOT NULL DEFAULT 0, UNIQUE (coin_id, vs_currency));
 CREATE TABLE IF NOT EXISTS daily (k INTEGER PRIMARY KEY, at INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER);
 CREATE TABLE IF NOT EXISTS extra (ts INTEGER NOT NULL, series INTEGER NOT NULL, PRIMARY KEY (ts, series)) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS obs (series, ts) AS
@@ -158,6 +159,7 @@ class _SeriesFacts:
 
         self.np = np
         self.rows = np.zeros(0, np.int64)
+        self.unnamed = np.zeros(0, np.int64)  # rows without a name or a symbol
         self.first = np.zeros(0, np.int64)
         self.last = np.zeros(0, np.int64)
         self.label_ms = np.zeros(0, np.int64)
@@ -169,6 +171,7 @@ class _SeriesFacts:
             return
         more = size - len(self.rows)
         self.rows = np.append(self.rows, np.zeros(more, np.int64))
+        self.unnamed = np.append(self.unnamed, np.zeros(more, np.int64))
         self.first = np.append(self.first, np.full(more, np.iinfo(np.int64).max))
         self.last = np.append(self.last, np.full(more, np.iinfo(np.int64).min))
         self.label_ms = np.append(self.label_ms, np.full(more, np.iinfo(np.int64).min))
@@ -186,11 +189,16 @@ class _SeriesFacts:
         self.first[ids] = np.minimum(self.first[ids], ts[by_series[starts]])
         self.last[ids] = np.maximum(self.last[ids], ts[by_series[ends]])
         if isinstance(names, list):
-            named = np.flatnonzero(np.array([bool(n) for n in names], dtype=bool))
+            has_name = np.array([bool(n) for n in names], dtype=bool)
+            labelled = has_name & np.array([bool(y) for y in symbols], dtype=bool)
         else:
             import pyarrow.compute as pc
 
-            named = np.flatnonzero(pc.not_equal(names, "").to_numpy(zero_copy_only=False))
+            has_name = pc.not_equal(names, "").to_numpy(zero_copy_only=False)
+            labelled = has_name & pc.not_equal(symbols, "").to_numpy(zero_copy_only=False)
+        if not labelled.all():
+            self.unnamed += np.bincount(sid[~labelled], minlength=len(self.unnamed))
+        named = np.flatnonzero(has_name)
         if not len(named):
             return
         order = named[np.lexsort((named, ts[named], sid[named]))]  # a later row wins a tie in time
@@ -212,9 +220,9 @@ class _SeriesFacts:
         seen = np.flatnonzero(self.rows)
         lows, highs = self.first[seen].tolist(), self.last[seen].tolist()
         db.executemany(
-            "UPDATE series SET rows = rows + ?, first_ms = min(coalesce(first_ms, ?), ?), "
+            "UPDATE series SET rows = rows + ?, unnamed = unnamed + ?, first_ms = min(coalesce(first_ms, ?), ?), "
             "last_ms = max(coalesce(last_ms, ?), ?) WHERE id = ?",
-            zip(self.rows[seen].tolist(), lows, lows, highs, highs, seen.tolist()),
+            zip(self.rows[seen].tolist(), self.unnamed[seen].tolist(), lows, lows, highs, highs, seen.tolist()),
         )
         db.executemany(
             "UPDATE series SET name = ?, symbol = ?, label_ms = ? WHERE id = ? AND ? >= label_ms",
@@ -871,6 +879,10 @@ class HistoryIndex:
             SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
             for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)
         ]
+
+    def unnamed_coins(self) -> set[str]:
+        """The coins with rows stored without a name or a symbol (backfilled daily points, before a snapshot)."""
+        return {c for (c,) in self.db.execute("SELECT DISTINCT coin_id FROM series WHERE unnamed > 0")}
 
     def currencies(self) -> list[str]:
         return [v for (v,) in self.db.execute("SELECT DISTINCT vs_currency FROM series WHERE rows > 0 ORDER BY 1")]
