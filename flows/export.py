@@ -26,6 +26,8 @@ from utils.words import count
 
 log = logging.getLogger(__name__)
 
+EXPORT_CHUNK_ROWS = 50_000  # rows of a CSV history parsed at a time: pandas' string frame is the peak of memory
+
 
 def check_out_path(out: Path, settings: Settings) -> Path:
     """The --out file made absolute, refused (exit 2) when it cannot be written or names a managed file."""
@@ -62,12 +64,12 @@ def history_batches(
     if isinstance(storage, LocalStorage):
         if not storage.layout.csv.is_file():
             return
-        tables = csv_tables(storage.layout.csv)
+        tables = csv_tables(storage.layout.csv, EXPORT_CHUNK_ROWS)
     elif isinstance(storage, S3Storage):
         if not storage.has_history():
             return
         s3 = storage
-        tables = csv_tables(s3.csv_display, opener=lambda: s3.objects.stream(CSV_NAME))
+        tables = csv_tables(s3.csv_display, EXPORT_CHUNK_ROWS, opener=lambda: s3.objects.stream(CSV_NAME))
     else:
         raise ConfigError("export knows no such store")
     for table, _ in tables:
