@@ -192,7 +192,7 @@ class _SeriesFacts:
             has_name = np.array([bool(n) for n in names], dtype=bool)
             labelled = has_name & np.array([bool(y) for y in symbols], dtype=bool)
         else:
-            import pyarrow.compute as pc
+            import pyarrow.compute as pc  # optional package: pyarrow comes with the Delta store, whose columns these are
 
             has_name = pc.not_equal(names, "").to_numpy(zero_copy_only=False)
             labelled = has_name & pc.not_equal(symbols, "").to_numpy(zero_copy_only=False)
