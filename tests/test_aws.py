@@ -26,9 +26,11 @@ except ImportError:  # pragma: no cover - the AWS extras are in requirements.txt
 from flows import serverless
 from lambdas import lambda_1_extract, lambda_2_transform, lambda_3_load, lambda_4_charts  # noqa: F401
 from utils import aws
+from utils.errors import ConfigError, LoadError
 from utils.history.layout import TABLE_NAME
 from utils.history.locations import S3Storage
 from utils.history.schema import HEADER_LINE, Record
+from utils.s3 import Conflict, S3Objects, storage_options
 from utils.settings import lambda_settings
 
 BUCKET = "crypto-history-test"
@@ -40,6 +42,68 @@ def rows_without_fetch_time(data: bytes) -> list[dict[str, str]]:
     for row in rows:
         row.pop("fetched_at")
     return rows
+
+
+@unittest.skipIf(boto3 is None, "boto3/moto not installed")
+class S3ObjectHelper(unittest.TestCase):
+    """utils/s3.py, the one S3 object helper: bounded reads, conditional writes, listing, deleting, one-line errors."""
+
+    def setUp(self) -> None:
+        saved = dict(os.environ)
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(saved)))
+        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+        mock = mock_aws()
+        mock.start()
+        self.addCleanup(mock.stop)
+        self.client = boto3.client("s3")
+        self.client.create_bucket(Bucket=BUCKET)
+        self.objects = S3Objects(f"s3://{BUCKET}/history", self.client)
+
+    def test_get_put_list_delete(self) -> None:
+        self.assertEqual(self.objects.get("a.txt"), (None, None))
+        etag = self.objects.put("a.txt", b"one", if_none_match=True)
+        with self.assertRaises(Conflict):
+            self.objects.put("a.txt", b"two", if_none_match=True)
+        with self.assertRaises(Conflict):
+            self.objects.put("a.txt", b"two", if_match='"not-its-etag"')
+        self.objects.put("a.txt", b"two", if_match=etag)
+        self.assertEqual(self.objects.read("a.txt"), b"two")
+        for i in range(5):
+            self.objects.put(f"raw/{i}.gz", b"x")
+        self.assertEqual(self.objects.list("raw/"), [f"raw/{i}.gz" for i in range(5)])
+        self.assertEqual(self.objects.list("raw/", limit=2), ["raw/0.gz", "raw/1.gz"])
+        self.objects.delete("raw/0.gz")
+        self.objects.delete("raw/0.gz")  # deleting what is gone is no error
+        self.assertEqual(len(self.objects.list("")), 5)
+
+    def test_a_read_over_its_bound_is_refused_in_one_line(self) -> None:
+        self.objects.put("big.csv", b"x" * 11)
+        with self.assertRaises(LoadError) as caught:
+            self.objects.get("big.csv", limit=10)
+        self.assertIn("big.csv is 11 bytes, more than the 10 this program reads at once", str(caught.exception))
+        self.assertEqual(self.objects.read("big.csv", limit=11), b"x" * 11)
+
+    def test_a_missing_bucket_is_one_line_exit_2(self) -> None:
+        missing = S3Objects("s3://no-such-bucket-here/x", self.client)
+        for action in (missing.check_bucket, lambda: missing.put("a", b"1"), lambda: missing.list("")):
+            with self.assertRaises(ConfigError) as caught:
+                action()
+            self.assertEqual(
+                str(caught.exception), "the bucket no-such-bucket-here does not exist: create it or fix --data-dir"
+            )
+
+    def test_storage_options_come_from_the_environment_given(self) -> None:
+        env = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "k", "HOME": "/x"}
+        self.assertEqual(
+            storage_options(env),
+            {
+                "AWS_ACCESS_KEY_ID": "k",
+                "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+                "AWS_REGION": "us-east-1",
+                "AWS_ALLOW_HTTP": "true",
+            },
+        )
 
 
 @unittest.skipIf(boto3 is None, "boto3/moto not installed")
