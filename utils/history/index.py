@@ -327,6 +327,7 @@ class HistoryIndex:
 
         self._ids: dict[tuple[str, str], int] = {}
         self._top: int | None = None  # the daily table's largest key, read once between writes (has)
+        self._ids_read = False  # _ids holds every series of the file (read once between writes)
 
     def close(self) -> None:
         self.db.close()
@@ -371,6 +372,7 @@ class HistoryIndex:
         """One write transaction: all of it lands, or none."""
         self._patiently(lambda: self.db.execute("BEGIN IMMEDIATE"))
         self._top = None
+        self._ids_read = False  # another process may have added series before this transaction began
         try:
             yield
         except BaseException:
@@ -378,6 +380,7 @@ class HistoryIndex:
             raise
         finally:
             self._top = None  # the largest daily key may have moved: has() reads it again
+            self._ids_read = False
         self.db.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
@@ -1029,19 +1032,12 @@ class HistoryIndex:
         ).fetchall()
 
     def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
-        sid = self._ids.get((coin_id, vs_currency))
-        if sid is None and not self._ids:
-            # One query for every series instead of one per coin of the snapshot.
+        if not self._ids_read:
+            # One query for every series instead of one per coin of the snapshot; until the next write
+            # transaction, a pair it lacks is not stored (a run of 17,000 new coins asks no more).
             self._ids.update(((c, v), i) for i, c, v in self.db.execute("SELECT id, coin_id, vs_currency FROM series"))
-            sid = self._ids.get((coin_id, vs_currency))
-        if sid is None:
-            row = self.db.execute(
-                "SELECT id FROM series WHERE coin_id = ? AND vs_currency = ?", (coin_id, vs_currency)
-            ).fetchone()
-            if row is None:
-                return None
-            sid = self._ids[(coin_id, vs_currency)] = row[0]
-        return sid
+            self._ids_read = True
+        return self._ids.get((coin_id, vs_currency))
 
     def coin_count(self, vs_currency: str) -> int:
         """How many coins the history holds in one currency."""

@@ -44,8 +44,21 @@ class Record:
         return (self.coin_id, self.vs_currency, self.last_updated)
 
     def to_row(self) -> list[str]:
-        """The CSV cells: null as an empty cell, floats in their shortest exact form."""
-        return [format_cell(getattr(self, name)) for name in COLUMNS]
+        """The CSV cells: null as an empty cell, floats in their shortest exact form (format_cell, with its
+        common cases inline: a run formats 17,000 rows of 17 cells)."""
+        out = []
+        for name in COLUMNS:
+            value = getattr(self, name)
+            kind = type(value)
+            if kind is str:
+                out.append(value)
+            elif value is None:
+                out.append("")
+            elif kind is float and math.isfinite(value):
+                out.append(repr(value))
+            else:
+                out.append(format_cell(value))
+        return out
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
