@@ -362,14 +362,14 @@ def fetch_days(
     failed: Callable[[str, ExtractError], bool],
     progress: Progress | None = None,
     manifest: Manifest | None = None,
-    malformed: str | None = None,
+    malformed: Callable[[str], str] | None = None,
 ) -> Fetched:
     """The one fetch loop of backfill, heal and seed: each coin's market_chart answers for its wanted days
     (one request per window, paced by the client's limiter; an interrupted backfill's stored answers reused),
     archived under raw/, turned into rows of the wanted days, with progress.
 
     `failed(coin, error)` decides about a coin CoinGecko refused: False skips the coin, True stops the loop
-    (a currency refused), raising aborts. `malformed`, when given, is said after a malformed or empty answer.
+    (a currency refused), raising aborts. `malformed(coin)`, when given, says what to do after a malformed or empty answer.
     """
     for coin_id, days in wanted.items():
         span = DayRange(min(days), max(days))
@@ -399,7 +399,9 @@ def fetch_days(
         into.rejected.extend(coin_rejected)
         into.done.append(coin_id)
         if malformed is not None and not well_formed(answers):
-            log.warning("CoinGecko's answer for %s's missing days was malformed or empty; %s", coin_id, malformed)
+            log.warning(
+                "CoinGecko's answer for %s's missing days was malformed or empty; %s", coin_id, malformed(coin_id)
+            )
         into.unavailable[(coin_id, vs_currency)] = lacking(days, coin_records, answers)
         if progress is not None:
             progress.step(coin_id)
@@ -463,7 +465,7 @@ def backfill(
     if resumed:
         log.info("backfill: resuming, %d of %s already fetched", resumed, count(total, "coin"))
     per_coin = len(windows(span, settings.api_plan))
-    enforce(settings, f"backfill of {total - resumed} coins", (total - resumed) * per_coin)
+    enforce(settings, f"backfill of {count(total - resumed, 'coin')}", (total - resumed) * per_coin)
     result = BackfillResult(currencies=settings.vs_currencies, span=span)
     progress = Progress(
         total,
@@ -595,10 +597,14 @@ def fill_days(
     # What fills a coin's days after a failure: the next run heals gaps, but a seed's days lie before the
     # coin's first observation, where healing never looks.
     heal = purpose == "heal"
-    backfill_hint = f"`python main.py backfill --days {settings.seed_days}` fills them"
-    again = "its days are asked for again next run" if heal else backfill_hint
+
+    def backfill_hint(coin_id: str) -> str:
+        return (
+            f"`{settings.command_hint('backfill', '--days', str(settings.seed_days), '--coins', coin_id)}` fills them"
+        )
 
     def failed(coin_id: str, exc: ExtractError) -> bool:
+        again = "its days are asked for again next run" if heal else backfill_hint(coin_id)
         log.warning("could not %s %s: %s; %s", purpose, coin_id, exc, again)
         return False
 
@@ -613,7 +619,7 @@ def fill_days(
         purpose=purpose,
         failed=failed,
         progress=progress,
-        malformed="they are asked for again next run" if heal else backfill_hint,
+        malformed=(lambda coin_id: "they are asked for again next run") if heal else backfill_hint,
     )
     report = store_rows(storage, fetched, now)
     return report.added, report.findings, (*fetched.unwritten, *report.unwritten)

@@ -18,6 +18,7 @@ from utils.errors import EXIT_FAILED, EXIT_OK, AuthError, ExtractError, Pipeline
 from utils.history.schema import Snapshot
 from utils.history.tracking import SearchMemory, TopMembers
 from utils.settings import Settings
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ def run_check(
         known = {r.get("id") for r in rows if isinstance(r, dict) and isinstance(r.get("id"), str)}
         unknown = [c for c in coins if c not in known]
         if not unknown:
-            out(f"ok    coins: CoinGecko knows all {len(coins)} ids in {settings.vs_currency}")
+            out(
+                f"ok    coins: CoinGecko knows {'the' if len(coins) == 1 else 'all'} {count(len(coins), 'id')} in {settings.vs_currency}"
+            )
         seen = history_of(settings, unknown)
         memory = SearchMemory(settings.layout.coin_searches)
         today = datetime.now(timezone.utc).date()

@@ -161,8 +161,10 @@ def missing_ids_note(
     lookups: int = 3,
     memory: SearchMemory | None = None,
     today: date | None = None,
+    check: str = "python main.py check",
 ) -> str:
-    """One line on coins CoinGecko returned nothing for, naming the right ids where /search finds them.
+    """One line on coins CoinGecko returned nothing for, naming the right ids where /search finds them,
+    else the `check` command (as the user must type it) that looks at them.
 
     At most `lookups` searches (and, with a memory, one per id per day), so a long list of bad ids
     or a daemon's retries cannot eat the rate limit.
@@ -172,5 +174,5 @@ def missing_ids_note(
         hint = id_hint(client, coin_id, memory, today)
         if hint:
             hints.append(hint if len(missing) == 1 else f"{coin_id}: {hint}")
-    advice = "; ".join(hints) if hints else "check the ids with `python main.py check`"
+    advice = "; ".join(hints) if hints else f"check the ids with `{check}`"
     return f"CoinGecko returned no data for {', '.join(missing)}: {advice}"

@@ -289,7 +289,7 @@ class RunOnce:
         if empty_answer and known:
             self.renamed = []
             return (
-                f"CoinGecko answered no rows at all for {len(missing)} coins, {len(known)} of which it returned "
+                f"CoinGecko answered no rows at all for {count(len(missing), 'coin')}, {len(known)} of which it returned "
                 "before: probably a problem on its side; try again later (a daemon retries by itself)"
             )
         memory = SearchMemory(self.settings.layout.coin_searches)
@@ -300,7 +300,8 @@ class RunOnce:
             if coin_id in known
         ]
         never = tuple(c for c in missing if c not in known)
-        note = missing_ids_note(self.client, never, memory=memory, today=today) if never else None
+        check = self.settings.command_hint("check", "--coins", ",".join(never))
+        note = missing_ids_note(self.client, never, memory=memory, today=today, check=check) if never else None
         memory.save()
         return note
 
@@ -496,10 +497,10 @@ def seed_history(
             filled, found, missed = seed(settings, client, landed, vs_currency=vs_currency, clock=clock)
         except PipelineError as exc:
             log.warning(
-                "could not fill the new history's first days%s: %s; `python main.py backfill --days %d` fills them",
+                "could not fill the new history's first days%s: %s; `%s` fills them",
                 _in(settings, vs_currency),
                 exc,
-                settings.seed_days,
+                settings.command_hint("backfill", "--days", str(settings.seed_days)),
             )
             continue
         added += filled

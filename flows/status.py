@@ -61,7 +61,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print, now: da
     last = status.get("last_run") if isinstance(status.get("last_run"), dict) else None
     if last:
         counts = (
-            f"{last.get('appended', 0)} appended, {last.get('duplicates', 0)} duplicates skipped, "
+            f"{last.get('appended', 0)} appended, {count(int(last.get('duplicates', 0) or 0), 'duplicate')} skipped, "
             f"{last.get('rejected', 0)} rejected"
         )
         out(
@@ -193,12 +193,12 @@ def describe_missing(
 
 def backfill_hint(settings: Settings, currency: str, coins: list[str], first: date) -> str:
     """The backfill command that fills these coins' days in this currency: only the options it needs."""
-    parts = ["python main.py backfill", f"--since {first}"]
+    parts = ["backfill", f"--since {first}"]
     if set(coins) != set(settings.coins):  # only the coins with days to fill: one request each
         parts.append(f"--coins {','.join(coins)}")
     if currency not in settings.vs_currencies:
         parts.append(f"--vs-currency {currency}")
-    return " ".join(parts)
+    return settings.command_hint(*parts)
 
 
 def _coin_days(spans: dict[str, list[Range]]) -> str:

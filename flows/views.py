@@ -24,6 +24,7 @@ from utils.history.tracking import TopMembers
 from utils.options import command_default
 from utils.settings import Settings
 from utils.views.html_report import Chart, CoinRow, ReportData, png_data_uri, render
+from utils.words import count
 
 if TYPE_CHECKING:  # matplotlib loads only when charts are drawn
     from utils.charts.data import ChartOptions
@@ -190,7 +191,7 @@ def build_report(
     notes = []
     if every > len(coins):
         notes.append(
-            f"This page shows the {len(coins)} coins the last run tracked; the history holds {every - len(coins)} "
+            f"This page shows the {count(len(coins), 'coin')} the last run tracked; the history holds {every - len(coins)} "
             "more from earlier runs (kept in the CSV; `python main.py plot --plot-coins ID,ID` charts any of them)."
         )
     if len(currencies) > 1:

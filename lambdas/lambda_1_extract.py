@@ -13,6 +13,7 @@ from utils.coingecko.plans import UNIVERSE_CAP
 from utils.errors import ExtractError
 from utils.history.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
 from utils.redact import redacted_errors
+from utils.words import count
 
 if TYPE_CHECKING:
     from utils.history.locations import Storage
@@ -217,10 +218,10 @@ def handler(event: dict[str, Any] | None, context: object) -> dict[str, Any]:
             if settings.top:
                 out["tops"][vs_currency], out["gone"][vs_currency] = answer.top_ids, answer.gone
             log.info(
-                "extract %s: %d rows for %d coins -> %s/%s",
+                "extract %s: %s for %s -> %s/%s",
                 vs_currency,
-                len(snapshot.rows),
-                len(snapshot.requested),
+                count(len(snapshot.rows), "row"),
+                count(len(snapshot.requested), "coin"),
                 storage.location,
                 out["raw_keys"][-1],
             )

@@ -14,6 +14,7 @@ from utils.history.schema import Record
 from utils.history.tracking import Changes, TopMembers, members_key, shared_members
 from utils.redact import redacted_errors
 from utils.s3 import Conflict
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,9 @@ def handler(event: dict, context: object) -> dict:
         raise ExtractError("no usable rows in this snapshot; nothing was appended")
     report = load(records, storage)
     log.info(
-        "load: %d rows appended, %d duplicates skipped -> %s",
-        report.appended,
-        report.skipped_duplicates,
+        "load: %s appended, %s skipped -> %s",
+        count(report.appended, "row"),
+        count(report.skipped_duplicates, "duplicate"),
         report.csv_path,
     )
     tops = event.get("tops") or {}

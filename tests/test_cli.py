@@ -198,7 +198,9 @@ class ExitCodes(PipelineTestCase):
         result = self.run_main("--coins", "bitcoin,ethereum")
         self.assertEqual(result.code, 3)
         self.assertIn(
-            "CoinGecko returned no data for ethereum: check the ids with `python main.py check`", result.stderr
+            "CoinGecko returned no data for ethereum: check the ids with `python main.py check --coins ethereum "
+            f"--data-dir {self.data_dir}`",
+            result.stderr,
         )
 
     def test_an_s3_folder_without_boto3_says_what_to_install(self) -> None:

@@ -116,10 +116,13 @@ class FirstRunSeeds(FirstHourCase):
         result = self.run_main("run", "--coins", "bitcoin,ethereum")
         self.assertEqual(result.code, 0, result.stderr)
         self.assertIn("warning: could not seed ethereum: ", result.stderr)
-        self.assertIn("`python main.py backfill --days 30` fills them", result.stderr)
+        self.assertIn(
+            f"`python main.py backfill --days 30 --coins ethereum --data-dir {self.data_dir}` fills them", result.stderr
+        )
         self.assertEqual(len(self.rows_of("ethereum")), 1)
         self.fake.market_chart["ethereum"] = make_daily_chart(NOW.date() - timedelta(days=99), 100, 5.0, seed=3)
-        hint = self.run_main("backfill", "--days", "30", "--coins", "bitcoin,ethereum")  # the hint, run
+        line = next(line for line in result.stderr.splitlines() if "could not seed ethereum" in line)
+        hint = self.run_main(*line.split("`")[1].split()[2:])  # the hint, run as printed
         self.assertEqual(hint.code, 0, hint.stderr)
         self.assertGreaterEqual(len(self.rows_of("ethereum")), 30)
 
@@ -281,7 +284,7 @@ class StatusHints(PipelineTestCase):
     def test_a_coin_outside_the_configured_coins_gets_coins_in_its_hint(self) -> None:
         result = self.run_main("status", env=dict(self.env, PIPELINE_COINS="ethereum"))
         line = next(line for line in result.stdout.splitlines() if "within the" in line)
-        self.assertIn("--coins bitcoin`", line)
+        self.assertIn(f"--coins bitcoin --data-dir {self.data_dir}`", line)
         hint = line.split("`")[1].split()[2:]
         done = self.run_main(*hint, env=dict(self.env, PIPELINE_COINS="ethereum"))
         self.assertEqual(done.code, 0, done.stderr)

@@ -45,9 +45,10 @@ def _parse_coins(text: str) -> tuple[str, ...]:
         if not coin:
             continue
         if not COIN_ID_RE.match(coin):
+            guess = "-".join(re.findall("[a-z0-9]+", coin))  # 'Bit Coin' -> bit-coin, which /search can look up
+            look_up = f"; `python main.py check --coins {guess}` suggests the right one" if guess else ""
             raise ConfigError(
-                f"coins: {part.strip()!r} is not a CoinGecko API id (ids look like 'bitcoin' "
-                "or 'avalanche-2'); `python main.py check` suggests the right one"
+                f"coins: {part.strip()!r} is not a CoinGecko API id (ids look like 'bitcoin' or 'avalanche-2'){look_up}"
             )
         ids.setdefault(coin, None)
     if not ids:

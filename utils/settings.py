@@ -85,6 +85,11 @@ class Settings:
         where = self.data_url or (None if self.data_dir == PROJECT_DIR / "data" else str(self.data_dir))
         return "python main.py" + (f" --data-dir {shlex.quote(where)}" if where else "")
 
+    def command_hint(self, *words: str) -> str:
+        """A command for a hint, as it must be typed to reach this history: with --data-dir when not the default."""
+        where = self.data_url or (None if self.data_dir == PROJECT_DIR / "data" else str(self.data_dir))
+        return " ".join(["python main.py", *words, *(["--data-dir", shlex.quote(where)] if where else [])])
+
     @property
     def location(self) -> str:
         """Where the history lives: the s3:// URL or the local folder."""

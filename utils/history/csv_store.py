@@ -30,7 +30,7 @@ from utils.history.datapackage import write_datapackage
 from utils.history.files import atomic_write_bytes, check_folder, describe_os_error, ensure_dir, refuse_unsafe
 from utils.history.index import HistoryIndex
 from utils.history.labels import LabelMarker, coin_labels, unlabelled
-from utils.history.layout import DataLayout
+from utils.history.layout import DataLayout, data_dir_option
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import (
     COLUMNS,
@@ -500,7 +500,8 @@ class HistoryStore:
         if kind == "legacy":
             raise LegacyHistory(
                 f"{self.csv_path} is in the original script's seven-column layout: run "
-                "`python main.py` once to migrate it (the original is kept as a backup)"
+                f"`python main.py {data_dir_option(self.layout.data_dir)}` once to migrate it (the original is "
+                "kept as a backup)"
             )
         try:
             with self.locked():
@@ -591,15 +592,14 @@ class HistoryStore:
             raise LoadError(describe_os_error(exc, csv_path, "migrate") + "; the original is unchanged") from None
         report = MigrationReport(rows_read, written, exact, conflicting, unmapped, backup)
         log.warning(
-            "migrated %s from the original seven-column layout: %d rows read, %d written, %d exact "
-            "duplicates dropped, %d conflicting duplicates dropped, %d unmapped rows kept in %s; "
-            "the original is kept as %s",
+            "migrated %s from the original seven-column layout: %s read, %d written, %s dropped, "
+            "%s dropped, %s kept in %s; the original is kept as %s",
             csv_path,
-            report.rows_read,
+            count(report.rows_read, "row"),
             written,
-            exact,
-            conflicting,
-            unmapped,
+            count(exact, "exact duplicate"),
+            count(conflicting, "conflicting duplicate"),
+            count(unmapped, "unmapped row"),
             self.layout.quarantine.name,
             backup,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,6 +265,11 @@ def suffixed_chart_names(currency: str) -> tuple[str, ...]:
 def is_s3(location: Path | str) -> bool:
     """The one rule for "is it S3?": an s3:// URL (every local folder is a Path or a plain path)."""
     return str(location).startswith("s3://")
+
+
+def data_dir_option(location: Path | str) -> str:
+    """`--data-dir X` for a command in a hint, so that it reaches this history from the current folder."""
+    return f"--data-dir {shlex.quote(display_path(location))}"
 
 
 def display_path(path: Path | str) -> str:

@@ -50,6 +50,7 @@ from utils.history.layout import (
     RAW,
     TABLE_NAME,
     DataLayout,
+    data_dir_option,
 )
 from utils.history.quality import QUALITY_HEADER, Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import HEADER_LINE, LEGACY_COLUMNS, Record, rows_to_csv
@@ -589,8 +590,8 @@ class DeltaStorage(Storage):
         if kind == "legacy":
             raise SchemaMismatch(
                 f"{self.files.csv_display} is in the original seven-column layout: migrate it once "
-                "with --table-format csv (`python main.py --table-format csv`), then run with "
-                "delta to convert it"
+                f"with --table-format csv (`python main.py {data_dir_option(self.location)} --table-format csv`), "
+                "then run with delta to convert it"
             )
 
     def _convert_if_needed(self) -> None:

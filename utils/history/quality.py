@@ -25,6 +25,7 @@ from utils.history.files import append_bytes, describe_os_error, read_bounded, r
 from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
 from utils.history.schema import SOURCE_MARKETS, Record, format_timestamp, safe_text
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ def record_findings(
         except (OSError, PipelineError) as again:
             later = f"and could not be kept for the next run either ({getattr(again, 'strerror', None) or again})"
         log.warning("could not write the quality findings (%d): %s; %s", len(keep), why, later)
-        return stamped, f"{layout.quality.name} ({len(keep)} findings {later}: {why})"
+        return stamped, f"{layout.quality.name} ({count(len(keep), 'finding')} {later}: {why})"
     if pending:
         with contextlib.suppress(OSError):
             layout.pending_findings.unlink()
