@@ -21,22 +21,28 @@ PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 help:
 	@echo "make run [ARGS=\"--coins bitcoin\"]   run the pipeline once (creates .venv when needed)"
-	@echo "make test [ARGS=\"-k cli\"]           run the test suite (adds the test requirements)"
+	@echo "make test [ARGS=\"-k cli\"]           run the test suite on 2 processes (adds the test requirements)"
 	@echo "make test-fast                      the suite without its three slowest modules (crash, hostile, fault matrix)"
 	@echo "make lint                           ruff (lint, format check), mypy, cfn-lint template.yaml, lint-imports"
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/python main.py $(ARGS)
 
+# The tests are unittest test cases (`python -m unittest discover -s tests` runs them all, one at a time);
+# make runs them with pytest and pytest-xdist on TEST_WORKERS processes at once. Each test has its own temp
+# folder, fake CoinGecko on port 0 and S3 bucket, so nothing is shared between the processes.
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
 test: $(DEV_STAMP)
-	$(BIN)/python -m unittest discover -s tests $(ARGS)
+	$(PYTEST) tests $(ARGS)
 
 # The suite without its three slowest modules (crash concurrency, hostile servers, the fault matrix).
-SLOW_MODULES = tests.test_crash_concurrency tests.test_hostile tests.test_fault_matrix
-FAST_MODULES = $(filter-out $(SLOW_MODULES),$(subst /,.,$(basename $(sort $(wildcard tests/test_*.py)))))
+SLOW_MODULES = tests/test_crash_concurrency.py tests/test_hostile.py tests/test_fault_matrix.py
+FAST_MODULES = $(filter-out $(SLOW_MODULES),$(sort $(wildcard tests/test_*.py)))
 
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m unittest $(FAST_MODULES) $(ARGS)
+	$(PYTEST) $(FAST_MODULES) $(ARGS)
 
 # Tool settings live in pyproject.toml (ruff, mypy) and .importlinter (the import contracts).
 lint: $(DEV_STAMP)

@@ -40,7 +40,9 @@ class ReadmeInStep(unittest.TestCase):
         for command in ("make run", "make test", "python -m unittest discover -s tests"):
             self.assertIn(command, self.readme)
         self.assertIn("\nmake test\n", (REPO / ".ci" / "run").read_text())
-        self.assertIn("\t$(BIN)/python -m unittest discover -s tests", (REPO / "Makefile").read_text())
+        makefile = (REPO / "Makefile").read_text()
+        self.assertIn("\t$(PYTEST) tests $(ARGS)", makefile)  # the same tests, on pytest-xdist's processes
+        self.assertIn("PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS)", makefile)
 
     def test_every_environment_variable_in_the_code_is_documented(self) -> None:
         for option in OPTION_TABLE:

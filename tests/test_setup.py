@@ -71,11 +71,13 @@ class MakeDecides(unittest.TestCase):
         self.stamp(".installed-requirements", newer=False)
         self.assertIn("-r requirements.txt", self.plan("run"))
 
-    def test_make_test_adds_the_dev_requirements_then_runs_unittest_discovery(self) -> None:
+    def test_make_test_adds_the_dev_requirements_then_runs_the_suite_on_two_processes(self) -> None:
         self.stamp(".installed-requirements", newer=True)
         plan = self.plan("test").strip().splitlines()
         self.assertIn("-r requirements-dev.txt", plan[0])
-        self.assertEqual(plan[-1], f"{self.venv}/bin/python -m unittest discover -s tests")
+        self.assertEqual(plan[-1], f"{self.venv}/bin/python -m pytest -n 2 --dist worksteal tests")
+        plan = self.plan("test", "TEST_WORKERS=0", "ARGS=-k cli").strip().splitlines()
+        self.assertEqual(plan[-1], f"{self.venv}/bin/python -m pytest -n 0 --dist worksteal tests -k cli")
 
     def test_an_old_python_is_named_before_anything_is_created(self) -> None:
         proc = subprocess.run(
