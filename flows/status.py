@@ -87,7 +87,7 @@ def print_status(settings: Settings, out: Callable[[str], None] = print, now: da
             f"{status.get('timezone', '')})"
         )
     else:
-        out("next run:     no daemon running (start one with `python main.py daemon`)")
+        out(f"next run:     no daemon running (start one with `{settings.command_hint('daemon')}`)")
     describe_tracking(settings, now, out)
     if not has_csv or storage is None:
         out(f"history:      none yet at {display_path(csv_path)}")

@@ -7,12 +7,14 @@ with a test elsewhere are listed in the README (Hints that work).
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
 
 from tests.fake_coingecko import Fault
-from tests.support import FIXTURE_IDS, PipelineTestCase, make_stale, read_rows
+from tests.support import FIXTURE_IDS, MAIN, PipelineTestCase, make_stale, read_rows, wait_until
 from tests.test_backfill import charts_for
 from utils.history.layout import DataLayout
 from utils.history.schema import LEGACY_COLUMNS
@@ -197,3 +199,31 @@ class Hints(PipelineTestCase):
         rows = [r for r in read_rows(elsewhere / "crypto_data.csv") if r["coin_id"] == "tether"]
         self.assertEqual(len(rows), 31)
         self.assertFalse(self.csv_path.exists())
+
+    def test_no_daemon_running_names_the_daemon_that_schedules_the_next_run(self) -> None:
+        self.assertEqual(self.run_main().code, 0)
+        line = next(line for line in self.run_main("status").stdout.splitlines() if line.startswith("next run:"))
+        self.assertIn("no daemon running", line)
+        command = hinted(line)
+        self.assertEqual(command, ["daemon", "--data-dir", str(self.data_dir)])
+        daemon = subprocess.Popen(
+            [sys.executable, str(MAIN), *command, "--at", "03:00", "--timezone", "UTC"],
+            env=dict(os.environ, **self.env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp.name,
+        )
+        self.addCleanup(daemon.wait)
+        self.addCleanup(daemon.kill)
+        self.addCleanup(daemon.stderr.close)
+        scheduled = wait_until(
+            lambda: next((x for x in self.run_main("status").stdout.splitlines() if "daemon PID" in x), None),
+            "status to show the daemon's next run",
+            timeout=60,
+            interval=0.5,
+        )
+        self.assertIn(f"daemon PID {daemon.pid}, daily at 03:00", scheduled)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        self.assertEqual(daemon.returncode, 0)
