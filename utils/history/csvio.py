@@ -388,17 +388,11 @@ def fast_columns(data: bytes) -> Columns | None:
         return None  # a line of another width, or bytes that are not UTF-8
     if table.num_rows == 0:
         return None
-    # Each row's (coin, currency) pair as an index into the block's distinct pairs: the two columns are
-    # dictionary-encoded apart (cheaper than encoding joined strings) and their codes combined.
-    coins = table.column("coin_id").combine_chunks().dictionary_encode()
-    currencies = table.column("vs_currency").combine_chunks().dictionary_encode()
-    width = len(currencies.dictionary)
-    combined = coins.indices.to_numpy().astype(np.int64) * width + currencies.indices.to_numpy()
-    distinct, pair_index = np.unique(combined, return_inverse=True)
-    coin_names, currency_names = coins.dictionary.to_pylist(), currencies.dictionary.to_pylist()
+    found, pair_index = pair_codes(
+        table.column("coin_id").combine_chunks(), table.column("vs_currency").combine_chunks()
+    )
     pairs: list[tuple[str, str]] = []
-    for code in distinct.tolist():
-        pair = (coin_names[code // width], currency_names[code % width])
+    for pair in found:
         if pair not in _valid_series:
             if not COIN_ID_RE.match(pair[0]) or not CURRENCY_RE.match(pair[1]):
                 return None
@@ -420,7 +414,7 @@ def fast_columns(data: bytes) -> Columns | None:
     rank = pc.fill_null(pc.cast(kept, pa.int64()), -1).to_numpy()
     return Columns(
         pairs,
-        pair_index.astype(np.int64).reshape(-1),
+        pair_index,
         ts,
         price,
         cap,
@@ -428,6 +422,22 @@ def fast_columns(data: bytes) -> Columns | None:
         table.column("name").combine_chunks(),
         table.column("symbol").combine_chunks(),
     )
+
+
+def pair_codes(coins: Any, currencies: Any) -> tuple[list[tuple[str, str]], Any]:
+    """The distinct (coin, currency) pairs of two Arrow string arrays, and each row's index into them (numpy
+    int64): the two columns are dictionary-encoded apart (cheaper than encoding joined strings) and their codes
+    combined."""
+    import numpy as np  # start-up time: only reading a block of the history needs numpy
+
+    coins, currencies = coins.dictionary_encode(), currencies.dictionary_encode()
+    width = len(currencies.dictionary)
+    distinct, index = np.unique(
+        coins.indices.to_numpy().astype(np.int64) * width + currencies.indices.to_numpy(), return_inverse=True
+    )
+    coin_names, currency_names = coins.dictionary.to_pylist(), currencies.dictionary.to_pylist()
+    pairs = [(coin_names[code // width], currency_names[code % width]) for code in distinct.tolist()]
+    return pairs, index.astype(np.int64).reshape(-1)
 
 
 def _fast_times(column: Any, np: Any, pc: Any) -> Any:

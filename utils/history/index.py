@@ -631,14 +631,7 @@ class HistoryIndex:
                 def column(name: str, table: Any = table) -> Any:
                     return table.column(name).combine_chunks()
 
-                coins, currencies = column("coin_id").dictionary_encode(), column("vs_currency").dictionary_encode()
-                width = len(currencies.dictionary)
-                distinct, pair_index = np.unique(
-                    coins.indices.to_numpy().astype(np.int64) * width + currencies.indices.to_numpy(),
-                    return_inverse=True,
-                )
-                coin_names, currency_names = coins.dictionary.to_pylist(), currencies.dictionary.to_pylist()
-                pairs = [(coin_names[code // width], currency_names[code % width]) for code in distinct.tolist()]
+                pairs, pair_index = csvio.pair_codes(column("coin_id"), column("vs_currency"))
                 ts = pc.divide(column("last_updated").cast(pa.int64()), 1000).to_numpy().astype(np.int64)
                 price, cap = (
                     pc.fill_null(column(c).cast(pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
@@ -647,7 +640,7 @@ class HistoryIndex:
                 rank = column("market_cap_rank").cast(pa.int64())
                 rank = pc.fill_null(pc.if_else(pc.less(rank, 10**9), rank, pa.scalar(None, pa.int64())), -1)
                 ids = self._series_ids(pairs)
-                sid = np.array([ids[pair] for pair in pairs], dtype=np.int64)[pair_index.reshape(-1)]
+                sid = np.array([ids[pair] for pair in pairs], dtype=np.int64)[pair_index]
                 top = self._write_rows(sid, ts, price, cap, rank.to_numpy(), top, cover)
                 facts.add(sid, ts, *(pc.fill_null(column(c), "") for c in ("name", "symbol")))
                 added += table.num_rows
