@@ -24,12 +24,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from utils.errors import LoadError, LockTimeout, PipelineError, SchemaMismatch, Stopped
+from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.history import csvio
 from utils.history.datapackage import write_datapackage
 from utils.history.files import atomic_write_bytes, check_folder, describe_os_error, ensure_dir, refuse_unsafe
 from utils.history.index import HistoryIndex
-from utils.history.labels import LabelMarker, coin_labels, unlabelled
+from utils.history.labels import fill_once
 from utils.history.layout import DataLayout, data_dir_option
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
 from utils.history.schema import (
@@ -438,43 +438,19 @@ class HistoryStore:
         )
 
     def _fill_labels(self, index: HistoryIndex, fresh: list[Record]) -> int:
-        """Give rows stored without a name and symbol those of their coin's own snapshots (utils/history/labels.py):
-        one scan per history, a temp file, fsync, rename, then the index rebuilt. Returns the rows filled.
+        """Rows stored without a name and symbol get their coin's (utils/history/labels.py), once: the rows
+        re-serialised in place, the file written whole (temp, fsync, rename), then the index rebuilt."""
 
-        Never fatal: the rows of this load are stored; a failure is a warning and the next write tries again."""
-        try:
-            marker = LabelMarker(self.layout.labels_marker)
-            waiting = unlabelled(fresh)
-            if marker.idle(waiting):  # the usual write: scanned before, no coin waits for a name
-                return 0
-            labels = coin_labels(index)
-            needing = index.unnamed_coins()  # the index counts each coin's rows without a name or symbol
-            if not needing & labels.keys():  # none of them can be named: no need to read the history
-                marker.record(needing)
-                return 0
-            if not marker.due(labels, waiting):
-                marker.wait_for(waiting)
-                return 0
+        def fill(labels: dict[str, tuple[str, str]]) -> tuple[int, set[str]]:
             with open(self.csv_path, "rb") as fh:
                 content = fh.read()
             start = csvio.header_length(content)
             body, filled, left = csvio.labelled_body(content[start:], labels)
             if filled:
                 atomic_write_bytes(self.csv_path, content[:start] + body, "history CSV")
-                self._sync(index)
-                log.info(
-                    "gave %s stored without a name and symbol those of their coin's own snapshots (once; "
-                    "market_cap_rank stays empty: today's rank is not a past day's)",
-                    count(filled, "row"),
-                )
-            marker.record(left)
-            return filled
-        except (OSError, PipelineError, sqlite3.Error) as exc:
-            log.warning(
-                "could not give rows stored without a name their coin's name (%s); the next write tries again",
-                describe_os_error(exc, self.csv_path, "rewrite") if isinstance(exc, OSError) else exc,
-            )
-            return 0
+            return filled, left
+
+        return fill_once(self.layout.labels_marker, index, fresh, fill, lambda: self._sync(index))
 
     def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
         """The written rows' keys and the file's new length into the index; on failure the CSV stays right and

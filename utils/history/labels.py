@@ -12,15 +12,21 @@ filled either: for rows stored before the backfill recorded its fetch time, that
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from utils.history.files import read_json, write_json_atomic
+from utils.errors import PipelineError
+from utils.history.files import describe_os_error, read_json, write_json_atomic
 from utils.history.schema import Record
+from utils.words import count
 
 if TYPE_CHECKING:
     from utils.history.index import HistoryIndex
+
+log = logging.getLogger(__name__)
 
 MARKER_VERSION = 1
 
@@ -69,3 +75,40 @@ class LabelMarker:
             return
         write_json_atomic(self.path, {"version": MARKER_VERSION, "waiting": sorted(waiting)}, "label marker")
         self.waiting = set(waiting)
+
+
+def fill_once(
+    marker_path: Path,
+    index: HistoryIndex,
+    fresh: list[Record],
+    fill: Callable[[dict[str, tuple[str, str]]], tuple[int, set[str]]],
+    resync: Callable[[], None],
+) -> int:
+    """After a write, under the history's lock: name the rows stored without a name, when the marker says it is due.
+
+    `fill(labels)` rewrites the store's rows and returns (rows filled, coins still without a name); `resync()`
+    brings the index up to the rewritten store. Never fatal: the write's rows are stored; a failure is a
+    warning and the next write tries again. Returns the rows filled."""
+    try:
+        marker = LabelMarker(marker_path)
+        waiting = unlabelled(fresh)
+        if marker.idle(waiting):  # the usual write: scanned before, no coin waits for a name
+            return 0
+        labels = coin_labels(index)
+        if not marker.due(labels, waiting):
+            marker.wait_for(waiting)
+            return 0
+        filled, left = fill(labels)
+        if filled:
+            resync()
+            log.info(
+                "gave %s stored without a name and symbol those of their coin's own snapshots (once; "
+                "market_cap_rank stays empty: today's rank is not a past day's)",
+                count(filled, "row"),
+            )
+        marker.record(left)
+        return filled
+    except (OSError, PipelineError, sqlite3.Error) as exc:
+        why = describe_os_error(exc, exc.filename or marker_path, "rewrite") if isinstance(exc, OSError) else exc
+        log.warning("could not give rows stored without a name their coin's name (%s); the next write tries again", why)
+        return 0

@@ -42,7 +42,7 @@ from utils.history.files import (
     raw_name,
 )
 from utils.history.index import HistoryIndex
-from utils.history.labels import LabelMarker, coin_labels, unlabelled
+from utils.history.labels import fill_once
 from utils.history.layout import (
     CSV_NAME,
     DATAPACKAGE_NAME,
@@ -661,32 +661,10 @@ class DeltaStorage(Storage):
         return inserted, len(records) - inserted, rows, found
 
     def _fill_labels(self, index: HistoryIndex, fresh: list[Record]) -> int:
-        """Rows stored without a name and symbol get those of their coin's own snapshots (utils/history/labels.py),
-        once per table: a MERGE updating only those two columns, only where they are empty. Never fatal."""
-        try:
-            marker = LabelMarker(self.layout.table_labels_marker)
-            waiting = unlabelled(fresh)
-            if marker.idle(waiting):  # the usual write: scanned before, no coin waits for a name
-                return 0
-            labels = coin_labels(index)
-            if not marker.due(labels, waiting):
-                marker.wait_for(waiting)
-                return 0
-            filled, left = self.history.fill_labels(labels)
-            if filled:
-                self._sync(index)
-                log.info(
-                    "gave %s stored without a name and symbol those of their coin's own snapshots (once; "
-                    "market_cap_rank stays empty: today's rank is not a past day's)",
-                    count(filled, "row"),
-                )
-            marker.record(left)
-            return filled
-        except (OSError, PipelineError, sqlite3.Error) as exc:
-            log.warning(
-                "could not give rows stored without a name their coin's name (%s); the next write tries again", exc
-            )
-            return 0
+        """Rows stored without a name and symbol get their coin's (utils/history/labels.py), once per table: a MERGE
+        updating only those two columns, only where they are empty, only in the partitions holding such rows."""
+        marker = self.layout.table_labels_marker
+        return fill_once(marker, index, fresh, self.history.fill_labels, lambda: self._sync(index))
 
     def _publish_package(self) -> None:
         try:
