@@ -22,6 +22,7 @@ import io
 import os
 import shutil
 import subprocess
+import tempfile
 import unittest
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +91,18 @@ class FilesPolicy(PipelineTestCase):
         self.outside = Path(self.tmp.name) / "outside"
         self.outside.mkdir()
 
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        folder = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(folder.cleanup)
+        cls.baseline = Path(folder.name) / "baseline"  # made by the class's first test, copied by every case
+
     def fresh(self) -> None:
         """A data folder holding a history, its index, state, findings, report, data package and both currencies'
-        charts: made by one run the first time, copied afterwards (a run per case would take minutes)."""
-        baseline = Path(self.tmp.name) / "baseline"
+        charts: made by one run the first time, copied afterwards (a run per case would take minutes). Every
+        test's fake serves the same answers, and no file but report.html names the folder it was made in."""
+        baseline = self.baseline
         if not baseline.exists():
             first = self.run_main()
             self.assertIn(first.code, (0, 3), first.stderr)
