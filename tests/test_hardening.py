@@ -91,19 +91,24 @@ class NeverAnswers:
 class Shutdown(PipelineTestCase):
     """Finding 2: a webhook that never answers blocks neither the summary nor SIGTERM."""
 
-    def test_sigterm_mid_notification_stops_the_daemon_within_two_seconds(self) -> None:
+    def start_notifying(self, command: str, timeout: str) -> tuple[NeverAnswers, subprocess.Popen, list[str]]:
+        """`command` with a webhook that never answers; its stderr lines are collected as they come."""
         hook = NeverAnswers()
         self.addCleanup(hook.close)
         proc = self.start(
-            "daemon",
+            command,
             stdout=subprocess.DEVNULL,
             PIPELINE_NOTIFY_URL=f"http://127.0.0.1:{hook.port}/hook",
             PIPELINE_NOTIFY_ON="always",
-            PIPELINE_TIMEOUT="120",
+            PIPELINE_TIMEOUT=timeout,
         )
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-        reader.start()
+        self.reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        self.reader.start()
+        return hook, proc, lines
+
+    def test_sigterm_mid_notification_stops_the_daemon_within_two_seconds(self) -> None:
+        hook, proc, lines = self.start_notifying("daemon", timeout="120")
         self.assertTrue(hook.accepted.wait(60), "the daemon never notified")
         # The webhook never answers, so a summary that shows up now was printed before the notification.
         summary_first = wait_until(lambda: any("run ok" in line for line in lines), "the run's summary line")
@@ -111,28 +116,17 @@ class Shutdown(PipelineTestCase):
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(10)
         took = time.monotonic() - sent
-        reader.join(5)
+        self.reader.join(5)
         self.assertTrue(summary_first, "".join(lines))  # the run's line came before the notification
         self.assertEqual(code, 0, "".join(lines))
         self.assertLess(took, 2.0, "".join(lines))
         self.assertTrue(any("daemon stopped" in line for line in lines), "".join(lines))
 
     def test_run_prints_its_summary_before_a_webhook_that_never_answers_times_out(self) -> None:
-        hook = NeverAnswers()
-        self.addCleanup(hook.close)
-        proc = self.start(
-            "run",
-            stdout=subprocess.DEVNULL,
-            PIPELINE_NOTIFY_URL=f"http://127.0.0.1:{hook.port}/hook",
-            PIPELINE_NOTIFY_ON="always",
-            PIPELINE_TIMEOUT="3",
-        )
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-        reader.start()
+        hook, proc, lines = self.start_notifying("run", timeout="3")
         self.assertTrue(hook.accepted.wait(60))
         self.assertEqual(proc.wait(30), 0)
-        reader.join(5)
+        self.reader.join(5)
         summary = [n for n, line in enumerate(lines) if line.startswith("run ok")]
         timed_out = [n for n, line in enumerate(lines) if "could not send" in line]
         self.assertTrue(summary and timed_out, "".join(lines))
