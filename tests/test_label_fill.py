@@ -19,6 +19,8 @@ from tests.fake_coingecko import make_daily_chart
 from tests.support import MAIN, PipelineTestCase, read_rows
 from tests.test_crash_concurrency import limit_file_size
 from tests.test_first_hour import NOW, current
+from utils.history import csvio
+from utils.history.files import atomic_write_chunks
 from utils.history.layout import DataLayout
 from utils.history.schema import COLUMNS, HEADER_LINE
 
@@ -229,3 +231,29 @@ class LabelFillDelta(LabelFillCsv):
         self.assertEqual({f"month={month}" in path for path in removed}, {True}, removed)
         frame = self.frame()
         self.assertEqual(int(frame["name"].isna().sum()), 0)
+
+
+class LabelFillInBlocks(LabelFillCase):
+    """The CSV store fills a block of lines at a time (bounded memory on a history of gigabytes)."""
+
+    def test_the_fill_a_block_at_a_time_equals_the_fill_of_the_whole_file(self) -> None:
+        self.old_history()
+        content = self.csv_path.read_bytes()
+        labels = {coin: NAMED[coin] for coin in ("bitcoin", "ethereum")}
+        whole, filled, left = csvio.labelled_body(content, labels)
+        self.assertGreater(filled, 100)
+        self.assertEqual(left, {"tether"})
+        for size in (1, 97, 4096, len(content) + 1):
+            with self.subTest(block=size), open(self.csv_path, "rb") as fh:
+                parts = [csvio.labelled_body(block, labels) for block in csvio.line_blocks(fh, size)]
+                self.assertEqual(b"".join(part[0] for part in parts), whole)
+                self.assertEqual(sum(part[1] for part in parts), filled)
+                self.assertEqual(set().union(*(part[2] for part in parts)), left)
+
+    def test_a_rewrite_nobody_keeps_leaves_the_file_and_no_temp_file(self) -> None:
+        self.old_history()
+        before = self.fingerprint()
+        replaced = atomic_write_chunks(self.csv_path, iter([b"a,b\n", b"c,d\n"]), "history CSV", keep=lambda: False)
+        self.assertFalse(replaced)
+        self.assertEqual(self.fingerprint(), before)
+        self.assertEqual([p.name for p in self.csv_path.parent.iterdir() if p.name.endswith(".tmp")], [])

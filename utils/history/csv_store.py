@@ -27,7 +27,14 @@ from filelock import FileLock, Timeout
 from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.history import csvio
 from utils.history.datapackage import write_datapackage
-from utils.history.files import atomic_write_bytes, check_folder, describe_os_error, ensure_dir, refuse_unsafe
+from utils.history.files import (
+    atomic_write_bytes,
+    atomic_write_chunks,
+    check_folder,
+    describe_os_error,
+    ensure_dir,
+    refuse_unsafe,
+)
 from utils.history.index import HistoryIndex
 from utils.history.labels import fill_once
 from utils.history.layout import DataLayout, data_dir_option
@@ -46,6 +53,7 @@ from utils.words import count
 
 log = logging.getLogger(__name__)
 
+LABEL_BLOCK = 8 << 20  # bytes of the history read at a time by the one-time name fill
 LOCK_POLL = 0.2  # seconds between looks at a stop request while another process holds the lock
 
 LEGACY_CURRENCY = "eur"
@@ -442,12 +450,19 @@ class HistoryStore:
         re-serialised in place, the file written whole (temp, fsync, rename), then the index rebuilt."""
 
         def fill(labels: dict[str, tuple[str, str]]) -> tuple[int, set[str]]:
-            with open(self.csv_path, "rb") as fh:
-                content = fh.read()
-            start = csvio.header_length(content)
-            body, filled, left = csvio.labelled_body(content[start:], labels)
-            if filled:
-                atomic_write_bytes(self.csv_path, content[:start] + body, "history CSV")
+            filled = 0
+            left: set[str] = set()
+
+            def blocks() -> Iterator[bytes]:  # the file a block of whole lines at a time: bounded memory
+                nonlocal filled
+                with open(self.csv_path, "rb") as fh:
+                    for block in csvio.line_blocks(fh, LABEL_BLOCK):
+                        body, count_, missing = csvio.labelled_body(block, labels)
+                        filled += count_
+                        left.update(missing)
+                        yield body
+
+            atomic_write_chunks(self.csv_path, blocks(), "history CSV", keep=lambda: filled > 0)
             return filled, left
 
         return fill_once(self.layout.labels_marker, index, fresh, fill, lambda: self._sync(index))

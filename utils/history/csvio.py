@@ -873,6 +873,26 @@ def merged_body(body: bytes, records: list[Record]) -> bytes:
     return out.getvalue()
 
 
+def line_blocks(fh: io.BufferedIOBase, chunk_bytes: int = 8 << 20) -> Iterator[bytes]:
+    """A file's bytes from the current position in blocks of whole lines of about chunk_bytes (the last block may
+    lack its newline): a pass over every row in bounded memory. A quoted cell spanning lines may be cut between
+    blocks; labelled_body leaves such a record's bytes as they are (it has a name, so it needs no filling)."""
+    carry = b""
+    while True:
+        block = fh.read(chunk_bytes)
+        data = carry + block if carry else block
+        if not block:
+            if data:
+                yield data
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data  # no line end yet: read on
+            continue
+        carry = data[cut:]
+        yield data[:cut]
+
+
 def labelled_body(body: bytes, labels: dict[str, tuple[str, str]]) -> tuple[bytes, int, set[str]]:
     """Data lines with empty name and symbol cells filled from `labels` (coin id -> (name, symbol)).
 

@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,16 @@ def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
     """Write a whole file under a temporary name, fsync, then rename: readers see old or new, never half.
 
     Never through a link, never over a folder or a file its owner made read-only (the one policy)."""
+    atomic_write_chunks(path, (data,), what)
+
+
+def atomic_write_chunks(
+    path: Path, chunks: Iterable[bytes], what: str = "file", *, keep: Callable[[], bool] | None = None
+) -> bool:
+    """atomic_write_bytes for a file written a block at a time (a rewrite of a large history in bounded memory).
+
+    `keep`, asked once every chunk is written, may say the new content is not wanted (nothing changed): the
+    temporary file is then removed and `path` left untouched, bytes, mtime and inode. Returns whether it replaced."""
     refuse_read_only_file(refuse_unsafe(path, what), path, what)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -190,7 +201,11 @@ def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
             mode = 0o644
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in chunks:
+                fh.write(chunk)
+            if keep is not None and not keep():
+                os.unlink(tmp)
+                return False
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -199,6 +214,7 @@ def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+    return True
 
 
 def write_json_atomic(path: Path, value: Any, what: str = "state file") -> None:
