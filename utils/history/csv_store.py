@@ -465,7 +465,9 @@ class HistoryStore:
             atomic_write_chunks(self.csv_path, blocks(), "history CSV", keep=lambda: filled > 0)
             return filled, left
 
-        return fill_once(self.layout.labels_marker, index, fresh, fill, lambda: self._sync(index))
+        return fill_once(
+            self.layout.labels_marker, index, fresh, fill, lambda: self._sync(index), index_counts_unnamed=True
+        )
 
     def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
         """The written rows' keys and the file's new length into the index; on failure the CSV stays right and

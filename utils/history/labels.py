@@ -83,18 +83,30 @@ def fill_once(
     fresh: list[Record],
     fill: Callable[[dict[str, tuple[str, str]]], tuple[int, set[str]]],
     resync: Callable[[], None],
+    *,
+    index_counts_unnamed: bool = False,
 ) -> int:
     """After a write, under the history's lock: name the rows stored without a name, when the marker says it is due.
 
     `fill(labels)` rewrites the store's rows and returns (rows filled, coins still without a name); `resync()`
     brings the index up to the rewritten store. Never fatal: the write's rows are stored; a failure is a
-    warning and the next write tries again. Returns the rows filled."""
+    warning and the next write tries again. Returns the rows filled.
+
+    index_counts_unnamed: the index's series.unnamed counts are right for this store (the CSV's; a Delta table's
+    index does not keep them), so they decide first whether any row can be named at all."""
     try:
         marker = LabelMarker(marker_path)
         waiting = unlabelled(fresh)
         if marker.idle(waiting):  # the usual write: scanned before, no coin waits for a name
             return 0
-        labels = coin_labels(index)
+        if index_counts_unnamed:
+            needing = index.unnamed_coins()  # the index counts each coin's rows without a name or symbol
+            labels = coin_labels(index) if needing else {}  # every row named (the usual first run): none read
+            if not needing & labels.keys():  # none of them can be named: no need to read the history
+                marker.record(needing)
+                return 0
+        else:
+            labels = coin_labels(index)
         if not marker.due(labels, waiting):
             marker.wait_for(waiting)
             return 0

@@ -132,11 +132,15 @@ def stale_rows(records: list[Record]) -> list[tuple[Record, int]]:
     """
     newest: dict[tuple[str, str], int] = {}
     parsed: list[tuple[Record, int, int]] = []
+    fetched_ms: dict[str, int] = {}  # an answer's rows share one fetched_at: parsed once
     for record in records:
         if record.source != SOURCE_MARKETS or not record.fetched_at:
             continue
         try:
-            fetched, updated = csvio.timestamp_ms(record.fetched_at), csvio.timestamp_ms(record.last_updated)
+            fetched = fetched_ms.get(record.fetched_at)
+            if fetched is None:
+                fetched = fetched_ms[record.fetched_at] = csvio.timestamp_ms(record.fetched_at)
+            updated = csvio.timestamp_ms(record.last_updated)
         except ValueError:
             continue
         answer = (record.fetched_at, record.vs_currency)
