@@ -7,9 +7,8 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from lambdas.lambda_1_extract import PAGE_SIZE, top_pages
 from utils.coingecko.ledger import WARN_SHARE, CreditLedger, Usage, over_budget_message
-from utils.coingecko.plans import UNIVERSE_CAP, top_label
+from utils.coingecko.plans import PAGE_SIZE, UNIVERSE_CAP, top_label, top_pages
 from utils.errors import OverBudget
 from utils.history.tracking import TopMembers
 from utils.settings import Settings

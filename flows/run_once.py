@@ -19,13 +19,13 @@ from flows.backfill import heal_gaps, seed
 from flows.budget import check_run
 from flows.diagnose import last_seen, missing_ids_note, stale_notes, successor_note
 from flows.views import draw_charts, publish_report
-from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked, top_pages
+from lambdas.lambda_1_extract import archive_snapshot, fetch_tracked
 from lambdas.lambda_2_transform import Rejected, TransformResult, rejection_lines, transform
 from lambdas.lambda_3_load import load, record_membership
 from lambdas.wiring import storage_for
 from utils.clock import utc_now
 from utils.coingecko.client import CoinGeckoClient, Offline
-from utils.coingecko.plans import top_label
+from utils.coingecko.plans import top_label, top_pages
 from utils.daemon import Outcome
 from utils.errors import EXIT_OK, EXIT_PARTIAL, AuthError, ExtractError, PipelineError
 from utils.history.csv_store import LoadReport

@@ -159,9 +159,10 @@ def describe_missing(
     fillable: dict[str, list[Range]] = {}
     beyond: dict[str, list[Range]] = {}
     none_there = 0
+    unavailable = index.unavailable_by_coin(currency, now_ms)  # days CoinGecko answered without
     for info in series:
         gaps = info.missing(today)
-        for hole in index.unavailable(info.coin_id, currency, now_ms):  # CoinGecko answered without them
+        for hole in unavailable.get(info.coin_id, ()):
             before = sum(b - a + 1 for a, b in gaps)
             gaps = [part for gap in gaps for part in subtract(gap, [hole])]
             none_there += before - sum(b - a + 1 for a, b in gaps)

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from utils.coingecko.client import CoinGeckoClient
-from utils.coingecko.plans import UNIVERSE_CAP
+from utils.coingecko.plans import PAGE_SIZE, UNIVERSE_CAP, top_pages
 from utils.errors import ExtractError
 from utils.history.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
 from utils.redact import redacted_errors
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from utils.history.locations import Storage
 
 log = logging.getLogger(__name__)
-
-PAGE_SIZE = 250  # the most /coins/markets returns per request
 
 
 def _checked(page: Any) -> list[Any]:
@@ -67,11 +65,6 @@ class TopAnswer:
     gone: list[str] = field(default_factory=list)  # earlier members /coins/markets returns no more, by page or id
     pages: int = 0  # the ranking pages asked for
     repeated: int = 0  # rows of a coin already seen on an earlier page (ranks moved while paging): dropped
-
-
-def top_pages(top: int) -> int:
-    """The most ranking pages a top N asks for."""
-    return -(-min(top, UNIVERSE_CAP) // PAGE_SIZE)
 
 
 def extract_top(

@@ -437,6 +437,9 @@ class OddFilesAtTheStore(unittest.TestCase):
         os.utime(self.store.csv_path)  # touched: the next reader rebuilds the index from the CSV
         with self.store.index() as index:
             self.assertEqual(index.unavailable("bitcoin", "usd", now_ms), before)
+            self.assertTrue(before)
+            self.assertEqual(index.unavailable_by_coin("usd", now_ms), {"bitcoin": before})  # status's one query
+            self.assertEqual(index.unavailable_by_coin("eur", now_ms), {})
             self.assertEqual(
                 index.gaps("bitcoin", "usd", date(2024, 1, 10), now_ms), [(19731, 19731)]
             )  # 9 Jan: neither stored nor unavailable

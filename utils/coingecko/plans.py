@@ -18,6 +18,7 @@ def default_base_url(plan: str) -> str:
 # quota (only a per-minute one); paid keys: the smallest paid plan's (Basic, 100,000 a month).
 PLAN_CREDITS: dict[str, int | None] = {"public": None, "demo": 10_000, "pro": 100_000}
 UNIVERSE_CAP = 20_000  # the most coins `--top` tracks (`--top all`): CoinGecko lists about 17,000; 80 pages of 250
+PAGE_SIZE = 250  # the most /coins/markets returns per request
 
 
 def top_label(top: int) -> str:
@@ -35,3 +36,8 @@ def earliest_reachable_day(plan: str, now: datetime) -> date | None:
     if plan not in FREE_PLANS:
         return None
     return (now.astimezone(timezone.utc) - timedelta(days=FREE_REACH_DAYS)).date() + timedelta(days=1)
+
+
+def top_pages(top: int) -> int:
+    """The most ranking pages a top N asks for."""
+    return -(-min(top, UNIVERSE_CAP) // PAGE_SIZE)

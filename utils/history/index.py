@@ -895,6 +895,18 @@ class HistoryIndex:
             )
         ]
 
+    def unavailable_by_coin(self, vs_currency: str, now_ms: int) -> dict[str, list[Range]]:
+        """unavailable() of every coin of a currency in one query (status over 17,000 coins)."""
+        since = now_ms - RETRY_UNAVAILABLE_DAYS * DAY_MS
+        out: dict[str, list[Range]] = {}
+        for coin_id, a, b in self.db.execute(
+            "SELECT s.coin_id, u.first_day, u.last_day FROM unavailable u JOIN series s ON s.id = u.series "
+            "WHERE s.vs_currency = ? AND u.checked_ms >= ? ORDER BY s.coin_id, u.first_day",
+            (vs_currency, since),
+        ):
+            out.setdefault(coin_id, []).append((a, b))
+        return out
+
     def gaps(
         self, coin_id: str, vs_currency: str, today: date, now_ms: int, since_day: int | None = None
     ) -> list[Range]:
