@@ -28,6 +28,7 @@ from utils.errors import ConfigError, LoadError, SchemaMismatch
 from utils.history.csvio import Observation, timestamp_ms
 from utils.history.layout import TABLE_NAME
 from utils.history.schema import COIN_ID_RE, COLUMNS, CURRENCY_RE, Record
+from utils.words import count
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -505,7 +506,12 @@ class DeltaHistory:
             )
             return 0
         if deleted:
-            log.info("vacuumed %s: %d files unreferenced for more than %d hours deleted", self.uri, len(deleted), hours)
+            log.info(
+                "vacuumed %s: %s unreferenced for more than %d hours deleted",
+                self.uri,
+                count(len(deleted), "file"),
+                hours,
+            )
         return len(deleted)
 
     # -- reading ----------------------------------------------------------------------------------
@@ -563,7 +569,7 @@ class DeltaHistory:
         added += index.add_observations(found, unseen=unseen)
         index.record_table_files(new, set(paths))
         if added > 100_000:
-            log.info("indexed %s: %d rows", self.uri, added)
+            log.info("indexed %s: %s", self.uri, count(added, "row"))
         return added
 
     def batches(

@@ -25,6 +25,7 @@ from utils.clock import DAY_MS, day_number
 from utils.history import csvio
 from utils.history.csvio import Observation
 from utils.history.schema import COLUMNS
+from utils.words import count
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +485,7 @@ class HistoryIndex:
             self._ids = {}  # ids handed out inside the rolled-back transaction are void
             raise
         level = logging.INFO if rows > 100_000 else logging.DEBUG
-        log.log(level, "indexed %s: %d rows, %d damaged lines", csv_path, rows, self.damaged)
+        log.log(level, "indexed %s: %s, %s", csv_path, count(rows, "row"), count(self.damaged, "damaged line"))
         pages, free = (self.db.execute(f"PRAGMA {what}").fetchone()[0] for what in ("page_count", "freelist_count"))
         if self.path != ":memory:" and free > max(256, pages // 4):  # an earlier, larger index: give the space back
             with contextlib.suppress(sqlite3.OperationalError):  # another reader holds it: the space is reused later

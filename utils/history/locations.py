@@ -615,12 +615,12 @@ class DeltaStorage(Storage):
         report = convert_csv(self.history, source, opener=opener)
         self.converted = report.rows
         log.warning(
-            "converted %s into the Delta table %s: %d rows stored%s in %.1f s; the CSV is kept unchanged as "
+            "converted %s into the Delta table %s: %s stored%s in %.1f s; the CSV is kept unchanged as "
             "a backup (delete it once you no longer need it)",
             source,
             self.history.uri,
-            report.rows,
-            f", {report.damaged} damaged lines skipped" if report.damaged else "",
+            count(report.rows, "row"),
+            f", {count(report.damaged, 'damaged line')} skipped" if report.damaged else "",
             report.seconds,
         )
 
