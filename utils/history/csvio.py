@@ -295,17 +295,24 @@ def read_observations(
             found, damaged, _ = _observe(data, len(data) + 1)
             yield found, damaged
             return
-        safe = len(data)
-        for _ in range(MAX_RECORD_LINES + 1):  # the start of the line MAX_RECORD_LINES complete lines from the end
-            safe = data.rfind(b"\n", 0, safe)
-            if safe < 0:
-                break
-        if safe < 0:
+        safe = _records_end(data)
+        if not safe:
             carry = data  # too few lines yet: read on
             continue
-        found, damaged, taken = _observe(data, safe + 1)
+        found, damaged, taken = _observe(data, safe)
         carry = data[taken:]
         yield found, damaged
+
+
+def _records_end(data: bytes) -> int:
+    """Where the line MAX_RECORD_LINES complete lines from the end of `data` starts: every record before it is
+    whole (a quoted cell spans at most MAX_RECORD_LINES lines). 0 when `data` has too few lines yet."""
+    cut = len(data)
+    for _ in range(MAX_RECORD_LINES + 1):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut < 0:
+            return 0
+    return cut + 1
 
 
 @dataclass(frozen=True)
@@ -608,15 +615,11 @@ def reader_problems_in(
         data = carry + block if carry else block
         last = pos >= end or not block
         cut = len(data)
-        if not last:  # the start of the line MAX_RECORD_LINES complete lines from the end: whole records before it
-            for _ in range(MAX_RECORD_LINES + 1):
-                cut = data.rfind(b"\n", 0, cut)
-                if cut < 0:
-                    break
-            if cut < 0:
+        if not last:
+            cut = _records_end(data)
+            if not cut:
                 carry = data  # too few lines yet: read on
                 continue
-            cut += 1
         taken = cut
         if not (cut and _plain_lines(data[:cut])):
             taken = len(data)
