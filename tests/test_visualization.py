@@ -26,7 +26,7 @@ from matplotlib.patches import Rectangle
 from lambdas.lambda_4_charts import charts
 from utils.charts.data import ChartOptions, NoHistory, NothingToPlot
 from utils.charts.draw import IMAGE_SIZE_PX, coin_colour
-from utils.charts.format import format_money
+from utils.charts.format import change_text, format_money
 from utils.charts.render import chart_drawings, render_charts
 from utils.errors import PipelineError
 from utils.history import csvio
@@ -665,6 +665,21 @@ class IndexLabelsTest(ChartTestCase):
             self.assertGreaterEqual(label.get_window_extent(renderer).x0, 0.0, label.get_text())
         self.assertIn("10B", shown)
         self.assertIn("100", shown)
+        # Its legend entry, +9,999,999,900% written out in full, ran off the image's right edge likewise.
+        width = fig.get_window_extent(renderer).x1
+        texts = [
+            text for legend in fig.legends + [ax.get_legend() for ax in fig.axes] if legend for text in legend.texts
+        ]
+        self.assertTrue(any("+10B%" in text.get_text() for text in texts), [t.get_text() for t in texts])
+        for text in texts:
+            self.assertLessEqual(text.get_window_extent(renderer).x1, width, text.get_text())
+
+    def test_changes_read_like_the_ticks(self) -> None:
+        self.assertEqual(change_text(104.1), "+4.1%")
+        self.assertEqual(change_text(76.6), "-23.4%")
+        self.assertEqual(change_text(1374.0), "+1,274%")
+        self.assertEqual(change_text(100.0 + 7_960_597_781_667), "+7.96T%")
+        self.assertEqual(change_text(100.0 + 999_999), "+999,999%")
 
 
 class MoneyFormatTest(unittest.TestCase):

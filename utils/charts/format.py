@@ -81,8 +81,11 @@ def index_text(x: float) -> str:
 
 
 def change_text(index: float) -> str:
-    """The change since the first point of an index based at 100: +4.1%, -23.4%, +1,274%."""
+    """The change since the first point of an index based at 100: +4.1%, -23.4%, +1,274%, and from a million
+    per cent on +7.96B% (as index_text's ticks): "+7,960,597,781,667%" ran off the legend's right edge."""
     change = index - 100.0
+    if abs(change) >= 1e6:
+        return ("-" if change < 0 else "+") + _human_number(abs(change), 3) + "%"
     return f"{change:+,.0f}%" if abs(change) >= 1000 else f"{change:+.1f}%"
 
 
