@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import tempfile
 import unittest
 from datetime import date, datetime, timedelta, timezone
@@ -12,7 +13,7 @@ from tests.fake_coingecko import markets_rows
 from tests.support import PipelineTestCase, make_stale, record
 from utils.history.csv_store import HistoryStore
 from utils.history.layout import DataLayout
-from utils.history.quality import QUALITY_COLUMNS, QualityRules
+from utils.history.quality import QUALITY_COLUMNS, QualityRules, _stale_rows_parsed, stale_rows
 from utils.history.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -177,6 +178,41 @@ class Stale(StoreCase):
         self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(0) + timedelta(hours=47))), [])
         report = self.store.merge([rec("ethereum", day(-100, 0), 1.0, source=SOURCE_MARKET_CHART, fetched=day(0))])
         self.assertEqual(report.findings, ())
+
+
+class StaleShortcut(unittest.TestCase):
+    """stale_rows compares canonical time texts and parses only the stale rows; the rule is the parsing one."""
+
+    def test_the_text_comparison_flags_what_parsing_flags(self) -> None:
+        fetched = [day(3), day(3) + timedelta(milliseconds=1), day(5)]
+        offsets = [
+            timedelta(hours=48),  # exactly 48 h: not stale
+            timedelta(hours=48, milliseconds=1),  # one ms more: stale
+            timedelta(hours=47, minutes=59, seconds=59, milliseconds=999),
+            timedelta(days=3),
+            timedelta(minutes=1),
+            timedelta(0),
+        ]
+        records = [
+            rec(f"coin-{i}-{j}", at - gap, 1.0, fetched=at)
+            for i, at in enumerate(fetched)
+            for j, gap in enumerate(offsets)
+        ]
+        records += [rec("eur-coin", day(0), 1.0, fetched=day(3)), rec("bf", day(0), 1.0, source=SOURCE_MARKET_CHART)]
+        records.insert(0, records.pop(7))  # rows of different answers interleaved: the order given is kept
+        got = stale_rows(records)
+        self.assertEqual(got, _stale_rows_parsed(records))
+        self.assertEqual(
+            {r.coin_id for r, _ in got},
+            {"coin-0-1", "coin-0-3", "coin-1-1", "coin-1-3", "coin-2-1", "coin-2-3", "eur-coin"},
+        )
+        self.assertEqual([lag for r, lag in got if r.coin_id == "coin-0-1"], [48 * 3_600_000 + 1])
+
+    def test_a_time_in_another_form_takes_the_parsing_path(self) -> None:
+        base = rec("bitcoin", day(0), 1.0, fetched=day(3))
+        odd = dataclasses.replace(base, coin_id="odd", last_updated="2026-11-01T12:00:00+00:00")
+        fresh = rec("ethereum", day(3) - timedelta(minutes=1), 1.0, fetched=day(3))
+        self.assertEqual([r.coin_id for r, _ in stale_rows([odd, base, fresh])], ["odd", "bitcoin"])
 
 
 class MissingDay(StoreCase):

@@ -159,6 +159,12 @@ def parse_timestamp(text: str) -> datetime:
 _CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\Z")
 
 
+def canonical_texts(texts: list[str]) -> bool:
+    """True when every text has format_timestamp's fixed-width form, in which text order is time order."""
+    match = _CANONICAL.match
+    return all(len(text) == 24 and match(text) for text in texts)
+
+
 def normalize_timestamp(text: str) -> str:
     """The canonical form of an ISO 8601 timestamp. Raises ValueError."""
     if len(text) == 24 and _CANONICAL.match(text):
