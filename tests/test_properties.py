@@ -32,6 +32,7 @@ from tests.fake_coingecko import FakeCoinGecko, Fault
 from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
 from utils.coingecko.client import CoinGeckoClient
 from utils.errors import PipelineError
+from utils.history.csvio import observation, record_observation
 from utils.history.schema import COLUMNS, HEADER_LINE, Record, format_cell, rows_to_csv
 
 FETCHED = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
@@ -285,6 +286,45 @@ class TransformProperties(RoundTrip):
                 for record in result.records:
                     self.assertEqual(record.name.splitlines(), [record.name])
                     self.assertEqual(record.symbol.splitlines(), [record.symbol])
+
+
+cell_values = st.one_of(
+    st.none(), st.booleans(), integers, floats, st.sampled_from(["nan", "inf", "-inf", "?", "", "1.5", "x,y"]), texts
+)
+
+
+GOOD_TS = "2024-05-01T11:59:00.000Z"
+PLAIN = {**{c: None for c in COLUMNS}, "name": "Bitcoin", "symbol": "btc"}
+
+
+class RowShortcuts(unittest.TestCase):
+    """The load formats 17,000 rows a run with shortcuts for plain values; each must give what the rule gives."""
+
+    @settings(SETTINGS, max_examples=300)
+    @given(
+        st.fixed_dictionaries({c: cell_values for c in COLUMNS if c not in ("coin_id", "vs_currency", "last_updated")}),
+        st.sampled_from(IDS + ("Bit coin", "")),
+        st.sampled_from(["eur", "usd", "EUR", "e"]),
+        st.one_of(timestamps, st.sampled_from(["2024-05-01T11:59:00.000Z", "2024-02-30T00:00:00.000Z"])),
+    )
+    @example(
+        {**{c: None for c in COLUMNS}, "current_price": 10**400, "market_cap": 10**308, "market_cap_rank": -1},
+        "bitcoin",
+        "eur",
+        "2024-05-01T11:59:00.000Z",
+    )
+    @example({**PLAIN, "market_cap_rank": 10**9, "current_price": 2**53 + 1}, "x", "usd", GOOD_TS)
+    @example({**PLAIN, "market_cap_rank": 999_999_999, "market_cap": 1e308}, "x", "usd", GOOD_TS)
+    @example(
+        {**PLAIN, "market_cap_rank": 0, "current_price": -0.0, "name": "n"}, "x", "usd", GOOD_TS
+    )
+    @example({**PLAIN, "market_cap": float("inf"), "current_price": 1.5}, "x", "usd", GOOD_TS)
+    def test_cells_and_the_indexed_observation_follow_the_rule(
+        self, values: dict, coin_id: str, vs: str, ts: Any
+    ) -> None:
+        record = Record(**{**values, "coin_id": coin_id, "vs_currency": vs, "last_updated": ts})
+        self.assertEqual(record.to_row(), [format_cell(getattr(record, c)) for c in COLUMNS])
+        self.assertEqual(record_observation(record), observation(record.to_row()))
 
 
 class PipelinePages(RoundTrip):

@@ -138,12 +138,11 @@ def as_observations(records: list[Record]) -> list[csvio.Observation]:
 
 
 def csv_and_observations(records: list[Record]) -> tuple[bytes, list[csvio.Observation]]:
-    """The CSV lines of records (as rows_to_csv writes them) and what the index keeps of them, each row's cells
-    formatted once."""
-    cells = [r.to_row() for r in records]
+    """The CSV lines of records (as rows_to_csv writes them) and what the index keeps of them (the rule of reading
+    the lines back, csvio.record_observation)."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(cells)
-    return buf.getvalue().encode("utf-8"), [o for o in map(csvio.observation, cells) if o is not None]
+    csv.writer(buf, lineterminator="\n").writerows(r.to_row() for r in records)
+    return buf.getvalue().encode("utf-8"), [o for o in map(csvio.record_observation, records) if o is not None]
 
 
 class LegacyHistory(SchemaMismatch):

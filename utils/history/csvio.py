@@ -142,6 +142,17 @@ def _number(text: str) -> float | None:
 _valid_series: set[tuple[str, str]] = set()  # (coin_id, vs_currency) pairs that passed the patterns
 
 
+def _valid_pair(coin_id: str, vs: str) -> bool:
+    """Whether a coin id and currency have the history's forms (remembered once seen)."""
+    if (coin_id, vs) in _valid_series:
+        return True
+    if type(coin_id) is not str or type(vs) is not str or not COIN_ID_RE.match(coin_id) or not CURRENCY_RE.match(vs):
+        return False
+    if len(_valid_series) < _CACHE_MAX:
+        _valid_series.add((coin_id, vs))
+    return True
+
+
 def observation(cells: list[str]) -> Observation | None:
     """The observation a row holds, or None when the row is not a valid history row (the one definition).
 
@@ -151,11 +162,8 @@ def observation(cells: list[str]) -> Observation | None:
     if len(cells) != WIDTH:
         return None
     coin_id, vs = cells[I_ID], cells[I_VS]
-    if (coin_id, vs) not in _valid_series:
-        if not COIN_ID_RE.match(coin_id) or not CURRENCY_RE.match(vs):
-            return None
-        if len(_valid_series) < _CACHE_MAX:
-            _valid_series.add((coin_id, vs))
+    if (coin_id, vs) not in _valid_series and not _valid_pair(coin_id, vs):
+        return None
     text = cells[I_TS]
     # timestamp_ms's cached fast path, inlined: this runs for each of a million rows in an index build.
     minute = _minute_ms_cache.get(text[:17]) if len(text) == 24 else None
@@ -182,6 +190,46 @@ def observation(cells: list[str]) -> Observation | None:
             cells[I_SYMBOL],
         ),
     )
+
+
+_BIG = 10**308  # an int within this is a finite float (float64 reaches 1.8e308)
+
+
+def record_observation(record: Record) -> Observation | None:
+    """observation(record.to_row()) without writing the cells and reading them back (a run's 17,000 new rows):
+    the same rule, taken directly for a record of plain values, and by the cells otherwise."""
+    coin_id, vs = record.coin_id, record.vs_currency
+    price, cap, rank = record.current_price, record.market_cap, record.market_cap_rank
+    if (
+        _valid_pair(coin_id, vs)
+        and (
+            price is None
+            or (type(price) is float and price - price == 0)
+            or (type(price) is int and -_BIG < price < _BIG)
+        )
+        and (cap is None or (type(cap) is float and cap - cap == 0) or (type(cap) is int and -_BIG < cap < _BIG))
+        and (rank is None or (type(rank) is int and rank >= 0))
+        and type(record.name) is str
+        and type(record.symbol) is str
+    ):
+        try:
+            ts = timestamp_ms(record.last_updated)
+        except (ValueError, OverflowError):
+            return None
+        return _new_tuple(
+            Observation,
+            (
+                coin_id,
+                vs,
+                ts,
+                price if type(price) is not int else float(price),  # the cell's float() of str(int): the same float
+                cap if type(cap) is not int else float(cap),
+                rank if rank is None or rank < 1_000_000_000 else None,
+                record.name,
+                record.symbol,
+            ),
+        )
+    return observation(record.to_row())
 
 
 @dataclass(frozen=True, slots=True)
