@@ -8,10 +8,17 @@ import tempfile
 import unittest
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tests.fake_coingecko import markets_rows
 from tests.support import PipelineTestCase, make_stale, record
+from utils.history import quality
 from utils.history.csv_store import HistoryStore
+from utils.history.index import HistoryIndex
 from utils.history.layout import DataLayout
 from utils.history.quality import QUALITY_COLUMNS, QualityRules, _stale_rows_parsed, stale_rows
 from utils.history.schema import SOURCE_MARKET_CHART, SOURCE_MARKETS, Record, format_timestamp
@@ -178,6 +185,59 @@ class Stale(StoreCase):
         self.assertEqual(self.load(rec("bitcoin", day(0), 100.0, fetched=day(0) + timedelta(hours=47))), [])
         report = self.store.merge([rec("ethereum", day(-100, 0), 1.0, source=SOURCE_MARKET_CHART, fetched=day(0))])
         self.assertEqual(report.findings, ())
+
+
+# Prices as factors of 100 on both sides of the 50 % threshold (1.5 up, 1 / 1.5 down), and missing or 0.
+factors = st.sampled_from([None, 0.0, 1.0, 1.0, 1.0001, 1.49, 1.5, 1.51, 2.0, 0.67, 0.666, 0.66, 0.5, 3.0])
+observations = st.tuples(
+    st.sampled_from(["a", "b", "c"]), st.integers(0, 4), st.integers(0, 23), factors, st.booleans()
+)
+SPIKE_51 = [[("a", 0, 12, 1.0, False)], [("a", 1, 12, 1.51, False)], [("a", 1, 13, 1.0, False)]]
+
+
+class HistoryShortcut(unittest.TestCase):
+    """history_findings skips coins whose prices stay within the threshold and whose caps are not 0; it must
+    find exactly what building every coin's timeline finds."""
+
+    @settings(max_examples=80, deadline=None, database=None)
+    @given(st.lists(st.lists(observations, min_size=1, max_size=8), min_size=1, max_size=4))
+    @example(SPIKE_51)
+    @example([[("a", 0, 12, 1.0, False)], [("a", 1, 12, 0.66, False), ("a", 1, 20, 1.0, False)]])
+    @example([[("a", 0, 12, 1.0, False)], [("a", 1, 12, 1.0, True)]])
+    def test_the_shortcut_finds_what_the_timelines_find(self, batches: list) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            layout = DataLayout(Path(tmp))
+            store = HistoryStore(layout, rules=QualityRules(0.5))
+            for batch in batches:
+                records = [
+                    rec(coin, day(n, hour), None if f is None else 100 * f, cap=0.0 if zero_cap else 1e9)
+                    for coin, n, hour, f, zero_cap in batch
+                ]
+                with HistoryIndex(layout.index) if layout.index.exists() else HistoryIndex(":memory:") as index:
+                    found = {}
+                    for shortcut in (True, False):
+                        with mock.patch.object(
+                            quality, "_nothing_to_find", quality._nothing_to_find if shortcut else lambda *a: False
+                        ):
+                            found[shortcut] = quality.history_findings(records, index, QualityRules(0.5))
+                    self.assertEqual(found[True], found[False])
+                store.append(records)
+
+    def test_the_shortcut_is_taken_and_a_spike_still_found(self) -> None:
+        calm = [(0, 100.0), (1, 101.0), (1.5, 99.0)]
+        records = [rec("calm", day(0) + timedelta(days=d), p) for d, p in calm]
+        records += [rec("spiky", day(0), 100.0), rec("spiky", day(1), 151.0), rec("spiky", day(1, 13), 100.0)]
+        skipped: list[bool] = []
+        original = quality._nothing_to_find
+
+        def watched(*args: Any) -> bool:
+            skipped.append(original(*args))
+            return skipped[-1]
+
+        with HistoryIndex(":memory:") as index, mock.patch.object(quality, "_nothing_to_find", watched):
+            found = quality.history_findings(records, index, QualityRules(0.5))
+        self.assertEqual([(f.coin_id, f.rule) for f in found], [("spiky", "spike")])
+        self.assertEqual(skipped, [True, False])  # calm is skipped; spiky's timeline is built
 
 
 class StaleShortcut(unittest.TestCase):

@@ -250,13 +250,18 @@ def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRul
     }
     for first, last in _clusters(set().union(*days_of.values()) if days_of else set()):
         wanted[(first, last)] = {key for key, days in days_of.items() if any(first <= d <= last for d in days)}
-    stored: dict[tuple[str, str], list[_Point]] = defaultdict(list)
+    held: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
     for (first, last), keys in wanted.items():
         for key, points in index.points_of(keys, first, last).items():
-            stored[key] += [_Point(ts, price, cap) for ts, price, cap in points if ts // DAY_MS in days_of[key]]
+            held[key] += points
     out: list[Finding] = []
     for (coin_id, vs), rows in by_series.items():
-        timeline = stored.get((coin_id, vs), []) + [_Point(ts, r.current_price, r.market_cap, r) for ts, r in rows]
+        points = held.get((coin_id, vs), [])
+        if _nothing_to_find(points, rows, rules.spike_threshold):
+            continue
+        days = days_of[(coin_id, vs)]
+        timeline = [_Point(ts, price, cap) for ts, price, cap in points if ts // DAY_MS in days]
+        timeline += [_Point(ts, r.current_price, r.market_cap, r) for ts, r in rows]
         timeline.sort(key=lambda p: (p.ts, p.record is not None))
         last_of_day: dict[int, _Point] = {}
         for point in timeline:
@@ -264,6 +269,18 @@ def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRul
         out += _spikes(coin_id, vs, timeline, last_of_day, rules.spike_threshold)
         out += _vanished_caps(coin_id, vs, timeline, index)
     return out
+
+
+def _nothing_to_find(
+    points: list[tuple[int, float | None, float | None]], rows: list[tuple[int, Record]], threshold: float
+) -> bool:
+    """True when a coin's new rows and stored points around them cannot make a finding (most coins, most days), so
+    that its timeline is not built: no new market cap is 0, and its positive prices stay within a factor of
+    1 + threshold of each other, so that no price moved more than the threshold against another (_jump)."""
+    if any(r.market_cap == 0 for _, r in rows):
+        return False
+    prices = [p for _, p, _ in points if p and p > 0] + [p for _, r in rows if (p := r.current_price) and p > 0]
+    return len(prices) < 2 or max(prices) <= min(prices) * (1 + threshold) * (1 - 1e-9)
 
 
 def _jump(point: _Point, last_of_day: dict[int, _Point], threshold: float) -> _Point | None:

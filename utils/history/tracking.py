@@ -61,6 +61,14 @@ def spell_ranges(spells: list[Spell], today: date) -> list[tuple[int, int]]:
     return out
 
 
+def _open(raw: Any) -> bool:
+    """Whether a coin's stored spells hold one still open (what spells() reads as a spell without an end),
+    without reading every spell's days: 17,000 coins twice a run of the whole market."""
+    return isinstance(raw, list) and any(
+        isinstance(spell, list) and len(spell) == 2 and not spell[1] and _day(spell[0]) for spell in raw
+    )
+
+
 class TopMembers:
     """Per currency: each coin's spells inside the top N, and the day tracking began."""
 
@@ -86,7 +94,7 @@ class TopMembers:
         """Coins inside the top N of this currency now, best rank first as last seen."""
         entry = self.currencies.get(vs_currency, {})
         order = entry.get("order") if isinstance(entry.get("order"), list) else []
-        inside = {c for c in entry.get("coins", {}) if any(left is None for _, left in self.spells(vs_currency, c))}
+        inside = {c for c, raw in entry.get("coins", {}).items() if _open(raw)}
         return [c for c in order if c in inside] + sorted(inside - set(order))
 
     def update(
