@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 from utils.coingecko.client import CoinGeckoClient
 from utils.coingecko.plans import PAGE_SIZE, UNIVERSE_CAP, top_pages
 from utils.errors import ExtractError
-from utils.history.schema import Snapshot, snapshot_from_payload, snapshot_payload  # noqa: F401 - the stage's types
+from utils.history.schema import (  # noqa: F401 - the stage's types
+    Snapshot,
+    snapshot_from_payload,
+    snapshot_json,
+    snapshot_payload,
+)
 from utils.redact import redacted_errors
 from utils.words import count
 
@@ -42,13 +47,17 @@ def extract(
     fetched_at = clock()
     rows: list[Any] = []
     pages: list[Any] = []
+    bodies: list[bytes | None] = []
     for start in range(0, len(coins), PAGE_SIZE):
         chunk = list(coins[start : start + PAGE_SIZE])
         page = _checked(client.markets(vs_currency, chunk, page=1, per_page=PAGE_SIZE))
         pages.append(page)
+        bodies.append(client.last_body)
         rows.extend(page)
     log.debug("fetched %d rows for %d coins in %d requests", len(rows), len(coins), len(pages))
-    return Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=tuple(coins), rows=rows, pages=pages)
+    return Snapshot(
+        fetched_at=fetched_at, vs_currency=vs_currency, requested=tuple(coins), rows=rows, pages=pages, bodies=bodies
+    )
 
 
 def _row_id(row: Any) -> str | None:
@@ -88,12 +97,14 @@ def extract_top(
     """
     fetched_at = clock()
     pages: list[Any] = []
+    bodies: list[bytes | None] = []
     seen: dict[str, Any] = {}
     repeated = 0
     total = top_pages(top)
     for number in range(1, total + 1):
         page = _checked(client.markets(vs_currency, [], page=number, per_page=PAGE_SIZE))
         pages.append(page)
+        bodies.append(client.last_body)
         for row in page:
             coin_id = _row_id(row)
             if coin_id is None:
@@ -118,6 +129,7 @@ def extract_top(
     if ask:
         by_id = extract(ask, vs_currency, client, clock)
         pages.extend(by_id.pages)
+        bodies.extend(by_id.bodies)
         found = {_row_id(row): row for row in by_id.rows if _row_id(row)}
         for coin_id in lost:
             row = found.get(coin_id)
@@ -139,7 +151,9 @@ def extract_top(
         repeated,
         len(gone),
     )
-    snapshot = Snapshot(fetched_at=fetched_at, vs_currency=vs_currency, requested=requested, rows=rows, pages=pages)
+    snapshot = Snapshot(
+        fetched_at=fetched_at, vs_currency=vs_currency, requested=requested, rows=rows, pages=pages, bodies=bodies
+    )
     return TopAnswer(snapshot, top_ids, gone, min(len(pages), total), repeated)
 
 
@@ -170,7 +184,7 @@ def fetch_tracked(
 
 def archive_snapshot(snapshot: Snapshot, storage: "Storage") -> str:
     """Keep the raw answer as gzip JSON so a later version can reprocess history; returns where it went."""
-    return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_payload(snapshot))
+    return storage.archive(snapshot.fetched_at, f"coins_markets_{snapshot.vs_currency}", snapshot_json(snapshot))
 
 
 @redacted_errors

@@ -8,7 +8,7 @@ import unittest
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
-from tests.fake_coingecko import Fault, load_fixture, markets_rows
+from tests.fake_coingecko import Fault, _dumps, load_fixture, markets_rows
 from tests.support import FIXTURE_IDS, PipelineTestCase
 from utils.history.schema import HEADER_LINE
 
@@ -73,6 +73,39 @@ class FirstAndSecondRun(PipelineTestCase):
         self.assertEqual(
             archives[0].parent.relative_to(self.data_dir / "raw").parts, (f"{today:%Y}", f"{today:%m}", f"{today:%d}")
         )
+
+    def test_the_archive_keeps_the_servers_own_text(self) -> None:
+        """The pages are archived as CoinGecko sent them, byte for byte, not encoded again; a page whose text
+        json reads but a strict encoder would change (NaN, a 400-digit number, a UTF-16 page) is archived as
+        json wrote it before, with the same values."""
+        bitcoin = load_fixture("coins_markets_2023-01-08_real_10coins.json")[0]
+        odd = (
+            b'[{"id":"bitcoin","symbol":"btc","name":"Bitcoin","current_price":NaN,"market_cap":1'
+            + b"0" * 400
+            + b',"last_updated":"'
+            + bitcoin["last_updated"].encode()
+            + b'"}]'
+        )
+        for case, body in (
+            ("as sent", _dumps([bitcoin])),
+            ("spaced", b"  \n" + json.dumps([bitcoin], indent=2).encode() + b"\n"),
+            ("NaN and 400 digits", odd),
+            ("UTF-16", json.dumps([bitcoin], indent=1).encode("utf-16")),
+        ):
+            with self.subTest(case=case):
+                for old in (self.data_dir / "raw").rglob("*.json.gz"):
+                    old.unlink()
+                self.fake.advance(60)
+                self.fake.add_fault(Fault.status(200, body), path="/coins/markets")
+                result = self.run_main("--coins", "bitcoin")
+                self.assertEqual(result.code, 1 if case.startswith("NaN") else 0, result.stderr)
+                (archive,) = (self.data_dir / "raw").rglob("*.json.gz")
+                text = gzip.decompress(archive.read_bytes())
+                payload = json.loads(text)
+                self.assertEqual(str(payload["pages"]), str([json.loads(body)]))  # str: NaN == NaN
+                self.assertEqual((payload["endpoint"], payload["requested"]), ("/coins/markets", ["bitcoin"]))
+                if case in ("as sent", "spaced"):
+                    self.assertIn(b'"pages":[' + body + b"]}", text)
 
     def test_run_subcommand_and_flags_after_it(self) -> None:
         result = self.run_subprocess("run", "--coins", "bitcoin,ethereum", "--vs-currency", "USD", "--no-charts")

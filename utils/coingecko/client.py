@@ -221,6 +221,7 @@ class CoinGeckoClient:
     ) -> None:
         self.recorder = recorder  # counts every attempt sent (retries, 429s, redirect hops on our origin)
         self._answered: int | None = None  # the status of the attempt in flight, SENT without one
+        self.last_body: bytes | None = None  # the bytes of the last answer get_json returned (the raw archive's)
         self.base_url = base_url.rstrip("/")
         self.origin = origin_of(self.base_url)
         self.plan = plan
@@ -379,8 +380,11 @@ class CoinGeckoClient:
         except BaseException:
             self._record(path, params)
             raise
+        self.last_body = None
         try:
-            return self._decode(path, status, headers, body)
+            value = self._decode(path, status, headers, body)
+            self.last_body = body
+            return value
         except PipelineError as exc:
             if getattr(exc, "error_code", None) == 429:  # also a 429 body inside an HTTP 200
                 self._answered = 429

@@ -66,7 +66,8 @@ class Storage:
     location: str
 
     def archive(self, fetched_at: datetime, name: str, payload: Any) -> str:
-        """Store a raw answer as gzip JSON under raw/YYYY/MM/DD/; returns its path relative to the location."""
+        """Store a raw answer as gzip JSON under raw/YYYY/MM/DD/ (payload: the JSON value, or its text as bytes);
+        returns its path relative to the location."""
         raise NotImplementedError
 
     def read(self, rel: str) -> bytes | None:
