@@ -190,8 +190,13 @@ class Stale(StoreCase):
 # Prices as factors of 100 on both sides of the 50 % threshold (1.5 up, 1 / 1.5 down), and missing or 0.
 factors = st.sampled_from([None, 0.0, 1.0, 1.0, 1.0001, 1.49, 1.5, 1.51, 2.0, 0.67, 0.666, 0.66, 0.5, 3.0])
 observations = st.tuples(
-    st.sampled_from(["a", "b", "c"]), st.integers(0, 4), st.integers(0, 23), factors, st.booleans()
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from([0, 1, 2, 3, 4, 9, 10, 20]),
+    st.integers(0, 23),
+    factors,
+    st.booleans(),
 )
+# Days 9, 10 and 20 make batches whose rows fall in several clusters of days.
 SPIKE_51 = [[("a", 0, 12, 1.0, False)], [("a", 1, 12, 1.51, False)], [("a", 1, 13, 1.0, False)]]
 
 

@@ -242,14 +242,22 @@ def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRul
             by_series[(record.coin_id, record.vs_currency)].append((csvio.timestamp_ms(record.last_updated), record))
         except ValueError:
             continue
+
     # The days a spike test can touch: a candidate's previous day, and a reversal's candidate's previous day.
     # A run's rows share their days, so one query per cluster of days serves every coin.
-    wanted: dict[tuple[int, int], set[tuple[str, str]]] = defaultdict(set)
-    days_of = {
-        key: {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)} for key, rows in by_series.items()
-    }
-    for first, last in _clusters(set().union(*days_of.values()) if days_of else set()):
-        wanted[(first, last)] = {key for key, days in days_of.items() if any(first <= d <= last for d in days)}
+    def days_around(rows: list[tuple[int, Record]]) -> set[int]:
+        return {d for ts, _ in rows for d in range(ts // DAY_MS - 2, ts // DAY_MS + 2)}
+
+    clusters = _clusters(
+        {d for day in {ts // DAY_MS for rows in by_series.values() for ts, _ in rows} for d in range(day - 2, day + 2)}
+    )
+    wanted: dict[tuple[int, int], set[tuple[str, str]]] = {}
+    if len(clusters) == 1:  # a run's rows: every coin's days lie in the one cluster
+        wanted[clusters[0]] = set(by_series)
+    else:
+        days_of = {key: days_around(rows) for key, rows in by_series.items()}
+        for first, last in clusters:
+            wanted[(first, last)] = {key for key, days in days_of.items() if any(first <= d <= last for d in days)}
     held: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
     for (first, last), keys in wanted.items():
         for key, points in index.points_of(keys, first, last).items():
@@ -257,9 +265,9 @@ def history_findings(fresh: list[Record], index: HistoryIndex, rules: QualityRul
     out: list[Finding] = []
     for (coin_id, vs), rows in by_series.items():
         points = held.get((coin_id, vs), [])
-        if _nothing_to_find(points, rows, rules.spike_threshold):
+        if _nothing_to_find(points, rows, rules.spike_threshold):  # points: a superset of the coin's days
             continue
-        days = days_of[(coin_id, vs)]
+        days = days_around(rows)
         timeline = [_Point(ts, price, cap) for ts, price, cap in points if ts // DAY_MS in days]
         timeline += [_Point(ts, r.current_price, r.market_cap, r) for ts, r in rows]
         timeline.sort(key=lambda p: (p.ts, p.record is not None))
