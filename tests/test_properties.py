@@ -30,7 +30,7 @@ from lambdas.lambda_2_transform import (
 from lambdas.lambda_3_load import load
 from tests.fake_coingecko import FakeCoinGecko, Fault
 from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
-from utils.coingecko.client import CoinGeckoClient
+from utils.coingecko.client import CoinGeckoClient, decode_json
 from utils.errors import PipelineError
 from utils.history.csvio import observation, record_observation
 from utils.history.schema import COLUMNS, HEADER_LINE, Record, format_cell, rows_to_csv
@@ -323,6 +323,55 @@ class RowShortcuts(unittest.TestCase):
         record = Record(**{**values, "coin_id": coin_id, "vs_currency": vs, "last_updated": ts})
         self.assertEqual(record.to_row(), [format_cell(getattr(record, c)) for c in COLUMNS])
         self.assertEqual(record_observation(record), observation(record.to_row()))
+
+
+def _decoded(text: bytes) -> str:
+    """What a decoder made of a text, comparable across decoders: the value's repr with its types, or the error."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return repr((value, _types(value)))
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_types(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items()}
+    return type(value).__name__
+
+
+json_texts = st.one_of(
+    st.builds(
+        lambda v, compact: json.dumps(v, separators=(",", ":") if compact else None).encode(),
+        json_values,
+        st.booleans(),
+    ),
+    st.builds(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass"), json_values),
+    st.builds(lambda v: json.dumps([v]).encode("utf-16"), json_values),
+    st.binary(max_size=40),
+)
+
+
+class AnswerDecoding(unittest.TestCase):
+    """The client reads answers with orjson where that gives json.loads's value, and with json.loads otherwise."""
+
+    @settings(SETTINGS, max_examples=400)
+    @given(json_texts)
+    @example(b"[18446744073709551616, -9223372036854775809, 12345678901234567890.5]")
+    @example(b"9999999999999999999")
+    @example(b'{"a": NaN, "b": -Infinity, "c": 1e400, "d": "\\ud800", "a": 2}')
+    @example(b"[0.1234567890123456789012, 1e-400, -0, 5e-324]")
+    @example(b"\xef\xbb\xbf[1]")
+    def test_decode_json_gives_what_json_loads_gives(self, text: bytes) -> None:
+        try:
+            value = decode_json(text)
+        except (ValueError, RecursionError) as exc:
+            got = f"{type(exc).__name__}: {exc}"
+        else:
+            got = repr((value, _types(value)))
+        self.assertEqual(got, _decoded(text))
 
 
 class PipelinePages(RoundTrip):
