@@ -325,3 +325,41 @@ class StoredOnceTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AppendedEqualsRebuilt(unittest.TestCase):
+    """An index kept up run after run (each run's days folded into the covered ranges, most by extending a
+    range by its next day) holds what an index rebuilt from the same CSV holds."""
+
+    def test_runs_of_days_in_any_order(self) -> None:
+        from tests.support import record
+        from utils.history.csv_store import HistoryStore
+        from utils.history.layout import DataLayout
+
+        rng = random.Random(7)
+        for trial in range(12):
+            with self.subTest(trial=trial), tempfile.TemporaryDirectory() as tmp:
+                layout = DataLayout(Path(tmp))
+                store = HistoryStore(layout)
+                days = list(range(1, 25))
+                if trial % 3 == 0:
+                    rng.shuffle(days)  # backfilled out of order; otherwise day after day as runs add them
+                for start in range(0, len(days), rng.randint(1, 4)):
+                    batch = days[start : start + rng.randint(1, 4)]
+                    records = [
+                        record(coin, f"2024-03-{d:02d}T{rng.randint(0, 23):02d}:00:00.000Z", current_price=1.0)
+                        for d in batch
+                        for coin in ("coin-a", "coin-b", "coin-c")
+                        if rng.random() < 0.8
+                    ]
+                    if trial % 2:
+                        store.append(records)
+                    else:
+                        store.merge(records)
+                with sqlite3.connect(layout.index) as db:
+                    kept = dump(db)
+                layout.index.unlink()
+                with HistoryIndex(layout.index) as index:
+                    index.sync(layout.csv)
+                with sqlite3.connect(layout.index) as db:
+                    self.assertEqual(kept, dump(db))

@@ -780,9 +780,13 @@ class HistoryIndex:
                     if sid in new:
                         held[sid].append((first, last))
         changed: dict[int, list[Range]] = {}
+        extended: list[tuple[int, int, int]] = []  # (new last day, series, first day) of a last range that grows
         for sid, ranges in new.items():
             had = held.get(sid, [])
             if had and all(any(a <= first and last <= b for a, b in had) for first, last in ranges):
+                continue
+            if len(ranges) == 1 and had and had[-1][0] <= ranges[0][0] <= had[-1][1] + 1 < ranges[0][1] + 1:
+                extended.append((ranges[0][1], sid, had[-1][0]))  # a run's new day after the last: one UPDATE
                 continue
             changed[sid] = _union(had, ranges)
         if not replace:
@@ -791,8 +795,9 @@ class HistoryIndex:
             "INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)",
             [(sid, a, b) for sid, merged in changed.items() for a, b in merged],
         )
+        self.db.executemany("UPDATE covered SET last_day = ? WHERE series = ? AND first_day = ?", extended)
         asked = {sid for (sid,) in self.db.execute("SELECT DISTINCT series FROM unavailable")}
-        for sid in sorted(asked & changed.keys()):
+        for sid in sorted(asked & (changed.keys() | {sid for _, sid, _ in extended})):
             self._set_unavailable(sid, remove=[d for a, b in new[sid] for d in range(a, b + 1)])
 
     def _set_unavailable(
