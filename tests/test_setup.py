@@ -22,7 +22,8 @@ def make_env() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV")
+        # make passes its command line's variables (`make test ARGS=-x`) to the suite in the environment
+        if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV", "ARGS", "VENV", "PYTHON", "TEST_WORKERS")
         and not k.startswith(("PIPELINE_", "COINGECKO_"))
     }
 
@@ -75,9 +76,23 @@ class MakeDecides(unittest.TestCase):
         self.stamp(".installed-requirements", newer=True)
         plan = self.plan("test").strip().splitlines()
         self.assertIn("-r requirements-dev.txt", plan[0])
+        # The project's byte code first, so that the tests' `python main.py` children do not each compile it.
+        self.assertEqual(plan[-2], f"{self.venv}/bin/python -m compileall -q main.py flows lambdas utils tests")
         self.assertEqual(plan[-1], f"{self.venv}/bin/python -m pytest -n 2 --dist worksteal tests")
         plan = self.plan("test", "TEST_WORKERS=0", "ARGS=-k cli").strip().splitlines()
         self.assertEqual(plan[-1], f"{self.venv}/bin/python -m pytest -n 0 --dist worksteal tests -k cli")
+
+    def test_make_test_fast_compiles_then_leaves_out_the_three_slowest_modules(self) -> None:
+        self.stamp(".installed-requirements", newer=True)
+        self.stamp(".installed-requirements-dev", newer=True)
+        plan = self.plan("test-fast").strip().splitlines()
+        self.assertEqual(plan[0], f"{self.venv}/bin/python -m compileall -q main.py flows lambdas utils tests")
+        command = plan[1].split()
+        self.assertEqual(command[:6], [f"{self.venv}/bin/python", "-m", "pytest", "-n", "2", "--dist"])
+        modules = {word for word in command if word.startswith("tests/")}
+        every = {f"tests/{path.name}" for path in (REPO / "tests").glob("test_*.py")}
+        slow = {"tests/test_crash_concurrency.py", "tests/test_hostile.py", "tests/test_fault_matrix.py"}
+        self.assertEqual(modules, every - slow)
 
     def test_an_old_python_is_named_before_anything_is_created(self) -> None:
         proc = subprocess.run(
