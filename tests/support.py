@@ -73,6 +73,15 @@ def drop_file_capabilities() -> None:
 
 T = TypeVar("T")
 
+# `make test-fast` sets TEST_FAST=1 and leaves out the tests marked slow_part (`make test` and CI run them).
+TEST_FAST = os.environ.get("TEST_FAST") == "1"
+
+
+def slow_part(why: str) -> Callable[[T], T]:
+    """Marks a test `make test-fast` leaves out (it sets TEST_FAST=1): the heavy rest of a check whose quick
+    part stays in test-fast. `make test`, CI and `python -m unittest` run it; why says what it adds."""
+    return unittest.skipIf(TEST_FAST, f"left out of make test-fast (make test runs it): {why}")
+
 
 def wait_until(predicate: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.02) -> T:
     """Poll predicate until it returns something true, and return that; fail naming `what` after timeout seconds.

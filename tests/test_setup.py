@@ -87,8 +87,8 @@ class MakeDecides(unittest.TestCase):
         self.stamp(".installed-requirements-dev", newer=True)
         plan = self.plan("test-fast").strip().splitlines()
         self.assertEqual(plan[0], f"{self.venv}/bin/python -m compileall -q main.py flows lambdas utils tests")
-        command = plan[1].split()
-        self.assertEqual(command[:6], [f"{self.venv}/bin/python", "-m", "pytest", "-n", "2", "--dist"])
+        command = plan[1].split()  # and the tests marked slow_part (tests/support.py) skipped
+        self.assertEqual(command[:7], ["TEST_FAST=1", f"{self.venv}/bin/python", "-m", "pytest", "-n", "2", "--dist"])
         modules = {word for word in command if word.startswith("tests/")}
         every = {f"tests/{path.name}" for path in (REPO / "tests").glob("test_*.py")}
         slow = {"tests/test_crash_concurrency.py", "tests/test_hostile.py", "tests/test_fault_matrix.py"}
