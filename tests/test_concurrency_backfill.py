@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows, parse_iso
-from tests.support import PipelineTestCase, wait_until
+from tests.support import PipelineTestCase, slow_part, wait_until
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 RUN_SUMMARY = re.compile(
@@ -175,6 +175,10 @@ class RunsAndBackfillTogether(PipelineTestCase):
         self.assert_history(expected)
         self.assert_nothing_more(expected)
 
+    @slow_part(
+        "runs appending before, during and after the backfill's merge: 30 and more processes; the race of eight"
+        " runs and a backfill started at once stays in test-fast"
+    )
     def test_backfill_while_eight_writers_keep_appending(self) -> None:
         expected: set[Key] = set()
         failures: list[str] = []

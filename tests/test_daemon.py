@@ -10,6 +10,7 @@ import time as real_time
 import unittest
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 from tests.fake_coingecko import Fault
@@ -54,6 +55,17 @@ class DaemonClockTests(unittest.TestCase):
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
         self.status = StatusFile(Path(tmp.name) / ".state" / "status.json")
+        # After each run the daemon collects garbage and trims the heap (utils.daemon.release_memory): counted
+        # here, not done, since in a test process holding the suite's charts and frames each collection costs
+        # a tenth of a second or more, seconds a test. The daemon's own process does it (DaemonProcessTests).
+        self.releases = 0
+
+        def count_release() -> None:
+            self.releases += 1
+
+        patcher = mock.patch("utils.daemon.release_memory", count_release)
+        patcher.start()
+        self.addCleanup(patcher.stop)
 
     def run_daemon(
         self,
@@ -79,7 +91,9 @@ class DaemonClockTests(unittest.TestCase):
                 return
             clock.advance(seconds)
 
+        released = self.releases
         self.assertEqual(daemon.run_forever(wait=wait), 0)
+        self.assertEqual(self.releases - released, len(job.calls), "memory released after every run")
         return job
 
     def local_times(self, job: ScriptedJob, zone: ZoneInfo = BERLIN) -> list[str]:

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.fake_coingecko import format_iso_ms, make_daily_chart, markets_rows
-from tests.support import PipelineTestCase, record
+from tests.support import PipelineTestCase, record, slow_part
 from utils.history import csvio
 from utils.history.schema import COLUMNS, HEADER_LINE, normalize_timestamp
 
@@ -95,7 +95,6 @@ class ConcurrentCommands(PipelineTestCase):
     """Eight runs, a backfill and a plot at once, on a clock that moves while they race."""
 
     WRITERS = 8
-    ROUNDS = 3
 
     def setUp(self) -> None:
         super().setUp()
@@ -109,7 +108,15 @@ class ConcurrentCommands(PipelineTestCase):
             self.fake.market_chart[coin] = make_daily_chart(self.since - timedelta(days=3), 20, 2.0**n, seed=n)
 
     def test_every_key_in_raw_is_in_the_csv_exactly_once(self) -> None:
-        rng = random.Random(10)
+        self.race(rounds=1, seed=10)
+
+    @slow_part("two rounds more (20 processes), the second racing on the history the first left")
+    def test_every_key_in_raw_is_in_the_csv_exactly_once_round_after_round(self) -> None:
+        self.race(rounds=2, seed=11)
+
+    def race(self, rounds: int, seed: int) -> None:
+        """rounds x (eight runs, a backfill and a plot at once), then each served observation is stored once."""
+        rng = random.Random(seed)
         stop = threading.Event()
 
         def clock() -> None:  # the served observations move on while the processes race, older ones late
@@ -125,7 +132,7 @@ class ConcurrentCommands(PipelineTestCase):
         ticker.start()
         self.addCleanup(stop.set)
         outcomes = []
-        for _ in range(self.ROUNDS):
+        for _ in range(rounds):
             quiet = {"stdout": subprocess.DEVNULL}
             procs = [self.start("run", **quiet) for _ in range(self.WRITERS)]
             since, until = self.since.isoformat(), self.until.isoformat()
