@@ -411,17 +411,8 @@ class HistoryStore:
                 fresh, duplicates = new_records(records, index.has)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
-                    try:
-                        with open(self.csv_path, "rb") as fh:
-                            content = fh.read()
-                    except OSError as exc:
-                        raise LoadError(
-                            describe_os_error(exc, self.csv_path, "read") + "; nothing was merged"
-                        ) from None
-                    start = csvio.header_length(content)
-                    body = csvio.merged_body(content[start:], fresh)
-                    try:
-                        atomic_write_bytes(self.csv_path, content[:start] + body, "history CSV")
+                    try:  # bounded memory: the file a block at a time, out-of-order rows through temp runs
+                        csvio.merge_file(self.csv_path, fresh)
                     except OSError as exc:
                         raise LoadError(
                             describe_os_error(exc, self.csv_path, "rewrite") + "; the history is unchanged"

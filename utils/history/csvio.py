@@ -8,6 +8,7 @@ sorted physical lines.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -17,6 +18,7 @@ import itertools
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple
 
 from utils.clock import DAY_MS
 from utils.errors import LoadError, SchemaMismatch
-from utils.history.files import append_bytes, describe_os_error, refuse_unsafe
+from utils.history.files import append_bytes, describe_os_error, fsync_dir, refuse_read_only_file, refuse_unsafe
 from utils.history.layout import DataLayout
 from utils.history.schema import (
     COIN_ID_RE,
@@ -976,3 +978,431 @@ def labelled_body(body: bytes, labels: dict[str, tuple[str, str]]) -> tuple[byte
         return body, 0, left
     out.write(body[pos:])
     return out.getvalue(), filled, left
+
+
+# -- a merge in bounded memory ----------------------------------------------------------------------
+#
+# merge_file gives exactly the bytes merged_body gives for the whole file, reading and writing it a block at a time.
+# An item is a valid record with the damaged lines after it; an item's key is its time in ms times two, plus one for
+# a new record, so that one sort by key is merged_body's stable sort by time with existing lines before new records.
+# One pass (a replacement selection, a block at a time) writes the items in key order into the output while the
+# file's items come nearly in time order (what every file this program writes looks like: a sorted history plus
+# appended snapshots whose coins' times interleave within minutes); an item that comes later than the items already
+# written and holds an earlier time goes to a sorted run in a temp file, and a k-way merge of the output and the
+# runs then gives the final file. Equal keys keep file order: an earlier run holds the earlier lines.
+
+MERGE_BLOCK = 8 << 20  # bytes of the history read at a time
+MERGE_KEEP = 1 << 15  # items held back, unwritten, to take later items of earlier times (about 7 MB)
+MERGE_SPILL = 32 << 20  # bytes of out-of-order items gathered before they are sorted into a run file
+MERGE_FANIN = 1 << 17  # items read at a time by the final merge, shared by its runs
+
+
+def _valid_starts(data: bytes, last: bool) -> tuple[Any, Any, int]:
+    """(starts, times in ms) of the valid records of `data` (from a unit start) that start before the point `upto`
+    from which the next read starts (the third value): all of them when `last`, else those whose lines are all
+    here. A block of plain lines is read at C speed (fast_columns), any other the careful way (_records)."""
+    import numpy as np  # start-up time: only a merge needs numpy here
+
+    cut = len(data) if last else data.rfind(b"\n") + 1
+    if cut and b'"' not in data[:cut] and b"\r" not in data[:cut]:
+        lines = data[:cut]
+        columns = fast_columns(lines)
+        if columns is not None:
+            ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
+            if len(ends) == len(columns):  # no blank line skipped by pyarrow: one valid record a line
+                starts = np.empty(len(ends), dtype=np.int64)
+                starts[0] = 0
+                starts[1:] = ends[:-1] + 1
+                return starts, np.asarray(columns.ts_ms, dtype=np.int64), cut
+    safe = len(data) if last else _records_end(data)
+    starts_list: list[int] = []
+    times: list[int] = []
+    upto = len(data)
+    if safe:
+        for start, _, cells in _records(data):
+            if start >= safe:
+                upto = start
+                break
+            obs = observation(cells) if cells is not None else None
+            if obs is not None:
+                starts_list.append(start)
+                times.append(obs.ts_ms)
+    else:
+        upto = 0
+    return np.array(starts_list, dtype=np.int64), np.array(times, dtype=np.int64), upto
+
+
+def item_blocks(fh: io.BufferedIOBase, block_bytes: int = MERGE_BLOCK) -> Iterator[tuple[bytes, bytes, Any, Any]]:
+    """The file from the current position (a line start after the header) to its end as (lead, data, starts, keys):
+    `lead` the damaged lines before the first valid record (only before it), `data` whole items, item i being
+    data[starts[i]:starts[i+1]] (the last to the end of data), keys their times in ms times two. A missing final
+    newline is added, as merged_body does."""
+    import numpy as np
+
+    none = np.zeros(0, dtype=np.int64)
+    carry = b""
+    seen_valid = False
+    while True:
+        block = fh.read(block_bytes)
+        data = carry + block if carry else block
+        last = not block
+        if last:
+            if not data:
+                return
+            if not data.endswith(b"\n"):
+                data += b"\n"
+        starts, times, upto = _valid_starts(data, last)
+        if not seen_valid:
+            if not len(starts):
+                if upto:
+                    yield data[:upto], b"", none, none
+                carry = data[upto:]
+                if last:
+                    return
+                continue
+            seen_valid = True
+            first = int(starts[0])
+            if first:
+                yield data[:first], b"", none, none
+                data, starts, upto = data[first:], starts - first, upto - first
+        if last:
+            yield b"", data, starts, times * 2
+            return
+        if len(starts) < 2:
+            carry = data  # one item and its damaged lines so far: read on
+            continue
+        cut = int(starts[-1])
+        yield b"", data[:cut], starts[:-1], times[:-1] * 2
+        carry = data[cut:]
+
+
+class _Writer:
+    """Items written in key order to a file, with (key, length) of each in a side file when the merge may need
+    to read them back (the first pass's output, the runs)."""
+
+    def __init__(self, fh: Any, meta: Any | None) -> None:
+        self.fh, self.meta, self.items = fh, meta, 0
+
+    def write(self, sources: list[memoryview], src: Any, starts: Any, ends: Any, keys: Any) -> None:
+        """Write items (sources[src[i]][starts[i]:ends[i]] in this order), joining runs of adjacent bytes."""
+        import numpy as np
+
+        n = len(keys)
+        if not n:
+            return
+        if self.meta is not None:
+            self.meta.write(np.stack([keys, ends - starts], axis=1).astype(np.int64).tobytes())
+        self.items += n
+        joined = np.ones(n, dtype=bool)
+        joined[1:] = (src[1:] != src[:-1]) | (starts[1:] != ends[:-1])
+        firsts = np.flatnonzero(joined)
+        lasts = np.append(firsts[1:] - 1, n - 1)
+        write = self.fh.write
+        for s, a, b in zip(src[firsts].tolist(), starts[firsts].tolist(), ends[lasts].tolist()):
+            write(sources[s][a:b])
+
+
+def _sorted_new(records: list[Record]) -> tuple[bytes, Any, Any, Any]:
+    """New records as (bytes, starts, ends, keys) in key order (stable: equal times keep the given order)."""
+    import numpy as np
+
+    lines = [rows_to_csv([r]).encode("utf-8") for r in records]
+    keys = np.array([timestamp_ms(r.last_updated) for r in records], dtype=np.int64) * 2 + 1
+    lengths = np.array([len(x) for x in lines], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    order = np.argsort(keys, kind="stable")
+    return b"".join(lines), (ends - lengths)[order], ends[order], keys[order]
+
+
+def merge_stream(
+    src: io.BufferedIOBase,
+    head: bytes,
+    records: list[Record],
+    new_temp: Any,
+    *,
+    block_bytes: int = MERGE_BLOCK,
+    keep: int = MERGE_KEEP,
+    spill_bytes: int = MERGE_SPILL,
+    fan_in: int = MERGE_FANIN,
+) -> Any:
+    """head + merged_body(the rest of src from its position, records), written through files from new_temp() (a
+    new empty temp file opened "w+b"); returns the one holding the result, flushed. Memory: a few blocks."""
+    import numpy as np
+
+    new_data, new_starts, new_ends, new_keys = _sorted_new(records)
+    new_view = memoryview(new_data)
+    new_at = 0
+    out = new_temp()
+    out.write(head)
+    lead_end = len(head)
+    meta = new_temp()
+    first = _Writer(out, meta)
+    spill, spill_meta = None, None
+    runs: list[tuple[int, int, int]] = []  # (byte offset, item offset, items) of each run in the spill files
+    spill_at = 0
+    low = None  # the key of the last item written by the first pass
+    carry = b""
+    c_starts = c_ends = c_keys = np.zeros(0, dtype=np.int64)
+    late: list[tuple[bytes, Any, Any, Any]] = []  # out-of-order items, in file order, not in a run yet
+    late_bytes = 0
+
+    def flush_late() -> None:
+        nonlocal spill, spill_meta, spill_at, late, late_bytes
+        if not late:
+            return
+        if spill is None:
+            spill, spill_meta = new_temp(), new_temp()
+        buf = b"".join(part[0] for part in late)
+        offsets = np.cumsum([0] + [len(part[0]) for part in late[:-1]])
+        starts = np.concatenate([part[1] + off for part, off in zip(late, offsets)])
+        ends = np.concatenate([part[2] + off for part, off in zip(late, offsets)])
+        keys = np.concatenate([part[3] for part in late])
+        order = np.argsort(keys, kind="stable")
+        writer = _Writer(spill, spill_meta)
+        writer.write([memoryview(buf)], np.zeros(len(keys), dtype=np.int64), starts[order], ends[order], keys[order])
+        runs.append((spill_at, sum(r[2] for r in runs), len(keys)))
+        spill_at += int((ends - starts).sum())
+        late, late_bytes = [], 0
+
+    for lead, data, starts, keys in item_blocks(src, block_bytes):
+        if lead:
+            out.write(lead)
+            lead_end += len(lead)
+            continue
+        ends = np.append(starts[1:], len(data))
+        if low is not None:
+            early = keys < low
+            if early.any():  # later in the file, earlier in time than what is written: to a run
+                idx = np.flatnonzero(early)
+                part = b"".join(data[a:b] for a, b in zip(starts[idx].tolist(), ends[idx].tolist()))
+                lengths = ends[idx] - starts[idx]
+                p_ends = np.cumsum(lengths)
+                late.append((part, p_ends - lengths, p_ends, keys[idx]))
+                late_bytes += len(part)
+                keep_mask = ~early
+                starts, ends, keys = starts[keep_mask], ends[keep_mask], keys[keep_mask]
+                if late_bytes >= spill_bytes:
+                    flush_late()
+        buf = carry + data
+        shift = len(carry)
+        all_starts = np.concatenate([c_starts, starts + shift])
+        all_ends = np.concatenate([c_ends, ends + shift])
+        all_keys = np.concatenate([c_keys, keys])
+        order = np.argsort(all_keys, kind="stable")  # the carry (earlier lines) first at equal keys
+        emit = len(order) - keep
+        if emit > 0:
+            low = _emit_first(
+                first,
+                memoryview(buf),
+                all_starts,
+                all_ends,
+                all_keys,
+                order[:emit],
+                new_view,
+                new_starts,
+                new_ends,
+                new_keys,
+                new_at,
+            )
+            new_at = int(np.searchsorted(new_keys, low))
+            rest = order[emit:]
+        else:
+            rest = order
+        pieces = [buf[a:b] for a, b in zip(all_starts[rest].tolist(), all_ends[rest].tolist())]
+        lengths = all_ends[rest] - all_starts[rest]
+        c_ends = np.cumsum(lengths)
+        c_starts = c_ends - lengths
+        c_keys = all_keys[rest]
+        carry = b"".join(pieces)
+    # the end: the carry and every new record left
+    if len(c_keys) or new_at < len(new_keys):
+        _emit_first(
+            first,
+            memoryview(carry),
+            c_starts,
+            c_ends,
+            c_keys,
+            np.arange(len(c_keys)),
+            new_view,
+            new_starts,
+            new_ends,
+            new_keys,
+            new_at,
+            everything=True,
+        )
+    flush_late()
+    out.flush()
+    if not runs:
+        return out
+    meta.flush()
+    spill.flush()
+    spill_meta.flush()
+    result = new_temp()
+    out.seek(0)
+    _copy(out, result, lead_end)
+    sources = [(out.fileno(), lead_end, meta.fileno(), 0, first.items)]
+    sources += [(spill.fileno(), byte_at, spill_meta.fileno(), item_at, n) for byte_at, item_at, n in runs]
+    _kway(sources, _Writer(result, None), max(64, fan_in // len(sources)))
+    result.flush()
+    return result
+
+
+def _emit_first(
+    writer: _Writer,
+    view: memoryview,
+    starts: Any,
+    ends: Any,
+    keys: Any,
+    chosen: Any,
+    new_view: memoryview,
+    new_starts: Any,
+    new_ends: Any,
+    new_keys: Any,
+    new_at: int,
+    everything: bool = False,
+) -> int:
+    """Write the chosen items (in key order) with the new records of keys below the last of them (all when
+    `everything`); returns the last key written by the file's items."""
+    import numpy as np
+
+    top = int(keys[chosen[-1]]) if len(chosen) else None
+    stop = len(new_keys) if everything or top is None else int(np.searchsorted(new_keys, top))
+    n_new = max(0, stop - new_at)
+    k = keys[chosen]
+    if not n_new:
+        writer.write([view], np.zeros(len(chosen), dtype=np.int64), starts[chosen], ends[chosen], k)
+        return top if top is not None else 0
+    nk = new_keys[new_at:stop]
+    all_keys = np.concatenate([k, nk])
+    order = np.argsort(all_keys, kind="stable")
+    src = np.concatenate([np.zeros(len(k), dtype=np.int64), np.ones(n_new, dtype=np.int64)])[order]
+    s = np.concatenate([starts[chosen], new_starts[new_at:stop]])[order]
+    e = np.concatenate([ends[chosen], new_ends[new_at:stop]])[order]
+    writer.write([view, new_view], src, s, e, all_keys[order])
+    return top if top is not None else 0
+
+
+def _copy(src: Any, dst: Any, n: int, block: int = 1 << 20) -> None:
+    while n > 0:
+        data = src.read(min(block, n))
+        if not data:
+            raise OSError(errno.EIO, "a temp file ended early")
+        dst.write(data)
+        n -= len(data)
+
+
+def _kway(sources: list[tuple[int, int, int, int, int]], writer: _Writer, per_run: int) -> None:
+    """Merge sorted runs (fd of bytes, byte offset, fd of (key, length) pairs, item offset, items) into writer, a
+    block of each at a time. Equal keys: the earlier run first (it holds the earlier lines)."""
+    import numpy as np
+
+    class Run:
+        def __init__(self, fd: int, at: int, meta_fd: int, item: int, n: int) -> None:
+            self.fd, self.at, self.meta_fd, self.item, self.left = fd, at, meta_fd, item, n
+            self.keys = self.starts = self.ends = np.zeros(0, dtype=np.int64)
+            self.view = memoryview(b"")
+            self.pos = 0
+
+        def load(self) -> None:
+            m = min(per_run, self.left)
+            raw = _pread(self.meta_fd, m * 16, self.item * 16)
+            pairs = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
+            self.keys = pairs[:, 0].copy()
+            lengths = pairs[:, 1]
+            self.ends = np.cumsum(lengths)
+            self.starts = self.ends - lengths
+            size = int(self.ends[-1]) if m else 0
+            self.view = memoryview(_pread(self.fd, size, self.at))
+            self.at += size
+            self.item += m
+            self.left -= m
+            self.pos = 0
+
+    runs = [Run(*source) for source in sources]
+    for run in runs:
+        if run.left:
+            run.load()
+    while True:
+        for run in runs:
+            if run.pos >= len(run.keys) and run.left:
+                run.load()
+        live = [r for r in runs if r.pos < len(r.keys)]
+        if not live:
+            return
+        pending = [(int(r.keys[-1]), i) for i, r in enumerate(runs) if r.left]
+        bound, star = min(pending) if pending else (None, len(runs))
+        src, s, e, k = [], [], [], []
+        for i, run in enumerate(runs):
+            if run.pos >= len(run.keys):
+                continue
+            if bound is None:
+                cut = len(run.keys)
+            else:
+                cut = int(np.searchsorted(run.keys, bound, side="right" if i <= star else "left"))
+            if cut > run.pos:
+                src.append(np.full(cut - run.pos, i, dtype=np.int64))
+                s.append(run.starts[run.pos : cut])
+                e.append(run.ends[run.pos : cut])
+                k.append(run.keys[run.pos : cut])
+                run.pos = cut
+        if not k:
+            continue
+        keys = np.concatenate(k)
+        order = np.argsort(keys, kind="stable")
+        writer.write(
+            [r.view for r in runs],
+            np.concatenate(src)[order],
+            np.concatenate(s)[order],
+            np.concatenate(e)[order],
+            keys[order],
+        )
+
+
+def _pread(fd: int, n: int, at: int) -> bytes:
+    parts = []
+    while n > 0:
+        data = os.pread(fd, n, at)
+        if not data:
+            raise OSError(errno.EIO, "a temp file ended early")
+        parts.append(data)
+        n -= len(data)
+        at += len(data)
+    return b"".join(parts)
+
+
+def merge_file(csv_path: Path, records: list[Record], what: str = "history CSV", **sizes: int) -> None:
+    """Rewrite the CSV with `records` merged in, exactly as merged_body would, in bounded memory (merge_stream).
+
+    Temp files sit beside it under the names remove_stale_temp_files clears after a crash; the result is fsynced
+    and renamed over the CSV (keeping its mode); on any error every temp file is removed and the CSV is untouched.
+    Never through a link, never over a file its owner made read-only."""
+    refuse_read_only_file(refuse_unsafe(csv_path, what), csv_path, what)
+    temps: list[tuple[Any, str]] = []
+
+    def new_temp() -> Any:
+        fd, name = tempfile.mkstemp(prefix=f".{csv_path.name}.", suffix=".tmp", dir=csv_path.parent)
+        fh = os.fdopen(fd, "w+b")
+        temps.append((fh, name))
+        return fh
+
+    replaced = None
+    try:
+        with open(csv_path, "rb") as src:
+            mode = os.fstat(src.fileno()).st_mode & 0o777
+            first = src.read(1 << 16)
+            start = header_length(first)
+            src.seek(start)
+            result = merge_stream(src, first[:start], records, new_temp, **sizes)
+        name = next(n for fh, n in temps if fh is result)
+        os.fchmod(result.fileno(), mode)
+        os.fsync(result.fileno())
+        os.replace(name, csv_path)
+        replaced = name
+    finally:
+        for fh, name in temps:
+            with contextlib.suppress(OSError):
+                fh.close()
+            if name != replaced:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+    fsync_dir(csv_path.parent)

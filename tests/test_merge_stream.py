@@ -1,0 +1,134 @@
+"""The merge in bounded memory (csvio.merge_file) writes exactly what the in-memory reference (merged_body) gives."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import tempfile
+import unittest
+from pathlib import Path
+
+from tests.support import record
+from utils.history import csvio
+from utils.history.schema import COLUMNS, HEADER_LINE
+
+HEAD = HEADER_LINE.encode()
+TINY = dict(block_bytes=300, keep=3, spill_bytes=500, fan_in=8)  # many blocks, late items and runs
+
+
+def _stamp(rng: random.Random, hours: int) -> str:
+    """A time among few (equal times are common), sometimes in a form other than ours (the careful path)."""
+    h = rng.randrange(hours)
+    if rng.random() < 0.05:
+        return f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:00:00Z"
+    return f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:00:00.{rng.choice((0, 0, 5)):03d}Z"
+
+
+def _line(rng: random.Random, i: int, hours: int) -> str:
+    cells = [""] * len(COLUMNS)
+    cells[COLUMNS.index("name")] = f"Coin {i % 5}"
+    cells[COLUMNS.index("coin_id")] = f"coin-{i % 5}"
+    cells[COLUMNS.index("vs_currency")] = "eur"
+    cells[COLUMNS.index("last_updated")] = _stamp(rng, hours)
+    cells[COLUMNS.index("current_price")] = repr(rng.uniform(0.001, 1000))
+    cells[COLUMNS.index("source")] = "coins_markets"
+    line = ",".join(cells) + "\n"
+    kind = rng.random()
+    if kind < 0.04:  # a quoted name spanning lines (valid CSV)
+        line = line.replace(f"Coin {i % 5}", f'"Coin\n{i % 5}\n""x"""', 1)
+    elif kind < 0.06:  # a stray line with an open quote
+        line = 'note "by hand\n' + line
+    elif kind < 0.08:  # a line of the wrong width
+        line = "a,b,c\n" + line
+    elif kind < 0.09:  # a blank line
+        line = "\n" + line
+    elif kind < 0.10:  # a row of our width with a bad id
+        line = line.replace(f"coin-{i % 5}", "Not An Id", 1)
+    elif kind < 0.11:  # a Windows line end
+        line = line[:-1] + "\r\n"
+    return line
+
+
+def _body(rng: random.Random, rows: int) -> bytes:
+    hours = rng.choice((3, 20, 200))
+    lines = [_line(rng, i, hours) for i in range(rows)]
+    shape = rng.random()
+    if shape < 0.4:  # a sorted history with unsorted appended snapshots
+        cut = rng.randrange(rows + 1)
+        head = sorted(
+            lines[:cut], key=lambda x: x.split(",")[COLUMNS.index("last_updated")] if x.count(",") == 16 else ""
+        )
+        lines = head + lines[cut:]
+    elif shape < 0.6:  # reversed: every item out of order
+        lines.reverse()
+    text = "".join(lines)
+    if rng.random() < 0.2:
+        text = "junk line\n" + 'x,"open\n' * rng.randrange(3) + text
+    if rng.random() < 0.1:
+        text = text.rstrip("\n")  # no final newline
+    return text.encode()
+
+
+def _records(rng: random.Random, n: int) -> list:
+    return [
+        record(f"new-{rng.randrange(4)}", _stamp(rng, 30).replace(":00Z", ":00.000Z"), current_price=float(i))
+        for i in range(n)
+    ]
+
+
+def _merged(body: bytes, records: list, **sizes: int) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crypto_data.csv"
+        path.write_bytes(HEAD + body)
+        csvio.merge_file(path, records, **sizes)
+        leftovers = [p.name for p in Path(tmp).iterdir() if p.name != "crypto_data.csv"]
+        assert not leftovers, leftovers
+        return path.read_bytes()
+
+
+class MergeStreamTest(unittest.TestCase):
+    def test_random_files_merge_as_the_reference_does(self) -> None:
+        rng = random.Random(18)
+        for case in range(300):
+            body = _body(rng, rng.randrange(0, 120))
+            records = _records(rng, rng.randrange(0, 25))
+            want = HEAD + csvio.merged_body(body, records)
+            sizes = rng.choice((TINY, dict(block_bytes=64, keep=1, spill_bytes=1, fan_in=1), {}))
+            self.assertEqual(_merged(body, records, **sizes), want, f"case {case} {sizes}")
+
+    def test_a_long_file_in_tiny_blocks(self) -> None:
+        rng = random.Random(7)
+        body = _body(rng, 3000)
+        records = _records(rng, 200)
+        want = HEAD + csvio.merged_body(body, records)
+        for sizes in (TINY, dict(block_bytes=4096, keep=50, spill_bytes=2000, fan_in=100), {}):
+            self.assertEqual(_merged(body, records, **sizes), want, sizes)
+
+    def test_only_damaged_lines_and_only_a_header(self) -> None:
+        rng = random.Random(3)
+        records = _records(rng, 5)
+        for body in (b"", b"a,b\n", b"a,b\nc\n", b'x,"open\n' * 80, b"a,b"):
+            self.assertEqual(_merged(body, records, **TINY), HEAD + csvio.merged_body(body, records), body[:20])
+
+    def test_a_full_disk_midway_leaves_the_csv_and_no_temp_file(self) -> None:
+        rng = random.Random(11)
+        body = _body(rng, 2000)
+        records = _records(rng, 50)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "crypto_data.csv"
+            path.write_bytes(HEAD + body)
+            old = path.read_bytes()
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (len(old) // 2, limit[1]))
+            try:
+                with self.assertRaises(OSError):
+                    csvio.merge_file(path, records, **TINY)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+            self.assertEqual(path.read_bytes(), old)
+            self.assertEqual(os.listdir(tmp), ["crypto_data.csv"])
+
+
+if __name__ == "__main__":
+    unittest.main()
