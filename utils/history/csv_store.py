@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import logging
 import os
@@ -310,30 +311,34 @@ class HistoryStore:
             if not problems:
                 index.set_readable(size)
                 return 0
-            fh.seek(0)
-            content = fh.read()
-        kept = bytearray()
-        moved = bytearray()
-        notes = []
-        pos = 0
-        line = 1
-        counted = 0
-        for begin, end, reason in problems:
-            line += content.count(b"\n", counted, begin)
-            counted = begin
-            kept += content[pos:begin]
-            notes.append(f"line {line}: {reason}")
-            span = content[begin:end]
-            moved += f"# line {line} of {self.csv_path.name}: {reason}\n".encode() + span
-            pos = end
-        kept += content[pos:]
-        csvio.quarantine(
-            self.layout,
-            f"{count(len(problems), 'line')} of {self.csv_path.name} that standard CSV readers "
-            "cannot read as rows of its header",
-            bytes(moved),
-        )
-        atomic_write_bytes(self.csv_path, bytes(kept), "history CSV")
+        notes: list[str] = []
+        moved: list[bytes] = []
+
+        def kept() -> Iterator[bytes]:  # the file without the problem records, a block at a time: bounded memory
+            line = 1  # the line number a problem record starts on
+            pos = 0
+            with open(self.csv_path, "rb") as fh:
+                for begin, end, reason in problems:
+                    for block in _ranges(fh, pos, begin):
+                        line += block.count(b"\n")
+                        yield block
+                    span = b"".join(_ranges(fh, begin, end))  # one record or damaged line (moved to the quarantine)
+                    notes.append(f"line {line}: {reason}")
+                    moved.append(f"# line {line} of {self.csv_path.name}: {reason}\n".encode() + span)
+                    line += span.count(b"\n")
+                    pos = end
+                yield from _ranges(fh, pos, size)
+
+        def quarantine_first() -> bool:  # every kept byte is in the temp file: the moved ones to the quarantine
+            csvio.quarantine(
+                self.layout,
+                f"{count(len(problems), 'line')} of {self.csv_path.name} that standard CSV readers "
+                "cannot read as rows of its header",
+                b"".join(moved),
+            )
+            return True
+
+        atomic_write_chunks(self.csv_path, kept(), "history CSV", keep=quarantine_first)
         log.warning(
             "moved %s of %s that break standard CSV readers to %s (%s)",
             count(len(problems), "line"),
@@ -343,7 +348,7 @@ class HistoryStore:
         )
         self._sync(index)
         index.set_readable(self.csv_path.stat().st_size)
-        return len(moved)
+        return sum(map(len, moved))
 
     def _publish(self, findings: list[Finding]) -> tuple[list[Finding], tuple[str, ...]]:
         """After a write: the new findings into quality.csv, and datapackage.json describing the folder.
@@ -587,6 +592,17 @@ class HistoryStore:
             backup,
         )
         return report
+
+
+def _ranges(fh, start: int, end: int, block: int = LABEL_BLOCK) -> Iterator[bytes]:
+    """The file's bytes [start, end), a block at a time."""
+    fh.seek(start)
+    while start < end:
+        data = fh.read(min(block, end - start))
+        if not data:
+            raise OSError(errno.EIO, f"{fh.name} ended early")
+        yield data
+        start += len(data)
 
 
 def _legacy_number(text: str) -> str:
