@@ -18,8 +18,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from utils.errors import ConfigError, PipelineError
 from utils.history.files import ensure_dir, read_json, write_json_atomic
 
@@ -133,6 +131,8 @@ class CreditLedger:
         """Merge the pending counts into the file under the lock; a failure is a warning (the run goes on)."""
         if not self.pending:
             return
+        from filelock import FileLock, Timeout  # start-up time: filelock brings asyncio (0.1 s); readers never lock
+
         try:
             self.check()
             ensure_dir(self.path.parent)
@@ -183,6 +183,8 @@ class CreditLedger:
 
     def mark_warned(self, month: str) -> None:
         """Remember that this month's 80 % warning went out (once per month)."""
+        from filelock import FileLock, Timeout  # start-up time: filelock brings asyncio (0.1 s); readers never lock
+
         try:
             self.check()
             ensure_dir(self.path.parent)

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from utils.errors import LoadError, LockTimeout, SchemaMismatch, Stopped
 from utils.history import csvio
 from utils.history.datapackage import write_datapackage
@@ -178,6 +176,8 @@ class HistoryStore:
         ensure_dir(self.layout.state_dir)
         check_folder(self.layout.state_dir, "state folder")
         refuse_unsafe(self.layout.lock, "history lock", self.layout)
+        from filelock import FileLock, Timeout  # start-up time: filelock brings asyncio (0.1 s); readers never lock
+
         lock = FileLock(str(self.layout.lock), timeout=self.lock_timeout)
         deadline = time.monotonic() + self.lock_timeout
         while True:
