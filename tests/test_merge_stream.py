@@ -132,3 +132,48 @@ class MergeStreamTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FastTimesTest(unittest.TestCase):
+    """The merge's C-speed reading of a block of plain rows takes exactly the rows the one definition takes."""
+
+    def test_a_block_is_read_fast_only_when_every_line_is_a_valid_row(self) -> None:
+        rng = random.Random(4)
+        spoilers = [
+            ("coin_id", "Coin-1"),
+            ("coin_id", ""),
+            ("coin_id", "-x"),
+            ("vs_currency", "e"),
+            ("vs_currency", "EUR"),
+            ("market_cap_rank", "1.5"),
+            ("market_cap_rank", "-3"),
+            ("current_price", "abc"),
+            ("current_price", "nan"),
+            ("market_cap", "inf"),
+            ("current_price", "1_0"),
+            ("last_updated", "2024-02-30T00:00:00.000Z"),
+            ("last_updated", "2024-01-01T24:00:00.000Z"),
+            ("last_updated", "2024-01-01 00:00:00.000Z"),
+            ("market_cap_rank", "12345678901"),
+            ("current_price", "1e5"),
+        ]
+        for case in range(200):
+            rows = []
+            for i in range(rng.randrange(1, 30)):
+                cells = [""] * len(COLUMNS)
+                cells[COLUMNS.index("coin_id")] = f"coin-{i % 3}"
+                cells[COLUMNS.index("vs_currency")] = "eur"
+                cells[COLUMNS.index("last_updated")] = _stamp(rng, 50).replace(":00Z", ":00.000Z")
+                cells[COLUMNS.index("current_price")] = repr(rng.uniform(0, 10))
+                cells[COLUMNS.index("market_cap_rank")] = str(rng.randrange(1, 99))
+                if rng.random() < 0.1:
+                    column, value = rng.choice(spoilers)
+                    cells[COLUMNS.index(column)] = value
+                rows.append(cells)
+            data = "".join(",".join(cells) + "\n" for cells in rows).encode()
+            observed = [csvio.observation(cells) for cells in rows]
+            fast = csvio.fast_times(data)
+            if any(obs is None for obs in observed):
+                self.assertIsNone(fast, f"case {case}")
+            elif fast is not None:  # fast may decline a valid block (the careful path reads it then)
+                self.assertEqual(fast.tolist(), [obs.ts_ms for obs in observed], f"case {case}")
