@@ -77,6 +77,13 @@ T = TypeVar("T")
 TEST_FAST = os.environ.get("TEST_FAST") == "1"
 
 
+def examples(n: int) -> int:
+    """How many examples a property test (hypothesis) tries: n, or a quarter of n (at least 10) in `make test-fast`
+    (TEST_FAST=1), as hypothesis' guide suggests a quicker profile for the edit-test loop and the full count in CI.
+    Each property and its explicit @example cases run either way; `make test` tries all n."""
+    return max(10, n // 4) if TEST_FAST else n
+
+
 def slow_part(why: str) -> Callable[[T], T]:
     """Marks a test `make test-fast` leaves out (it sets TEST_FAST=1): the heavy rest of a check whose quick
     part stays in test-fast. `make test`, CI and `python -m unittest` run it; why says what it adds."""

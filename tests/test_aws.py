@@ -139,6 +139,9 @@ class LambdaChain(PipelineTestCase):
                 "COINGECKO_API_PLAN": "demo",
                 "COINGECKO_API_KEY_PARAMETER": "/crypto-history/coingecko-api-key",
                 "PIPELINE_HEAL": "0",
+                # The demo plan paces 30 calls a minute, 2 s between them, slept for real in the handlers; the
+                # pacing is tested on a simulated clock (tests/test_backfill.py Pacing), not here.
+                "PIPELINE_RATE_LIMIT": "10000",
                 # moto in-process answers boto3 alone; the Delta store on S3 is tested on a moto server
                 # (tests/test_delta_s3.py): these keep the CSV-object store covered.
                 "PIPELINE_TABLE_FORMAT": "csv",

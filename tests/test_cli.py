@@ -174,7 +174,9 @@ class ExitCodes(PipelineTestCase):
         self.assertTrue(result.stderr.startswith("plot failed: no coin matches --plot-coins foo"), result.stderr)
 
     def test_a_symbol_for_an_id_names_the_id(self) -> None:
-        result = self.run_subprocess("run", "--coins", "BTC")
+        # The search that names the id is a second call: without a rate limit, the public plan's pacing
+        # (10 a minute) sleeps 6 s for real in the child.
+        result = self.run_subprocess("run", "--coins", "BTC", "--rate-limit", "10000")
         self.assertEqual(result.code, 1)
         self.assertEqual(
             result.stderr.splitlines(),

@@ -19,6 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import examples
 from tests.support import record as observation
 from utils.history import csvio
 from utils.history.csv_store import HistoryStore
@@ -58,7 +59,7 @@ def observations_in(data: bytes) -> set[tuple[str, str]]:
 
 
 class StandardReaders(unittest.TestCase):
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(damage=st.lists(st.tuples(st.integers(0, 6), DAMAGE), min_size=1, max_size=5), torn_tail=st.booleans())
     def test_after_append_and_merge_every_reader_reads_every_observation(self, damage, torn_tail) -> None:
         import pandas as pd

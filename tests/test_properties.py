@@ -29,7 +29,7 @@ from lambdas.lambda_2_transform import (
 )
 from lambdas.lambda_3_load import load
 from tests.fake_coingecko import FakeCoinGecko, Fault
-from tests.support import REPO  # noqa: F401  (puts the repo on sys.path)
+from tests.support import REPO, examples  # noqa: F401  (REPO: puts the repo on sys.path)
 from utils.coingecko.client import CoinGeckoClient, decode_json
 from utils.errors import PipelineError
 from utils.history.csvio import observation, record_observation
@@ -42,7 +42,9 @@ TEXT_COLUMNS = ("name", "symbol", "last_updated", "fetched_at", "coin_id", "vs_c
 NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in TEXT_COLUMNS)
 # Characters a hostile or broken server may send that matter to a CSV or a spreadsheet.
 AWKWARD = list("=+-@'\",;\t\r\n\x00\x0b\x0c\x1b\x1f\x7f\x85\u2028\u2029\ufeff\ud800\udfff")
-SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(60), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 # -- strategies ----------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ class TransformProperties(RoundTrip):
         self.assert_well_formed(result)
         self.assert_round_trip(result.records)
 
-    @settings(SETTINGS, max_examples=40)
+    @settings(SETTINGS, max_examples=examples(40))
     @given(st.lists(mostly_good_rows, min_size=1, max_size=5))
     @with_examples(KNOWN_BAD_RECORDS[:2])
     def test_a_load_of_accepted_records_reads_back_the_same_records(self, rows: list[dict]) -> None:
@@ -251,7 +253,7 @@ class TransformProperties(RoundTrip):
         for cell in (record.name, record.symbol):
             self.assertFalse(cell.startswith(("=", "+", "-", "@", "\t", "\r", "\n")), repr(cell))
 
-    @settings(SETTINGS, max_examples=300)
+    @settings(SETTINGS, max_examples=examples(300))
     @given(st.one_of(mostly_good_rows, known_rows, json_values))
     @with_examples(tuple(rows[0] for rows in KNOWN_BAD_ROWS + KNOWN_BAD_RECORDS))
     @example({**GOOD, "market_cap": -1, "name": "Bitcoin"})
@@ -300,7 +302,7 @@ PLAIN = {**{c: None for c in COLUMNS}, "name": "Bitcoin", "symbol": "btc"}
 class RowShortcuts(unittest.TestCase):
     """The load formats 17,000 rows a run with shortcuts for plain values; each must give what the rule gives."""
 
-    @settings(SETTINGS, max_examples=300)
+    @settings(SETTINGS, max_examples=examples(300))
     @given(
         st.fixed_dictionaries({c: cell_values for c in COLUMNS if c not in ("coin_id", "vs_currency", "last_updated")}),
         st.sampled_from(IDS + ("Bit coin", "")),
@@ -357,7 +359,7 @@ json_texts = st.one_of(
 class AnswerDecoding(unittest.TestCase):
     """The client reads answers with orjson where that gives json.loads's value, and with json.loads otherwise."""
 
-    @settings(SETTINGS, max_examples=400)
+    @settings(SETTINGS, max_examples=examples(400))
     @given(json_texts)
     @example(b"[18446744073709551616, -9223372036854775809, 12345678901234567890.5]")
     @example(b"9999999999999999999")
@@ -391,7 +393,7 @@ class PipelinePages(RoundTrip):
         cls.client.close()
         cls.fake.stop()
 
-    @settings(SETTINGS, max_examples=60)
+    @settings(SETTINGS, max_examples=examples(60))
     @given(st.one_of(json_values, rows_lists))
     @with_examples(KNOWN_BAD_ROWS[:1] + ({"not": "a list"}, None, "[]", 10**400))
     def test_any_page_ends_in_records_or_a_pipeline_error(self, page: Any) -> None:
@@ -464,7 +466,7 @@ class ChartProperties(RoundTrip):
             self.assertEqual(record.source, "market_chart")
         self.assert_round_trip(result.records)
 
-    @settings(SETTINGS, max_examples=30)
+    @settings(SETTINGS, max_examples=examples(30))
     @given(spans_and_charts())
     def test_a_load_of_chart_records_reads_back_the_same_records(self, drawn: tuple) -> None:
         span, chart = drawn
