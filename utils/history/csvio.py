@@ -1132,8 +1132,8 @@ def item_blocks(fh: io.BufferedIOBase, block_bytes: int = MERGE_BLOCK) -> Iterat
 
 
 class _Writer:
-    """Items written in key order to a file, with (key, length) of each in a side file when the merge may need
-    to read them back (the first pass's output, the runs)."""
+    """Items written in key order to a file, with (key, offset of its end in the file) of each in a side file when
+    the merge may need to read them back (the first pass's output, the runs)."""
 
     def __init__(self, fh: Any, meta: Any | None) -> None:
         self.fh, self.meta, self.items = fh, meta, 0
@@ -1146,7 +1146,8 @@ class _Writer:
         if not n:
             return
         if self.meta is not None:
-            self.meta.write(np.stack([keys, ends - starts], axis=1).astype(np.int64).tobytes())
+            at = self.fh.tell() + np.cumsum(ends - starts)
+            self.meta.write(np.stack([keys, at], axis=1).astype(np.int64).tobytes())
         self.items += n
         joined = np.ones(n, dtype=bool)
         joined[1:] = (src[1:] != src[:-1]) | (starts[1:] != ends[:-1])
@@ -1155,6 +1156,21 @@ class _Writer:
         write = self.fh.write
         for s, a, b in zip(src[firsts].tolist(), starts[firsts].tolist(), ends[lasts].tolist()):
             write(sources[s][a:b])
+
+
+def _gather(data: bytes, starts: Any, ends: Any) -> bytes:
+    """The bytes data[starts[i]:ends[i]] one after another, adjacent spans taken as one slice."""
+    import numpy as np
+
+    n = len(starts)
+    if not n:
+        return b""
+    joined = np.ones(n, dtype=bool)
+    joined[1:] = starts[1:] != ends[:-1]
+    firsts = np.flatnonzero(joined)
+    lasts = np.append(firsts[1:] - 1, n - 1)
+    view = memoryview(data)
+    return b"".join([view[a:b] for a, b in zip(starts[firsts].tolist(), ends[lasts].tolist())])
 
 
 def _sorted_new(records: list[Record]) -> tuple[bytes, Any, Any, Any]:
@@ -1194,7 +1210,6 @@ def merge_stream(
     first = _Writer(out, meta)
     spill, spill_meta = None, None
     runs: list[tuple[int, int, int]] = []  # (byte offset, item offset, items) of each run in the spill files
-    spill_at = 0
     low = None  # the key of the last item written by the first pass
     carry = b""
     c_starts = c_ends = c_keys = np.zeros(0, dtype=np.int64)
@@ -1202,7 +1217,7 @@ def merge_stream(
     late_bytes = 0
 
     def flush_late() -> None:
-        nonlocal spill, spill_meta, spill_at, late, late_bytes
+        nonlocal spill, spill_meta, late, late_bytes
         if not late:
             return
         if spill is None:
@@ -1213,10 +1228,10 @@ def merge_stream(
         ends = np.concatenate([part[2] + off for part, off in zip(late, offsets)])
         keys = np.concatenate([part[3] for part in late])
         order = np.argsort(keys, kind="stable")
+        at = spill.tell()
         writer = _Writer(spill, spill_meta)
         writer.write([memoryview(buf)], np.zeros(len(keys), dtype=np.int64), starts[order], ends[order], keys[order])
-        runs.append((spill_at, sum(r[2] for r in runs), len(keys)))
-        spill_at += int((ends - starts).sum())
+        runs.append((at, sum(r[2] for r in runs), len(keys)))
         late, late_bytes = [], 0
 
     for lead, data, starts, keys in item_blocks(src, block_bytes):
@@ -1229,7 +1244,7 @@ def merge_stream(
             early = keys < low
             if early.any():  # later in the file, earlier in time than what is written: to a run
                 idx = np.flatnonzero(early)
-                part = b"".join(data[a:b] for a, b in zip(starts[idx].tolist(), ends[idx].tolist()))
+                part = _gather(data, starts[idx], ends[idx])
                 lengths = ends[idx] - starts[idx]
                 p_ends = np.cumsum(lengths)
                 late.append((part, p_ends - lengths, p_ends, keys[idx]))
@@ -1263,12 +1278,11 @@ def merge_stream(
             rest = order[emit:]
         else:
             rest = order
-        pieces = [buf[a:b] for a, b in zip(all_starts[rest].tolist(), all_ends[rest].tolist())]
         lengths = all_ends[rest] - all_starts[rest]
         c_ends = np.cumsum(lengths)
         c_starts = c_ends - lengths
         c_keys = all_keys[rest]
-        carry = b"".join(pieces)
+        carry = _gather(buf, all_starts[rest], all_ends[rest])
     # the end: the carry and every new record left
     if len(c_keys) or new_at < len(new_keys):
         _emit_first(
@@ -1289,17 +1303,32 @@ def merge_stream(
     out.flush()
     if not runs:
         return out
-    meta.flush()
-    spill.flush()
-    spill_meta.flush()
-    result = new_temp()
-    out.seek(0)
-    _copy(out, result, lead_end)
-    sources = [(out.fileno(), lead_end, meta.fileno(), 0, first.items)]
-    sources += [(spill.fileno(), byte_at, spill_meta.fileno(), item_at, n) for byte_at, item_at, n in runs]
-    _kway(sources, _Writer(result, None), max(64, fan_in // len(sources)))
-    result.flush()
-    return result
+    # Late items: the output is right up to the first item whose key is above the least of theirs (a stale row
+    # appended today goes a few days back); only what follows is merged again with the runs, in place.
+    assert spill is not None and spill_meta is not None
+    for fh in (meta, spill, spill_meta):
+        fh.flush()
+    least = min(int(np.frombuffer(_pread(spill_meta.fileno(), 8, item * 16), dtype=np.int64)[0]) for _, item, _ in runs)
+    lo, hi = 0, first.items
+    while lo < hi:  # the first item of the output with a key above `least`, by bisection in the side file
+        mid = (lo + hi) // 2
+        if int(np.frombuffer(_pread(meta.fileno(), 8, mid * 16), dtype=np.int64)[0]) <= least:
+            lo = mid + 1
+        else:
+            hi = mid
+    cut = lead_end if lo == 0 else int(np.frombuffer(_pread(meta.fileno(), 8, lo * 16 - 8), dtype=np.int64)[0])
+    size = out.seek(0, os.SEEK_END)
+    tail = new_temp()
+    out.seek(cut)
+    _copy(out, tail, size - cut)
+    tail.flush()
+    out.seek(cut)
+    out.truncate()
+    sources = [(tail.fileno(), cut, meta.fileno(), lo, first.items - lo, cut)]
+    sources += [(spill.fileno(), at, spill_meta.fileno(), item, n, 0) for at, item, n in runs]
+    _kway(sources, _Writer(out, None), max(64, fan_in // len(sources)))
+    out.flush()
+    return out
 
 
 def _emit_first(
@@ -1346,14 +1375,15 @@ def _copy(src: Any, dst: Any, n: int, block: int = 1 << 20) -> None:
         n -= len(data)
 
 
-def _kway(sources: list[tuple[int, int, int, int, int]], writer: _Writer, per_run: int) -> None:
-    """Merge sorted runs (fd of bytes, byte offset, fd of (key, length) pairs, item offset, items) into writer, a
-    block of each at a time. Equal keys: the earlier run first (it holds the earlier lines)."""
+def _kway(sources: list[tuple[int, int, int, int, int, int]], writer: _Writer, per_run: int) -> None:
+    """Merge sorted runs (fd of bytes, byte offset, fd of (key, end offset) pairs, item offset, items, how far the
+    bytes were moved back in their file) into writer, a block of each at a time. Equal keys: the earlier run first
+    (it holds the earlier lines)."""
     import numpy as np
 
     class Run:
-        def __init__(self, fd: int, at: int, meta_fd: int, item: int, n: int) -> None:
-            self.fd, self.at, self.meta_fd, self.item, self.left = fd, at, meta_fd, item, n
+        def __init__(self, fd: int, at: int, meta_fd: int, item: int, n: int, moved: int) -> None:
+            self.fd, self.at, self.meta_fd, self.item, self.left, self.moved = fd, at, meta_fd, item, n, moved
             self.keys = self.starts = self.ends = np.zeros(0, dtype=np.int64)
             self.view = memoryview(b"")
             self.pos = 0
@@ -1363,11 +1393,10 @@ def _kway(sources: list[tuple[int, int, int, int, int]], writer: _Writer, per_ru
             raw = _pread(self.meta_fd, m * 16, self.item * 16)
             pairs = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
             self.keys = pairs[:, 0].copy()
-            lengths = pairs[:, 1]
-            self.ends = np.cumsum(lengths)
-            self.starts = self.ends - lengths
+            self.ends = pairs[:, 1] - self.at
+            self.starts = np.concatenate([[0], self.ends[:-1]])
             size = int(self.ends[-1]) if m else 0
-            self.view = memoryview(_pread(self.fd, size, self.at))
+            self.view = memoryview(_pread(self.fd, size, self.at - self.moved))
             self.at += size
             self.item += m
             self.left -= m
