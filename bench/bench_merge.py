@@ -44,10 +44,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from tests.support import record
 from utils.history import csvio
-path, how, coins, days = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+path, how, coins, days, first = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 start = date.today() - timedelta(days=days + 1)
 records = [record(f"coin-{c:05d}", f"{start + timedelta(days=d)}T00:00:00.000Z", vs_currency="usd")
-           for c in range(1, coins + 1) for d in range(days)]
+           for c in range(first, first + coins) for d in range(days)]
 if how == "reference":
     content = path.read_bytes()
     head = csvio.header_length(content)
@@ -57,11 +57,11 @@ else:
 """
 
 
-def one_merge(path: Path, how: str, coins: int, days: int) -> tuple[float, float, float]:
+def one_merge(path: Path, how: str, coins: int, days: int, first: int = 1) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one merge of coins x days rows into path, in its own process."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _ONE, str(path), how, str(coins), str(days)],
+        [sys.executable, "-c", _ONE, str(path), how, str(coins), str(days), str(first)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     _, status, usage = os.wait4(proc.pid, 0)
@@ -79,6 +79,13 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=WORK, help="folder of the history's copy (deleted first)")
     parser.add_argument("--reference-rows", type=int, default=0, help="also time merged_body on this many rows")
     parser.add_argument("--skip-backfill", action="store_true", help="only the --reference-rows comparison")
+    parser.add_argument(
+        "--late-rows",
+        type=int,
+        default=0,
+        help="after the backfill, append N rows of the history's third-last day (stale coins in a new snapshot) "
+        "and time merge_file alone: the rows that come late are merged in a second pass over the file's end",
+    )
     args = parser.parse_args()
     source = cached_history(args.coins, args.days)
     work = args.work
@@ -128,6 +135,24 @@ def main() -> int:
         rows.append(
             (
                 f"`backfill --coins <{len(ids)} coins> --days {args.backfill_days}` (exit {code}, +{grown:,} bytes)",
+                f"{wall:.1f} s wall, {cpu:.1f} s CPU",
+                f"{rss:,.0f} MB",
+            )
+        )
+    if args.late_rows and not args.skip_backfill:
+        path = data / "crypto_data.csv"
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - 3 * args.coins * 230))  # about three days of rows from the end
+            fh.readline()
+            late = b"".join(fh.readline() for _ in range(args.late_rows))
+        with open(path, "ab") as fh:
+            fh.write(late)
+        wall, cpu, rss = one_merge(path, "stream", args.backfill_coins, args.backfill_days, first=101)
+        rows.append(
+            (
+                f"merge_file alone, {args.backfill_coins} coins x {args.backfill_days} days, into the history "
+                f"+ {args.late_rows} appended rows 3 days old",
                 f"{wall:.1f} s wall, {cpu:.1f} s CPU",
                 f"{rss:,.0f} MB",
             )
