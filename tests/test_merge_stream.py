@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import resource
 import tempfile
 import unittest
@@ -177,3 +178,48 @@ class FastTimesTest(unittest.TestCase):
                 self.assertIsNone(fast, f"case {case}")
             elif fast is not None:  # fast may decline a valid block (the careful path reads it then)
                 self.assertEqual(fast.tolist(), [obs.ts_ms for obs in observed], f"case {case}")
+
+
+class ReadableStreamTest(unittest.TestCase):
+    """Lines standard readers cannot read leave a history larger than one block with their line numbers, and the
+    rest of the file keeps its bytes."""
+
+    def test_damage_around_a_block_boundary_is_moved_with_its_line_number(self) -> None:
+        from utils.history.csv_store import LABEL_BLOCK, HistoryStore
+        from utils.history.layout import DataLayout
+        from utils.history.schema import rows_to_csv
+
+        template = rows_to_csv([record("coin-0", "2024-01-01T00:00:00.000Z", name="Coin " + "x" * 200)])
+        rows = [  # 40,000 rows of about 260 bytes, each its own coin and second
+            template.replace("coin-0,", f"coin-{i % 50},")
+            .replace("00:00:00", f"{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}")
+            .encode()
+            for i in range(40_000)
+        ]
+        lines = [HEAD, *rows]
+        size, boundary = 0, None
+        for at, line in enumerate(lines):  # the line that crosses the first block's end
+            size += len(line)
+            if size >= LABEL_BLOCK:
+                boundary = at
+                break
+        self.assertIsNotNone(boundary, "the file must be larger than one block")
+        junk = {3: b'x,"open', boundary: b"a,b,c", boundary + 1: b"nul\x00byte", len(lines) - 1: b"a,b"}
+        for at in sorted(junk, reverse=True):
+            lines.insert(at, junk[at] + b"\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            layout = DataLayout(Path(tmp))
+            layout.csv.write_bytes(b"".join(lines))
+            HistoryStore(layout).append([])
+            self.assertEqual(layout.csv.read_bytes(), HEAD + b"".join(rows))
+            moved = layout.quarantine.read_bytes()
+            numbers = {}
+            for at, line in enumerate(lines):
+                for bad in junk.values():
+                    if line == bad + b"\n":
+                        numbers[bad] = at + 1
+            for bad, number in numbers.items():
+                self.assertRegex(
+                    moved,
+                    re.escape(f"# line {number} of crypto_data.csv: ".encode()) + rb"[^\n]+\n" + re.escape(bad + b"\n"),
+                )
