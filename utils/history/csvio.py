@@ -1097,6 +1097,7 @@ def item_blocks(fh: io.BufferedIOBase, block_bytes: int = MERGE_BLOCK) -> Iterat
     none = np.zeros(0, dtype=np.int64)
     carry = b""
     seen_valid = False
+    scanned, held = 0, 0  # carry[:scanned] is one item (its time `held`) and its damaged lines: not read again
     while True:
         block = fh.read(block_bytes)
         data = carry + block if carry else block
@@ -1106,7 +1107,14 @@ def item_blocks(fh: io.BufferedIOBase, block_bytes: int = MERGE_BLOCK) -> Iterat
                 return
             if not data.endswith(b"\n"):
                 data += b"\n"
-        starts, times, upto = _valid_starts(data, last)
+        if scanned:
+            more, more_times, upto = _valid_starts(data[scanned:], last)
+            starts = np.concatenate([np.zeros(1, dtype=np.int64), more + scanned])
+            times = np.concatenate([np.array([held], dtype=np.int64), more_times])
+            upto += scanned
+        else:
+            starts, times, upto = _valid_starts(data, last)
+        scanned = 0
         if not seen_valid:
             if not len(starts):
                 if upto:
@@ -1124,7 +1132,9 @@ def item_blocks(fh: io.BufferedIOBase, block_bytes: int = MERGE_BLOCK) -> Iterat
             yield b"", data, starts, times * 2
             return
         if len(starts) < 2:
-            carry = data  # one item and its damaged lines so far: read on
+            carry = data  # one item and its damaged lines so far: read on, from where the scan stopped
+            if len(starts):
+                scanned, held = upto, int(times[0])
             continue
         cut = int(starts[-1])
         yield b"", data[:cut], starts[:-1], times[:-1] * 2
