@@ -12,6 +12,7 @@ import sys
 import tempfile
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import pandas
 
@@ -108,6 +109,16 @@ class S3ObjectHelper(unittest.TestCase):
 
 @unittest.skipIf(boto3 is None, "boto3/moto not installed")
 class LambdaChain(PipelineTestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        # One boto3 session for the class (restored after it): moto's default, a new session for each test,
+        # loads and parses the S3 and SSM service models again, 0.2-0.3 s a test. moto still starts afresh
+        # for each test, its buckets and parameters empty (mock_aws(config=...) below).
+        session = mock.patch("boto3.DEFAULT_SESSION", None)
+        session.start()
+        cls.addClassCleanup(session.stop)
+
     def setUp(self) -> None:
         super().setUp()
         self.saved_env = dict(os.environ)
@@ -123,7 +134,7 @@ class LambdaChain(PipelineTestCase):
                 "AWS_DEFAULT_REGION": "eu-central-1",
             }
         )
-        self.mock = mock_aws()
+        self.mock = mock_aws(config={"core": {"reset_boto3_session": False}})
         self.mock.start()
         self.addCleanup(self.mock.stop)
         aws._key_cache.clear()
