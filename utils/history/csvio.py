@@ -1006,7 +1006,7 @@ def fast_times(data: bytes) -> Any:
     (the ids and currencies by pyarrow's regular expressions, not a table of pairs), and no names kept."""
     if not data or b'"' in data or b"\r" in data:
         return None
-    import pyarrow as pa
+    import pyarrow as pa  # start-up time: only a merge's block reader needs pyarrow
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
@@ -1033,7 +1033,7 @@ def fast_times(data: bytes) -> Any:
         return None
     if table.num_rows == 0:
         return None
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     for name, pattern in (
         ("coin_id", COIN_ID_RE.pattern),
@@ -1092,7 +1092,7 @@ def item_blocks(fh: io.BufferedIOBase, block_bytes: int = MERGE_BLOCK) -> Iterat
     `lead` the damaged lines before the first valid record (only before it), `data` whole items, item i being
     data[starts[i]:starts[i+1]] (the last to the end of data), keys their times in ms times two. A missing final
     newline is added, as merged_body does."""
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     none = np.zeros(0, dtype=np.int64)
     carry = b""
@@ -1150,7 +1150,7 @@ class _Writer:
 
     def write(self, sources: list[memoryview], src: Any, starts: Any, ends: Any, keys: Any) -> None:
         """Write items (sources[src[i]][starts[i]:ends[i]] in this order), joining runs of adjacent bytes."""
-        import numpy as np
+        import numpy as np  # start-up time: only a merge needs numpy
 
         n = len(keys)
         if not n:
@@ -1170,7 +1170,7 @@ class _Writer:
 
 def _gather(data: bytes, starts: Any, ends: Any) -> bytes:
     """The bytes data[starts[i]:ends[i]] one after another, adjacent spans taken as one slice."""
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     n = len(starts)
     if not n:
@@ -1185,7 +1185,7 @@ def _gather(data: bytes, starts: Any, ends: Any) -> bytes:
 
 def _sorted_new(records: list[Record]) -> tuple[bytes, Any, Any, Any]:
     """New records as (bytes, starts, ends, keys) in key order (stable: equal times keep the given order)."""
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     lines = [rows_to_csv([r]).encode("utf-8") for r in records]
     keys = np.array([timestamp_ms(r.last_updated) for r in records], dtype=np.int64) * 2 + 1
@@ -1208,7 +1208,7 @@ def merge_stream(
 ) -> Any:
     """head + merged_body(the rest of src from its position, records), written through files from new_temp() (a
     new empty temp file opened "w+b"); returns the one holding the result, flushed. Memory: a few blocks."""
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     new_data, new_starts, new_ends, new_keys = _sorted_new(records)
     new_view = memoryview(new_data)
@@ -1357,7 +1357,7 @@ def _emit_first(
 ) -> int:
     """Write the chosen items (in key order) with the new records of keys below the last of them (all when
     `everything`); returns the last key written by the file's items."""
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     top = int(keys[chosen[-1]]) if len(chosen) else None
     stop = len(new_keys) if everything or top is None else int(np.searchsorted(new_keys, top))
@@ -1389,7 +1389,7 @@ def _kway(sources: list[tuple[int, int, int, int, int, int]], writer: _Writer, p
     """Merge sorted runs (fd of bytes, byte offset, fd of (key, end offset) pairs, item offset, items, how far the
     bytes were moved back in their file) into writer, a block of each at a time. Equal keys: the earlier run first
     (it holds the earlier lines)."""
-    import numpy as np
+    import numpy as np  # start-up time: only a merge needs numpy
 
     class Run:
         def __init__(self, fd: int, at: int, meta_fd: int, item: int, n: int, moved: int) -> None:
