@@ -790,7 +790,8 @@ class HistoryIndex:
                 continue
             changed[sid] = _union(had, ranges)
         if not replace:
-            self.db.executemany("DELETE FROM covered WHERE series = ?", [(sid,) for sid in changed])
+            # only series that had ranges have rows to delete (a run of the whole market adds 17,000 new ones at first)
+            self.db.executemany("DELETE FROM covered WHERE series = ?", [(sid,) for sid in changed if sid in held])
         self.db.executemany(
             "INSERT INTO covered (series, first_day, last_day) VALUES (?, ?, ?)",
             [(sid, a, b) for sid, merged in changed.items() for a, b in merged],
