@@ -319,6 +319,8 @@ class RowShortcuts(unittest.TestCase):
     @example({**PLAIN, "market_cap_rank": 999_999_999, "market_cap": 1e308}, "x", "usd", GOOD_TS)
     @example({**PLAIN, "market_cap_rank": 0, "current_price": -0.0, "name": "n"}, "x", "usd", GOOD_TS)
     @example({**PLAIN, "market_cap": float("inf"), "current_price": 1.5}, "x", "usd", GOOD_TS)
+    @example(PLAIN, "bitcoin", "eur", None)  # a time that is not text: the cells' rule (found by CI)
+    @example(PLAIN, "bitcoin", "eur", [])
     def test_cells_and_the_indexed_observation_follow_the_rule(
         self, values: dict, coin_id: str, vs: str, ts: Any
     ) -> None:

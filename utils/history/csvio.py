@@ -213,6 +213,7 @@ def record_observation(record: Record) -> Observation | None:
         and (rank is None or (type(rank) is int and rank >= 0))
         and type(record.name) is str
         and type(record.symbol) is str
+        and type(record.last_updated) is str
     ):
         try:
             ts = timestamp_ms(record.last_updated)
