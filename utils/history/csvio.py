@@ -409,16 +409,13 @@ _TS_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22)
 _TS_MARKS = {4: b"-", 7: b"-", 10: b"T", 13: b":", 16: b":", 19: b".", 23: b"Z"}
 
 
-def fast_columns(data: bytes) -> Columns | None:
-    """The observations of whole lines of plain rows, parsed by pyarrow's C reader; None when any line needs the
-    careful path (a quote, a carriage return, a width, id, time or number the one definition would not take as
-    written), so that the careful path reads this block instead and both give the same observations."""
+def _plain_table(data: bytes, columns: tuple[str, ...]) -> Any:
+    """Whole lines of plain rows as a pyarrow table of these columns (text), read by pyarrow's C reader; None
+    when there is nothing to read, or a line may need the careful path (a quote, a carriage return, another
+    width, bytes that are not UTF-8)."""
     if not data or b'"' in data or b"\r" in data:
         return None
-    # start-up time: numpy and pyarrow load only when a block of the CSV is read (an index build or catch-up)
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # start-up time: only reading a block of the history needs pyarrow
     import pyarrow.csv as pacsv
 
     try:
@@ -437,15 +434,28 @@ def fast_columns(data: bytes) -> Columns | None:
                 ignore_empty_lines=True,
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in _FAST_COLUMNS},
-                include_columns=list(_FAST_COLUMNS),
+                column_types={c: pa.string() for c in columns},
+                include_columns=list(columns),
                 strings_can_be_null=False,
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
-        return None  # a line of another width, or bytes that are not UTF-8
-    if table.num_rows == 0:
         return None
+    return table if table.num_rows else None
+
+
+def fast_columns(data: bytes) -> Columns | None:
+    """The observations of whole lines of plain rows, parsed by pyarrow's C reader; None when any line needs the
+    careful path (a quote, a carriage return, a width, id, time or number the one definition would not take as
+    written), so that the careful path reads this block instead and both give the same observations."""
+    table = _plain_table(data, _FAST_COLUMNS)
+    if table is None:
+        return None
+    # start-up time: numpy and pyarrow load only when a block of the CSV is read (an index build or catch-up)
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     found, pair_index = pair_codes(
         table.column("coin_id").combine_chunks(), table.column("vs_currency").combine_chunks()
     )
@@ -1005,36 +1015,13 @@ def fast_times(data: bytes) -> Any:
     """The times in ms (numpy int64) of whole lines of plain rows when every line is a valid row by the one
     definition, as fast_columns judges it, else None. What a merge needs of a block: the same rule, checked in C
     (the ids and currencies by pyarrow's regular expressions, not a table of pairs), and no names kept."""
-    if not data or b'"' in data or b"\r" in data:
+    table = _plain_table(data, _TIME_COLUMNS)
+    if table is None:
         return None
-    import pyarrow as pa  # start-up time: only a merge's block reader needs pyarrow
+    # start-up time: only a merge's block reader needs numpy and pyarrow
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(
-                column_names=list(COLUMNS), block_size=max(1 << 20, len(data) + 1), use_threads=False
-            ),
-            parse_options=pacsv.ParseOptions(
-                quote_char=False,
-                double_quote=False,
-                escape_char=False,
-                newlines_in_values=False,
-                ignore_empty_lines=True,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in _TIME_COLUMNS},
-                include_columns=list(_TIME_COLUMNS),
-                strings_can_be_null=False,
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
-        return None
-    if table.num_rows == 0:
-        return None
-    import numpy as np  # start-up time: only a merge needs numpy
 
     for name, pattern in (
         ("coin_id", COIN_ID_RE.pattern),
