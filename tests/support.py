@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import unittest
+import unittest.mock
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -149,6 +150,11 @@ class PipelineTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         self.addCleanup(self.tmp.cleanup)
+        # S3 scratch copies (utils/scratch.py) in this test's own cache folder: tests that name the same bucket,
+        # one after the other or at once in two workers, never read each other's copy of it.
+        cache = unittest.mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(Path(self.tmp.name) / "cache")})
+        cache.start()
+        self.addCleanup(cache.stop)
         self.data_dir = Path(self.tmp.name) / "data"
         self.data_dir.mkdir()
         self.csv_path = self.data_dir / "crypto_data.csv"
