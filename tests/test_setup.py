@@ -88,11 +88,24 @@ class MakeDecides(unittest.TestCase):
         plan = self.plan("test-fast").strip().splitlines()
         self.assertEqual(plan[0], f"{self.venv}/bin/python -m compileall -q main.py flows lambdas utils tests")
         command = plan[1].split()  # and the tests marked slow_part (tests/support.py) skipped
-        self.assertEqual(command[:7], ["TEST_FAST=1", f"{self.venv}/bin/python", "-m", "pytest", "-n", "2", "--dist"])
+        self.assertEqual(command[:7], ["TEST_FAST=1", f"{self.venv}/bin/python", "-m", "pytest", "-n", "3", "--dist"])
         modules = {word for word in command if word.startswith("tests/")}
         every = {f"tests/{path.name}" for path in (REPO / "tests").glob("test_*.py")}
         slow = {"tests/test_crash_concurrency.py", "tests/test_hostile.py", "tests/test_fault_matrix.py"}
         self.assertEqual(modules, every - slow)
+
+    def test_every_test_the_fast_tier_leaves_out_is_still_a_test(self) -> None:
+        # tests/conftest.py names them; a renamed or deleted test would otherwise drop out silently.
+        import importlib
+
+        from tests.conftest import FULL_SUITE_ONLY
+
+        for test_id in FULL_SUITE_ONLY:
+            with self.subTest(test_id):
+                module, cls, method = test_id.split("::")
+                case = getattr(importlib.import_module(f"tests.{module.removesuffix('.py')}"), cls, None)
+                self.assertTrue(isinstance(case, type) and issubclass(case, unittest.TestCase), f"no class {cls}")
+                self.assertTrue(callable(getattr(case, method, None)), f"no test {method} in {cls}")
 
     def test_an_old_python_is_named_before_anything_is_created(self) -> None:
         proc = subprocess.run(
