@@ -53,20 +53,25 @@ def tracked_selection(settings: Settings) -> tuple[tuple[str, ...], frozenset[st
     return currencies, frozenset(coins)
 
 
-def view_options(settings: Settings) -> ChartOptions:
+Selection = tuple[tuple[str, ...], frozenset[str] | None]  # what tracked_selection returns
+
+
+def view_options(settings: Settings, selection: Selection | None = None) -> ChartOptions:
     """Chart options from the settings and the last run's selection: a currency's charts keep their names
     whatever command draws them, and the coins drawn are the ones tracked now (unless --plot-coins)."""
-    currencies, coins = tracked_selection(settings)
+    currencies, coins = selection or tracked_selection(settings)
     options = chart_options(settings)
     return replace(options, primary=currencies[0], tracked=coins)
 
 
-def draw_charts(settings: Settings, storage: Storage) -> tuple[tuple[str, ...], str | None]:
+def draw_charts(
+    settings: Settings, storage: Storage, selection: Selection | None = None
+) -> tuple[tuple[str, ...], str | None]:
     """Charts of every currency after a run: a failure is reported, never fatal, because the CSV already landed."""
     try:
         from lambdas.lambda_4_charts import charts  # start-up time: matplotlib loads only when charts are drawn
 
-        return charts(storage, view_options(settings), every_currency=True)[0], None
+        return charts(storage, view_options(settings, selection), every_currency=True)[0], None
     except Exception as exc:  # noqa: BLE001 - charts are a view; the data run must not fail because of them
         log.debug("chart failure", exc_info=True)
         return (), str(exc) or type(exc).__name__
@@ -89,8 +94,7 @@ def coin_rows(
     index: HistoryIndex, vs_currency: str, today: datetime, findings: Counter, coins: list[str] | None = None
 ) -> list[CoinRow]:
     """Each coin's (or each of `coins`') newest daily point with its 1/7/30-day changes and coverage, by rank."""
-    wanted = set(coins) if coins is not None else None
-    series = {s.coin_id: s for s in index.series(vs_currency) if wanted is None or s.coin_id in wanted}
+    series = {s.coin_id: s for s in index.series(vs_currency, coins=coins)}
     out: list[CoinRow] = []
     latest = index.latest(vs_currency, coins)
     days = [ts // DAY_MS for _, ts, _, _, _ in latest]
@@ -162,7 +166,11 @@ def last_backfill(settings: Settings) -> dict[str, Any] | None:
 
 
 def build_report(
-    settings: Settings, *, outcome: dict[str, Any] | None = None, now: datetime | None = None
+    settings: Settings,
+    *,
+    outcome: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    selection: Selection | None = None,
 ) -> ReportData:
     """Gather what the page shows: index, quality.csv, status and the charts already drawn."""
     now = now or datetime.now(timezone.utc)
@@ -179,7 +187,7 @@ def build_report(
             shown = top + movers
         coins = coin_rows(index, vs, now, Counter(f.coin_id for f in in_currency), shown)
         rows = index.rows
-    tracked_currencies, tracked = tracked_selection(settings)
+    tracked_currencies, tracked = selection or tracked_selection(settings)
     every = len(coins)
     if tracked is not None and any(c.coin_id in tracked for c in coins):  # the tables follow the charts' rule
         coins = [c for c in coins if c.coin_id in tracked]
@@ -226,13 +234,14 @@ def write_report(settings: Settings, *, outcome: dict[str, Any] | None = None, d
     """Draw the charts (when asked and possible), then write report.html beside the history (an S3 object
     for s3://); returns where it went. Raises PipelineError."""
     storage = storage_for(settings)
+    selection = tracked_selection(settings)  # once for the charts and the tables: 17,000 coins' spells to read
     if draw:
         storage.preflight(settings.vs_currencies)  # the one file policy, before anything is written
-        _, error = draw_charts(settings, storage)
+        _, error = draw_charts(settings, storage, selection)
         if error:
             log.warning("the report goes without fresh charts: %s", error)
     storage.pull(settings.layout.quality.name)  # findings stored beside an S3 history, read from a local copy
-    html = render(build_report(settings, outcome=outcome))
+    html = render(build_report(settings, outcome=outcome, selection=selection))
     path = settings.layout.report
     try:
         atomic_write_bytes(path, html.encode("utf-8"), "report")

@@ -363,3 +363,39 @@ class AppendedEqualsRebuilt(unittest.TestCase):
                     index.sync(layout.csv)
                 with sqlite3.connect(layout.index) as db:
                     self.assertEqual(kept, dump(db))
+
+
+class SeriesOfSomeCoins(unittest.TestCase):
+    """index.series(coins=...) (the report's hundred coins of a large history) gives what filtering every
+    series gives: names, counts and covered ranges, in one IN (...) list or, past 500 coins, by filtering."""
+
+    def test_some_coins_are_every_series_filtered(self) -> None:
+        rng = random.Random(5)
+        lines = []
+        for coin in range(700):
+            for day in rng.sample(range(1, 29), 4):  # gaps: several covered ranges a coin
+                cells = [""] * len(COLUMNS)
+                cells[COLUMNS.index("coin_id")] = f"coin-{coin}"
+                cells[COLUMNS.index("name")], cells[COLUMNS.index("symbol")] = f"Coin {coin}", f"c{coin}"
+                cells[COLUMNS.index("vs_currency")] = "usd" if coin % 3 else "eur"
+                cells[COLUMNS.index("last_updated")] = f"2024-02-{day:02d}T00:00:00.000Z"
+                cells[COLUMNS.index("current_price")] = str(1 + coin)
+                lines.append(",".join(cells) + "\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            csv_path = Path(tmp) / "crypto_data.csv"
+            csv_path.write_text(HEADER_LINE + "".join(lines))
+            with HistoryIndex(Path(tmp) / "index.sqlite") as index:
+                index.sync(csv_path)
+                every = index.series()
+                self.assertEqual(len(every), 700)
+                for vs in (None, "usd", "eur"):
+                    for wanted in (
+                        [],
+                        ["coin-3", "coin-4", "no-such-coin", "coin-4"],
+                        [f"coin-{i}" for i in range(0, 700, 1)],
+                    ):
+                        with self.subTest(vs=vs, coins=len(wanted)):
+                            expected = [s for s in every if s.coin_id in set(wanted) and vs in (None, s.vs_currency)]
+                            self.assertEqual(index.series(vs, coins=wanted), expected)
+                            self.assertTrue(all(s.covered for s in expected))
+                self.assertEqual(index.series(coin_id="coin-5"), [s for s in every if s.coin_id == "coin-5"])

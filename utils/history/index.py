@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from operator import itemgetter
@@ -38,6 +38,7 @@ RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask aga
 SERIES_BITS = 20  # a daily point's key is day << SERIES_BITS | series
 SERIES_LIMIT = 1 << SERIES_BITS  # (coin, currency) pairs one index can hold: 17,000 coins in 61 currencies
 MASK = SERIES_LIMIT - 1
+_MANY = 500  # coins named in one IN (...) list; SQLite builds before 3.32 allow 999 parameters a statement
 
 _TABLES = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
@@ -860,24 +861,32 @@ class HistoryIndex:
             is not None
         )
 
-    def series(self, vs_currency: str | None = None, coin_id: str | None = None) -> list[SeriesInfo]:
-        """Every (coin, currency) with its rows, first and last observation and covered day ranges."""
+    def series(
+        self, vs_currency: str | None = None, coin_id: str | None = None, coins: Collection[str] | None = None
+    ) -> list[SeriesInfo]:
+        """Every (coin, currency) with its rows, first and last observation and covered day ranges; only
+        coin_id's, or only those of `coins` (the report's hundred of a 17,000-coin history), when given."""
+        if coin_id is not None:
+            coins = (coin_id,)
+        wanted: tuple = () if coins is None else tuple(sorted(set(coins)))
+        if coins is not None and len(wanted) > _MANY:  # past SQLite's parameter limit: filtered here instead
+            chosen = set(wanted)
+            return [s for s in self.series(vs_currency) if s.coin_id in chosen]
+        among = f"coin_id IN ({','.join('?' * len(wanted))})"
         ranges: dict[int, list[Range]] = defaultdict(list)
         covered = "SELECT series, first_day, last_day FROM covered"
-        if coin_id is not None:  # one coin: read its ranges alone, so a loop over 1,000 coins stays linear
-            covered += " WHERE series IN (SELECT id FROM series WHERE coin_id = ?)"
-        for sid, a, b in self.db.execute(
-            covered + " ORDER BY series, first_day", () if coin_id is None else (coin_id,)
-        ):
+        if coins is not None:  # a few coins: read their ranges alone, so a loop over 1,000 coins stays linear
+            covered += f" WHERE series IN (SELECT id FROM series WHERE {among})"
+        for sid, a, b in self.db.execute(covered + " ORDER BY series, first_day", wanted):
             ranges[sid].append((a, b))
         query = "SELECT id, coin_id, vs_currency, name, symbol, rows, first_ms, last_ms FROM series WHERE rows > 0"
         args: tuple = ()
         if vs_currency is not None:
             query += " AND vs_currency = ?"
             args = (vs_currency,)
-        if coin_id is not None:
-            query += " AND coin_id = ?"
-            args += (coin_id,)
+        if coins is not None:
+            query += f" AND {among}"
+            args += wanted
         return [
             SeriesInfo(c, v, n, s, r, f, la, tuple(ranges[sid]))
             for sid, c, v, n, s, r, f, la in self.db.execute(query + " ORDER BY vs_currency, coin_id", args)
