@@ -257,9 +257,9 @@ def report_error(exc: BaseException, command: str) -> int:
         log.debug("file error", exc_info=exc)
         log.error("%s failed: %s", command, describe_file_error(exc), extra={"plain": True})
         return EXIT_FAILED
-    from utils.s3 import explain_aws_error  # start-up time: only on an unexpected error
+    from utils.s3 import explain_aws_error  # start-up time: only on an error of another kind
 
-    log.debug("unexpected error", exc_info=exc)
+    log.debug("%s stopped on this error (the details of the line below)", command, exc_info=exc)
     known = explain_aws_error(exc)
     if known is not None:
         log.error("%s failed: %s", command, known[0], extra={"plain": True})

@@ -424,6 +424,11 @@ class S3Errors(HostileCase):
         self.assert_one_line(
             result, 2, "plot failed: AWS is not configured for the s3:// data folder (NoCredentialsError"
         )
+        # -v adds the traceback of an error the line explains: it is not called unexpected there either.
+        verbose = self.run_child(self.aws_env(), "plot", "-v", "--data-dir", "s3://hostile-test-bucket/history")
+        self.assertEqual(verbose.code, 2)
+        self.assertIn("Traceback", verbose.stderr)
+        self.assertNotIn("unexpected", verbose.stderr)
 
     def test_no_endpoint(self) -> None:
         with socket_closed_port() as port:
