@@ -4,7 +4,8 @@
 
 Builds (once, cached under /tmp/bench-market/) a 10,200,000-row history in the project's CSV: 17,000
 coins x 600 daily observations in one currency, ending yesterday, generated with numpy and written
-with pyarrow's CSV writer. Then, each command in its own process (`python main.py ...`), measures
+with pyarrow's CSV writer. Each coin's prices walk into the price the fake CoinGecko then serves for it,
+as a real history leads into the next day's answer. Then, each command in its own process (`python main.py ...`), measures
 wall time, CPU time (user + system of the child, so network and pacing waits are not in it) and peak
 RSS (from wait4), and prints one table with PASS/FAIL against the issue's targets:
 
@@ -64,17 +65,22 @@ def generate(path: Path, coins: int, days: int, currency: str = "usd", seed: int
     ids = np.array([f"coin-{i:0{width}d}" for i in range(coins)], dtype=object)
     names = np.array([f"Coin {i:0{width}d}" for i in range(coins)], dtype=object)
     symbols = np.array([f"c{i:0{width}d}" for i in range(coins)], dtype=object)
-    base_price = 10 ** rng.uniform(-6, 5, coins)
-    supply = 10 ** rng.uniform(6, 12, coins)
+    # The market the benchmark's `run` fetches next (the fake's, the same seed): each coin's prices walk (4 % a day)
+    # into its price there, one more step away, as a real history leads into the next day's answer. A history of
+    # unrelated prices would make every coin of the run a 100x jump for the quality checks (see the README).
+    market = markets_rows(coins, vs_currency=currency)
+    final = np.log(np.array([row["current_price"] for row in market], dtype=np.float64))
+    supply = np.array([row["circulating_supply"] for row in market], dtype=np.float64)
+    steps = rng.normal(0, 0.04, (days + 1, coins))
+    # log price of day d = the market's, less the steps of days d+1 .. days (the last one the run's own day)
+    behind = np.cumsum(steps[::-1], axis=0)[::-1] - steps
     first = (datetime.now(timezone.utc) - timedelta(days=days)).replace(hour=12, minute=0, second=0, microsecond=0)
-    log_price = np.log(base_price)
     tmp = path.with_suffix(".partial")
     with open(tmp, "wb") as fh:
         fh.write(HEADER_LINE.encode())
         options = pacsv.WriteOptions(include_header=False, quoting_style="none")
         for day in range(days):
-            log_price = log_price + rng.normal(0, 0.04, coins)
-            price = np.exp(log_price)
+            price = np.exp(final - behind[day])
             cap = price * supply
             order = np.argsort(-cap)
             rank = np.empty(coins, dtype=np.int64)
@@ -111,7 +117,7 @@ def generate(path: Path, coins: int, days: int, currency: str = "usd", seed: int
 
 
 def cached_history(coins: int, days: int) -> Path:
-    path = CACHE / f"history-{coins}x{days}.csv"
+    path = CACHE / f"history-{coins}x{days}-v2.csv"  # v2: prices that lead into the fake's market
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
