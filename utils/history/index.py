@@ -304,7 +304,10 @@ BUSY_NOTICE = 2.0  # seconds of waiting for a held index before a line says so
 class HistoryIndex:
     """The SQLite index of one CSV history (WAL mode; ':memory:' for a read-only data folder)."""
 
-    CHUNK_BYTES = 4 << 20  # the CSV is read this much at a time
+    # The CSV is read this much at a time. A whole-market file holds all 17,000 coins in every block, and each
+    # block pays for its (coin, currency) pairs in Python: 8 MB blocks halve that against 4 MB (the 10.2M-row
+    # build: 36.8-40.8 s against 46.2-49.9 s CPU, alternating) for 25 MB more at the peak (402 MB).
+    CHUNK_BYTES = 8 << 20
 
     def __init__(self, path: Path | str, busy_timeout: float = 300.0) -> None:
         self.path = str(path)
