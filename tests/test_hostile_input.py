@@ -472,7 +472,8 @@ class S3RetryMode(HostileCase):
             config_file.write_text(config)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         clean.update(AWS_CONFIG_FILE=str(config_file), AWS_DEFAULT_REGION="us-east-1", **env)
-        with mock.patch.dict(os.environ, clean, clear=True):
+        # boto3's default session reads the AWS config file once: a new one for each case, as a new process has
+        with mock.patch.dict(os.environ, clean, clear=True), mock.patch("boto3.DEFAULT_SESSION", None):
             return new_client().meta.config.retries["mode"]
 
     def test_standard_unless_the_user_chose(self) -> None:

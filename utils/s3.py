@@ -107,24 +107,24 @@ def storage_options(env: Mapping[str, str]) -> dict[str, str]:
 
 def new_client() -> Any:
     """boto3's S3 client, in botocore's "standard" retry mode (3 attempts, AWS's recommended mode) unless the
-    user chose a mode (AWS_RETRY_MODE, or retry_mode in ~/.aws/config, which boto3 then applies itself). The
-    default "legacy" mode makes 5 attempts with up to 15 s of back-off: about 9 s before a mistyped endpoint
-    or a closed port is reported, where standard mode reports it in about 2 s and still retries throttling."""
+    user chose a mode (AWS_RETRY_MODE, or retry_mode in the AWS config file, which boto3 then applies). The
+    default "legacy" mode makes 5 attempts with exponential back-off: 3.6 s a call here before an endpoint
+    that refuses connections is reported, against 0.07 s in standard mode, which still retries throttling."""
     # optional package: boto3 and botocore come with requirements-aws.txt, for s3:// only
     import boto3
     import botocore.session
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
-    core = botocore.session.get_session()
-    try:
-        chosen = os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")
+    try:  # the config file's profile only (no service model is loaded): boto3's own session makes the client
+        chosen = os.environ.get("AWS_RETRY_MODE") or botocore.session.get_session().get_scoped_config().get(
+            "retry_mode"
+        )
     except BotoCoreError:  # e.g. an AWS_PROFILE that is not there: the client below reports it in its words
         chosen = None
-    session = boto3.session.Session(botocore_session=core)
     if chosen:
-        return session.client("s3")
-    return session.client("s3", config=Config(retries={"mode": "standard"}))
+        return boto3.client("s3")
+    return boto3.client("s3", config=Config(retries={"mode": "standard"}))
 
 
 class S3Objects:
