@@ -40,13 +40,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import pyarrow as pa
@@ -133,10 +133,6 @@ def cached_history(coins: int, days: int) -> Path:
             f"generated {path} ({path.stat().st_size / MB:,.0f} MB) in {time.monotonic() - started:.0f} s", flush=True
         )
     return path
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def spread(values: list[float]) -> str:
