@@ -522,7 +522,7 @@ def main() -> int:
         with HistoryIndex(layout.index) as index:
             assert index.sync(csv_b) == "fresh"
             indexed = index.rows
-            keys = index.db.execute("SELECT count(*) FROM obs").fetchone()[0]
+            keys = len(index.stored_keys())
         checks.append(
             (
                 f"correctness: {len(df):,} rows (expected {args.rows:,} + {appended:,} = {expected:,}), "

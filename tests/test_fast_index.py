@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import math
 import random
-import sqlite3
 import tempfile
 import unittest
 from pathlib import Path
@@ -84,19 +84,19 @@ def as_observations(block: csvio.Columns | tuple) -> list[csvio.Observation]:
     return out
 
 
-def dump(db: sqlite3.Connection) -> dict[str, list]:
+def dump(index: HistoryIndex) -> dict[str, list]:
+    """What an index holds, by coin and currency: series facts, every key, the daily points, the covered days."""
+    db = index.db
+    names = {sid: (c, v) for sid, c, v in db.execute("SELECT id, coin_id, vs_currency FROM series")}
     return {
         "series": db.execute(
             "SELECT coin_id, vs_currency, name, symbol, rows, first_ms, last_ms, unnamed FROM series "
             "ORDER BY coin_id, vs_currency"
         ).fetchall(),
-        "obs": db.execute(
-            "SELECT s.coin_id, s.vs_currency, o.ts FROM obs o JOIN series s ON s.id = o.series ORDER BY 1, 2, 3"
-        ).fetchall(),
-        "daily": db.execute(
-            "SELECT s.coin_id, s.vs_currency, d.k >> 20, (d.k >> 20) * 86400000 + d.at, d.price, d.cap, d.rank "
-            "FROM daily d JOIN series s ON s.id = d.k & 1048575 ORDER BY 1, 2, 3"
-        ).fetchall(),
+        "obs": sorted((*names[sid], ts) for sid, ts in index.stored_keys()),
+        "daily": sorted(
+            (*names[sid], day, ts, price, cap, rank) for sid, day, ts, price, cap, rank in index.stored_points()
+        ),
         "covered": db.execute(
             "SELECT s.coin_id, s.vs_currency, c.first_day, c.last_day FROM covered c "
             "JOIN series s ON s.id = c.series ORDER BY 1, 2, 3"
@@ -165,12 +165,12 @@ class FastPathTest(unittest.TestCase):
                 csv_path.write_bytes(HEADER_LINE.encode() + data)
                 with HistoryIndex(Path(tmp) / "index.sqlite") as fast:
                     self.assertEqual(fast.sync(csv_path), "rebuilt")
-                    built = dump(fast.db)
+                    built = dump(fast)
                     damaged = fast.damaged
                 found, bad = csvio.observations(data)
                 with HistoryIndex(":memory:") as careful:
                     careful._add(found)
-                    self.assertEqual(built, dump(careful.db), f"odd every {odd_every}")
+                    self.assertEqual(built, dump(careful), f"odd every {odd_every}")
                 self.assertEqual(damaged, bad)
 
 
@@ -204,14 +204,14 @@ class StoredOnceTest(unittest.TestCase):
                 with self.subTest(chunk=chunk), HistoryIndex(Path(tmp) / f"index-{chunk}.sqlite") as index:
                     index.CHUNK_BYTES = chunk
                     self.assertEqual(index.sync(csv_path), "rebuilt")
-                    got = dump(index.db)
+                    got = dump(index)
                     self.assertEqual(got["obs"], keys)  # each key once, none twice
                     self.assertEqual(got["daily"], daily)
                     self.assertEqual(index.rows, len(found))
             with HistoryIndex(":memory:") as batches:
                 for start in range(0, len(found), 700):  # as runs append them
                     batches._add(found[start : start + 700])
-                got = dump(batches.db)
+                got = dump(batches)
                 self.assertEqual((got["obs"], got["daily"]), (keys, daily))
                 held = set(keys)
                 for o in rng.sample(found, 50):
@@ -319,7 +319,7 @@ class StoredOnceTest(unittest.TestCase):
         with HistoryIndex(":memory:") as by_column, HistoryIndex(":memory:") as by_row:
             self.assertEqual(by_column.add_tables([table.slice(0, 1700), table.slice(1700)]), 2940)
             self.assertEqual(by_row.add_observations(observations_of(table), unseen=True), 2940)
-            self.assertEqual(dump(by_column.db), dump(by_row.db))
+            self.assertEqual(dump(by_column), dump(by_row))
             self.assertEqual(by_column.rows, by_row.rows)
 
 
@@ -356,13 +356,13 @@ class AppendedEqualsRebuilt(unittest.TestCase):
                         store.append(records)
                     else:
                         store.merge(records)
-                with sqlite3.connect(layout.index) as db:
-                    kept = dump(db)
+                with HistoryIndex(layout.index) as index:
+                    kept = dump(index)
                 layout.index.unlink()
                 with HistoryIndex(layout.index) as index:
                     index.sync(layout.csv)
-                with sqlite3.connect(layout.index) as db:
-                    self.assertEqual(kept, dump(db))
+                with HistoryIndex(layout.index) as index:
+                    self.assertEqual(kept, dump(index))
 
 
 class SeriesOfSomeCoins(unittest.TestCase):
@@ -399,3 +399,52 @@ class SeriesOfSomeCoins(unittest.TestCase):
                             self.assertEqual(index.series(vs, coins=wanted), expected)
                             self.assertTrue(all(s.covered for s in expected))
                 self.assertEqual(index.series(coin_id="coin-5"), [s for s in every if s.coin_id == "coin-5"])
+
+
+class IndexSize(unittest.TestCase):
+    """The index stays within 15 % of the CSV it indexes (issue 18's target) for lines as CoinGecko's markets answer
+    gives them (prices of six significant digits, integral caps: about 175 bytes a line), in day order as runs
+    append them and in coin order as backfills do. A row per point (schema 4) took about 33 bytes, 19 % of such
+    a file; 16 points to a row take about 23.5."""
+
+    @staticmethod
+    def lines(coins: int, days: int) -> list[str]:
+        rng = random.Random(3)
+        out = []
+        for day in range(days):
+            date = (datetime.date(2024, 1, 1) + datetime.timedelta(days=day)).isoformat()
+            for coin in range(coins):
+                price, supply = 10 ** rng.uniform(-6, 5), 10 ** rng.uniform(6, 11)
+                cells = {
+                    "name": f"Coin {coin}",
+                    "symbol": f"c{coin}",
+                    "current_price": f"{price:.6g}",
+                    "market_cap": str(int(price * supply)),
+                    "price_change_percentage_24h": f"{rng.uniform(-9, 9):.5f}",
+                    "circulating_supply": f"{supply:.1f}",
+                    "last_updated": f"{date}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:07.{coin % 1000:03d}Z",
+                    "fetched_at": f"{date}T23:59:00.000Z",
+                    "coin_id": f"coin-{coin}",
+                    "vs_currency": "usd",
+                    "market_cap_rank": str(coin + 1),
+                    "total_volume": str(int(price * supply / 20)),
+                    "high_24h": f"{price * 1.02:.6g}",
+                    "low_24h": f"{price * 0.98:.6g}",
+                    "total_supply": f"{supply * 1.2:.1f}",
+                    "source": "coins_markets",
+                }
+                out.append(",".join(cells.get(column, "") for column in COLUMNS) + "\n")
+        return out
+
+    def test_the_index_is_within_15_percent_of_the_csv(self) -> None:
+        by_day = self.lines(1000, 112)
+        by_coin = sorted(by_day, key=lambda line: line.split(",")[COLUMNS.index("coin_id")])
+        for order, lines in (("day after day", by_day), ("coin after coin", by_coin)):
+            with self.subTest(order=order), tempfile.TemporaryDirectory() as tmp:
+                csv_path = Path(tmp) / "crypto_data.csv"
+                csv_path.write_text(HEADER_LINE + "".join(lines))
+                with HistoryIndex(Path(tmp) / "index.sqlite") as index:
+                    self.assertEqual(index.sync(csv_path), "rebuilt")
+                    self.assertEqual(len(index.stored_points()), 112_000)
+                size = sum(p.stat().st_size for p in Path(tmp).glob("index.sqlite*"))
+                self.assertLessEqual(size / csv_path.stat().st_size, 0.15, f"{size:,} bytes")

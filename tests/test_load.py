@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.fake_coingecko import load_fixture
 from tests.support import MAIN, PipelineTestCase, drop_file_capabilities, read_rows
 from utils.history.csvio import timestamp_ms
-from utils.history.index import SCHEMA_VERSION
+from utils.history.index import SCHEMA_VERSION, HistoryIndex
 from utils.history.schema import COLUMNS, HEADER_LINE
 
 FIXTURE = load_fixture("coins_markets_2023-01-08_real_10coins.json")
@@ -139,15 +139,11 @@ class AppendOnceTest(LoadTestCase):
 
     def test_the_index_records_every_key_and_the_csv_size(self) -> None:
         self.run_ok()
-        with sqlite3.connect(self.index_file) as db:
-            meta = dict(db.execute("SELECT k, v FROM meta"))
-            stored = {
-                (c, v, ts)
-                for c, v, ts in db.execute(
-                    "SELECT s.coin_id, s.vs_currency, o.ts FROM obs o JOIN series s ON s.id = o.series"
-                )
-            }
-            daily = db.execute("SELECT count(*) FROM daily").fetchone()[0]
+        with HistoryIndex(self.index_file) as index:
+            meta = dict(index.db.execute("SELECT k, v FROM meta"))
+            names = dict(((i, (c, v)) for i, c, v in index.db.execute("SELECT id, coin_id, vs_currency FROM series")))
+            stored = {(*names[sid], ts) for sid, ts in index.stored_keys()}
+            daily = len(index.stored_points())
         self.assertEqual(int(meta["size"]), len(self.csv_bytes()))
         self.assertEqual((int(meta["rows"]), int(meta["damaged"])), (10, 0))
         self.assertEqual(stored, {(c, "eur", timestamp_ms(ts)) for c, ts in NEWEST.items()})
@@ -246,10 +242,10 @@ class IndexFileTest(LoadTestCase):
         self.assertIn("rebuilding it from the history", said[0])
         with sqlite3.connect(self.index_file) as db:
             self.assertEqual(db.execute("SELECT v FROM meta WHERE k = 'version'").fetchone()[0], SCHEMA_VERSION)
-            self.assertEqual(db.execute("SELECT type FROM sqlite_master WHERE name = 'obs'").fetchone()[0], "view")
-            stored = {
-                (c, ts) for c, ts in db.execute("SELECT s.coin_id, o.ts FROM obs o JOIN series s ON s.id = o.series")
-            }
+            self.assertIsNone(db.execute("SELECT type FROM sqlite_master WHERE name = 'obs'").fetchone())
+        with HistoryIndex(self.index_file) as index:
+            names = dict(index.db.execute("SELECT id, coin_id FROM series"))
+            stored = {(names[sid], ts) for sid, ts in index.stored_keys()}
         self.assertEqual(stored, {(c, timestamp_ms(ts)) for c, ts in NEWEST.items()})
         self.assertLess(self.index_file.stat().st_size, before / 2)  # the old keys' pages were given back
         self.assertNotIn("another version", self.run_ok("status"))
@@ -297,9 +293,9 @@ class IndexFileTest(LoadTestCase):
                 stderr = self.run_ok()
                 self.assertIn("0 rows appended, 10 duplicates skipped", stderr)
                 self.assertEqual(self.csv_bytes(), before)
-                with sqlite3.connect(self.index_file) as db:
-                    self.assertEqual(db.execute("SELECT count(*) FROM obs").fetchone()[0], 10)
-                    self.assertEqual(int(db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0]), len(before))
+                with HistoryIndex(self.index_file) as index:
+                    self.assertEqual(len(index.stored_keys()), 10)
+                    self.assertEqual(index.mark().size, len(before))
                 self.fake.advance(60)
                 self.assertIn("10 rows appended", self.run_ok())
                 self.assertEqual(len(self.assert_clean_history()), 20)

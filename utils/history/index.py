@@ -9,9 +9,11 @@ Everything in it can be rebuilt from the CSV; the CSV stays the source of truth.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -33,23 +35,24 @@ log = logging.getLogger(__name__)
 # 3: a key is stored once: each day's last observation in `daily` (keyed day << 20 | series, its time as ms into the
 #    day), the other observations' keys in `extra`; a once-a-day history no longer keeps the same rows twice
 # 4: series.unnamed, the rows stored without a name or symbol (the label fill scans the CSV only when one can be named)
-SCHEMA_VERSION = "4"
+# 5: a row of `daily` holds one day of 16 neighbouring series, packed (22 bytes a point instead of about 33)
+SCHEMA_VERSION = "5"
 RETRY_UNAVAILABLE_DAYS = 30  # CoinGecko sometimes fills old days later: ask again after this long
-SERIES_BITS = 20  # a daily point's key is day << SERIES_BITS | series
+SERIES_BITS = 20  # a daily point's slot is day << SERIES_BITS | series
 SERIES_LIMIT = 1 << SERIES_BITS  # (coin, currency) pairs one index can hold: 17,000 coins in 61 currencies
 MASK = SERIES_LIMIT - 1
+GROUP_BITS = 4  # a row of `daily` is keyed slot >> GROUP_BITS: one day of 16 neighbouring series
+GROUP = 1 << GROUP_BITS
 _MANY = 500  # coins named in one IN (...) list; SQLite builds before 3.32 allow 999 parameters a statement
 
-_TABLES = f"""
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, coin_id TEXT NOT NULL, vs_currency TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
     symbol TEXT NOT NULL DEFAULT '', label_ms INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0,
     first_ms INTEGER, last_ms INTEGER, unnamed INTEGER NOT NULL DEFAULT 0, UNIQUE (coin_id, vs_currency));
-CREATE TABLE IF NOT EXISTS daily (k INTEGER PRIMARY KEY, at INTEGER NOT NULL, price REAL, cap REAL, rank INTEGER);
+CREATE TABLE IF NOT EXISTS daily (k INTEGER PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS extra (ts INTEGER NOT NULL, series INTEGER NOT NULL, PRIMARY KEY (ts, series)) WITHOUT ROWID;
-CREATE VIEW IF NOT EXISTS obs (series, ts) AS
-    SELECT k & {MASK}, (k >> {SERIES_BITS}) * {DAY_MS} + at FROM daily UNION ALL SELECT series, ts FROM extra;
 CREATE TABLE IF NOT EXISTS covered (
     series INTEGER NOT NULL, first_day INTEGER NOT NULL, last_day INTEGER NOT NULL,
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
@@ -58,10 +61,98 @@ CREATE TABLE IF NOT EXISTS unavailable (
     PRIMARY KEY (series, first_day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS table_files (path TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-# daily: the last observation of each UTC day per series, the charts' points: k = day << 20 | series (a rowid, so
-#   appends in key order fill pages whole), at = its time in ms since the day began. extra: the key of every other
-#   observation (a series observed more than once a day). Together they hold every key once; the view obs reads both.
+# daily: the last observation of each UTC day per series, the charts' points. A point's slot is day << 20 | series;
+#   a row holds the points of 16 slots (one day, series 16g to 16g + 15), keyed slot >> 4 (a rowid, so a new day's
+#   rows are appended in key order and fill pages whole). Its value: a 2-byte little-endian mask of the slots held,
+#   then one 22-byte entry per slot held, in slot order (_ENTRY: ms since the day began and rank, price, market cap).
+#   A row of points costs 22 bytes each and a dozen for the row, where a row per point cost
+#   about 33 (SQLite's rowid, record header and cell pointer for each). extra: the key of every other observation
+#   (a series observed more than once a day). Together they hold every key once.
 _DATA_TABLES = ("series", "daily", "extra", "covered", "unavailable", "table_files")
+# An entry on disk: the time (ms into the day, 27 bits) and the rank + 1 (21 bits, 0 for none) in 48 bits as a uint32
+# and a uint16, then the price and the market cap as doubles (NaN for none): 22 bytes.
+_ENTRY = struct.Struct("<IHdd")
+_ENTRY_DTYPE = [("low", "<u4"), ("high", "<u2"), ("price", "<f8"), ("cap", "<f8")]  # _ENTRY for numpy, packed
+_POINT_DTYPE = [("at", "<i8"), ("price", "<f8"), ("cap", "<f8"), ("rank", "<i8")]  # an entry in memory (rank -1: none)
+AT_BITS = 27  # ms into a day: below 2^27
+RANK_LIMIT = (1 << 21) - 2  # the largest rank the index keeps (CoinGecko ranks about 17,000 coins); above: none
+
+
+class DamagedIndex(sqlite3.DatabaseError):
+    """A row of the index that does not decode: the index is rebuilt from the CSV like any damaged index."""
+
+
+def _entry(blob: bytes, place: int) -> tuple[int, float | None, float | None, int | None] | None:
+    """The point of one slot (0-15) of a daily row: (ms into the day, price, cap, rank), or None if not held."""
+    mask = blob[0] | blob[1] << 8 if len(blob) >= 2 else 0
+    if not mask >> place & 1:
+        return None
+    offset = 2 + _ENTRY.size * (mask & ((1 << place) - 1)).bit_count()
+    if len(blob) < offset + _ENTRY.size:
+        raise DamagedIndex("a daily row of the index is cut short")
+    low, high, price, cap = _ENTRY.unpack_from(blob, offset)
+    both = low | high << 32
+    rank = (both >> AT_BITS) - 1
+    at = both & ((1 << AT_BITS) - 1)
+    return at, None if price != price else price, None if cap != cap else cap, None if rank < 0 else rank
+
+
+@functools.lru_cache(maxsize=1 << GROUP)
+def _places(mask: int) -> tuple[int, ...]:
+    """The slots (0-15) a daily row's mask holds, in order."""
+    return tuple(place for place in range(GROUP) if mask >> place & 1)
+
+
+def _decode(rows: Sequence[tuple[int, bytes]]) -> tuple[Any, Any]:
+    """Daily rows (key, value) as (slots, points): numpy arrays, one item per point, in row then slot order."""
+    import numpy as np  # start-up time: numpy only where many points are read at once
+
+    points = np.empty(0, _POINT_DTYPE)
+    if not rows:
+        return np.zeros(0, np.int64), points
+    keys = np.fromiter((k for k, _ in rows), np.int64, len(rows))
+    masks = np.fromiter((int.from_bytes(v[:2], "little") for _, v in rows), np.int64, len(rows))
+    row, place = np.nonzero((masks[:, None] >> np.arange(GROUP)) & 1)
+    body = b"".join(v[2:] for _, v in rows)
+    if len(body) != len(row) * _ENTRY.size:
+        raise DamagedIndex("a daily row of the index does not match its mask")
+    packed = np.frombuffer(body, _ENTRY_DTYPE)
+    both = packed["low"].astype(np.int64) | packed["high"].astype(np.int64) << 32
+    points = np.empty(len(packed), _POINT_DTYPE)
+    points["at"], points["price"], points["cap"] = both & ((1 << AT_BITS) - 1), packed["price"], packed["cap"]
+    points["rank"] = (both >> AT_BITS) - 1
+    return (keys[row] << GROUP_BITS) | place, points
+
+
+def _encode(slots: Any, points: Any) -> list[tuple[int, bytes]]:
+    """Points sorted by slot (each slot once) as daily rows (key, value)."""
+    import numpy as np  # start-up time: only writing to the index needs numpy
+
+    if not len(slots):
+        return []
+    both = points["at"] | (points["rank"] + 1) << AT_BITS
+    packed = np.empty(len(points), _ENTRY_DTYPE)
+    packed["low"], packed["high"] = both & 0xFFFFFFFF, both >> 32
+    packed["price"], packed["cap"] = points["price"], points["cap"]
+    body = packed.tobytes()
+    keys = slots >> GROUP_BITS
+    starts = np.flatnonzero(np.insert(keys[1:] != keys[:-1], 0, True))
+    ends = np.append(starts[1:], len(slots)) * _ENTRY.size
+    masks = np.bitwise_or.reduceat(np.left_shift(1, slots & (GROUP - 1)), starts)
+    return [
+        (k, m.to_bytes(2, "little") + body[a:b])
+        for k, m, a, b in zip(keys[starts].tolist(), masks.tolist(), (starts * _ENTRY.size).tolist(), ends.tolist())
+    ]
+
+
+def _points(at: Any, price: Any, cap: Any, rank: Any) -> Any:
+    """Columns as points: NaN stays NaN (no price or cap); a rank outside 0..RANK_LIMIT becomes -1 (none)."""
+    import numpy as np  # start-up time: only writing to the index needs numpy
+
+    out = np.empty(len(at), _POINT_DTYPE)
+    out["at"], out["price"], out["cap"] = at, price, cap
+    out["rank"] = np.where((rank < 0) | (rank > RANK_LIMIT), -1, rank)
+    return out
 
 
 def slot(day: int, sid: int) -> int:
@@ -232,15 +323,6 @@ class _SeriesFacts:
         )
 
 
-def _nullable(values: Any, missing: Any) -> list:
-    """An array's values as a list, None (SQL NULL) where `missing` (a boolean array) is true."""
-    if not missing.any():
-        return values.tolist()
-    out = values.astype(object)
-    out[missing] = None
-    return out.tolist()
-
-
 class _Coverage:
     """The (series, day) pairs of an index build, gathered block by block as arrays and folded into ranges once."""
 
@@ -333,6 +415,7 @@ class HistoryIndex:
         self._ids: dict[tuple[str, str], int] = {}
         self._top: int | None = None  # the daily table's largest key, read once between writes (has)
         self._ids_read = False  # _ids holds every series of the file (read once between writes)
+        self._rows_written = self._rows_inside = 0  # daily rows written, and those of them not at the table's end
 
     def close(self) -> None:
         self.db.close()
@@ -483,6 +566,7 @@ class HistoryIndex:
             # One transaction: a reader in another process sees the old index or the new, never an empty one.
             with self._transaction():
                 self._reset(inside=True)
+                self._rows_written = self._rows_inside = 0
                 rows = self._ingest(fh, start, os.fstat(fh.fileno()).st_size, bulk=True)
                 self._restore_unavailable(asked)
         except BaseException:
@@ -491,7 +575,10 @@ class HistoryIndex:
         level = logging.INFO if rows > 100_000 else logging.DEBUG
         log.log(level, "indexed %s: %s, %s", csv_path, count(rows, "row"), count(self.damaged, "damaged line"))
         pages, free = (self.db.execute(f"PRAGMA {what}").fetchone()[0] for what in ("page_count", "freelist_count"))
-        if self.path != ":memory:" and free > max(256, pages // 4):  # an earlier, larger index: give the space back
+        # An earlier, larger index leaves free pages; a file not in day order (a backfill's coin after coin) writes
+        # rows inside the table rather than at its end, which splits pages: VACUUM gives the space back and fills
+        # the pages again.
+        if self.path != ":memory:" and (free > max(256, pages // 4) or self._rows_inside * 4 > self._rows_written):
             with contextlib.suppress(sqlite3.OperationalError):  # another reader holds it: the space is reused later
                 self.db.execute("VACUUM")
 
@@ -679,9 +766,20 @@ class HistoryIndex:
             facts.write(self.db)
 
     def _top_slot(self) -> int:
-        """The largest key of the daily table (-1 << 62 when empty): a key above it cannot be held yet."""
+        """The largest slot the daily table's last row can hold (-1 << 62 when empty): a slot above it is new."""
         top = self.db.execute("SELECT max(k) FROM daily").fetchone()[0]
-        return -(1 << 62) if top is None else top
+        return -(1 << 62) if top is None else top << GROUP_BITS | (GROUP - 1)
+
+    def _rows(self, keys: Iterable[int]) -> list[tuple[int, bytes]]:
+        """The daily rows (key, value) of these keys that exist, in key order."""
+        wanted = sorted(set(keys))
+        out: list[tuple[int, bytes]] = []
+        for start in range(0, len(wanted), _MANY):
+            chunk = wanted[start : start + _MANY]
+            out += self.db.execute(
+                f"SELECT k, v FROM daily WHERE k IN ({','.join('?' * len(chunk))}) ORDER BY k", chunk
+            ).fetchall()
+        return out
 
     def _write_observations(
         self, found: list[Observation], top: int, cover: _Coverage | None, facts: _SeriesFacts
@@ -703,9 +801,9 @@ class HistoryIndex:
 
     def _write_rows(self, sid: Any, ts: Any, price: Any, cap: Any, rank: Any, top: int, cover: _Coverage | None) -> int:
         """Write observations given as arrays in file order (inside a transaction): each (series, day)'s last one
-        into daily (a later row wins a tie in time), the key of every other one into extra. `top` is the daily
-        table's largest key: a day above it is new, and is appended without a lookup. The days go to `cover`, or
-        into the series' covered ranges here. Returns the new top."""
+        as the day's point (a later row wins a tie in time), the key of every other one into extra. `top` is the
+        largest slot the daily table may hold: a slot above it is new, and its row is appended without a lookup.
+        The days go to `cover`, or into the series' covered ranges here. Returns the new top."""
         import numpy as np  # start-up time: only writing to the index needs numpy
 
         if len(sid) and int(sid.max()) >= SERIES_LIMIT:
@@ -718,45 +816,34 @@ class HistoryIndex:
         last = order[end]
         # Every other key of a slot goes to extra, unless it is the last one's (the same row stored twice).
         beaten = ~end & (t != ts[last][np.cumsum(end) - end])
-        if beaten.any():
-            self.db.executemany(
-                "INSERT OR IGNORE INTO extra (ts, series) VALUES (?, ?)",
-                zip(t[beaten].tolist(), sid[order][beaten].tolist()),
-            )
+        extra = [(t[beaten], sid[order][beaten])]
         k, d, s = key[last], day[last], sid[last]
-        at = ts[last] - d * DAY_MS
-        p, c, r = price[last], cap[last], rank[last]
-        held = np.flatnonzero(k <= top)
-        fresh = slice(None) if not len(held) else np.flatnonzero(k > top)
-
-        def rows(pick: Any) -> Iterator[tuple]:
-            return zip(
-                k[pick].tolist(),
-                at[pick].tolist(),
-                _nullable(p[pick], np.isnan(p[pick])),
-                _nullable(c[pick], np.isnan(c[pick])),
-                _nullable(r[pick], r[pick] < 0),
-            )
-
-        if len(held):
-            # A slot held already: the earlier of its two times goes to extra, the later one is the day's point.
-            self.db.executemany(
-                "INSERT OR IGNORE INTO extra (ts, series) SELECT ? + min(at, ?), ? FROM daily WHERE k = ? AND at != ?",
-                zip(
-                    (d[held] * DAY_MS).tolist(),
-                    at[held].tolist(),
-                    s[held].tolist(),
-                    k[held].tolist(),
-                    at[held].tolist(),
-                ),
-            )
-            self.db.executemany(
-                "INSERT INTO daily (k, at, price, cap, rank) VALUES (?, ?, ?, ?, ?) ON CONFLICT (k) DO UPDATE SET "
-                "at = excluded.at, price = excluded.price, cap = excluded.cap, rank = excluded.rank "
-                "WHERE excluded.at >= daily.at",
-                rows(held),
-            )
-        self.db.executemany("INSERT INTO daily (k, at, price, cap, rank) VALUES (?, ?, ?, ?, ?)", rows(fresh))
+        entries = _points(ts[last] - d * DAY_MS, price[last], cap[last], rank[last])
+        held = k <= top
+        if held.any():
+            # Rows that may be held already: read them, and keep the later of each slot's two points (the new one on
+            # a tie); the earlier one's key goes to extra. The row is written again whole, in its place.
+            old_slots, old = _decode(self._rows((k[held] >> GROUP_BITS).tolist()))
+            slots = np.concatenate([old_slots, k[held]])
+            both = np.concatenate([old, entries[held]])
+            is_new = np.concatenate([np.zeros(len(old), bool), np.ones(int(held.sum()), bool)])
+            pick = np.lexsort((is_new, both["at"], slots))
+            slots, both = slots[pick], both[pick]
+            won = np.append(slots[1:] != slots[:-1], True)
+            lost = ~won & (both["at"] != both["at"][won][np.cumsum(won) - won])
+            extra.append(((slots[lost] >> SERIES_BITS) * DAY_MS + both["at"][lost], slots[lost] & MASK))
+            rows = _encode(slots[won], both[won])
+            self.db.executemany("INSERT OR REPLACE INTO daily (k, v) VALUES (?, ?)", rows)
+            self._rows_written += len(rows)
+            self._rows_inside += len(rows)
+        for times, series in extra:
+            if len(times):
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO extra (ts, series) VALUES (?, ?)", zip(times.tolist(), series.tolist())
+                )
+        rows = _encode(k[~held], entries[~held])
+        self.db.executemany("INSERT INTO daily (k, v) VALUES (?, ?)", rows)
+        self._rows_written += len(rows)
         if cover is not None:
             cover.add(s, d)
         else:
@@ -764,7 +851,7 @@ class HistoryIndex:
             for sid_, day_ in zip(s.tolist(), d.tolist()):
                 days_by_series[sid_].append(day_)
             self._cover_many({sid_: to_ranges(days) for sid_, days in days_by_series.items()})
-        return max(top, int(k[-1])) if len(k) else top
+        return max(top, int(k[-1]) | (GROUP - 1)) if len(k) else top
 
     def _cover_many(self, new: dict[int, list[Range]], *, replace: bool = False) -> None:
         """Fold days (as ranges, per series) into the series' covered ranges, and take them out of their unavailable
@@ -856,13 +943,11 @@ class HistoryIndex:
             self._top = self._top_slot()
         if slot(day, sid) > self._top:
             return False
-        return (
-            self.db.execute(
-                "SELECT 1 FROM daily WHERE k = ? AND at = ? UNION ALL SELECT 1 FROM extra WHERE ts = ? AND series = ?",
-                (slot(day, sid), ts_ms - day * DAY_MS, ts_ms, sid),
-            ).fetchone()
-            is not None
-        )
+        row = self.db.execute("SELECT v FROM daily WHERE k = ?", (slot(day, sid) >> GROUP_BITS,)).fetchone()
+        point = _entry(row[0], sid & (GROUP - 1)) if row else None
+        if point is not None and point[0] == ts_ms - day * DAY_MS:
+            return True
+        return self.db.execute("SELECT 1 FROM extra WHERE ts = ? AND series = ?", (ts_ms, sid)).fetchone() is not None
 
     def series(
         self, vs_currency: str | None = None, coin_id: str | None = None, coins: Collection[str] | None = None
@@ -956,15 +1041,70 @@ class HistoryIndex:
 
         A coin whose day holds only backfilled points (no rank) follows the ranked ones, by market cap.
         Ties in rank (a coin that left the top N later that day kept its earlier rank) go to the newer one.
-        One primary-key lookup per coin of the currency (series, day): no scan of the daily points.
+        Reads that day's rows alone (a range of the (day, series) key): no scan of the daily points.
         """
-        return self.db.execute(
-            # CROSS JOIN keeps series as the outer loop, so each coin costs one lookup of (series, day).
-            "SELECT d.rank, s.coin_id, s.symbol, d.cap FROM series s CROSS JOIN daily d "
-            "ON d.k = ? + s.id WHERE s.vs_currency = ? "
-            "ORDER BY d.rank IS NULL, d.rank, d.at DESC, d.cap IS NULL, d.cap DESC, s.coin_id LIMIT ?",
-            (slot(day, 0), vs_currency, limit),
-        ).fetchall()
+        ids = {sid for (sid,) in self.db.execute("SELECT id FROM series WHERE vs_currency = ?", (vs_currency,))}
+        # Sorted by a key of numbers first (tuples compare in C); the coin id breaks what ties remain at the cut.
+        found = sorted(
+            (rank is None, rank or 0, -at, cap is None, -(cap or 0.0), sl & MASK, rank, cap)
+            for sl, (at, _, cap, rank) in self._points_between(day, day)
+            if sl & MASK in ids
+        )
+        cut = min(limit, len(found))
+        while 0 < cut < len(found) and found[cut][:5] == found[cut - 1][:5]:
+            cut += 1
+        chosen = found[:cut]
+        names: dict[int, tuple[str, str]] = {}
+        for start in range(0, len(chosen), _MANY):
+            part = [row[5] for row in chosen[start : start + _MANY]]
+            names.update(
+                (sid, (coin_id, symbol))
+                for sid, coin_id, symbol in self.db.execute(
+                    f"SELECT id, coin_id, symbol FROM series WHERE id IN ({','.join('?' * len(part))})", part
+                )
+            )
+        chosen.sort(key=lambda row: (row[:5], names[row[5]][0]))
+        return [(row[6], *names[row[5]], row[7]) for row in chosen[:limit]]
+
+    def _points_between(
+        self, first_day: int, last_day: int
+    ) -> Iterator[tuple[int, tuple[int, float | None, float | None, int | None]]]:
+        """(slot, point) of every daily point from first_day to last_day, in day then series order, read a few
+        thousand rows at a time (memory stays bounded on a long range)."""
+        cursor = self.db.execute(
+            "SELECT k, v FROM daily WHERE k BETWEEN ? AND ? ORDER BY k",
+            (slot(first_day, 0) >> GROUP_BITS, slot(last_day, MASK) >> GROUP_BITS),
+        )
+        at_mask = (1 << AT_BITS) - 1
+        while rows := cursor.fetchmany(4096):
+            for k, v in rows:  # plain Python: a day of 17,000 coins decodes in milliseconds, without numpy's import
+                places = _places(v[0] | v[1] << 8 if len(v) >= 2 else 0)
+                if len(v) != 2 + _ENTRY.size * len(places):
+                    raise DamagedIndex("a daily row of the index does not match its mask")
+                base = k << GROUP_BITS
+                for place, (low, high, price, cap) in zip(places, _ENTRY.iter_unpack(v[2:])):
+                    both = low | high << 32
+                    rank = (both >> AT_BITS) - 1
+                    yield (
+                        base | place,
+                        (
+                            both & at_mask,
+                            None if price != price else price,
+                            None if cap != cap else cap,
+                            None if rank < 0 else rank,
+                        ),
+                    )
+
+    def _points_at(self, slots: Iterable[int]) -> dict[int, tuple[int, float | None, float | None, int | None]]:
+        """The points of these slots that are held."""
+        wanted = set(slots)
+        out = {}
+        for k, v in self._rows(sl >> GROUP_BITS for sl in wanted):
+            base = k << GROUP_BITS
+            for place in range(GROUP):
+                if base | place in wanted and (point := _entry(v, place)) is not None:
+                    out[base | place] = point
+        return out
 
     def points(
         self, coin_id: str, vs_currency: str, first_day: int, last_day: int
@@ -976,19 +1116,18 @@ class HistoryIndex:
         self, keys: Iterable[tuple[str, str]], first_day: int, last_day: int
     ) -> dict[tuple[str, str], list[tuple[int, float | None, float | None]]]:
         """The daily points of many coins from first_day to last_day (the quality checks, the report's changes):
-        one key lookup per coin and day, or for many coins one pass over those days' points."""
+        one row lookup per coin and day, or for many coins one pass over those days' rows."""
         by_id = {sid: key for key in keys if (sid := self._series_id(*key)) is not None}
         out: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = defaultdict(list)
         if not by_id or last_day < first_day:
             return out
-        if 3 * len(by_id) < self._series_count():  # a few of the coins: a point lookup each costs less than a pass
+        if 3 * len(by_id) < self._series_count():  # a few of the coins: a row lookup each costs less than a pass
             rows = self._lookup(list(by_id), first_day, last_day)
         else:  # most of the coins: read those days whole
-            rows = self.db.execute(
-                f"SELECT k & {MASK}, (k >> {SERIES_BITS}) * {DAY_MS} + at, price, cap FROM daily "
-                "WHERE k BETWEEN ? AND ?",
-                (slot(first_day, 0), slot(last_day, MASK)),
-            ).fetchall()
+            rows = [
+                (sl & MASK, (sl >> SERIES_BITS) * DAY_MS + at, price, cap)
+                for sl, (at, price, cap, _) in self._points_between(first_day, last_day)
+            ]
         rows.sort(key=itemgetter(0))  # stable: each series' days stay in order
         for sid, ts, price, cap in rows:
             key = by_id.get(sid)
@@ -1002,19 +1141,28 @@ class HistoryIndex:
     def _lookup(
         self, sids: list[int], first_day: int, last_day: int
     ) -> list[tuple[int, int, float | None, float | None]]:
-        """(series, ts, price, cap) of these series' daily points from first_day to last_day, in day order: one key
-        lookup per series and day."""
-        rows: list = []
-        for start in range(0, len(sids), 500):  # SQLite's limit on bound parameters
-            chunk = sids[start : start + 500]
-            rows += self.db.execute(
+        """(series, ts, price, cap) of these series' daily points from first_day to last_day, in day order: one row
+        lookup per group of 16 series and day."""
+        wanted = set(sids)
+        groups = sorted({sid >> GROUP_BITS for sid in wanted})
+        out: list = []
+        for start in range(0, len(groups), _MANY):  # SQLite's limit on bound parameters
+            chunk = groups[start : start + _MANY]
+            rows = self.db.execute(
                 "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day + 1 FROM days WHERE day < ?), "
-                f"wanted(id) AS (VALUES {','.join(['(?)'] * len(chunk))}) "
-                f"SELECT wanted.id, days.day * {DAY_MS} + d.at, d.price, d.cap FROM days CROSS JOIN wanted "
-                f"JOIN daily d ON d.k = days.day * {SERIES_LIMIT} + wanted.id ORDER BY days.day",
+                f"wanted(g) AS (VALUES {','.join(['(?)'] * len(chunk))}) "
+                f"SELECT d.k, d.v FROM days CROSS JOIN wanted JOIN daily d "
+                f"ON d.k = days.day * {SERIES_LIMIT >> GROUP_BITS} + wanted.g ORDER BY days.day",
                 (first_day, last_day, *chunk),
             ).fetchall()
-        return rows
+            for k, v in rows:
+                base = k << GROUP_BITS
+                for place in range(GROUP):
+                    sl = base | place
+                    if sl & MASK in wanted and (point := _entry(v, place)) is not None:
+                        out.append((sl & MASK, (sl >> SERIES_BITS) * DAY_MS + point[0], point[1], point[2]))
+        out.sort(key=lambda r: r[1] // DAY_MS)  # day order across the chunks
+        return out
 
     def last_cap_before(self, coin_id: str, vs_currency: str, ts_ms: int) -> tuple[int, float] | None:
         """(ts_ms, market cap) of the latest daily point before ts_ms that has a market cap."""
@@ -1026,14 +1174,9 @@ class HistoryIndex:
             return None
         day, first = ts_ms // DAY_MS, info[0] // DAY_MS
         while day >= first:  # a month of days per query, newest first, back to the series' first day
-            found = self.db.execute(
-                "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day - 1 FROM days WHERE day > ?) "
-                f"SELECT days.day * {DAY_MS} + d.at, d.cap FROM days JOIN daily d ON d.k = days.day * {SERIES_LIMIT} + ? "
-                f"WHERE d.cap IS NOT NULL AND days.day * {DAY_MS} + d.at < ? ORDER BY days.day DESC LIMIT 1",
-                (day, max(first, day - 31), sid, ts_ms),
-            ).fetchone()
-            if found is not None:
-                return found
+            for _, ts, _, cap in reversed(self._lookup([sid], max(first, day - 31), day)):
+                if cap is not None and ts < ts_ms:
+                    return ts, cap
             day -= 32
         return None
 
@@ -1042,18 +1185,27 @@ class HistoryIndex:
     ) -> list[tuple[str, int, float | None, float | None, int | None]]:
         """(coin_id, ts_ms, price, market cap, rank) of each coin's newest daily point (the report).
 
-        A backfilled point has no rank: the newest rank of the 30 days before stands in (a bounded range of
-        the (day, series) key, so a coin that never had a rank costs 31 lookups, not a scan of the history)."""
-        return self.db.execute(
-            "WITH RECURSIVE back(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM back WHERE n < 30) "
-            f"SELECT s.coin_id, (d.k >> {SERIES_BITS}) * {DAY_MS} + d.at, d.price, d.cap, coalesce(d.rank, "
-            f"(SELECT r.rank FROM back JOIN daily r ON r.k = d.k - back.n * {SERIES_LIMIT} WHERE r.rank IS NOT NULL "
-            "ORDER BY back.n LIMIT 1)) FROM series s JOIN daily d "
-            f"ON d.k = (s.last_ms / {DAY_MS}) * {SERIES_LIMIT} + s.id WHERE s.vs_currency = ? AND s.rows > 0 "
-            + (f"AND s.coin_id IN ({','.join('?' * len(coins))}) " if coins is not None else "")
-            + "ORDER BY s.coin_id",
-            (vs_currency, *(coins or ())),
-        ).fetchall()
+        A backfilled point has no rank: the newest rank of the 30 days before stands in (30 slots of the
+        (day, series) key, so a coin that never had a rank costs 30 lookups, not a scan of the history)."""
+        query = "SELECT id, coin_id, last_ms FROM series WHERE vs_currency = ? AND rows > 0"
+        if coins is not None:
+            query += f" AND coin_id IN ({','.join('?' * len(coins))})"
+        newest = {
+            slot(last_ms // DAY_MS, sid): coin_id
+            for sid, coin_id, last_ms in self.db.execute(query, (vs_currency, *(coins or ())))
+        }
+        held = self._points_at(newest)
+        unranked = [sl for sl, point in held.items() if point[3] is None]
+        before = self._points_at(sl - n * SERIES_LIMIT for sl in unranked for n in range(1, 31))
+        out = []
+        for sl, (at, price, cap, rank) in held.items():
+            if rank is None:
+                rank = next(
+                    (p[3] for n in range(1, 31) if (p := before.get(sl - n * SERIES_LIMIT)) and p[3] is not None),
+                    None,
+                )
+            out.append((newest[sl], (sl >> SERIES_BITS) * DAY_MS + at, price, cap, rank))
+        return sorted(out)
 
     def _series_id(self, coin_id: str, vs_currency: str) -> int | None:
         if not self._ids_read:
@@ -1073,16 +1225,18 @@ class HistoryIndex:
         """The `top` coins by market cap on the currency's newest day, and the `movers` coins outside them whose
         price moved most (either way) from the day before: what a chart or table of a large history shows.
 
-        Reads the newest day's points and the day before's (two ranges of the (day, series) key), not the history."""
+        Reads the newest day's rows and the day before's (two ranges of the (day, series) key), not the history."""
         newest = self.db.execute("SELECT max(last_ms) FROM series WHERE vs_currency = ?", (vs_currency,)).fetchone()[0]
         if newest is None:
             return [], []
         day = newest // DAY_MS
-        rows = self.db.execute(
-            f"SELECT s.coin_id, d.cap, d.price, (SELECT p.price FROM daily p WHERE p.k = d.k - {SERIES_LIMIT}) "
-            f"FROM daily d JOIN series s ON s.id = d.k & {MASK} WHERE d.k BETWEEN ? AND ? AND s.vs_currency = ?",
-            (slot(day, 0), slot(day, MASK), vs_currency),
-        ).fetchall()
+        coins = dict(self.db.execute("SELECT id, coin_id FROM series WHERE vs_currency = ?", (vs_currency,)))
+        before = {sl & MASK: point[1] for sl, point in self._points_between(day - 1, day - 1)}
+        rows = [
+            (coins[sl & MASK], cap, price, before.get(sl & MASK))
+            for sl, (_, price, cap, _) in self._points_between(day, day)
+            if sl & MASK in coins
+        ]
         by_cap = sorted(rows, key=lambda r: (r[1] is None, -(r[1] or 0.0), r[0]))
         chosen = [r[0] for r in by_cap[:top]]
         taken = set(chosen)
@@ -1105,7 +1259,8 @@ class HistoryIndex:
     ) -> DailyPoints:
         """The last observation of each UTC day of every coin in one currency (or of `coins`), within the days given.
 
-        For a few coins of a large history, one key lookup per coin and day instead of a pass over every day."""
+        For a few coins of a large history, one row lookup per group of coins and day instead of a pass over
+        every day."""
         labels = self.db.execute(
             "SELECT id, coin_id, name, symbol FROM series WHERE vs_currency = ? AND rows > 0 ORDER BY coin_id",
             (vs_currency,),
@@ -1117,7 +1272,7 @@ class HistoryIndex:
         lo = first_day if first_day is not None else -(10**9)
         hi = last_day if last_day is not None else 10**9
         # The table is keyed (day, series) so that appends stay at its end; a stable sort by series keeps each
-        # series' days in order, and is cheaper than SQLite's ORDER BY through a temporary b-tree.
+        # series' days in order.
         if coins is not None:
             span = (
                 self.db.execute(
@@ -1133,12 +1288,17 @@ class HistoryIndex:
                 lo, hi = max(lo, span[0] // DAY_MS), min(hi, span[1] // DAY_MS)
                 rows = self._lookup(list(position), lo, hi)
         else:
-            lo, hi = max(lo, -(1 << 40)), min(hi, 1 << 40)
-            rows = self.db.execute(
-                f"SELECT d.k & {MASK}, (d.k >> {SERIES_BITS}) * {DAY_MS} + d.at, d.price, d.cap FROM daily d "
-                f"JOIN series s ON s.id = d.k & {MASK} WHERE s.vs_currency = ? AND d.k BETWEEN ? AND ?",
-                (vs_currency, slot(lo, 0), slot(hi, MASK)),
-            ).fetchall()
+            span = self.db.execute(
+                "SELECT min(first_ms), max(last_ms) FROM series WHERE vs_currency = ? AND rows > 0", (vs_currency,)
+            ).fetchone()
+            rows = []
+            if span[0] is not None:
+                lo, hi = max(lo, span[0] // DAY_MS), min(hi, span[1] // DAY_MS)
+                rows = [
+                    (sl & MASK, (sl >> SERIES_BITS) * DAY_MS + at, price, cap)
+                    for sl, (at, price, cap, _) in self._points_between(lo, hi)
+                    if sl & MASK in position
+                ]
         rows.sort(key=itemgetter(0))
         sids, ts, price, cap = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
         series = [position[sid] for sid in sids]
@@ -1150,6 +1310,21 @@ class HistoryIndex:
             ts,
             price,
             cap,
+        )
+
+    # -- what the index holds, for tests and benchmarks ----------------------------------------------
+
+    def stored_keys(self) -> list[tuple[int, int]]:
+        """(series, ts_ms) of every key held: each day's point and every other observation, sorted."""
+        keys = [(sl & MASK, (sl >> SERIES_BITS) * DAY_MS + p[0]) for sl, p in self._points_between(-(1 << 40), 1 << 40)]
+        keys += [(sid, ts) for ts, sid in self.db.execute("SELECT ts, series FROM extra")]
+        return sorted(keys)
+
+    def stored_points(self) -> list[tuple[int, int, int, float | None, float | None, int | None]]:
+        """(series, day, ts_ms, price, cap, rank) of every daily point, sorted."""
+        return sorted(
+            (sl & MASK, sl >> SERIES_BITS, (sl >> SERIES_BITS) * DAY_MS + at, price, cap, rank)
+            for sl, (at, price, cap, rank) in self._points_between(-(1 << 40), 1 << 40)
         )
 
 
