@@ -251,6 +251,32 @@ class IndexFileTest(LoadTestCase):
         self.assertNotIn("another version", self.run_ok("status"))
         self.assertIn("0 rows appended, 10 duplicates skipped", self.run_ok())
 
+    def test_damage_found_while_reading_is_one_line_and_the_next_command_rebuilds(self) -> None:
+        """A row of the index that does not decode is found only when a command reads it: that command says so in
+        one line (exit 1) and removes the index; the next one builds it again from the CSV, which is never
+        touched."""
+        self.run_ok()
+        before = self.csv_bytes()
+        day = NEWEST["bitcoin"][:10]
+        newest = "WHERE k = (SELECT max(k) FROM daily)"
+        for name, value in (
+            ("row cut short", "x'0300'"),
+            ("mask and entries disagree", "substr(v, 1, length(v) - 22)"),
+        ):
+            with self.subTest(damage=name):
+                with sqlite3.connect(self.index_file) as db:
+                    db.execute(f"UPDATE daily SET v = {value} {newest}")  # noqa: S608 - the test's own values
+                result = self.run_main("top", "--date", day)
+                self.assertEqual(result.code, 1, result.stderr)
+                lines = [line for line in result.stderr.splitlines() if "damaged" in line]
+                self.assertEqual(len(lines), 1, result.stderr)
+                self.assertIn("run the command again", lines[0])
+                self.assertNotIn("unexpected", result.stderr)
+                self.assertFalse(self.index_file.exists())
+                self.assertIn("bitcoin", self.run_main("top", "--date", day).stdout)
+                self.assertEqual(self.csv_bytes(), before)
+                self.assertIn("0 rows appended, 10 duplicates skipped", self.run_ok())
+
     def test_missing_or_corrupt_index_is_rebuilt_without_duplicates(self) -> None:
         def execute(sql: str) -> Callable[[Path], None]:
             def spoil(path: Path) -> None:

@@ -122,6 +122,26 @@ class CommandsOnAStore(PipelineTestCase):
         self.assertEqual(report.code, 0, report.stderr)
         self.assertIn("bitcoin", (self.data_dir / "report.html").read_text(encoding="utf-8"))
 
+    def test_a_damaged_index_found_while_reading_is_one_line_then_built_again(self) -> None:
+        """A daily row of the index that does not decode is found only when a command reads it: one line, exit 1,
+        the index removed; the next command builds it again from the store, which is never touched."""
+        import sqlite3
+
+        self.assertEqual(self.run_main().code, 0)
+        (index,) = (self.data_dir / ".state").glob("*.index.sqlite")
+        with sqlite3.connect(index) as db:
+            db.execute("UPDATE daily SET v = x'ff' WHERE k = (SELECT max(k) FROM daily)")
+        result = self.run_main("top", "--date", "2023-01-08", "--top", "3")
+        self.assertEqual(result.code, 1, result.stderr)
+        self.assertIn(f"the index {index} is damaged", result.stderr)
+        self.assertIn("run the command again", result.stderr)
+        self.assertNotIn("unexpected", result.stderr)
+        self.assertFalse(index.exists())
+        again = self.run_main("top", "--date", "2023-01-08", "--top", "3")
+        self.assertEqual(again.code, 0, again.stderr)
+        self.assertIn("bitcoin", again.stdout)
+        self.assertIn("0 rows appended, 10 duplicates skipped", self.run_main().stderr)
+
     def test_backfill_merges_daily_points(self) -> None:
         self.fake.market_chart.update(charts_for(FIXTURE_IDS))
         self.run_main()

@@ -34,7 +34,7 @@ from utils.history.files import (
     ensure_dir,
     refuse_unsafe,
 )
-from utils.history.index import HistoryIndex
+from utils.history.index import HistoryIndex, is_damage, remove_index
 from utils.history.labels import fill_once
 from utils.history.layout import DataLayout, data_dir_option
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
@@ -234,12 +234,12 @@ class HistoryStore:
                     raise
                 # A corrupt or foreign file: it holds nothing the CSV does not, so start it again.
                 log.warning("the index %s is unreadable (%s); rebuilding it from the CSV", self.layout.index, exc)
-                for suffix in ("", "-wal", "-shm"):
-                    with contextlib.suppress(OSError):
-                        Path(str(self.layout.index) + suffix).unlink()
+                remove_index(self.layout.index)
                 index = HistoryIndex(self.layout.index, self.lock_timeout)
             return self._synced(index)
         except sqlite3.Error as exc:
+            if is_damage(exc):  # found damaged while catching up: the next command builds it again
+                remove_index(self.layout.index)
             log.warning("cannot use the index %s (%s); reading the CSV instead", self.layout.index, exc)
         return self._synced(HistoryIndex(":memory:"))
 
@@ -470,6 +470,9 @@ class HistoryStore:
         try:
             index.record_append(found, fh)
         except sqlite3.Error as exc:
+            if is_damage(exc) and index.path != ":memory:":
+                remove_index(index.path)
+                next_run = "builds it again from the CSV"
             log.warning("could not update the index %s (%s); the next run %s", self.layout.index, exc, next_run)
 
     # -- reading --------------------------------------------------------------------------------
@@ -500,8 +503,17 @@ class HistoryStore:
                 raise
             log.debug("reading %s without its index (%s)", self.csv_path, exc)
             index = self._synced(HistoryIndex(":memory:"))
-        with index:
-            yield index
+        try:
+            with index:
+                yield index
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc) or index.path == ":memory:":
+                raise
+            remove_index(index.path)
+            raise LoadError(
+                f"the index {self.layout.index} is damaged ({exc}); it was removed: run the command again and it is "
+                f"built again from {self.csv_path}, which holds every row"
+            ) from None
 
     # -- the original script's seven-column file ------------------------------------------------
 

@@ -82,6 +82,21 @@ class DamagedIndex(sqlite3.DatabaseError):
     """A row of the index that does not decode: the index is rebuilt from the CSV like any damaged index."""
 
 
+def is_damage(exc: BaseException) -> bool:
+    """Whether an SQLite error says the index's content is damaged (a malformed file, a row that does not
+    decode), not that it is busy, locked, read-only or full: a damaged index is removed and built again."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+    )
+
+
+def remove_index(path: Path | str) -> None:
+    """Delete an index file and its journals (it holds nothing the history does not)."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            Path(str(path) + suffix).unlink()
+
+
 def _entry(blob: bytes, place: int) -> tuple[int, float | None, float | None, int | None] | None:
     """The point of one slot (0-15) of a daily row: (ms into the day, price, cap, rank), or None if not held."""
     mask = blob[0] | blob[1] << 8 if len(blob) >= 2 else 0

@@ -41,7 +41,7 @@ from utils.history.files import (
     raw_bytes,
     raw_name,
 )
-from utils.history.index import HistoryIndex
+from utils.history.index import HistoryIndex, is_damage, remove_index
 from utils.history.labels import fill_once
 from utils.history.layout import (
     CSV_NAME,
@@ -705,6 +705,12 @@ class DeltaStorage(Storage):
         try:
             self.history.sync_index(index)
         except sqlite3.Error as exc:
+            if is_damage(exc) and index.path != ":memory:":
+                remove_index(index.path)
+                raise LoadError(
+                    f"the index {self.layout.table_index} is damaged ({exc}); it was removed: run the command again "
+                    "and it is built again from the table"
+                ) from None
             raise LoadError(f"cannot update the index {self.layout.table_index}: {exc}") from None
         except PipelineError:
             raise
@@ -745,8 +751,18 @@ class DeltaStorage(Storage):
             with HistoryIndex(":memory:") as empty:
                 yield empty
             return
-        with self.guard.locked(), self._synced_index() as index:
-            yield index
+        index: HistoryIndex | None = None
+        try:
+            with self.guard.locked(), self._synced_index() as index:
+                yield index
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc) or index is None or index.path == ":memory:":
+                raise
+            remove_index(index.path)
+            raise LoadError(
+                f"the index {self.layout.table_index} is damaged ({exc}); it was removed: run the command again and "
+                f"it is built again from {self.history.uri}, which holds every row"
+            ) from None
 
 
 def conversion_pending(table: Any) -> bool:
