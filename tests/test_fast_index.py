@@ -214,10 +214,15 @@ class StoredOnceTest(unittest.TestCase):
                 got = dump(batches)
                 self.assertEqual((got["obs"], got["daily"]), (keys, daily))
                 held = set(keys)
+                asked = []
                 for o in rng.sample(found, 50):
                     self.assertTrue(batches.has(o.coin_id, o.vs_currency, o.ts_ms))
                     later = (o.coin_id, o.vs_currency, o.ts_ms + 1)
                     self.assertEqual(batches.has(*later), later in held)
+                    asked += [(o.coin_id, o.vs_currency, o.ts_ms), later, ("no-such-coin", "usd", o.ts_ms)]
+                every = [(c, v, ts) for c, v, ts in keys] + [(c, v, ts + 1) for c, v, ts in keys]
+                for batch in (asked, every):  # a batch gives what has() gives key by key
+                    self.assertEqual(batches.held(batch), {key for key in batch if key in held})
 
     def test_readers_by_lookup_and_by_pass_agree(self) -> None:
         """A few coins' points are read by key lookups, many coins' by a pass over the days: the same points."""

@@ -116,14 +116,18 @@ class MergeReport:
     unwritten: tuple[str, ...] = ()  # side outputs (quality.csv, datapackage.json) that could not be written
 
 
-def new_records(records: list[Record], has: object) -> tuple[list[Record], int]:
-    """The records whose key is not stored (nor earlier in the batch), and how many were true duplicates."""
+def new_records(
+    records: list[Record], held: Callable[[list[tuple[str, str, int]]], set[tuple[str, str, int]]]
+) -> tuple[list[Record], int]:
+    """The records whose key is not stored (`held` gives the stored ones of a batch of keys) nor earlier in the
+    batch, and how many were true duplicates."""
+    keys = [(r.coin_id, r.vs_currency, csvio.timestamp_ms(r.last_updated)) for r in records]
+    stored = held(keys)
     fresh: list[Record] = []
     seen: set[tuple[str, str, int]] = set()
     duplicates = 0
-    for record in records:
-        key = (record.coin_id, record.vs_currency, csvio.timestamp_ms(record.last_updated))
-        if key in seen or has(*key):  # type: ignore[operator]
+    for record, key in zip(records, keys):
+        if key in seen or key in stored:
             duplicates += 1
             continue
         seen.add(key)
@@ -265,7 +269,7 @@ class HistoryStore:
             quarantined, migration = self._prepare_or_fail("appended")
             with self._synced_index() as index:
                 quarantined += self._readable_or_fail(index, "appended")
-                fresh, duplicates = new_records(records, index.has)
+                fresh, duplicates = new_records(records, index.held)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     body, observed = csv_and_observations(fresh)
@@ -413,7 +417,7 @@ class HistoryStore:
             self._prepare_or_fail("merged")
             with self._synced_index() as index:
                 self._readable_or_fail(index, "merged")
-                fresh, duplicates = new_records(records, index.has)
+                fresh, duplicates = new_records(records, index.held)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     try:  # bounded memory: the file a block at a time, out-of-order rows through temp runs

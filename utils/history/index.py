@@ -950,6 +950,39 @@ class HistoryIndex:
         sid = self._series_id(coin_id, vs_currency)
         return sid is not None and self._holds(sid, ts_ms)
 
+    def held(self, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+        """The keys (coin, currency, ts_ms) among these that are stored: has() for a batch, with one lookup per
+        few hundred daily rows and per few hundred times instead of one or two per key (a snapshot of the day
+        held already: 250 keys in 2 queries, not 500)."""
+        if self._top is None:
+            self._top = self._top_slot()
+        candidates: dict[tuple[str, str, int], tuple[int, int]] = {}  # key -> (series, slot)
+        for key in keys:
+            sid = self._series_id(key[0], key[1])
+            if sid is not None and (sl := slot(key[2] // DAY_MS, sid)) <= self._top:
+                candidates[key] = (sid, sl)
+        if not candidates:
+            return set()
+        rows = dict(self._rows(sl >> GROUP_BITS for _, sl in candidates.values()))
+        out: set[tuple[str, str, int]] = set()
+        others: dict[tuple[int, int], tuple[str, str, int]] = {}  # (ts, series) -> key, for the extra table
+        for key, (sid, sl) in candidates.items():
+            value = rows.get(sl >> GROUP_BITS)
+            point = _entry(value, sl & (GROUP - 1)) if value is not None else None
+            if point is not None and point[0] == key[2] - (sl >> SERIES_BITS) * DAY_MS:
+                out.add(key)
+            else:
+                others[(key[2], sid)] = key
+        times = sorted({ts for ts, _ in others})
+        for start in range(0, len(times), _MANY):
+            chunk = times[start : start + _MANY]
+            for pair in self.db.execute(
+                f"SELECT ts, series FROM extra WHERE ts IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                if pair in others:
+                    out.add(others[pair])
+        return out
+
     def _holds(self, sid: int, ts_ms: int) -> bool:
         """Whether the key (series, time) is stored: its day's point, or one of the day's other observations.
         A key of a day after the newest point held is not stored (a run's new rows): no lookup."""

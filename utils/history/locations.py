@@ -317,7 +317,7 @@ class S3Storage(Storage):
             header, data, etag = self._read_history()
             data, moved, notes = self._readable(data)
             keys = self._keys(data)
-            fresh, duplicates = new_records(records, lambda c, v, t: (c, v, t) in keys)
+            fresh, duplicates = new_records(records, lambda batch: keys.intersection(batch))
             if not fresh:
                 return 0, duplicates, len(keys)
             body = csvio.merged_body(data, fresh) if weave else data + rows_to_csv(fresh).encode("utf-8")
@@ -639,7 +639,7 @@ class DeltaStorage(Storage):
         with self.guard.locked():
             self._convert_if_needed()
             with self._synced_index() as index:
-                fresh, _ = new_records(records, index.has)
+                fresh, _ = new_records(records, index.held)
                 try:
                     findings = inspect(records, fresh, index, self.rules)
                 except sqlite3.Error as exc:
