@@ -560,9 +560,10 @@ class DeltaHistory:
         found: list[Observation] = []
         if unseen:  # a new index: column by column, no Python object per row
             added = index.add_tables(
-                pa.Table.from_batches([batch]) for batch in subset.to_batches(columns=columns, batch_size=100_000)
+                pa.Table.from_batches([batch])
+                for batch in subset.to_batches(columns=columns, batch_size=100_000, use_threads=False)
             )
-        for batch in () if unseen else subset.to_batches(columns=columns, batch_size=100_000):
+        for batch in () if unseen else subset.to_batches(columns=columns, batch_size=100_000, use_threads=False):
             found.extend(observations_of(pa.Table.from_batches([batch])))
             if len(found) >= 200_000:
                 added += index.add_observations(found, unseen=unseen)

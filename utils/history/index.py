@@ -730,6 +730,7 @@ class HistoryIndex:
         with self._transaction():
             top = self._top_slot()
             for given in tables:
+                pa.default_memory_pool().release_unused()  # the allocator keeps freed blocks otherwise: 100s of MB
                 valid = [pc.is_valid(given.column(c)) for c in ("coin_id", "vs_currency", "last_updated")]
                 table = given.filter(pc.and_(pc.and_(valid[0], valid[1]), valid[2]))
                 if not table.num_rows:
