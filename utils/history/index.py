@@ -1206,28 +1206,10 @@ class HistoryIndex:
     def _lookup(
         self, sids: list[int], first_day: int, last_day: int
     ) -> list[tuple[int, int, float | None, float | None]]:
-        """(series, ts, price, cap) of these series' daily points from first_day to last_day, in day order: one row
-        lookup per group of 16 series and day."""
-        wanted = set(sids)
-        groups = sorted({sid >> GROUP_BITS for sid in wanted})
-        out: list = []
-        for start in range(0, len(groups), _MANY):  # SQLite's limit on bound parameters
-            chunk = groups[start : start + _MANY]
-            rows = self.db.execute(
-                "WITH RECURSIVE days(day) AS (SELECT ? UNION ALL SELECT day + 1 FROM days WHERE day < ?), "
-                f"wanted(g) AS (VALUES {','.join(['(?)'] * len(chunk))}) "
-                f"SELECT d.k, d.v FROM days CROSS JOIN wanted JOIN daily d "
-                f"ON d.k = days.day * {SERIES_LIMIT >> GROUP_BITS} + wanted.g ORDER BY days.day",
-                (first_day, last_day, *chunk),
-            ).fetchall()
-            for k, v in rows:
-                base = k << GROUP_BITS
-                for place in range(GROUP):
-                    sl = base | place
-                    if sl & MASK in wanted and (point := _entry(v, place)) is not None:
-                        out.append((sl & MASK, (sl >> SERIES_BITS) * DAY_MS + point[0], point[1], point[2]))
-        out.sort(key=lambda r: r[1] // DAY_MS)  # day order across the chunks
-        return out
+        """(series, ts, price, cap) of these series' daily points from first_day to last_day, in day order: the
+        rows of those days and of these series' groups, read a few hundred a query."""
+        points = self._points_at(slot(day, sid) for day in range(first_day, last_day + 1) for sid in sids)
+        return [(sl & MASK, (sl >> SERIES_BITS) * DAY_MS + p[0], p[1], p[2]) for sl, p in sorted(points.items())]
 
     def last_cap_before(self, coin_id: str, vs_currency: str, ts_ms: int) -> tuple[int, float] | None:
         """(ts_ms, market cap) of the latest daily point before ts_ms that has a market cap."""
