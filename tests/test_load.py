@@ -277,6 +277,26 @@ class IndexFileTest(LoadTestCase):
                 self.assertEqual(self.csv_bytes(), before)
                 self.assertIn("0 rows appended, 10 duplicates skipped", self.run_ok())
 
+    def test_damage_found_by_a_run_is_built_again_and_the_run_goes_on(self) -> None:
+        """A second run the same day reads that day's rows to find what is stored: a damaged one makes it build
+        the index again from the CSV and go on (a daemon's later runs too), never 'unexpected'."""
+        self.run_ok()
+        before = self.csv_bytes()
+        with sqlite3.connect(self.index_file) as db:
+            db.execute("UPDATE daily SET v = x'0300' WHERE k = (SELECT max(k) FROM daily)")
+        stderr = self.run_ok()
+        self.assertIn("is damaged", stderr)
+        self.assertIn("building it again from the CSV", stderr)
+        self.assertIn("0 rows appended, 10 duplicates skipped", stderr)
+        self.assertNotIn("unexpected", stderr)
+        self.assertEqual(self.csv_bytes(), before)
+        stderr = self.run_ok()
+        self.assertNotIn("damaged", stderr)
+        self.assertIn("0 rows appended, 10 duplicates skipped", stderr)
+        self.fake.advance(60)
+        self.assertIn("10 rows appended", self.run_ok())
+        self.assertEqual(len(self.assert_clean_history()), 20)
+
     def test_missing_or_corrupt_index_is_rebuilt_without_duplicates(self) -> None:
         def execute(sql: str) -> Callable[[Path], None]:
             def spoil(path: Path) -> None:

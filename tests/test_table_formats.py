@@ -142,6 +142,27 @@ class CommandsOnAStore(PipelineTestCase):
         self.assertIn("bitcoin", again.stdout)
         self.assertIn("0 rows appended, 10 duplicates skipped", self.run_main().stderr)
 
+    def test_a_run_on_a_damaged_index_goes_on_or_says_run_again(self) -> None:
+        """A second run the same day reads that day's rows: a damaged one is never 'unexpected'. The CSV store
+        builds the index again and goes on; the Delta store removes it and says to run again (nothing written)."""
+        import sqlite3
+
+        self.assertEqual(self.run_main().code, 0)
+        (index,) = (self.data_dir / ".state").glob("*.index.sqlite")
+        with sqlite3.connect(index) as db:
+            db.execute("UPDATE daily SET v = x'ff' WHERE k = (SELECT max(k) FROM daily)")
+        first = self.run_main()
+        self.assertNotIn("unexpected", first.stderr)
+        self.assertIn("is damaged", first.stderr)
+        if self.table_format == "csv":
+            self.assertEqual(first.code, 0, first.stderr)
+        else:
+            self.assertEqual(first.code, 1, first.stderr)
+            self.assertIn("run the command again", first.stderr)
+        self.assertIn("0 rows appended, 10 duplicates skipped", self.run_main().stderr)
+        self.fake.advance(60)
+        self.assertIn("10 rows appended", self.run_main().stderr)
+
     def test_backfill_merges_daily_points(self) -> None:
         self.fake.market_chart.update(charts_for(FIXTURE_IDS))
         self.run_main()

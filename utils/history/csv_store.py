@@ -34,7 +34,7 @@ from utils.history.files import (
     ensure_dir,
     refuse_unsafe,
 )
-from utils.history.index import HistoryIndex, is_damage, remove_index
+from utils.history.index import HistoryIndex, is_damage, remove_index, removed_as_damaged
 from utils.history.labels import fill_once
 from utils.history.layout import DataLayout, data_dir_option
 from utils.history.quality import Finding, QualityRules, inspect, missing_day_findings, record_findings
@@ -269,7 +269,7 @@ class HistoryStore:
             quarantined, migration = self._prepare_or_fail("appended")
             with self._synced_index() as index:
                 quarantined += self._readable_or_fail(index, "appended")
-                fresh, duplicates = new_records(records, index.held)
+                fresh, duplicates = self._new_records(records, index)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     body, observed = csv_and_observations(fresh)
@@ -417,7 +417,7 @@ class HistoryStore:
             self._prepare_or_fail("merged")
             with self._synced_index() as index:
                 self._readable_or_fail(index, "merged")
-                fresh, duplicates = new_records(records, index.held)
+                fresh, duplicates = self._new_records(records, index)
                 findings = self._inspect(records, fresh, index)
                 if fresh:
                     try:  # bounded memory: the file a block at a time, out-of-order rows through temp runs
@@ -468,6 +468,19 @@ class HistoryStore:
             self.layout.labels_marker, index, fresh, fill, lambda: self._sync(index), index_counts_unnamed=True
         )
 
+    def _new_records(self, records: list[Record], index: HistoryIndex) -> tuple[list[Record], int]:
+        """new_records against the index. An index found damaged here (nothing is written yet) is built again
+        from the CSV first, so that a run goes on, and so does every later one."""
+        try:
+            return new_records(records, index.held)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc) or index.path == ":memory:":
+                raise
+            log.warning("the index %s is damaged (%s); building it again from the CSV", self.layout.index, exc)
+            with open(self.csv_path, "rb") as fh:
+                index.rebuild(fh, self.csv_path)
+            return new_records(records, index.held)
+
     def _record_keys(self, index: HistoryIndex, found: list[csvio.Observation], fh, next_run: str) -> None:
         """The written rows' keys and the file's new length into the index; on failure the CSV stays right and
         the next run catches the index up (after an append) or rebuilds it (after a merge)."""
@@ -511,13 +524,10 @@ class HistoryStore:
             with index:
                 yield index
         except sqlite3.DatabaseError as exc:
-            if not is_damage(exc) or index.path == ":memory:":
+            error = removed_as_damaged(index, exc, f"{self.csv_path}, which holds every row")
+            if error is None:
                 raise
-            remove_index(index.path)
-            raise LoadError(
-                f"the index {self.layout.index} is damaged ({exc}); it was removed: run the command again and it is "
-                f"built again from {self.csv_path}, which holds every row"
-            ) from None
+            raise error from None
 
     # -- the original script's seven-column file ------------------------------------------------
 

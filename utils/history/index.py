@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.clock import DAY_MS, day_number
+from utils.errors import LoadError
 from utils.history import csvio
 from utils.history.csvio import Observation
 from utils.history.schema import COLUMNS
@@ -90,6 +91,18 @@ def is_damage(exc: BaseException) -> bool:
     )
 
 
+def removed_as_damaged(index: HistoryIndex, exc: BaseException, source: str) -> LoadError | None:
+    """For an error met while using an index file: when it says the index is damaged, remove the file and return
+    the one line to raise (the next command builds it again from `source`); None for any other error."""
+    if not is_damage(exc) or index.path == ":memory:":
+        return None
+    remove_index(index.path)
+    return LoadError(
+        f"the index {index.path} is damaged ({exc}); it was removed: run the command again and it is built again "
+        f"from {source}"
+    )
+
+
 def remove_index(path: Path | str) -> None:
     """Delete an index file and its journals (it holds nothing the history does not)."""
     for suffix in ("", "-wal", "-shm"):
@@ -99,7 +112,9 @@ def remove_index(path: Path | str) -> None:
 
 def _entry(blob: bytes, place: int) -> tuple[int, float | None, float | None, int | None] | None:
     """The point of one slot (0-15) of a daily row: (ms into the day, price, cap, rank), or None if not held."""
-    mask = blob[0] | blob[1] << 8 if len(blob) >= 2 else 0
+    if len(blob) < 2:
+        raise DamagedIndex("a daily row of the index is cut short")
+    mask = blob[0] | blob[1] << 8
     if not mask >> place & 1:
         return None
     offset = 2 + _ENTRY.size * (mask & ((1 << place) - 1)).bit_count()

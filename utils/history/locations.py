@@ -41,7 +41,7 @@ from utils.history.files import (
     raw_bytes,
     raw_name,
 )
-from utils.history.index import HistoryIndex, is_damage, remove_index
+from utils.history.index import HistoryIndex, removed_as_damaged
 from utils.history.labels import fill_once
 from utils.history.layout import (
     CSV_NAME,
@@ -639,7 +639,13 @@ class DeltaStorage(Storage):
         with self.guard.locked():
             self._convert_if_needed()
             with self._synced_index() as index:
-                fresh, _ = new_records(records, index.held)
+                try:
+                    fresh, _ = new_records(records, index.held)
+                except sqlite3.DatabaseError as exc:
+                    error = removed_as_damaged(index, exc, f"{self.history.uri}; nothing was written")
+                    if error is None:
+                        raise
+                    raise error from None
                 try:
                     findings = inspect(records, fresh, index, self.rules)
                 except sqlite3.Error as exc:
@@ -705,12 +711,8 @@ class DeltaStorage(Storage):
         try:
             self.history.sync_index(index)
         except sqlite3.Error as exc:
-            if is_damage(exc) and index.path != ":memory:":
-                remove_index(index.path)
-                raise LoadError(
-                    f"the index {self.layout.table_index} is damaged ({exc}); it was removed: run the command again "
-                    "and it is built again from the table"
-                ) from None
+            if (error := removed_as_damaged(index, exc, self.history.uri)) is not None:
+                raise error from None
             raise LoadError(f"cannot update the index {self.layout.table_index}: {exc}") from None
         except PipelineError:
             raise
@@ -756,13 +758,12 @@ class DeltaStorage(Storage):
             with self.guard.locked(), self._synced_index() as index:
                 yield index
         except sqlite3.DatabaseError as exc:
-            if not is_damage(exc) or index is None or index.path == ":memory:":
+            error = (
+                None if index is None else removed_as_damaged(index, exc, f"{self.history.uri}, which holds every row")
+            )
+            if error is None:
                 raise
-            remove_index(index.path)
-            raise LoadError(
-                f"the index {self.layout.table_index} is damaged ({exc}); it was removed: run the command again and "
-                f"it is built again from {self.history.uri}, which holds every row"
-            ) from None
+            raise error from None
 
 
 def conversion_pending(table: Any) -> bool:
