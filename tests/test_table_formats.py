@@ -144,7 +144,7 @@ class CommandsOnAStore(PipelineTestCase):
 
     def test_a_run_on_a_damaged_index_goes_on_or_says_run_again(self) -> None:
         """A second run the same day reads that day's rows: a damaged one is never 'unexpected'. The CSV store
-        builds the index again and goes on; the Delta store removes it and says to run again (nothing written)."""
+        builds the index again and goes on; the Delta store removes it and says to run again (this run's rows not written)."""
         import sqlite3
 
         self.assertEqual(self.run_main().code, 0)

@@ -120,11 +120,19 @@ def _entry(blob: bytes, place: int) -> tuple[int, float | None, float | None, in
     offset = 2 + _ENTRY.size * (mask & ((1 << place) - 1)).bit_count()
     if len(blob) < offset + _ENTRY.size:
         raise DamagedIndex("a daily row of the index is cut short")
-    low, high, price, cap = _ENTRY.unpack_from(blob, offset)
+    return _point(*_ENTRY.unpack_from(blob, offset))
+
+
+def _point(low: int, high: int, price: float, cap: float) -> tuple[int, float | None, float | None, int | None]:
+    """One unpacked _ENTRY as (ms into the day, price, cap, rank), None for what it lacks."""
     both = low | high << 32
     rank = (both >> AT_BITS) - 1
-    at = both & ((1 << AT_BITS) - 1)
-    return at, None if price != price else price, None if cap != cap else cap, None if rank < 0 else rank
+    return (
+        both & ((1 << AT_BITS) - 1),
+        None if price != price else price,
+        None if cap != cap else cap,
+        None if rank < 0 else rank,
+    )
 
 
 @functools.lru_cache(maxsize=1 << GROUP)
@@ -1135,39 +1143,29 @@ class HistoryIndex:
     ) -> Iterator[tuple[int, tuple[int, float | None, float | None, int | None]]]:
         """(slot, point) of every daily point from first_day to last_day, in day then series order, read a few
         thousand rows at a time (memory stays bounded on a long range)."""
-        cursor = self.db.execute(
-            "SELECT k, v FROM daily WHERE k BETWEEN ? AND ? ORDER BY k",
-            (slot(first_day, 0) >> GROUP_BITS, slot(last_day, MASK) >> GROUP_BITS),
-        )
-        at_mask = (1 << AT_BITS) - 1
+        cursor = self._day_rows(first_day, last_day)
         while rows := cursor.fetchmany(4096):
             for k, v in rows:  # plain Python: a day of 17,000 coins decodes in milliseconds, without numpy's import
                 places = _places(v[0] | v[1] << 8 if len(v) >= 2 else 0)
                 if len(v) != 2 + _ENTRY.size * len(places):
                     raise DamagedIndex("a daily row of the index does not match its mask")
                 base = k << GROUP_BITS
-                for place, (low, high, price, cap) in zip(places, _ENTRY.iter_unpack(v[2:])):
-                    both = low | high << 32
-                    rank = (both >> AT_BITS) - 1
-                    yield (
-                        base | place,
-                        (
-                            both & at_mask,
-                            None if price != price else price,
-                            None if cap != cap else cap,
-                            None if rank < 0 else rank,
-                        ),
-                    )
+                for place, entry in zip(places, _ENTRY.iter_unpack(v[2:])):
+                    yield base | place, _point(*entry)
+
+    def _day_rows(self, first_day: int, last_day: int) -> sqlite3.Cursor:
+        """The daily rows (key, value) from first_day to last_day, in key order."""
+        return self.db.execute(
+            "SELECT k, v FROM daily WHERE k BETWEEN ? AND ? ORDER BY k",
+            (slot(first_day, 0) >> GROUP_BITS, slot(last_day, MASK) >> GROUP_BITS),
+        )
 
     def _rows_between(self, first_day: int, last_day: int) -> list[tuple[int, int, float | None, float | None]]:
         """(series, ts, price, cap) of every daily point from first_day to last_day, in day then series order:
         decoded with numpy, for passes over many coins (a run's quality checks read 17,000 coins' days)."""
         import numpy as np  # start-up time: numpy only where many points are read at once
 
-        cursor = self.db.execute(
-            "SELECT k, v FROM daily WHERE k BETWEEN ? AND ? ORDER BY k",
-            (slot(first_day, 0) >> GROUP_BITS, slot(last_day, MASK) >> GROUP_BITS),
-        )
+        cursor = self._day_rows(first_day, last_day)
         out: list[tuple[int, int, float | None, float | None]] = []
         while rows := cursor.fetchmany(8192):
             slots, points = _decode(rows)

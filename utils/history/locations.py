@@ -642,7 +642,7 @@ class DeltaStorage(Storage):
                 try:
                     fresh, _ = new_records(records, index.held)
                 except sqlite3.DatabaseError as exc:
-                    error = removed_as_damaged(index, exc, f"{self.history.uri}; nothing was written")
+                    error = removed_as_damaged(index, exc, f"{self.history.uri}; this run's rows were not written")
                     if error is None:
                         raise
                     raise error from None
